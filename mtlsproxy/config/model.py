@@ -1,0 +1,117 @@
+"""The typed configuration. Built once by ``config.load``; the running code trusts it."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mtlsproxy.policy.model import ClientAuth
+
+
+class TLSVersion(enum.StrEnum):
+    TLS1_2 = "1.2"
+    TLS1_3 = "1.3"
+
+
+class ForwardIdentity(enum.StrEnum):
+    NONE = "none"
+    PROXY_PROTOCOL_V2 = "proxy_protocol_v2"
+    HTTP = "http"
+
+
+class LogFormat(enum.StrEnum):
+    JSON = "json"
+    TEXT = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateKeyPair:
+    certificate: Path  # PEM: leaf first, then intermediates
+    key: Path  # PEM, unencrypted
+
+
+@dataclass(frozen=True, slots=True)
+class TLSSettings:
+    certificates: tuple[CertificateKeyPair, ...]
+    min_version: TLSVersion = TLSVersion.TLS1_2
+    alpn: tuple[str, ...] = ()  # protocols we accept, in preference order; empty: no ALPN
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where decrypted bytes go: ``host:port`` or ``unix:/path``."""
+
+    host: str | None = None
+    port: int | None = None
+    unix_path: Path | None = None
+
+    def __str__(self) -> str:
+        if self.unix_path is not None:
+            return f"unix:{self.unix_path}"
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds. Defaults follow nginx/HAProxy practice (handshake 10 s like HAProxy's
+    ``timeout client`` for TLS, connect 5 s, idle 300 s like Envoy's stream idle)."""
+
+    handshake: float = 10.0
+    connect: float = 5.0
+    idle: float = 300.0
+    drain: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_connections: int = 10_000
+    # Bytes held per direction per connection before the other side is paused.
+    buffer_size: int = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One policy and upstream. ``sni`` holds exact names and ``*.`` wildcards; the default
+    route of a listener has ``sni == ()`` and ``name == "default"``."""
+
+    name: str
+    sni: tuple[str, ...]
+    tls: TLSSettings
+    client_auth: ClientAuth
+    upstream: Upstream
+    forward_identity: ForwardIdentity = ForwardIdentity.NONE
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    name: str
+    host: str
+    port: int
+    engine: str  # "openssl" (the native engine comes with its own issue)
+    default_route: Route
+    routes: tuple[Route, ...] = ()
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    host: str = "127.0.0.1"
+    port: int = 9100
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    format: LogFormat = LogFormat.JSON
+    level: str = "info"  # debug | info | warning | error
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: Path
+    listeners: tuple[Listener, ...]
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    log: LogSettings = field(default_factory=LogSettings)

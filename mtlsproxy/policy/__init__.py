@@ -1,0 +1,1 @@
+"""Client-certificate policy: the model, verification and identity matching (no sockets)."""
