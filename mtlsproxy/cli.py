@@ -1,0 +1,170 @@
+"""Command line: ``run``, ``check``, ``explain``, ``demo``, ``pki init``, ``version``.
+
+Exit status: 0 success, 1 a runtime failure (the demo's exchanges did not go as expected),
+2 a config or usage error (argparse uses 2 as well).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ssl
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from mtlsproxy import __version__, pki
+from mtlsproxy.config import Config, ConfigError, ConfigProblem, load_config_with_warnings
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return EXIT_CONFIG
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mtlsproxy", description="Mutual-TLS sidecar proxy with its own handshake engine."
+    )
+    commands = parser.add_subparsers(metavar="COMMAND")
+
+    run = commands.add_parser("run", help="serve with a config file")
+    run.add_argument("-c", "--config", type=Path, required=True, help="YAML config file")
+    run.set_defaults(handler=_run)
+
+    check = commands.add_parser(
+        "check", help="validate a config and every file it names; exit 2 on problems"
+    )
+    check.add_argument("-c", "--config", type=Path, required=True)
+    check.set_defaults(handler=_check)
+
+    explain = commands.add_parser(
+        "explain", help="say step by step what the proxy would do with a client certificate"
+    )
+    explain.add_argument("-c", "--config", type=Path, required=True)
+    explain.add_argument("--cert", type=Path, required=True, help="client chain, PEM, leaf first")
+    explain.add_argument("--sni", help="server name the client would send (selects the route)")
+    explain.add_argument("--listener", help="listener name (default: the first)")
+    explain.set_defaults(handler=_explain)
+
+    demo = commands.add_parser(
+        "demo", help="run a throwaway PKI, upstream and proxy in require mode, and show it work"
+    )
+    demo.add_argument("--port", type=int, default=8443, help="proxy port (default 8443)")
+    demo.add_argument("--metrics-port", type=int, default=9100)
+    demo.add_argument("--dir", type=Path, help="keep the demo's PKI and config here")
+    demo.add_argument("--once", action="store_true", help="exit after the two exchanges")
+    demo.set_defaults(handler=_demo)
+
+    pki_command = commands.add_parser("pki", help="development PKI")
+    pki_commands = pki_command.add_subparsers(metavar="ACTION")
+    init = pki_commands.add_parser("init", help="write a development CA, server and clients")
+    init.add_argument("directory", type=Path)
+    init.add_argument(
+        "--host",
+        action="append",
+        dest="hosts",
+        help="server name or IP for the server certificates (repeatable; "
+        "default localhost, 127.0.0.1, ::1)",
+    )
+    init.set_defaults(handler=_pki_init)
+
+    version = commands.add_parser("version", help="print versions")
+    version.set_defaults(handler=_version)
+    return parser
+
+
+def _load(path: Path) -> Config | None:
+    """Load and validate; print every problem (and warning) to stderr."""
+    try:
+        config, warnings = load_config_with_warnings(path)
+    except ConfigError as error:
+        _print_problems(error.problems)
+        return None
+    _print_problems(warnings)
+    return config
+
+
+def _print_problems(problems: Sequence[ConfigProblem]) -> None:
+    for problem in problems:
+        print(problem, file=sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    from mtlsproxy.proxy.server import run
+
+    run(config)
+    return EXIT_OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        print(f"{args.config}: invalid", file=sys.stderr)
+        return EXIT_CONFIG
+    for listener in config.listeners:
+        routes = [listener.default_route, *listener.routes]
+        summary = ", ".join(
+            f"{route.name} ({route.client_auth.mode}) -> {route.upstream}" for route in routes
+        )
+        print(f"listener {listener.name} on {listener.host}:{listener.port}: {summary}")
+    print(f"{args.config}: ok")
+    return EXIT_OK
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from mtlsproxy.policy.explain import explain
+    from mtlsproxy.policy.routes import RouteTable
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    listeners = {listener.name: listener for listener in config.listeners}
+    if args.listener is not None and args.listener not in listeners:
+        print(f"no listener named {args.listener!r}; have {', '.join(listeners)}", file=sys.stderr)
+        return EXIT_CONFIG
+    listener = listeners[args.listener] if args.listener else config.listeners[0]
+    route = RouteTable.for_listener(listener).select_name(args.sni).config
+    try:
+        chain_pem = args.cert.read_bytes()
+    except OSError as error:
+        print(f"{args.cert}: {error.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
+    sni = f"SNI {args.sni!r}" if args.sni else "no SNI"
+    print(f"listener {listener.name}, {sni}: route {route.name!r}")
+    explanation = explain(route, chain_pem, datetime.now(UTC))
+    for line in explanation.lines:
+        print(line)
+    return EXIT_OK if explanation.admitted else EXIT_FAILURE
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from mtlsproxy.demo import run_demo
+
+    return run_demo(args.port, args.metrics_port, args.dir, once=args.once)
+
+
+def _pki_init(args: argparse.Namespace) -> int:
+    hosts = tuple(args.hosts) if args.hosts else ("localhost", "127.0.0.1", "::1")
+    files = pki.init(args.directory, hosts=hosts)
+    print(f"development PKI written to {files.directory} (never use these keys in production):")
+    for name in sorted(path.name for path in files.directory.iterdir()):
+        print(f"  {name}")
+    return EXIT_OK
+
+
+def _version(args: argparse.Namespace) -> int:
+    print(f"mtlsproxy {__version__}, {ssl.OPENSSL_VERSION}, Python {sys.version.split()[0]}")
+    return EXIT_OK

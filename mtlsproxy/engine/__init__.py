@@ -1,0 +1,1 @@
+"""Sans-I/O handshake engines: bytes in, bytes out, typed events; no asyncio, no sockets."""

@@ -1,0 +1,529 @@
+"""The ClientHello: a strict, bounded, incremental parser and the JA4/JA3 fingerprints.
+
+``ClientHelloReader`` is fed the first bytes of a connection in any split. It keeps every byte
+unchanged in ``buffered`` (to be replayed into OpenSSL), decides "this is not TLS" from the first
+bytes, reassembles the ClientHello across records (RFC 8446 section 5.1) and parses it
+(RFC 8446 section 4.1.2) into a frozen ``ClientHello``. Every failure is a ``HandshakeError`` at
+``Step.CLIENT_HELLO``: ``not_tls``, ``malformed`` or ``unsupported_version``. Nothing else
+escapes, memory is bounded by ``max_size`` and work is linear in the bytes received.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from mtlsproxy.engine.errors import Alert, HandshakeError, Reason, Step
+from mtlsproxy.engine.records import (
+    HANDSHAKE_HEADER_SIZE,
+    RECORD_HEADER_SIZE,
+    TLS_MAJOR_VERSION,
+    Buffer,
+    ContentType,
+    DecodeError,
+    HandshakeReader,
+    HandshakeType,
+)
+
+# The default cap on the whole ClientHello *including record headers*. Real ClientHellos are
+# 200-2000 bytes; post-quantum key shares (X25519MLKEM768, 1216 bytes) plus large PSK tickets
+# stay under ~8 KiB. OpenSSL's own limit for a ClientHello message is 128 KiB
+# (SSL3_RT_MAX_PLAIN_LENGTH * 8 for the handshake buffer); we are stricter because we buffer
+# before OpenSSL sees anything.
+MAX_CLIENT_HELLO_SIZE = 64 * 1024
+
+# RFC 8446 section 4.1.2: opaque legacy_session_id<0..32>; Random random (32 bytes).
+RANDOM_SIZE = 32
+MAX_SESSION_ID_SIZE = 32
+
+# RFC 1035 section 2.3.4 / RFC 6066 section 3: a DNS host name of at most 253 characters (255
+# octets on the wire minus the length octets), labels of 1..63 characters.
+MAX_HOST_NAME_SIZE = 253
+MAX_LABEL_SIZE = 63
+_LABEL_RE = re.compile(rb"[A-Za-z0-9-]{1,%d}" % MAX_LABEL_SIZE)
+
+# ProtocolVersion values (RFC 8446 section 4.2.1, RFC 5246 appendix A.1).
+TLS1_0 = 0x0301
+TLS1_1 = 0x0302
+TLS1_2 = 0x0303
+TLS1_3 = 0x0304
+
+# HTTP request methods whose presence at the start of a "TLS" connection means a plaintext
+# HTTP client hit the TLS port (RFC 9110 section 9, RFC 9113 section 3.4 for the h2 preface).
+HTTP_METHODS = (
+    b"GET ",
+    b"POST ",
+    b"HEAD ",
+    b"PUT ",
+    b"DELETE ",
+    b"OPTIONS ",
+    b"CONNECT ",
+    b"PATCH ",
+    b"TRACE ",
+    b"PRI ",
+)
+
+
+class ExtensionType:
+    """Extension code points we parse (IANA "TLS ExtensionType Values")."""
+
+    SERVER_NAME = 0x0000  # RFC 6066 section 3
+    SUPPORTED_GROUPS = 0x000A  # RFC 8446 section 4.2.7
+    EC_POINT_FORMATS = 0x000B  # RFC 8422 section 5.1.2
+    SIGNATURE_ALGORITHMS = 0x000D  # RFC 8446 section 4.2.3
+    ALPN = 0x0010  # RFC 7301 section 3.1
+    PRE_SHARED_KEY = 0x0029  # RFC 8446 section 4.2.11
+    EARLY_DATA = 0x002A  # RFC 8446 section 4.2.10
+    SUPPORTED_VERSIONS = 0x002B  # RFC 8446 section 4.2.1
+    PSK_KEY_EXCHANGE_MODES = 0x002D  # RFC 8446 section 4.2.9
+    KEY_SHARE = 0x0033  # RFC 8446 section 4.2.8
+
+
+def is_grease(value: int) -> bool:
+    """RFC 8701 section 2: GREASE values are 0x0A0A, 0x1A1A, ..., 0xFAFA (and 0x0A.. 0xFA for
+    single-byte fields, which we do not need here)."""
+    return (value & 0x0F0F) == 0x0A0A and (value >> 8) == (value & 0xFF)
+
+
+# JA4 version codes (FoxIO JA4 specification, "TLS and DTLS Version").
+_JA4_VERSIONS = {
+    0x0304: "13",
+    0x0303: "12",
+    0x0302: "11",
+    0x0301: "10",
+    0x0300: "s3",
+    0x0002: "s2",
+    0xFEFF: "d1",
+    0xFEFD: "d2",
+    0xFEFC: "d3",
+}
+
+
+def _sha256_12(text: str) -> str:
+    return hashlib.sha256(text.encode("ascii")).hexdigest()[:12]
+
+
+def _is_ascii_alnum(byte: int) -> bool:
+    return 0x30 <= byte <= 0x39 or 0x41 <= byte <= 0x5A or 0x61 <= byte <= 0x7A
+
+
+@dataclass(frozen=True, slots=True)
+class ClientHello:
+    """A parsed ClientHello (RFC 8446 section 4.1.2; RFC 5246 section 7.4.1.2).
+
+    ``extensions`` keeps every extension as ``(type, raw body)`` in wire order, GREASE included;
+    the parsed fields below are derived from it. GREASE values stay in the tuples (they are
+    what the client sent) and are skipped by the fingerprints.
+    """
+
+    legacy_version: int
+    random: bytes
+    session_id: bytes
+    cipher_suites: tuple[int, ...]
+    compression_methods: bytes
+    extensions: tuple[tuple[int, bytes], ...]
+    server_name: str | None = None
+    alpn_protocols: tuple[str, ...] = ()
+    supported_versions: tuple[int, ...] = ()
+    supported_groups: tuple[int, ...] = ()
+    signature_algorithms: tuple[int, ...] = ()
+    key_share_groups: tuple[int, ...] = ()
+    psk_key_exchange_modes: tuple[int, ...] = ()
+    has_pre_shared_key: bool = False
+    has_early_data: bool = False
+    ec_point_formats: bytes = b""
+
+    @property
+    def offered_versions(self) -> tuple[int, ...]:
+        """RFC 8446 section 4.2.1: supported_versions if present, else legacy_version alone."""
+        return self.supported_versions if self.supported_versions else (self.legacy_version,)
+
+    @property
+    def offers_tls13(self) -> bool:
+        return TLS1_3 in self.supported_versions
+
+    @property
+    def max_version(self) -> int:
+        """The highest non-GREASE version offered."""
+        return max(
+            (v for v in self.offered_versions if not is_grease(v)), default=self.legacy_version
+        )
+
+    @property
+    def extension_types(self) -> tuple[int, ...]:
+        return tuple(ext_type for ext_type, _ in self.extensions)
+
+    def ja4(self) -> str:
+        """The FoxIO JA4 TLS client fingerprint, e.g. ``t13d1516h2_8daaf6152771_e5627efa2ab1``.
+
+        ``t`` (TCP TLS), version (highest of supported_versions, else legacy_version), ``d`` if
+        the SNI extension is present else ``i``, 2-digit cipher and extension counts (capped at
+        99), first and last characters of the first ALPN value (``00`` if none; the hex digits'
+        first and last when either end is not ASCII alphanumeric); then the truncated SHA-256 of
+        the sorted cipher list; then of the sorted extension list without SNI and ALPN, joined by
+        ``_`` to the signature algorithms in wire order. GREASE is ignored everywhere.
+        """
+        ciphers = [c for c in self.cipher_suites if not is_grease(c)]
+        ext_types = [t for t in self.extension_types if not is_grease(t)]
+        version = _JA4_VERSIONS.get(self.max_version, "00")
+        sni = "d" if ExtensionType.SERVER_NAME in ext_types else "i"
+        alpn = "00"
+        if self.alpn_protocols:
+            first = self.alpn_protocols[0].encode("latin-1")
+            if first and _is_ascii_alnum(first[0]) and _is_ascii_alnum(first[-1]):
+                alpn = chr(first[0]) + chr(first[-1])
+            elif first:
+                alpn = f"{first[0]:02x}"[0] + f"{first[-1]:02x}"[-1]
+        part_a = f"t{version}{sni}{min(len(ciphers), 99):02d}{min(len(ext_types), 99):02d}{alpn}"
+
+        part_b = _sha256_12(",".join(sorted(f"{c:04x}" for c in ciphers))) if ciphers else "0" * 12
+        hashed_exts = sorted(
+            f"{t:04x}"
+            for t in ext_types
+            if t not in (ExtensionType.SERVER_NAME, ExtensionType.ALPN)
+        )
+        sigalgs = [f"{s:04x}" for s in self.signature_algorithms if not is_grease(s)]
+        if hashed_exts:
+            text = ",".join(hashed_exts)
+            if sigalgs:
+                text += "_" + ",".join(sigalgs)
+            part_c = _sha256_12(text)
+        else:
+            part_c = "0" * 12
+        return f"{part_a}_{part_b}_{part_c}"
+
+    def ja3_string(self) -> str:
+        """The classic JA3 string: version,ciphers,extensions,groups,point formats (no GREASE)."""
+
+        def dashed(values: tuple[int, ...] | bytes) -> str:
+            return "-".join(str(v) for v in values if not is_grease(v))
+
+        return ",".join(
+            (
+                str(self.legacy_version),
+                dashed(self.cipher_suites),
+                dashed(self.extension_types),
+                dashed(self.supported_groups),
+                dashed(self.ec_point_formats),
+            )
+        )
+
+    def ja3(self) -> str:
+        """MD5 hex of ``ja3_string()`` (Salesforce JA3)."""
+        return hashlib.md5(self.ja3_string().encode("ascii"), usedforsecurity=False).hexdigest()
+
+
+def _malformed(detail: str, alert: Alert = Alert.DECODE_ERROR) -> HandshakeError:
+    return HandshakeError(Step.CLIENT_HELLO, Reason.MALFORMED, detail, alert)
+
+
+def _validate_host_name(raw: bytes) -> str:
+    """RFC 6066 section 3: an ASCII DNS host name without a trailing dot; returned lowercased."""
+    if not raw or len(raw) > MAX_HOST_NAME_SIZE:
+        raise _malformed(f"server_name of {len(raw)} bytes is not a valid host name")
+    for label in raw.split(b"."):
+        if not _LABEL_RE.fullmatch(label):
+            raise _malformed("server_name is not a valid DNS host name")
+    return raw.decode("ascii").lower()
+
+
+def _parse_server_name(body: bytes) -> str | None:
+    """RFC 6066 section 3: ServerNameList server_name_list<1..2^16-1>; at most one host_name."""
+    buf = Buffer(body)
+    host_name: str | None = None
+    with buf.pull_block(2, minimum=1):
+        while not buf.eof():
+            name_type = buf.pull_uint8()
+            name = buf.pull_vector_bytes(2, minimum=1)
+            if name_type == 0:
+                if host_name is not None:
+                    raise _malformed("server_name lists two host names")
+                host_name = _validate_host_name(name)
+    if not buf.eof():
+        raise DecodeError("trailing bytes after server_name_list")
+    return host_name
+
+
+def _parse_alpn(body: bytes) -> tuple[str, ...]:
+    """RFC 7301 section 3.1: ProtocolName protocol_name_list<2..2^16-1>, names <1..2^8-1>."""
+    buf = Buffer(body)
+    names: list[str] = []
+    with buf.pull_block(2, minimum=2):
+        while not buf.eof():
+            names.append(buf.pull_vector_bytes(1, minimum=1).decode("latin-1"))
+    if not buf.eof():
+        raise DecodeError("trailing bytes after protocol_name_list")
+    return tuple(names)
+
+
+def _parse_key_share(body: bytes) -> tuple[int, ...]:
+    """RFC 8446 section 4.2.8: KeyShareEntry client_shares<0..2^16-1>, key_exchange<1..>."""
+    buf = Buffer(body)
+    groups: list[int] = []
+    with buf.pull_block(2):
+        while not buf.eof():
+            groups.append(buf.pull_uint16())
+            buf.pull_vector_bytes(2, minimum=1)
+    if not buf.eof():
+        raise DecodeError("trailing bytes after client_shares")
+    return tuple(groups)
+
+
+def _parse_pre_shared_key(body: bytes) -> None:
+    """RFC 8446 section 4.2.11: OfferedPsks, identities<7..2^16-1>, binders<33..2^16-1>."""
+    buf = Buffer(body)
+    identities = 0
+    with buf.pull_block(2, minimum=7):
+        while not buf.eof():
+            buf.pull_vector_bytes(2, minimum=1)
+            buf.pull_uint32()  # obfuscated_ticket_age
+            identities += 1
+    binders = 0
+    with buf.pull_block(2, minimum=33):
+        while not buf.eof():
+            buf.pull_vector_bytes(1, minimum=32)
+            binders += 1
+    if not buf.eof():
+        raise DecodeError("trailing bytes after OfferedPsks")
+    if identities != binders:
+        raise _malformed(
+            f"pre_shared_key has {identities} identities but {binders} binders",
+            Alert.ILLEGAL_PARAMETER,
+        )
+
+
+def _whole(body: bytes, length_size: int, minimum: int) -> tuple[int, ...]:
+    buf = Buffer(body)
+    values = buf.pull_uint16_list(length_size, minimum=minimum)
+    if not buf.eof():
+        raise DecodeError("trailing bytes after a list extension")
+    return values
+
+
+def _parse_uint8_list(body: bytes, minimum: int) -> bytes:
+    buf = Buffer(body)
+    values = buf.pull_vector_bytes(1, minimum=minimum)
+    if not buf.eof():
+        raise DecodeError("trailing bytes after a list extension")
+    return values
+
+
+def parse_client_hello(body: bytes) -> ClientHello:
+    """Parse a ClientHello message body (without the 4-byte handshake header).
+
+    RFC 8446 section 4.1.2 (and RFC 5246 section 7.4.1.2, where the extensions block may be
+    absent). Raises ``HandshakeError`` (``malformed`` or ``unsupported_version``) and nothing
+    else.
+    """
+    try:
+        hello = _parse_client_hello(body)
+    except DecodeError as exc:
+        raise _malformed(f"ClientHello does not decode: {exc}") from None
+    _check_version(hello)
+    return hello
+
+
+def _parse_client_hello(body: bytes) -> ClientHello:
+    buf = Buffer(body)
+    legacy_version = buf.pull_uint16()
+    random = buf.pull_bytes(RANDOM_SIZE)
+    session_id = buf.pull_vector_bytes(1)
+    if len(session_id) > MAX_SESSION_ID_SIZE:
+        raise _malformed(f"legacy_session_id of {len(session_id)} bytes exceeds 32")
+    # CipherSuite cipher_suites<2..2^16-2>
+    cipher_suites = buf.pull_uint16_list(2, minimum=2)
+    # opaque legacy_compression_methods<1..2^8-1>; must include null (0) for TLS 1.2 and be
+    # exactly [0] for TLS 1.3 (checked by OpenSSL against the negotiated version).
+    compression_methods = buf.pull_vector_bytes(1, minimum=1)
+    if 0 not in compression_methods:
+        raise _malformed("compression methods do not include null", Alert.ILLEGAL_PARAMETER)
+
+    extensions: list[tuple[int, bytes]] = []
+    if not buf.eof():
+        # Extension extensions<8..2^16-1>; RFC 5246 allows the block to be absent entirely.
+        with buf.pull_block(2):
+            while not buf.eof():
+                ext_type = buf.pull_uint16()
+                extensions.append((ext_type, buf.pull_vector_bytes(2)))
+    if not buf.eof():
+        raise DecodeError(f"{buf.remaining()} trailing bytes after the extensions")
+
+    seen: set[int] = set()
+    for index, (ext_type, _) in enumerate(extensions):
+        if ext_type in seen:
+            # RFC 8446 section 4.2: "There MUST NOT be more than one extension of the same
+            # type in a given extension block."
+            raise _malformed(f"duplicate extension 0x{ext_type:04x}", Alert.ILLEGAL_PARAMETER)
+        seen.add(ext_type)
+        if ext_type == ExtensionType.PRE_SHARED_KEY and index != len(extensions) - 1:
+            # RFC 8446 section 4.2.11: pre_shared_key "MUST be the last extension".
+            raise _malformed("pre_shared_key is not the last extension", Alert.ILLEGAL_PARAMETER)
+
+    fields: dict[str, object] = {}
+    for ext_type, ext_body in extensions:
+        if ext_type == ExtensionType.SERVER_NAME:
+            fields["server_name"] = _parse_server_name(ext_body)
+        elif ext_type == ExtensionType.ALPN:
+            fields["alpn_protocols"] = _parse_alpn(ext_body)
+        elif ext_type == ExtensionType.SUPPORTED_VERSIONS:
+            # ProtocolVersion versions<2..254>
+            fields["supported_versions"] = _whole(ext_body, 1, 2)
+        elif ext_type == ExtensionType.SUPPORTED_GROUPS:
+            # NamedGroup named_group_list<2..2^16-1>
+            fields["supported_groups"] = _whole(ext_body, 2, 2)
+        elif ext_type == ExtensionType.SIGNATURE_ALGORITHMS:
+            # SignatureScheme supported_signature_algorithms<2..2^16-2>
+            fields["signature_algorithms"] = _whole(ext_body, 2, 2)
+        elif ext_type == ExtensionType.KEY_SHARE:
+            fields["key_share_groups"] = _parse_key_share(ext_body)
+        elif ext_type == ExtensionType.PSK_KEY_EXCHANGE_MODES:
+            # PskKeyExchangeMode ke_modes<1..255>
+            fields["psk_key_exchange_modes"] = tuple(_parse_uint8_list(ext_body, 1))
+        elif ext_type == ExtensionType.PRE_SHARED_KEY:
+            _parse_pre_shared_key(ext_body)
+            fields["has_pre_shared_key"] = True
+        elif ext_type == ExtensionType.EARLY_DATA:
+            # RFC 8446 section 4.2.10: empty in the ClientHello.
+            if ext_body:
+                raise DecodeError("early_data extension is not empty")
+            fields["has_early_data"] = True
+        elif ext_type == ExtensionType.EC_POINT_FORMATS:
+            # ECPointFormat ec_point_format_list<1..2^8-1>
+            fields["ec_point_formats"] = _parse_uint8_list(ext_body, 1)
+
+    return ClientHello(
+        legacy_version=legacy_version,
+        random=random,
+        session_id=session_id,
+        cipher_suites=cipher_suites,
+        compression_methods=compression_methods,
+        extensions=tuple(extensions),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def _check_version(hello: ClientHello) -> None:
+    """We speak TLS 1.2 and 1.3 only (RFC 8446 section 4.2.1, RFC 8996)."""
+    if hello.supported_versions:
+        if not any(v >= TLS1_2 and not is_grease(v) for v in hello.supported_versions):
+            raise HandshakeError(
+                Step.CLIENT_HELLO,
+                Reason.UNSUPPORTED_VERSION,
+                "supported_versions offers nothing at or above TLS 1.2",
+                Alert.PROTOCOL_VERSION,
+            )
+    elif hello.legacy_version < TLS1_2:
+        raise HandshakeError(
+            Step.CLIENT_HELLO,
+            Reason.UNSUPPORTED_VERSION,
+            f"client offers at most version 0x{hello.legacy_version:04x}",
+            Alert.PROTOCOL_VERSION,
+        )
+
+
+class ClientHelloReader:
+    """Read the ClientHello from the first bytes of a connection, fed in any split.
+
+    ``feed(data)`` returns the ``ClientHello`` once complete, ``None`` while more bytes are
+    needed, and raises ``HandshakeError`` (step ``client_hello``) otherwise; after a failure it
+    raises the same error again. Feeding after the ClientHello was returned raises
+    ``RuntimeError``. ``buffered`` is every byte fed, unchanged, for replay into OpenSSL; it may
+    extend past the ClientHello (e.g. a TLS 1.3 client's CCS and early data in the same read),
+    ``hello_size`` says where the ClientHello's records end.
+
+    Bounds: the ClientHello's records, headers included, may total at most ``max_size`` bytes;
+    the reader never buffers more than ``max_size`` bytes before it either returns the
+    ClientHello or fails (plus, on success, the rest of the final ``feed`` chunk).
+    """
+
+    def __init__(self, max_size: int = MAX_CLIENT_HELLO_SIZE) -> None:
+        self._max_size = max_size
+        self._buffered = bytearray()
+        self._records = HandshakeReader(
+            Step.CLIENT_HELLO,
+            max_message_size=max(0, max_size - RECORD_HEADER_SIZE - HANDSHAKE_HEADER_SIZE),
+        )
+        self._hello: ClientHello | None = None
+        self._error: HandshakeError | None = None
+
+    @property
+    def buffered(self) -> bytes:
+        return bytes(self._buffered)
+
+    @property
+    def hello_size(self) -> int:
+        """Bytes of ``buffered`` that are the ClientHello's records (0 until it is complete)."""
+        return self._records.consumed if self._hello is not None else 0
+
+    @property
+    def looks_like_http(self) -> bool:
+        """True when the bytes start with an HTTP method token (a plaintext client)."""
+        head = bytes(self._buffered[:16])
+        return head.startswith(HTTP_METHODS)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> ClientHello | None:
+        if self._hello is not None:
+            raise RuntimeError("ClientHelloReader.feed() called after the ClientHello")
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._feed(bytes(data))
+        except HandshakeError as exc:
+            self._error = exc
+            raise
+
+    def _feed(self, data: bytes) -> ClientHello | None:
+        before = len(self._buffered)
+        self._buffered += data
+        if before < 2:
+            self._check_first_bytes()
+        room = max(0, self._max_size - before)
+        self._records.feed(data[:room])
+
+        message = self._records.read_message()
+        if message is None:
+            msg_type, length = self._records.pending_header()
+            if msg_type is not None and msg_type != HandshakeType.CLIENT_HELLO:
+                raise self._wrong_type(msg_type)
+            if length is not None and (
+                length + HANDSHAKE_HEADER_SIZE + RECORD_HEADER_SIZE > self._max_size
+            ):
+                raise _malformed(
+                    f"ClientHello of {length} bytes exceeds the limit of {self._max_size}"
+                )
+            if len(self._buffered) > self._max_size:
+                raise _malformed(f"no complete ClientHello in the first {self._max_size} bytes")
+            return None
+        if message.msg_type != HandshakeType.CLIENT_HELLO:
+            raise self._wrong_type(message.msg_type)
+        if self._records.fragment_pending:
+            # RFC 8446 section 5.1: handshake messages MUST NOT span key changes; nothing may
+            # follow the ClientHello in its record (the next client flight waits for ours).
+            raise _malformed("bytes follow the ClientHello in its last record")
+        self._hello = parse_client_hello(message.body)
+        return self._hello
+
+    def _wrong_type(self, msg_type: int) -> HandshakeError:
+        return _malformed(
+            f"first handshake message has type {msg_type}, not ClientHello",
+            Alert.UNEXPECTED_MESSAGE,
+        )
+
+    def _check_first_bytes(self) -> None:
+        """RFC 8446 section 5.1: a TLS connection opens with a handshake record, {0x16, 0x03}."""
+        first = self._buffered[0] if self._buffered else None
+        if first is not None and first != ContentType.HANDSHAKE:
+            if first & 0x80:
+                detail = "SSLv2-style ClientHello; only TLS 1.2 and 1.3 are supported"
+            elif self.looks_like_http:
+                detail = "plaintext HTTP request on a TLS port"
+            else:
+                detail = f"first byte 0x{first:02x} is not a TLS handshake record"
+            raise HandshakeError(Step.CLIENT_HELLO, Reason.NOT_TLS, detail)
+        if len(self._buffered) >= 2 and self._buffered[1] != TLS_MAJOR_VERSION:
+            raise HandshakeError(
+                Step.CLIENT_HELLO,
+                Reason.NOT_TLS,
+                f"record version major byte 0x{self._buffered[1]:02x} is not TLS",
+            )

@@ -1,0 +1,111 @@
+"""The typed events a handshake engine emits (h11 / aioquic style: plain frozen data)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mtlsproxy.engine.clienthello import ClientHello
+from mtlsproxy.engine.errors import Alert, Reason, Step
+from mtlsproxy.policy.identity import PeerIdentity
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeTimings:
+    """Seconds spent in each handshake phase (DESIGN.md, "Phases timed per handshake").
+
+    ``client_hello``: accept to complete ClientHello. ``server_flight``: ClientHello to our
+    flight written. ``client_flight``: our flight to the client's answer (a network round trip
+    plus the client's work). ``verify``: the engine's work on the client's answer: certificate
+    chain, CertificateVerify, Finished and the identity policy. ``total``: accept to the end.
+    A phase that was not reached is ``None``.
+    """
+
+    client_hello: float | None = None
+    server_flight: float | None = None
+    client_flight: float | None = None
+    verify: float | None = None
+    total: float | None = None
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            name: value
+            for name in ("client_hello", "server_flight", "client_flight", "verify", "total")
+            if (value := getattr(self, name)) is not None
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ClientHelloReceived:
+    """Seed step 1 done: the ClientHello is parsed and a route chosen from it."""
+
+    hello: ClientHello
+    route: str
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeComplete:
+    """Seed steps 2-8 done and the client admitted; application data may flow."""
+
+    route: str
+    version: str
+    cipher: str
+    alpn: str | None
+    client_certificate_presented: bool
+    identity: PeerIdentity | None  # None: anonymous (mode none, or request without a cert)
+    session_reused: bool
+    timings: HandshakeTimings
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeFailed:
+    """The handshake ended without admitting the client; nothing reaches the upstream.
+
+    ``refused`` is true when the TLS handshake itself succeeded but the verified identity is
+    not allowed (DESIGN.md: result ``refused``); otherwise the result is ``failed``.
+    """
+
+    step: Step
+    reason: Reason
+    detail: str
+    alert: Alert | None
+    route: str | None
+    timings: HandshakeTimings
+    client_certificate_presented: bool = False
+    identity: PeerIdentity | None = None
+    version: str | None = None
+
+    @property
+    def result(self) -> str:
+        return "refused" if self.reason is Reason.IDENTITY_NOT_ALLOWED else "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class ApplicationData:
+    """Decrypted bytes from the client (seed step 9)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PeerClosed:
+    """The client will send no more. ``clean``: it sent close_notify; otherwise the TCP stream
+    ended without one (a "ragged" EOF, which may be a truncation attack, so it is reported)."""
+
+    clean: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolError:
+    """The established TLS session broke (bad record, alert from the client...)."""
+
+    detail: str
+
+
+Event = (
+    ClientHelloReceived
+    | HandshakeComplete
+    | HandshakeFailed
+    | ApplicationData
+    | PeerClosed
+    | ProtocolError
+)

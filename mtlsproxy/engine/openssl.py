@@ -1,0 +1,449 @@
+"""The OpenSSL-backed handshake engine: ``ssl.SSLObject`` over two ``MemoryBIO``s.
+
+Theory of operation
+-------------------
+The engine owns the first bytes of the connection. It reads them with its own ClientHello
+parser (``clienthello.py``) and chooses the route from the parsed hello *before* any byte
+reaches OpenSSL; the route's own ``SSLContext`` then wraps the BIO pair and the buffered bytes
+are replayed into it. A session made under one route can therefore never be resumed under
+another (each context has its own session cache and ticket keys), and no ``sni_callback`` is
+needed.
+
+Rules for driving the SSLObject (trio ``_ssl.py``, CPython ``sslproto.py``; the checklist in
+docs/architecture.md):
+
+* every call into the SSLObject is followed by a drain of the outgoing BIO, including the failure
+  branch, so the alert OpenSSL wrote explaining a failed handshake reaches the client;
+* ``SSLWantReadError`` is control flow ("feed me more"), every other ``SSLError`` during the
+  handshake is terminal and is classified once, into a seed step and a reason;
+* ``read()`` returning ``b""`` is close_notify; ``SSLEOFError`` after ``write_eof`` is a ragged
+  EOF; both are reported, differently;
+* TLS 1.3 session tickets pending right after ``do_handshake()`` are flushed at once;
+* the client's identity is checked (``TLSRoute.admit``) before ``HandshakeComplete`` is emitted,
+  so the proxy never connects upstream for a client that is not allowed.
+
+What OpenSSL does not let us do: under TLS 1.3 the client has finished its side when the server
+sees its certificate, and ``SSLObject`` cannot send an encrypted alert of our choosing. A client
+refused by the allow-list therefore gets close_notify under TLS 1.3, and a plaintext
+``access_denied`` alert (sent instead of our Finished) under TLS 1.2.
+"""
+
+from __future__ import annotations
+
+import enum
+import ssl
+
+from mtlsproxy.engine.clienthello import ClientHello, ClientHelloReader
+from mtlsproxy.engine.errors import Alert, HandshakeError, Reason, Step
+from mtlsproxy.engine.events import (
+    ApplicationData,
+    ClientHelloReceived,
+    Event,
+    HandshakeComplete,
+    HandshakeFailed,
+    HandshakeTimings,
+    PeerClosed,
+    ProtocolError,
+)
+from mtlsproxy.engine.interface import Clock, RouteSelector, TLSRoute
+from mtlsproxy.policy.identity import PeerIdentity
+
+# How much decrypted data one ``SSLObject.read`` call may return. 64 KiB covers four full
+# records per call; larger sizes did not help in CPython's sslproto measurements.
+READ_SIZE = 64 * 1024
+
+PLAIN_HTTP_RESPONSE = (
+    b"HTTP/1.1 400 Bad Request\r\n"
+    b"Content-Type: text/plain\r\n"
+    b"Connection: close\r\n"
+    b"Content-Length: 63\r\n"
+    b"\r\n"
+    b"This port speaks TLS only: use https:// and a client certificate\n"
+)[:-1]
+
+# X509_V_ERR_* codes (openssl/x509_vfy.h) -> reason, and the alert OpenSSL sends for them
+# (ssl_verify_alarm_type in ssl/statem/statem_lib.c).
+_VERIFY_CODES: dict[int, tuple[Reason, Alert]] = {
+    9: (Reason.CLIENT_CERT_NOT_YET_VALID, Alert.BAD_CERTIFICATE),
+    10: (Reason.CLIENT_CERT_EXPIRED, Alert.CERTIFICATE_EXPIRED),
+    23: (Reason.CLIENT_CERT_REVOKED, Alert.CERTIFICATE_REVOKED),
+    26: (Reason.CLIENT_CERT_BAD_USAGE, Alert.UNSUPPORTED_CERTIFICATE),
+    2: (Reason.CLIENT_CERT_UNTRUSTED, Alert.UNKNOWN_CA),
+    3: (Reason.CLIENT_CERT_UNTRUSTED, Alert.UNKNOWN_CA),  # no CRL for the issuer: fail closed
+    12: (Reason.CLIENT_CERT_UNTRUSTED, Alert.UNKNOWN_CA),  # the CRL itself has expired
+    18: (Reason.CLIENT_CERT_UNTRUSTED, Alert.UNKNOWN_CA),
+    19: (Reason.CLIENT_CERT_UNTRUSTED, Alert.UNKNOWN_CA),
+    20: (Reason.CLIENT_CERT_UNTRUSTED, Alert.UNKNOWN_CA),
+    21: (Reason.CLIENT_CERT_UNTRUSTED, Alert.UNKNOWN_CA),
+}
+
+# Alerts a client sends when it does not accept our certificate (seed step 3).
+_CLIENT_REJECTS_SERVER_CERT = {
+    Alert.BAD_CERTIFICATE,
+    Alert.UNSUPPORTED_CERTIFICATE,
+    Alert.CERTIFICATE_REVOKED,
+    Alert.CERTIFICATE_EXPIRED,
+    Alert.CERTIFICATE_UNKNOWN,
+    Alert.UNKNOWN_CA,
+}
+
+# OpenSSL reason codes for our own handshake failures, by what they mean to an operator.
+_NEGOTIATION_FAILURES: dict[str, Reason] = {
+    "NO_SHARED_CIPHER": Reason.NO_SHARED_CIPHER,
+    "NO_SHARED_GROUPS": Reason.NO_SHARED_CIPHER,
+    "NO_SUITABLE_KEY_SHARE": Reason.NO_SHARED_CIPHER,
+    "NO_SHARED_SIGNATURE_ALGORITHMS": Reason.NO_SHARED_SIGNATURE,
+    "NO_SUITABLE_SIGNATURE_ALGORITHM": Reason.NO_SHARED_SIGNATURE,
+    "UNSUPPORTED_PROTOCOL": Reason.UNSUPPORTED_VERSION,
+    "VERSION_TOO_LOW": Reason.UNSUPPORTED_VERSION,
+    "WRONG_VERSION_NUMBER": Reason.UNSUPPORTED_VERSION,
+}
+
+
+class _State(enum.Enum):
+    CLIENT_HELLO = "client_hello"  # buffering until our parser has a whole ClientHello
+    HANDSHAKE = "handshake"  # OpenSSL is running the handshake
+    ESTABLISHED = "established"  # admitted; application data flows
+    CLOSED = "closed"  # failed, or the session ended; nothing more is read
+
+
+class OpenSSLEngine:
+    """Server side of one TLS connection, flight by flight.
+
+    ``select_route`` maps the parsed ClientHello to a route; ``clock`` is a monotonic clock in
+    seconds (the proxy passes ``loop.time``), read at each flight to time the phases.
+    """
+
+    def __init__(self, select_route: RouteSelector, clock: Clock) -> None:
+        self._select_route = select_route
+        self._clock = clock
+        self._state = _State.CLIENT_HELLO
+        self._hello_reader = ClientHelloReader()
+        self._hello: ClientHello | None = None
+        self._route: TLSRoute | None = None
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._sslobj: ssl.SSLObject | None = None
+        self._to_send = bytearray()  # bytes we frame ourselves: the 400, a TLS 1.2 alert
+        self._eof_received = False
+        # Phase marks, from self._clock().
+        self._t_accept = clock()
+        self._t_hello: float | None = None
+        self._t_flight: float | None = None
+        self._t_answer: float | None = None
+        self._verify_seconds: float | None = None
+        self._t_end: float | None = None
+
+    # Public surface (engine.interface.Engine)
+
+    @property
+    def handshake_complete(self) -> bool:
+        return self._state is _State.ESTABLISHED
+
+    @property
+    def route(self) -> TLSRoute | None:
+        return self._route
+
+    def data_to_send(self) -> bytes:
+        pending = self._outgoing.pending
+        if not self._to_send and not pending:
+            return b""
+        out = bytes(self._to_send) + (self._outgoing.read() if pending else b"")
+        self._to_send.clear()
+        return out
+
+    def receive(self, data: bytes) -> list[Event]:
+        if self._state is _State.CLOSED or not data:
+            return []
+        if self._state is _State.CLIENT_HELLO:
+            return self._receive_client_hello(data)
+        self._incoming.write(data)
+        if self._state is _State.HANDSHAKE:
+            if self._t_flight is not None and self._t_answer is None:
+                self._t_answer = self._clock()
+            return self._do_handshake()
+        return self._read_application_data()
+
+    def receive_eof(self) -> list[Event]:
+        if self._state is _State.CLOSED:
+            return []
+        self._eof_received = True
+        if self._state is _State.CLIENT_HELLO:
+            return [self._fail(self._peer_closed_error())]
+        self._incoming.write_eof()
+        if self._state is _State.HANDSHAKE:
+            return self._do_handshake()
+        return self._read_application_data()
+
+    def handle_timeout(self) -> list[Event]:
+        if self._state not in (_State.CLIENT_HELLO, _State.HANDSHAKE):
+            return []
+        error = HandshakeError(
+            self._waiting_step(), Reason.TIMEOUT, "the client did not finish the handshake in time"
+        )
+        return [self._fail(error)]
+
+    def send(self, data: bytes) -> None:
+        if self._state is not _State.ESTABLISHED:
+            raise RuntimeError("send() before the handshake completed or after close")
+        if not data:  # SSLObject.write(b"") has meant EOF in some versions (trio)
+            return
+        assert self._sslobj is not None
+        self._sslobj.write(data)
+
+    def close(self) -> None:
+        """Send close_notify. Reading goes on: the client may still have data in flight."""
+        if self._sslobj is None or self._state is _State.CLOSED:
+            self._state = _State.CLOSED
+            return
+        try:
+            self._sslobj.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # close_notify is written; the client's answer is not awaited here
+        except (ssl.SSLError, OSError):
+            self._state = _State.CLOSED
+
+    # Handshake flow
+
+    def _receive_client_hello(self, data: bytes) -> list[Event]:
+        try:
+            hello = self._hello_reader.feed(data)
+        except HandshakeError as error:
+            if error.reason is Reason.NOT_TLS and self._hello_reader.looks_like_http:
+                self._to_send += PLAIN_HTTP_RESPONSE
+            return [self._fail(error)]
+        if hello is None:
+            return []
+        self._hello = hello
+        self._t_hello = self._clock()
+        route = self._select_route(hello)
+        self._route = route
+        self._sslobj = route.ssl_context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._incoming.write(self._hello_reader.buffered)
+        self._state = _State.HANDSHAKE
+        return [ClientHelloReceived(hello, route.name), *self._do_handshake()]
+
+    def _do_handshake(self) -> list[Event]:
+        assert self._sslobj is not None and self._route is not None
+        started = self._clock()
+        try:
+            self._sslobj.do_handshake()
+        except ssl.SSLWantReadError:
+            if self._t_flight is None and self._outgoing.pending:
+                self._t_flight = self._clock()
+            return []
+        except ssl.SSLError as exc:
+            return [self._fail(self._classify(exc))]
+        try:
+            identity = self._route.admit(self._peer_certificate(), self._sslobj.session_reused)
+        except HandshakeError as error:
+            return [self._refuse(error)]
+        now = self._clock()
+        self._verify_seconds = now - started
+        self._t_end = now
+        self._state = _State.ESTABLISHED
+        complete = HandshakeComplete(
+            route=self._route.name,
+            version=self._sslobj.version() or "unknown",
+            cipher=(self._sslobj.cipher() or ("unknown",))[0],
+            alpn=self._sslobj.selected_alpn_protocol(),
+            client_certificate_presented=identity is not None,
+            identity=identity,
+            session_reused=self._sslobj.session_reused,
+            timings=self._timings(),
+        )
+        # Application data may have arrived in the same read as the client's Finished.
+        return [complete, *self._read_application_data()]
+
+    def _peer_certificate(self) -> bytes | None:
+        assert self._sslobj is not None
+        if not self._route or not self._route.requests_client_certificate:
+            return None
+        return self._sslobj.getpeercert(binary_form=True)
+
+    def _refuse(self, error: HandshakeError) -> HandshakeFailed:
+        """The TLS handshake succeeded but the policy refuses the client (seed step 6)."""
+        assert self._sslobj is not None
+        version = self._sslobj.version()
+        if version == "TLSv1.2":
+            # Our CCS + Finished are still in the outgoing BIO: replace them with a plaintext
+            # fatal alert, so the client learns why (RFC 5246 section 7.2.2).
+            self._outgoing.read()
+            alert = error.alert or Alert.ACCESS_DENIED
+            self._to_send += bytes((0x15, 0x03, 0x03, 0x00, 0x02, 0x02, alert))
+            error = HandshakeError(error.step, error.reason, error.detail, alert)
+        else:
+            self.close()
+            error = HandshakeError(error.step, error.reason, error.detail, Alert.CLOSE_NOTIFY)
+        leaf = self._sslobj.getpeercert(binary_form=True)
+        identity = PeerIdentity.from_der(leaf) if leaf else None
+        return self._fail(error, identity=identity, version=version)
+
+    # Incoming flow (after the handshake)
+
+    def _read_application_data(self) -> list[Event]:
+        assert self._sslobj is not None
+        events: list[Event] = []
+        chunks: list[bytes] = []
+        read = self._sslobj.read
+        try:
+            while True:
+                chunk = read(READ_SIZE)
+                if not chunk:
+                    events.append(PeerClosed(clean=True))
+                    break
+                chunks.append(chunk)
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLZeroReturnError:
+            events.append(PeerClosed(clean=True))
+        except (ssl.SSLEOFError, ssl.SSLSyscallError):
+            events.append(PeerClosed(clean=False))
+            self._state = _State.CLOSED
+        except ssl.SSLError as exc:
+            events.append(ProtocolError(f"{exc.reason or exc}"))
+            self._state = _State.CLOSED
+        if chunks:
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            events.insert(0, ApplicationData(data))
+        return events
+
+    # Failure classification: the one place OpenSSL errors become (step, reason, alert)
+
+    def _classify(self, exc: ssl.SSLError) -> HandshakeError:
+        reason_code = exc.reason or ""
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            reason, alert = _VERIFY_CODES.get(
+                exc.verify_code, (Reason.CLIENT_CERT_INVALID, Alert.BAD_CERTIFICATE)
+            )
+            return HandshakeError(
+                Step.CLIENT_VERIFY, reason, f"client certificate: {exc.verify_message}", alert
+            )
+        if isinstance(exc, ssl.SSLZeroReturnError | ssl.SSLEOFError | ssl.SSLSyscallError):
+            return self._peer_closed_error()
+        if reason_code == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
+            alert = Alert.CERTIFICATE_REQUIRED if self._tls13() else Alert.HANDSHAKE_FAILURE
+            return HandshakeError(
+                Step.CLIENT_CERTIFICATE,
+                Reason.CLIENT_CERT_MISSING,
+                "the client sent no certificate and client_auth.mode is require",
+                alert,
+            )
+        received = _received_alert(reason_code)
+        if received is not None:
+            if self._t_flight is not None and received in _CLIENT_REJECTS_SERVER_CERT:
+                return HandshakeError(
+                    Step.SERVER_CERTIFICATE,
+                    Reason.CLIENT_REJECTED_SERVER_CERT,
+                    f"the client rejected our certificate with alert {received.name.lower()}",
+                )
+            reason = (
+                Reason.UNSUPPORTED_VERSION
+                if received is Alert.PROTOCOL_VERSION
+                else Reason.CLIENT_ALERT
+            )
+            return HandshakeError(
+                self._waiting_step(), reason, f"the client sent alert {received.name.lower()}"
+            )
+        if reason_code in _NEGOTIATION_FAILURES:
+            reason = _NEGOTIATION_FAILURES[reason_code]
+            alert = (
+                Alert.PROTOCOL_VERSION
+                if reason is Reason.UNSUPPORTED_VERSION
+                else Alert.HANDSHAKE_FAILURE
+            )
+            return HandshakeError(Step.SERVER_HELLO, reason, f"OpenSSL: {reason_code}", alert)
+        if reason_code in ("BAD_SIGNATURE", "BAD_RSA_SIGNATURE", "BAD_ECDSA_SIGNATURE"):
+            return HandshakeError(
+                Step.CLIENT_VERIFY,
+                Reason.CLIENT_CERT_INVALID,
+                "the client's CertificateVerify signature does not verify",
+                Alert.DECRYPT_ERROR,
+            )
+        if reason_code == "DIGEST_CHECK_FAILED":
+            return HandshakeError(
+                Step.CLIENT_FINISHED,
+                Reason.MALFORMED,
+                "the client's Finished does not match",
+                Alert.DECRYPT_ERROR,
+            )
+        return HandshakeError(
+            self._waiting_step(), Reason.MALFORMED, f"OpenSSL: {reason_code or exc}"
+        )
+
+    def _peer_closed_error(self) -> HandshakeError:
+        return HandshakeError(
+            self._waiting_step(), Reason.PEER_CLOSED, "the client closed during the handshake"
+        )
+
+    def _waiting_step(self) -> Step:
+        """The seed step we were waiting for when the handshake stopped."""
+        if self._hello is None:
+            return Step.CLIENT_HELLO
+        if self._t_flight is None:
+            return Step.SERVER_HELLO
+        if self._route is not None and self._route.requests_client_certificate:
+            return Step.CLIENT_CERTIFICATE
+        return Step.CLIENT_FINISHED if self._tls13() else Step.KEY_EXCHANGE
+
+    def _tls13(self) -> bool:
+        if self._sslobj is not None and self._sslobj.version() is not None:
+            return self._sslobj.version() == "TLSv1.3"
+        return self._hello is not None and self._hello.offers_tls13
+
+    def _fail(
+        self,
+        error: HandshakeError,
+        identity: PeerIdentity | None = None,
+        version: str | None = None,
+    ) -> HandshakeFailed:
+        self._state = _State.CLOSED
+        self._t_end = self._clock()
+        flushed = self._outgoing.read()
+        self._to_send += flushed
+        alert = _plaintext_alert(flushed) or error.alert
+        return HandshakeFailed(
+            step=error.step,
+            reason=error.reason,
+            detail=error.detail,
+            alert=alert,
+            route=self._route.name if self._route else None,
+            timings=self._timings(),
+            client_certificate_presented=identity is not None,
+            identity=identity,
+            version=version,
+        )
+
+    def _timings(self) -> HandshakeTimings:
+        return HandshakeTimings(
+            client_hello=_span(self._t_accept, self._t_hello),
+            server_flight=_span(self._t_hello, self._t_flight),
+            client_flight=_span(self._t_flight, self._t_answer),
+            verify=self._verify_seconds,
+            total=_span(self._t_accept, self._t_end),
+        )
+
+
+def _span(start: float | None, end: float | None) -> float | None:
+    return end - start if start is not None and end is not None else None
+
+
+def _received_alert(reason_code: str) -> Alert | None:
+    """OpenSSL names a received alert SSLV3_ALERT_X, TLSV1_ALERT_X or TLSV13_ALERT_X."""
+    for prefix in ("SSLV3_ALERT_", "TLSV1_ALERT_", "TLSV13_ALERT_"):
+        if reason_code.startswith(prefix):
+            name = reason_code.removeprefix(prefix)
+            return Alert.__members__.get(name, Alert.HANDSHAKE_FAILURE)
+    return None
+
+
+def _plaintext_alert(flushed: bytes) -> Alert | None:
+    """Which alert OpenSSL wrote last, when it is still plaintext (before encryption started):
+    a record of type 21 holding (level, description), RFC 5246 section 7.2."""
+    record = flushed[-7:]
+    if len(record) != 7 or record[0] != 0x15 or record[3:5] != b"\x00\x02":
+        return None
+    try:
+        return Alert(record[6])
+    except ValueError:
+        return None

@@ -1,0 +1,296 @@
+"""TLS record-layer helpers for the plaintext start of a connection.
+
+Sans-I/O: bytes in, parsed values out; no sockets, no asyncio, no clock. The reader here only
+understands the *plaintext* records that open a handshake (RFC 8446 section 5.1, RFC 5246
+section 6.2.1): everything after the first key change is OpenSSL's (or the native engine's)
+business.
+
+``Buffer`` is a small cursor over immutable bytes in the style of aioquic's ``tls.py``:
+``pull_uint8/16/24/32``, ``pull_bytes`` and ``pull_block`` (a length-prefixed vector that must be
+consumed exactly). Running past the end of the data or of the enclosing block raises
+``DecodeError``; callers turn that into a ``HandshakeError`` for their step.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NamedTuple
+
+from mtlsproxy.engine.errors import Alert, HandshakeError, Reason, Step
+
+# RFC 8446 section 5.1: ContentType type (1) + ProtocolVersion legacy_record_version (2) +
+# uint16 length (2).
+RECORD_HEADER_SIZE = 5
+
+# RFC 8446 section 5.1: "The length MUST NOT exceed 2^14 bytes. An endpoint that receives a
+# record that exceeds this length MUST terminate the connection with a "record_overflow"
+# alert." (RFC 5246 section 6.2.1 has the same limit for TLSPlaintext.) The 2^14 + 256 allowance
+# is for *ciphertext* only; the records read here are plaintext, so we are strict.
+MAX_PLAINTEXT_RECORD = 2**14
+
+# RFC 8446 section 4: HandshakeType msg_type (1) + uint24 length (3).
+HANDSHAKE_HEADER_SIZE = 4
+
+# The major byte of every TLS (1.0 through 1.3) ProtocolVersion: {3, x}. SSL 2.0 used {0, 2}.
+TLS_MAJOR_VERSION = 0x03
+
+
+class ContentType(enum.IntEnum):
+    """TLS record content types (RFC 8446 section 5.1, RFC 5246 section 6.2.1)."""
+
+    CHANGE_CIPHER_SPEC = 20
+    ALERT = 21
+    HANDSHAKE = 22
+    APPLICATION_DATA = 23
+    HEARTBEAT = 24  # RFC 6520; never acceptable before a handshake completes
+
+
+class HandshakeType(enum.IntEnum):
+    """Handshake message types (RFC 8446 section 4, RFC 5246 section 7.4)."""
+
+    HELLO_REQUEST = 0
+    CLIENT_HELLO = 1
+    SERVER_HELLO = 2
+    NEW_SESSION_TICKET = 4
+    END_OF_EARLY_DATA = 5
+    ENCRYPTED_EXTENSIONS = 8
+    CERTIFICATE = 11
+    SERVER_KEY_EXCHANGE = 12
+    CERTIFICATE_REQUEST = 13
+    SERVER_HELLO_DONE = 14
+    CERTIFICATE_VERIFY = 15
+    CLIENT_KEY_EXCHANGE = 16
+    FINISHED = 20
+    KEY_UPDATE = 24
+    MESSAGE_HASH = 254
+
+
+class DecodeError(Exception):
+    """A read ran past the end of the data or of its enclosing length-prefixed block."""
+
+
+class Buffer:
+    """A read cursor over ``bytes`` (aioquic ``tls.Buffer`` style, read side only).
+
+    ``end`` is the current read limit; ``pull_block`` narrows it to a vector's extent and checks
+    on exit that the vector was consumed exactly, so every length prefix is verified against
+    what it encloses.
+    """
+
+    __slots__ = ("_data", "_end", "_pos")
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._pos = 0
+        self._end = len(data)
+
+    def tell(self) -> int:
+        return self._pos
+
+    def remaining(self) -> int:
+        return self._end - self._pos
+
+    def eof(self) -> bool:
+        return self._pos >= self._end
+
+    def _take(self, size: int) -> int:
+        start = self._pos
+        if size < 0 or start + size > self._end:
+            raise DecodeError(f"read of {size} bytes at offset {start} runs past {self._end}")
+        self._pos = start + size
+        return start
+
+    def pull_bytes(self, size: int) -> bytes:
+        start = self._take(size)
+        return self._data[start : start + size]
+
+    def pull_uint8(self) -> int:
+        return self._data[self._take(1)]
+
+    def pull_uint16(self) -> int:
+        start = self._take(2)
+        return int.from_bytes(self._data[start : start + 2], "big")
+
+    def pull_uint24(self) -> int:
+        start = self._take(3)
+        return int.from_bytes(self._data[start : start + 3], "big")
+
+    def pull_uint32(self) -> int:
+        start = self._take(4)
+        return int.from_bytes(self._data[start : start + 4], "big")
+
+    def pull_uint(self, size: int) -> int:
+        start = self._take(size)
+        return int.from_bytes(self._data[start : start + size], "big")
+
+    @contextmanager
+    def pull_block(self, length_size: int, *, minimum: int = 0) -> Iterator[int]:
+        """Read a ``length_size``-byte length prefix and restrict reads to that many bytes.
+
+        RFC 8446 section 3.4 vectors: ``opaque x<minimum..2^(8*length_size)-1>``. Raises
+        ``DecodeError`` if the vector is shorter than ``minimum``, runs past the enclosing
+        block, or is not fully consumed by the body of the ``with`` statement.
+        """
+        length = self.pull_uint(length_size)
+        if length < minimum:
+            raise DecodeError(f"vector of {length} bytes is shorter than its minimum {minimum}")
+        end = self._pos + length
+        if end > self._end:
+            raise DecodeError(f"vector of {length} bytes runs past its enclosing block")
+        saved_end = self._end
+        self._end = end
+        yield length
+        if self._pos != end:
+            raise DecodeError(f"{end - self._pos} trailing bytes inside a vector")
+        self._end = saved_end
+
+    def pull_vector_bytes(self, length_size: int, *, minimum: int = 0) -> bytes:
+        """An ``opaque x<minimum..2^(8*length_size)-1>`` vector's contents."""
+        with self.pull_block(length_size, minimum=minimum) as length:
+            return self.pull_bytes(length)
+
+    def pull_uint16_list(self, length_size: int, *, minimum: int = 0) -> tuple[int, ...]:
+        """A vector of uint16 values (cipher suites, groups, signature schemes, versions)."""
+        with self.pull_block(length_size, minimum=minimum) as length:
+            if length % 2:
+                raise DecodeError(f"list of uint16 values has odd length {length}")
+            return tuple(self.pull_uint16() for _ in range(length // 2))
+
+
+class RecordHeader(NamedTuple):
+    """A TLSPlaintext header (RFC 8446 section 5.1)."""
+
+    content_type: int
+    legacy_record_version: int
+    length: int
+
+
+def parse_record_header(data: bytes | bytearray, offset: int = 0) -> RecordHeader:
+    """Decode the 5-byte record header at ``offset``; ``data`` must hold at least 5 bytes there."""
+    return RecordHeader(
+        data[offset],
+        int.from_bytes(data[offset + 1 : offset + 3], "big"),
+        int.from_bytes(data[offset + 3 : offset + 5], "big"),
+    )
+
+
+class HandshakeMessage(NamedTuple):
+    """One reassembled handshake message (RFC 8446 section 4): its type and body."""
+
+    msg_type: int
+    body: bytes
+
+
+class HandshakeReader:
+    """Reassemble plaintext handshake messages from TLS records, incrementally and bounded.
+
+    RFC 8446 section 5.1: handshake messages may be coalesced into one record or fragmented
+    across several; records of other content types may not be interleaved with a fragmented
+    message, and zero-length handshake fragments are forbidden. This reader accepts *only*
+    handshake records: the plaintext opening of a connection has nothing else in it that we
+    must look at.
+
+    ``feed(data)`` appends bytes; ``read_message()`` returns the next complete message or
+    ``None``. Work per byte is constant (records are parsed once, the buffer is compacted
+    lazily), so feeding in any split is linear in the total. Errors raise ``HandshakeError`` for
+    ``step`` with ``Reason.MALFORMED``.
+    """
+
+    def __init__(self, step: Step, *, max_message_size: int) -> None:
+        self._step = step
+        self._max_message_size = max_message_size
+        self._data = bytearray()  # received bytes not yet parsed as complete records
+        self._pos = 0  # start of the first unparsed record in _data
+        self._fragments = bytearray()  # handshake bytes from complete records, not yet returned
+        self._consumed = 0  # input bytes that belong to complete records
+
+    @property
+    def consumed(self) -> int:
+        """How many fed bytes form complete records that have been parsed."""
+        return self._consumed
+
+    @property
+    def fragment_pending(self) -> bool:
+        """True when complete records hold handshake bytes not yet returned as a message."""
+        return bool(self._fragments)
+
+    def _fail(self, detail: str, alert: Alert = Alert.DECODE_ERROR) -> HandshakeError:
+        return HandshakeError(self._step, Reason.MALFORMED, detail, alert)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        self._data += data
+
+    def _check_record_header(self, header: RecordHeader) -> None:
+        if header.content_type != ContentType.HANDSHAKE:
+            raise self._fail(
+                f"record of content type {header.content_type} where a handshake record was"
+                " expected",
+                Alert.UNEXPECTED_MESSAGE,
+            )
+        if header.legacy_record_version >> 8 != TLS_MAJOR_VERSION:
+            raise self._fail(f"record version 0x{header.legacy_record_version:04x} is not TLS")
+        if header.length > MAX_PLAINTEXT_RECORD:
+            raise self._fail(f"record of {header.length} bytes exceeds 2^14", Alert.RECORD_OVERFLOW)
+        if header.length == 0:
+            # RFC 8446 section 5.1: "Implementations MUST NOT send zero-length fragments of
+            # Handshake types".
+            raise self._fail("zero-length handshake record")
+
+    def pending_header(self) -> tuple[int | None, int | None]:
+        """``(msg_type, length)`` of the message being assembled, as far as bytes are known.
+
+        Looks at returned-record fragments and at the body of a record still arriving, so a
+        caller can reject a wrong message type or an oversize length before the rest arrives.
+        Also validates an incomplete record's header as soon as its 5 bytes are present.
+        """
+        head = bytes(self._fragments[:HANDSHAKE_HEADER_SIZE])
+        if len(head) < HANDSHAKE_HEADER_SIZE and len(self._data) - self._pos >= RECORD_HEADER_SIZE:
+            header = parse_record_header(self._data, self._pos)
+            self._check_record_header(header)
+            start = self._pos + RECORD_HEADER_SIZE
+            available = min(header.length, len(self._data) - start)
+            head += self._data[start : start + min(available, HANDSHAKE_HEADER_SIZE - len(head))]
+        msg_type = head[0] if head else None
+        length = int.from_bytes(head[1:4], "big") if len(head) >= HANDSHAKE_HEADER_SIZE else None
+        return msg_type, length
+
+    def _pull_records(self, wanted: int) -> None:
+        """Move complete records into ``_fragments`` until it holds ``wanted`` bytes."""
+        data = self._data
+        while len(self._fragments) < wanted:
+            pos = self._pos
+            if len(data) - pos < RECORD_HEADER_SIZE:
+                break
+            header = parse_record_header(data, pos)
+            self._check_record_header(header)
+            end = pos + RECORD_HEADER_SIZE + header.length
+            if end > len(data):
+                break
+            self._fragments += data[pos + RECORD_HEADER_SIZE : end]
+            self._consumed += end - pos
+            self._pos = end
+        # Compact lazily so that many tiny records do not make the reader quadratic.
+        if self._pos and self._pos * 2 >= len(data):
+            del data[: self._pos]
+            self._pos = 0
+
+    def read_message(self) -> HandshakeMessage | None:
+        """The next complete handshake message, or ``None`` if more bytes are needed."""
+        self._pull_records(HANDSHAKE_HEADER_SIZE)
+        if len(self._fragments) < HANDSHAKE_HEADER_SIZE:
+            return None
+        msg_type = self._fragments[0]
+        length = int.from_bytes(self._fragments[1:4], "big")
+        if length > self._max_message_size:
+            raise self._fail(
+                f"handshake message of {length} bytes exceeds the limit of {self._max_message_size}"
+            )
+        total = HANDSHAKE_HEADER_SIZE + length
+        self._pull_records(total)
+        if len(self._fragments) < total:
+            return None
+        body = bytes(self._fragments[HANDSHAKE_HEADER_SIZE:total])
+        del self._fragments[:total]
+        return HandshakeMessage(msg_type, body)

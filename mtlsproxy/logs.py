@@ -1,0 +1,93 @@
+"""Log set-up (JSON or text lines) and the one place engine events become log lines.
+
+Log lines carry facts about a connection (addresses, SNI, identity, step, reason, timings),
+never key material: the engine's events hold none, and nothing else is logged from TLS.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from mtlsproxy.config.model import LogFormat, LogSettings
+from mtlsproxy.engine.events import HandshakeComplete, HandshakeFailed
+
+log = logging.getLogger("mtlsproxy")
+
+
+class JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "msg": record.getMessage(),
+        }
+        line.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", {})
+        extra = " ".join(f"{key}={value}" for key, value in fields.items())
+        text = f"{record.levelname.lower()} {record.getMessage()}"
+        return f"{text} {extra}" if extra else text
+
+
+def configure(settings: LogSettings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = JSONFormatter() if settings.format is LogFormat.JSON else TextFormatter()
+    handler.setFormatter(formatter)
+    log.handlers[:] = [handler]
+    log.setLevel(settings.level.upper())
+    log.propagate = False
+
+
+def event(level: int, message: str, **fields: Any) -> None:
+    """Log a message with structured fields (JSON keys, or key=value in text)."""
+    if log.isEnabledFor(level):
+        log.log(level, message, extra={"fields": fields})
+
+
+def handshake(
+    listener: str, peer: str, sni: str | None, outcome: HandshakeComplete | HandshakeFailed
+) -> None:
+    timings = {f"{k}_ms": round(v * 1000, 3) for k, v in outcome.timings.as_dict().items()}
+    identity = outcome.identity
+    who = (
+        {"client_subject": identity.subject, "client_spiffe_id": identity.spiffe_id,
+         "client_sha256": identity.sha256, "client_serial": identity.serial}
+        if identity is not None
+        else {}
+    )  # fmt: skip
+    common = {"listener": listener, "route": outcome.route, "peer": peer, "sni": sni}
+    if isinstance(outcome, HandshakeComplete):
+        event(
+            logging.DEBUG,
+            "handshake ok",
+            **common,
+            version=outcome.version,
+            cipher=outcome.cipher,
+            alpn=outcome.alpn,
+            resumed=outcome.session_reused,
+            **who,
+            **timings,
+        )
+        return
+    event(
+        logging.INFO,
+        f"handshake {outcome.result} at {outcome.step}: {outcome.detail}",
+        **common,
+        result=outcome.result,
+        step=str(outcome.step),
+        reason=str(outcome.reason),
+        alert=outcome.alert.name.lower() if outcome.alert is not None else None,
+        **who,
+        **timings,
+    )

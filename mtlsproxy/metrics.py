@@ -1,0 +1,162 @@
+"""Every Prometheus metric of the proxy, and the one place engine events become observations.
+
+Labels are bounded by construction: listener and route names come from the config, step and
+reason from enums, version and cipher from OpenSSL's short fixed lists. Nothing a client sends
+becomes a label value.
+"""
+
+from __future__ import annotations
+
+import platform
+import ssl
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+from mtlsproxy import __version__
+from mtlsproxy.engine.events import HandshakeComplete, HandshakeFailed
+
+# Handshake phases take from ~100 us (our own work) to seconds (slow client networks).
+PHASE_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+)  # fmt: skip
+CONNECT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5)
+HOUR, DAY = 3600.0, 86400.0
+REMAINING_BUCKETS = (HOUR, 6 * HOUR, DAY, 2 * DAY, 7 * DAY, 30 * DAY, 90 * DAY, 365 * DAY)
+
+OK = "none"  # step and reason label of a successful handshake
+
+
+class Metrics:
+    """The proxy's collectors, registered in a registry of their own (one per proxy instance,
+    so that tests running several proxies in one process do not add up)."""
+
+    def __init__(self, engine: str = "openssl") -> None:
+        self.registry = registry = CollectorRegistry()
+        self.handshakes = Counter(
+            "mtlsproxy_handshakes",
+            "TLS handshakes by result (ok, failed, refused), seed step and reason.",
+            ["listener", "route", "result", "step", "reason"],
+            registry=registry,
+        )
+        self.handshake_duration = Histogram(
+            "mtlsproxy_handshake_duration_seconds",
+            "Handshake phase durations: client_hello, server_flight, client_flight, verify, total.",
+            ["listener", "phase"],
+            buckets=PHASE_BUCKETS,
+            registry=registry,
+        )
+        self.tls_sessions = Counter(
+            "mtlsproxy_tls_sessions",
+            "Admitted TLS sessions by protocol version and cipher suite.",
+            ["listener", "version", "cipher"],
+            registry=registry,
+        )
+        self.resumed_sessions = Counter(
+            "mtlsproxy_tls_resumed_sessions",
+            "Admitted TLS sessions that resumed an earlier session.",
+            ["listener"],
+            registry=registry,
+        )
+        self.client_auth = Counter(
+            "mtlsproxy_client_auth",
+            "Handshakes by whether the client presented a certificate and whether it verified.",
+            ["listener", "presented", "verified"],
+            registry=registry,
+        )
+        self.client_certificate_remaining = Histogram(
+            "mtlsproxy_client_certificate_remaining_seconds",
+            "Remaining validity of verified client certificates at handshake time.",
+            ["listener"],
+            buckets=REMAINING_BUCKETS,
+            registry=registry,
+        )
+        self.connections_active = Gauge(
+            "mtlsproxy_connections_active",
+            "Open client connections.",
+            ["listener"],
+            registry=registry,
+        )
+        self.connections = Counter(
+            "mtlsproxy_connections",
+            "Accepted client connections.",
+            ["listener"],
+            registry=registry,
+        )
+        self.connections_rejected = Counter(
+            "mtlsproxy_connections_rejected",
+            "Client connections closed at accept (reason: max_connections, draining).",
+            ["listener", "reason"],
+            registry=registry,
+        )
+        self.bytes = Counter(
+            "mtlsproxy_bytes",
+            "Application bytes forwarded (client_to_upstream, upstream_to_client).",
+            ["listener", "direction"],
+            registry=registry,
+        )
+        self.upstream_connect_duration = Histogram(
+            "mtlsproxy_upstream_connect_duration_seconds",
+            "Time to connect to the upstream.",
+            ["listener", "route"],
+            buckets=CONNECT_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_errors = Counter(
+            "mtlsproxy_upstream_errors",
+            "Upstream failures (connect_refused, connect_timeout, connect_error, reset).",
+            ["listener", "route", "reason"],
+            registry=registry,
+        )
+        self.certificate_expiry = Gauge(
+            "mtlsproxy_certificate_expiry_timestamp_seconds",
+            "notAfter of configured certificates (role: server, client_ca), Unix time.",
+            ["listener", "role", "subject"],
+            registry=registry,
+        )
+        self.config_reloads = Counter(
+            "mtlsproxy_config_reloads",
+            "Configuration reloads by result.",
+            ["result"],
+            registry=registry,
+        )
+        self.build_info = Gauge(
+            "mtlsproxy_build_info",
+            "Build information; the value is 1.",
+            ["version", "engine", "openssl", "python"],
+            registry=registry,
+        )
+        self.build_info.labels(
+            __version__, engine, ssl.OPENSSL_VERSION, platform.python_version()
+        ).set(1)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def observe_handshake(
+        self, listener: str, event: HandshakeComplete | HandshakeFailed, now: float
+    ) -> None:
+        """Count one finished handshake. ``now`` is Unix time, for remaining validity."""
+        for phase, seconds in event.timings.as_dict().items():
+            self.handshake_duration.labels(listener, phase).observe(seconds)
+        route = event.route or "none"
+        if isinstance(event, HandshakeComplete):
+            self.handshakes.labels(listener, route, "ok", OK, OK).inc()
+            self.tls_sessions.labels(listener, event.version, event.cipher).inc()
+            if event.session_reused:
+                self.resumed_sessions.labels(listener).inc()
+            presented = event.identity is not None
+            self.client_auth.labels(listener, _bool(presented), _bool(presented)).inc()
+            if event.identity is not None:
+                remaining = event.identity.not_after.timestamp() - now
+                self.client_certificate_remaining.labels(listener).observe(remaining)
+            return
+        self.handshakes.labels(listener, route, event.result, event.step, event.reason).inc()
+        if event.step in ("client_certificate", "client_verify", "authorize"):
+            presented = event.reason != "client_cert_missing"
+            verified = event.step == "authorize"
+            self.client_auth.labels(listener, _bool(presented), _bool(verified)).inc()
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"

@@ -1,0 +1,130 @@
+"""The identity allow-list: which verified clients a route admits (seed step 6, ``authorize``).
+
+Runs after the chain verified, on the leaf's ``PeerIdentity``. An empty list admits every
+verified client; otherwise the first rule that matches admits, and no match refuses
+(``identity_not_allowed``). Rule semantics:
+
+``spiffe_id``
+    Compared with the URI SANs whose scheme is ``spiffe``; the pattern must start with
+    ``spiffe://``. Wildcards as for ``uri``.
+``uri``
+    Compared with every URI SAN. Case-sensitive and whole-string. ``*`` matches any run of
+    characters (possibly empty) except ``/``, so it never crosses a path segment:
+    ``spiffe://example.org/ns/*/sa/frontend`` matches ``.../ns/prod/sa/frontend`` but not
+    ``.../ns/a/b/sa/frontend``. A pattern ending in ``/**`` matches the prefix followed by
+    ``/`` and any non-empty suffix (``spiffe://example.org/ns/prod/**`` matches everything
+    under ``ns/prod/``, not ``spiffe://example.org/ns/prod`` itself). ``**`` anywhere else is a
+    configuration error.
+``dns``
+    Compared with every DNS SAN, case-insensitively, ignoring one trailing dot. A leading
+    ``*.`` matches exactly one extra label (RFC 6125 section 6.4.3 style): ``*.example.org``
+    matches ``a.example.org`` but neither ``example.org`` nor ``a.b.example.org``. No other
+    ``*`` is allowed.
+``subject_cn``
+    Exactly equal (case-sensitive) to the first commonName of the subject.
+``sha256``
+    The SHA-256 fingerprint of the leaf DER; hex, with or without colons, any case.
+
+Patterns are compiled once per route (``AllowList``), because matching runs per handshake.
+``fnmatch`` is deliberately not used: its ``*`` crosses ``/``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+from mtlsproxy.policy.identity import PeerIdentity
+from mtlsproxy.policy.model import AllowKind, AllowRule
+
+Predicate = Callable[[PeerIdentity], bool]
+
+_DNS_LABEL = "[a-z0-9_-]+"  # one label of an LDH (or underscore) name, after lowercasing
+_HEX64 = re.compile("[0-9a-f]{64}")
+
+
+def _uri_regex(pattern: str) -> re.Pattern[str]:
+    head, deep = (pattern[:-3], True) if pattern.endswith("/**") else (pattern, False)
+    if "**" in head:
+        raise ValueError(f"{pattern!r}: '**' is only allowed as a final '/**'")
+    body = "[^/]*".join(re.escape(part) for part in head.split("*"))
+    return re.compile(body + ("/.+" if deep else ""))
+
+
+def _uri_predicate(pattern: str, *, spiffe_only: bool) -> Predicate:
+    regex = _uri_regex(pattern)
+
+    def matches(identity: PeerIdentity) -> bool:
+        return any(
+            regex.fullmatch(uri)
+            for uri in identity.uris
+            if not spiffe_only or uri.lower().startswith("spiffe://")
+        )
+
+    return matches
+
+
+def _dns_normalize(name: str) -> str:
+    return name.lower().removesuffix(".")
+
+
+def _dns_predicate(pattern: str) -> Predicate:
+    name = _dns_normalize(pattern)
+    wildcard = name.startswith("*.")
+    if "*" in (name[2:] if wildcard else name):
+        raise ValueError(f"{pattern!r}: only a leading '*.' wildcard is allowed in dns")
+    regex = re.compile((_DNS_LABEL + re.escape(name[1:])) if wildcard else re.escape(name))
+    return lambda identity: any(regex.fullmatch(_dns_normalize(dns)) for dns in identity.dns_names)
+
+
+def _sha256_predicate(pattern: str) -> Predicate:
+    digest = pattern.replace(":", "").strip().lower()
+    if not _HEX64.fullmatch(digest):
+        raise ValueError(f"{pattern!r}: sha256 must be 64 hex digits, colons allowed")
+    return lambda identity: identity.sha256 == digest
+
+
+def compile_rule(rule: AllowRule) -> Predicate:
+    """The predicate of one rule; ``ValueError`` names the problem when the pattern is invalid
+    (the config loader calls this to reject bad patterns at load)."""
+    if rule.kind is AllowKind.SPIFFE_ID:
+        if not rule.pattern.lower().startswith("spiffe://"):
+            raise ValueError(f"{rule.pattern!r}: a spiffe_id starts with spiffe://")
+        return _uri_predicate(rule.pattern, spiffe_only=True)
+    if rule.kind is AllowKind.URI:
+        return _uri_predicate(rule.pattern, spiffe_only=False)
+    if rule.kind is AllowKind.DNS:
+        return _dns_predicate(rule.pattern)
+    if rule.kind is AllowKind.SUBJECT_CN:
+        cn = rule.pattern
+        return lambda identity: identity.subject_cn == cn
+    if rule.kind is AllowKind.SHA256:
+        return _sha256_predicate(rule.pattern)
+    raise ValueError(f"unknown allow rule kind {rule.kind!r}")
+
+
+class AllowList:
+    """The compiled allow-list of one route."""
+
+    __slots__ = ("_compiled", "rules")
+
+    def __init__(self, rules: Sequence[AllowRule]) -> None:
+        self.rules: tuple[AllowRule, ...] = tuple(rules)
+        self._compiled = [(rule, compile_rule(rule)) for rule in self.rules]
+
+    def __len__(self) -> int:
+        """The number of rules, so that an empty list is falsy."""
+        return len(self.rules)
+
+    def match(self, identity: PeerIdentity) -> AllowRule | None:
+        """The first rule that admits ``identity``, or None."""
+        return next((rule for rule, test in self._compiled if test(identity)), None)
+
+    def admits(self, identity: PeerIdentity) -> bool:
+        """The route's decision: an empty list admits every verified client."""
+        return not self.rules or self.match(identity) is not None
+
+
+def match_allow(identity: PeerIdentity, rules: Sequence[AllowRule]) -> AllowRule | None:
+    """One-shot form of ``AllowList(rules).match(identity)``, for tools and tests."""
+    return AllowList(rules).match(identity)

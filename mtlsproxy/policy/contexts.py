@@ -1,0 +1,64 @@
+"""Route settings -> ``ssl.SSLContext``, built once per route at load, never per connection."""
+
+from __future__ import annotations
+
+import ssl
+import tempfile
+from collections.abc import Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from mtlsproxy.config.model import TLSSettings, TLSVersion
+from mtlsproxy.policy.model import ClientAuth, ClientAuthMode
+
+# TLS 1.2: forward secrecy (ECDHE) and AEAD only, as Mozilla's "intermediate" profile.
+# TLS 1.3 suites are all AEAD with (EC)DHE and are left at OpenSSL's defaults.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+_MIN_VERSIONS = {
+    TLSVersion.TLS1_2: ssl.TLSVersion.TLSv1_2,
+    TLSVersion.TLS1_3: ssl.TLSVersion.TLSv1_3,
+}
+
+
+def build_ssl_context(
+    tls: TLSSettings,
+    client_auth: ClientAuth,
+    crls: Sequence[x509.CertificateRevocationList] = (),
+) -> ssl.SSLContext:
+    """One server context: our certificates (several key types at once: OpenSSL keeps one per
+    type and picks by the client's signature_algorithms), versions, suites and client policy."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = _MIN_VERSIONS[tls.min_version]
+    context.set_ciphers(TLS12_CIPHERS)
+    context.options |= (
+        ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    )
+    for pair in tls.certificates:
+        context.load_cert_chain(pair.certificate, pair.key)
+    if tls.alpn:
+        context.set_alpn_protocols(list(tls.alpn))
+    if client_auth.mode is not ClientAuthMode.NONE:
+        _apply_client_auth(context, client_auth, crls)
+    return context
+
+
+def _apply_client_auth(
+    context: ssl.SSLContext,
+    client_auth: ClientAuth,
+    crls: Sequence[x509.CertificateRevocationList],
+) -> None:
+    assert client_auth.ca is not None  # config validation guarantees it
+    context.verify_mode = (
+        ssl.CERT_REQUIRED if client_auth.mode is ClientAuthMode.REQUIRE else ssl.CERT_OPTIONAL
+    )
+    context.load_verify_locations(cafile=client_auth.ca)
+    if crls:
+        # OpenSSL's file lookup reads PEM only; CRLs may come as DER, so re-encode them.
+        pem = b"".join(crl.public_bytes(Encoding.PEM) for crl in crls)
+        with tempfile.NamedTemporaryFile(suffix=".pem") as bundle:
+            bundle.write(pem)
+            bundle.flush()
+            context.load_verify_locations(cafile=bundle.name)
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF

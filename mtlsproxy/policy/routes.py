@@ -1,0 +1,134 @@
+"""Routes: a listener's policies by SNI, chosen from the parsed ClientHello.
+
+Selection happens before any byte reaches OpenSSL, so each route's own ``SSLContext`` (own
+session cache and ticket keys) runs the handshake: a session made under one route cannot be
+resumed under another to skip its client-certificate policy.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cryptography import x509
+
+from mtlsproxy.config.model import Listener, Route
+from mtlsproxy.engine.clienthello import ClientHello
+from mtlsproxy.engine.errors import Alert, HandshakeError, Reason, Step
+from mtlsproxy.policy.authorize import AllowList
+from mtlsproxy.policy.contexts import build_ssl_context
+from mtlsproxy.policy.identity import PeerIdentity
+from mtlsproxy.policy.model import ClientAuthMode
+from mtlsproxy.policy.verify import ClientVerifier
+
+
+@dataclass(frozen=True, slots=True)
+class ServerRoute:
+    """A route ready to serve: config, TLS context and compiled policy (engine.TLSRoute)."""
+
+    config: Route
+    ssl_context: ssl.SSLContext
+    allow_list: AllowList
+    verifier: ClientVerifier | None
+
+    @classmethod
+    def build(cls, route: Route) -> ServerRoute:
+        client_auth = route.client_auth
+        verifier = (
+            ClientVerifier.from_policy(client_auth)
+            if client_auth.mode is not ClientAuthMode.NONE
+            else None
+        )
+        return cls(
+            config=route,
+            ssl_context=build_ssl_context(
+                route.tls,
+                client_auth,
+                [loaded.crl for loaded in verifier.crls] if verifier is not None else (),
+            ),
+            allow_list=AllowList(client_auth.allow),
+            verifier=verifier,
+        )
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def requests_client_certificate(self) -> bool:
+        return self.config.client_auth.mode is not ClientAuthMode.NONE
+
+    def admit(self, leaf_der: bytes | None, session_reused: bool) -> PeerIdentity | None:
+        """Seed step 6, the part OpenSSL does not do: the identity allow-list, and for a
+        resumed session the checks OpenSSL skips (revocation and validity, against the CRL and
+        clock of now, not of the original handshake)."""
+        if leaf_der is None:
+            return None
+        leaf = x509.load_der_x509_certificate(leaf_der)
+        identity = PeerIdentity.from_certificate(leaf)
+        if session_reused:
+            self._recheck_resumed(leaf, identity)
+        if self.allow_list and self.allow_list.match(identity) is None:
+            raise HandshakeError(
+                Step.AUTHORIZE,
+                Reason.IDENTITY_NOT_ALLOWED,
+                f"{identity.describe()} matches no client_auth.allow rule of route {self.name}",
+                Alert.ACCESS_DENIED,
+            )
+        return identity
+
+    def _recheck_resumed(self, leaf: x509.Certificate, identity: PeerIdentity) -> None:
+        now = datetime.now(UTC)
+        if identity.not_after < now:
+            raise HandshakeError(
+                Step.CLIENT_VERIFY,
+                Reason.CLIENT_CERT_EXPIRED,
+                f"resumed session: {identity.describe()} expired at {identity.not_after}",
+                Alert.CERTIFICATE_EXPIRED,
+            )
+        if self.verifier is not None and self.verifier.is_revoked(leaf):
+            raise HandshakeError(
+                Step.CLIENT_VERIFY,
+                Reason.CLIENT_CERT_REVOKED,
+                f"resumed session: {identity.describe()} is revoked",
+                Alert.CERTIFICATE_REVOKED,
+            )
+
+
+class RouteTable:
+    """SNI -> route: exact names first, then one-label ``*.`` wildcards, then the default."""
+
+    def __init__(self, default: ServerRoute, routes: tuple[ServerRoute, ...] = ()) -> None:
+        self.default = default
+        self.routes = routes
+        self._exact: dict[str, ServerRoute] = {}
+        self._wildcard: dict[str, ServerRoute] = {}
+        for route in routes:
+            for pattern in route.config.sni:
+                if pattern.startswith("*."):
+                    self._wildcard[pattern[2:]] = route
+                else:
+                    self._exact[pattern] = route
+
+    @classmethod
+    def for_listener(cls, listener: Listener) -> RouteTable:
+        return cls(
+            ServerRoute.build(listener.default_route),
+            tuple(ServerRoute.build(route) for route in listener.routes),
+        )
+
+    def all_routes(self) -> tuple[ServerRoute, ...]:
+        return (self.default, *self.routes)
+
+    def select(self, hello: ClientHello) -> ServerRoute:
+        return self.select_name(hello.server_name)
+
+    def select_name(self, name: str | None) -> ServerRoute:
+        if name is None:
+            return self.default
+        route = self._exact.get(name)
+        if route is not None:
+            return route
+        _, _, parent = name.partition(".")
+        return self._wildcard.get(parent, self.default)

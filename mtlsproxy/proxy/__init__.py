@@ -1,0 +1,1 @@
+"""asyncio: listeners, upstream connections, flow control and the admin endpoint."""

@@ -1,0 +1,74 @@
+"""The admin endpoint: ``/metrics`` (Prometheus text), ``/healthz`` and ``/readyz``.
+
+A deliberately tiny HTTP/1.1 server on asyncio streams: one GET per connection, request head
+bounded, answered and closed. It serves scrapes and probes, nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# A probe or scrape request head is a few hundred bytes; 8 KiB is Apache's per-line limit.
+MAX_REQUEST_HEAD = 8 * 1024
+READ_TIMEOUT = 5.0
+
+
+class AdminServer:
+    def __init__(self, exposition: Callable[[], bytes], ready: Callable[[], bool]) -> None:
+        self._exposition = exposition
+        self._ready = ready
+        self.server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        self.server = await asyncio.start_server(
+            self._serve, host, port, limit=MAX_REQUEST_HEAD, reuse_address=True
+        )
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(READ_TIMEOUT):
+                head = await reader.readuntil(b"\r\n\r\n")
+            status, content_type, body = self._respond(head)
+        except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+            status, content_type, body = "400 Bad Request", "text/plain", b"bad request\n"
+        except ConnectionError:
+            writer.close()
+            return
+        writer.write(
+            f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+        try:
+            await writer.drain()
+        except ConnectionError:
+            pass
+        writer.close()
+
+    def _respond(self, head: bytes) -> tuple[str, str, bytes]:
+        method, _, rest = head.partition(b" ")
+        path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
+        if method not in (b"GET", b"HEAD"):
+            return "405 Method Not Allowed", "text/plain", b"GET only\n"
+        if path == b"/metrics":
+            return "200 OK", CONTENT_TYPE_LATEST, self._exposition()
+        if path == b"/healthz":
+            return "200 OK", "text/plain", b"ok\n"
+        if path == b"/readyz":
+            if self._ready():
+                return "200 OK", "text/plain", b"ready\n"
+            return "503 Service Unavailable", "text/plain", b"not ready\n"
+        return "404 Not Found", "text/plain", b"not found\n"

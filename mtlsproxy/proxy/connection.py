@@ -1,0 +1,303 @@
+"""One client connection: drives its handshake engine and pipes bytes to and from the upstream.
+
+Flow control couples the two sides (uvicorn ``FlowControl``, mitmproxy ``drain_writers``): when
+one side's write buffer passes ``limits.buffer_size`` the other side stops being read, so memory
+per connection stays bounded whatever the peers do. Half-close travels both ways: the client's
+close_notify (or FIN) becomes a FIN to the upstream; the upstream's FIN becomes close_notify +
+FIN to the client; the connection ends when both directions are done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import time
+from typing import TYPE_CHECKING, cast
+
+from mtlsproxy import logs
+from mtlsproxy.engine.events import (
+    ApplicationData,
+    ClientHelloReceived,
+    Event,
+    HandshakeComplete,
+    HandshakeFailed,
+    PeerClosed,
+    ProtocolError,
+)
+from mtlsproxy.engine.openssl import OpenSSLEngine
+from mtlsproxy.proxy.upstream import open_upstream
+
+if TYPE_CHECKING:
+    from mtlsproxy.policy.routes import ServerRoute
+    from mtlsproxy.proxy.listener import ListenerRuntime
+
+
+class ClientConnection(asyncio.Protocol):
+    """The downstream (client) side of one proxied connection."""
+
+    def __init__(self, runtime: ListenerRuntime) -> None:
+        self._runtime = runtime
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._engine: OpenSSLEngine | None = None
+        self._peer = "-"
+        self._sni: str | None = None
+        self._upstream: asyncio.Transport | None = None
+        self._upstream_task: asyncio.Task[None] | None = None
+        self._early_data: list[bytes] = []  # decrypted before the upstream connected
+        self._client_done = False  # the client sent close_notify or FIN
+        self._upstream_done = False  # the upstream sent FIN
+        self._closed = False
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._last_activity = self._loop.time()
+        self._opened = time.monotonic()
+
+    # Client side: asyncio.Protocol callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self._peer = _format_address(peer)
+        if not self._runtime.admit_connection(self):
+            transport.abort()
+            self._closed = True
+            return
+        transport.set_write_buffer_limits(high=self._runtime.limits.buffer_size)
+        self._engine = OpenSSLEngine(self._runtime.routes.select, time.perf_counter)
+        self._handshake_timer = self._loop.call_later(
+            self._runtime.timeouts.handshake, self._on_handshake_timeout
+        )
+
+    def data_received(self, data: bytes) -> None:
+        if self._engine is None or self._closed:
+            return
+        self._last_activity = self._loop.time()
+        self._handle(self._engine.receive(data))
+
+    def eof_received(self) -> bool:
+        if self._engine is not None and not self._closed:
+            self._handle(self._engine.receive_eof())
+        return True  # keep our side writable: the upstream may still be answering
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._closed:
+            self._close(abort=True)
+        self._runtime.release_connection(self)
+
+    def pause_writing(self) -> None:
+        if self._upstream is not None:
+            self._upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._upstream is not None and not self._upstream.is_closing():
+            self._upstream.resume_reading()
+
+    # Engine events
+
+    def _handle(self, events: list[Event]) -> None:
+        self._flush()
+        for event in events:
+            if isinstance(event, ApplicationData):
+                self._to_upstream(event.data)
+            elif isinstance(event, ClientHelloReceived):
+                self._sni = event.hello.server_name
+            elif isinstance(event, HandshakeComplete):
+                self._on_handshake_complete(event)
+            elif isinstance(event, HandshakeFailed):
+                self._on_handshake_failed(event)
+            elif isinstance(event, PeerClosed):
+                self._on_client_closed(event.clean)
+            elif isinstance(event, ProtocolError):
+                logs.event(logging.INFO, "tls error", peer=self._peer, detail=event.detail)
+                self._close(abort=True)
+
+    def _flush(self) -> None:
+        assert self._engine is not None and self._transport is not None
+        out = self._engine.data_to_send()
+        if out and not self._transport.is_closing():
+            self._transport.write(out)
+
+    def _on_handshake_complete(self, event: HandshakeComplete) -> None:
+        self._cancel_handshake_timer()
+        self._runtime.observe_handshake(self._peer, self._sni, event)
+        assert self._engine is not None and self._transport is not None
+        route = self._engine.route
+        assert route is not None
+        # Nothing more is read from the client until the upstream is there to take it.
+        self._transport.pause_reading()
+        self._upstream_task = self._loop.create_task(self._connect_upstream(route))  # type: ignore[arg-type]
+        self._schedule_idle_check()
+
+    def _on_handshake_failed(self, event: HandshakeFailed) -> None:
+        self._cancel_handshake_timer()
+        self._runtime.observe_handshake(self._peer, self._sni, event)
+        self._close(abort=False)
+
+    def _on_handshake_timeout(self) -> None:
+        self._handshake_timer = None
+        if self._engine is not None and not self._closed:
+            self._handle(self._engine.handle_timeout())
+
+    def _cancel_handshake_timer(self) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+
+    # Upstream side
+
+    async def _connect_upstream(self, route: ServerRoute) -> None:
+        runtime = self._runtime
+        started = self._loop.time()
+        try:
+            transport = await open_upstream(
+                self._loop, route.config.upstream, self, runtime.timeouts.connect
+            )
+        except (OSError, TimeoutError) as exc:
+            reason = _upstream_error_reason(exc)
+            runtime.observe_upstream_error(route.name, reason)
+            logs.event(
+                logging.WARNING,
+                f"upstream {route.config.upstream} unavailable: {reason}",
+                listener=runtime.name,
+                route=route.name,
+                peer=self._peer,
+                error=str(exc),
+            )
+            self._close(abort=False)
+            return
+        if self._closed:
+            transport.close()
+            return
+        runtime.observe_upstream_connect(route.name, self._loop.time() - started)
+        transport.set_write_buffer_limits(high=runtime.limits.buffer_size)
+        self._upstream = transport
+        for data in self._early_data:
+            transport.write(data)
+        self._early_data.clear()
+        if self._client_done:
+            self._upstream_write_eof()
+        elif self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    def _to_upstream(self, data: bytes) -> None:
+        self._runtime.count_bytes("client_to_upstream", len(data))
+        if self._upstream is None:
+            self._early_data.append(data)
+        else:
+            self._upstream.write(data)
+
+    def from_upstream(self, data: bytes) -> None:
+        """UpstreamProtocol: the upstream sent ``data`` for the client."""
+        if self._closed or self._engine is None:
+            return
+        self._last_activity = self._loop.time()
+        self._runtime.count_bytes("upstream_to_client", len(data))
+        self._engine.send(data)
+        self._flush()
+
+    def upstream_eof(self) -> None:
+        """UpstreamProtocol: the upstream will send no more; tell the client, keep reading it."""
+        self._upstream_done = True
+        if self._closed or self._engine is None or self._transport is None:
+            return
+        self._engine.close()
+        self._flush()
+        if self._client_done:
+            self._close(abort=False)
+        elif self._transport.can_write_eof():
+            self._transport.write_eof()
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        """UpstreamProtocol: the upstream connection is gone."""
+        self._upstream = None
+        if exc is not None:
+            route = self._engine.route if self._engine else None
+            self._runtime.observe_upstream_error(route.name if route else "none", "reset")
+        if not self._closed:
+            self._close(abort=exc is not None)
+
+    def pause_client_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def resume_client_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    # Closing
+
+    def _on_client_closed(self, clean: bool) -> None:
+        self._client_done = True
+        if not clean:
+            logs.event(logging.DEBUG, "client closed without close_notify", peer=self._peer)
+        if self._upstream_done:
+            self._close(abort=False)
+        elif self._upstream is not None:
+            self._upstream_write_eof()
+
+    def _upstream_write_eof(self) -> None:
+        assert self._upstream is not None
+        if self._upstream.can_write_eof():
+            self._upstream.write_eof()
+        else:
+            self._upstream.close()
+
+    def shutdown(self) -> None:
+        """Drain timeout reached: end the connection now, with close_notify if possible."""
+        self._close(abort=False)
+
+    def _close(self, abort: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._cancel_handshake_timer()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        if self._upstream_task is not None and not self._upstream_task.done():
+            self._upstream_task.cancel()
+        if self._upstream is not None:
+            if abort:
+                self._upstream.abort()
+            else:
+                self._upstream.close()
+        if self._transport is not None:
+            if not abort and self._engine is not None:
+                if self._engine.handshake_complete:
+                    self._engine.close()
+                self._flush()
+            if abort:
+                self._transport.abort()
+            else:
+                self._transport.close()
+
+    def _schedule_idle_check(self) -> None:
+        deadline = self._last_activity + self._runtime.timeouts.idle
+        self._idle_timer = self._loop.call_at(deadline, self._check_idle)
+
+    def _check_idle(self) -> None:
+        if self._closed:
+            return
+        if self._loop.time() - self._last_activity >= self._runtime.timeouts.idle:
+            logs.event(logging.INFO, "idle timeout", listener=self._runtime.name, peer=self._peer)
+            self._close(abort=False)
+        else:
+            self._schedule_idle_check()
+
+
+def _format_address(address: object) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address) if address else "-"
+
+
+def _upstream_error_reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "connect_timeout"
+    if isinstance(exc, ConnectionRefusedError) or getattr(exc, "errno", None) == errno.ENOENT:
+        return "connect_refused"
+    return "connect_error"
+

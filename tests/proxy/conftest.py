@@ -1,0 +1,90 @@
+"""Fixtures for end-to-end tests: a config written from a template, a running proxy, upstreams."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from mtlsproxy.pki import PkiFiles
+from tests.proxy.harness import RunningProxy, Upstream
+
+ProxyFactory = Callable[..., RunningProxy]
+
+LISTENER = """\
+listeners:
+  - name: {name}
+    listen: 127.0.0.1:0
+    tls:
+      certificates:
+        - {{certificate: {pki}/server.crt, key: {pki}/server.key}}
+        - {{certificate: {pki}/server-rsa.crt, key: {pki}/server-rsa.key}}
+      min_version: "{min_version}"
+    client_auth:
+{client_auth}
+    upstream: {upstream}
+    timeouts: {{handshake: {handshake_timeout}, connect: 2s, idle: {idle_timeout}, drain: 2s}}
+    limits: {{max_connections: {max_connections}, buffer_size: 64KiB}}
+{routes}
+metrics:
+  listen: 127.0.0.1:0
+log:
+  format: text
+  level: debug
+"""
+
+CLIENT_AUTH = {
+    "none": "      mode: none",
+    "request": "      mode: request\n      ca: {pki}/client-ca.pem\n      crl: {pki}/ca.crl",
+    "require": "      mode: require\n      ca: {pki}/client-ca.pem\n      crl: {pki}/ca.crl",
+}
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    server = Upstream()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_proxy(tmp_path: Path, pki: PkiFiles, upstream: Upstream) -> Iterator[ProxyFactory]:
+    """``make_proxy(mode="require", allow=[...], routes="...", ...)`` -> a running proxy."""
+    running: list[RunningProxy] = []
+
+    def factory(
+        mode: str = "require",
+        allow: list[str] | None = None,
+        routes: str = "",
+        upstream_address: str | None = None,
+        min_version: str = "1.2",
+        handshake_timeout: str = "5s",
+        idle_timeout: str = "60s",
+        max_connections: int = 100,
+        name: str = "api",
+    ) -> RunningProxy:
+        client_auth = CLIENT_AUTH[mode]
+        if allow:
+            client_auth += "\n      allow:\n" + "\n".join(f"        - {rule}" for rule in allow)
+        text = LISTENER.format(
+            name=name,
+            pki=pki.directory,
+            min_version=min_version,
+            client_auth=client_auth.format(pki=pki.directory),
+            upstream=upstream_address or f"127.0.0.1:{upstream.port}",
+            handshake_timeout=handshake_timeout,
+            idle_timeout=idle_timeout,
+            max_connections=max_connections,
+            routes=textwrap.indent(routes.format(pki=pki.directory), "    ") if routes else "",
+        )
+        path = tmp_path / f"proxy-{len(running)}.yaml"
+        path.write_text(text)
+        proxy = RunningProxy(path)
+        running.append(proxy)
+        return proxy
+
+    yield factory
+    for proxy in running:
+        proxy.stop()
