@@ -49,7 +49,9 @@ log:
 
 async def _upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """A tiny HTTP service standing in for the user's application."""
-    with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+    with contextlib.suppress(
+        ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError
+    ):
         await reader.readuntil(b"\r\n\r\n")
         writer.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n"
@@ -96,9 +98,7 @@ def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
-async def _main(
-    directory: Path, port: int, metrics_port: int, once: bool
-) -> tuple[bool, bool]:
+async def _main(directory: Path, port: int, metrics_port: int, once: bool) -> tuple[bool, bool]:
     files = pki.init(directory)
     upstream = await asyncio.start_server(_upstream, "127.0.0.1", 0)
     upstream_port = upstream.sockets[0].getsockname()[1]

@@ -87,9 +87,7 @@ class HandshakeError(Exception):
     line, never containing secrets.
     """
 
-    def __init__(
-        self, step: Step, reason: Reason, detail: str, alert: Alert | None = None
-    ) -> None:
+    def __init__(self, step: Step, reason: Reason, detail: str, alert: Alert | None = None) -> None:
         super().__init__(f"{step}: {reason}: {detail}")
         self.step = step
         self.reason = reason

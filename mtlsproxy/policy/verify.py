@@ -289,30 +289,46 @@ def _load_ca_bundle(path: Path) -> list[x509.Certificate]:
         raise ValueError(f"{path}: no PEM certificate in the client CA bundle") from None
 
 
-def _load_crls(path: Path, cas: Sequence[x509.Certificate]) -> list[LoadedCrl]:
+def parse_crls(data: bytes) -> list[x509.CertificateRevocationList]:
     """Every CRL of a PEM file (any number of blocks) or a DER file (concatenated CRLs)."""
+    if b"-----BEGIN" in data:
+        crls = [x509.load_pem_x509_crl(block) for block in _PEM_CRL.findall(data)]
+    else:
+        crls = [x509.load_der_x509_crl(der) for der in _split_der(data)]
+    if not crls:
+        raise ValueError("holds no CRL")
+    return crls
+
+
+def crl_signature_problem(
+    crl: x509.CertificateRevocationList, cas: Sequence[x509.Certificate]
+) -> str | None:
+    """Why ``crl`` cannot be trusted, or None. A CRL whose issuer is in the CA bundle must be
+    signed by it; one from an intermediate (not in the bundle: clients send intermediates) is
+    checked against that intermediate in each built path instead (RFC 5280 section 6.3.3)."""
+    named = [ca for ca in cas if ca.subject == crl.issuer]
+    if named and not any(_crl_signed_by(crl, ca) for ca in named):
+        return f"the CRL of {crl.issuer.rfc4514_string()} is not signed by that CA's key"
+    return None
+
+
+def _load_crls(path: Path, cas: Sequence[x509.Certificate]) -> list[LoadedCrl]:
     try:
         data = path.read_bytes()
     except OSError as error:
         raise ValueError(f"{path}: cannot read the CRL file: {error.strerror}") from None
     try:
-        if b"-----BEGIN" in data:
-            crls = [x509.load_pem_x509_crl(block) for block in _PEM_CRL.findall(data)]
-        else:
-            crls = [x509.load_der_x509_crl(der) for der in _split_der(data)]
+        crls = parse_crls(data)
     except ValueError as error:
         raise ValueError(f"{path}: not a valid CRL ({error})") from None
-    if not crls:
-        raise ValueError(f"{path}: holds no CRL")
     loaded = []
     for crl in crls:
+        problem = crl_signature_problem(crl, cas)
+        if problem is not None:
+            raise ValueError(f"{path}: {problem} in the CA bundle")
+        anchored = any(ca.subject == crl.issuer for ca in cas)
         issuer = crl.issuer.rfc4514_string()
-        named = [ca for ca in cas if ca.subject == crl.issuer]
-        if named and not any(_crl_signed_by(crl, ca) for ca in named):
-            raise ValueError(
-                f"{path}: the CRL of {issuer} is not signed by that CA's key in the CA bundle"
-            )
-        loaded.append(LoadedCrl(crl, path, issuer, crl.next_update_utc, anchored=bool(named)))
+        loaded.append(LoadedCrl(crl, path, issuer, crl.next_update_utc, anchored=anchored))
     return loaded
 
 

@@ -7,6 +7,7 @@ bounded, answered and closed. It serves scrapes and probes, nothing else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -52,10 +53,8 @@ class AdminServer:
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
             + body
         )
-        try:
+        with contextlib.suppress(ConnectionError):
             await writer.drain()
-        except ConnectionError:
-            pass
         writer.close()
 
     def _respond(self, head: bytes) -> tuple[str, str, bytes]:

@@ -300,4 +300,3 @@ def _upstream_error_reason(exc: BaseException) -> str:
     if isinstance(exc, ConnectionRefusedError) or getattr(exc, "errno", None) == errno.ENOENT:
         return "connect_refused"
     return "connect_error"
-

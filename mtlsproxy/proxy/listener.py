@@ -105,9 +105,7 @@ class ListenerRuntime:
             for pair in route.config.tls.certificates:
                 leaf = x509.load_pem_x509_certificate(pair.certificate.read_bytes())
                 subject = leaf.subject.rfc4514_string()
-                gauge.labels(self.name, "server", subject).set(
-                    leaf.not_valid_after_utc.timestamp()
-                )
+                gauge.labels(self.name, "server", subject).set(leaf.not_valid_after_utc.timestamp())
             if route.verifier is not None:
                 for ca in route.verifier.ca_certificates:
                     gauge.labels(self.name, "client_ca", ca.subject.rfc4514_string()).set(

@@ -37,8 +37,8 @@ log:
 
 CLIENT_AUTH = {
     "none": "      mode: none",
-    "request": "      mode: request\n      ca: {pki}/client-ca.pem\n      crl: {pki}/ca.crl",
-    "require": "      mode: require\n      ca: {pki}/client-ca.pem\n      crl: {pki}/ca.crl",
+    "request": "      mode: request\n      ca: {pki}/client-ca.pem\n      crl: {pki}/crls.pem",
+    "require": "      mode: require\n      ca: {pki}/client-ca.pem\n      crl: {pki}/crls.pem",
 }
 
 

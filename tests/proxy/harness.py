@@ -62,7 +62,9 @@ class RunningProxy:
         total = 0.0
         for family in text_string_to_metric_families(self.metrics_text()):
             for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
                     total += sample.value
         return total
 
@@ -191,7 +193,9 @@ def openssl_s_client(
     return subprocess.run(command, input=stdin, capture_output=True, timeout=timeout)
 
 
-def curl(port: int, pki: PkiFiles, *args: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
+def curl(
+    port: int, pki: PkiFiles, *args: str, timeout: float = 10
+) -> subprocess.CompletedProcess[str]:
     command = [
         "curl", "-sS", "--max-time", str(int(timeout)), "--cacert", str(pki.ca_cert),
         *args, f"https://localhost:{port}/",

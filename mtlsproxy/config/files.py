@@ -1,0 +1,185 @@
+"""The files a config names, checked before anything listens.
+
+A certificate that does not match its key, or a CRL from the wrong CA, would otherwise surface
+as a handshake failure on the first connection (or as every client refused). Each problem is
+reported at the line of the key that named the file. The parsed material is thrown away: the
+config holds paths, and the engine loads the files itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
+from mtlsproxy.config.model import CertificateKeyPair, Config, Route
+from mtlsproxy.config.problems import (
+    ConfigProblem,
+    Location,
+    Locations,
+    Role,
+    Severity,
+    sort_problems,
+)
+from mtlsproxy.policy.model import ClientAuth
+from mtlsproxy.policy.verify import crl_signature_problem, parse_crls
+
+T = TypeVar("T")
+
+MAX_FILE_BYTES = 16 * 1024 * 1024
+EXPIRY_WARNING = timedelta(days=7)
+MIN_RSA_BITS = 2048
+_WHAT: dict[Role, str] = {
+    "certificate": "PEM certificate",
+    "key": "PEM private key",
+    "ca": "PEM CA bundle",
+    "crl": "CRL",
+}
+
+
+def check_files(
+    config: Config,
+    locations: Locations | None = None,
+    *,
+    now: datetime | None = None,
+) -> list[ConfigProblem]:
+    """Problems (errors and warnings) with the files ``config`` names, sorted by line.
+
+    ``locations`` (from the loader) says which key named each file in each role; a file
+    missing from it is reported without a line.
+    """
+    checker = _Checker(config.source, locations or {}, now or datetime.now(UTC))
+    for route in _routes(config):
+        for pair in route.tls.certificates:
+            checker.key_pair(pair)
+        checker.client_auth(route.client_auth)
+    return sort_problems(checker.problems)
+
+
+def _routes(config: Config) -> Iterator[Route]:
+    for listener in config.listeners:
+        yield listener.default_route
+        yield from listener.routes
+
+
+class _Checker:
+    """Loads each file once and reports what is wrong with it where it was named."""
+
+    def __init__(self, source: Path, locations: Locations, now: datetime) -> None:
+        self.problems: list[ConfigProblem] = []
+        self._source = source
+        self._locations = locations
+        self._now = now
+        self._loaded: dict[tuple[Path, Role], Any] = {}
+
+    def report(self, path: Path, role: Role, message: str, severity: Severity = "error") -> None:
+        where = self._locations.get((path, role), Location(None, ""))
+        self.problems.append(
+            ConfigProblem(self._source, where.line, where.key_path, message, severity)
+        )
+
+    def load(self, path: Path, role: Role, parse: Callable[[bytes], T]) -> T | None:
+        """``path`` parsed for ``role``, or None when it cannot be (and that is reported)."""
+        if (path, role) not in self._loaded:
+            self._loaded[path, role] = self._parse(path, role, parse)
+        loaded: T | None = self._loaded[path, role]
+        return loaded
+
+    def _parse(self, path: Path, role: Role, parse: Callable[[bytes], T]) -> T | None:
+        try:
+            with path.open("rb") as f:
+                data = f.read(MAX_FILE_BYTES + 1)
+        except OSError as e:
+            self.report(path, role, f"cannot read {path}: {e.strerror}")
+            return None
+        if len(data) > MAX_FILE_BYTES:
+            self.report(path, role, f"{path} is larger than {MAX_FILE_BYTES >> 20} MiB")
+            return None
+        try:
+            return parse(data)
+        except (ValueError, UnsupportedAlgorithm) as e:
+            self.report(path, role, f"{path} is not a valid {_WHAT[role]}: {e}")
+            return None
+
+    def key_pair(self, pair: CertificateKeyPair) -> None:
+        chain = self.load(pair.certificate, "certificate", _certificates)
+        key = self.load(pair.key, "key", _private_key)
+        if chain:
+            self.validity(pair.certificate, chain[0])
+        if isinstance(key, rsa.RSAPrivateKey) and key.key_size < MIN_RSA_BITS:
+            self.report(
+                pair.key, "key", f"the RSA key has {key.key_size} bits; use {MIN_RSA_BITS} or more"
+            )
+        if chain and key and _spki(chain[0].public_key()) != _spki(key.public_key()):
+            self.report(
+                pair.key, "key", f"the key does not match the certificate {pair.certificate}"
+            )
+
+    def validity(self, path: Path, cert: x509.Certificate) -> None:
+        subject = cert.subject.rfc4514_string() or "(empty subject)"
+        start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+        if self._now < start:
+            self.report(
+                path, "certificate", f"the certificate {subject} is not valid before {_date(start)}"
+            )
+        elif self._now > end:
+            self.report(path, "certificate", f"the certificate {subject} expired on {_date(end)}")
+        elif end - self._now < EXPIRY_WARNING:
+            days = (end - self._now).days
+            message = f"the certificate {subject} expires in {days} days, on {_date(end)}"
+            self.report(path, "certificate", message, "warning")
+
+    def client_auth(self, auth: ClientAuth) -> None:
+        if auth.ca is None:
+            return  # mode none: nothing to verify clients with
+        cas = self.load(auth.ca, "ca", _certificates)
+        for cert in cas or []:
+            if not _is_ca(cert):
+                subject = cert.subject.rfc4514_string()
+                self.report(auth.ca, "ca", f"{subject} in {auth.ca} is not a CA (basicConstraints)")
+        crls = self.load(auth.crl, "crl", parse_crls) if auth.crl else None
+        if auth.crl is None or not crls or not cas:
+            return
+        for crl in crls:
+            problem = crl_signature_problem(crl, cas)
+            if problem is not None:
+                self.report(auth.crl, "crl", f"{problem} in {auth.ca}")
+
+
+def _certificates(data: bytes) -> list[x509.Certificate]:
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise ValueError("no PEM CERTIFICATE block")
+    return x509.load_pem_x509_certificates(data)
+
+
+def _private_key(data: bytes) -> PrivateKeyTypes:
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except TypeError as e:  # cryptography's way of saying "encrypted, and no password"
+        raise ValueError("the key is encrypted; mtlsproxy needs it unencrypted") from e
+
+
+def _spki(public_key: Any) -> bytes:
+    return bytes(
+        public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _date(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M} UTC"

@@ -1,0 +1,625 @@
+"""YAML -> typed ``Config``, validated once, with every problem named by file, line and key path.
+
+The YAML is composed, not constructed: PyYAML's nodes keep their marks, so each value knows
+its line and problems found anywhere (a typo'd key, a bad mode, a certificate that does not
+match its key) point at the line to edit. Parsing goes on after a problem, so one run reports
+everything; nothing is returned unless the whole file is good.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import os
+import re
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from mtlsproxy.config.files import check_files
+from mtlsproxy.config.model import (
+    CertificateKeyPair,
+    Config,
+    ForwardIdentity,
+    Limits,
+    Listener,
+    LogFormat,
+    LogSettings,
+    MetricsSettings,
+    Route,
+    Timeouts,
+    TLSSettings,
+    TLSVersion,
+    Upstream,
+)
+from mtlsproxy.config.problems import ConfigError, ConfigProblem, Location, Role, sort_problems
+from mtlsproxy.policy.model import AllowKind, AllowRule, ClientAuth, ClientAuthMode
+
+T = TypeVar("T")
+S = TypeVar("S", bound=str)
+
+MAX_CONFIG_BYTES = 1024 * 1024
+
+_TAG = "tag:yaml.org,2002:"
+_STR, _INT, _FLOAT, _BOOL, _MERGE = (_TAG + t for t in ("str", "int", "float", "bool", "merge"))
+_DESCRIPTIONS = {
+    _STR: "a string",
+    _INT: "an integer",
+    _FLOAT: "a number",
+    _BOOL: "a boolean",
+    _TAG + "null": "nothing (null)",
+}
+_SCALARS = SafeConstructor()  # stateless for the scalar constructors used here
+
+_LABEL = re.compile(r"[a-z0-9_-]{1,32}")
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+_PORT = re.compile(r"[0-9]{1,5}")
+_DNS_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE = re.compile(r"([0-9]+)\s*(B|KiB|MiB|GiB)?")
+_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+_BUFFER_MIN, _BUFFER_MAX = 16 << 10, 64 << 20
+_UNIX_PATH_MAX = 107  # sun_path is 108 bytes on Linux, with the terminating NUL
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_TIMEOUTS = ("handshake", "connect", "idle", "drain")
+
+# A listener's settings start from this; a required key that is missing or wrong (and already
+# reported) stays empty, so its routes can still be checked.
+_PLACEHOLDER_ROUTE = Route(
+    name="default",
+    sni=(),
+    tls=TLSSettings(certificates=()),
+    client_auth=ClientAuth(),
+    upstream=Upstream(),
+)
+
+
+def load_config(path: Path) -> Config:
+    """The config in ``path``, or ``ConfigError`` listing every error. Warnings are dropped:
+    callers that show them use ``load_config_with_warnings``."""
+    return load_config_with_warnings(path)[0]
+
+
+def load_config_with_warnings(path: Path) -> tuple[Config, list[ConfigProblem]]:
+    """The config in ``path`` and its warnings (a certificate about to expire), sorted by line.
+
+    Raises ``ConfigError`` when there is any error; its ``problems`` include the warnings too,
+    so a failing ``check`` shows the whole picture.
+    """
+    parser = _Parser(path)
+    config = parser.document(_compose(path))
+    problems = sort_problems([*parser.problems, *check_files(config, parser.locations)])
+    if any(p.severity == "error" for p in problems):
+        raise ConfigError(problems)
+    return config, problems
+
+
+def _compose(path: Path) -> Node:
+    """The YAML node tree of ``path``; a file that cannot even be composed is one problem."""
+
+    def fail(line: int | None, message: str) -> ConfigError:
+        return ConfigError([ConfigProblem(path, line, "", message)])
+
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise fail(None, f"cannot read the config: {e.strerror}") from e
+    if len(data) > MAX_CONFIG_BYTES:
+        raise fail(None, "the config is larger than 1 MiB")
+    try:
+        root = yaml.compose(data, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        line = e.problem_mark.line + 1 if e.problem_mark else None
+        raise fail(line, f"invalid YAML: {e.problem}") from e
+    except yaml.YAMLError as e:
+        raise fail(None, f"invalid YAML: {e}") from e
+    except RecursionError as e:
+        raise fail(None, "invalid YAML: nested too deeply") from e
+    if root is None:
+        raise fail(None, "the config is empty; it needs at least 'listeners'")
+    return root
+
+
+class _Invalid(Exception):
+    """A value is wrong; the parser reports the message at the value's line and key path."""
+
+
+class _Reported(Exception):
+    """A value is wrong and its problems are already reported."""
+
+
+class _Failed(enum.Enum):
+    FAILED = enum.auto()
+
+
+Convert = Callable[[Node, str], T]
+_Registry = dict[Any, str]  # a claimed value -> where it was claimed first, for the message
+
+
+@dataclass
+class _Map:
+    """A mapping's known keys, each once, with their key and value nodes."""
+
+    node: MappingNode
+    keys: dict[str, Node] = field(default_factory=dict)
+    values: dict[str, Node] = field(default_factory=dict)
+
+
+def _line(node: Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _describe(node: Node) -> str:
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    return _DESCRIPTIONS.get(node.tag, f"a {node.tag} value")
+
+
+def _expected(what: str, node: Node) -> _Invalid:
+    return _Invalid(f"expected {what}, got {_describe(node)}")
+
+
+def _leaf(convert: Callable[[Node], T]) -> Convert[T]:
+    """A converter of one scalar: its problems go to its own node and key path."""
+    return lambda node, _path: convert(node)
+
+
+def _keep_node(node: Node, _path: str) -> Node:
+    """For a value parsed later, once what it inherits from exists."""
+    return node
+
+
+def _require(values: Mapping[str, object], keys: Iterable[str]) -> None:
+    if not all(key in values for key in keys):
+        raise _Reported  # the missing key is already reported
+
+
+def _key_problem(key: Node, allowed: Collection[str], seen: Mapping[str, Node]) -> str | None:
+    if key.tag == _MERGE:
+        return "merge keys (<<) are not supported; alias the whole value instead"
+    if not (isinstance(key, ScalarNode) and key.tag == _STR):
+        return f"keys must be strings, got {_describe(key)}"
+    if key.value in seen:
+        return f"duplicate key (first at line {_line(seen[key.value])})"
+    if key.value not in allowed:
+        close = difflib.get_close_matches(key.value, allowed, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"expected one of {', '.join(allowed)}"
+        return f"unknown key {key.value!r}; {hint}"
+    return None
+
+
+# --- scalars ------------------------------------------------------------------------------
+
+
+def _string(node: Node) -> str:
+    """Text. A plain number is taken as written (``name: 443``, ``min_version: 1.2``)."""
+    if not (isinstance(node, ScalarNode) and node.tag in (_STR, _INT, _FLOAT)):
+        raise _expected("a string", node)
+    if not node.value:
+        raise _Invalid("must not be empty")
+    return str(node.value)
+
+
+def _boolean(node: Node) -> bool:
+    if not (isinstance(node, ScalarNode) and node.tag == _BOOL):
+        raise _expected("true or false", node)
+    return bool(_SCALARS.construct_yaml_bool(node))
+
+
+def _positive_int(node: Node) -> int:
+    if not (isinstance(node, ScalarNode) and node.tag == _INT):
+        raise _expected("an integer", node)
+    value = int(_SCALARS.construct_yaml_int(node))
+    if value < 1:
+        raise _Invalid(f"{value} must be at least 1")
+    return value
+
+
+def _one_of(choices: Iterable[S], unavailable: Collection[S] = ()) -> Callable[[Node], S]:
+    allowed = {str(choice): choice for choice in choices}
+
+    def convert(node: Node) -> S:
+        value = _string(node)
+        if value not in allowed:
+            raise _Invalid(f"{value!r} is not one of {', '.join(allowed)}")
+        if allowed[value] in unavailable:
+            raise _Invalid(f"{value!r} is not available in this version")
+        return allowed[value]
+
+    return convert
+
+
+def _label(node: Node) -> str:
+    value = _string(node)
+    if not _LABEL.fullmatch(value):
+        raise _Invalid(f"{value!r} must be 1 to 32 of a-z 0-9 _ - (it becomes a metric label)")
+    return value
+
+
+def _address(node: Node, *, zero_port: bool) -> tuple[str, int]:
+    """``host:port``, with IPv6 in brackets. Port 0 (any free port) only where it makes sense
+    (listening, for tests)."""
+    text = _string(node)
+    host, _, port = text.rpartition(":")
+    if not host or not _PORT.fullmatch(port):
+        raise _Invalid(f"{text!r} is not host:port, like 127.0.0.1:8443 or [::1]:8443")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise _Invalid(f"{text!r}: brackets are for IPv6 addresses only")
+    elif ":" in host:
+        raise _Invalid(f"{text!r}: write IPv6 addresses in brackets, like [::1]:8443")
+    elif not _HOSTNAME.fullmatch(host):
+        raise _Invalid(f"{host!r} is not a host name or IP address")
+    lowest = 0 if zero_port else 1
+    if not lowest <= int(port) <= 65535:
+        raise _Invalid(f"port {int(port)} is not in {lowest}..65535")
+    return host, int(port)
+
+
+def _host_pattern(node: Node) -> str:
+    """A host name or a ``*.`` wildcard (one label), lowercased as SNI compares."""
+    text = _string(node)
+    name = text.lower()
+    exact = name.removeprefix("*.")
+    if len(exact) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in exact.split(".")):
+        raise _Invalid(f"{text!r} is not a host name or a wildcard like *.example.org")
+    return name
+
+
+def _route_name_from(sni: str) -> str:
+    return re.sub(r"[^a-z0-9_-]", "_", sni.replace("*", "wildcard"))[:32]
+
+
+def _duration(node: Node) -> float:
+    """Seconds, from ``500ms``, ``10s``, ``5m``, ``1h`` or a plain number of seconds."""
+    if isinstance(node, ScalarNode) and node.tag in (_INT, _FLOAT):
+        number = (
+            _SCALARS.construct_yaml_float if node.tag == _FLOAT else _SCALARS.construct_yaml_int
+        )
+        seconds = float(number(node))
+    else:
+        text = _string(node)
+        match = _DURATION.fullmatch(text)
+        if not match:
+            raise _Invalid(f"{text!r} is not a duration like 500ms, 10s, 5m or 1h")
+        seconds = float(match[1]) * _DURATION_UNITS[match[2]]
+    if not 0 < seconds < float("inf"):
+        raise _Invalid(f"{node.value!r} must be a duration greater than zero")
+    return seconds
+
+
+def _buffer_size(node: Node) -> int:
+    """Bytes, from ``256KiB``, ``1MiB`` or a plain number of bytes."""
+    text = _string(node)
+    match = _SIZE.fullmatch(text) if node.tag != _FLOAT else None
+    if not match:
+        raise _Invalid(f"{text!r} is not a size like 256KiB or 1MiB")
+    size = int(match[1]) * _SIZE_UNITS[match[2]]
+    if not _BUFFER_MIN <= size <= _BUFFER_MAX:
+        raise _Invalid(f"{text!r} is not between 16KiB and 64MiB")
+    return size
+
+
+def _alpn(node: Node) -> str:
+    value = _string(node)
+    if not (value.isascii() and len(value) <= 255):
+        raise _Invalid(f"{value!r} is not an ALPN protocol name (up to 255 ASCII characters)")
+    return value
+
+
+def _allow_pattern(kind: AllowKind, node: Node) -> str:
+    """The pattern of one allow rule, normalized where the form is loose (fingerprints)."""
+    text = _string(node)
+    if kind is AllowKind.SHA256:
+        digest = text.replace(":", "").lower()
+        if not _SHA256.fullmatch(digest):
+            raise _Invalid(f"{text!r} is not a SHA-256 fingerprint (64 hex digits, colons allowed)")
+        return digest
+    if kind is AllowKind.DNS:
+        return _host_pattern(node)
+    if kind is AllowKind.SPIFFE_ID and not text.startswith("spiffe://"):
+        raise _Invalid(f"{text!r} is not a SPIFFE ID like spiffe://example.org/ns/prod/sa/web")
+    return text
+
+
+_listen_address = partial(_address, zero_port=True)
+_engine = _one_of(("openssl", "native"), unavailable=("native",))
+_forward_identity = _one_of(
+    ForwardIdentity, unavailable=(ForwardIdentity.PROXY_PROTOCOL_V2, ForwardIdentity.HTTP)
+)
+
+
+# --- structure ----------------------------------------------------------------------------
+
+
+class _Parser:
+    """Walks the node tree, collecting problems and the place each file path was named."""
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        self.base_dir = file.absolute().parent
+        self.problems: list[ConfigProblem] = []
+        self.locations: dict[tuple[Path, Role], Location] = {}
+
+    def problem(self, node: Node, path: str, message: str) -> None:
+        self.problems.append(ConfigProblem(self.file, _line(node), path, message))
+
+    def convert(self, convert: Convert[T], node: Node, path: str) -> T | _Failed:
+        try:
+            return convert(node, path)
+        except _Invalid as e:
+            self.problem(node, path, str(e))
+        except _Reported:
+            pass
+        return _Failed.FAILED
+
+    def read(
+        self,
+        node: Node,
+        path: str,
+        converters: Mapping[str, Convert[Any]],
+        required: Iterable[str] = (),
+    ) -> tuple[dict[str, Any], _Map]:
+        """The converted values of a mapping's keys. Unknown, duplicate and wrong keys are
+        reported and left out, as are missing required ones."""
+        if not isinstance(node, MappingNode):
+            raise _expected("a mapping", node)
+        m = _Map(node)
+        for key, value in node.value:
+            problem = _key_problem(key, converters.keys(), m.keys)
+            if problem:
+                name = key.value if isinstance(key, ScalarNode) else "?"
+                self.problem(key, _join(path, name), problem)
+            else:
+                m.keys[key.value], m.values[key.value] = key, value
+        for name in required:
+            if name not in m.values:
+                self.problem(node, _join(path, name), "is required")
+        values = {
+            name: self.convert(converters[name], value, _join(path, name))
+            for name, value in m.values.items()
+        }
+        return {k: v for k, v in values.items() if v is not _Failed.FAILED}, m
+
+    def section(self, cls: Callable[..., T], converters: Mapping[str, Convert[Any]]) -> Convert[T]:
+        """A mapping of optional keys, straight into the dataclass ``cls``."""
+        return lambda node, path: cls(**self.read(node, path, converters)[0])
+
+    def sequence(
+        self, node: Node, path: str, item: Convert[T], *, non_empty: bool = False
+    ) -> tuple[T, ...]:
+        if not isinstance(node, SequenceNode):
+            raise _expected("a list", node)
+        if non_empty and not node.value:
+            raise _Invalid("must not be empty")
+        items = (self.convert(item, child, f"{path}[{i}]") for i, child in enumerate(node.value))
+        return tuple(i for i in items if i is not _Failed.FAILED)
+
+    def claim(self, registry: _Registry, value: object, node: Node, path: str, what: str) -> None:
+        """Report ``what`` if an earlier part of the config already has ``value``."""
+        if value in registry:
+            self.problem(node, path, f"{what} is already used by {registry[value]}")
+        else:
+            registry[value] = f"{path} (line {_line(node)})"
+
+    def file_path(self, node: Node, path: str) -> Path:
+        """A file, relative to the config's directory; remembered for ``check_files`` in the
+        role its key names (``...tls.certificates[0].key`` names a key)."""
+        resolved = self.base_dir / _string(node)
+        role = cast(Role, path.rpartition(".")[2])
+        self.locations.setdefault((resolved, role), Location(_line(node), path))
+        return resolved
+
+    def upstream(self, node: Node, _path: str) -> Upstream:
+        text = _string(node)
+        if not text.startswith("unix:"):
+            host, port = _address(node, zero_port=False)
+            return Upstream(host=host, port=port)
+        if text == "unix:":
+            raise _Invalid("'unix:' needs a socket path, like unix:/run/app.sock")
+        socket = self.base_dir / text.removeprefix("unix:")
+        if len(os.fsencode(socket)) > _UNIX_PATH_MAX:
+            raise _Invalid(f"the socket path {socket} is longer than {_UNIX_PATH_MAX} bytes")
+        return Upstream(unix_path=socket)
+
+    # --- the schema ---------------------------------------------------------------------
+
+    def document(self, root: Node) -> Config:
+        names: _Registry = {}
+        addresses: _Registry = {}
+        listener = partial(self.listener, names=names, addresses=addresses)
+        converters: dict[str, Convert[Any]] = {
+            "listeners": lambda n, p: self.sequence(n, p, listener, non_empty=True),
+            "metrics": partial(self.metrics, addresses=addresses),
+            "log": self.section(
+                LogSettings,
+                {"format": _leaf(_one_of(LogFormat)), "level": _leaf(_one_of(_LOG_LEVELS))},
+            ),
+        }
+        try:
+            own, _ = self.read(root, "", converters, required=("listeners",))
+        except _Invalid as e:
+            self.problem(root, "", str(e))
+            own = {}
+        return Config(**{"source": self.file, "listeners": (), **own})
+
+    def metrics(self, node: Node, path: str, addresses: _Registry) -> MetricsSettings:
+        own, m = self.read(
+            node, path, {"listen": _leaf(_listen_address), "enabled": _leaf(_boolean)}
+        )
+        if "listen" in own:
+            own["host"], own["port"] = own.pop("listen")
+            if own.get("enabled", True):
+                self.claim_address(addresses, (own["host"], own["port"]), m.values["listen"], path)
+        return MetricsSettings(**own)
+
+    def claim_address(
+        self, addresses: _Registry, address: tuple[str, int], node: Node, path: str
+    ) -> None:
+        if address[1] != 0:  # port 0: the kernel picks a free port each time
+            self.claim(addresses, address, node, _join(path, "listen"), f"address {node.value}")
+
+    def listener(self, node: Node, path: str, names: _Registry, addresses: _Registry) -> Listener:
+        own, m = self.read(
+            node,
+            path,
+            {
+                "name": _leaf(_label),
+                "listen": _leaf(_listen_address),
+                "engine": _leaf(_engine),
+                "tls": partial(self.tls, base=None),
+                "client_auth": partial(self.client_auth, base=ClientAuth()),
+                "upstream": self.upstream,
+                "forward_identity": _leaf(_forward_identity),
+                "routes": _keep_node,
+                "timeouts": self.section(Timeouts, dict.fromkeys(_TIMEOUTS, _leaf(_duration))),
+                "limits": self.section(
+                    Limits,
+                    {"max_connections": _leaf(_positive_int), "buffer_size": _leaf(_buffer_size)},
+                ),
+            },
+            required=("name", "listen", "tls", "upstream"),
+        )
+        if "name" in own:
+            name = own["name"]
+            self.claim(names, name, m.values["name"], f"{path}.name", f"listener name {name!r}")
+        host, port = own.get("listen", ("", 0))
+        if "listen" in own:
+            self.claim_address(addresses, (host, port), m.values["listen"], path)
+        inherited = ("tls", "client_auth", "upstream", "forward_identity")
+        default = replace(_PLACEHOLDER_ROUTE, **{k: own[k] for k in inherited if k in own})
+        routes = (
+            self.convert(partial(self.routes, default=default), own["routes"], f"{path}.routes")
+            if "routes" in own
+            else ()
+        )
+        return Listener(
+            name=own.get("name", ""),
+            host=host,
+            port=port,
+            engine=own.get("engine", "openssl"),
+            default_route=default,
+            routes=() if routes is _Failed.FAILED else routes,
+            **{k: own[k] for k in ("timeouts", "limits") if k in own},
+        )
+
+    def routes(self, node: Node, path: str, default: Route) -> tuple[Route, ...]:
+        names: _Registry = {"default": "the listener's own settings"}
+        patterns: _Registry = {}
+        route = partial(self.route, default=default, names=names, patterns=patterns)
+        return self.sequence(node, path, route)
+
+    def route(
+        self, node: Node, path: str, default: Route, names: _Registry, patterns: _Registry
+    ) -> Route:
+        """A route: what it does not say, it inherits from the listener (``default``)."""
+        own, m = self.read(
+            node,
+            path,
+            {
+                "name": _leaf(_label),
+                "sni": partial(self.sni, patterns=patterns),
+                "tls": partial(self.tls, base=default.tls),
+                "client_auth": partial(self.client_auth, base=default.client_auth),
+                "upstream": self.upstream,
+                "forward_identity": _leaf(_forward_identity),
+            },
+            required=("sni",),
+        )
+        if "name" in own:
+            name, named_by = own["name"], m.values["name"]
+            what = f"route name {name!r}"
+        elif own.get("sni"):
+            name, named_by = _route_name_from(own["sni"][0]), m.values["sni"]
+            what = f"route name {name!r} (derived from the first SNI; set 'name')"
+        else:
+            raise _Reported  # no SNI: reported by read()
+        self.claim(names, name, named_by, _join(path, "name"), what)
+        return replace(default, **{**own, "name": name})
+
+    def sni(self, node: Node, path: str, patterns: _Registry) -> tuple[str, ...]:
+        """One pattern or a list; each routed by one route only."""
+
+        def pattern(node: Node, path: str) -> str:
+            value = _host_pattern(node)
+            self.claim(patterns, value, node, path, f"SNI {value!r}")
+            return value
+
+        if isinstance(node, ScalarNode):
+            return (pattern(node, path),)
+        return self.sequence(node, path, pattern, non_empty=True)
+
+    def tls(self, node: Node, path: str, base: TLSSettings | None) -> TLSSettings:
+        """The listener's TLS settings (``base`` None), or a route's over the listener's."""
+        own, _ = self.read(
+            node,
+            path,
+            {
+                "certificates": lambda n, p: self.sequence(n, p, self.key_pair, non_empty=True),
+                "min_version": _leaf(_one_of(TLSVersion)),
+                "alpn": lambda n, p: self.sequence(n, p, _leaf(_alpn)),
+            },
+            required=() if base else ("certificates",),
+        )
+        return replace(base or _PLACEHOLDER_ROUTE.tls, **own)
+
+    def key_pair(self, node: Node, path: str) -> CertificateKeyPair:
+        keys = ("certificate", "key")
+        own, _ = self.read(node, path, dict.fromkeys(keys, self.file_path), required=keys)
+        _require(own, keys)
+        return CertificateKeyPair(**own)
+
+    def client_auth(self, node: Node, path: str, base: ClientAuth) -> ClientAuth:
+        """The listener's policy (over the default ``none``) or a route's over the listener's,
+        key by key: a route saying only ``mode`` and ``allow`` keeps the listener's CA and CRL.
+        """
+        own, m = self.read(
+            node,
+            path,
+            {
+                "mode": _leaf(_one_of(ClientAuthMode)),
+                "ca": self.file_path,
+                "crl": self.file_path,
+                "allow": lambda n, p: self.sequence(n, p, self.allow_rule),
+            },
+        )
+        if own.keys() != m.values.keys():
+            raise _Reported  # a wrong value: the rules below would only guess
+        mode = own.get("mode", base.mode)
+        if mode is ClientAuthMode.NONE:
+            for key in ("crl", "allow"):
+                if key in own:
+                    self.problem(m.keys[key], _join(path, key), "has no effect with mode none")
+            return ClientAuth(ca=own.get("ca"))
+        merged = replace(base, **own)
+        if merged.ca is None:
+            self.problem(node, _join(path, "ca"), f"is required when mode is {mode}")
+        return merged
+
+    def allow_rule(self, node: Node, path: str) -> AllowRule:
+        kinds = {kind.value: kind for kind in AllowKind}
+        if not (isinstance(node, MappingNode) and len(node.value) == 1):
+            raise _Invalid(f"expected a mapping with one key, one of {', '.join(kinds)}")
+        own, _ = self.read(
+            node, path, {name: _leaf(partial(_allow_pattern, kind)) for name, kind in kinds.items()}
+        )
+        if not own:
+            raise _Reported
+        ((kind, pattern),) = own.items()
+        return AllowRule(kinds[kind], pattern)
