@@ -8,12 +8,16 @@ upstreams are real TCP servers, and the clients are Python ``ssl``, ``openssl s_
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextlib
 import hashlib
+import select
 import socket
 import socketserver
 import ssl
 import subprocess
 import threading
+import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,10 +96,11 @@ class _EchoHandler(socketserver.BaseRequestHandler):
 
 def echo(sock: socket.socket, server: Upstream) -> None:
     """Echo until EOF, then half-close: answers arrive even after the client's FIN."""
-    while data := sock.recv(256 * 1024):
-        server.received += len(data)
-        sock.sendall(data)
-    sock.shutdown(socket.SHUT_WR)
+    with contextlib.suppress(ConnectionError):
+        while data := sock.recv(256 * 1024):
+            server.received += len(data)
+            sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
 
 
 class Upstream(socketserver.ThreadingTCPServer):
@@ -205,3 +210,179 @@ def curl(
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+class MemoryClient:
+    """A TLS client on ``ssl.SSLObject`` over a raw socket: the test decides what bytes go out
+    when (one byte at a time, a truncated hello, close_notify while still reading)."""
+
+    def __init__(self, pki: PkiFiles, port: int, cert: str | None = "client") -> None:
+        context = Client(pki, port, cert=cert).context()
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname="localhost")
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def client_hello(self) -> bytes:
+        with contextlib.suppress(ssl.SSLWantReadError):
+            self.tls.do_handshake()
+        return self.outgoing.read()
+
+    def finish_handshake(self) -> None:
+        """Drive the handshake to completion once the ClientHello has been sent."""
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self.sock.sendall(self.outgoing.read())
+                data = self.sock.recv(65536)
+                if not data:
+                    raise ConnectionError("closed during the handshake") from None
+                self.incoming.write(data)
+        self.sock.sendall(self.outgoing.read())
+
+    def send(self, data: bytes) -> None:
+        self.tls.write(data)
+        self.sock.sendall(self.outgoing.read())
+
+    def close_notify(self) -> None:
+        with contextlib.suppress(ssl.SSLWantReadError):
+            self.tls.unwrap()
+        self.sock.sendall(self.outgoing.read())
+
+    def receive_all(self) -> tuple[bytes, bool]:
+        """Read until the server's close_notify or EOF: (data, whether close_notify came)."""
+        received = bytearray()
+        while True:
+            try:
+                chunk = self.tls.read(65536)
+                if not chunk:
+                    return bytes(received), True
+                received += chunk
+                continue
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLZeroReturnError:
+                return bytes(received), True
+            data = self.sock.recv(65536)
+            if not data:
+                return bytes(received), False
+            self.incoming.write(data)
+
+    def exchange(self, payload: bytes, chunk: int = 256 * 1024) -> bytes:
+        """Send ``payload`` and read what comes back at the same time, in one thread (an
+        SSL object must not be used from two threads), until as many bytes came back."""
+        self.sock.setblocking(False)
+        sent, received = 0, bytearray()
+        pending = b""
+        while len(received) < len(payload):
+            if not pending and sent < len(payload):
+                self.tls.write(payload[sent : sent + chunk])
+                sent = min(sent + chunk, len(payload))
+                pending = self.outgoing.read()
+            writers = [self.sock] if pending else []
+            readable, writable, _ = select.select([self.sock], writers, [], 30)
+            if not readable and not writable:
+                raise TimeoutError(f"stalled after {sent} sent, {len(received)} received")
+            if writable:
+                pending = pending[self.sock.send(pending) :]
+            if readable:
+                data = self.sock.recv(1 << 20)
+                if not data:
+                    break
+                self.incoming.write(data)
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    while chunk_in := self.tls.read(1 << 20):
+                        received += chunk_in
+        self.sock.setblocking(True)
+        return bytes(received)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# Helpers for interoperability tests: interactive clients, polling, a tiny HTTP upstream.
+
+
+@dataclass
+class Interaction:
+    """What an interactive client process printed; ``returncode`` is None if it was stopped."""
+
+    stdout: bytes
+    stderr: bytes
+    returncode: int | None
+
+    @property
+    def output(self) -> str:
+        return (self.stdout + self.stderr).decode(errors="replace")
+
+
+def interact(
+    command: list[str], stdin: bytes = b"", until: bytes = b"", timeout: float = 10
+) -> Interaction:
+    """Run ``command``, write ``stdin`` (left open, so the client does not quit on EOF), and
+    collect its output until ``until`` appears on stdout, the process exits, or ``timeout``."""
+    process = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    buffers: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+
+    def pump(name: str) -> None:
+        stream = getattr(process, name)
+        while chunk := stream.read1(65536):
+            buffers[name] += chunk
+
+    readers = [threading.Thread(target=pump, args=(n,), daemon=True) for n in buffers]
+    for reader in readers:
+        reader.start()
+    assert process.stdin is not None
+    if stdin:
+        with contextlib.suppress(BrokenPipeError):  # the client may have quit already
+            process.stdin.write(stdin)
+            process.stdin.flush()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if until and until in buffers["stdout"]:
+            break
+        time.sleep(0.01)
+    returncode = process.poll()
+    if returncode is None:
+        process.kill()
+    process.wait()
+    for reader in readers:
+        reader.join(timeout=5)
+    with contextlib.suppress(BrokenPipeError):
+        process.stdin.close()
+    return Interaction(bytes(buffers["stdout"]), bytes(buffers["stderr"]), returncode)
+
+
+def eventually(predicate: Callable[[], bool], timeout: float = 5) -> bool:
+    """Poll ``predicate`` until it is true (metrics are counted on the proxy's own thread)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def http_ok(body: bytes) -> Callable[[socket.socket, Upstream], None]:
+    """An upstream behaviour: read one HTTP/1.1 request head, answer 200 with ``body``."""
+
+    def behaviour(sock: socket.socket, server: Upstream) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return
+            head += chunk
+        server.received += len(head)
+        sock.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+            + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+        sock.shutdown(socket.SHUT_WR)
+
+    return behaviour
