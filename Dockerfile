@@ -1,0 +1,64 @@
+# syntax=docker/dockerfile:1
+# mtlsproxy container image.
+#
+#   docker build -t mtlsproxy:0.1.0 .
+#   docker run --rm --read-only -p 8443:8443 -p 9100:9100 \
+#     -v "$PWD/my-config.yaml:/etc/mtlsproxy/config.yaml:ro" \
+#     -v "$PWD/certs:/etc/mtlsproxy/certs:ro" mtlsproxy:0.1.0
+#
+# The config must listen on 0.0.0.0 (not 127.0.0.1) for the listener and for
+# `metrics.listen`, or nothing outside the container can reach it. The HEALTHCHECK runs
+# inside the container against 127.0.0.1:9100, so `metrics.listen` must use port 9100.
+
+# ---- builder: compile wheels and populate /opt/venv -------------------------------------
+FROM python:3.12-slim AS builder
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+WORKDIR /src
+
+# Only what the wheel is built from (README.md, the long description, is not needed at runtime).
+COPY pyproject.toml ./
+COPY mtlsproxy ./mtlsproxy
+
+# The project's wheel (its build backend comes from [build-system] in an isolated env), then
+# the wheel and its dependencies (binary wheels: cryptography, uvloop) into /opt/venv; pip
+# itself is removed so the runtime image carries no installer.
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+    && /opt/venv/bin/pip install --no-cache-dir /wheels/mtlsproxy-*.whl \
+    && /opt/venv/bin/pip uninstall --yes pip \
+    && find /opt/venv -type d -name __pycache__ -prune -exec rm -rf {} + \
+    && /opt/venv/bin/python -m compileall -q /opt/venv/lib
+
+# ---- runtime: the venv only, no compilers, no pip, non-root -----------------------------
+FROM python:3.12-slim
+
+LABEL org.opencontainers.image.title="mtlsproxy" \
+      org.opencontainers.image.description="Mutual-TLS sidecar reverse proxy" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+# Nothing is written at runtime: bytecode is precompiled in the builder, output unbuffered,
+# so the image runs with a read-only root filesystem (no /tmp needed either).
+ENV PATH="/opt/venv/bin:${PATH}" \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+
+RUN groupadd --system --gid 10001 mtlsproxy \
+    && useradd --system --no-log-init --uid 10001 --gid 10001 --no-create-home \
+       --home-dir /nonexistent --shell /usr/sbin/nologin mtlsproxy
+
+COPY --from=builder /opt/venv /opt/venv
+
+WORKDIR /
+USER 10001:10001
+
+EXPOSE 8443 9100
+
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9100/healthz', timeout=2).status == 200 else 1)"]
+
+ENTRYPOINT ["mtlsproxy"]
+CMD ["run", "-c", "/etc/mtlsproxy/config.yaml"]
