@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 import tempfile
 from collections.abc import Sequence
@@ -55,10 +56,24 @@ def _apply_client_auth(
     )
     context.load_verify_locations(cafile=client_auth.ca)
     if crls:
-        # OpenSSL's file lookup reads PEM only; CRLs may come as DER, so re-encode them.
-        pem = b"".join(crl.public_bytes(Encoding.PEM) for crl in crls)
-        with tempfile.NamedTemporaryFile(suffix=".pem") as bundle:
-            bundle.write(pem)
-            bundle.flush()
-            context.load_verify_locations(cafile=bundle.name)
+        # OpenSSL's file lookup reads PEM only, and CRLs may come as DER: re-encode them.
+        _load_pem_into(context, b"".join(crl.public_bytes(Encoding.PEM) for crl in crls))
         context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+
+
+def _load_pem_into(context: ssl.SSLContext, pem: bytes) -> None:
+    """``load_verify_locations`` from memory. ``cadata`` takes certificates only, so the PEM
+    goes through an anonymous in-memory file: nothing is written to disk, which keeps the
+    container's read-only root filesystem read-only."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("mtlsproxy-crls")
+        try:
+            os.write(fd, pem)
+            context.load_verify_locations(cafile=f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return
+    with tempfile.NamedTemporaryFile(suffix=".pem") as bundle:  # pragma: no cover - not Linux
+        bundle.write(pem)
+        bundle.flush()
+        context.load_verify_locations(cafile=bundle.name)
