@@ -105,7 +105,11 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     from mtlsproxy.proxy.server import run
 
-    run(config)
+    try:
+        run(config)
+    except OSError as error:  # a port in use, a unix socket path that cannot be created
+        print(f"mtlsproxy: cannot serve: {error}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 
@@ -136,7 +140,9 @@ def _explain(args: argparse.Namespace) -> int:
         print(f"no listener named {args.listener!r}; have {', '.join(listeners)}", file=sys.stderr)
         return EXIT_CONFIG
     listener = listeners[args.listener] if args.listener else config.listeners[0]
-    route = RouteTable.for_listener(listener).select_name(args.sni).config
+    # The proxy lowercases the ClientHello's server_name before choosing a route; do the same.
+    server_name = args.sni.lower() if args.sni else None
+    route = RouteTable.for_listener(listener).select_name(server_name).config
     try:
         chain_pem = args.cert.read_bytes()
     except OSError as error:
@@ -158,7 +164,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _pki_init(args: argparse.Namespace) -> int:
     hosts = tuple(args.hosts) if args.hosts else ("localhost", "127.0.0.1", "::1")
-    files = pki.init(args.directory, hosts=hosts)
+    try:
+        files = pki.init(args.directory, hosts=hosts)
+    except OSError as error:
+        print(f"{args.directory}: cannot write the PKI: {error.strerror or error}", file=sys.stderr)
+        return EXIT_FAILURE
     print(f"development PKI written to {files.directory} (never use these keys in production):")
     for name in sorted(path.name for path in files.directory.iterdir()):
         print(f"  {name}")

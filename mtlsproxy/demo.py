@@ -158,14 +158,24 @@ async def _main(directory: Path, port: int, metrics_port: int, once: bool) -> tu
 
 def run_demo(port: int, metrics_port: int, directory: Path | None, once: bool) -> int:
     keep = directory is not None
-    workdir = directory if directory is not None else Path(tempfile.mkdtemp(prefix="mtlsproxy-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        workdir = (
+            directory if directory is not None else Path(tempfile.mkdtemp(prefix="mtlsproxy-"))
+        )
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        where = directory or tempfile.gettempdir()
+        print(f"demo: cannot use {where}: {error.strerror or error}", file=sys.stderr)
+        return 1
     try:
         admitted, refused = asyncio.run(
             _main(workdir, _free_port(port), _free_port(metrics_port), once)
         )
     except KeyboardInterrupt:
         return 0
+    except OSError as error:  # a port taken between the probe and the bind
+        print(f"demo: {error}", file=sys.stderr)
+        return 1
     finally:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -151,6 +151,14 @@ class _Checker:
             problem = crl_signature_problem(crl, cas)
             if problem is not None:
                 self.report(auth.crl, "crl", f"{problem} in {auth.ca}")
+            update = crl.next_update_utc
+            if update is not None and update < self._now:
+                issuer = crl.issuer.rfc4514_string()
+                message = (
+                    f"the CRL of {issuer} is past its next update ({_date(update)}): CRL checks "
+                    "fail closed, so every client it covers would be refused"
+                )
+                self.report(auth.crl, "crl", message)
 
 
 def _certificates(data: bytes) -> list[x509.Certificate]:

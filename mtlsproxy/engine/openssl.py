@@ -52,6 +52,9 @@ from mtlsproxy.policy.identity import PeerIdentity
 # records per call; larger sizes did not help in CPython's sslproto measurements.
 READ_SIZE = 64 * 1024
 
+INITIAL_RECORD_VERSION = 0x0301  # RFC 8446 section 5.1, before a version is agreed
+TLS12_RECORD_VERSION = 0x0303
+
 PLAIN_HTTP_RESPONSE = (
     b"HTTP/1.1 400 Bad Request\r\n"
     b"Content-Type: text/plain\r\n"
@@ -125,7 +128,8 @@ class OpenSSLEngine:
         self._outgoing = ssl.MemoryBIO()
         self._sslobj: ssl.SSLObject | None = None
         self._to_send = bytearray()  # bytes we frame ourselves: the 400, a TLS 1.2 alert
-        self._eof_received = False
+        self._peer_closed = False  # PeerClosed was reported: nothing more will be read
+        self._close_sent = False
         # Phase marks, from self._clock().
         self._t_accept = clock()
         self._t_hello: float | None = None
@@ -153,7 +157,7 @@ class OpenSSLEngine:
         return out
 
     def receive(self, data: bytes) -> list[Event]:
-        if self._state is _State.CLOSED or not data:
+        if self._state is _State.CLOSED or self._peer_closed or not data:
             return []
         if self._state is _State.CLIENT_HELLO:
             return self._receive_client_hello(data)
@@ -165,9 +169,8 @@ class OpenSSLEngine:
         return self._read_application_data()
 
     def receive_eof(self) -> list[Event]:
-        if self._state is _State.CLOSED:
+        if self._state is _State.CLOSED or self._peer_closed:
             return []
-        self._eof_received = True
         if self._state is _State.CLIENT_HELLO:
             return [self._fail(self._peer_closed_error())]
         self._incoming.write_eof()
@@ -196,6 +199,9 @@ class OpenSSLEngine:
         if self._sslobj is None or self._state is _State.CLOSED:
             self._state = _State.CLOSED
             return
+        if self._close_sent:
+            return
+        self._close_sent = True
         try:
             self._sslobj.unwrap()
         except ssl.SSLWantReadError:
@@ -211,6 +217,9 @@ class OpenSSLEngine:
         except HandshakeError as error:
             if error.reason is Reason.NOT_TLS and self._hello_reader.looks_like_http:
                 self._to_send += PLAIN_HTTP_RESPONSE
+            elif error.alert is not None:
+                # No version is negotiated yet: the record says TLS 1.0, as ClientHellos do.
+                self._to_send += _fatal_alert_record(error.alert, INITIAL_RECORD_VERSION)
             return [self._fail(error)]
         if hello is None:
             return []
@@ -270,7 +279,7 @@ class OpenSSLEngine:
             # fatal alert, so the client learns why (RFC 5246 section 7.2.2).
             self._outgoing.read()
             alert = error.alert or Alert.ACCESS_DENIED
-            self._to_send += bytes((0x15, 0x03, 0x03, 0x00, 0x02, 0x02, alert))
+            self._to_send += _fatal_alert_record(alert, TLS12_RECORD_VERSION)
             error = HandshakeError(error.step, error.reason, error.detail, alert)
         else:
             self.close()
@@ -306,6 +315,8 @@ class OpenSSLEngine:
         if chunks:
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             events.insert(0, ApplicationData(data))
+        if any(isinstance(event, PeerClosed) for event in events):
+            self._peer_closed = True
         return events
 
     # Failure classification: the one place OpenSSL errors become (step, reason, alert)
@@ -435,6 +446,12 @@ def _received_alert(reason_code: str) -> Alert | None:
             name = reason_code.removeprefix(prefix)
             return Alert.__members__.get(name, Alert.HANDSHAKE_FAILURE)
     return None
+
+
+def _fatal_alert_record(alert: Alert, record_version: int) -> bytes:
+    """A plaintext alert record (RFC 5246 section 7.2, RFC 8446 section 6): type 21, the
+    record version, length 2, level fatal (2), description."""
+    return bytes((0x15, *record_version.to_bytes(2, "big"), 0x00, 0x02, 0x02, alert))
 
 
 def _plaintext_alert(flushed: bytes) -> Alert | None:

@@ -58,7 +58,7 @@ def _apply_client_auth(
     if crls:
         # OpenSSL's file lookup reads PEM only, and CRLs may come as DER: re-encode them.
         _load_pem_into(context, b"".join(crl.public_bytes(Encoding.PEM) for crl in crls))
-        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN
 
 
 def _load_pem_into(context: ssl.SSLContext, pem: bytes) -> None:

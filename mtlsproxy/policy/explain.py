@@ -1,4 +1,4 @@
-"""``mtlsproxy check --explain``: what the proxy would do with a client certificate on a route.
+"""``mtlsproxy explain``: what the proxy would do with a client certificate on a route.
 
 The account follows the seed's numbered handshake steps (DESIGN.md), runs the very code the
 proxy runs (``ClientVerifier``, ``AllowList``), and never raises for bad input: an unreadable
@@ -7,6 +7,7 @@ certificate, a broken CA bundle or an invalid allow rule each become a line and 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import pairwise
@@ -68,7 +69,13 @@ def explain(route: Route, chain_pem: bytes, now: datetime) -> Explanation:
     try:
         chain = x509.load_pem_x509_certificates(chain_pem)
     except ValueError as error:
-        out.lines.append(f"seed step 5: the input holds no parsable PEM certificate ({error})")
+        # cryptography's message is generic (and links its FAQ); say what is actually wrong.
+        cause = (
+            "no '-----BEGIN CERTIFICATE-----' block"
+            if b"-----BEGIN CERTIFICATE-----" not in chain_pem
+            else re.sub(r" See https://\S+ for more details\.", "", str(error))
+        )
+        out.lines.append(f"seed step 5: the input holds no parsable PEM certificate ({cause})")
         return out.refuse(Step.CLIENT_VERIFY, Reason.CLIENT_CERT_INVALID)
     presented = PeerIdentity.from_certificate(chain[0])
     out.lines.append(
@@ -115,14 +122,11 @@ def _verified_lines(verifier: ClientVerifier, verified: VerifiedClient, now: dat
         return [*lines, "revocation: no CRL configured"]
     for cert, issuer in pairwise(chain):
         who = "not revoked" if cert is chain[0] else f"{cert.subject.rfc4514_string()}: not revoked"
-        crls = verifier.crls_for(cert, issuer)
-        if not crls:
-            lines.append(f"{who}: no CRL covers issuer {issuer.subject.rfc4514_string()}")
-        for loaded in crls:
+        # verify() refused paths with a certificate no CRL covers, or a stale CRL.
+        for loaded in verifier.crls_for(cert, issuer):
             update = loaded.next_update
             when = f"{update:{_TIME}}" if update else "not set"
-            stale = " (stale: past its next update)" if update and update < now else ""
-            lines.append(f"{who} (CRL {loaded.source.name}, next update {when}){stale}")
+            lines.append(f"{who} (CRL {loaded.source.name}, next update {when})")
     return lines
 
 

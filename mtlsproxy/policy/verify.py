@@ -163,7 +163,7 @@ class ClientVerifier:
             built = tuple(verifier.verify(leaf, intermediates).chain)
         except VerificationError as error:
             raise self._classify(leaf, intermediates, now, name, str(error)) from None
-        self._check_revocation(built, name)
+        self._check_revocation(built, name, now)
         return VerifiedClient(PeerIdentity.from_certificate(leaf), built)
 
     def is_revoked(self, cert: x509.Certificate) -> bool:
@@ -190,9 +190,25 @@ class ClientVerifier:
                 applicable.append(loaded)
         return applicable
 
-    def _check_revocation(self, built: tuple[x509.Certificate, ...], name: str) -> None:
+    def _check_revocation(
+        self, built: tuple[x509.Certificate, ...], name: str, now: datetime
+    ) -> None:
+        """With CRLs configured, every certificate of the path but the anchor is checked
+        against its issuer's CRL, and one whose issuer has no current CRL (none, or one past
+        its next update) is refused: CRL checks fail closed, as OpenSSL's
+        ``VERIFY_CRL_CHECK_CHAIN`` does in the handshake (and nginx)."""
+        if not self.crls:
+            return
+        unchecked = None
         for cert, issuer in pairwise(built):
-            for loaded in self.crls_for(cert, issuer):
+            crls = [
+                loaded
+                for loaded in self.crls_for(cert, issuer)
+                if loaded.next_update is None or loaded.next_update >= now
+            ]
+            if not crls and unchecked is None:
+                unchecked = (cert, issuer)
+            for loaded in crls:
                 entry = loaded.crl.get_revoked_certificate_by_serial_number(cert.serial_number)
                 if entry is not None:
                     whose = "its certificate" if cert is built[0] else _describe(cert)
@@ -201,6 +217,15 @@ class ClientVerifier:
                         f"{name}: {whose} (serial {cert.serial_number:x}) was revoked on "
                         f"{entry.revocation_date_utc:%Y-%m-%d} by {loaded.source.name}",
                     )
+        if unchecked is not None:
+            cert, issuer = unchecked
+            whose = "its certificate" if cert is built[0] else _describe(cert)
+            raise CertificateRejected(
+                Reason.CLIENT_CERT_UNTRUSTED,
+                f"{name}: no current CRL of {_describe(issuer)} is configured (none, or past "
+                f"its next update), so the revocation status of {whose} is unknown "
+                "(refused: CRL checks fail closed)",
+            )
 
     def _classify(
         self,

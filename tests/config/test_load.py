@@ -517,3 +517,21 @@ def test_there_are_examples_for_each_mode_and_for_routes() -> None:
         "require.yaml",
         "routes.yaml",
     }
+
+
+def test_a_stale_crl_is_an_error(base: Path, tmp_path: Path) -> None:
+    files = pki.PkiFiles.at(base / "certs")
+    root = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
+    root_key = serialization.load_pem_private_key(files.ca_key.read_bytes(), None)
+    now = datetime.now(UTC)
+    stale = pki.make_crl(
+        root,
+        root_key,
+        [],
+        next_update=now - timedelta(hours=1),
+        last_update=now - timedelta(days=2),
+    )
+    pki.write_pem(base / "certs" / "stale.crl", stale)
+    _, key_path, message = only_problem(client_auth_config(base, "certs/ca.crt", "certs/stale.crl"))
+    assert key_path == "listeners[0].client_auth.crl"
+    assert "past its next update" in message

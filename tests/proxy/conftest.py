@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,38 +50,49 @@ def upstream() -> Iterator[Upstream]:
     server.stop()
 
 
+def render_config(
+    pki: PkiFiles,
+    upstream: str,
+    mode: str = "require",
+    allow: list[str] | None = None,
+    routes: str = "",
+    min_version: str = "1.2",
+    handshake_timeout: str = "5s",
+    idle_timeout: str = "60s",
+    max_connections: int = 100,
+    name: str = "api",
+    log_level: str = "debug",
+) -> str:
+    """One listener on 127.0.0.1:0 in front of ``upstream``, metrics on 127.0.0.1:0."""
+    client_auth = CLIENT_AUTH[mode]
+    if allow:
+        client_auth += "\n      allow:\n" + "\n".join(f"        - {rule}" for rule in allow)
+    text = LISTENER.format(
+        name=name,
+        pki=pki.directory,
+        min_version=min_version,
+        client_auth=client_auth.format(pki=pki.directory),
+        upstream=upstream,
+        handshake_timeout=handshake_timeout,
+        idle_timeout=idle_timeout,
+        max_connections=max_connections,
+        routes=textwrap.indent(routes.format(pki=pki.directory), "    ") if routes else "",
+    )
+    return text.replace("level: debug", f"level: {log_level}")
+
+
 @pytest.fixture
 def make_proxy(tmp_path: Path, pki: PkiFiles, upstream: Upstream) -> Iterator[ProxyFactory]:
-    """``make_proxy(mode="require", allow=[...], routes="...", ...)`` -> a running proxy."""
+    """``make_proxy(mode="require", allow=[...], routes="...", ...)`` -> a running proxy;
+    keyword arguments as for ``render_config``, ``upstream_address`` overrides the upstream."""
     running: list[RunningProxy] = []
 
     def factory(
-        mode: str = "require",
-        allow: list[str] | None = None,
-        routes: str = "",
-        upstream_address: str | None = None,
-        min_version: str = "1.2",
-        handshake_timeout: str = "5s",
-        idle_timeout: str = "60s",
-        max_connections: int = 100,
-        name: str = "api",
+        mode: str = "require", upstream_address: str | None = None, **options: Any
     ) -> RunningProxy:
-        client_auth = CLIENT_AUTH[mode]
-        if allow:
-            client_auth += "\n      allow:\n" + "\n".join(f"        - {rule}" for rule in allow)
-        text = LISTENER.format(
-            name=name,
-            pki=pki.directory,
-            min_version=min_version,
-            client_auth=client_auth.format(pki=pki.directory),
-            upstream=upstream_address or f"127.0.0.1:{upstream.port}",
-            handshake_timeout=handshake_timeout,
-            idle_timeout=idle_timeout,
-            max_connections=max_connections,
-            routes=textwrap.indent(routes.format(pki=pki.directory), "    ") if routes else "",
-        )
+        address = upstream_address or f"127.0.0.1:{upstream.port}"
         path = tmp_path / f"proxy-{len(running)}.yaml"
-        path.write_text(text)
+        path.write_text(render_config(pki, address, mode, **options))
         proxy = RunningProxy(path)
         running.append(proxy)
         return proxy

@@ -15,6 +15,7 @@ import socket
 import socketserver
 import ssl
 import subprocess
+import textwrap
 import threading
 import time
 import urllib.request
@@ -385,3 +386,36 @@ def http_ok(body: bytes) -> Callable[[socket.socket, Upstream], None]:
         sock.shutdown(socket.SHUT_WR)
 
     return behaviour
+
+
+def start_proxy(
+    directory: Path,
+    pki: PkiFiles,
+    upstream_port: int,
+    mode: str = "require",
+    allow: list[str] | None = None,
+    routes: str = "",
+    name: str = "api",
+) -> RunningProxy:
+    """A proxy from conftest's listener template, for module-scoped fixtures (``make_proxy``
+    is per test; each of its upstreams costs a ``socketserver`` shutdown poll to stop)."""
+    from tests.proxy.conftest import CLIENT_AUTH, LISTENER  # conftest imports this module
+
+    client_auth = CLIENT_AUTH[mode]
+    if allow:
+        client_auth += "\n      allow:\n" + "\n".join(f"        - {rule}" for rule in allow)
+    path = directory / f"{name}-{mode}.yaml"
+    path.write_text(
+        LISTENER.format(
+            name=name,
+            pki=pki.directory,
+            min_version="1.2",
+            client_auth=client_auth.format(pki=pki.directory),
+            upstream=f"127.0.0.1:{upstream_port}",
+            handshake_timeout="5s",
+            idle_timeout="60s",
+            max_connections=100,
+            routes=textwrap.indent(routes.format(pki=pki.directory), "    ") if routes else "",
+        )
+    )
+    return RunningProxy(path)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from mtlsproxy.pki import PkiFiles
-from tests.proxy.conftest import CLIENT_AUTH, LISTENER
+from tests.proxy.conftest import render_config
 from tests.proxy.harness import Client, RunningProxy, Upstream, refused_by
 
-ALLOW = "      allow:\n        - spiffe_id: spiffe://example.org/ns/prod/sa/frontend"
+ALLOW = "spiffe_id: spiffe://example.org/ns/prod/sa/frontend"
 
 # (client certificate, mode) -> expected (result, step, reason); ok is ("ok", "none", "none").
 OK = ("ok", "none", "none")
@@ -53,23 +53,10 @@ def proxies(
     directory: Path = tmp_path_factory.mktemp("matrix")
     running = {}
     for mode in ("none", "request", "require"):
-        client_auth = CLIENT_AUTH[mode].format(pki=pki.directory)
-        if mode != "none":
-            client_auth += "\n" + ALLOW
         path = directory / f"{mode}.yaml"
-        path.write_text(
-            LISTENER.format(
-                name=mode,
-                pki=pki.directory,
-                min_version="1.2",
-                client_auth=client_auth,
-                upstream=f"127.0.0.1:{matrix_upstream.port}",
-                handshake_timeout="5s",
-                idle_timeout="60s",
-                max_connections=100,
-                routes="",
-            )
-        )
+        allow = [ALLOW] if mode != "none" else None
+        address = f"127.0.0.1:{matrix_upstream.port}"
+        path.write_text(render_config(pki, address, mode, allow=allow, name=mode))
         running[mode] = RunningProxy(path)
     yield running
     for proxy in running.values():

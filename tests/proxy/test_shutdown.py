@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from mtlsproxy.pki import PkiFiles
-from tests.proxy.conftest import CLIENT_AUTH, LISTENER
+from tests.proxy.conftest import render_config
 from tests.proxy.harness import Client, MemoryClient, Upstream
 
 
@@ -55,19 +55,7 @@ class ProxyProcess:
 @pytest.fixture
 def proxy_process(tmp_path: Path, pki: PkiFiles, upstream: Upstream) -> Iterator[ProxyProcess]:
     config = tmp_path / "proxy.yaml"
-    config.write_text(
-        LISTENER.format(
-            name="api",
-            pki=pki.directory,
-            min_version="1.2",
-            client_auth=CLIENT_AUTH["require"].format(pki=pki.directory),
-            upstream=f"127.0.0.1:{upstream.port}",
-            handshake_timeout="5s",
-            idle_timeout="60s",
-            max_connections=100,
-            routes="",
-        ).replace("level: debug", "level: info")
-    )
+    config.write_text(render_config(pki, f"127.0.0.1:{upstream.port}", log_level="info"))
     running = ProxyProcess(config)
     yield running
     if running.process.poll() is None:
