@@ -64,6 +64,15 @@ class ServerRoute:
         resumed session the checks OpenSSL skips (revocation and validity, against the CRL and
         clock of now, not of the original handshake)."""
         if leaf_der is None:
+            if self.config.client_auth.mode is ClientAuthMode.REQUIRE:
+                # OpenSSL enforces this in a full handshake; a resumed session whose peer
+                # certificate went missing (CPython gh-160171) must not become anonymous.
+                raise HandshakeError(
+                    Step.CLIENT_CERTIFICATE,
+                    Reason.CLIENT_CERT_MISSING,
+                    "no client certificate in the session and client_auth.mode is require",
+                    Alert.CERTIFICATE_REQUIRED,
+                )
             return None
         leaf = x509.load_der_x509_certificate(leaf_der)
         identity = PeerIdentity.from_certificate(leaf)

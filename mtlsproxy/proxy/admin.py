@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Callable
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -15,6 +16,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 # A probe or scrape request head is a few hundred bytes; 8 KiB is Apache's per-line limit.
 MAX_REQUEST_HEAD = 8 * 1024
 READ_TIMEOUT = 5.0
+
+# RFC 9112 section 3: method SP request-target SP HTTP-version.
+_REQUEST_LINE = re.compile(rb"([A-Z]{1,16}) (/[!-~]*) HTTP/1\.[01]")
+_BAD_REQUEST = ("400 Bad Request", "text/plain", b"bad request\n")
 
 
 class AdminServer:
@@ -42,32 +47,37 @@ class AdminServer:
         try:
             async with asyncio.timeout(READ_TIMEOUT):
                 head = await reader.readuntil(b"\r\n\r\n")
-            status, content_type, body = self._respond(head)
+            method, status, content_type, body = self._respond(head)
         except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, TimeoutError, ValueError):
-            status, content_type, body = "400 Bad Request", "text/plain", b"bad request\n"
+            method, status, content_type, body = b"", *_BAD_REQUEST
         except ConnectionError:
             writer.close()
             return
         writer.write(
             f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-            + body
+            + (body if method != b"HEAD" else b"")  # RFC 9110 section 9.3.2
         )
         with contextlib.suppress(ConnectionError):
             await writer.drain()
         writer.close()
 
-    def _respond(self, head: bytes) -> tuple[str, str, bytes]:
-        method, _, rest = head.partition(b" ")
-        path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
+    def _respond(self, head: bytes) -> tuple[bytes, str, str, bytes]:
+        """(method, status, content type, body) for one request head."""
+        request_line = head.split(b"\r\n", 1)[0]
+        match = _REQUEST_LINE.fullmatch(request_line)
+        if match is None:
+            return (b"", *_BAD_REQUEST)  # RFC 9112 section 3
+        method, target = match.group(1), match.group(2)
+        path = target.split(b"?", 1)[0]
         if method not in (b"GET", b"HEAD"):
-            return "405 Method Not Allowed", "text/plain", b"GET only\n"
+            return (method, "405 Method Not Allowed", "text/plain", b"GET only\n")
         if path == b"/metrics":
-            return "200 OK", CONTENT_TYPE_LATEST, self._exposition()
+            return (method, "200 OK", CONTENT_TYPE_LATEST, self._exposition())
         if path == b"/healthz":
-            return "200 OK", "text/plain", b"ok\n"
+            return (method, "200 OK", "text/plain", b"ok\n")
         if path == b"/readyz":
             if self._ready():
-                return "200 OK", "text/plain", b"ready\n"
-            return "503 Service Unavailable", "text/plain", b"not ready\n"
-        return "404 Not Found", "text/plain", b"not found\n"
+                return (method, "200 OK", "text/plain", b"ready\n")
+            return (method, "503 Service Unavailable", "text/plain", b"not ready\n")
+        return (method, "404 Not Found", "text/plain", b"not found\n")

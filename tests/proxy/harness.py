@@ -114,7 +114,7 @@ class Upstream(socketserver.ThreadingTCPServer):
         self.behaviour = behaviour
         self.received = 0
         self.connections = 0
-        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     def process_request(self, request, client_address):  # type: ignore[no-untyped-def]
