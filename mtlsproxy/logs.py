@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from mtlsproxy.config.model import LogFormat, LogSettings
+from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.events import HandshakeComplete, HandshakeFailed
 
 log = logging.getLogger("mtlsproxy")
@@ -56,8 +57,16 @@ def event(level: int, message: str, **fields: Any) -> None:
 
 
 def handshake(
-    listener: str, peer: str, sni: str | None, outcome: HandshakeComplete | HandshakeFailed
+    listener: str,
+    peer: str,
+    hello: ClientHello | None,
+    outcome: HandshakeComplete | HandshakeFailed,
 ) -> None:
+    """One line per handshake: failures at info, successes at debug. The JA4 fingerprint of
+    the ClientHello tells which client software it was (a fleet of one kind failing at once)."""
+    level = logging.DEBUG if isinstance(outcome, HandshakeComplete) else logging.INFO
+    if not log.isEnabledFor(level):
+        return
     timings = {f"{k}_ms": round(v * 1000, 3) for k, v in outcome.timings.as_dict().items()}
     identity = outcome.identity
     who = (
@@ -66,7 +75,13 @@ def handshake(
         if identity is not None
         else {}
     )  # fmt: skip
-    common = {"listener": listener, "route": outcome.route, "peer": peer, "sni": sni}
+    common = {
+        "listener": listener,
+        "route": outcome.route,
+        "peer": peer,
+        "sni": hello.server_name if hello else None,
+        "ja4": hello.ja4() if hello else None,
+    }
     if isinstance(outcome, HandshakeComplete):
         event(
             logging.DEBUG,

@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING, cast
 
 from mtlsproxy import logs
+from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.events import (
     ApplicationData,
     ClientHelloReceived,
@@ -42,7 +43,7 @@ class ClientConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._engine: OpenSSLEngine | None = None
         self._peer = "-"
-        self._sni: str | None = None
+        self._hello: ClientHello | None = None
         self._upstream: asyncio.Transport | None = None
         self._upstream_task: asyncio.Task[None] | None = None
         self._early_data: list[bytes] = []  # decrypted before the upstream connected
@@ -103,7 +104,7 @@ class ClientConnection(asyncio.Protocol):
             if isinstance(event, ApplicationData):
                 self._to_upstream(event.data)
             elif isinstance(event, ClientHelloReceived):
-                self._sni = event.hello.server_name
+                self._hello = event.hello
             elif isinstance(event, HandshakeComplete):
                 self._on_handshake_complete(event)
             elif isinstance(event, HandshakeFailed):
@@ -122,7 +123,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _on_handshake_complete(self, event: HandshakeComplete) -> None:
         self._cancel_handshake_timer()
-        self._runtime.observe_handshake(self._peer, self._sni, event)
+        self._runtime.observe_handshake(self._peer, self._hello, event)
         assert self._engine is not None and self._transport is not None
         route = self._engine.route
         assert route is not None
@@ -133,7 +134,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _on_handshake_failed(self, event: HandshakeFailed) -> None:
         self._cancel_handshake_timer()
-        self._runtime.observe_handshake(self._peer, self._sni, event)
+        self._runtime.observe_handshake(self._peer, self._hello, event)
         self._close(abort=False)
 
     def _on_handshake_timeout(self) -> None:

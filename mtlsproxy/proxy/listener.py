@@ -11,6 +11,7 @@ from cryptography import x509
 
 from mtlsproxy import logs
 from mtlsproxy.config.model import Listener
+from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.events import HandshakeComplete, HandshakeFailed
 from mtlsproxy.metrics import Metrics
 from mtlsproxy.policy.routes import RouteTable
@@ -85,10 +86,10 @@ class ListenerRuntime:
     # Observations (metrics and log lines come from here only)
 
     def observe_handshake(
-        self, peer: str, sni: str | None, event: HandshakeComplete | HandshakeFailed
+        self, peer: str, hello: ClientHello | None, event: HandshakeComplete | HandshakeFailed
     ) -> None:
         self.metrics.observe_handshake(self.name, event, time.time())
-        logs.handshake(self.name, peer, sni, event)
+        logs.handshake(self.name, peer, hello, event)
 
     def observe_upstream_connect(self, route: str, seconds: float) -> None:
         self.metrics.upstream_connect_duration.labels(self.name, route).observe(seconds)

@@ -231,3 +231,25 @@ def test_idle_timeout(make_proxy, pki: PkiFiles, upstream: Upstream) -> None:
     client.close()
     assert data == b"hi" and clean
     assert 0.2 < time.monotonic() - started < 3
+
+
+def test_unix_socket_upstream(make_proxy, pki: PkiFiles, tmp_path) -> None:
+    path = tmp_path / "app.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen()
+
+    def serve_one() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data.upper())
+
+    thread = threading.Thread(target=serve_one, daemon=True)
+    thread.start()
+    try:
+        proxy = make_proxy("require", upstream_address=f"unix:{path}")
+        assert Client(pki, proxy.port()).roundtrip(b"over a unix socket") == b"OVER A UNIX SOCKET"
+    finally:
+        listener.close()
+    thread.join(timeout=5)
