@@ -1,0 +1,473 @@
+"""End-to-end benchmark: mtlsproxy against a plain stdlib-``ssl`` server, side by side.
+
+For each configuration (require/TLS 1.3, none/TLS 1.3, require/TLS 1.2) and each run, this
+starts fresh servers and measures, interleaved (proxy, baseline, proxy, baseline, ...):
+
+* handshakes: worker processes open new TLS connections in a loop (full handshake, 1 byte
+  echoed through the upstream, close) for ``--seconds``; server CPU per handshake comes from
+  ``/proc/PID/stat`` (utime + stime) before and after;
+* bulk: one TLS connection pushes ``--mib`` MiB to an upstream that discards them; server CPU
+  seconds per GiB and MiB/s.
+
+The baseline ("bare") is a plain asyncio (+ uvloop) server on stdlib ``ssl`` with the same
+certificate, the same client CA, CRL and TLS settings as the proxy's context; it answers the
+same little protocol itself instead of forwarding. Servers are pinned to core 0, the driver,
+load clients and the upstream to core 1 (when there are two cores and ``taskset``).
+
+    /work/venv/bin/python bench/e2e.py --seconds 5 --runs 3
+
+Internal modes (used by the script on itself): ``--serve upstream|baseline ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SERVER_CORE = 0
+CLIENT_CORE = 1
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"  # the proxy's (mtlsproxy.policy.contexts)
+LISTENING = re.compile(rb"listening on 127\.0\.0\.1:(\d+)")
+CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Setup:
+    key: str
+    label: str
+    mode: str  # require | none
+    version: str  # "1.3" | "1.2"
+
+
+SETUPS = (
+    Setup("require13", "require, TLS 1.3", "require", "1.3"),
+    Setup("none13", "none, TLS 1.3", "none", "1.3"),
+    Setup("require12", "require, TLS 1.2", "require", "1.2"),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Servers: the upstream (plain TCP) and the baseline (TLS), one protocol for both.
+#   b"E"                    -> answer b"E" (handshake probe)
+#   b"B" + 8-byte length n  -> read and discard n bytes, then answer b"K" (bulk)
+
+
+def _serve(kind: str, directory: str, mode: str, version: str) -> None:
+    import asyncio
+
+    class Sink(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+            self.head = b""
+            self.remaining = -1
+
+        def data_received(self, data: bytes) -> None:
+            if self.remaining < 0:
+                self.head += data
+                if self.head[:1] == b"E":
+                    self.transport.write(b"E")  # type: ignore[attr-defined]
+                    self.remaining = 0
+                    return
+                if self.head[:1] != b"B":
+                    self.transport.close()
+                    return
+                if len(self.head) < 9:
+                    return
+                self.remaining = int.from_bytes(self.head[1:9], "big")
+                data, self.head = self.head[9:], b""
+                if self.remaining == 0:
+                    self.transport.write(b"K")  # type: ignore[attr-defined]
+                    return
+            if self.remaining > 0:
+                self.remaining -= len(data)
+                if self.remaining <= 0:
+                    self.transport.write(b"K")  # type: ignore[attr-defined]
+
+        def eof_received(self) -> bool:
+            return False
+
+    context = None
+    if kind == "baseline":
+        d = Path(directory)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = (
+            ssl.TLSVersion.TLSv1_3 if version == "1.3" else ssl.TLSVersion.TLSv1_2
+        )
+        context.set_ciphers(TLS12_CIPHERS)
+        context.options |= (
+            ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+        )
+        context.load_cert_chain(d / "server.crt", d / "server.key")
+        if mode == "require":
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(cafile=d / "client-ca.pem")
+            context.load_verify_locations(cafile=d / "crls.pem")
+            context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Sink, "127.0.0.1", 0, ssl=context, backlog=1024)
+        port = server.sockets[0].getsockname()[1]
+        print(f"listening on 127.0.0.1:{port}", file=sys.stderr, flush=True)
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        server.close()
+
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    with runner:
+        runner.run(main())
+
+
+# ---------------------------------------------------------------------------------------------
+# Process handling
+
+
+class Server:
+    """A subprocess that logs ``listening on 127.0.0.1:PORT`` on stderr (to a file)."""
+
+    def __init__(self, argv: list[str], log: Path, pin: int | None) -> None:
+        if pin is not None:
+            argv = ["taskset", "-c", str(pin), *argv]
+        self.log = log
+        self.stderr = log.open("wb")
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self.stderr,
+        )
+        self.port = self._wait_port(timeout=20.0)
+
+    def _wait_port(self, timeout: float) -> int:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            match = LISTENING.search(self.log.read_bytes())
+            if match:
+                return int(match.group(1))
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        self.stop()
+        tail = self.log.read_bytes()[-2000:].decode(errors="replace")
+        raise RuntimeError(f"server did not start: {self.proc.args}\n{tail}")
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # after "pid (comm)": fields[0] is state (field 3), so utime (14) is [11], stime [12]
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.stderr.close()
+
+
+def proxy_config(directory: Path, setup: Setup, upstream_port: int) -> Path:
+    lines = [
+        "listeners:",
+        "  - name: bench",
+        "    listen: 127.0.0.1:0",
+        "    tls:",
+        "      certificates:",
+        "        - {certificate: server.crt, key: server.key}",
+        f'      min_version: "{setup.version}"',
+        "    client_auth:",
+        f"      mode: {setup.mode}",
+    ]
+    if setup.mode == "require":
+        lines += [
+            "      ca: client-ca.pem",
+            "      crl: crls.pem",
+            "      allow:",
+            "        - spiffe_id: spiffe://example.org/ns/prod/sa/frontend",
+        ]
+    lines += [
+        f"    upstream: 127.0.0.1:{upstream_port}",
+        "metrics:",
+        "  enabled: false",
+        "log:",
+        "  format: text",
+        "  level: info",
+    ]
+    path = directory / f"proxy-{setup.key}.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Clients
+
+
+def client_context(directory: Path, setup: Setup) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cafile=directory / "ca.crt")
+    context.load_cert_chain(directory / "client.crt", directory / "client.key")
+    if setup.version == "1.2":
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def _handshake_worker(directory: str, setup: Setup, port: int, start: float, end: float, conn):
+    context = client_context(Path(directory), setup)
+    ok = errors = 0
+    first_error = ""
+    while time.time() < start:
+        time.sleep(0.001)
+    cpu0 = time.process_time()
+    while time.time() < end:
+        try:
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+                context.wrap_socket(raw, server_hostname="localhost") as tls,
+            ):
+                tls.sendall(b"E")
+                if tls.recv(1) != b"E":
+                    raise ConnectionError("no echo")
+            ok += 1
+        except (OSError, ssl.SSLError) as exc:
+            errors += 1
+            first_error = first_error or repr(exc)
+            time.sleep(0.01)
+    conn.send((ok, errors, first_error, time.process_time() - cpu0))
+    conn.close()
+
+
+def measure_handshakes(server: Server, directory: Path, setup: Setup, args) -> dict:
+    ctx = mp.get_context("fork")
+    start = time.time() + 0.3
+    end = start + args.seconds
+    workers = []
+    for _ in range(args.workers):
+        parent, child = ctx.Pipe(duplex=False)
+        proc = ctx.Process(
+            target=_handshake_worker, args=(str(directory), setup, server.port, start, end, child)
+        )
+        proc.start()
+        child.close()
+        workers.append((proc, parent))
+    ok = errors = 0
+    client_cpu = 0.0
+    first_error = ""
+    try:
+        time.sleep(max(0.0, start - time.time()))
+        cpu0, t0 = server.cpu_seconds(), time.monotonic()
+        for proc, parent in workers:
+            if parent.poll(args.seconds + 30):
+                w_ok, w_err, w_first, w_cpu = parent.recv()
+                ok, errors, client_cpu = ok + w_ok, errors + w_err, client_cpu + w_cpu
+                first_error = first_error or w_first
+            proc.join(timeout=5)
+        cpu1, t1 = server.cpu_seconds(), time.monotonic()
+    finally:
+        for proc, _ in workers:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
+    if first_error:
+        print(f"  ! {errors} client errors, first: {first_error}", file=sys.stderr)
+    return {
+        "handshakes": ok,
+        "errors": errors,
+        "per_s": ok / (t1 - t0),
+        "cpu_us": (cpu1 - cpu0) / ok * 1e6 if ok else float("nan"),
+        "cpu_util": (cpu1 - cpu0) / (t1 - t0),
+        "client_us": client_cpu / ok * 1e6 if ok else float("nan"),
+    }
+
+
+def measure_bulk(server: Server, directory: Path, setup: Setup, args) -> dict:
+    total = args.mib * 1024 * 1024
+    block = os.urandom(CHUNK)
+    context = client_context(directory, setup)
+    with (
+        socket.create_connection(("127.0.0.1", server.port), timeout=60) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(b"B" + total.to_bytes(8, "big"))
+        cpu0, t0 = server.cpu_seconds(), time.monotonic()
+        sent = 0
+        view = memoryview(block)
+        while sent < total:
+            n = min(CHUNK, total - sent)
+            tls.sendall(view[:n])
+            sent += n
+        if tls.recv(1) != b"K":
+            raise RuntimeError("bulk: no acknowledgement")
+        cpu1, t1 = server.cpu_seconds(), time.monotonic()
+    gib = total / 2**30
+    return {
+        "mib_s": args.mib / (t1 - t0),
+        "cpu_s_per_gib": (cpu1 - cpu0) / gib,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve":
+        _serve(*sys.argv[2:6])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="handshake load per sample")
+    parser.add_argument("--runs", type=int, default=3, help="interleaved passes (medians)")
+    parser.add_argument("--mib", type=int, default=256, help="MiB pushed in the bulk test")
+    parser.add_argument("--workers", type=int, default=3, help="handshake client processes")
+    parser.add_argument(
+        "--setups",
+        default=",".join(s.key for s in SETUPS),
+        help="comma-separated subset of " + ", ".join(s.key for s in SETUPS),
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write every sample as JSON")
+    args = parser.parse_args()
+    setups = [s for s in SETUPS if s.key in args.setups.split(",")]
+
+    pin = shutil.which("taskset") is not None and len(os.sched_getaffinity(0)) >= 2
+    if pin:
+        os.sched_setaffinity(0, {CLIENT_CORE})  # the driver, clients and upstream
+    server_pin = SERVER_CORE if pin else None
+    command = shlex.join([sys.executable, *sys.argv])
+    print(f"command: {command}")
+    print(
+        f"pinning: {'servers core 0, clients+upstream core 1' if pin else 'none'}; "
+        f"{ssl.OPENSSL_VERSION}; Python {sys.version.split()[0]}; CLK_TCK "
+        f"{os.sysconf('SC_CLK_TCK')}",
+        flush=True,
+    )
+
+    python = sys.executable
+    me = str(Path(__file__).resolve())
+    samples: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="mtlsproxy-bench-") as tmp:
+        directory = Path(tmp)
+        sys.path.insert(0, str(REPO))
+        from mtlsproxy import pki
+
+        pki.init(directory)
+        upstream = Server(
+            [python, me, "--serve", "upstream", tmp, "none", "1.3"], directory / "up.log", None
+        )
+        try:
+            configs = {s.key: proxy_config(directory, s, upstream.port) for s in setups}
+
+            def start(system: str, setup: Setup) -> Server:
+                log = directory / f"{system}-{setup.key}.log"
+                if system == "proxy":
+                    argv = [python, "-m", "mtlsproxy", "run", "-c", str(configs[setup.key])]
+                else:
+                    argv = [python, me, "--serve", "baseline", tmp, setup.mode, setup.version]
+                return Server(argv, log, server_pin)
+
+            for run in range(args.runs):
+                for setup in setups:
+                    for test, measure in (("hs", measure_handshakes), ("bulk", measure_bulk)):
+                        order = ("proxy", "bare") if run % 2 == 0 else ("bare", "proxy")
+                        for system in order:
+                            server = start(system, setup)
+                            try:
+                                result = measure(server, directory, setup, args)
+                            finally:
+                                server.stop()
+                            samples.setdefault(f"{setup.key}/{test}/{system}", []).append(result)
+                            shown = ", ".join(f"{k} {v:.4g}" for k, v in result.items())
+                            print(f"run {run + 1} {setup.key:9} {test:4} {system:5} {shown}")
+                            sys.stdout.flush()
+        finally:
+            upstream.stop()
+
+    print_table(setups, samples, args)
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"command": command, "samples": samples}, indent=2) + "\n"
+        )
+    return 0
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def print_table(setups: list[Setup], samples: dict[str, list[dict]], args) -> None:
+    def med(key: str, field: str) -> float:
+        return _median([s[field] for s in samples.get(key, [])])
+
+    def ratio(key: str, field: str) -> float:
+        # per-pass ratio proxy/bare (same pass, same order), then the median of those
+        pairs = zip(samples.get(f"{key}/proxy", []), samples.get(f"{key}/bare", []), strict=False)
+        return _median([p[field] / b[field] for p, b in pairs if b[field]])
+
+    print()
+    print(
+        f"Handshakes: new connection, full handshake, 1 byte echoed, close; {args.workers} "
+        f"client processes, {args.seconds:g} s per sample; medians of {args.runs}"
+    )
+    header = (
+        f"{'setup':18} {'system':6} {'handshakes':>10} {'hs/s':>8} {'server CPU us/hs':>17} "
+        f"{'server core %':>13} {'client CPU us/hs':>16}"
+    )
+    print(header)
+    print("-" * len(header))
+    for setup in setups:
+        for system in ("proxy", "bare"):
+            key = f"{setup.key}/hs/{system}"
+            print(
+                f"{setup.label:18} {system:6} {med(key, 'handshakes'):10.0f} "
+                f"{med(key, 'per_s'):8.0f} {med(key, 'cpu_us'):17.0f} "
+                f"{100 * med(key, 'cpu_util'):13.0f} {med(key, 'client_us'):16.0f}"
+            )
+        key = f"{setup.key}/hs"
+        print(
+            f"{'':18} {'ratio':6} {'':10} {ratio(key, 'per_s'):8.2f} "
+            f"{ratio(key, 'cpu_us'):17.2f}   (proxy / bare)"
+        )
+    print()
+    print(f"Bulk: one connection, {args.mib} MiB client -> upstream (discarded); medians")
+    header = f"{'setup':18} {'system':6} {'MiB/s':>8} {'server CPU s/GiB':>17}"
+    print(header)
+    print("-" * len(header))
+    for setup in setups:
+        for system in ("proxy", "bare"):
+            key = f"{setup.key}/bulk/{system}"
+            print(
+                f"{setup.label:18} {system:6} {med(key, 'mib_s'):8.0f} "
+                f"{med(key, 'cpu_s_per_gib'):17.3f}"
+            )
+        key = f"{setup.key}/bulk"
+        print(
+            f"{'':18} {'ratio':6} {ratio(key, 'mib_s'):8.2f} "
+            f"{ratio(key, 'cpu_s_per_gib'):17.2f}   (proxy / bare)"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Server-side CPU per handshake, in process: the OpenSSL engine against a bare SSLObject.
+
+Both servers face the same in-memory Python ``ssl`` client; only the time spent inside server
+calls is counted (``time.process_time`` around each), so the client's cost is excluded. The
+bare SSLObject is the floor: what OpenSSL 3.0 through Python's ``ssl`` costs per handshake.
+The difference is the engine's own work (ClientHello parsing, route selection, identity
+extraction and the allow-list). Runs interleave the cases (A B C A B C ...) and report medians.
+
+    python bench/engine.py --handshakes 300 --runs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import ssl
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from mtlsproxy import pki
+from mtlsproxy.config.model import CertificateKeyPair, Route, TLSSettings, Upstream
+from mtlsproxy.engine.events import HandshakeComplete
+from mtlsproxy.engine.openssl import OpenSSLEngine
+from mtlsproxy.policy.model import AllowKind, AllowRule, ClientAuth, ClientAuthMode
+from mtlsproxy.policy.routes import RouteTable, ServerRoute
+
+ServerStep = Callable[[bytes], bytes]  # client bytes in, server bytes out
+
+
+def route(files: pki.PkiFiles, mode: ClientAuthMode, allow: bool) -> ServerRoute:
+    rules = (AllowRule(AllowKind.SPIFFE_ID, pki.FRONTEND_SPIFFE_ID),) if allow else ()
+    client_auth = (
+        ClientAuth(mode, files.client_ca_bundle, files.crl_bundle, rules)
+        if mode is not ClientAuthMode.NONE
+        else ClientAuth()
+    )
+    tls = TLSSettings((CertificateKeyPair(files.server_cert, files.server_key),))
+    return ServerRoute.build(Route("default", (), tls, client_auth, Upstream("127.0.0.1", 1)))
+
+
+def client_context(files: pki.PkiFiles, with_cert: bool, version: ssl.TLSVersion) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(files.ca_cert))
+    context.minimum_version = context.maximum_version = version
+    if with_cert:
+        context.load_cert_chain(files.client_cert, files.client_key)
+    return context
+
+
+def handshake(client_ctx: ssl.SSLContext, server: ServerStep) -> float:
+    """One full handshake; returns the server's CPU seconds."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    spent = 0.0
+    for _ in range(10):
+        try:
+            client.do_handshake()
+            done = True
+        except ssl.SSLWantReadError:
+            done = False
+        data = outgoing.read()
+        if data:
+            started = time.process_time()
+            answer = server(data)
+            spent += time.process_time() - started
+            incoming.write(answer)
+        elif done:
+            return spent
+    raise RuntimeError("handshake did not complete")
+
+
+def engine_server(table: RouteTable) -> Callable[[], ServerStep]:
+    def new() -> ServerStep:
+        engine = OpenSSLEngine(table.select, time.perf_counter)
+
+        def step(data: bytes) -> bytes:
+            for event in engine.receive(data):
+                if not isinstance(event, HandshakeComplete) and hasattr(event, "reason"):
+                    raise RuntimeError(f"handshake failed: {event}")
+            return engine.data_to_send()
+
+        return step
+
+    return new
+
+
+def bare_server(context: ssl.SSLContext) -> Callable[[], ServerStep]:
+    def new() -> ServerStep:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        server = context.wrap_bio(incoming, outgoing, server_side=True)
+
+        def step(data: bytes) -> bytes:
+            incoming.write(data)
+            try:
+                server.do_handshake()
+                server.getpeercert(binary_form=True)
+            except ssl.SSLWantReadError:
+                pass
+            return outgoing.read()
+
+        return step
+
+    return new
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--handshakes", type=int, default=300)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as directory:
+        files = pki.init(Path(directory))
+        cases: dict[str, tuple[ssl.SSLContext, Callable[[], ServerStep]]] = {}
+        for version, name in ((ssl.TLSVersion.TLSv1_3, "1.3"), (ssl.TLSVersion.TLSv1_2, "1.2")):
+            mutual = route(files, ClientAuthMode.REQUIRE, allow=True)
+            oneway = route(files, ClientAuthMode.NONE, allow=False)
+            with_cert = client_context(files, True, version)
+            without = client_context(files, False, version)
+            cases[f"mTLS {name} engine"] = (with_cert, engine_server(RouteTable(mutual)))
+            cases[f"mTLS {name} bare SSLObject"] = (with_cert, bare_server(mutual.ssl_context))
+            cases[f"one-way {name} engine"] = (without, engine_server(RouteTable(oneway)))
+            cases[f"one-way {name} bare SSLObject"] = (without, bare_server(oneway.ssl_context))
+        results: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(args.runs):
+            for name, (client_ctx, new_server) in cases.items():
+                total = sum(handshake(client_ctx, new_server()) for _ in range(args.handshakes))
+                results[name].append(total / args.handshakes * 1e6)
+    print(f"server CPU per handshake, us (median of {args.runs} runs x {args.handshakes})")
+    medians = {name: statistics.median(values) for name, values in results.items()}
+    for name, median in medians.items():
+        floor = medians.get(name.replace("engine", "bare SSLObject"), median)
+        ratio = f"  x{median / floor:.2f} of bare" if "engine" in name else ""
+        print(f"  {name:28s} {median:8.1f}{ratio}")
+
+
+if __name__ == "__main__":
+    main()
