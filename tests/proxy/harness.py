@@ -15,7 +15,6 @@ import socket
 import socketserver
 import ssl
 import subprocess
-import textwrap
 import threading
 import time
 import urllib.request
@@ -163,14 +162,38 @@ class Client:
     def roundtrip(self, payload: bytes = b"ping") -> bytes:
         """Send ``payload`` through an echo upstream and read it back; raises on refusal."""
         with self.connect() as tls:
-            tls.sendall(payload)
-            received = b""
-            while len(received) < len(payload):
-                chunk = tls.recv(65536)
-                if not chunk:
-                    break
-                received += chunk
-            return received
+            return echo_through(tls, payload)
+
+
+def echo_through(tls: ssl.SSLSocket, payload: bytes) -> bytes:
+    """Send ``payload`` and read the echo; raises (or returns short) when refused."""
+    tls.sendall(payload)
+    received = b""
+    while len(received) < len(payload):
+        chunk = tls.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
+def read_until_closed(sock: socket.socket, timeout: float = 5) -> bytes:
+    """Everything the peer sends until it closes (a reset ends it too)."""
+    sock.settimeout(timeout)
+    received = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def send_raw(port: int, data: bytes, half_close: bool = False, timeout: float = 5) -> bytes:
+    """Send ``data`` on a plain TCP connection and read the answer until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        return read_until_closed(sock, timeout)
 
 
 def refused_by(client: Client) -> str:
@@ -399,23 +422,9 @@ def start_proxy(
 ) -> RunningProxy:
     """A proxy from conftest's listener template, for module-scoped fixtures (``make_proxy``
     is per test; each of its upstreams costs a ``socketserver`` shutdown poll to stop)."""
-    from tests.proxy.conftest import CLIENT_AUTH, LISTENER  # conftest imports this module
+    from tests.proxy.conftest import render_config  # conftest imports this module
 
-    client_auth = CLIENT_AUTH[mode]
-    if allow:
-        client_auth += "\n      allow:\n" + "\n".join(f"        - {rule}" for rule in allow)
     path = directory / f"{name}-{mode}.yaml"
-    path.write_text(
-        LISTENER.format(
-            name=name,
-            pki=pki.directory,
-            min_version="1.2",
-            client_auth=client_auth.format(pki=pki.directory),
-            upstream=f"127.0.0.1:{upstream_port}",
-            handshake_timeout="5s",
-            idle_timeout="60s",
-            max_connections=100,
-            routes=textwrap.indent(routes.format(pki=pki.directory), "    ") if routes else "",
-        )
-    )
+    address = f"127.0.0.1:{upstream_port}"
+    path.write_text(render_config(pki, address, mode, allow=allow, routes=routes, name=name))
     return RunningProxy(path)

@@ -13,7 +13,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mtlsproxy.pki import PkiFiles
 from tests.proxy.conftest import ProxyFactory
-from tests.proxy.harness import Client, RunningProxy, Upstream, eventually, start_proxy
+from tests.proxy.harness import (
+    Client,
+    RunningProxy,
+    Upstream,
+    eventually,
+    send_raw,
+    start_proxy,
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,19 +42,9 @@ def request(proxy: RunningProxy, method: str, path: str) -> tuple[int, bytes]:
         connection.close()
 
 
-def raw_exchange(proxy: RunningProxy, data: bytes, half_close: bool = True) -> bytes:
-    """Send ``data`` to the admin port and read until it closes."""
-    with socket.create_connection(("127.0.0.1", proxy.proxy.admin.port), timeout=10) as sock:
-        sock.sendall(data)
-        if half_close:
-            sock.shutdown(socket.SHUT_WR)
-        answer = b""
-        try:
-            while chunk := sock.recv(65536):
-                answer += chunk
-        except ConnectionResetError:
-            pass
-        return answer
+def raw_exchange(proxy: RunningProxy, data: bytes) -> bytes:
+    """Send ``data`` to the admin port, half-close, and read until it closes."""
+    return send_raw(proxy.proxy.admin.port, data, half_close=True, timeout=10)
 
 
 # Probes and request handling

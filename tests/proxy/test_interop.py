@@ -26,6 +26,7 @@ from tests.proxy.harness import (
     eventually,
     http_ok,
     interact,
+    send_raw,
     start_proxy,
 )
 
@@ -255,19 +256,6 @@ def legacy_client_hello(version: int = 0x0302) -> bytes:
     body += b"\x01\x00" + struct.pack("!H", len(extensions)) + extensions
     handshake = b"\x01" + len(body).to_bytes(3, "big") + body
     return b"\x16\x03\x01" + struct.pack("!H", len(handshake)) + handshake
-
-
-def send_raw(port: int, data: bytes, timeout: float = 5) -> bytes:
-    """Send ``data`` and read what comes back until the proxy closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        received = b""
-        try:
-            while chunk := sock.recv(4096):
-                received += chunk
-        except ConnectionResetError:
-            pass
-        return received
 
 
 def is_protocol_version_alert(answer: bytes) -> bool:

@@ -11,24 +11,15 @@ import time
 import pytest
 
 from mtlsproxy.pki import PkiFiles
-from tests.proxy.harness import Client, MemoryClient, Upstream, refused_by, sha256
-
-
-def read_until_closed(sock: socket.socket, timeout: float = 5) -> bytes:
-    sock.settimeout(timeout)
-    received = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            return received
-        if not chunk:
-            return received
-        received += chunk
-
-
-def raw_connection(port: int) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", port), timeout=5)
+from tests.proxy.harness import (
+    Client,
+    MemoryClient,
+    Upstream,
+    read_until_closed,
+    refused_by,
+    send_raw,
+    sha256,
+)
 
 
 def test_client_hello_one_byte_at_a_time(make_proxy, pki: PkiFiles, upstream: Upstream) -> None:
@@ -59,9 +50,7 @@ def test_not_a_client_hello_is_closed_and_counted(
     make_proxy, upstream: Upstream, payload: bytes, answer: bytes
 ) -> None:
     proxy = make_proxy("require")
-    with raw_connection(proxy.port()) as sock:
-        sock.sendall(payload)
-        response = read_until_closed(sock)
+    response = send_raw(proxy.port(), payload)
     if answer:
         assert response.startswith(answer)
         assert b"TLS" in response
@@ -75,13 +64,9 @@ def test_not_a_client_hello_is_closed_and_counted(
 def test_garbage_reasons(make_proxy, upstream: Upstream) -> None:
     proxy = make_proxy("require")
     for payload in (b"\x00\x01\x02 hello?", b"GET / HTTP/1.0\r\n\r\n"):
-        with raw_connection(proxy.port()) as sock:
-            sock.sendall(payload)
-            read_until_closed(sock)
-    # Malformed TLS: a handshake record whose length fields disagree.
-    with raw_connection(proxy.port()) as sock:
-        sock.sendall(b"\x16\x03\x01\x00\x08\x01\x00\x00\x04\x03\x03\x00\x00")
-        read_until_closed(sock)
+        send_raw(proxy.port(), payload)
+    # Malformed TLS: a ClientHello whose body ends inside its random.
+    send_raw(proxy.port(), b"\x16\x03\x01\x00\x08\x01\x00\x00\x04\x03\x03\x00\x00")
     assert proxy.handshakes(reason="not_tls") == 2
     assert proxy.handshakes(reason="malformed") == 1
 

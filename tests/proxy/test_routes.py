@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from mtlsproxy.pki import PkiFiles, issue_leaf, new_key, write_pem
-from tests.proxy.harness import RunningProxy, Upstream, eventually
+from tests.proxy.harness import RunningProxy, Upstream, echo_through, eventually
 
 CONFIG = """\
 listeners:
@@ -97,18 +97,6 @@ class Edge:
 
     def resumed(self) -> float:
         return self.proxy.sample("mtlsproxy_tls_resumed_sessions_total")
-
-
-def echo_through(tls: ssl.SSLSocket, payload: bytes) -> bytes:
-    """Send ``payload`` and read the echo; raises (or returns short) when refused."""
-    tls.sendall(payload)
-    received = b""
-    while len(received) < len(payload):
-        chunk = tls.recv(65536)
-        if not chunk:
-            break
-        received += chunk
-    return received
 
 
 def attempt(edge: Edge, context: ssl.SSLContext, sni: str | None, payload: bytes) -> bool:
