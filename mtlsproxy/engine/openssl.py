@@ -292,6 +292,9 @@ class OpenSSLEngine:
 
     def _read_application_data(self) -> list[Event]:
         assert self._sslobj is not None
+        incoming = self._incoming
+        if not incoming.pending and not incoming.eof and not self._sslobj.pending():
+            return []  # nothing to decrypt: skip the SSLWantReadError (uvloop's trick)
         events: list[Event] = []
         chunks: list[bytes] = []
         read = self._sslobj.read
