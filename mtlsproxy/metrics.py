@@ -114,10 +114,27 @@ class Metrics:
             ["listener", "role", "subject"],
             registry=registry,
         )
+        self.crl_last_update = Gauge(
+            "mtlsproxy_crl_last_update_timestamp_seconds",
+            "thisUpdate of each loaded CRL, Unix time (CRL age = time() - this).",
+            ["listener", "route", "issuer"],
+            registry=registry,
+        )
+        self.crl_next_update = Gauge(
+            "mtlsproxy_crl_next_update_timestamp_seconds",
+            "nextUpdate of each loaded CRL, Unix time; past it, clients it covers are refused.",
+            ["listener", "route", "issuer"],
+            registry=registry,
+        )
         self.config_reloads = Counter(
             "mtlsproxy_config_reloads",
-            "Configuration reloads by result.",
-            ["result"],
+            "Reloads by trigger (files: certificate/CA/CRL change; config: SIGHUP) and result.",
+            ["trigger", "result"],
+            registry=registry,
+        )
+        self.last_reload_success = Gauge(
+            "mtlsproxy_config_last_reload_success_timestamp_seconds",
+            "When the configuration or its files were last loaded successfully, Unix time.",
             registry=registry,
         )
         self.build_info = Gauge(

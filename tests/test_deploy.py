@@ -1,11 +1,17 @@
-"""The deployment files: Kubernetes manifests, Prometheus config and Dockerfile stay consistent
-with the code (the config they embed loads, the metric names they use exist)."""
+"""The deployment files: Kubernetes manifests, Prometheus config and rules, the Grafana
+dashboard, the Compose example and the Dockerfile stay consistent with the code (the configs
+they embed load, the metric names they use exist) and pass their own tools' checks
+(kubernetes-validate, promtool, hadolint) where those are installed."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import socket
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +21,22 @@ import yaml
 from mtlsproxy.config import load_config
 from mtlsproxy.metrics import Metrics
 from mtlsproxy.pki import PkiFiles
+from tests.proxy.harness import Client, RunningProxy, Upstream, eventually, start_proxy
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 SIDECAR = DEPLOY / "kubernetes" / "sidecar.yaml"
+SERVICE_MONITOR = DEPLOY / "kubernetes" / "servicemonitor.yaml"
+PROMETHEUS_RULE = DEPLOY / "kubernetes" / "prometheusrule.yaml"
 PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
+RULES = DEPLOY / "prometheus" / "rules.yml"
+DASHBOARD = DEPLOY / "grafana" / "mtlsproxy-dashboard.json"
+COMPOSE = DEPLOY / "docker-compose.yml"
+COMPOSE_CONFIG = DEPLOY / "compose" / "mtlsproxy.yaml"
+COMPOSE_PROMETHEUS = DEPLOY / "compose" / "prometheus.yml"
 DOCKERFILE = ROOT / "Dockerfile"
+# A Kubernetes version whose schemas kubernetes-validate bundles (it has 1.25 to 1.37).
+KUBERNETES_VERSION = "1.33.0"
 CERTS_DIR = "/etc/mtlsproxy/certs"
 CONFIG_PATH = "/etc/mtlsproxy/config.yaml"
 ADMIN_PORT = 9100
@@ -48,7 +64,7 @@ def embedded_config() -> str:
 
 def test_every_yaml_file_parses() -> None:
     files = sorted([*DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml")])
-    assert SIDECAR in files and PROMETHEUS in files
+    assert {SIDECAR, SERVICE_MONITOR, PROMETHEUS_RULE, PROMETHEUS, RULES, COMPOSE} <= set(files)
     for path in files:
         docs = documents(path)
         assert docs, path

@@ -32,6 +32,7 @@ from mtlsproxy.config.model import (
     LogFormat,
     LogSettings,
     MetricsSettings,
+    ReloadSettings,
     Route,
     Timeouts,
     TLSSettings,
@@ -45,6 +46,7 @@ T = TypeVar("T")
 S = TypeVar("S", bound=str)
 
 MAX_CONFIG_BYTES = 1024 * 1024
+MAX_WORKERS = 256
 
 _TAG = "tag:yaml.org,2002:"
 _STR, _INT, _FLOAT, _BOOL, _MERGE = (_TAG + t for t in ("str", "int", "float", "bool", "merge"))
@@ -242,6 +244,20 @@ def _one_of(choices: Iterable[S], unavailable: Collection[S] = ()) -> Callable[[
         return allowed[value]
 
     return convert
+
+
+def _workers(node: Node) -> int:
+    """A positive number of worker processes, or ``auto``: one per CPU this process may use."""
+    if isinstance(node, ScalarNode) and node.value == "auto":
+        return (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1
+        )
+    count = _positive_int(node)
+    if count > MAX_WORKERS:
+        raise _Invalid(f"{count} workers is more than {MAX_WORKERS}")
+    return count
 
 
 def _label(node: Node) -> str:
@@ -449,8 +465,16 @@ class _Parser:
             "metrics": partial(self.metrics, addresses=addresses),
             "log": self.section(
                 LogSettings,
-                {"format": _leaf(_one_of(LogFormat)), "level": _leaf(_one_of(_LOG_LEVELS))},
+                {
+                    "format": _leaf(_one_of(LogFormat)),
+                    "level": _leaf(_one_of(_LOG_LEVELS)),
+                    "access": _leaf(_boolean),
+                },
             ),
+            "reload": self.section(
+                ReloadSettings, {"watch": _leaf(_boolean), "interval": _leaf(_duration)}
+            ),
+            "workers": _leaf(_workers),
         }
         try:
             own, _ = self.read(root, "", converters, required=("listeners",))

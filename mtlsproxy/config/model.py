@@ -107,6 +107,16 @@ class MetricsSettings:
 class LogSettings:
     format: LogFormat = LogFormat.JSON
     level: str = "info"  # debug | info | warning | error
+    access: bool = True  # one line per connection at close
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadSettings:
+    """Certificate, key, CA and CRL files are re-read when their content changes, checked
+    every ``interval`` seconds (cert-manager and SPIRE rotate certificates hourly)."""
+
+    watch: bool = True
+    interval: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,3 +125,5 @@ class Config:
     listeners: tuple[Listener, ...]
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    reload: ReloadSettings = field(default_factory=ReloadSettings)
+    workers: int = 1  # processes sharing the listening ports (SO_REUSEPORT)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
+from pathlib import Path
 
 from cryptography import x509
+from prometheus_client import Gauge
 
 from mtlsproxy import logs
 from mtlsproxy.config.model import Listener
@@ -24,12 +27,8 @@ LISTEN_BACKLOG = 511
 class ListenerRuntime:
     """What the connections of one listener share: routes, limits, metrics."""
 
-    def __init__(self, listener: Listener, metrics: Metrics) -> None:
-        self.config = listener
+    def __init__(self, listener: Listener, metrics: Metrics, routes: RouteTable) -> None:
         self.name = listener.name
-        self.timeouts = listener.timeouts
-        self.limits = listener.limits
-        self.routes = RouteTable.for_listener(listener)
         self.metrics = metrics
         self.connections: set[ClientConnection] = set()
         self.draining = False
@@ -40,9 +39,28 @@ class ListenerRuntime:
             direction: metrics.bytes.labels(self.name, direction)
             for direction in ("client_to_upstream", "upstream_to_client")
         }
-        self._export_certificate_expiry()
+        self._exported: list[tuple[Gauge, tuple[str, ...]]] = []
+        self.install(listener, routes)
 
-    async def start(self) -> None:
+    def install(self, listener: Listener, routes: RouteTable) -> None:
+        """Serve new connections with these settings and routes (at start and on reload);
+        connections already open keep the routes they started with."""
+        self.config = listener
+        self.timeouts = listener.timeouts
+        self.limits = listener.limits
+        self.routes = routes
+        self._export_material()
+
+    def watched_files(self) -> tuple[Path, ...]:
+        """Every certificate, key, CA bundle and CRL file the routes read."""
+        paths: list[Path] = []
+        for route in (self.config.default_route, *self.config.routes):
+            for pair in route.tls.certificates:
+                paths += (pair.certificate, pair.key)
+            paths += [p for p in (route.client_auth.ca, route.client_auth.crl) if p is not None]
+        return tuple(dict.fromkeys(paths))
+
+    async def start(self, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
             lambda: ClientConnection(self),
@@ -50,6 +68,7 @@ class ListenerRuntime:
             self.config.port,
             family=socket.AF_INET6 if ":" in self.config.host else socket.AF_INET,
             reuse_address=True,
+            reuse_port=reuse_port or None,
             backlog=LISTEN_BACKLOG,
         )
 
@@ -100,15 +119,35 @@ class ListenerRuntime:
     def count_bytes(self, direction: str, count: int) -> None:
         self._bytes[direction].inc(count)
 
-    def _export_certificate_expiry(self) -> None:
-        gauge = self.metrics.certificate_expiry
+    def _export_material(self) -> None:
+        """Expiry of our certificates and client CAs, and CRL freshness, for alerting. The
+        series of replaced material are removed, so a rotated certificate leaves no stale
+        expiry behind."""
+        for gauge, labels in self._exported:
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
+        self._exported.clear()
+        metrics = self.metrics
         for route in self.routes.all_routes():
             for pair in route.config.tls.certificates:
                 leaf = x509.load_pem_x509_certificate(pair.certificate.read_bytes())
-                subject = leaf.subject.rfc4514_string()
-                gauge.labels(self.name, "server", subject).set(leaf.not_valid_after_utc.timestamp())
-            if route.verifier is not None:
-                for ca in route.verifier.ca_certificates:
-                    gauge.labels(self.name, "client_ca", ca.subject.rfc4514_string()).set(
-                        ca.not_valid_after_utc.timestamp()
-                    )
+                self._set(metrics.certificate_expiry, (self.name, "server", _subject(leaf)),
+                          leaf.not_valid_after_utc.timestamp())  # fmt: skip
+            if route.verifier is None:
+                continue
+            for ca in route.verifier.ca_certificates:
+                self._set(metrics.certificate_expiry, (self.name, "client_ca", _subject(ca)),
+                          ca.not_valid_after_utc.timestamp())  # fmt: skip
+            for loaded in route.verifier.crls:
+                labels = (self.name, route.name, loaded.issuer)
+                self._set(metrics.crl_last_update, labels, loaded.crl.last_update_utc.timestamp())
+                if loaded.next_update is not None:
+                    self._set(metrics.crl_next_update, labels, loaded.next_update.timestamp())
+
+    def _set(self, gauge: Gauge, labels: tuple[str, ...], value: float) -> None:
+        gauge.labels(*labels).set(value)
+        self._exported.append((gauge, labels))
+
+
+def _subject(cert: x509.Certificate) -> str:
+    return cert.subject.rfc4514_string()

@@ -1,27 +1,53 @@
-"""The whole proxy: its listeners and admin endpoint, signals, and graceful shutdown."""
+"""The whole proxy: its listeners and admin endpoint, reloads, signals and graceful shutdown."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import signal
+import ssl
+import time
+from dataclasses import replace
+from pathlib import Path
 
 from mtlsproxy import logs
-from mtlsproxy.config.model import Config
+from mtlsproxy.config import ConfigError, load_config_with_warnings
+from mtlsproxy.config.files import check_files
+from mtlsproxy.config.model import Config, Listener
 from mtlsproxy.metrics import Metrics
+from mtlsproxy.policy.routes import RouteTable
 from mtlsproxy.proxy.admin import AdminServer
 from mtlsproxy.proxy.listener import ListenerRuntime
 
+FileDigests = dict[Path, bytes | None]
+
+
+class ReloadRefused(Exception):
+    """New material or config cannot be used; the old keeps serving."""
+
 
 class Proxy:
-    """Start with ``await start()``; stop with ``await drain()`` (SIGTERM does it too)."""
+    """Start with ``await start()``; stop with ``await drain()`` (SIGTERM does it too).
 
-    def __init__(self, config: Config) -> None:
+    ``worker`` is True in a process started by the supervisor: it shares the listening ports
+    with its siblings (SO_REUSEPORT) and leaves the admin endpoint to the supervisor.
+    """
+
+    def __init__(self, config: Config, worker: bool = False) -> None:
         self.config = config
+        self.worker = worker
         self.metrics = Metrics()
-        self.listeners = [ListenerRuntime(listener, self.metrics) for listener in config.listeners]
+        self.listeners = [
+            ListenerRuntime(listener, self.metrics, RouteTable.for_listener(listener))
+            for listener in config.listeners
+        ]
         self.admin = AdminServer(self.metrics.exposition, self.is_ready)
+        self._digests = {
+            runtime.name: _digests(runtime.watched_files()) for runtime in self.listeners
+        }
+        self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
         self._draining = False
         self._stopped = asyncio.Event()
@@ -30,64 +56,187 @@ class Proxy:
         return self._started and not self._draining
 
     async def start(self) -> None:
-        for listener in self.listeners:
-            await listener.start()
-            logs.event(
-                logging.INFO,
-                f"listening on {listener.config.host}:{listener.port}",
-                listener=listener.name,
-                routes=[route.name for route in listener.routes.all_routes()],
-            )
-        if self.config.metrics.enabled:
+        for runtime in self.listeners:
+            await self._start_listener(runtime)
+        if self.config.metrics.enabled and not self.worker:
             await self.admin.start(self.config.metrics.host, self.config.metrics.port)
             logs.event(
                 logging.INFO,
                 f"metrics on http://{self.config.metrics.host}:{self.admin.port}/metrics",
             )
+        if self.config.reload.watch:
+            self._spawn(self._watch_files())
+        self.metrics.last_reload_success.set(time.time())
         self._started = True
+
+    async def _start_listener(self, runtime: ListenerRuntime) -> None:
+        await runtime.start(reuse_port=self.worker)
+        logs.event(
+            logging.INFO,
+            f"listening on {runtime.config.host}:{runtime.port}",
+            listener=runtime.name,
+            routes=[route.name for route in runtime.routes.all_routes()],
+        )
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload_config()))
 
     def _on_stop_signal(self, signum: int) -> None:
         logs.event(logging.INFO, f"{signal.Signals(signum).name}: draining")
-        asyncio.get_running_loop().create_task(self.drain())
+        self._spawn(self.drain())
+
+    def _spawn(self, coroutine: object) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+    # Reload flow
+
+    async def _watch_files(self) -> None:
+        """Poll the content of every certificate, key, CA and CRL file. Content, not mtime:
+        Kubernetes swaps a ``..data`` symlink and cert-manager writes then renames, and both
+        keep or reset mtimes in ways a stat would miss; the files are a few KiB."""
+        while not self._draining:
+            await asyncio.sleep(self.config.reload.interval)
+            for runtime in list(self.listeners):
+                digests = _digests(runtime.watched_files())
+                if digests != self._digests.get(runtime.name):
+                    self.reload_files(runtime, digests)
+
+    def reload_files(self, runtime: ListenerRuntime, digests: FileDigests) -> bool:
+        """New handshakes of ``runtime`` use the changed files, if they are usable."""
+        self._digests[runtime.name] = digests  # a bad state is reported once, not every poll
+        try:
+            routes = _build_routes(replace(self.config, listeners=(runtime.config,)))[0]
+        except ReloadRefused as error:
+            self._reload_failed("files", str(error), listener=runtime.name)
+            return False
+        runtime.install(runtime.config, routes)
+        self._reload_succeeded("files", listener=runtime.name)
+        return True
+
+    async def reload_config(self) -> bool:
+        """SIGHUP: re-read the YAML. Listeners that keep their address keep their socket and
+        open connections; new ones start, removed ones stop accepting and drain. A config
+        that does not load, or material that does not, changes nothing."""
+        try:
+            config, warnings = load_config_with_warnings(self.config.source)
+            routes = _build_routes(config)
+        except ConfigError as error:
+            problems = "; ".join(str(p) for p in error.problems if p.severity == "error")
+            self._reload_failed("config", problems)
+            return False
+        except ReloadRefused as error:
+            self._reload_failed("config", str(error))
+            return False
+        for warning in warnings:
+            logs.event(logging.WARNING, str(warning))
+        old = {runtime.name: runtime for runtime in self.listeners}
+        kept, started = [], []
+        try:
+            for listener, table in zip(config.listeners, routes, strict=True):
+                runtime = old.get(listener.name)
+                if runtime is not None and _same_socket(runtime.config, listener):
+                    kept.append((runtime, listener, table))
+                    continue
+                fresh = ListenerRuntime(listener, self.metrics, table)
+                await self._start_listener(fresh)
+                started.append(fresh)
+        except OSError as error:
+            for fresh in started:
+                fresh.stop_accepting()
+            self._reload_failed("config", f"cannot listen: {error}")
+            return False
+        for runtime, listener, table in kept:
+            runtime.install(listener, table)
+        kept_names = {runtime.name for runtime, _, _ in kept}
+        for runtime in self.listeners:
+            if runtime.name not in kept_names:
+                runtime.stop_accepting()  # its open connections finish on their own
+        self.listeners = [runtime for runtime, _, _ in kept] + started
+        self.config = config
+        self._digests = {r.name: _digests(r.watched_files()) for r in self.listeners}
+        logs.configure(config.log)
+        self._reload_succeeded("config")
+        return True
+
+    def _reload_succeeded(self, trigger: str, **fields: str) -> None:
+        self.metrics.config_reloads.labels(trigger, "ok").inc()
+        self.metrics.last_reload_success.set(time.time())
+        logs.event(logging.INFO, f"reloaded ({trigger})", **fields)
+
+    def _reload_failed(self, trigger: str, reason: str, **fields: str) -> None:
+        self.metrics.config_reloads.labels(trigger, "failed").inc()
+        logs.event(
+            logging.ERROR, f"reload refused ({trigger}), still serving the old: {reason}", **fields
+        )
+
+    # Shutdown flow
 
     async def drain(self, timeout: float | None = None) -> None:
         """Stop accepting, let open connections finish for up to the drain timeout, close."""
         if self._draining:
             return
         self._draining = True
-        for listener in self.listeners:
-            listener.stop_accepting()
-        deadline = max(listener.timeouts.drain for listener in self.listeners)
+        for runtime in self.listeners:
+            runtime.stop_accepting()
+        deadline = max(runtime.timeouts.drain for runtime in self.listeners)
         if timeout is not None:
             deadline = timeout
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline
-        while any(listener.connections for listener in self.listeners) and loop.time() < end:
+        while any(runtime.connections for runtime in self.listeners) and loop.time() < end:
             await asyncio.sleep(0.05)
-        for listener in self.listeners:
-            for connection in list(listener.connections):
+        for runtime in self.listeners:
+            for connection in list(runtime.connections):
                 connection.shutdown()
         await asyncio.sleep(0)  # let transports flush close_notify before the loop stops
         await self.admin.close()
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
         self._stopped.set()
 
 
-async def serve(config: Config) -> None:
-    proxy = Proxy(config)
+def _build_routes(config: Config) -> list[RouteTable]:
+    """Every listener's routes from ``config``, after the same file checks as ``check``."""
+    errors = [p for p in check_files(config) if p.severity == "error"]
+    if errors:
+        raise ReloadRefused("; ".join(p.message for p in errors))
+    try:
+        return [RouteTable.for_listener(listener) for listener in config.listeners]
+    except (ssl.SSLError, ValueError, OSError) as error:
+        raise ReloadRefused(f"cannot load the TLS material: {error}") from error
+
+
+def _same_socket(old: Listener, new: Listener) -> bool:
+    return (old.host, old.port) == (new.host, new.port)
+
+
+def _digests(paths: tuple[Path, ...]) -> FileDigests:
+    digests: FileDigests = {}
+    for path in paths:
+        try:
+            digests[path] = hashlib.sha256(path.read_bytes()).digest()
+        except OSError:
+            digests[path] = None
+    return digests
+
+
+async def serve(config: Config, worker: bool = False) -> None:
+    proxy = Proxy(config, worker=worker)
     await proxy.start()
     proxy.install_signal_handlers()
     await proxy.wait_stopped()
 
 
-def run(config: Config) -> None:
+def run(config: Config, worker: bool = False) -> None:
     """Run until SIGTERM/SIGINT, on uvloop where it imports."""
     logs.configure(config.log)
     runner: contextlib.AbstractContextManager[asyncio.Runner]
@@ -98,4 +247,4 @@ def run(config: Config) -> None:
     except ImportError:  # pragma: no cover - platforms without uvloop
         runner = asyncio.Runner()
     with runner as r:
-        r.run(serve(config))
+        r.run(serve(config, worker))

@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import re
 import select
 import socket
 import socketserver
 import ssl
 import subprocess
+import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -428,3 +431,40 @@ def start_proxy(
     address = f"127.0.0.1:{upstream_port}"
     path.write_text(render_config(pki, address, mode, allow=allow, routes=routes, name=name))
     return RunningProxy(path)
+
+
+class ProxyProcess:
+    """``python -m mtlsproxy run -c CONFIG`` as a child process, its ports read from its log."""
+
+    def __init__(self, config: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mtlsproxy", "run", "-c", str(config)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.port = int(self.wait_for(r"listening on 127\.0\.0\.1:(\d+)"))
+        self.metrics = self.wait_for(r"metrics on (http://\S+)/metrics")
+
+    def wait_for(self, pattern: str) -> str:
+        assert self.process.stderr is not None
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            line = self.process.stderr.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            if match := re.search(pattern, line):
+                return match.group(1)
+        raise AssertionError(f"no {pattern!r} in the proxy's log: {self.lines}")
+
+    def get(self, path: str) -> str:
+        with urllib.request.urlopen(f"{self.metrics}{path}", timeout=5) as response:
+            return str(response.read().decode())
+
+    def status(self, path: str) -> int:
+        try:
+            with urllib.request.urlopen(f"{self.metrics}{path}", timeout=2) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return error.code

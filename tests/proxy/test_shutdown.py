@@ -3,14 +3,9 @@ drain timeout), /readyz turns 503 while /healthz stays 200, then the process exi
 
 from __future__ import annotations
 
-import re
 import signal
 import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,38 +13,7 @@ import pytest
 
 from mtlsproxy.pki import PkiFiles
 from tests.proxy.conftest import render_config
-from tests.proxy.harness import Client, MemoryClient, Upstream
-
-
-class ProxyProcess:
-    def __init__(self, config: Path) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mtlsproxy", "run", "-c", str(config)],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self.port = int(self._wait_for(r"listening on 127\.0\.0\.1:(\d+)"))
-        self.metrics = self._wait_for(r"metrics on (http://\S+)/metrics")
-
-    def _wait_for(self, pattern: str) -> str:
-        assert self.process.stderr is not None
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            line = self.process.stderr.readline()
-            if not line:
-                break
-            self.lines.append(line)
-            if match := re.search(pattern, line):
-                return match.group(1)
-        raise AssertionError(f"no {pattern!r} in the proxy's log: {self.lines}")
-
-    def status(self, path: str) -> int:
-        try:
-            with urllib.request.urlopen(f"{self.metrics}{path}", timeout=2) as response:
-                return int(response.status)
-        except urllib.error.HTTPError as error:
-            return error.code
+from tests.proxy.harness import Client, MemoryClient, ProxyProcess, Upstream
 
 
 @pytest.fixture
