@@ -15,8 +15,10 @@ from typing import Any
 from mtlsproxy.config.model import LogFormat, LogSettings
 from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.events import HandshakeComplete, HandshakeFailed
+from mtlsproxy.policy.identity import PeerIdentity
 
 log = logging.getLogger("mtlsproxy")
+access_log = logging.getLogger("mtlsproxy.access")  # propagates to the "mtlsproxy" handler
 
 
 class JSONFormatter(logging.Formatter):
@@ -48,12 +50,69 @@ def configure(settings: LogSettings) -> None:
     log.handlers[:] = [handler]
     log.setLevel(settings.level.upper())
     log.propagate = False
+    # The access log is info-level facts: on with log.access whatever log.level says.
+    access_log.setLevel(logging.INFO if settings.access else logging.CRITICAL)
 
 
 def event(level: int, message: str, **fields: Any) -> None:
     """Log a message with structured fields (JSON keys, or key=value in text)."""
     if log.isEnabledFor(level):
         log.log(level, message, extra={"fields": fields})
+
+
+def _identity_fields(identity: PeerIdentity | None) -> dict[str, Any]:
+    if identity is None:
+        return {}
+    return {
+        "client_subject": identity.subject,
+        "client_spiffe_id": identity.spiffe_id,
+        "client_sha256": identity.sha256,
+        "client_serial": identity.serial,
+    }
+
+
+def _timing_fields(outcome: HandshakeComplete | HandshakeFailed) -> dict[str, float]:
+    return {f"{k}_ms": round(v * 1000, 3) for k, v in outcome.timings.as_dict().items()}
+
+
+def access(
+    listener: str,
+    peer: str,
+    hello: ClientHello | None,
+    outcome: HandshakeComplete | HandshakeFailed | None,
+    bytes_in: int,
+    bytes_out: int,
+    duration: float,
+    end: str,
+    upstream: str | None,
+) -> None:
+    """One line per connection at close: who, what was negotiated, how it ended, how much."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    fields: dict[str, Any] = {
+        "listener": listener,
+        "route": outcome.route if outcome is not None else None,
+        "peer": peer,
+        "sni": hello.server_name if hello else None,
+        "engine": "openssl",
+    }
+    if isinstance(outcome, HandshakeComplete):
+        fields.update(
+            result="ok", alpn=outcome.alpn, version=outcome.version, cipher=outcome.cipher,
+            resumed=outcome.session_reused,
+        )  # fmt: skip
+    elif isinstance(outcome, HandshakeFailed):
+        fields.update(
+            result=outcome.result, step=str(outcome.step), reason=str(outcome.reason),
+            version=outcome.version,
+        )  # fmt: skip
+    if outcome is not None:
+        fields.update(_identity_fields(outcome.identity), **_timing_fields(outcome))
+    fields.update(
+        bytes_in=bytes_in, bytes_out=bytes_out, duration_ms=round(duration * 1000, 3),
+        end=end, upstream=upstream,
+    )  # fmt: skip
+    access_log.info("access", extra={"fields": fields})
 
 
 def handshake(
@@ -67,14 +126,8 @@ def handshake(
     level = logging.DEBUG if isinstance(outcome, HandshakeComplete) else logging.INFO
     if not log.isEnabledFor(level):
         return
-    timings = {f"{k}_ms": round(v * 1000, 3) for k, v in outcome.timings.as_dict().items()}
-    identity = outcome.identity
-    who = (
-        {"client_subject": identity.subject, "client_spiffe_id": identity.spiffe_id,
-         "client_sha256": identity.sha256, "client_serial": identity.serial}
-        if identity is not None
-        else {}
-    )  # fmt: skip
+    timings = _timing_fields(outcome)
+    who = _identity_fields(outcome.identity)
     common = {
         "listener": listener,
         "route": outcome.route,

@@ -54,6 +54,11 @@ class ClientConnection(asyncio.Protocol):
         self._idle_timer: asyncio.TimerHandle | None = None
         self._last_activity = self._loop.time()
         self._opened = time.monotonic()
+        # For the access log line at close.
+        self._outcome: HandshakeComplete | HandshakeFailed | None = None
+        self._bytes_in = self._bytes_out = 0
+        self._end = "client_gone"  # why the connection ended; set where it is ended
+        self._upstream_address: str | None = None
 
     # Client side: asyncio.Protocol callbacks
 
@@ -86,6 +91,11 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._closed:
             self._close(abort=True)
+        if self._engine is not None:  # admitted: it gets its access log line
+            self._runtime.observe_connection(
+                self._peer, self._hello, self._outcome, self._bytes_in, self._bytes_out,
+                time.monotonic() - self._opened, self._end, self._upstream_address,
+            )  # fmt: skip
         self._runtime.release_connection(self)
 
     def pause_writing(self) -> None:
@@ -113,7 +123,7 @@ class ClientConnection(asyncio.Protocol):
                 self._on_client_closed(event.clean)
             elif isinstance(event, ProtocolError):
                 logs.event(logging.INFO, "tls error", peer=self._peer, detail=event.detail)
-                self._close(abort=True)
+                self._close(abort=True, end="tls_error")
 
     def _flush(self) -> None:
         assert self._engine is not None and self._transport is not None
@@ -122,20 +132,23 @@ class ClientConnection(asyncio.Protocol):
             self._transport.write(out)
 
     def _on_handshake_complete(self, event: HandshakeComplete) -> None:
+        self._outcome = event
         self._cancel_handshake_timer()
         self._runtime.observe_handshake(self._peer, self._hello, event)
         assert self._engine is not None and self._transport is not None
-        route = self._engine.route
-        assert route is not None
+        # The engine was built with this listener's RouteTable: its routes are ServerRoutes.
+        route = cast("ServerRoute", self._engine.route)
+        self._upstream_address = str(route.config.upstream)
         # Nothing more is read from the client until the upstream is there to take it.
         self._transport.pause_reading()
-        self._upstream_task = self._loop.create_task(self._connect_upstream(route))  # type: ignore[arg-type]
+        self._upstream_task = self._loop.create_task(self._connect_upstream(route))
         self._schedule_idle_check()
 
     def _on_handshake_failed(self, event: HandshakeFailed) -> None:
+        self._outcome = event
         self._cancel_handshake_timer()
         self._runtime.observe_handshake(self._peer, self._hello, event)
-        self._close(abort=False)
+        self._close(abort=False, end="handshake_failed")
 
     def _on_handshake_timeout(self) -> None:
         self._handshake_timer = None
@@ -167,7 +180,7 @@ class ClientConnection(asyncio.Protocol):
                 peer=self._peer,
                 error=str(exc),
             )
-            self._close(abort=False)
+            self._close(abort=False, end="upstream_unavailable")
             return
         if self._closed:
             transport.close()
@@ -184,6 +197,7 @@ class ClientConnection(asyncio.Protocol):
             self._transport.resume_reading()
 
     def _to_upstream(self, data: bytes) -> None:
+        self._bytes_in += len(data)
         self._runtime.count_bytes("client_to_upstream", len(data))
         if self._upstream is None:
             self._early_data.append(data)
@@ -195,6 +209,7 @@ class ClientConnection(asyncio.Protocol):
         if self._closed or self._engine is None:
             return
         self._last_activity = self._loop.time()
+        self._bytes_out += len(data)
         self._runtime.count_bytes("upstream_to_client", len(data))
         self._engine.send(data)
         self._flush()
@@ -207,7 +222,7 @@ class ClientConnection(asyncio.Protocol):
         self._engine.close()
         self._flush()
         if self._client_done:
-            self._close(abort=False)
+            self._close(abort=False, end="closed")
         elif self._transport.can_write_eof():
             self._transport.write_eof()
 
@@ -218,7 +233,7 @@ class ClientConnection(asyncio.Protocol):
             route = self._engine.route if self._engine else None
             self._runtime.observe_upstream_error(route.name if route else "none", "reset")
         if not self._closed:
-            self._close(abort=exc is not None)
+            self._close(abort=exc is not None, end="upstream_reset" if exc else "upstream_closed")
 
     def pause_client_reading(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
@@ -235,7 +250,7 @@ class ClientConnection(asyncio.Protocol):
         if not clean:
             logs.event(logging.DEBUG, "client closed without close_notify", peer=self._peer)
         if self._upstream_done:
-            self._close(abort=False)
+            self._close(abort=False, end="closed")
         elif self._upstream is not None:
             self._upstream_write_eof()
 
@@ -248,12 +263,13 @@ class ClientConnection(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """Drain timeout reached: end the connection now, with close_notify if possible."""
-        self._close(abort=False)
+        self._close(abort=False, end="drain_timeout")
 
-    def _close(self, abort: bool) -> None:
+    def _close(self, abort: bool, end: str = "client_gone") -> None:
         if self._closed:
             return
         self._closed = True
+        self._end = end
         self._cancel_handshake_timer()
         if self._idle_timer is not None:
             self._idle_timer.cancel()
@@ -283,7 +299,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._loop.time() - self._last_activity >= self._runtime.timeouts.idle:
             logs.event(logging.INFO, "idle timeout", listener=self._runtime.name, peer=self._peer)
-            self._close(abort=False)
+            self._close(abort=False, end="idle_timeout")
         else:
             self._schedule_idle_check()
 

@@ -27,8 +27,11 @@ LISTEN_BACKLOG = 511
 class ListenerRuntime:
     """What the connections of one listener share: routes, limits, metrics."""
 
-    def __init__(self, listener: Listener, metrics: Metrics, routes: RouteTable) -> None:
+    def __init__(
+        self, listener: Listener, metrics: Metrics, routes: RouteTable, access_log: bool = True
+    ) -> None:
         self.name = listener.name
+        self.access_log = access_log
         self.metrics = metrics
         self.connections: set[ClientConnection] = set()
         self.draining = False
@@ -109,6 +112,23 @@ class ListenerRuntime:
     ) -> None:
         self.metrics.observe_handshake(self.name, event, time.time())
         logs.handshake(self.name, peer, hello, event)
+
+    def observe_connection(
+        self,
+        peer: str,
+        hello: ClientHello | None,
+        outcome: HandshakeComplete | HandshakeFailed | None,
+        bytes_in: int,
+        bytes_out: int,
+        duration: float,
+        end: str,
+        upstream: str | None,
+    ) -> None:
+        """The access log line, at close (``log.access``)."""
+        if self.access_log:
+            logs.access(
+                self.name, peer, hello, outcome, bytes_in, bytes_out, duration, end, upstream
+            )
 
     def observe_upstream_connect(self, route: str, seconds: float) -> None:
         self.metrics.upstream_connect_duration.labels(self.name, route).observe(seconds)

@@ -40,7 +40,9 @@ class Proxy:
         self.worker = worker
         self.metrics = Metrics()
         self.listeners = [
-            ListenerRuntime(listener, self.metrics, RouteTable.for_listener(listener))
+            ListenerRuntime(
+                listener, self.metrics, RouteTable.for_listener(listener), config.log.access
+            )
             for listener in config.listeners
         ]
         self.admin = AdminServer(self.metrics.exposition, self.is_ready)
@@ -145,7 +147,7 @@ class Proxy:
                 if runtime is not None and _same_socket(runtime.config, listener):
                     kept.append((runtime, listener, table))
                     continue
-                fresh = ListenerRuntime(listener, self.metrics, table)
+                fresh = ListenerRuntime(listener, self.metrics, table, config.log.access)
                 await self._start_listener(fresh)
                 started.append(fresh)
         except OSError as error:
@@ -155,6 +157,7 @@ class Proxy:
             return False
         for runtime, listener, table in kept:
             runtime.install(listener, table)
+            runtime.access_log = config.log.access
         kept_names = {runtime.name for runtime, _, _ in kept}
         for runtime in self.listeners:
             if runtime.name not in kept_names:

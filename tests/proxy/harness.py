@@ -434,29 +434,49 @@ def start_proxy(
 
 
 class ProxyProcess:
-    """``python -m mtlsproxy run -c CONFIG`` as a child process, its ports read from its log."""
+    """``python -m mtlsproxy run -c CONFIG`` as a child process, its ports read from its log.
 
-    def __init__(self, config: Path) -> None:
+    A thread keeps reading the child's stderr into ``lines``: a pipe nobody reads would
+    block the proxy once its buffer (64 KiB) is full of access log lines."""
+
+    def __init__(self, config: Path, *args: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mtlsproxy", "run", "-c", str(config)],
+            [sys.executable, "-m", "mtlsproxy", "run", "-c", str(config), *args],
             stderr=subprocess.PIPE,
             text=True,
         )
         self.lines: list[str] = []
+        self._seen = 0
+        self._new_line = threading.Condition()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
         self.port = int(self.wait_for(r"listening on 127\.0\.0\.1:(\d+)"))
         self.metrics = self.wait_for(r"metrics on (http://\S+)/metrics")
 
-    def wait_for(self, pattern: str) -> str:
+    def _read_stderr(self) -> None:
         assert self.process.stderr is not None
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            line = self.process.stderr.readline()
-            if not line:
-                break
-            self.lines.append(line)
-            if match := re.search(pattern, line):
-                return match.group(1)
-        raise AssertionError(f"no {pattern!r} in the proxy's log: {self.lines}")
+        for line in self.process.stderr:
+            with self._new_line:
+                self.lines.append(line)
+                self._new_line.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = 15) -> str:
+        """The first group of the next log line (after those already matched) matching
+        ``pattern``."""
+        deadline = time.monotonic() + timeout
+        with self._new_line:
+            while True:
+                while self._seen < len(self.lines):
+                    line = self.lines[self._seen]
+                    self._seen += 1
+                    if match := re.search(pattern, line):
+                        return match.group(1)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.process.poll() is not None and not self._pending()):
+                    raise AssertionError(f"no {pattern!r} in the proxy's log: {self.lines}")
+                self._new_line.wait(min(remaining, 0.1))
+
+    def _pending(self) -> bool:
+        return self._seen < len(self.lines)
 
     def get(self, path: str) -> str:
         with urllib.request.urlopen(f"{self.metrics}{path}", timeout=5) as response:
