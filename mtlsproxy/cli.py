@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", type=Path, required=True, help="YAML config file")
     run.set_defaults(handler=_run)
 
+    # Started by the supervisor (workers > 1), one per worker; not for direct use.
+    worker = commands.add_parser("worker")
+    worker.add_argument("-c", "--config", type=Path, required=True)
+    worker.set_defaults(handler=_worker)
+
     check = commands.add_parser(
         "check", help="validate a config and every file it names; exit 2 on problems"
     )
@@ -103,10 +108,26 @@ def _run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
+    if config.workers > 1:
+        from mtlsproxy import supervisor
+
+        supervisor.run(config)
+        return EXIT_OK
+    return _serve(config, worker=False)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    return _serve(config, worker=True)
+
+
+def _serve(config: Config, worker: bool) -> int:
     from mtlsproxy.proxy.server import run
 
     try:
-        run(config)
+        run(config, worker=worker)
     except OSError as error:  # a port in use, a unix socket path that cannot be created
         print(f"mtlsproxy: cannot serve: {error}", file=sys.stderr)
         return EXIT_FAILURE

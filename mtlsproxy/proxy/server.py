@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import signal
 import ssl
 import time
@@ -22,6 +23,7 @@ from mtlsproxy.proxy.admin import AdminServer
 from mtlsproxy.proxy.listener import ListenerRuntime
 
 FileDigests = dict[Path, bytes | None]
+SUPERVISOR_CHECK_INTERVAL = 0.5  # seconds
 
 
 class ReloadRefused(Exception):
@@ -68,8 +70,21 @@ class Proxy:
             )
         if self.config.reload.watch:
             self._spawn(self._watch_files())
+        if self.worker:
+            self._spawn(self._watch_supervisor(os.getppid()))
         self.metrics.last_reload_success.set(time.time())
+        self._create_zero_series()
         self._started = True
+
+    def _create_zero_series(self) -> None:
+        """Series that exist from the start at 0, so that the first failure is an increase
+        to Prometheus (``increase()`` cannot see a series born at 1)."""
+        for trigger in ("files", "config"):
+            for result in ("ok", "failed"):
+                self.metrics.config_reloads.labels(trigger, result)
+        for runtime in self.listeners:
+            for route in runtime.routes.all_routes():
+                self.metrics.handshakes.labels(runtime.name, route.name, "ok", "none", "none")
 
     async def _start_listener(self, runtime: ListenerRuntime) -> None:
         await runtime.start(reuse_port=self.worker)
@@ -97,6 +112,14 @@ class Proxy:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+    async def _watch_supervisor(self, supervisor: int) -> None:
+        """A worker whose supervisor died (SIGKILL, OOM) drains and exits instead of serving
+        on, unsupervised and unseen by /metrics."""
+        while os.getppid() == supervisor:
+            await asyncio.sleep(SUPERVISOR_CHECK_INTERVAL)
+        logs.event(logging.ERROR, "the supervisor is gone: draining")
+        await self.drain()
 
     # Reload flow
 
@@ -236,6 +259,8 @@ async def serve(config: Config, worker: bool = False) -> None:
     proxy = Proxy(config, worker=worker)
     await proxy.start()
     proxy.install_signal_handlers()
+    if worker:
+        print("ready", flush=True)  # to the supervisor (mtlsproxy.supervisor)
     await proxy.wait_stopped()
 
 

@@ -449,8 +449,9 @@ class ProxyProcess:
         self._seen = 0
         self._new_line = threading.Condition()
         threading.Thread(target=self._read_stderr, daemon=True).start()
-        self.port = int(self.wait_for(r"listening on 127\.0\.0\.1:(\d+)"))
         self.metrics = self.wait_for(r"metrics on (http://\S+)/metrics")
+        self._seen = 0  # the order of the two start-up lines differs with workers
+        self.port = int(self.wait_for(r"listening on 127\.0\.0\.1:(\d+)"))
 
     def _read_stderr(self) -> None:
         assert self.process.stderr is not None

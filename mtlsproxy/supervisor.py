@@ -1,0 +1,150 @@
+"""``workers: N``: N proxy processes sharing the listening ports, one supervisor above them.
+
+Each worker is ``python -m mtlsproxy worker -c FILE``: a whole proxy with its own event loop,
+binding the listeners with SO_REUSEPORT so the kernel spreads new connections across workers
+(uvicorn and hypercorn pre-bind instead; SO_REUSEPORT also lets each worker re-bind on its
+own after a SIGHUP adds a listener). The supervisor:
+
+* starts the workers and restarts one that dies (after a short, growing delay);
+* serves the one admin endpoint, whose ``/metrics`` sums every worker through
+  prometheus-client's multiprocess mode (each worker writes its values to files in
+  ``PROMETHEUS_MULTIPROC_DIR``; a dead worker's live gauges are dropped, its counters kept);
+* forwards SIGHUP (each worker reloads the YAML) and SIGTERM/SIGINT (each worker drains),
+  and reports not-ready from the moment draining starts.
+
+Session tickets are not shared between workers: Python's ``ssl`` module does not expose
+``SSL_CTX_set_tlsext_ticket_keys``, so a ticket only resumes on the worker that issued it
+(with SO_REUSEPORT, a new connection reaches the same worker 1/N of the time; the others do
+a full handshake, which is always correct).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from mtlsproxy import logs
+from mtlsproxy.config.model import Config
+
+# A worker that dies is restarted after this delay, doubled on each quick death (a worker that
+# cannot start should not spin), up to the maximum; a worker that lived a minute resets it.
+RESTART_DELAY = 0.2
+MAX_RESTART_DELAY = 10.0
+STABLE_AFTER = 60.0
+READY_TIMEOUT = 30.0
+
+
+class Supervisor:
+    def __init__(self, config: Config, multiprocess_dir: Path) -> None:
+        self.config = config
+        self.multiprocess_dir = multiprocess_dir
+        self.workers: dict[int, asyncio.subprocess.Process] = {}  # slot -> process
+        self._ready: set[int] = set()
+        self._draining = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def is_ready(self) -> bool:
+        return not self._draining and len(self._ready) == self.config.workers
+
+    async def run(self) -> None:
+        from mtlsproxy.proxy.admin import AdminServer
+
+        admin = AdminServer(self._exposition, self.is_ready)
+        if self.config.metrics.enabled:
+            await admin.start(self.config.metrics.host, self.config.metrics.port)
+            logs.event(
+                logging.INFO,
+                f"metrics on http://{self.config.metrics.host}:{admin.port}/metrics",
+                workers=self.config.workers,
+            )
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_stop, signum)
+        loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
+        slots = [
+            asyncio.create_task(self._keep_running(slot)) for slot in range(self.config.workers)
+        ]
+        await asyncio.gather(*slots)
+        await admin.close()
+
+    async def _keep_running(self, slot: int) -> None:
+        """Run worker ``slot`` until draining, restarting it when it dies."""
+        delay = RESTART_DELAY
+        while not self._draining:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            process = await self._start(slot)
+            code = await process.wait()
+            self._ready.discard(slot)
+            self._forget(process.pid)
+            if self._draining:
+                return
+            lived = loop.time() - started
+            delay = RESTART_DELAY if lived > STABLE_AFTER else min(delay * 2, MAX_RESTART_DELAY)
+            logs.event(
+                logging.ERROR,
+                f"worker {slot} (pid {process.pid}) exited with {code}; restarting",
+                worker=slot,
+            )
+            await asyncio.sleep(delay)
+
+    async def _start(self, slot: int) -> asyncio.subprocess.Process:
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.multiprocess_dir)}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mtlsproxy", "worker", "-c", str(self.config.source),
+            stdout=asyncio.subprocess.PIPE, env=env,
+        )  # fmt: skip
+        self.workers[slot] = process
+        logs.event(logging.INFO, f"worker {slot} started (pid {process.pid})", worker=slot)
+        task = asyncio.create_task(self._await_ready(slot, process))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return process
+
+    async def _await_ready(self, slot: int, process: asyncio.subprocess.Process) -> None:
+        """A worker writes one line, ``ready``, on stdout once its listeners are open."""
+        assert process.stdout is not None
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            async with asyncio.timeout(READY_TIMEOUT):
+                line = await process.stdout.readline()
+            if line.strip() == b"ready" and process.returncode is None:
+                self._ready.add(slot)
+
+    def _forget(self, pid: int) -> None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, str(self.multiprocess_dir))
+
+    def _exposition(self) -> bytes:
+        from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(self.multiprocess_dir))
+        return generate_latest(registry)
+
+    def _forward(self, signum: int) -> None:
+        for process in self.workers.values():
+            if process.returncode is None:
+                process.send_signal(signum)
+
+    def _on_stop(self, signum: int) -> None:
+        logs.event(logging.INFO, f"{signal.Signals(signum).name}: draining all workers")
+        self._draining = True
+        self._forward(signal.SIGTERM)
+
+
+def run(config: Config) -> None:
+    """Supervise ``config.workers`` workers until SIGTERM/SIGINT and every worker has drained."""
+    logs.configure(config.log)
+    directory = Path(tempfile.mkdtemp(prefix="mtlsproxy-metrics-"))
+    try:
+        asyncio.run(Supervisor(config, directory).run())
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
