@@ -98,8 +98,8 @@ def access(
     }
     if isinstance(outcome, HandshakeComplete):
         fields.update(
-            result="ok", alpn=outcome.alpn, version=outcome.version, cipher=outcome.cipher,
-            resumed=outcome.session_reused,
+            result=outcome.result, alpn=outcome.alpn, version=outcome.version,
+            cipher=outcome.cipher, resumed=outcome.session_reused,
         )  # fmt: skip
     elif isinstance(outcome, HandshakeFailed):
         fields.update(
@@ -123,8 +123,8 @@ def handshake(
 ) -> None:
     """One line per handshake: failures at info, successes at debug. The JA4 fingerprint of
     the ClientHello tells which client software it was (a fleet of one kind failing at once)."""
-    level = logging.DEBUG if isinstance(outcome, HandshakeComplete) else logging.INFO
-    if not log.isEnabledFor(level):
+    quiet = isinstance(outcome, HandshakeComplete) and outcome.would_refuse is None
+    if not log.isEnabledFor(logging.DEBUG if quiet else logging.INFO):
         return
     timings = _timing_fields(outcome)
     who = _identity_fields(outcome.identity)
@@ -135,6 +135,20 @@ def handshake(
         "sni": hello.server_name if hello else None,
         "ja4": hello.ja4() if hello else None,
     }
+    if isinstance(outcome, HandshakeComplete) and outcome.would_refuse is not None:
+        refusal = outcome.would_refuse
+        event(
+            logging.INFO,
+            f"handshake would be refused at {refusal.step}: {refusal.detail} "
+            "(client_auth.enforce is false: admitted, forwarded as unverified)",
+            **common,
+            result="would_refuse",
+            step=str(refusal.step),
+            reason=str(refusal.reason),
+            **who,
+            **timings,
+        )
+        return
     if isinstance(outcome, HandshakeComplete):
         event(
             logging.DEBUG,

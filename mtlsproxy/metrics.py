@@ -35,7 +35,7 @@ class Metrics:
         self.registry = registry = CollectorRegistry()
         self.handshakes = Counter(
             "mtlsproxy_handshakes",
-            "TLS handshakes by result (ok, failed, refused), seed step and reason.",
+            "TLS handshakes by result (ok, failed, refused, would_refuse), seed step and reason.",
             ["listener", "route", "result", "step", "reason"],
             registry=registry,
         )
@@ -164,12 +164,14 @@ class Metrics:
             self.handshake_duration.labels(listener, phase).observe(seconds)
         route = event.route or "none"
         if isinstance(event, HandshakeComplete):
-            self.handshakes.labels(listener, route, "ok", OK, OK).inc()
+            refusal = event.would_refuse
+            step, reason = (refusal.step, refusal.reason) if refusal else (OK, OK)
+            self.handshakes.labels(listener, route, event.result, step, reason).inc()
             self.tls_sessions.labels(listener, event.version, event.cipher).inc()
             if event.session_reused:
                 self.resumed_sessions.labels(listener).inc()
-            presented = event.identity is not None
-            self.client_auth.labels(listener, _bool(presented), _bool(presented)).inc()
+            presented = event.client_certificate_presented
+            self.client_auth.labels(listener, _bool(presented), _bool(event.verified)).inc()
             if event.identity is not None:
                 remaining = event.identity.not_after.timestamp() - now
                 self.client_certificate_remaining.labels(listener).observe(remaining)

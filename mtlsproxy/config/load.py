@@ -24,9 +24,12 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from mtlsproxy.config.files import check_files
 from mtlsproxy.config.model import (
+    HEADER_FIELDS,
+    XFCC_FIELDS,
     CertificateKeyPair,
     Config,
     ForwardIdentity,
+    IdentityForwarding,
     Limits,
     Listener,
     LogFormat,
@@ -60,6 +63,7 @@ _DESCRIPTIONS = {
 _SCALARS = SafeConstructor()  # stateless for the scalar constructors used here
 
 _LABEL = re.compile(r"[a-z0-9_-]{1,32}")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")  # RFC 9110 section 5.6.2
 _HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 _PORT = re.compile(r"[0-9]{1,5}")
 _DNS_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
@@ -356,9 +360,15 @@ def _allow_pattern(kind: AllowKind, node: Node) -> str:
 
 _listen_address = partial(_address, zero_port=True)
 _engine = _one_of(("openssl", "native"), unavailable=("native",))
-_forward_identity = _one_of(
-    ForwardIdentity, unavailable=(ForwardIdentity.PROXY_PROTOCOL_V2, ForwardIdentity.HTTP)
-)
+_forward_identity_mode = _one_of(ForwardIdentity)
+
+
+def _xfcc_field(node: Node) -> str:
+    return _one_of(XFCC_FIELDS)(node)
+
+
+def _header_field(node: Node) -> str:
+    return _one_of(HEADER_FIELDS)(node)
 
 
 # --- structure ----------------------------------------------------------------------------
@@ -516,7 +526,7 @@ class _Parser:
                 "tls": partial(self.tls, base=None),
                 "client_auth": partial(self.client_auth, base=ClientAuth()),
                 "upstream": self.upstream,
-                "forward_identity": _leaf(_forward_identity),
+                "forward_identity": self.forward_identity,
                 "routes": _keep_node,
                 "timeouts": self.section(Timeouts, dict.fromkeys(_TIMEOUTS, _leaf(_duration))),
                 "limits": self.section(
@@ -568,7 +578,7 @@ class _Parser:
                 "tls": partial(self.tls, base=default.tls),
                 "client_auth": partial(self.client_auth, base=default.client_auth),
                 "upstream": self.upstream,
-                "forward_identity": _leaf(_forward_identity),
+                "forward_identity": self.forward_identity,
             },
             required=("sni",),
         )
@@ -627,6 +637,7 @@ class _Parser:
                 "ca": self.file_path,
                 "crl": self.file_path,
                 "allow": lambda n, p: self.sequence(n, p, self.allow_rule),
+                "enforce": _leaf(_boolean),
             },
         )
         if own.keys() != m.values.keys():
@@ -641,6 +652,53 @@ class _Parser:
         if merged.ca is None:
             self.problem(node, _join(path, "ca"), f"is required when mode is {mode}")
         return merged
+
+    def forward_identity(self, node: Node, path: str) -> IdentityForwarding:
+        """``forward_identity: http`` (a mode alone), or a mapping with ``mode`` and options."""
+        if isinstance(node, ScalarNode):
+            return IdentityForwarding(mode=_forward_identity_mode(node))
+        own, m = self.read(
+            node,
+            path,
+            {
+                "mode": _leaf(_forward_identity_mode),
+                "xfcc": lambda n, p: self.sequence(n, p, _leaf(_xfcc_field)),
+                "headers": self.identity_headers,
+                "include_certificate": _leaf(_boolean),
+                "crc32c": _leaf(_boolean),
+            },
+            required=("mode",),
+        )
+        if "mode" not in own:
+            raise _Reported
+        if "xfcc" in own:
+            own["xfcc_fields"] = own.pop("xfcc")
+        http_only, pp2_only = ("xfcc_fields", "headers"), ("include_certificate", "crc32c")
+        ignored = pp2_only if own["mode"] is ForwardIdentity.HTTP else http_only
+        if own["mode"] is ForwardIdentity.NONE:
+            ignored = http_only + pp2_only
+        for key in ignored:
+            if key in own:
+                name = "xfcc" if key == "xfcc_fields" else key
+                self.problem(
+                    m.keys[name], _join(path, name), f"has no effect with mode {own['mode']}"
+                )
+        return IdentityForwarding(**own)
+
+    def identity_headers(self, node: Node, path: str) -> tuple[tuple[str, str], ...]:
+        """``{X-SSL-Client-Verify: verify, ...}``: header name -> identity field."""
+        if not isinstance(node, MappingNode):
+            raise _expected("a mapping of header name to field", node)
+        headers = []
+        for key, value in node.value:
+            name = _string(key)
+            if not _TOKEN.fullmatch(name):
+                self.problem(key, _join(path, name), "is not a valid header name")
+                continue
+            field = self.convert(_leaf(_header_field), value, _join(path, name))
+            if field is not _Failed.FAILED:
+                headers.append((name, field))
+        return tuple(headers)
 
     def allow_rule(self, node: Node, path: str) -> AllowRule:
         kinds = {kind.value: kind for kind in AllowKind}

@@ -20,6 +20,31 @@ class ForwardIdentity(enum.StrEnum):
     HTTP = "http"
 
 
+# Envoy's X-Forwarded-Client-Cert elements (SetCurrentClientCertDetails), in its order.
+XFCC_FIELDS = ("by", "hash", "subject", "uri", "dns", "cert")
+DEFAULT_XFCC_FIELDS = ("by", "hash", "subject", "uri", "dns")
+# What an extra identity header may carry (nginx's $ssl_client_* family).
+HEADER_FIELDS = ("verify", "subject", "sha256", "spiffe_id", "serial", "cn", "uri", "dns")
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityForwarding:
+    """How the upstream learns who the client is (``forward_identity``).
+
+    ``proxy_protocol_v2``: a PROXY v2 header with TLS TLVs opens each upstream connection
+    (``include_certificate`` adds the leaf DER, ``crc32c`` a checksum). ``http``: every
+    request gets ``X-Forwarded-Client-Cert`` with ``xfcc_fields`` (empty: no XFCC) and the
+    ``headers`` map (header name -> one of HEADER_FIELDS); the same headers arriving from the
+    client are removed first.
+    """
+
+    mode: ForwardIdentity = ForwardIdentity.NONE
+    xfcc_fields: tuple[str, ...] = DEFAULT_XFCC_FIELDS
+    headers: tuple[tuple[str, str], ...] = ()
+    include_certificate: bool = False
+    crc32c: bool = False
+
+
 class LogFormat(enum.StrEnum):
     JSON = "json"
     TEXT = "text"
@@ -81,7 +106,7 @@ class Route:
     tls: TLSSettings
     client_auth: ClientAuth
     upstream: Upstream
-    forward_identity: ForwardIdentity = ForwardIdentity.NONE
+    forward_identity: IdentityForwarding = field(default_factory=IdentityForwarding)
 
 
 @dataclass(frozen=True, slots=True)

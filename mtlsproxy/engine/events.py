@@ -43,8 +43,22 @@ class ClientHelloReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why the policy refuses a client: the seed step, the reason and a sentence."""
+
+    step: Step
+    reason: Reason
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class HandshakeComplete:
-    """Seed steps 2-8 done and the client admitted; application data may flow."""
+    """Seed steps 2-8 done and the client admitted; application data may flow.
+
+    ``verified`` is true when a client certificate was presented, verified and allowed.
+    ``would_refuse`` is set in audit mode (``client_auth.enforce: false``) for a client the
+    policy would have refused: it is admitted, but its identity is forwarded as unverified.
+    """
 
     route: str
     version: str
@@ -54,6 +68,13 @@ class HandshakeComplete:
     identity: PeerIdentity | None  # None: anonymous (mode none, or request without a cert)
     session_reused: bool
     timings: HandshakeTimings
+    client_certificate: bytes | None = None  # the leaf, DER
+    verified: bool = False
+    would_refuse: Refusal | None = None
+
+    @property
+    def result(self) -> str:
+        return "ok" if self.would_refuse is None else "would_refuse"
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from mtlsproxy.engine.clienthello import ClientHello
-from mtlsproxy.engine.events import Event
+from mtlsproxy.engine.events import Event, Refusal
 from mtlsproxy.policy.identity import PeerIdentity
 
 Clock = Callable[[], float]
@@ -30,10 +31,20 @@ class TLSRoute(Protocol):
     @property
     def requests_client_certificate(self) -> bool: ...
 
-    def admit(self, leaf_der: bytes | None, session_reused: bool) -> PeerIdentity | None:
-        """Seed step 6 after the TLS checks: return the client's identity (None when
-        anonymous) or raise ``HandshakeError`` with step ``authorize`` or ``client_verify``."""
+    def admit(self, leaf_der: bytes | None, session_reused: bool) -> Admission:
+        """Seed step 6 after the TLS checks: the client's identity (None when anonymous), or
+        ``HandshakeError`` with step ``authorize`` or ``client_verify``."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A route's decision on a client whose TLS handshake succeeded. ``would_refuse`` is set
+    only in audit mode, for a client that enforcing would have refused."""
+
+    identity: PeerIdentity | None
+    verified: bool
+    would_refuse: Refusal | None = None
 
 
 RouteSelector = Callable[[ClientHello], TLSRoute]

@@ -243,10 +243,12 @@ class OpenSSLEngine:
             return []
         except ssl.SSLError as exc:
             return [self._fail(self._classify(exc))]
+        leaf = self._peer_certificate()
         try:
-            identity = self._route.admit(self._peer_certificate(), self._sslobj.session_reused)
+            admission = self._route.admit(leaf, self._sslobj.session_reused)
         except HandshakeError as error:
             return [self._refuse(error)]
+        identity = admission.identity
         now = self._clock()
         self._verify_seconds = now - started
         self._t_end = now
@@ -256,10 +258,13 @@ class OpenSSLEngine:
             version=self._sslobj.version() or "unknown",
             cipher=(self._sslobj.cipher() or ("unknown",))[0],
             alpn=self._sslobj.selected_alpn_protocol(),
-            client_certificate_presented=identity is not None,
+            client_certificate_presented=leaf is not None,
             identity=identity,
             session_reused=self._sslobj.session_reused,
             timings=self._timings(),
+            client_certificate=leaf,
+            verified=admission.verified,
+            would_refuse=admission.would_refuse,
         )
         # Application data may have arrived in the same read as the client's Finished.
         return [complete, *self._read_application_data()]

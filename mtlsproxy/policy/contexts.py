@@ -27,6 +27,7 @@ def build_ssl_context(
     tls: TLSSettings,
     client_auth: ClientAuth,
     crls: Sequence[x509.CertificateRevocationList] = (),
+    alpn: Sequence[str] = (),
 ) -> ssl.SSLContext:
     """One server context: our certificates (several key types at once: OpenSSL keeps one per
     type and picks by the client's signature_algorithms), versions, suites and client policy."""
@@ -38,8 +39,8 @@ def build_ssl_context(
     )
     for pair in tls.certificates:
         context.load_cert_chain(pair.certificate, pair.key)
-    if tls.alpn:
-        context.set_alpn_protocols(list(tls.alpn))
+    if alpn:
+        context.set_alpn_protocols(list(alpn))
     if client_auth.mode is not ClientAuthMode.NONE:
         _apply_client_auth(context, client_auth, crls)
     return context
@@ -51,9 +52,9 @@ def _apply_client_auth(
     crls: Sequence[x509.CertificateRevocationList],
 ) -> None:
     assert client_auth.ca is not None  # config validation guarantees it
-    context.verify_mode = (
-        ssl.CERT_REQUIRED if client_auth.mode is ClientAuthMode.REQUIRE else ssl.CERT_OPTIONAL
-    )
+    # Audit mode admits a client without a certificate (counted as would_refuse).
+    required = client_auth.mode is ClientAuthMode.REQUIRE and client_auth.enforce
+    context.verify_mode = ssl.CERT_REQUIRED if required else ssl.CERT_OPTIONAL
     context.load_verify_locations(cafile=client_auth.ca)
     if crls:
         # OpenSSL's file lookup reads PEM only, and CRLs may come as DER: re-encode them.

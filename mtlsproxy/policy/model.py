@@ -44,10 +44,13 @@ class ClientAuth:
     """The client-certificate policy of one route.
 
     ``ca`` is required unless ``mode`` is ``none``. An empty ``allow`` admits every verified
-    client; otherwise any matching rule admits.
+    client; otherwise any matching rule admits. ``enforce: false`` is audit mode: a client
+    the policy would refuse is admitted, counted and logged as ``would_refuse``, and its
+    identity forwarded as unverified (rolling mutual TLS out without an outage).
     """
 
     mode: ClientAuthMode = ClientAuthMode.NONE
     ca: Path | None = None
     crl: Path | None = None
     allow: tuple[AllowRule, ...] = ()
+    enforce: bool = True

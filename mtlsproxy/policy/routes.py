@@ -13,9 +13,11 @@ from datetime import UTC, datetime
 
 from cryptography import x509
 
-from mtlsproxy.config.model import Listener, Route
+from mtlsproxy.config.model import ForwardIdentity, Listener, Route
 from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.errors import Alert, HandshakeError, Reason, Step
+from mtlsproxy.engine.events import Refusal
+from mtlsproxy.engine.interface import Admission
 from mtlsproxy.policy.authorize import AllowList
 from mtlsproxy.policy.contexts import build_ssl_context
 from mtlsproxy.policy.identity import PeerIdentity
@@ -46,6 +48,10 @@ class ServerRoute:
                 route.tls,
                 client_auth,
                 [loaded.crl for loaded in verifier.crls] if verifier is not None else (),
+                # An HTTP-aware route parses HTTP/1.1 only (RFC 7301: offer what we speak).
+                alpn=("http/1.1",)
+                if route.forward_identity.mode is ForwardIdentity.HTTP
+                else route.tls.alpn,
             ),
             allow_list=AllowList(client_auth.allow),
             verifier=verifier,
@@ -59,25 +65,41 @@ class ServerRoute:
     def requests_client_certificate(self) -> bool:
         return self.config.client_auth.mode is not ClientAuthMode.NONE
 
-    def admit(self, leaf_der: bytes | None, session_reused: bool) -> PeerIdentity | None:
+    def admit(self, leaf_der: bytes | None, session_reused: bool) -> Admission:
         """Seed step 6, the part OpenSSL does not do: the identity allow-list, and for a
         resumed session the checks OpenSSL skips (revocation and validity, against the CRL and
-        clock of now, not of the original handshake)."""
-        if leaf_der is None:
-            if self.config.client_auth.mode is ClientAuthMode.REQUIRE:
-                # OpenSSL enforces this in a full handshake; a resumed session whose peer
-                # certificate went missing (CPython gh-160171) must not become anonymous.
-                raise HandshakeError(
-                    Step.CLIENT_CERTIFICATE,
-                    Reason.CLIENT_CERT_MISSING,
-                    "no client certificate in the session and client_auth.mode is require",
-                    Alert.CERTIFICATE_REQUIRED,
-                )
-            return None
-        leaf = x509.load_der_x509_certificate(leaf_der)
-        identity = PeerIdentity.from_certificate(leaf)
-        if session_reused:
-            self._recheck_resumed(leaf, identity)
+        clock of now, not of the original handshake). In audit mode (``enforce: false``) a
+        refusal is returned as ``would_refuse`` instead of raised."""
+        identity = None
+        try:
+            if leaf_der is None:
+                self._check_anonymous()
+                return Admission(None, verified=False)
+            leaf = x509.load_der_x509_certificate(leaf_der)
+            identity = PeerIdentity.from_certificate(leaf)
+            if session_reused:
+                self._recheck_resumed(leaf, identity)
+            self._authorize(identity)
+        except HandshakeError as error:
+            if self.config.client_auth.enforce:
+                raise
+            refusal = Refusal(error.step, error.reason, error.detail)
+            return Admission(identity, verified=False, would_refuse=refusal)
+        return Admission(identity, verified=True)
+
+    def _check_anonymous(self) -> None:
+        if self.config.client_auth.mode is ClientAuthMode.REQUIRE:
+            # OpenSSL enforces this in a full handshake (unless in audit mode); a resumed
+            # session whose peer certificate went missing (CPython gh-160171) must not
+            # become anonymous either.
+            raise HandshakeError(
+                Step.CLIENT_CERTIFICATE,
+                Reason.CLIENT_CERT_MISSING,
+                "the client sent no certificate and client_auth.mode is require",
+                Alert.CERTIFICATE_REQUIRED,
+            )
+
+    def _authorize(self, identity: PeerIdentity) -> None:
         if self.allow_list and self.allow_list.match(identity) is None:
             raise HandshakeError(
                 Step.AUTHORIZE,
@@ -85,7 +107,6 @@ class ServerRoute:
                 f"{identity.describe()} matches no client_auth.allow rule of route {self.name}",
                 Alert.ACCESS_DENIED,
             )
-        return identity
 
     def _recheck_resumed(self, leaf: x509.Certificate, identity: PeerIdentity) -> None:
         now = datetime.now(UTC)

@@ -214,7 +214,7 @@ def test_unset_keys_take_the_defaults(base: Path) -> None:
         Limits(),
     )
     assert listener.default_route.client_auth == ClientAuth()
-    assert listener.default_route.forward_identity is ForwardIdentity.NONE
+    assert listener.default_route.forward_identity.mode is ForwardIdentity.NONE
     assert listener.default_route.tls.min_version is TLSVersion.TLS1_2
 
 
@@ -310,12 +310,17 @@ BROKEN = {
         "    upstream: 127.0.0.1:8080\n    engine: native\n",
         (6, "listeners[0].engine", "'native' is not available in this version"),
     ),
-    "forward identity later": (
-        "    upstream: 127.0.0.1:8080\n    forward_identity: proxy_protocol_v2\n",
+    "forward identity option of the other mode": (
+        "    upstream: 127.0.0.1:8080\n    forward_identity: {mode: http, crc32c: true}\n",
+        (6, "listeners[0].forward_identity.crc32c", "has no effect with mode http"),
+    ),
+    "unknown identity header field": (
+        "    upstream: 127.0.0.1:8080\n"
+        "    forward_identity: {mode: http, headers: {X-Client: password}}\n",
         (
             6,
-            "listeners[0].forward_identity",
-            "'proxy_protocol_v2' is not available in this version",
+            "listeners[0].forward_identity.headers.X-Client",
+            "'password' is not one of verify, subject, sha256, spiffe_id, serial, cn, uri, dns",
         ),
     ),
     "bad fingerprint": (
