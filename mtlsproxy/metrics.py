@@ -109,6 +109,13 @@ class Metrics:
             ["listener", "route", "reason"],
             registry=registry,
         )
+        self.http_refused = Counter(
+            "mtlsproxy_http_requests_refused",
+            "HTTP requests refused with 400 (forward_identity: http): ambiguous framing "
+            "(request smuggling), malformed or oversized heads.",
+            ["listener", "route"],
+            registry=registry,
+        )
         self.certificate_expiry = Gauge(
             "mtlsproxy_certificate_expiry_timestamp_seconds",
             "notAfter of configured certificates (role: server, client_ca), Unix time.",

@@ -14,9 +14,9 @@ PP2_TYPE_SSL            0x20   ``client`` (1 byte), ``verify`` (4 bytes, big-end
   PP2_SUBTYPE_SSL_CIPHER  0x23   OpenSSL cipher name (always)
   PP2_SUBTYPE_SSL_SIG_ALG 0x24   our certificate's signature algorithm, "ecdsa-with-SHA256"
   PP2_SUBTYPE_SSL_KEY_ALG 0x25   our certificate's key, "EC256" / "RSA2048" (as HAProxy)
+  PP2_SUBTYPE_SSL_CLIENT_CERT 0x28  the client's leaf, DER (``include_certificate=True``)
 mtlsproxy SPIFFE ID     0xE0   the client's SPIFFE ID, else its first URI SAN, UTF-8
 mtlsproxy SHA-256       0xE1   SHA-256 of the client's leaf certificate DER, 32 raw bytes
-mtlsproxy certificate   0xE2   the client's leaf certificate, DER (``include_certificate=True``)
 ======================  =====  ==================================================================
 
 With ``crc32c=True``, ``PP2_TYPE_CRC32C`` (0x03) carries the CRC32C of the whole header computed
@@ -30,10 +30,10 @@ resumed. ``verify`` is 0 only for a certificate that was presented and verified;
 anonymous client and for one admitted in audit mode that would have been refused: an upstream
 must check ``verify == 0`` before trusting CN, 0xE0 or 0xE1, which are sent in both cases.
 
-The client certificate goes in the custom range (``PP2_TYPE_MIN_CUSTOM``..``MAX_CUSTOM``,
-0xE0-0xEF, "reserved for application-specific data and will never be used by the PROXY
-protocol") rather than an unassigned ``PP2_SUBTYPE_SSL_*`` value, which a future revision of
-the specification could give another meaning.
+The client certificate is the ``PP2_SUBTYPE_SSL_CLIENT_CERT`` (0x28) sub-TLV that HAProxy
+defines next to ``SSL_GROUP`` (0x26) and ``SSL_SIG_SCHEME`` (0x27), and that ghostunnel's
+``tls-full`` mode sends. The SPIFFE ID and fingerprint use the custom range
+(``PP2_TYPE_MIN_CUSTOM``..``MAX_CUSTOM``, 0xE0-0xEF, "reserved for application-specific data").
 
 Addresses: TCP over IPv4 (0x11) or IPv6 (0x21; an IPv4 address next to an IPv6 one is sent
 IPv4-mapped), stream over UNIX (0x31, 108-byte NUL-padded paths), and ``UNSPEC`` (0x00) with the
@@ -75,7 +75,7 @@ PP2_SUBTYPE_SSL_SIG_ALG = 0x24
 PP2_SUBTYPE_SSL_KEY_ALG = 0x25
 PP2_TYPE_MTLSPROXY_SPIFFE_ID = 0xE0
 PP2_TYPE_MTLSPROXY_SHA256 = 0xE1
-PP2_TYPE_MTLSPROXY_CERTIFICATE = 0xE2
+PP2_SUBTYPE_SSL_CLIENT_CERT = 0x28
 
 PP2_CLIENT_SSL = 0x01
 PP2_CLIENT_CERT_CONN = 0x02
@@ -150,7 +150,7 @@ def _addresses(client: Address, server: Address) -> tuple[int, bytes]:
     return FAMILY_UNSPEC, b""
 
 
-def _ssl_tlv(info: ForwardedTLS) -> bytes:
+def _ssl_tlv(info: ForwardedTLS, certificate: bytes | None = None) -> bytes:
     client = PP2_CLIENT_SSL
     if info.client_certificate_presented:
         client |= PP2_CLIENT_CERT_SESS
@@ -165,6 +165,8 @@ def _ssl_tlv(info: ForwardedTLS) -> bytes:
         subs.append(_tlv(PP2_SUBTYPE_SSL_SIG_ALG, sig_alg.encode("ascii")))
     if (key_alg := info.key_algorithm) is not None:
         subs.append(_tlv(PP2_SUBTYPE_SSL_KEY_ALG, key_alg.encode("ascii")))
+    if certificate is not None:
+        subs.append(_tlv(PP2_SUBTYPE_SSL_CLIENT_CERT, certificate))
     return _tlv(PP2_TYPE_SSL, struct.pack("!BI", client, verify) + b"".join(subs))
 
 
@@ -190,7 +192,8 @@ def encode_v2(
 ) -> bytes:
     """The PROXY v2 header for one connection (layout in the module docstring).
 
-    ``include_certificate`` adds the client's leaf DER (TLV 0xE2) when there is one and it fits;
+    ``include_certificate`` adds the client's leaf DER (SSL sub-TLV 0x28) when there is one and
+    it fits;
     ``crc32c`` appends ``PP2_TYPE_CRC32C`` computed over the whole header with its own value
     zeroed (section 2.2.4). Raises ``ValueError`` for an address that cannot be encoded (bad IP,
     port, or a unix path over 108 bytes) and ``ProxyHeaderTooLarge`` when even the header
@@ -202,17 +205,19 @@ def encode_v2(
         leading += _tlv(PP2_TYPE_ALPN, info.alpn.encode("ascii"))
     if info.sni is not None:
         leading += _tlv(PP2_TYPE_AUTHORITY, info.sni.encode("utf-8"))
-    trailing = _ssl_tlv(info) + b"".join(_identity_tlvs(info))
+    identity = b"".join(_identity_tlvs(info))
+    ssl = _ssl_tlv(info)
     checksum = _CRC32C_TLV_SIZE if crc32c else 0
-    size = len(addresses) + len(leading) + checksum + len(trailing)
+    size = len(addresses) + len(leading) + checksum + len(ssl) + len(identity)
     certificate = info.certificate_der
     if (
         include_certificate
         and certificate is not None
         and size + 3 + len(certificate) <= MAX_PAYLOAD
     ):
-        trailing += _tlv(PP2_TYPE_MTLSPROXY_CERTIFICATE, certificate)
+        ssl = _ssl_tlv(info, certificate)
         size += 3 + len(certificate)
+    trailing = ssl + identity
     if size > MAX_PAYLOAD:
         raise ProxyHeaderTooLarge(f"PROXY v2 header payload of {size} bytes")
     head = SIGNATURE + struct.pack("!BBH", VERSION_PROXY, family, size) + addresses + leading

@@ -33,6 +33,7 @@ class ServerRoute:
     ssl_context: ssl.SSLContext
     allow_list: AllowList
     verifier: ClientVerifier | None
+    server_certificates: tuple[x509.Certificate, ...] = ()  # the leaves, in config order
 
     @classmethod
     def build(cls, route: Route) -> ServerRoute:
@@ -55,6 +56,10 @@ class ServerRoute:
             ),
             allow_list=AllowList(client_auth.allow),
             verifier=verifier,
+            server_certificates=tuple(
+                x509.load_pem_x509_certificate(pair.certificate.read_bytes())
+                for pair in route.tls.certificates
+            ),
         )
 
     @property

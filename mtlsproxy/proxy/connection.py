@@ -27,6 +27,8 @@ from mtlsproxy.engine.events import (
     ProtocolError,
 )
 from mtlsproxy.engine.openssl import OpenSSLEngine
+from mtlsproxy.forwarding.http import HTTPRefused
+from mtlsproxy.proxy.identity import Forwarding, plan
 from mtlsproxy.proxy.upstream import open_upstream
 
 if TYPE_CHECKING:
@@ -47,6 +49,9 @@ class ClientConnection(asyncio.Protocol):
         self._upstream: asyncio.Transport | None = None
         self._upstream_task: asyncio.Task[None] | None = None
         self._early_data: list[bytes] = []  # decrypted before the upstream connected
+        self._forwarding = Forwarding()  # forward_identity: PROXY v2 preamble, HTTP rewriter
+        self._refused_request: HTTPRefused | None = None
+        self._refusal_timer: asyncio.TimerHandle | None = None
         self._client_done = False  # the client sent close_notify or FIN
         self._upstream_done = False  # the upstream sent FIN
         self._closed = False
@@ -139,6 +144,11 @@ class ClientConnection(asyncio.Protocol):
         # The engine was built with this listener's RouteTable: its routes are ServerRoutes.
         route = cast("ServerRoute", self._engine.route)
         self._upstream_address = str(route.config.upstream)
+        self._forwarding = plan(
+            route.config.forward_identity, route, event, self._hello,
+            _address(self._transport.get_extra_info("peername")),
+            _address(self._transport.get_extra_info("sockname")),
+        )  # fmt: skip
         # Nothing more is read from the client until the upstream is there to take it.
         self._transport.pause_reading()
         self._upstream_task = self._loop.create_task(self._connect_upstream(route))
@@ -188,8 +198,10 @@ class ClientConnection(asyncio.Protocol):
         runtime.observe_upstream_connect(route.name, self._loop.time() - started)
         transport.set_write_buffer_limits(high=runtime.limits.buffer_size)
         self._upstream = transport
+        if self._forwarding.preamble:
+            transport.write(self._forwarding.preamble)
         for data in self._early_data:
-            transport.write(data)
+            self._write_upstream(data)
         self._early_data.clear()
         if self._client_done:
             self._upstream_write_eof()
@@ -202,7 +214,49 @@ class ClientConnection(asyncio.Protocol):
         if self._upstream is None:
             self._early_data.append(data)
         else:
+            self._write_upstream(data)
+
+    def _write_upstream(self, data: bytes) -> None:
+        assert self._upstream is not None
+        rewriter = self._forwarding.rewriter
+        if rewriter is None:
             self._upstream.write(data)
+            return
+        if self._refused_request is not None:
+            return  # nothing after a refused request reaches the upstream
+        try:
+            out = rewriter.feed(data)
+        except HTTPRefused as refused:
+            self._refuse_request(refused)
+            return
+        if out:
+            self._upstream.write(out)
+
+    def _refuse_request(self, refused: HTTPRefused) -> None:
+        """A request with ambiguous framing (smuggling) is never forwarded. What came before
+        it is; the upstream's write side is closed so that it answers those requests and
+        closes, and then the client gets the 400 after their responses, in order."""
+        assert self._upstream is not None
+        self._refused_request = refused
+        route = cast("ServerRoute", self._engine.route) if self._engine else None
+        self._runtime.observe_refused_request(route.name if route else "none", refused.reason)
+        if refused.forward:
+            self._upstream.write(refused.forward)
+        self.pause_client_reading()
+        self._upstream_write_eof()
+        self._refusal_timer = self._loop.call_later(
+            self._runtime.timeouts.connect, self._send_refusal
+        )
+
+    def _send_refusal(self) -> None:
+        """Answer the refused request (once the upstream finished, or gave up on it)."""
+        if self._refused_request is None or self._engine is None or self._closed:
+            return
+        if self._refusal_timer is not None:
+            self._refusal_timer.cancel()
+        self._engine.send(_bad_request(self._refused_request))
+        self._refused_request = None
+        self._close(abort=False, end="http_refused")
 
     def from_upstream(self, data: bytes) -> None:
         """UpstreamProtocol: the upstream sent ``data`` for the client."""
@@ -218,6 +272,9 @@ class ClientConnection(asyncio.Protocol):
         """UpstreamProtocol: the upstream will send no more; tell the client, keep reading it."""
         self._upstream_done = True
         if self._closed or self._engine is None or self._transport is None:
+            return
+        if self._refused_request is not None:
+            self._send_refusal()
             return
         self._engine.close()
         self._flush()
@@ -309,6 +366,21 @@ def _format_address(address: object) -> str:
         host, port = address[0], address[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     return str(address) if address else "-"
+
+
+def _address(address: object) -> tuple[str, int] | None:
+    """``(host, port)`` of a socket address (IPv6 ones carry flow info and scope too)."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return str(address[0]), int(address[1])
+    return None
+
+
+def _bad_request(refused: HTTPRefused) -> bytes:
+    body = b"Bad Request: the request's framing is ambiguous or malformed; it was not forwarded\n"
+    return (
+        b"HTTP/1.1 %d Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (refused.status, len(body), body)
+    )
 
 
 def _upstream_error_reason(exc: BaseException) -> str:

@@ -133,6 +133,12 @@ class ListenerRuntime:
     def observe_upstream_connect(self, route: str, seconds: float) -> None:
         self.metrics.upstream_connect_duration.labels(self.name, route).observe(seconds)
 
+    def observe_refused_request(self, route: str, detail: str) -> None:
+        self.metrics.http_refused.labels(self.name, route).inc()
+        logs.event(
+            logging.WARNING, f"HTTP request refused: {detail}", listener=self.name, route=route
+        )
+
     def observe_upstream_error(self, route: str, reason: str) -> None:
         self.metrics.upstream_errors.labels(self.name, route, reason).inc()
 

@@ -54,7 +54,7 @@ def test_verified_client_ipv4(certs: Certs) -> None:
     assert ssl.key_alg == "EC256"
     assert tlv[0xE0] == SPIFFE_ID.encode()
     assert tlv[0xE1] == hashlib.sha256(certs.client_der).digest()
-    assert 0xE2 not in tlv
+    assert 0x28 not in ssl
 
 
 def test_anonymous_client_has_no_identity(certs: Certs) -> None:
@@ -63,7 +63,7 @@ def test_anonymous_client_has_no_identity(certs: Certs) -> None:
     assert ssl.has_ssl and not ssl.has_cert_conn and not ssl.has_cert_sess
     assert not ssl.verified  # "zero if the client presented a certificate and it was verified"
     assert ssl.cn is None
-    assert {0xE0, 0xE1, 0xE2}.isdisjoint(tlv)
+    assert {0xE0, 0xE1}.isdisjoint(tlv) and 0x28 not in ssl
 
 
 def test_audit_mode_client_is_not_verified(certs: Certs) -> None:
@@ -115,7 +115,7 @@ def test_certificate_and_crc32c(certs: Certs, anonymous: bool) -> None:
     header = encode_v2(info, include_certificate=True, crc32c=True)
     tlv = decode(header).tlv  # raises ProxyProtocolChecksumError on a wrong checksum
     assert tlv.crc32c is not None
-    assert tlv.get(0xE2) == (None if anonymous else certs.client_der)
+    assert tlv.ssl.get(0x28) == (None if anonymous else certs.client_der)
     at = header.index(b"\x03\x00\x04", 16 + 12)  # after the addresses, ALPN and SNI
     zeroed = header[: at + 3] + b"\x00" * 4 + header[at + 7 :]
     assert struct.unpack("!I", header[at + 3 : at + 7])[0] == crc32c_checksum(zeroed)
@@ -139,7 +139,7 @@ def test_oversized_certificate_is_dropped(certs: Certs) -> None:
     info = dataclasses.replace(forwarded(certs), certificate_der=b"\x30" * (MAX_PAYLOAD - 100))
     header = encode_v2(info, include_certificate=True, crc32c=True)
     tlv = decode(header).tlv
-    assert 0xE2 not in tlv and len(tlv[0xE1]) == 32
+    assert 0x28 not in tlv.ssl and len(tlv[0xE1]) == 32
     assert len(header) - 16 <= MAX_PAYLOAD
 
 
@@ -150,7 +150,7 @@ def test_certificate_that_just_fits_is_kept(certs: Certs) -> None:
     big = dataclasses.replace(info, certificate_der=b"\x30" * size)
     header = encode_v2(big, include_certificate=True, crc32c=True)
     assert len(header) == 16 + MAX_PAYLOAD
-    assert decode(header).tlv[0xE2] == big.certificate_der
+    assert decode(header).tlv.ssl[0x28] == big.certificate_der
 
 
 def test_header_that_cannot_fit_is_refused(certs: Certs) -> None:

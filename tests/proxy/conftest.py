@@ -62,9 +62,14 @@ def render_config(
     max_connections: int = 100,
     name: str = "api",
     log_level: str = "debug",
+    forward_identity: str | None = None,
+    enforce: bool = True,
+    listen: str = "127.0.0.1:0",
 ) -> str:
-    """One listener on 127.0.0.1:0 in front of ``upstream``, metrics on 127.0.0.1:0."""
+    """One listener on ``listen`` in front of ``upstream``, metrics on 127.0.0.1:0."""
     client_auth = CLIENT_AUTH[mode]
+    if not enforce:
+        client_auth += "\n      enforce: false"
     if allow:
         client_auth += "\n      allow:\n" + "\n".join(f"        - {rule}" for rule in allow)
     text = LISTENER.format(
@@ -78,6 +83,13 @@ def render_config(
         max_connections=max_connections,
         routes=textwrap.indent(routes.format(pki=pki.directory), "    ") if routes else "",
     )
+    if forward_identity is not None:
+        text = text.replace(
+            f"    upstream: {upstream}\n",
+            f"    upstream: {upstream}\n    forward_identity: {forward_identity}\n",
+            1,
+        )
+    text = text.replace("listen: 127.0.0.1:0\n    tls:", f"listen: {listen}\n    tls:", 1)
     return text.replace("level: debug", f"level: {log_level}")
 
 

@@ -1,0 +1,153 @@
+"""What the upstream is told about the client (``forward_identity``), per connection.
+
+Built once when the handshake completes, from ``HandshakeComplete`` and the socket addresses
+(``ForwardedTLS``), so the PROXY v2 header and the HTTP headers of a connection can never
+disagree. ``none`` costs nothing on the data path: no rewriter, no preamble.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from mtlsproxy.config.model import ForwardIdentity, IdentityForwarding
+from mtlsproxy.engine.clienthello import ClientHello
+from mtlsproxy.engine.events import HandshakeComplete
+from mtlsproxy.forwarding.http import SANITIZED_HEADERS, RequestRewriter, identity_headers
+from mtlsproxy.forwarding.proxy_protocol import encode_v2
+from mtlsproxy.forwarding.tls_info import Address, ForwardedTLS
+from mtlsproxy.policy.identity import PeerIdentity
+from mtlsproxy.policy.routes import ServerRoute
+
+# TLS SignatureScheme code points (RFC 8446 section 4.2.3) by the key type that signs them.
+_EC_SCHEMES = {0x0403, 0x0503, 0x0603}
+_ED25519_SCHEMES = {0x0807}
+_RSA_SCHEMES = {0x0804, 0x0805, 0x0806, 0x0809, 0x080A, 0x080B, 0x0401, 0x0501, 0x0601}
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarding:
+    """The bytes that open the upstream connection, and the request rewriter (HTTP mode)."""
+
+    preamble: bytes = b""
+    rewriter: RequestRewriter | None = None
+
+
+def plan(
+    settings: IdentityForwarding,
+    route: ServerRoute,
+    event: HandshakeComplete,
+    hello: ClientHello | None,
+    client_address: Address,
+    server_address: Address,
+) -> Forwarding:
+    if settings.mode is ForwardIdentity.NONE:
+        return Forwarding()
+    info = ForwardedTLS(
+        client_address=client_address,
+        server_address=server_address,
+        sni=hello.server_name if hello else None,
+        alpn=event.alpn,
+        version=event.version,
+        cipher=event.cipher,
+        identity=event.identity,
+        certificate_der=event.client_certificate,
+        verified=event.verified,
+        session_reused=event.session_reused,
+        server_certificate_der=_server_certificate(route, hello, event.cipher),
+    )
+    if settings.mode is ForwardIdentity.PROXY_PROTOCOL_V2:
+        header = encode_v2(
+            info, include_certificate=settings.include_certificate, crc32c=settings.crc32c
+        )
+        return Forwarding(preamble=header)
+    inject = identity_headers(info, xfcc_fields=settings.xfcc_fields, by=_by(route))
+    inject += _mapped_headers(info, settings.headers)
+    remove = SANITIZED_HEADERS | {name.lower() for name, _ in settings.headers}
+    return Forwarding(rewriter=RequestRewriter(inject, remove=remove))
+
+
+def _by(route: ServerRoute) -> str | None:
+    """Our own URI SAN (SPIFFE ID) for XFCC's ``By``, as Envoy sends it."""
+    for cert in route.server_certificates:
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            continue
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+        if uris:
+            return uris[0]
+    return None
+
+
+def _server_certificate(route: ServerRoute, hello: ClientHello | None, cipher: str) -> bytes | None:
+    """Which of our certificates the handshake used, for PROXY v2 SSL_SIG_ALG/SSL_KEY_ALG
+    (``SSLObject`` does not say). One certificate: that one. Several: TLS 1.2 names the key
+    type in the suite; in TLS 1.3 OpenSSL (with server preference) takes the first of its own
+    signature schemes the client offers, ECDSA before Ed25519 before RSA."""
+    certificates = route.server_certificates
+    if len(certificates) <= 1 or hello is None:
+        return certificates[0].public_bytes(Encoding.DER) if certificates else None
+    offered = set(hello.signature_algorithms)
+    wanted: list[type] = []
+    if "ECDSA" in cipher:
+        wanted = [ec.EllipticCurvePublicKey]
+    elif "RSA" in cipher:
+        wanted = [rsa.RSAPublicKey]
+    else:
+        for schemes, key_type in (
+            (_EC_SCHEMES, ec.EllipticCurvePublicKey),
+            (_ED25519_SCHEMES, ed25519.Ed25519PublicKey),
+            (_RSA_SCHEMES, rsa.RSAPublicKey),
+        ):
+            if offered & schemes:
+                wanted.append(key_type)
+    for key_type in wanted:
+        for cert in certificates:
+            if isinstance(cert.public_key(), key_type):
+                return cert.public_bytes(Encoding.DER)
+    return certificates[0].public_bytes(Encoding.DER)
+
+
+def _mapped_headers(
+    info: ForwardedTLS, mapping: tuple[tuple[str, str], ...]
+) -> list[tuple[str, str]]:
+    """``forward_identity.headers``: header name -> identity field, nginx-style
+    (``X-SSL-Client-Verify: verify`` is SUCCESS, NONE or FAILED). Identity fields are sent only
+    for a verified client; an unverified one (audit mode) gets only ``verify``."""
+    headers = []
+    for name, field in mapping:
+        value = _field(info, field)
+        if value is not None:
+            headers.append((name, value))
+    return headers
+
+
+def _field(info: ForwardedTLS, field: str) -> str | None:
+    if field == "verify":
+        if not info.client_certificate_presented:
+            return "NONE"
+        return "SUCCESS" if info.client_verified else "FAILED"
+    identity: PeerIdentity | None = info.identity
+    if not info.client_verified or identity is None:
+        return None
+    values = {
+        "subject": identity.subject,
+        "sha256": identity.sha256,
+        "spiffe_id": identity.spiffe_id,
+        "serial": identity.serial,
+        "cn": identity.subject_cn,
+        "uri": ",".join(identity.uris) or None,
+        "dns": ",".join(identity.dns_names) or None,
+    }
+    value = values[field]
+    return _header_safe(value) if value is not None else None
+
+
+def _header_safe(text: str) -> str:
+    from mtlsproxy.forwarding.http import _header_safe as encode
+
+    return encode(text)
