@@ -56,6 +56,10 @@ class Supervisor:
     async def run(self) -> None:
         from mtlsproxy.proxy.admin import AdminServer
 
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_stop, signum)
+        loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
         admin = AdminServer(self._exposition, self.is_ready)
         if self.config.metrics.enabled:
             await admin.start(self.config.metrics.host, self.config.metrics.port)
@@ -64,10 +68,6 @@ class Supervisor:
                 f"metrics on http://{self.config.metrics.host}:{admin.port}/metrics",
                 workers=self.config.workers,
             )
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._on_stop, signum)
-        loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
         slots = [
             asyncio.create_task(self._keep_running(slot)) for slot in range(self.config.workers)
         ]

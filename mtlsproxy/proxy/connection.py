@@ -28,7 +28,7 @@ from mtlsproxy.engine.events import (
 )
 from mtlsproxy.engine.openssl import OpenSSLEngine
 from mtlsproxy.forwarding.http import HTTPRefused
-from mtlsproxy.proxy.identity import Forwarding, plan
+from mtlsproxy.proxy.identity import PASSTHROUGH, plan
 from mtlsproxy.proxy.upstream import open_upstream
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ class ClientConnection(asyncio.Protocol):
         self._upstream: asyncio.Transport | None = None
         self._upstream_task: asyncio.Task[None] | None = None
         self._early_data: list[bytes] = []  # decrypted before the upstream connected
-        self._forwarding = Forwarding()  # forward_identity: PROXY v2 preamble, HTTP rewriter
+        self._forwarding = PASSTHROUGH  # forward_identity: PROXY v2 preamble, HTTP rewriter
         self._refused_request: HTTPRefused | None = None
         self._refusal_timer: asyncio.TimerHandle | None = None
         self._client_done = False  # the client sent close_notify or FIN
@@ -218,19 +218,21 @@ class ClientConnection(asyncio.Protocol):
 
     def _write_upstream(self, data: bytes) -> None:
         assert self._upstream is not None
-        rewriter = self._forwarding.rewriter
-        if rewriter is None:
+        forwarding = self._forwarding
+        if forwarding.passthrough:
             self._upstream.write(data)
             return
         if self._refused_request is not None:
             return  # nothing after a refused request reaches the upstream
         try:
-            out = rewriter.feed(data)
+            out = forwarding.to_upstream(data)
         except HTTPRefused as refused:
             self._refuse_request(refused)
             return
         if out:
             self._upstream.write(out)
+        if forwarding.holding:
+            self.pause_client_reading()  # until the upstream answers the Upgrade request
 
     def _refuse_request(self, refused: HTTPRefused) -> None:
         """A request with ambiguous framing (smuggling) is never forwarded. What came before
@@ -267,6 +269,22 @@ class ClientConnection(asyncio.Protocol):
         self._runtime.count_bytes("upstream_to_client", len(data))
         self._engine.send(data)
         self._flush()
+        if not self._forwarding.passthrough:
+            self._observe_response(data)
+
+    def _observe_response(self, data: bytes) -> None:
+        """HTTP mode: an Upgrade answered releases (or re-parses) the client's held bytes."""
+        forwarding = self._forwarding
+        was_holding = forwarding.holding
+        try:
+            released = forwarding.from_upstream(data)
+        except HTTPRefused as refused:
+            self._refuse_request(refused)
+            return
+        if released and self._upstream is not None:
+            self._upstream.write(released)
+        if was_holding and not forwarding.holding and self._refused_request is None:
+            self.resume_client_reading()
 
     def upstream_eof(self) -> None:
         """UpstreamProtocol: the upstream will send no more; tell the client, keep reading it."""

@@ -7,8 +7,6 @@ disagree. ``none`` costs nothing on the data path: no rewriter, no preamble.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -16,10 +14,15 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from mtlsproxy.config.model import ForwardIdentity, IdentityForwarding
 from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.events import HandshakeComplete
-from mtlsproxy.forwarding.http import SANITIZED_HEADERS, RequestRewriter, identity_headers
+from mtlsproxy.forwarding.http import (
+    SANITIZED_HEADERS,
+    RequestRewriter,
+    ResponseTracker,
+    UpgradeDecision,
+    identity_headers,
+)
 from mtlsproxy.forwarding.proxy_protocol import encode_v2
 from mtlsproxy.forwarding.tls_info import Address, ForwardedTLS
-from mtlsproxy.policy.identity import PeerIdentity
 from mtlsproxy.policy.routes import ServerRoute
 
 # TLS SignatureScheme code points (RFC 8446 section 4.2.3) by the key type that signs them.
@@ -28,12 +31,53 @@ _ED25519_SCHEMES = {0x0807}
 _RSA_SCHEMES = {0x0804, 0x0805, 0x0806, 0x0809, 0x080A, 0x080B, 0x0401, 0x0501, 0x0601}
 
 
-@dataclass(frozen=True, slots=True)
 class Forwarding:
-    """The bytes that open the upstream connection, and the request rewriter (HTTP mode)."""
+    """One connection's forwarding: the bytes that open the upstream connection (PROXY v2)
+    and, in HTTP mode, the request rewriter with the response tracker that tells it whether
+    an Upgrade was accepted (until then the bytes after the Upgrade request are held)."""
 
-    preamble: bytes = b""
-    rewriter: RequestRewriter | None = None
+    def __init__(self, preamble: bytes = b"", rewriter_inject: list[tuple[str, str]] | None = None,
+                 remove: frozenset[str] = SANITIZED_HEADERS) -> None:  # fmt: skip
+        self.preamble = preamble
+        self.passthrough = rewriter_inject is None
+        self._decided: list[UpgradeDecision] = []  # decisions made before any response
+        self._tracker = ResponseTracker()
+        self._rewriter = RequestRewriter(
+            rewriter_inject or [], remove=remove, on_request=self._on_request
+        )
+
+    def _on_request(self, method: bytes, upgrade: bool) -> None:
+        decision = self._tracker.request_sent(method, upgrade)
+        if decision is not None:  # the tracker gave up on the upstream's responses: refused
+            self._decided.append(decision)
+
+    @property
+    def holding(self) -> bool:
+        """Bytes after an Upgrade request wait for the upstream's answer: stop reading."""
+        return self._rewriter.upgrade_pending
+
+    def to_upstream(self, data: bytes) -> bytes:
+        """Client bytes -> bytes for the upstream. Raises ``HTTPRefused``."""
+        out = self._rewriter.feed(data)
+        while self._decided:
+            out += self._rewriter.resolve_upgrade(self._decided.pop().accepted)
+        return out
+
+    def from_upstream(self, data: bytes) -> bytes:
+        """Observe upstream bytes (forwarded unchanged by the caller); returns held client
+        bytes released by an Upgrade decision. Raises ``HTTPRefused``."""
+        if self._tracker.upgraded:
+            return b""
+        decision = self._tracker.feed(data)
+        if decision is None:
+            return b""
+        out = self._rewriter.resolve_upgrade(decision.accepted)
+        while self._decided:
+            out += self._rewriter.resolve_upgrade(self._decided.pop().accepted)
+        return out
+
+
+PASSTHROUGH = Forwarding()
 
 
 def plan(
@@ -45,7 +89,7 @@ def plan(
     server_address: Address,
 ) -> Forwarding:
     if settings.mode is ForwardIdentity.NONE:
-        return Forwarding()
+        return PASSTHROUGH
     info = ForwardedTLS(
         client_address=client_address,
         server_address=server_address,
@@ -64,10 +108,11 @@ def plan(
             info, include_certificate=settings.include_certificate, crc32c=settings.crc32c
         )
         return Forwarding(preamble=header)
-    inject = identity_headers(info, xfcc_fields=settings.xfcc_fields, by=_by(route))
-    inject += _mapped_headers(info, settings.headers)
+    inject = identity_headers(
+        info, xfcc_fields=settings.xfcc_fields, by=_by(route), headers=settings.headers
+    )
     remove = SANITIZED_HEADERS | {name.lower() for name, _ in settings.headers}
-    return Forwarding(rewriter=RequestRewriter(inject, remove=remove))
+    return Forwarding(rewriter_inject=inject, remove=remove)
 
 
 def _by(route: ServerRoute) -> str | None:
@@ -110,44 +155,3 @@ def _server_certificate(route: ServerRoute, hello: ClientHello | None, cipher: s
             if isinstance(cert.public_key(), key_type):
                 return cert.public_bytes(Encoding.DER)
     return certificates[0].public_bytes(Encoding.DER)
-
-
-def _mapped_headers(
-    info: ForwardedTLS, mapping: tuple[tuple[str, str], ...]
-) -> list[tuple[str, str]]:
-    """``forward_identity.headers``: header name -> identity field, nginx-style
-    (``X-SSL-Client-Verify: verify`` is SUCCESS, NONE or FAILED). Identity fields are sent only
-    for a verified client; an unverified one (audit mode) gets only ``verify``."""
-    headers = []
-    for name, field in mapping:
-        value = _field(info, field)
-        if value is not None:
-            headers.append((name, value))
-    return headers
-
-
-def _field(info: ForwardedTLS, field: str) -> str | None:
-    if field == "verify":
-        if not info.client_certificate_presented:
-            return "NONE"
-        return "SUCCESS" if info.client_verified else "FAILED"
-    identity: PeerIdentity | None = info.identity
-    if not info.client_verified or identity is None:
-        return None
-    values = {
-        "subject": identity.subject,
-        "sha256": identity.sha256,
-        "spiffe_id": identity.spiffe_id,
-        "serial": identity.serial,
-        "cn": identity.subject_cn,
-        "uri": ",".join(identity.uris) or None,
-        "dns": ",".join(identity.dns_names) or None,
-    }
-    value = values[field]
-    return _header_safe(value) if value is not None else None
-
-
-def _header_safe(text: str) -> str:
-    from mtlsproxy.forwarding.http import _header_safe as encode
-
-    return encode(text)

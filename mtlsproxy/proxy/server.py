@@ -257,8 +257,10 @@ def _digests(paths: tuple[Path, ...]) -> FileDigests:
 
 async def serve(config: Config, worker: bool = False) -> None:
     proxy = Proxy(config, worker=worker)
-    await proxy.start()
+    # Before start(): a SIGHUP or SIGTERM arriving while the listeners open must not take its
+    # default action (terminate) once the log has said "listening".
     proxy.install_signal_handlers()
+    await proxy.start()
     if worker:
         print("ready", flush=True)  # to the supervisor (mtlsproxy.supervisor)
     await proxy.wait_stopped()

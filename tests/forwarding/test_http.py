@@ -13,12 +13,13 @@ from cryptography import x509
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mtlsproxy.forwarding import ForwardedTLS
 from mtlsproxy.forwarding.http import (
     MAX_HEAD_BYTES,
+    NGINX_STYLE_HEADERS,
     HTTPRefused,
     RequestRewriter,
     identity_headers,
-    ssl_client_headers,
     xfcc_value,
 )
 from tests.forwarding.support import SPIFFE_ID, Certs, forwarded
@@ -305,20 +306,30 @@ def test_no_xfcc_for_anonymous_or_unverified(certs: Certs) -> None:
     assert identity_headers(forwarded(certs, anonymous=True)) == []
 
 
-def test_ssl_client_headers(certs: Certs) -> None:
+def nginx_style(info: ForwardedTLS) -> list[tuple[str, str]]:
+    return identity_headers(info, xfcc_fields=None, headers=NGINX_STYLE_HEADERS)
+
+
+def test_nginx_style_headers(certs: Certs) -> None:
     info = forwarded(certs)
     assert info.identity is not None
-    assert ssl_client_headers(info) == [
+    assert nginx_style(info) == [
         ("X-SSL-Client-Verify", "SUCCESS"),
         ("X-SSL-Client-S-DN", "CN=frontend"),
         ("X-SSL-Client-Fingerprint", info.identity.sha256),
         ("X-SSL-Client-SPIFFE-ID", SPIFFE_ID),
     ]
-    assert ssl_client_headers(forwarded(certs, anonymous=True)) == [("X-SSL-Client-Verify", "NONE")]
-    assert ssl_client_headers(forwarded(certs, verified=False)) == [
-        ("X-SSL-Client-Verify", "FAILED")
+    assert nginx_style(forwarded(certs, anonymous=True)) == [("X-SSL-Client-Verify", "NONE")]
+    assert nginx_style(forwarded(certs, verified=False)) == [("X-SSL-Client-Verify", "FAILED")]
+    fields = identity_headers(
+        info, xfcc_fields=None, headers=[("X-Serial", "serial"), ("X-Dns", "dns"), ("X-Cn", "cn")]
+    )
+    assert fields == [
+        ("X-Serial", info.identity.serial),
+        ("X-Dns", "frontend.internal,fe.internal"),
+        ("X-Cn", "frontend"),
     ]
-    headers = identity_headers(info, ssl_headers=True, xfcc_fields=("hash",))
+    headers = identity_headers(info, headers=NGINX_STYLE_HEADERS, xfcc_fields=("hash",))
     assert [name for name, _ in headers][:2] == ["X-Forwarded-Client-Cert", "X-SSL-Client-Verify"]
     assert identity_headers(info, xfcc_fields=None) == []
 

@@ -422,3 +422,32 @@ def test_audit_mode_forwards_unverified(
     assert http_upstream.header(0, b"x-ssl-client-verify") == [b"FAILED"]
     assert proxy.handshakes(result="would_refuse", reason="identity_not_allowed") == 1
     assert refused_by(Client(pki, proxy.port(), cert="client-expired")) != ""
+
+
+def test_websocket_upgrade_carries_both_ways(
+    make_proxy: ProxyFactory, http_upstream: HTTPUpstream, pki: PkiFiles
+) -> None:
+    proxy = http_proxy(make_proxy, http_upstream, mode="require")
+    upgrade = (
+        b"GET /chat HTTP/1.1\r\nHost: api\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    frames = b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58" * 3  # masked "Hello" frames
+    with Client(pki, proxy.port()).connect() as tls:
+        tls.sendall(upgrade + frames)  # frames sent right away, before the 101
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += tls.recv(65536)
+        head, _, rest = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101")
+        while len(rest) < len(frames):
+            rest += tls.recv(65536)
+        assert rest == frames  # echoed raw by the upstream: the stream is opaque after 101
+        opaque = b"GET / HTTP/1.1\r\nX-Forwarded-Client-Cert: forged\r\n\r\n"
+        tls.sendall(opaque)
+        echoed = b""
+        while len(echoed) < len(opaque):
+            echoed += tls.recv(65536)
+        assert echoed == opaque  # after the upgrade, bytes are application data, untouched
+    (request,) = http_upstream.requests
+    assert [v for k, v in request.headers if k == b"x-forwarded-client-cert"]
