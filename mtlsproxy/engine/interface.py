@@ -79,3 +79,8 @@ class Engine(Protocol):
 
     @property
     def handshake_complete(self) -> bool: ...
+
+    @property
+    def route(self) -> TLSRoute | None:
+        """The route chosen from the ClientHello (None before it was parsed)."""
+        ...

@@ -26,7 +26,7 @@ from mtlsproxy.engine.events import (
     PeerClosed,
     ProtocolError,
 )
-from mtlsproxy.engine.openssl import OpenSSLEngine
+from mtlsproxy.engine.interface import Engine
 from mtlsproxy.forwarding.http import HTTPRefused
 from mtlsproxy.proxy.identity import PASSTHROUGH, plan
 from mtlsproxy.proxy.upstream import open_upstream
@@ -43,7 +43,7 @@ class ClientConnection(asyncio.Protocol):
         self._runtime = runtime
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
-        self._engine: OpenSSLEngine | None = None
+        self._engine: Engine | None = None
         self._peer = "-"
         self._hello: ClientHello | None = None
         self._upstream: asyncio.Transport | None = None
@@ -77,7 +77,7 @@ class ClientConnection(asyncio.Protocol):
             self._closed = True
             return
         transport.set_write_buffer_limits(high=self._runtime.limits.buffer_size)
-        self._engine = OpenSSLEngine(self._runtime.routes.select, time.perf_counter)
+        self._engine = self._runtime.new_engine()
         self._handshake_timer = self._loop.call_later(
             self._runtime.timeouts.handshake, self._on_handshake_timeout
         )

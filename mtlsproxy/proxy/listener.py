@@ -16,6 +16,8 @@ from mtlsproxy import logs
 from mtlsproxy.config.model import Listener
 from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.events import HandshakeComplete, HandshakeFailed
+from mtlsproxy.engine.interface import Engine
+from mtlsproxy.engine.openssl import OpenSSLEngine
 from mtlsproxy.metrics import Metrics
 from mtlsproxy.policy.routes import RouteTable
 from mtlsproxy.proxy.connection import ClientConnection
@@ -53,6 +55,11 @@ class ListenerRuntime:
         self.limits = listener.limits
         self.routes = routes
         self._export_material()
+
+    def new_engine(self) -> Engine:
+        """A handshake engine for one new connection, on the current routes (a reload swaps
+        ``routes``; connections keep the table they started with)."""
+        return OpenSSLEngine(self.routes.select, time.perf_counter)
 
     def watched_files(self) -> tuple[Path, ...]:
         """Every certificate, key, CA bundle and CRL file the routes read."""
