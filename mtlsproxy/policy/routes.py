@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from mtlsproxy.config.model import ForwardIdentity, Listener, Route
+from mtlsproxy.config.model import CertificateKeyPair, ForwardIdentity, Listener, Route
 from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.errors import Alert, HandshakeError, Reason, Step
 from mtlsproxy.engine.events import Refusal
@@ -26,6 +28,24 @@ from mtlsproxy.policy.verify import ClientVerifier
 
 
 @dataclass(frozen=True, slots=True)
+class ServerCredential:
+    """One of our certificate chains (leaf first) with its private key, loaded once."""
+
+    chain: tuple[x509.Certificate, ...]
+    key: PrivateKeyTypes
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.chain[0]
+
+    @classmethod
+    def load(cls, pair: CertificateKeyPair) -> ServerCredential:
+        chain = tuple(x509.load_pem_x509_certificates(pair.certificate.read_bytes()))
+        key = serialization.load_pem_private_key(pair.key.read_bytes(), password=None)
+        return cls(chain, key)
+
+
+@dataclass(frozen=True, slots=True)
 class ServerRoute:
     """A route ready to serve: config, TLS context and compiled policy (engine.TLSRoute)."""
 
@@ -33,7 +53,7 @@ class ServerRoute:
     ssl_context: ssl.SSLContext
     allow_list: AllowList
     verifier: ClientVerifier | None
-    server_certificates: tuple[x509.Certificate, ...] = ()  # the leaves, in config order
+    credentials: tuple[ServerCredential, ...] = ()  # in config order
 
     @classmethod
     def build(cls, route: Route) -> ServerRoute:
@@ -56,10 +76,7 @@ class ServerRoute:
             ),
             allow_list=AllowList(client_auth.allow),
             verifier=verifier,
-            server_certificates=tuple(
-                x509.load_pem_x509_certificate(pair.certificate.read_bytes())
-                for pair in route.tls.certificates
-            ),
+            credentials=tuple(ServerCredential.load(pair) for pair in route.tls.certificates),
         )
 
     @property

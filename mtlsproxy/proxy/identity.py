@@ -117,7 +117,7 @@ def plan(
 
 def _by(route: ServerRoute) -> str | None:
     """Our own URI SAN (SPIFFE ID) for XFCC's ``By``, as Envoy sends it."""
-    for cert in route.server_certificates:
+    for cert in (credential.leaf for credential in route.credentials):
         try:
             san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         except x509.ExtensionNotFound:
@@ -133,7 +133,7 @@ def _server_certificate(route: ServerRoute, hello: ClientHello | None, cipher: s
     (``SSLObject`` does not say). One certificate: that one. Several: TLS 1.2 names the key
     type in the suite; in TLS 1.3 OpenSSL (with server preference) takes the first of its own
     signature schemes the client offers, ECDSA before Ed25519 before RSA."""
-    certificates = route.server_certificates
+    certificates = [credential.leaf for credential in route.credentials]
     if len(certificates) <= 1 or hello is None:
         return certificates[0].public_bytes(Encoding.DER) if certificates else None
     offered = set(hello.signature_algorithms)
