@@ -1,0 +1,513 @@
+"""HTTP keep-alive benchmark: mtlsproxy L4, mtlsproxy ``forward_identity: http``, nginx.
+
+Three fronts terminate mutual TLS 1.3 (ECDSA P-256 client certificate from the development
+PKI) in front of the same upstream, and are measured side by side, interleaved, each started
+fresh for each sample:
+
+* ``l4``: mtlsproxy with ``forward_identity: none`` (decrypted bytes passed through);
+* ``http``: mtlsproxy with ``forward_identity: {mode: http, headers: {X-SSL-Client-S-DN:
+  subject, X-SSL-Client-Verify: verify}}`` (X-Forwarded-Client-Cert on too, the default):
+  every request is parsed and gets the identity headers;
+* ``nginx``: nginx (the Debian package) with ``ssl_verify_client on``, ``proxy_pass`` to the
+  upstream over HTTP/1.1 keep-alive and ``proxy_set_header X-SSL-Client-S-DN
+  $ssl_client_s_dn; X-SSL-Client-Verify $ssl_client_verify``; one worker, no access log.
+
+The upstream is a second nginx answering ``200 ok`` to every request (and, on ``/check``, a
+body echoing the identity headers it received, which the client asserts on once per sample).
+``--connections`` client processes each open one TLS connection, do the handshake before the
+clock starts, then send ``GET /`` back to back on it (one at a time, the response read by
+Content-Length) for ``--seconds``. The front's CPU (utime + stime of its PID and descendants,
+from ``/proc``) is read before and after. Fronts are pinned to core 0; the driver, the
+clients and the upstream to core 1.
+
+    /work/venv/bin/python bench/http_mode.py --seconds 5 --runs 3 --connections 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+FRONT_CORE = 0
+CLIENT_CORE = 1
+LISTENING = re.compile(rb"listening on 127\.0\.0\.1:(\d+)")
+FRONTS = ("l4", "http", "nginx")
+LABELS = {
+    "l4": "mtlsproxy L4 (forward_identity: none)",
+    "http": "mtlsproxy forward_identity: http",
+    "nginx": "nginx 1 worker, proxy_pass",
+}
+REQUEST = b"GET / HTTP/1.1\r\nHost: localhost\r\nUser-Agent: bench\r\n\r\n"
+CHECK = b"GET /check HTTP/1.1\r\nHost: localhost\r\nUser-Agent: bench\r\n\r\n"
+CLIENT_DN = "CN=frontend"  # the subject of the PKI's client.crt
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return []
+    for tid in tasks:
+        with contextlib.suppress(FileNotFoundError):
+            children = Path(f"/proc/{pid}/task/{tid}/children").read_text()
+            found += [int(c) for c in children.split()]
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and all its live descendants (nginx: master + worker)."""
+    total = 0
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            stat = Path(f"/proc/{current}/stat").read_text()
+        except FileNotFoundError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime (14), stime (15)
+        todo += _children(current)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class Process:
+    """A front or the upstream: a subprocess, its port, its CPU, stopped by PID."""
+
+    def __init__(self, argv: list[str], log: Path, pin: int | None, port: int | None) -> None:
+        if pin is not None:
+            argv = ["taskset", "-c", str(pin), *argv]  # taskset execs: same PID
+        self.log = log
+        self.stderr = log.open("wb")
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self.stderr,
+            start_new_session=True,
+        )
+        try:
+            self.port = self._wait(port, timeout=20.0)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait(self, port: int | None, timeout: float) -> int:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if port is None:
+                match = LISTENING.search(self.log.read_bytes())
+                if match:
+                    return int(match.group(1))
+            else:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    return port
+                except OSError:
+                    pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        tail = self.log.read_bytes()[-2000:].decode(errors="replace")
+        raise RuntimeError(f"did not start: {shlex.join(self.proc.args)}\n{tail}")
+
+    def cpu_seconds(self) -> float:
+        return tree_cpu_seconds(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            # nginx: SIGTERM to the master is a fast shutdown that also stops its worker.
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.stderr.close()
+
+
+NGINX_MAIN = """\
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+{body}
+}}
+"""
+
+UPSTREAM_SERVER = """\
+    server {{
+        listen 127.0.0.1:{port} backlog=1024;
+        default_type text/plain;
+        location = /check {{
+            return 200 "dn=$http_x_ssl_client_s_dn\\nverify=$http_x_ssl_client_verify\\nxfcc=$http_x_forwarded_client_cert\\n";
+        }}
+        location / {{ return 200 "ok"; }}
+    }}"""  # noqa: E501
+
+FRONT_SERVER = """\
+    upstream app {{
+        server 127.0.0.1:{upstream};
+        keepalive 32;
+        keepalive_requests 100000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} ssl backlog=1024;
+        ssl_certificate {pki}/server.crt;
+        ssl_certificate_key {pki}/server.key;
+        ssl_protocols TLSv1.3;
+        ssl_verify_client on;
+        ssl_client_certificate {pki}/client-ca.pem;
+        ssl_verify_depth 2;
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-SSL-Client-S-DN $ssl_client_s_dn;
+            proxy_set_header X-SSL-Client-Verify $ssl_client_verify;
+        }}
+    }}"""
+
+
+def start_nginx(nginx: str, directory: Path, body: str, pin: int | None, port: int) -> Process:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "nginx.conf").write_text(NGINX_MAIN.format(dir=directory, body=body))
+    argv = [
+        nginx,
+        "-p",
+        str(directory),
+        "-c",
+        str(directory / "nginx.conf"),
+        "-e",
+        str(directory / "error.log"),
+        "-g",
+        "daemon off;",
+    ]
+    return Process(argv, directory / "stderr.log", pin, port)
+
+
+def proxy_config(pki: Path, front: str, upstream_port: int) -> Path:
+    lines = [
+        "listeners:",
+        f"  - name: {front}",
+        "    listen: 127.0.0.1:0",
+        "    tls:",
+        "      certificates:",
+        f"        - {{certificate: {pki}/server.crt, key: {pki}/server.key}}",
+        '      min_version: "1.3"',
+        "    client_auth:",
+        "      mode: require",
+        f"      ca: {pki}/client-ca.pem",
+        f"    upstream: 127.0.0.1:{upstream_port}",
+    ]
+    if front == "http":
+        lines += [
+            "    forward_identity:",
+            "      mode: http",
+            "      headers:",
+            "        X-SSL-Client-S-DN: subject",
+            "        X-SSL-Client-Verify: verify",
+        ]
+    else:
+        lines += ["    forward_identity: none"]
+    lines += ["metrics:", "  enabled: false", "log:", "  format: text", "  level: info"]
+    path = pki.parent / f"proxy-{front}.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Clients
+
+
+class HTTPConnection:
+    """One keep-alive HTTP/1.1 connection over mutual TLS; one request at a time."""
+
+    def __init__(self, pki: Path, port: int) -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        context.load_verify_locations(cafile=pki / "ca.crt")
+        context.load_cert_chain(pki / "client.crt", pki / "client.key")
+        context.set_alpn_protocols(["http/1.1"])
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.tls = context.wrap_socket(raw, server_hostname="localhost")
+        self.buffer = b""
+
+    def request(self, request: bytes) -> bytes:
+        """Send ``request``; return the body of a 200 response (anything else raises)."""
+        self.tls.sendall(request)
+        buffer = self.buffer
+        while (end := buffer.find(b"\r\n\r\n")) < 0:
+            chunk = self.tls.recv(65536)
+            if not chunk:
+                raise ConnectionError("connection closed before a response")
+            buffer += chunk
+        head = buffer[:end]
+        if not head.startswith(b"HTTP/1.1 200 "):
+            raise ConnectionError(f"unexpected response: {head[:200]!r}")
+        at = head.lower().find(b"\r\ncontent-length:")
+        if at < 0:
+            raise ConnectionError(f"no Content-Length: {head[:400]!r}")
+        eol = head.find(b"\r\n", at + 2)
+        length = int(head[at + 17 : eol if eol >= 0 else len(head)])
+        start = end + 4
+        while len(buffer) < start + length:
+            chunk = self.tls.recv(65536)
+            if not chunk:
+                raise ConnectionError("connection closed inside a body")
+            buffer += chunk
+        self.buffer = buffer[start + length :]
+        return buffer[start : start + length]
+
+    def close(self) -> None:
+        self.tls.close()
+
+
+def check_identity(front: str, body: bytes) -> str:
+    """The upstream's /check body: what it was told about the client. Raises if wrong."""
+    fields = dict(line.split("=", 1) for line in body.decode().splitlines() if "=" in line)
+    dn, verify, xfcc = fields.get("dn", ""), fields.get("verify", ""), fields.get("xfcc", "")
+    if front == "l4":
+        ok = not dn and not verify and not xfcc
+    elif front == "http":
+        ok = CLIENT_DN in dn and verify == "SUCCESS" and "Hash=" in xfcc
+    else:
+        ok = CLIENT_DN in dn and verify == "SUCCESS"
+    if not ok:
+        raise RuntimeError(f"{front}: upstream was told {fields!r}")
+    return f"dn={dn!r} verify={verify!r} xfcc={'yes' if xfcc else 'no'}"
+
+
+def _client(pki: str, port: int, start: float, end: float, check: str, conn) -> None:
+    ok = errors = 0
+    first_error = seen = ""
+    try:
+        http = HTTPConnection(Path(pki), port)  # handshake before the clock starts
+        try:
+            http.request(REQUEST)
+            if check:
+                seen = check_identity(check, http.request(CHECK))
+            while time.time() < start:
+                time.sleep(0.0005)
+            cpu0 = time.process_time()
+            request = http.request
+            while time.time() < end:
+                request(REQUEST)
+                ok += 1
+            cpu = time.process_time() - cpu0
+        finally:
+            http.close()
+    except Exception as exc:  # reported by the driver
+        errors += 1
+        first_error = repr(exc)
+        cpu = 0.0
+    conn.send((ok, errors, first_error, cpu, seen))
+    conn.close()
+
+
+def measure(front: Process, upstream: Process, pki: Path, name: str, args) -> dict:
+    ctx = mp.get_context("fork")
+    start = time.time() + 1.0
+    end = start + args.seconds
+    clients = []
+    for i in range(args.connections):
+        parent, child = ctx.Pipe(duplex=False)
+        check = name if i == 0 else ""
+        proc = ctx.Process(target=_client, args=(str(pki), front.port, start, end, check, child))
+        proc.start()
+        child.close()
+        clients.append((proc, parent))
+    ok = errors = 0
+    client_cpu = 0.0
+    first_error = seen = ""
+    try:
+        time.sleep(max(0.0, start - time.time()))
+        cpu0, up0, t0 = front.cpu_seconds(), upstream.cpu_seconds(), time.monotonic()
+        for _proc, parent in clients:
+            if parent.poll(args.seconds + 30):
+                w_ok, w_err, w_first, w_cpu, w_seen = parent.recv()
+                ok, errors, client_cpu = ok + w_ok, errors + w_err, client_cpu + w_cpu
+                first_error, seen = first_error or w_first, seen or w_seen
+            else:
+                errors += 1
+                first_error = first_error or "client did not report"
+        cpu1, up1, t1 = front.cpu_seconds(), upstream.cpu_seconds(), time.monotonic()
+        for proc, _ in clients:
+            proc.join(timeout=5)
+    finally:
+        for proc, _ in clients:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
+    if errors:
+        raise RuntimeError(f"{name}: {errors} client errors, first: {first_error}")
+    return {
+        "requests": ok,
+        "per_s": ok / args.seconds,
+        "cpu_us": (cpu1 - cpu0) / ok * 1e6 if ok else float("nan"),
+        "cpu_util": (cpu1 - cpu0) / (t1 - t0),
+        "upstream_util": (up1 - up0) / (t1 - t0),
+        "client_us": client_cpu / ok * 1e6 if ok else float("nan"),
+        "upstream_saw": seen,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="load per sample")
+    parser.add_argument("--runs", type=int, default=3, help="interleaved passes (medians)")
+    parser.add_argument(
+        "--connections", type=int, default=4, help="client processes, one connection each"
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write every sample as JSON")
+    args = parser.parse_args()
+
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "")
+    if not nginx:
+        parser.error("nginx not found (apt-get install -y nginx)")
+    nginx_version = subprocess.run(
+        [nginx, "-v"], capture_output=True, text=True, check=False
+    ).stderr.strip()
+    pin = shutil.which("taskset") is not None and len(os.sched_getaffinity(0)) >= 2
+    if pin:
+        os.sched_setaffinity(0, {CLIENT_CORE})  # the driver and the clients (forked)
+    front_pin = FRONT_CORE if pin else None
+    client_pin = CLIENT_CORE if pin else None
+    command = shlex.join([sys.executable, *sys.argv])
+    print(f"command: {command}")
+    print(
+        f"pinning: {'fronts core 0, clients+upstream core 1' if pin else 'none'}; "
+        f"{nginx_version}; {ssl.OPENSSL_VERSION}; Python {sys.version.split()[0]}; "
+        f"CLK_TCK {os.sysconf('SC_CLK_TCK')}",
+        flush=True,
+    )
+
+    python = sys.executable
+    samples: dict[str, list[dict]] = {front: [] for front in FRONTS}
+    with tempfile.TemporaryDirectory(prefix="mtlsproxy-http-bench-") as tmp:
+        root = Path(tmp)
+        pki_dir = root / "pki"
+        sys.path.insert(0, str(REPO))
+        from mtlsproxy import pki
+
+        pki.init(pki_dir)
+        up_port = free_port()
+        upstream = start_nginx(
+            nginx, root / "upstream", UPSTREAM_SERVER.format(port=up_port), client_pin, up_port
+        )
+        try:
+            configs = {f: proxy_config(pki_dir, f, up_port) for f in ("l4", "http")}
+
+            def start(front: str, run: int) -> Process:
+                if front == "nginx":
+                    port = free_port()
+                    body = FRONT_SERVER.format(port=port, upstream=up_port, pki=pki_dir)
+                    return start_nginx(nginx, root / f"front-{run}", body, front_pin, port)
+                argv = [python, "-m", "mtlsproxy", "run", "-c", str(configs[front])]
+                return Process(argv, root / f"{front}-{run}.log", front_pin, None)
+
+            for run in range(args.runs):
+                order = FRONTS[run % 3 :] + FRONTS[: run % 3]  # a b c, b c a, c a b, ...
+                for front in order:
+                    server = start(front, run)
+                    try:
+                        result = measure(server, upstream, pki_dir, front, args)
+                    finally:
+                        server.stop()
+                    samples[front].append(result)
+                    print(
+                        f"run {run + 1} {front:5} {result['requests']:8d} req "
+                        f"{result['per_s']:8.0f} req/s {result['cpu_us']:7.1f} us/req "
+                        f"front {100 * result['cpu_util']:3.0f} % "
+                        f"upstream {100 * result['upstream_util']:3.0f} % "
+                        f"client {result['client_us']:5.1f} us/req; "
+                        f"upstream saw {result['upstream_saw']}",
+                        flush=True,
+                    )
+        finally:
+            upstream.stop()
+
+    print_table(samples, args)
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"command": command, "samples": samples}, indent=2) + "\n"
+        )
+    return 0
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def print_table(samples: dict[str, list[dict]], args) -> None:
+    def med(front: str, field: str) -> float:
+        return _median([s[field] for s in samples[front]])
+
+    def ratio(front: str, field: str) -> float:
+        # per pass (same pass, started back to back) against l4, then the median
+        pairs = zip(samples[front], samples["l4"], strict=False)
+        return _median([s[field] / base[field] for s, base in pairs if base[field]])
+
+    print()
+    print(
+        f"Keep-alive HTTP/1.1 GET over mutual TLS 1.3 (ECDSA P-256), {args.connections} "
+        f"connections, one request at a time each, {args.seconds:g} s per sample; "
+        f"medians of {args.runs}; ratios per pass to l4"
+    )
+    header = (
+        f"{'front':40} {'req/s':>8} {'front CPU us/req':>16} {'front core %':>12} "
+        f"{'client us/req':>13} {'req/s ratio':>11} {'CPU ratio':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for front in FRONTS:
+        print(
+            f"{LABELS[front]:40} {med(front, 'per_s'):8.0f} {med(front, 'cpu_us'):16.1f} "
+            f"{100 * med(front, 'cpu_util'):12.0f} {med(front, 'client_us'):13.1f} "
+            f"{ratio(front, 'per_s'):11.2f} {ratio(front, 'cpu_us'):9.2f}"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
