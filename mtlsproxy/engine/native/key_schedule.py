@@ -1,0 +1,401 @@
+"""The TLS 1.3 key schedule (RFC 8446 sections 4.4.1, 4.4.4 and 7.1-7.3).
+
+The primitives follow section 7.1::
+
+    HKDF-Extract(salt, IKM)                        (RFC 5869: HMAC-Hash(salt, IKM))
+    HKDF-Expand-Label(Secret, Label, Context, Length) =
+        HKDF-Expand(Secret, HkdfLabel, Length)
+        struct {
+            uint16 length = Length;
+            opaque label<7..255> = "tls13 " + Label;
+            opaque context<0..255> = Context;
+        } HkdfLabel;
+    Derive-Secret(Secret, Label, Messages) =
+        HKDF-Expand-Label(Secret, Label, Transcript-Hash(Messages), Hash.length)
+
+They are implemented directly on :mod:`hmac` (OpenSSL's HMAC): every TLS 1.3 output is at most
+one hash output long (keys, IVs, secrets), so HKDF-Expand is a single HMAC call, and the
+constant HkdfLabel prefix is cached per label. ``bench/native_crypto.py`` compares this with
+``cryptography``'s ``HKDFExpand`` (which needs the encoded HkdfLabel built first anyway).
+
+:class:`KeySchedule` drives one connection's secrets through the section 7.1 diagram (early ->
+handshake -> master) from a running :class:`Transcript` (section 4.4.1). Secrets are plain
+``bytes`` attributes for the record layer to use; no ``repr`` or exception message of this
+module ever contains one.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import hmac
+from typing import NamedTuple, overload
+
+from mtlsproxy.engine.errors import Alert
+from mtlsproxy.engine.native.alerts import TLSAlert
+from mtlsproxy.engine.native.suites import CipherSuite, HashObject
+
+_HASH_LENGTHS = {"sha256": 32, "sha384": 48}
+
+_LABEL_PREFIX = b"tls13 "
+
+
+def _hmac(key: bytes, message: bytes, hash_name: str) -> bytes:
+    # OpenSSL's HMAC through hmac.new with a digest *name*: the fastest of the constant-time
+    # options measured on Python 3.11 (bench/native_crypto.py: hmac.digest and cryptography's
+    # HKDFExpand were slower per call in every run). A pure-Python HMAC over bytes.translate is
+    # about 40% faster still but indexes a table with key bytes, so it is not used.
+    return hmac.new(key, message, hash_name).digest()
+
+
+def hkdf_extract(hash_name: str, salt: bytes, ikm: bytes) -> bytes:
+    """HKDF-Extract (RFC 5869 section 2.2, used by RFC 8446 section 7.1): HMAC(salt, IKM).
+
+    An empty ``salt`` is the same HMAC key as RFC 5869's "string of HashLen zeros" (HMAC pads
+    keys with zeros), which is also what section 7.1 writes as ``0``.
+    """
+    return _hmac(salt, ikm, hash_name)
+
+
+@functools.lru_cache(maxsize=64)
+def _label_prefix(label: bytes, length: int) -> bytes:
+    """HkdfLabel.length and .label, encoded (RFC 8446 section 7.1); labels are few and fixed."""
+    full_label_length = len(_LABEL_PREFIX) + len(label)
+    if not 7 <= full_label_length <= 255 or not 0 < length < 65536:
+        raise ValueError("HKDF-Expand-Label label or length out of range")
+    return length.to_bytes(2, "big") + bytes((full_label_length,)) + _LABEL_PREFIX + label
+
+
+def hkdf_expand_label(
+    hash_name: str, secret: bytes, label: bytes, context: bytes, length: int
+) -> bytes:
+    """HKDF-Expand-Label (RFC 8446 section 7.1) with ``"tls13 "`` prefixed to ``label``."""
+    if len(context) > 255:
+        raise ValueError("HKDF-Expand-Label context longer than 255 bytes")
+    info = _label_prefix(label, length) + bytes((len(context),)) + context
+    hash_length = _HASH_LENGTHS[hash_name]
+    if length <= hash_length:
+        # RFC 5869 section 2.3 with N = 1: T(1) = HMAC(PRK, info || 0x01).
+        return _hmac(secret, info + b"\x01", hash_name)[:length]
+    if length > 255 * hash_length:
+        raise ValueError("HKDF-Expand output too long")
+    blocks: list[bytes] = []
+    block = b""
+    for counter in range(1, -(-length // hash_length) + 1):
+        block = _hmac(secret, block + info + bytes((counter,)), hash_name)
+        blocks.append(block)
+    return b"".join(blocks)[:length]
+
+
+def derive_secret(hash_name: str, secret: bytes, label: bytes, transcript_hash: bytes) -> bytes:
+    """Derive-Secret (RFC 8446 section 7.1), given Transcript-Hash(Messages) already computed."""
+    return hkdf_expand_label(hash_name, secret, label, transcript_hash, _HASH_LENGTHS[hash_name])
+
+
+class TrafficKeys(NamedTuple):
+    """A write key and IV (RFC 8446 section 7.3). Its ``repr`` hides both."""
+
+    key: bytes
+    iv: bytes
+
+    def __repr__(self) -> str:
+        return f"TrafficKeys(key=<{len(self.key)} bytes>, iv=<{len(self.iv)} bytes>)"
+
+
+def derive_traffic_keys(suite: CipherSuite, traffic_secret: bytes) -> TrafficKeys:
+    """RFC 8446 section 7.3: ``[sender]_write_key`` and ``[sender]_write_iv`` of a secret."""
+    return TrafficKeys(
+        hkdf_expand_label(suite.hash_name, traffic_secret, b"key", b"", suite.key_length),
+        hkdf_expand_label(suite.hash_name, traffic_secret, b"iv", b"", suite.iv_length),
+    )
+
+
+def next_traffic_secret(suite: CipherSuite, traffic_secret: bytes) -> bytes:
+    """RFC 8446 section 7.2: application_traffic_secret_N+1 (after a KeyUpdate)."""
+    return hkdf_expand_label(
+        suite.hash_name, traffic_secret, b"traffic upd", b"", suite.hash_length
+    )
+
+
+def finished_key(suite: CipherSuite, base_key: bytes) -> bytes:
+    """RFC 8446 section 4.4.4: HKDF-Expand-Label(BaseKey, "finished", "", Hash.length)."""
+    return hkdf_expand_label(suite.hash_name, base_key, b"finished", b"", suite.hash_length)
+
+
+def finished_verify_data(suite: CipherSuite, base_key: bytes, transcript_hash: bytes) -> bytes:
+    """RFC 8446 section 4.4.4: verify_data = HMAC(finished_key, Transcript-Hash(...)).
+
+    ``base_key`` is the sender's handshake traffic secret (or, for post-handshake
+    authentication, its application traffic secret).
+    """
+    return _hmac(finished_key(suite, base_key), transcript_hash, suite.hash_name)
+
+
+def verify_finished(
+    suite: CipherSuite, base_key: bytes, transcript_hash: bytes, verify_data: bytes
+) -> None:
+    """Check a received Finished.verify_data in constant time (RFC 8446 section 4.4.4).
+
+    Raises ``TLSAlert(DECODE_ERROR)`` if the value is not Hash.length bytes (a malformed
+    message) and ``TLSAlert(DECRYPT_ERROR)`` if it is wrong: "Recipients of Finished messages
+    MUST verify that the contents are correct and if incorrect MUST terminate the connection
+    with a "decrypt_error" alert."
+    """
+    if len(verify_data) != suite.hash_length:
+        raise TLSAlert(
+            Alert.DECODE_ERROR,
+            f"Finished of {len(verify_data)} bytes, expected {suite.hash_length}",
+        )
+    expected = finished_verify_data(suite, base_key, transcript_hash)
+    if not hmac.compare_digest(expected, verify_data):
+        raise TLSAlert(Alert.DECRYPT_ERROR, "Finished verify_data does not match")
+
+
+class Transcript:
+    """The running transcript hash (RFC 8446 section 4.4.1).
+
+    ``update`` adds one complete handshake message, header included; ``digest`` is
+    Transcript-Hash of everything so far, taken from a ``copy()`` so the hash keeps running.
+    """
+
+    __slots__ = ("_hash", "_suite")
+
+    def __init__(self, suite: CipherSuite) -> None:
+        self._suite = suite
+        self._hash: HashObject = suite.new_hash()
+
+    def update(self, message: bytes) -> None:
+        self._hash.update(message)
+
+    def digest(self) -> bytes:
+        return self._hash.copy().digest()
+
+    def copy(self) -> Transcript:
+        clone = Transcript.__new__(Transcript)
+        clone._suite = self._suite
+        clone._hash = self._hash.copy()
+        return clone
+
+    def replace_with_message_hash(self) -> None:
+        """After a HelloRetryRequest (section 4.4.1): the transcript so far (ClientHello1) is
+        replaced by the synthetic ``message_hash`` message holding its hash::
+
+            Transcript-Hash(ClientHello1, HelloRetryRequest, ... Mn) =
+                Hash(message_hash ||        /* Handshake type */
+                     00 00 Hash.length  ||  /* Handshake message length (bytes) */
+                     Hash(ClientHello1) ||  /* Hash of ClientHello1 */
+                     HelloRetryRequest  || ... || Mn)
+        """
+        client_hello_hash = self._hash.digest()
+        self._hash = self._suite.new_hash()
+        self._hash.update(bytes((254, 0, 0, len(client_hello_hash))) + client_hello_hash)
+
+
+class KeyScheduleError(RuntimeError):
+    """The key schedule was driven out of order or asked for a secret not yet derived.
+
+    A bug in the caller, never something a peer can cause: it maps to ``internal_error``.
+    """
+
+
+class Phase(enum.IntEnum):
+    """How far down the RFC 8446 section 7.1 diagram a :class:`KeySchedule` has gone."""
+
+    EARLY = 0  # Early Secret known
+    HANDSHAKE = 1  # Handshake Secret and the handshake traffic secrets known
+    APPLICATION = 2  # Master Secret, application traffic and exporter secrets known
+    RESUMPTION = 3  # resumption_master_secret known
+
+
+class _Secret:
+    """A read-only secret attribute of :class:`KeySchedule`; reading it before it is derived
+    raises :class:`KeyScheduleError` (naming the secret, never showing a value)."""
+
+    __slots__ = ("_name",)
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> _Secret: ...
+
+    @overload
+    def __get__(self, instance: KeySchedule, owner: type | None = None) -> bytes: ...
+
+    def __get__(self, instance: KeySchedule | None, owner: type | None = None) -> bytes | _Secret:
+        if instance is None:
+            return self
+        try:
+            return instance._secrets[self._name]
+        except KeyError:
+            raise KeyScheduleError(f"{self._name} is not derived yet") from None
+
+
+class KeySchedule:
+    """One connection's TLS 1.3 key schedule (RFC 8446 section 7.1), without 0-RTT.
+
+    Drive it in handshake order, feeding every handshake message (4-byte header included) to
+    :meth:`update_transcript` as it is sent or received::
+
+        ks = KeySchedule(suite)                       # Early Secret (PSK or zeros)
+        ks.update_transcript(client_hello); ks.update_transcript(server_hello)
+        ks.derive_handshake_secrets(ecdhe_shared_secret)       # [cs] hs traffic secrets
+        ... EncryptedExtensions, CertificateRequest, Certificate, CertificateVerify
+        verify_data = ks.server_finished_verify_data()
+        ks.update_transcript(server_finished)
+        ks.derive_application_secrets()               # [cs] ap traffic secret 0, exporter
+        ... client Certificate, CertificateVerify
+        ks.verify_client_finished(received_verify_data)
+        ks.update_transcript(client_finished)
+        ks.derive_resumption_master_secret()
+
+    Each traffic secret feeds :func:`derive_traffic_keys` (section 7.3) or directly
+    ``RecordProtection.from_secret``. :meth:`next_client_application_secret` and
+    :meth:`next_server_application_secret` advance the application secrets on KeyUpdate
+    (section 7.2).
+    """
+
+    __slots__ = ("_phase", "_secrets", "suite", "transcript")
+
+    early_secret = _Secret()
+    derived_early_secret = _Secret()
+    handshake_secret = _Secret()
+    client_handshake_traffic_secret = _Secret()
+    server_handshake_traffic_secret = _Secret()
+    derived_handshake_secret = _Secret()
+    master_secret = _Secret()
+    client_application_traffic_secret = _Secret()
+    server_application_traffic_secret = _Secret()
+    exporter_master_secret = _Secret()
+    resumption_master_secret = _Secret()
+
+    def __init__(
+        self, suite: CipherSuite, psk: bytes | None = None, transcript: Transcript | None = None
+    ) -> None:
+        self.suite = suite
+        self.transcript = transcript if transcript is not None else Transcript(suite)
+        zeros = bytes(suite.hash_length)
+        self._secrets: dict[str, bytes] = {
+            "early_secret": hkdf_extract(suite.hash_name, zeros, psk or zeros)
+        }
+        self._phase = Phase.EARLY
+
+    def __repr__(self) -> str:
+        return f"KeySchedule({self.suite.name}, phase={self._phase.name})"
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    def update_transcript(self, message: bytes) -> None:
+        """Add one complete handshake message (header included) to the transcript."""
+        self.transcript.update(message)
+
+    def transcript_hash(self) -> bytes:
+        return self.transcript.digest()
+
+    def _advance(self, expected: Phase) -> None:
+        if self._phase is not expected:
+            raise KeyScheduleError(f"key schedule is at {self._phase.name}, not {expected.name}")
+        self._phase = Phase(expected + 1)
+
+    def _derive(self, secret: bytes, label: bytes, transcript_hash: bytes) -> bytes:
+        return derive_secret(self.suite.hash_name, secret, label, transcript_hash)
+
+    def _empty_hash(self) -> bytes:
+        return self.suite.new_hash().digest()
+
+    def derive_handshake_secrets(self, shared_secret: bytes) -> None:
+        """Handshake Secret and ``[cs] hs traffic`` over ClientHello...ServerHello (7.1)."""
+        self._advance(Phase.EARLY)
+        s = self._secrets
+        name = self.suite.hash_name
+        s["derived_early_secret"] = self._derive(s["early_secret"], b"derived", self._empty_hash())
+        s["handshake_secret"] = hkdf_extract(name, s["derived_early_secret"], shared_secret)
+        transcript_hash = self.transcript.digest()
+        s["client_handshake_traffic_secret"] = self._derive(
+            s["handshake_secret"], b"c hs traffic", transcript_hash
+        )
+        s["server_handshake_traffic_secret"] = self._derive(
+            s["handshake_secret"], b"s hs traffic", transcript_hash
+        )
+
+    def derive_application_secrets(self) -> None:
+        """Master Secret, ``[cs] ap traffic`` and ``exp master`` over ClientHello...server
+        Finished (section 7.1). Call after adding the server Finished to the transcript."""
+        self._advance(Phase.HANDSHAKE)
+        s = self._secrets
+        zeros = bytes(self.suite.hash_length)
+        s["derived_handshake_secret"] = self._derive(
+            s["handshake_secret"], b"derived", self._empty_hash()
+        )
+        s["master_secret"] = hkdf_extract(
+            self.suite.hash_name, s["derived_handshake_secret"], zeros
+        )
+        transcript_hash = self.transcript.digest()
+        master = s["master_secret"]
+        s["client_application_traffic_secret"] = self._derive(
+            master, b"c ap traffic", transcript_hash
+        )
+        s["server_application_traffic_secret"] = self._derive(
+            master, b"s ap traffic", transcript_hash
+        )
+        s["exporter_master_secret"] = self._derive(master, b"exp master", transcript_hash)
+
+    def derive_resumption_master_secret(self) -> None:
+        """``res master`` over ClientHello...client Finished (section 7.1)."""
+        self._advance(Phase.APPLICATION)
+        self._secrets["resumption_master_secret"] = self._derive(
+            self._secrets["master_secret"], b"res master", self.transcript.digest()
+        )
+
+    def _require(self, phase: Phase) -> None:
+        if self._phase is not phase:
+            raise KeyScheduleError(f"key schedule is at {self._phase.name}, not {phase.name}")
+
+    def server_finished_verify_data(self) -> bytes:
+        """The server Finished.verify_data over the transcript so far (section 4.4.4)."""
+        self._require(Phase.HANDSHAKE)
+        return finished_verify_data(
+            self.suite, self.server_handshake_traffic_secret, self.transcript.digest()
+        )
+
+    def client_finished_verify_data(self) -> bytes:
+        """The client Finished.verify_data over the transcript so far (section 4.4.4)."""
+        self._require(Phase.APPLICATION)
+        return finished_verify_data(
+            self.suite, self.client_handshake_traffic_secret, self.transcript.digest()
+        )
+
+    def verify_server_finished(self, verify_data: bytes) -> None:
+        """Constant-time check of a received server Finished (client role; section 4.4.4)."""
+        self._require(Phase.HANDSHAKE)
+        verify_finished(
+            self.suite, self.server_handshake_traffic_secret, self.transcript.digest(), verify_data
+        )
+
+    def verify_client_finished(self, verify_data: bytes) -> None:
+        """Constant-time check of a received client Finished (server role; section 4.4.4).
+
+        Raises ``TLSAlert(DECRYPT_ERROR)`` on a mismatch, ``TLSAlert(DECODE_ERROR)`` on a
+        wrong length.
+        """
+        self._require(Phase.APPLICATION)
+        verify_finished(
+            self.suite, self.client_handshake_traffic_secret, self.transcript.digest(), verify_data
+        )
+
+    def next_client_application_secret(self) -> bytes:
+        """Advance and return client_application_traffic_secret_N+1 (section 7.2)."""
+        return self._next_application_secret("client_application_traffic_secret")
+
+    def next_server_application_secret(self) -> bytes:
+        """Advance and return server_application_traffic_secret_N+1 (section 7.2)."""
+        return self._next_application_secret("server_application_traffic_secret")
+
+    def _next_application_secret(self, name: str) -> bytes:
+        if self._phase < Phase.APPLICATION:
+            raise KeyScheduleError("application traffic secrets are not derived yet")
+        secret = next_traffic_secret(self.suite, self._secrets[name])
+        self._secrets[name] = secret
+        return secret

@@ -1,0 +1,389 @@
+"""TLS 1.3 record framing and record protection (RFC 8446 sections 5.1-5.5).
+
+Sans-I/O. :class:`RecordReader` splits a byte stream into :class:`Record` values (TLSPlaintext
+or TLSCiphertext framing, section 5.1) and rejects oversize records as soon as their header
+arrives, so it never holds more than one partial record beyond what the caller has fed and not
+yet drained. :class:`RecordProtection` is one direction's AEAD state (section 5.2): it turns
+``(content type, content)`` into a TLSCiphertext record and back, with the per-record nonce of
+section 5.3, the padding of section 5.4 and the key-usage limits of section 5.5.
+
+Every peer-caused failure raises :class:`~mtlsproxy.engine.native.alerts.TLSAlert` carrying
+the alert the RFC requires:
+
+- record longer than 2^14 (plaintext) / 2^14 + 256 (ciphertext), or decrypted
+  TLSInnerPlaintext longer than 2^14 + 1: ``record_overflow`` (sections 5.1, 5.2, 5.4);
+- AEAD authentication failure (including a ciphertext shorter than the tag):
+  ``bad_record_mac`` (section 5.2);
+- no non-zero octet in the decrypted plaintext, an inner content type other than alert,
+  handshake or application_data, a zero-length handshake or alert record, or an outer type
+  other than application_data on a protected record: ``unexpected_message`` (sections 5, 5.4);
+- a sequence number that would wrap (section 5.3) or, when encrypting, the AES-GCM usage limit
+  (section 5.5) reached without a key update: ``internal_error``: the engine must rekey first
+  (see :attr:`RecordProtection.needs_key_update`).
+
+Misuse by the caller (content too long to fit one record, unknown content type to send) raises
+``ValueError``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from cryptography.exceptions import InvalidTag
+
+from mtlsproxy.engine.errors import Alert
+from mtlsproxy.engine.native.alerts import TLSAlert
+from mtlsproxy.engine.native.key_schedule import derive_traffic_keys, next_traffic_secret
+from mtlsproxy.engine.native.suites import CipherSuite
+from mtlsproxy.engine.records import (
+    MAX_PLAINTEXT_RECORD,
+    RECORD_HEADER_SIZE,
+    ContentType,
+    parse_record_header,
+)
+
+# Section 5.1: TLSPlaintext.length MUST NOT exceed 2^14.
+MAX_PLAINTEXT_LENGTH = MAX_PLAINTEXT_RECORD
+# Section 5.4: "the full encoded TLSInnerPlaintext MUST NOT exceed 2^14 + 1 octets".
+MAX_INNER_PLAINTEXT_LENGTH = MAX_PLAINTEXT_LENGTH + 1
+# Section 5.2: TLSCiphertext.length "MUST NOT exceed 2^14 + 256 bytes".
+MAX_CIPHERTEXT_LENGTH = MAX_PLAINTEXT_LENGTH + 256
+
+# Section 5.3: the 64-bit sequence number must not wrap. Records use 0 .. 2^64 - 2; reaching
+# 2^64 - 1 stops the direction (one short of the wrap, so the counter never takes its maximum).
+SEQUENCE_NUMBER_LIMIT = 2**64 - 1
+
+# When needs_key_update turns True: well before the hard limits, so that a KeyUpdate (section
+# 4.6.3) can be sent and take effect. AES-GCM: 2^24 records against the section 5.5 limit of
+# 2^24.5; ChaCha20-Poly1305 (no AE limit within 2^64 records): half the sequence space.
+AES_GCM_KEY_UPDATE_THRESHOLD = 2**24
+SEQUENCE_KEY_UPDATE_THRESHOLD = 2**63
+
+LEGACY_RECORD_VERSION = 0x0303
+
+_PROTECTED_TYPE = ContentType.APPLICATION_DATA
+_INNER_TYPES = frozenset((ContentType.ALERT, ContentType.HANDSHAKE, ContentType.APPLICATION_DATA))
+_OUTER_TYPES = frozenset(
+    (
+        ContentType.CHANGE_CIPHER_SPEC,
+        ContentType.ALERT,
+        ContentType.HANDSHAKE,
+        ContentType.APPLICATION_DATA,
+    )
+)
+_CIPHERTEXT_HEADER_PREFIX = bytes((_PROTECTED_TYPE, 0x03, 0x03))
+
+
+class Record(NamedTuple):
+    """One TLSPlaintext or TLSCiphertext record (RFC 8446 sections 5.1, 5.2)."""
+
+    content_type: int
+    legacy_record_version: int
+    fragment: bytes
+
+    def header(self) -> bytes:
+        """The 5-byte record header, the AEAD additional data of section 5.2."""
+        return bytes(
+            (
+                self.content_type,
+                self.legacy_record_version >> 8,
+                self.legacy_record_version & 0xFF,
+                len(self.fragment) >> 8,
+                len(self.fragment) & 0xFF,
+            )
+        )
+
+
+class InnerPlaintext(NamedTuple):
+    """A decrypted record: TLSInnerPlaintext.type and .content, padding removed (5.2, 5.4)."""
+
+    content_type: int
+    content: bytes
+
+
+def encode_record(
+    content_type: int, fragment: bytes, legacy_record_version: int = LEGACY_RECORD_VERSION
+) -> bytes:
+    """A TLSPlaintext record (section 5.1); ``fragment`` must fit one record."""
+    if len(fragment) > MAX_PLAINTEXT_LENGTH:
+        raise ValueError(f"fragment of {len(fragment)} bytes exceeds 2^14")
+    return (
+        bytes((content_type,))
+        + legacy_record_version.to_bytes(2, "big")
+        + len(fragment).to_bytes(2, "big")
+        + fragment
+    )
+
+
+def _check_header(content_type: int, length: int) -> None:
+    # Section 5: "If a TLS implementation receives an unexpected record type, it MUST terminate
+    # the connection with an "unexpected_message" alert."
+    if content_type not in _OUTER_TYPES:
+        raise TLSAlert(Alert.UNEXPECTED_MESSAGE, f"record of unknown content type {content_type}")
+    # Protected records travel as application_data (section 5.2); TLS 1.3 never sends
+    # unprotected application data, so every other type is held to the TLSPlaintext limit.
+    limit = MAX_CIPHERTEXT_LENGTH if content_type == _PROTECTED_TYPE else MAX_PLAINTEXT_LENGTH
+    if length > limit:
+        raise TLSAlert(
+            Alert.RECORD_OVERFLOW, f"record of {length} bytes exceeds the limit of {limit}"
+        )
+
+
+def parse_record(data: bytes) -> Record:
+    """Exactly one record from ``data`` (header checks as :class:`RecordReader`).
+
+    ``TLSAlert(DECODE_ERROR)`` if ``data`` is not one complete record.
+    """
+    if len(data) < RECORD_HEADER_SIZE:
+        raise TLSAlert(Alert.DECODE_ERROR, "record shorter than its header")
+    header = parse_record_header(data)
+    _check_header(header.content_type, header.length)
+    if len(data) != RECORD_HEADER_SIZE + header.length:
+        raise TLSAlert(Alert.DECODE_ERROR, "record length does not match its header")
+    return Record(header.content_type, header.legacy_record_version, bytes(data[5:]))
+
+
+class RecordReader:
+    """Split a byte stream into records (RFC 8446 section 5.1), incrementally.
+
+    ``feed`` appends bytes; ``next_record`` returns the next complete record or ``None``. A
+    header is validated as soon as its 5 bytes are present (unknown content type:
+    ``unexpected_message``; over-length: ``record_overflow``), so a peer cannot make the
+    reader wait for more than one maximum-size record. ``legacy_record_version`` is returned
+    but not checked: section 5.1 says it "MUST be ignored for all purposes" (it still enters
+    the AEAD additional data as received).
+    """
+
+    __slots__ = ("_data", "_pos")
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._pos = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes fed but not yet returned as records."""
+        return len(self._data) - self._pos
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        self._data += data
+
+    def next_record(self) -> Record | None:
+        data = self._data
+        pos = self._pos
+        if len(data) - pos < RECORD_HEADER_SIZE:
+            return None
+        header = parse_record_header(data, pos)
+        _check_header(header.content_type, header.length)
+        start = pos + RECORD_HEADER_SIZE
+        end = start + header.length
+        if end > len(data):
+            return None
+        record = Record(header.content_type, header.legacy_record_version, bytes(data[start:end]))
+        # Compact lazily: linear in the total however finely the input is split.
+        if end * 2 >= len(data):
+            del data[:end]
+            self._pos = 0
+        else:
+            self._pos = end
+        return record
+
+
+@dataclass(frozen=True, slots=True)
+class PaddingPolicy:
+    """How much zero padding to add to each protected record (RFC 8446 section 5.4).
+
+    ``block_size`` 0 (or 1) adds none; ``N`` pads the TLSInnerPlaintext (content + type octet)
+    to the next multiple of ``N``, capped at the 2^14 + 1 octet limit, so ciphertext lengths
+    reveal the content length only to a granularity of ``N``.
+    """
+
+    block_size: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.block_size <= MAX_INNER_PLAINTEXT_LENGTH:
+            raise ValueError(f"padding block size {self.block_size} out of range")
+
+    def padding_length(self, content_length: int) -> int:
+        """Zero octets to append after the content type for ``content_length`` bytes."""
+        block = self.block_size
+        if block <= 1:
+            return 0
+        inner = content_length + 1
+        target = min(-(-inner // block) * block, MAX_INNER_PLAINTEXT_LENGTH)
+        return target - inner
+
+
+NO_PADDING = PaddingPolicy()
+
+
+def pad_to_multiple(block_size: int) -> PaddingPolicy:
+    """A policy padding each TLSInnerPlaintext to a multiple of ``block_size`` octets."""
+    return PaddingPolicy(block_size)
+
+
+class RecordProtection:
+    """One direction's record protection under one traffic key (RFC 8446 sections 5.2-5.5).
+
+    Build it from a traffic secret with :meth:`from_secret` (keys per section 7.3) or from a
+    key and IV directly. The sequence number starts at 0 and increases by one per record
+    (section 5.3); the per-record nonce is the IV XOR the left-padded sequence number.
+
+    :attr:`needs_key_update` turns True well before the limits (AES-GCM: after 2^24 records,
+    against section 5.5's 2^24.5; ChaCha20-Poly1305: after 2^63); the engine then sends a
+    KeyUpdate (section 4.6.3; requesting one from the peer for a receiving direction) and
+    switches to :meth:`next_generation`. Encrypting past the AES-GCM limit, or either direction
+    reaching sequence number 2^64 - 1, raises ``TLSAlert(INTERNAL_ERROR)``. Decryption is not
+    held to the section 5.5 limit: that limit bounds what the *sender* encrypts, and refusing a
+    peer that does not rekey would only break long transfers.
+    """
+
+    __slots__ = (
+        "_aead",
+        "_encrypt_limit",
+        "_iv",
+        "_key_update_threshold",
+        "_sequence",
+        "_traffic_secret",
+        "padding",
+        "suite",
+    )
+
+    def __init__(
+        self,
+        suite: CipherSuite,
+        key: bytes,
+        iv: bytes,
+        *,
+        traffic_secret: bytes | None = None,
+        padding: PaddingPolicy = NO_PADDING,
+    ) -> None:
+        if len(iv) != suite.iv_length:
+            raise ValueError(f"{suite.name} needs a {suite.iv_length}-byte IV, got {len(iv)}")
+        self.suite = suite
+        self.padding = padding
+        self._aead = suite.new_aead(key)
+        self._iv = int.from_bytes(iv, "big")
+        self._sequence = 0
+        self._traffic_secret = traffic_secret
+        if suite.record_limit is None:
+            self._encrypt_limit = SEQUENCE_NUMBER_LIMIT
+            self._key_update_threshold = SEQUENCE_KEY_UPDATE_THRESHOLD
+        else:
+            self._encrypt_limit = suite.record_limit
+            self._key_update_threshold = AES_GCM_KEY_UPDATE_THRESHOLD
+
+    @classmethod
+    def from_secret(
+        cls, suite: CipherSuite, traffic_secret: bytes, *, padding: PaddingPolicy = NO_PADDING
+    ) -> RecordProtection:
+        """Protection keyed from a traffic secret (``[sender]_write_key``/``_iv``, 7.3)."""
+        key, iv = derive_traffic_keys(suite, traffic_secret)
+        return cls(suite, key, iv, traffic_secret=traffic_secret, padding=padding)
+
+    def __repr__(self) -> str:
+        return f"RecordProtection({self.suite.name}, sequence_number={self._sequence})"
+
+    @property
+    def sequence_number(self) -> int:
+        """The sequence number of the next record (section 5.3)."""
+        return self._sequence
+
+    @property
+    def needs_key_update(self) -> bool:
+        """True once this key has protected enough records that it should be replaced (5.5)."""
+        return self._sequence >= self._key_update_threshold
+
+    def next_generation(self) -> RecordProtection:
+        """The same direction under application_traffic_secret_N+1 (sections 4.6.3, 7.2),
+        with the sequence number back at 0 (section 5.3)."""
+        if self._traffic_secret is None:
+            raise ValueError("next_generation needs protection built with from_secret")
+        return RecordProtection.from_secret(
+            self.suite, next_traffic_secret(self.suite, self._traffic_secret), padding=self.padding
+        )
+
+    def _nonce(self) -> bytes:
+        # Section 5.3: the sequence number, left-padded to iv_length, XOR the static IV.
+        return (self._iv ^ self._sequence).to_bytes(12, "big")
+
+    def encrypt(self, content_type: int, content: bytes) -> bytes:
+        """One TLSCiphertext record carrying ``content`` of ``content_type`` (section 5.2)."""
+        if content_type not in _INNER_TYPES:
+            raise ValueError(f"content type {content_type} cannot be sent protected")
+        if len(content) > MAX_PLAINTEXT_LENGTH:
+            raise ValueError(f"content of {len(content)} bytes does not fit one record")
+        if not content and content_type != ContentType.APPLICATION_DATA:
+            raise ValueError("handshake and alert records must not be empty (section 5.4)")
+        if self._sequence >= self._encrypt_limit:
+            raise TLSAlert(
+                Alert.INTERNAL_ERROR,
+                f"write key exhausted after {self._sequence} records without a key update",
+            )
+        padding = self.padding.padding_length(len(content))
+        inner = b"".join((content, bytes((content_type,)), bytes(padding)))
+        length = len(inner) + self.suite.tag_length
+        header = _CIPHERTEXT_HEADER_PREFIX + length.to_bytes(2, "big")
+        sealed = self._aead.encrypt(self._nonce(), inner, header)
+        self._sequence += 1
+        return header + sealed
+
+    def encrypt_fragmented(
+        self, content_type: int, data: bytes, max_fragment: int = MAX_PLAINTEXT_LENGTH
+    ) -> bytes:
+        """``data`` split into records of at most ``max_fragment`` content bytes (5.1)."""
+        if not 0 < max_fragment <= MAX_PLAINTEXT_LENGTH:
+            raise ValueError(f"fragment size {max_fragment} out of range")
+        if not data:
+            return self.encrypt(content_type, data)
+        return b"".join(
+            self.encrypt(content_type, data[start : start + max_fragment])
+            for start in range(0, len(data), max_fragment)
+        )
+
+    def decrypt(self, record: Record) -> InnerPlaintext:
+        """Deprotect one TLSCiphertext record (sections 5.2, 5.4); see the module docstring
+        for the alerts raised."""
+        if record.content_type != _PROTECTED_TYPE:
+            raise TLSAlert(
+                Alert.UNEXPECTED_MESSAGE,
+                f"record of content type {record.content_type} where a protected record"
+                " was expected",
+            )
+        fragment = record.fragment
+        if len(fragment) > MAX_CIPHERTEXT_LENGTH:
+            raise TLSAlert(
+                Alert.RECORD_OVERFLOW, f"protected record of {len(fragment)} bytes exceeds 2^14+256"
+            )
+        if self._sequence >= SEQUENCE_NUMBER_LIMIT:
+            raise TLSAlert(Alert.INTERNAL_ERROR, "read sequence number exhausted")
+        if len(fragment) < self.suite.tag_length:
+            raise TLSAlert(Alert.BAD_RECORD_MAC, "protected record too short")
+        try:
+            inner = self._aead.decrypt(self._nonce(), fragment, record.header())
+        except InvalidTag:
+            raise TLSAlert(Alert.BAD_RECORD_MAC, "record authentication failed") from None
+        self._sequence += 1
+        if len(inner) > MAX_INNER_PLAINTEXT_LENGTH:
+            raise TLSAlert(
+                Alert.RECORD_OVERFLOW, f"decrypted record of {len(inner)} bytes exceeds 2^14+1"
+            )
+        # Section 5.4: scan from the end for the first non-zero octet: the content type. (The
+        # scan runs over authenticated plaintext only; unpadded records skip the copy.)
+        if inner and inner[-1]:
+            content_type, content = inner[-1], inner[:-1]
+        else:
+            unpadded = inner.rstrip(b"\x00")
+            if not unpadded:
+                raise TLSAlert(Alert.UNEXPECTED_MESSAGE, "protected record has no content type")
+            content_type, content = unpadded[-1], unpadded[:-1]
+        if content_type not in _INNER_TYPES:
+            raise TLSAlert(
+                Alert.UNEXPECTED_MESSAGE, f"protected record of inner content type {content_type}"
+            )
+        if not content and content_type != ContentType.APPLICATION_DATA:
+            raise TLSAlert(
+                Alert.UNEXPECTED_MESSAGE, "empty handshake or alert record (section 5.4)"
+            )
+        return InnerPlaintext(content_type, content)
