@@ -58,6 +58,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import quote
 
 import httptools
@@ -116,6 +117,27 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 section 5.6.2
 _FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")  # RFC 9110 section 5.5, field-value
 _DIGITS = re.compile(rb"[0-9]+")  # RFC 9112 section 6.3, rule 5: Content-Length = 1*DIGIT
 _OWS = b" \t"
+
+
+ParserT = TypeVar("ParserT", httptools.HttpRequestParser, httptools.HttpResponseParser)
+
+
+def _strict(parser: ParserT) -> ParserT:
+    """Every llhttp leniency off. That is llhttp's default; said explicitly so that a future
+    default cannot turn one on (httptools >= 0.6.2 exposes them)."""
+    parser.set_dangerous_leniencies(
+        lenient_headers=False,
+        lenient_chunked_length=False,
+        lenient_keep_alive=False,
+        lenient_transfer_encoding=False,
+        lenient_version=False,
+        lenient_data_after_close=False,
+        lenient_optional_lf_after_cr=False,
+        lenient_optional_cr_before_lf=False,
+        lenient_optional_crlf_after_chunk=False,
+        lenient_spaces_after_chunk_size=False,
+    )
+    return parser
 
 
 class HTTPRefused(Exception):
@@ -231,21 +253,7 @@ class RequestRewriter:
     # -- parsing -------------------------------------------------------------------------------
 
     def _new_parser(self) -> None:
-        self._parser = httptools.HttpRequestParser(self)
-        # All off, which is llhttp's default; said explicitly so that a future default cannot
-        # turn one on (httptools >= 0.6.2 exposes them).
-        self._parser.set_dangerous_leniencies(
-            lenient_headers=False,
-            lenient_chunked_length=False,
-            lenient_keep_alive=False,
-            lenient_transfer_encoding=False,
-            lenient_version=False,
-            lenient_data_after_close=False,
-            lenient_optional_lf_after_cr=False,
-            lenient_optional_cr_before_lf=False,
-            lenient_optional_crlf_after_chunk=False,
-            lenient_spaces_after_chunk_size=False,
-        )
+        self._parser = _strict(httptools.HttpRequestParser(self))
         self._in_head = False
         self._framing_bytes = 0
         self._progress = False
@@ -587,19 +595,7 @@ class ResponseTracker:
 
     def _on_head(self, raw: bytes) -> None:
         head = _ResponseHead()
-        parser = httptools.HttpResponseParser(head)
-        parser.set_dangerous_leniencies(
-            lenient_headers=False,
-            lenient_chunked_length=False,
-            lenient_keep_alive=False,
-            lenient_transfer_encoding=False,
-            lenient_version=False,
-            lenient_data_after_close=False,
-            lenient_optional_lf_after_cr=False,
-            lenient_optional_cr_before_lf=False,
-            lenient_optional_crlf_after_chunk=False,
-            lenient_spaces_after_chunk_size=False,
-        )
+        parser = _strict(httptools.HttpResponseParser(head))
         try:
             parser.feed_data(raw)
         except httptools.HttpParserUpgrade:
