@@ -25,25 +25,22 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import re
 import shlex
 import shutil
 import signal
 import socket
 import ssl
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from procs import REPO, Process, median  # bench/procs.py
+
 SERVER_CORE = 0
 CLIENT_CORE = 1
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"  # the proxy's (mtlsproxy.policy.contexts)
-LISTENING = re.compile(rb"listening on 127\.0\.0\.1:(\d+)")
 CHUNK = 256 * 1024
 
 
@@ -145,52 +142,6 @@ def _serve(kind: str, directory: str, mode: str, version: str) -> None:
 # Process handling
 
 
-class Server:
-    """A subprocess that logs ``listening on 127.0.0.1:PORT`` on stderr (to a file)."""
-
-    def __init__(self, argv: list[str], log: Path, pin: int | None) -> None:
-        if pin is not None:
-            argv = ["taskset", "-c", str(pin), *argv]
-        self.log = log
-        self.stderr = log.open("wb")
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=self.stderr,
-        )
-        self.port = self._wait_port(timeout=20.0)
-
-    def _wait_port(self, timeout: float) -> int:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            match = LISTENING.search(self.log.read_bytes())
-            if match:
-                return int(match.group(1))
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        self.stop()
-        tail = self.log.read_bytes()[-2000:].decode(errors="replace")
-        raise RuntimeError(f"server did not start: {self.proc.args}\n{tail}")
-
-    def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        # after "pid (comm)": fields[0] is state (field 3), so utime (14) is [11], stime [12]
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self.stderr.close()
-
-
 def proxy_config(directory: Path, setup: Setup, upstream_port: int) -> Path:
     lines = [
         "listeners:",
@@ -261,7 +212,7 @@ def _handshake_worker(directory: str, setup: Setup, port: int, start: float, end
     conn.close()
 
 
-def measure_handshakes(server: Server, directory: Path, setup: Setup, args) -> dict:
+def measure_handshakes(server: Process, directory: Path, setup: Setup, args) -> dict:
     ctx = mp.get_context("fork")
     start = time.time() + 0.3
     end = start + args.seconds
@@ -304,7 +255,7 @@ def measure_handshakes(server: Server, directory: Path, setup: Setup, args) -> d
     }
 
 
-def measure_bulk(server: Server, directory: Path, setup: Setup, args) -> dict:
+def measure_bulk(server: Process, directory: Path, setup: Setup, args) -> dict:
     total = args.mib * 1024 * 1024
     block = os.urandom(CHUNK)
     context = client_context(directory, setup)
@@ -374,19 +325,22 @@ def main() -> int:
         from mtlsproxy import pki
 
         pki.init(directory)
-        upstream = Server(
-            [python, me, "--serve", "upstream", tmp, "none", "1.3"], directory / "up.log", None
+        upstream = Process(
+            [python, me, "--serve", "upstream", tmp, "none", "1.3"],
+            directory / "up.log",
+            None,
+            None,
         )
         try:
             configs = {s.key: proxy_config(directory, s, upstream.port) for s in setups}
 
-            def start(system: str, setup: Setup) -> Server:
+            def start(system: str, setup: Setup) -> Process:
                 log = directory / f"{system}-{setup.key}.log"
                 if system == "proxy":
                     argv = [python, "-m", "mtlsproxy", "run", "-c", str(configs[setup.key])]
                 else:
                     argv = [python, me, "--serve", "baseline", tmp, setup.mode, setup.version]
-                return Server(argv, log, server_pin)
+                return Process(argv, log, server_pin, None)
 
             for run in range(args.runs):
                 for setup in setups:
@@ -413,18 +367,14 @@ def main() -> int:
     return 0
 
 
-def _median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
 def print_table(setups: list[Setup], samples: dict[str, list[dict]], args) -> None:
     def med(key: str, field: str) -> float:
-        return _median([s[field] for s in samples.get(key, [])])
+        return median([s[field] for s in samples.get(key, [])])
 
     def ratio(key: str, field: str) -> float:
         # per-pass ratio proxy/bare (same pass, same order), then the median of those
         pairs = zip(samples.get(f"{key}/proxy", []), samples.get(f"{key}/bare", []), strict=False)
-        return _median([p[field] / b[field] for p, b in pairs if b[field]])
+        return median([p[field] / b[field] for p, b in pairs if b[field]])
 
     print()
     print(

@@ -26,27 +26,23 @@ clients and the upstream to core 1.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import multiprocessing as mp
 import os
-import re
 import shlex
 import shutil
-import signal
 import socket
 import ssl
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from procs import REPO, Process, free_port, median  # bench/procs.py
+
 FRONT_CORE = 0
 CLIENT_CORE = 1
-LISTENING = re.compile(rb"listening on 127\.0\.0\.1:(\d+)")
 FRONTS = ("l4", "http", "nginx")
 LABELS = {
     "l4": "mtlsproxy L4 (forward_identity: none)",
@@ -60,97 +56,6 @@ CLIENT_DN = "CN=frontend"  # the subject of the PKI's client.crt
 
 # ---------------------------------------------------------------------------------------------
 # Processes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        return []
-    for tid in tasks:
-        with contextlib.suppress(FileNotFoundError):
-            children = Path(f"/proc/{pid}/task/{tid}/children").read_text()
-            found += [int(c) for c in children.split()]
-    return found
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` and all its live descendants (nginx: master + worker)."""
-    total = 0
-    todo = [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            stat = Path(f"/proc/{current}/stat").read_text()
-        except FileNotFoundError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime (14), stime (15)
-        todo += _children(current)
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-class Process:
-    """A front or the upstream: a subprocess, its port, its CPU, stopped by PID."""
-
-    def __init__(self, argv: list[str], log: Path, pin: int | None, port: int | None) -> None:
-        if pin is not None:
-            argv = ["taskset", "-c", str(pin), *argv]  # taskset execs: same PID
-        self.log = log
-        self.stderr = log.open("wb")
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=self.stderr,
-            start_new_session=True,
-        )
-        try:
-            self.port = self._wait(port, timeout=20.0)
-        except BaseException:
-            self.stop()
-            raise
-
-    def _wait(self, port: int | None, timeout: float) -> int:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if port is None:
-                match = LISTENING.search(self.log.read_bytes())
-                if match:
-                    return int(match.group(1))
-            else:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    return port
-                except OSError:
-                    pass
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        tail = self.log.read_bytes()[-2000:].decode(errors="replace")
-        raise RuntimeError(f"did not start: {shlex.join(self.proc.args)}\n{tail}")
-
-    def cpu_seconds(self) -> float:
-        return tree_cpu_seconds(self.proc.pid)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            # nginx: SIGTERM to the master is a fast shutdown that also stops its worker.
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self.stderr.close()
 
 
 NGINX_MAIN = """\
@@ -476,18 +381,14 @@ def main() -> int:
     return 0
 
 
-def _median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
 def print_table(samples: dict[str, list[dict]], args) -> None:
     def med(front: str, field: str) -> float:
-        return _median([s[field] for s in samples[front]])
+        return median([s[field] for s in samples[front]])
 
     def ratio(front: str, field: str) -> float:
         # per pass (same pass, started back to back) against l4, then the median
         pairs = zip(samples[front], samples["l4"], strict=False)
-        return _median([s[field] / base[field] for s, base in pairs if base[field]])
+        return median([s[field] / base[field] for s, base in pairs if base[field]])
 
     print()
     print(

@@ -1,0 +1,113 @@
+"""Processes for the benchmarks: started pinned, their port found, their CPU read from /proc,
+stopped by PID. Shared by e2e.py and http_mode.py."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LISTENING = re.compile(rb"listening on 127\.0\.0\.1:(\d+)")
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return []
+    for tid in tasks:
+        with contextlib.suppress(FileNotFoundError):
+            children = Path(f"/proc/{pid}/task/{tid}/children").read_text()
+            found += [int(c) for c in children.split()]
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and all its live descendants (nginx: master + worker)."""
+    total = 0
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            stat = Path(f"/proc/{current}/stat").read_text()
+        except FileNotFoundError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime (14), stime (15)
+        todo += _children(current)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class Process:
+    """A front or the upstream: a subprocess, its port, its CPU, stopped by PID."""
+
+    def __init__(self, argv: list[str], log: Path, pin: int | None, port: int | None) -> None:
+        if pin is not None:
+            argv = ["taskset", "-c", str(pin), *argv]  # taskset execs: same PID
+        self.log = log
+        self.stderr = log.open("wb")
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self.stderr,
+            start_new_session=True,
+        )
+        try:
+            self.port = self._wait(port, timeout=20.0)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait(self, port: int | None, timeout: float) -> int:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if port is None:
+                match = LISTENING.search(self.log.read_bytes())
+                if match:
+                    return int(match.group(1))
+            else:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    return port
+                except OSError:
+                    pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        tail = self.log.read_bytes()[-2000:].decode(errors="replace")
+        raise RuntimeError(f"did not start: {shlex.join(self.proc.args)}\n{tail}")
+
+    def cpu_seconds(self) -> float:
+        return tree_cpu_seconds(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            # nginx: SIGTERM to the master is a fast shutdown that also stops its worker.
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.stderr.close()
