@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from mtlsproxy.config.model import LogFormat, LogSettings
@@ -75,26 +76,33 @@ def _timing_fields(outcome: HandshakeComplete | HandshakeFailed) -> dict[str, fl
     return {f"{k}_ms": round(v * 1000, 3) for k, v in outcome.timings.as_dict().items()}
 
 
-def access(
-    listener: str,
-    peer: str,
-    hello: ClientHello | None,
-    outcome: HandshakeComplete | HandshakeFailed | None,
-    bytes_in: int,
-    bytes_out: int,
-    duration: float,
-    end: str,
-    upstream: str | None,
-) -> None:
+@dataclass(frozen=True, slots=True)
+class AccessRecord:
+    """What the access log says about one connection, at close."""
+
+    listener: str
+    engine: str
+    peer: str
+    hello: ClientHello | None
+    outcome: HandshakeComplete | HandshakeFailed | None
+    bytes_in: int
+    bytes_out: int
+    duration: float
+    end: str  # how it ended: closed, handshake_failed, idle_timeout, http_refused...
+    upstream: str | None
+
+
+def access(record: AccessRecord) -> None:
     """One line per connection at close: who, what was negotiated, how it ended, how much."""
     if not access_log.isEnabledFor(logging.INFO):
         return
+    outcome, hello = record.outcome, record.hello
     fields: dict[str, Any] = {
-        "listener": listener,
+        "listener": record.listener,
         "route": outcome.route if outcome is not None else None,
-        "peer": peer,
+        "peer": record.peer,
         "sni": hello.server_name if hello else None,
-        "engine": "openssl",
+        "engine": record.engine,
     }
     if isinstance(outcome, HandshakeComplete):
         fields.update(
@@ -109,8 +117,8 @@ def access(
     if outcome is not None:
         fields.update(_identity_fields(outcome.identity), **_timing_fields(outcome))
     fields.update(
-        bytes_in=bytes_in, bytes_out=bytes_out, duration_ms=round(duration * 1000, 3),
-        end=end, upstream=upstream,
+        bytes_in=record.bytes_in, bytes_out=record.bytes_out,
+        duration_ms=round(record.duration * 1000, 3), end=record.end, upstream=record.upstream,
     )  # fmt: skip
     access_log.info("access", extra={"fields": fields})
 

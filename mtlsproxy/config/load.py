@@ -359,7 +359,7 @@ def _allow_pattern(kind: AllowKind, node: Node) -> str:
 
 
 _listen_address = partial(_address, zero_port=True)
-_engine = _one_of(("openssl", "native"), unavailable=("native",))
+_engine = _one_of(("openssl", "native"))
 _forward_identity_mode = _one_of(ForwardIdentity)
 
 

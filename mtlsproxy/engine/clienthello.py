@@ -445,6 +445,7 @@ class ClientHelloReader:
             max_message_size=max(0, max_size - RECORD_HEADER_SIZE - HANDSHAKE_HEADER_SIZE),
         )
         self._hello: ClientHello | None = None
+        self._message = b""
         self._error: HandshakeError | None = None
 
     @property
@@ -455,6 +456,12 @@ class ClientHelloReader:
     def hello_size(self) -> int:
         """Bytes of ``buffered`` that are the ClientHello's records (0 until it is complete)."""
         return self._records.consumed if self._hello is not None else 0
+
+    @property
+    def message(self) -> bytes:
+        """The ClientHello handshake message, 4-byte header included, as the transcript hash
+        of RFC 8446 section 4.4.1 needs it (empty until it is complete)."""
+        return self._message
 
     @property
     def looks_like_http(self) -> bool:
@@ -502,6 +509,9 @@ class ClientHelloReader:
             # follow the ClientHello in its record (the next client flight waits for ours).
             raise _malformed("bytes follow the ClientHello in its last record")
         self._hello = parse_client_hello(message.body)
+        self._message = (
+            bytes((message.msg_type,)) + len(message.body).to_bytes(3, "big") + message.body
+        )
         return self._hello
 
     def _wrong_type(self, msg_type: int) -> HandshakeError:

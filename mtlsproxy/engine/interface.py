@@ -84,3 +84,8 @@ class Engine(Protocol):
     def route(self) -> TLSRoute | None:
         """The route chosen from the ClientHello (None before it was parsed)."""
         ...
+
+    @property
+    def name(self) -> str:
+        """Which engine runs the connection (a metric label and log field)."""
+        ...

@@ -81,7 +81,7 @@ _VERIFY_CODES: dict[int, tuple[Reason, Alert]] = {
 }
 
 # Alerts a client sends when it does not accept our certificate (seed step 3).
-_CLIENT_REJECTS_SERVER_CERT = {
+CLIENT_REJECTS_SERVER_CERT = {
     Alert.BAD_CERTIFICATE,
     Alert.UNSUPPORTED_CERTIFICATE,
     Alert.CERTIFICATE_REVOKED,
@@ -143,6 +143,8 @@ class OpenSSLEngine:
     @property
     def handshake_complete(self) -> bool:
         return self._state is _State.ESTABLISHED
+
+    name = "openssl"
 
     @property
     def route(self) -> TLSRoute | None:
@@ -279,6 +281,8 @@ class OpenSSLEngine:
         """The TLS handshake succeeded but the policy refuses the client (seed step 6)."""
         assert self._sslobj is not None
         version = self._sslobj.version()
+        # Before close(): after unwrap() the SSLObject no longer gives the peer certificate.
+        leaf = self._sslobj.getpeercert(binary_form=True)
         if version == "TLSv1.2":
             # Our CCS + Finished are still in the outgoing BIO: replace them with a plaintext
             # fatal alert, so the client learns why (RFC 5246 section 7.2.2).
@@ -289,7 +293,6 @@ class OpenSSLEngine:
         else:
             self.close()
             error = HandshakeError(error.step, error.reason, error.detail, Alert.CLOSE_NOTIFY)
-        leaf = self._sslobj.getpeercert(binary_form=True)
         identity = PeerIdentity.from_der(leaf) if leaf else None
         return self._fail(error, identity=identity, version=version)
 
@@ -350,7 +353,7 @@ class OpenSSLEngine:
             )
         received = _received_alert(reason_code)
         if received is not None:
-            if self._t_flight is not None and received in _CLIENT_REJECTS_SERVER_CERT:
+            if self._t_flight is not None and received in CLIENT_REJECTS_SERVER_CERT:
                 return HandshakeError(
                     Step.SERVER_CERTIFICATE,
                     Reason.CLIENT_REJECTED_SERVER_CERT,

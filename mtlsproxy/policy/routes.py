@@ -69,10 +69,7 @@ class ServerRoute:
                 route.tls,
                 client_auth,
                 [loaded.crl for loaded in verifier.crls] if verifier is not None else (),
-                # An HTTP-aware route parses HTTP/1.1 only (RFC 7301: offer what we speak).
-                alpn=("http/1.1",)
-                if route.forward_identity.mode is ForwardIdentity.HTTP
-                else route.tls.alpn,
+                alpn=route_alpn(route),
             ),
             allow_list=AllowList(client_auth.allow),
             verifier=verifier,
@@ -82,6 +79,10 @@ class ServerRoute:
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def alpn(self) -> tuple[str, ...]:
+        return route_alpn(self.config)
 
     @property
     def requests_client_certificate(self) -> bool:
@@ -146,6 +147,14 @@ class ServerRoute:
                 f"resumed session: {identity.describe()} is revoked",
                 Alert.CERTIFICATE_REVOKED,
             )
+
+
+def route_alpn(route: Route) -> tuple[str, ...]:
+    """The ALPN protocols a route accepts, in preference order. An HTTP-aware route parses
+    HTTP/1.1 only (RFC 7301: offer what we speak)."""
+    if route.forward_identity.mode is ForwardIdentity.HTTP:
+        return ("http/1.1",)
+    return route.tls.alpn
 
 
 class RouteTable:

@@ -97,10 +97,19 @@ class ClientConnection(asyncio.Protocol):
         if not self._closed:
             self._close(abort=True)
         if self._engine is not None:  # admitted: it gets its access log line
-            self._runtime.observe_connection(
-                self._peer, self._hello, self._outcome, self._bytes_in, self._bytes_out,
-                time.monotonic() - self._opened, self._end, self._upstream_address,
-            )  # fmt: skip
+            record = logs.AccessRecord(
+                listener=self._runtime.name,
+                engine=self._engine.name,
+                peer=self._peer,
+                hello=self._hello,
+                outcome=self._outcome,
+                bytes_in=self._bytes_in,
+                bytes_out=self._bytes_out,
+                duration=time.monotonic() - self._opened,
+                end=self._end,
+                upstream=self._upstream_address,
+            )
+            self._runtime.observe_connection(record)
         self._runtime.release_connection(self)
 
     def pause_writing(self) -> None:
@@ -173,6 +182,13 @@ class ClientConnection(asyncio.Protocol):
     # Upstream side
 
     async def _connect_upstream(self, route: ServerRoute) -> None:
+        try:
+            await self._do_connect_upstream(route)
+        except Exception:  # a bug must end this connection, not leave it hanging
+            logs.log.exception("internal error while connecting upstream", extra={"fields": {}})
+            self._close(abort=True, end="internal_error")
+
+    async def _do_connect_upstream(self, route: ServerRoute) -> None:
         runtime = self._runtime
         started = self._loop.time()
         try:

@@ -17,6 +17,7 @@ from mtlsproxy.config.model import Listener
 from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.events import HandshakeComplete, HandshakeFailed
 from mtlsproxy.engine.interface import Engine
+from mtlsproxy.engine.native.engine import NativeEngine
 from mtlsproxy.engine.openssl import OpenSSLEngine
 from mtlsproxy.metrics import Metrics
 from mtlsproxy.policy.routes import RouteTable
@@ -59,7 +60,8 @@ class ListenerRuntime:
     def new_engine(self) -> Engine:
         """A handshake engine for one new connection, on the current routes (a reload swaps
         ``routes``; connections keep the table they started with)."""
-        return OpenSSLEngine(self.routes.select, time.perf_counter)
+        engine = NativeEngine if self.config.engine == "native" else OpenSSLEngine
+        return engine(self.routes.select, time.perf_counter)
 
     def watched_files(self) -> tuple[Path, ...]:
         """Every certificate, key, CA bundle and CRL file the routes read."""
@@ -120,22 +122,10 @@ class ListenerRuntime:
         self.metrics.observe_handshake(self.name, event, time.time())
         logs.handshake(self.name, peer, hello, event)
 
-    def observe_connection(
-        self,
-        peer: str,
-        hello: ClientHello | None,
-        outcome: HandshakeComplete | HandshakeFailed | None,
-        bytes_in: int,
-        bytes_out: int,
-        duration: float,
-        end: str,
-        upstream: str | None,
-    ) -> None:
+    def observe_connection(self, record: logs.AccessRecord) -> None:
         """The access log line, at close (``log.access``)."""
         if self.access_log:
-            logs.access(
-                self.name, peer, hello, outcome, bytes_in, bytes_out, duration, end, upstream
-            )
+            logs.access(record)
 
     def observe_upstream_connect(self, route: str, seconds: float) -> None:
         self.metrics.upstream_connect_duration.labels(self.name, route).observe(seconds)

@@ -40,7 +40,7 @@ class Proxy:
     def __init__(self, config: Config, worker: bool = False) -> None:
         self.config = config
         self.worker = worker
-        self.metrics = Metrics()
+        self.metrics = Metrics(",".join(sorted({listener.engine for listener in config.listeners})))
         self.listeners = [
             ListenerRuntime(
                 listener, self.metrics, RouteTable.for_listener(listener), config.log.access

@@ -306,9 +306,9 @@ BROKEN = {
         "    upstream: 127.0.0.1:8080\n    limits: [max_connections, 5]\n",
         (6, "listeners[0].limits", "expected a mapping, got a list"),
     ),
-    "native engine": (
-        "    upstream: 127.0.0.1:8080\n    engine: native\n",
-        (6, "listeners[0].engine", "'native' is not available in this version"),
+    "unknown engine": (
+        "    upstream: 127.0.0.1:8080\n    engine: boringssl\n",
+        (6, "listeners[0].engine", "'boringssl' is not one of openssl, native"),
     ),
     "forward identity option of the other mode": (
         "    upstream: 127.0.0.1:8080\n    forward_identity: {mode: http, crc32c: true}\n",

@@ -1,0 +1,498 @@
+"""TLS 1.3 handshake messages: encoders for what we send, bounded decoders for what we read.
+
+RFC 8446 section 4. Every encoder returns the complete handshake message, 4-byte header
+(``HandshakeType msg_type; uint24 length``) included, ready for the transcript and the record
+layer. Every decoder takes the message *body* and raises
+:class:`~mtlsproxy.engine.native.alerts.TLSAlert` (``decode_error`` unless the RFC names
+another alert) for anything it cannot accept; nothing else escapes for peer input.
+
+The server side uses: :func:`server_hello`, :func:`hello_retry_request`,
+:func:`encrypted_extensions`, :func:`certificate_request`, :func:`certificate`,
+:func:`certificate_verify`, :func:`finished`, :func:`key_update`, and reads the client's
+Certificate, CertificateVerify, Finished and KeyUpdate with the ``decode_*`` functions and
+:class:`HandshakeAssembler`. The client-side encoders and the ServerHello / EncryptedExtensions
+/ CertificateRequest decoders exist for tests (a minimal in-memory client) and round trips.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from mtlsproxy.engine.clienthello import ExtensionType
+from mtlsproxy.engine.errors import Alert
+from mtlsproxy.engine.native.alerts import TLSAlert
+from mtlsproxy.engine.records import HANDSHAKE_HEADER_SIZE, Buffer, DecodeError, HandshakeType
+
+TLS13 = 0x0304
+LEGACY_VERSION = 0x0303
+
+# Section 4.1.3: HelloRetryRequest is a ServerHello whose random is SHA-256("HelloRetryRequest").
+HELLO_RETRY_REQUEST_RANDOM = hashlib.sha256(b"HelloRetryRequest").digest()
+
+# Extension code points used here beyond those the ClientHello parser names (IANA registry).
+EXT_COOKIE = 0x002C  # section 4.2.2
+EXT_CERTIFICATE_AUTHORITIES = 0x002F  # section 4.2.4
+EXT_SIGNATURE_ALGORITHMS_CERT = 0x0032  # section 4.2.3
+
+# Bounds on what a client may send us (the reassembly cap bounds the whole message too).
+MAX_HANDSHAKE_MESSAGE = 64 * 1024  # body bytes of one reassembled handshake message
+MAX_CERTIFICATES = 16  # entries in the client's Certificate (leaf + intermediates)
+
+# KeyUpdateRequest (section 4.6.3).
+UPDATE_NOT_REQUESTED = 0
+UPDATE_REQUESTED = 1
+
+
+def _decode_error(detail: str) -> TLSAlert:
+    return TLSAlert(Alert.DECODE_ERROR, detail)
+
+
+@contextmanager
+def _decoding(what: str) -> Iterator[None]:
+    """Turn a ``DecodeError`` (short read, bad vector length) into ``decode_error``."""
+    try:
+        yield
+    except DecodeError as exc:
+        raise _decode_error(f"{what} does not decode: {exc}") from None
+
+
+# Encoding helpers (section 3: vectors carry a length prefix of 1, 2 or 3 bytes)
+
+
+def vector(data: bytes, length_size: int) -> bytes:
+    if len(data) >= 1 << (8 * length_size):
+        raise ValueError(f"vector of {len(data)} bytes does not fit a {length_size}-byte length")
+    return len(data).to_bytes(length_size, "big") + data
+
+
+def uint16_list(values: Iterable[int], length_size: int = 2) -> bytes:
+    values = tuple(values)
+    return vector(struct.pack(f">{len(values)}H", *values), length_size)
+
+
+def extensions_block(extensions: Sequence[tuple[int, bytes]]) -> bytes:
+    """``Extension extensions<0..2^16-1>``, each ``(type, extension_data<0..2^16-1>)``."""
+    return vector(b"".join(t.to_bytes(2, "big") + vector(body, 2) for t, body in extensions), 2)
+
+
+def handshake(msg_type: int, body: bytes) -> bytes:
+    """A handshake message: type, uint24 length, body (section 4)."""
+    if len(body) >= 1 << 24:
+        raise ValueError("handshake message too long")
+    return bytes((msg_type,)) + len(body).to_bytes(3, "big") + body
+
+
+def _parse_extensions(buf: Buffer) -> tuple[tuple[int, bytes], ...]:
+    """An extension block; duplicates are ``illegal_parameter`` (section 4.2)."""
+    extensions: list[tuple[int, bytes]] = []
+    seen: set[int] = set()
+    with buf.pull_block(2):
+        while not buf.eof():
+            ext_type = buf.pull_uint16()
+            if ext_type in seen:
+                raise TLSAlert(Alert.ILLEGAL_PARAMETER, f"duplicate extension 0x{ext_type:04x}")
+            seen.add(ext_type)
+            extensions.append((ext_type, buf.pull_vector_bytes(2)))
+    return tuple(extensions)
+
+
+def _end(buf: Buffer, what: str) -> None:
+    if not buf.eof():
+        raise _decode_error(f"{buf.remaining()} trailing bytes after {what}")
+
+
+# ClientHello key_share (section 4.2.8)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyShareEntry:
+    group: int
+    key_exchange: bytes
+
+    def __repr__(self) -> str:
+        return f"KeyShareEntry(0x{self.group:04x}, <{len(self.key_exchange)} bytes>)"
+
+
+def parse_client_key_shares(body: bytes) -> tuple[KeyShareEntry, ...]:
+    """``KeyShareClientHello``: ``KeyShareEntry client_shares<0..2^16-1>``.
+
+    Two entries for one group are ``illegal_parameter`` (section 4.2.8: "Clients MUST NOT
+    offer multiple KeyShareEntry values for the same group").
+    """
+    entries: list[KeyShareEntry] = []
+    with _decoding("key_share"):
+        buf = Buffer(body)
+        with buf.pull_block(2):
+            while not buf.eof():
+                group = buf.pull_uint16()
+                entries.append(KeyShareEntry(group, buf.pull_vector_bytes(2, minimum=1)))
+        _end(buf, "client_shares")
+    groups = [entry.group for entry in entries]
+    if len(set(groups)) != len(groups):
+        raise TLSAlert(Alert.ILLEGAL_PARAMETER, "key_share offers one group twice")
+    return tuple(entries)
+
+
+def client_key_shares(extensions: Sequence[tuple[int, bytes]]) -> tuple[KeyShareEntry, ...]:
+    """The key_share entries of a ClientHello's raw extensions (empty if absent)."""
+    for ext_type, body in extensions:
+        if ext_type == ExtensionType.KEY_SHARE:
+            return parse_client_key_shares(body)
+    return ()
+
+
+def extension_body(extensions: Sequence[tuple[int, bytes]], ext_type: int) -> bytes | None:
+    for found, body in extensions:
+        if found == ext_type:
+            return body
+    return None
+
+
+# ServerHello and HelloRetryRequest (sections 4.1.3, 4.1.4)
+
+
+def server_hello(
+    random: bytes, session_id: bytes, cipher_suite: int, group: int, key_exchange: bytes
+) -> bytes:
+    """ServerHello for TLS 1.3: supported_versions (0x0304) and our key_share entry."""
+    key_share = group.to_bytes(2, "big") + vector(key_exchange, 2)
+    return _server_hello(
+        random,
+        session_id,
+        cipher_suite,
+        [
+            (ExtensionType.SUPPORTED_VERSIONS, TLS13.to_bytes(2, "big")),
+            (ExtensionType.KEY_SHARE, key_share),
+        ],
+    )
+
+
+def hello_retry_request(
+    session_id: bytes, cipher_suite: int, selected_group: int, cookie: bytes | None = None
+) -> bytes:
+    """HelloRetryRequest: the special random, supported_versions and the selected group
+    (``KeyShareHelloRetryRequest``), plus a cookie when given (section 4.1.4)."""
+    extensions = [
+        (ExtensionType.SUPPORTED_VERSIONS, TLS13.to_bytes(2, "big")),
+        (ExtensionType.KEY_SHARE, selected_group.to_bytes(2, "big")),
+    ]
+    if cookie is not None:
+        extensions.append((EXT_COOKIE, vector(cookie, 2)))
+    return _server_hello(HELLO_RETRY_REQUEST_RANDOM, session_id, cipher_suite, extensions)
+
+
+def _server_hello(
+    random: bytes, session_id: bytes, cipher_suite: int, extensions: list[tuple[int, bytes]]
+) -> bytes:
+    if len(random) != 32 or len(session_id) > 32:
+        raise ValueError("bad random or legacy_session_id")
+    body = (
+        LEGACY_VERSION.to_bytes(2, "big")
+        + random
+        + vector(session_id, 1)
+        + cipher_suite.to_bytes(2, "big")
+        + b"\x00"  # legacy_compression_method
+        + extensions_block(extensions)
+    )
+    return handshake(HandshakeType.SERVER_HELLO, body)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerHello:
+    random: bytes
+    session_id: bytes
+    cipher_suite: int
+    extensions: tuple[tuple[int, bytes], ...]
+
+    @property
+    def is_retry_request(self) -> bool:
+        return self.random == HELLO_RETRY_REQUEST_RANDOM
+
+    @property
+    def selected_version(self) -> int | None:
+        body = extension_body(self.extensions, ExtensionType.SUPPORTED_VERSIONS)
+        return int.from_bytes(body, "big") if body is not None and len(body) == 2 else None
+
+    @property
+    def key_share(self) -> KeyShareEntry | None:
+        """The server's share (ServerHello) or, for a HelloRetryRequest, the selected group
+        with empty key_exchange."""
+        body = extension_body(self.extensions, ExtensionType.KEY_SHARE)
+        if body is None:
+            return None
+        with _decoding("key_share"):
+            buf = Buffer(body)
+            group = buf.pull_uint16()
+            exchange = b"" if self.is_retry_request else buf.pull_vector_bytes(2, minimum=1)
+            _end(buf, "key_share")
+        return KeyShareEntry(group, exchange)
+
+
+def decode_server_hello(body: bytes) -> ServerHello:
+    with _decoding("ServerHello"):
+        buf = Buffer(body)
+        buf.pull_uint16()
+        random = buf.pull_bytes(32)
+        session_id = buf.pull_vector_bytes(1)
+        suite = buf.pull_uint16()
+        if buf.pull_uint8() != 0:
+            raise TLSAlert(Alert.ILLEGAL_PARAMETER, "non-null compression method")
+        extensions = _parse_extensions(buf)
+        _end(buf, "ServerHello")
+    return ServerHello(random, session_id, suite, extensions)
+
+
+# EncryptedExtensions (section 4.3.1)
+
+
+def encrypted_extensions(alpn: str | None = None) -> bytes:
+    """EncryptedExtensions; ALPN (RFC 7301 section 3.1: exactly one name) when negotiated.
+    early_data is never included: 0-RTT is not accepted."""
+    extensions = []
+    if alpn is not None:
+        extensions.append((ExtensionType.ALPN, vector(vector(alpn.encode("latin-1"), 1), 2)))
+    return handshake(HandshakeType.ENCRYPTED_EXTENSIONS, extensions_block(extensions))
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptedExtensions:
+    extensions: tuple[tuple[int, bytes], ...]
+
+    @property
+    def alpn(self) -> str | None:
+        body = extension_body(self.extensions, ExtensionType.ALPN)
+        if body is None:
+            return None
+        with _decoding("ALPN"):
+            buf = Buffer(body)
+            with buf.pull_block(2):
+                name = buf.pull_vector_bytes(1, minimum=1)
+            _end(buf, "ALPN")
+        return name.decode("latin-1")
+
+
+def decode_encrypted_extensions(body: bytes) -> EncryptedExtensions:
+    with _decoding("EncryptedExtensions"):
+        buf = Buffer(body)
+        extensions = _parse_extensions(buf)
+        _end(buf, "EncryptedExtensions")
+    return EncryptedExtensions(extensions)
+
+
+# CertificateRequest (section 4.3.2)
+
+
+def certificate_request(
+    signature_schemes: Sequence[int], authorities: Sequence[bytes] = (), context: bytes = b""
+) -> bytes:
+    """CertificateRequest: ``certificate_request_context`` (empty in a handshake),
+    signature_algorithms, and certificate_authorities (DER ``DistinguishedName`` values,
+    section 4.2.4) when given."""
+    extensions = [(ExtensionType.SIGNATURE_ALGORITHMS, uint16_list(signature_schemes))]
+    if authorities:
+        names = b"".join(vector(name, 2) for name in authorities)
+        extensions.append((EXT_CERTIFICATE_AUTHORITIES, vector(names, 2)))
+    body = vector(context, 1) + extensions_block(extensions)
+    return handshake(HandshakeType.CERTIFICATE_REQUEST, body)
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateRequest:
+    context: bytes
+    signature_schemes: tuple[int, ...]
+    authorities: tuple[bytes, ...]
+
+
+def decode_certificate_request(body: bytes) -> CertificateRequest:
+    with _decoding("CertificateRequest"):
+        buf = Buffer(body)
+        context = buf.pull_vector_bytes(1)
+        extensions = _parse_extensions(buf)
+        _end(buf, "CertificateRequest")
+        schemes: tuple[int, ...] = ()
+        authorities: list[bytes] = []
+        for ext_type, ext_body in extensions:
+            ext = Buffer(ext_body)
+            if ext_type == ExtensionType.SIGNATURE_ALGORITHMS:
+                schemes = ext.pull_uint16_list(2, minimum=2)
+            elif ext_type == EXT_CERTIFICATE_AUTHORITIES:
+                with ext.pull_block(2, minimum=3):
+                    while not ext.eof():
+                        authorities.append(ext.pull_vector_bytes(2, minimum=1))
+            else:
+                continue
+            _end(ext, "a CertificateRequest extension")
+    if not schemes:
+        raise TLSAlert(Alert.MISSING_EXTENSION, "CertificateRequest without signature_algorithms")
+    return CertificateRequest(context, schemes, tuple(authorities))
+
+
+# Certificate (section 4.4.2)
+
+
+def certificate(chain_der: Sequence[bytes], context: bytes = b"") -> bytes:
+    """Certificate: the context and one CertificateEntry (X.509 DER, no extensions) per
+    certificate, leaf first."""
+    entries = b"".join(vector(der, 3) + vector(b"", 2) for der in chain_der)
+    return handshake(HandshakeType.CERTIFICATE, vector(context, 1) + vector(entries, 3))
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateMessage:
+    context: bytes
+    chain: tuple[bytes, ...]  # DER, leaf first; empty when the client has no certificate
+
+
+def decode_certificate(body: bytes, max_certificates: int = MAX_CERTIFICATES) -> CertificateMessage:
+    """The peer's Certificate. At most ``max_certificates`` entries (``bad_certificate``
+    beyond); the body itself is bounded by the reassembly cap. Per-entry extensions are
+    parsed for framing and ignored (we request none, section 4.4.2)."""
+    chain: list[bytes] = []
+    with _decoding("Certificate"):
+        buf = Buffer(body)
+        context = buf.pull_vector_bytes(1)
+        with buf.pull_block(3):
+            while not buf.eof():
+                if len(chain) >= max_certificates:
+                    raise TLSAlert(
+                        Alert.BAD_CERTIFICATE,
+                        f"more than {max_certificates} certificates in the chain",
+                    )
+                chain.append(buf.pull_vector_bytes(3, minimum=1))
+                buf.pull_vector_bytes(2)
+        _end(buf, "Certificate")
+    return CertificateMessage(context, tuple(chain))
+
+
+# CertificateVerify (section 4.4.3)
+
+
+def certificate_verify(scheme: int, signature: bytes) -> bytes:
+    return handshake(
+        HandshakeType.CERTIFICATE_VERIFY, scheme.to_bytes(2, "big") + vector(signature, 2)
+    )
+
+
+def decode_certificate_verify(body: bytes) -> tuple[int, bytes]:
+    """``(SignatureScheme, signature)``."""
+    with _decoding("CertificateVerify"):
+        buf = Buffer(body)
+        scheme = buf.pull_uint16()
+        signature = buf.pull_vector_bytes(2, minimum=1)
+        _end(buf, "CertificateVerify")
+    return scheme, signature
+
+
+# Finished (section 4.4.4)
+
+
+def finished(verify_data: bytes) -> bytes:
+    return handshake(HandshakeType.FINISHED, verify_data)
+
+
+def decode_finished(body: bytes, hash_length: int) -> bytes:
+    if len(body) != hash_length:
+        raise _decode_error(f"Finished of {len(body)} bytes, expected {hash_length}")
+    return body
+
+
+# KeyUpdate (section 4.6.3)
+
+
+def key_update(update_requested: bool) -> bytes:
+    return handshake(HandshakeType.KEY_UPDATE, bytes((int(update_requested),)))
+
+
+def decode_key_update(body: bytes) -> bool:
+    """Whether the peer requests our KeyUpdate; other values are ``illegal_parameter``."""
+    if len(body) != 1:
+        raise _decode_error(f"KeyUpdate of {len(body)} bytes")
+    if body[0] not in (UPDATE_NOT_REQUESTED, UPDATE_REQUESTED):
+        raise TLSAlert(Alert.ILLEGAL_PARAMETER, f"KeyUpdate request value {body[0]}")
+    return body[0] == UPDATE_REQUESTED
+
+
+# ClientHello (client side, for tests and tools)
+
+
+def client_hello(
+    random: bytes,
+    session_id: bytes,
+    cipher_suites: Sequence[int],
+    extensions: Sequence[tuple[int, bytes]],
+) -> bytes:
+    body = (
+        LEGACY_VERSION.to_bytes(2, "big")
+        + random
+        + vector(session_id, 1)
+        + uint16_list(cipher_suites)
+        + b"\x01\x00"
+        + extensions_block(extensions)
+    )
+    return handshake(HandshakeType.CLIENT_HELLO, body)
+
+
+def key_share_extension(entries: Sequence[tuple[int, bytes]]) -> bytes:
+    """KeyShareClientHello body."""
+    return vector(b"".join(g.to_bytes(2, "big") + vector(k, 2) for g, k in entries), 2)
+
+
+# Reassembly of protected handshake messages (section 5.1)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One reassembled handshake message: type, body and the raw bytes (for the transcript)."""
+
+    msg_type: int
+    body: bytes
+    raw: bytes
+
+
+class HandshakeAssembler:
+    """Handshake messages from the contents of handshake records, in any fragmentation.
+
+    ``feed`` appends one record's content; ``next_message`` returns the next whole message or
+    ``None``. A declared length above ``max_size`` is refused (``decode_error``) as soon as the
+    4-byte header is known, so the buffer never holds more than one maximum message plus one
+    record.
+    """
+
+    __slots__ = ("_data", "_max_size")
+
+    def __init__(self, max_size: int = MAX_HANDSHAKE_MESSAGE) -> None:
+        self._data = bytearray()
+        self._max_size = max_size
+
+    @property
+    def pending(self) -> bool:
+        """Bytes of an incomplete message are buffered."""
+        return bool(self._data)
+
+    @property
+    def next_type(self) -> int | None:
+        """The type of the message being assembled, as soon as its first byte is known."""
+        return self._data[0] if self._data else None
+
+    def feed(self, content: bytes) -> None:
+        self._data += content
+
+    def next_message(self) -> Message | None:
+        data = self._data
+        if len(data) < HANDSHAKE_HEADER_SIZE:
+            return None
+        length = int.from_bytes(data[1:4], "big")
+        if length > self._max_size:
+            raise _decode_error(
+                f"handshake message of {length} bytes exceeds the limit of {self._max_size}"
+            )
+        end = HANDSHAKE_HEADER_SIZE + length
+        if len(data) < end:
+            return None
+        raw = bytes(data[:end])
+        del data[:end]
+        return Message(raw[0], raw[HANDSHAKE_HEADER_SIZE:], raw)

@@ -1,0 +1,194 @@
+"""TLS 1.3 signature schemes for CertificateVerify (RFC 8446 sections 4.2.3 and 4.4.3).
+
+Supported: ecdsa_secp256r1_sha256, ecdsa_secp384r1_sha384, ed25519, rsa_pss_rsae_sha256/384/512
+(RSA keys in rsaEncryption certificates) and rsa_pss_pss_sha256/384/512 (RSASSA-PSS
+certificates). PKCS#1 v1.5 and SHA-1 schemes are not allowed in CertificateVerify (section
+4.4.3) and are never chosen or accepted.
+
+:func:`choose_credential` picks our certificate and scheme from the client's
+signature_algorithms, preferring ECDSA, then Ed25519, then RSA-PSS. :func:`signed_content`
+builds the section 4.4.3 input; :func:`sign` and :func:`verify` apply a scheme; a signature that
+does not verify is ``decrypt_error``, a scheme that does not fit the key ``illegal_parameter``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+
+from mtlsproxy.engine.errors import Alert
+from mtlsproxy.engine.native.alerts import TLSAlert
+
+
+class SignatureScheme(enum.IntEnum):
+    ECDSA_SECP256R1_SHA256 = 0x0403
+    ECDSA_SECP384R1_SHA384 = 0x0503
+    ED25519 = 0x0807
+    RSA_PSS_RSAE_SHA256 = 0x0804
+    RSA_PSS_RSAE_SHA384 = 0x0805
+    RSA_PSS_RSAE_SHA512 = 0x0806
+    RSA_PSS_PSS_SHA256 = 0x0809
+    RSA_PSS_PSS_SHA384 = 0x080A
+    RSA_PSS_PSS_SHA512 = 0x080B
+
+
+# Our preference, and what we offer in CertificateRequest.signature_algorithms.
+SUPPORTED_SCHEMES: tuple[SignatureScheme, ...] = (
+    SignatureScheme.ECDSA_SECP256R1_SHA256,
+    SignatureScheme.ECDSA_SECP384R1_SHA384,
+    SignatureScheme.ED25519,
+    SignatureScheme.RSA_PSS_RSAE_SHA256,
+    SignatureScheme.RSA_PSS_RSAE_SHA384,
+    SignatureScheme.RSA_PSS_RSAE_SHA512,
+    SignatureScheme.RSA_PSS_PSS_SHA256,
+    SignatureScheme.RSA_PSS_PSS_SHA384,
+    SignatureScheme.RSA_PSS_PSS_SHA512,
+)
+
+_HASHES: dict[SignatureScheme, type[hashes.HashAlgorithm]] = {
+    SignatureScheme.ECDSA_SECP256R1_SHA256: hashes.SHA256,
+    SignatureScheme.ECDSA_SECP384R1_SHA384: hashes.SHA384,
+    SignatureScheme.RSA_PSS_RSAE_SHA256: hashes.SHA256,
+    SignatureScheme.RSA_PSS_RSAE_SHA384: hashes.SHA384,
+    SignatureScheme.RSA_PSS_RSAE_SHA512: hashes.SHA512,
+    SignatureScheme.RSA_PSS_PSS_SHA256: hashes.SHA256,
+    SignatureScheme.RSA_PSS_PSS_SHA384: hashes.SHA384,
+    SignatureScheme.RSA_PSS_PSS_SHA512: hashes.SHA512,
+}
+_CURVES = {
+    SignatureScheme.ECDSA_SECP256R1_SHA256: "secp256r1",
+    SignatureScheme.ECDSA_SECP384R1_SHA384: "secp384r1",
+}
+_RSAE = (
+    SignatureScheme.RSA_PSS_RSAE_SHA256,
+    SignatureScheme.RSA_PSS_RSAE_SHA384,
+    SignatureScheme.RSA_PSS_RSAE_SHA512,
+)
+_PSS = (
+    SignatureScheme.RSA_PSS_PSS_SHA256,
+    SignatureScheme.RSA_PSS_PSS_SHA384,
+    SignatureScheme.RSA_PSS_PSS_SHA512,
+)
+
+# SubjectPublicKeyInfo algorithm of an RSASSA-PSS key (RFC 4055 section 3.1).
+RSASSA_PSS_OID = x509.ObjectIdentifier("1.2.840.113549.1.1.10")
+
+SERVER_CONTEXT = b"TLS 1.3, server CertificateVerify"
+CLIENT_CONTEXT = b"TLS 1.3, client CertificateVerify"
+
+
+def signed_content(transcript_hash: bytes, *, server: bool) -> bytes:
+    """Section 4.4.3: 64 spaces, the context string, a zero byte, then the transcript hash."""
+    return b" " * 64 + (SERVER_CONTEXT if server else CLIENT_CONTEXT) + b"\x00" + transcript_hash
+
+
+def schemes_for_key(key: object, *, pss_certificate: bool = False) -> tuple[SignatureScheme, ...]:
+    """The schemes a key (private or public) can sign or verify with, in our preference.
+
+    ``pss_certificate``: the certificate's key is RSASSA-PSS (rsa_pss_pss_*), not
+    rsaEncryption (rsa_pss_rsae_*) - section 4.2.3.
+    """
+    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+        return tuple(s for s, curve in _CURVES.items() if curve == key.curve.name)
+    if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+        return (SignatureScheme.ED25519,)
+    if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
+        return _PSS if pss_certificate else _RSAE
+    return ()
+
+
+class _Credential(Protocol):
+    @property
+    def chain(self) -> tuple[x509.Certificate, ...]: ...
+
+    @property
+    def key(self) -> object: ...
+
+
+C = TypeVar("C", bound=_Credential)
+
+
+def _family_rank(scheme: SignatureScheme) -> int:
+    if scheme in _CURVES:
+        return 0
+    if scheme is SignatureScheme.ED25519:
+        return 1
+    return 2
+
+
+def choose_credential(
+    credentials: Sequence[C], client_schemes: Sequence[int]
+) -> tuple[C, SignatureScheme] | None:
+    """Our credential and scheme for the client's signature_algorithms, or ``None``.
+
+    ECDSA first, then Ed25519, then RSA-PSS; within a family, the client's order. Credentials
+    keep config order among equals.
+    """
+    offered = [s for s in client_schemes if s in SignatureScheme._value2member_map_]
+    best: tuple[tuple[int, int, int], C, SignatureScheme] | None = None
+    for index, credential in enumerate(credentials):
+        pss = credential.chain[0].public_key_algorithm_oid == RSASSA_PSS_OID
+        usable = schemes_for_key(credential.key, pss_certificate=pss)
+        for position, code in enumerate(offered):
+            scheme = SignatureScheme(code)
+            if scheme in usable:
+                rank = (_family_rank(scheme), index, position)
+                if best is None or rank < best[0]:
+                    best = (rank, credential, scheme)
+    return None if best is None else (best[1], best[2])
+
+
+def sign(private_key: object, scheme: SignatureScheme, content: bytes) -> bytes:
+    """Sign ``content`` (from :func:`signed_content`) with ``scheme``."""
+    if isinstance(private_key, ec.EllipticCurvePrivateKey) and scheme in _CURVES:
+        return private_key.sign(content, ec.ECDSA(_HASHES[scheme]()))
+    if isinstance(private_key, ed25519.Ed25519PrivateKey) and scheme is SignatureScheme.ED25519:
+        return private_key.sign(content)
+    if isinstance(private_key, rsa.RSAPrivateKey) and scheme in _HASHES:
+        algorithm = _HASHES[scheme]()
+        # Section 4.2.3: "The length of the Salt MUST be equal to the length of the output of
+        # the digest algorithm."
+        pss = padding.PSS(mgf=padding.MGF1(algorithm), salt_length=algorithm.digest_size)
+        return private_key.sign(content, pss, algorithm)
+    raise ValueError(f"{scheme!r} does not fit a {type(private_key).__name__}")
+
+
+def verify(certificate: x509.Certificate, scheme: int, signature: bytes, content: bytes) -> None:
+    """Check a peer's CertificateVerify signature with its leaf certificate's key.
+
+    ``illegal_parameter`` for a scheme we do not support or that does not fit the key;
+    ``decrypt_error`` for a signature that does not verify (section 4.4.3).
+    """
+    if scheme not in SignatureScheme._value2member_map_:
+        raise TLSAlert(Alert.ILLEGAL_PARAMETER, f"unsupported signature scheme 0x{scheme:04x}")
+    scheme = SignatureScheme(scheme)
+    try:
+        public_key = certificate.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        raise TLSAlert(Alert.BAD_CERTIFICATE, "the certificate's public key is unusable") from None
+    pss = certificate.public_key_algorithm_oid == RSASSA_PSS_OID
+    if scheme not in schemes_for_key(public_key, pss_certificate=pss):
+        raise TLSAlert(
+            Alert.ILLEGAL_PARAMETER, f"signature scheme {scheme.name.lower()} does not fit the key"
+        )
+    try:
+        if isinstance(public_key, ec.EllipticCurvePublicKey):
+            public_key.verify(signature, content, ec.ECDSA(_HASHES[scheme]()))
+        elif isinstance(public_key, ed25519.Ed25519PublicKey):
+            public_key.verify(signature, content)
+        elif isinstance(public_key, rsa.RSAPublicKey):
+            algorithm = _HASHES[scheme]()
+            pss_padding = padding.PSS(
+                mgf=padding.MGF1(algorithm), salt_length=algorithm.digest_size
+            )
+            public_key.verify(signature, content, pss_padding, algorithm)
+        else:  # pragma: no cover - schemes_for_key returned nothing for other key types
+            raise TLSAlert(Alert.ILLEGAL_PARAMETER, "unsupported key type")
+    except InvalidSignature:
+        raise TLSAlert(Alert.DECRYPT_ERROR, "CertificateVerify signature does not verify") from None
