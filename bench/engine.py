@@ -1,4 +1,5 @@
-"""Server-side CPU per handshake, in process: the OpenSSL engine against a bare SSLObject.
+"""Server-side CPU per handshake, in process: the native engine, the OpenSSL engine and a bare
+SSLObject.
 
 Both servers face the same in-memory Python ``ssl`` client; only the time spent inside server
 calls is counted (``time.process_time`` around each), so the client's cost is excluded. The
@@ -6,7 +7,7 @@ bare SSLObject is the floor: what OpenSSL 3.0 through Python's ``ssl`` costs per
 The difference is the engine's own work (ClientHello parsing, route selection, identity
 extraction and the allow-list). Runs interleave the cases (A B C A B C ...) and report medians.
 
-    python bench/engine.py --handshakes 300 --runs 5
+    python bench/engine.py --handshakes 300 --runs 5 [--no-verify-cache]
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from pathlib import Path
 from mtlsproxy import pki
 from mtlsproxy.config.model import CertificateKeyPair, Route, TLSSettings, Upstream
 from mtlsproxy.engine.events import HandshakeComplete
+from mtlsproxy.engine.native.engine import NativeEngine
 from mtlsproxy.engine.openssl import OpenSSLEngine
+from mtlsproxy.policy import verify
 from mtlsproxy.policy.model import AllowKind, AllowRule, ClientAuth, ClientAuthMode
 from mtlsproxy.policy.routes import RouteTable, ServerRoute
 
@@ -70,9 +73,9 @@ def handshake(client_ctx: ssl.SSLContext, server: ServerStep) -> float:
     raise RuntimeError("handshake did not complete")
 
 
-def engine_server(table: RouteTable) -> Callable[[], ServerStep]:
+def engine_server(table: RouteTable, kind: type = OpenSSLEngine) -> Callable[[], ServerStep]:
     def new() -> ServerStep:
-        engine = OpenSSLEngine(table.select, time.perf_counter)
+        engine = kind(table.select, time.perf_counter)
 
         def step(data: bytes) -> bytes:
             for event in engine.receive(data):
@@ -108,7 +111,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--handshakes", type=int, default=300)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--no-verify-cache",
+        action="store_true",
+        help="verify every client chain afresh (the native engine reuses identical chains)",
+    )
     args = parser.parse_args()
+    if args.no_verify_cache:
+        verify.VERIFY_CACHE_SIZE = 0
     with tempfile.TemporaryDirectory() as directory:
         files = pki.init(Path(directory))
         cases: dict[str, tuple[ssl.SSLContext, Callable[[], ServerStep]]] = {}
@@ -117,10 +127,20 @@ def main() -> None:
             oneway = route(files, ClientAuthMode.NONE, allow=False)
             with_cert = client_context(files, True, version)
             without = client_context(files, False, version)
-            cases[f"mTLS {name} engine"] = (with_cert, engine_server(RouteTable(mutual)))
+            mutual_table, oneway_table = RouteTable(mutual), RouteTable(oneway)
+            cases[f"mTLS {name} engine"] = (with_cert, engine_server(mutual_table))
             cases[f"mTLS {name} bare SSLObject"] = (with_cert, bare_server(mutual.ssl_context))
-            cases[f"one-way {name} engine"] = (without, engine_server(RouteTable(oneway)))
+            cases[f"one-way {name} engine"] = (without, engine_server(oneway_table))
             cases[f"one-way {name} bare SSLObject"] = (without, bare_server(oneway.ssl_context))
+            if version is ssl.TLSVersion.TLSv1_3:
+                cases[f"mTLS {name} native"] = (
+                    with_cert,
+                    engine_server(mutual_table, NativeEngine),
+                )
+                cases[f"one-way {name} native"] = (
+                    without,
+                    engine_server(oneway_table, NativeEngine),
+                )
         results: dict[str, list[float]] = {name: [] for name in cases}
         for _ in range(args.runs):
             for name, (client_ctx, new_server) in cases.items():
@@ -129,8 +149,13 @@ def main() -> None:
     print(f"server CPU per handshake, us (median of {args.runs} runs x {args.handshakes})")
     medians = {name: statistics.median(values) for name, values in results.items()}
     for name, median in medians.items():
-        floor = medians.get(name.replace("engine", "bare SSLObject"), median)
-        ratio = f"  x{median / floor:.2f} of bare" if "engine" in name else ""
+        if "native" in name:
+            openssl = medians[name.replace("native", "engine")]
+            ratio = f"  x{median / openssl:.2f} of the OpenSSL engine"
+        elif "engine" in name:
+            ratio = f"  x{median / medians[name.replace('engine', 'bare SSLObject')]:.2f} of bare"
+        else:
+            ratio = ""
         print(f"  {name:28s} {median:8.1f}{ratio}")
 
 

@@ -31,7 +31,9 @@ class TLSRoute(Protocol):
     @property
     def requests_client_certificate(self) -> bool: ...
 
-    def admit(self, leaf_der: bytes | None, session_reused: bool) -> Admission:
+    def admit(
+        self, leaf_der: bytes | None, session_reused: bool, identity: PeerIdentity | None = None
+    ) -> Admission:
         """Seed step 6 after the TLS checks: the client's identity (None when anonymous), or
         ``HandshakeError`` with step ``authorize`` or ``client_verify``."""
         ...

@@ -88,20 +88,26 @@ class ServerRoute:
     def requests_client_certificate(self) -> bool:
         return self.config.client_auth.mode is not ClientAuthMode.NONE
 
-    def admit(self, leaf_der: bytes | None, session_reused: bool) -> Admission:
+    def admit(
+        self,
+        leaf_der: bytes | None,
+        session_reused: bool,
+        identity: PeerIdentity | None = None,
+    ) -> Admission:
         """Seed step 6, the part OpenSSL does not do: the identity allow-list, and for a
         resumed session the checks OpenSSL skips (revocation and validity, against the CRL and
         clock of now, not of the original handshake). In audit mode (``enforce: false``) a
-        refusal is returned as ``would_refuse`` instead of raised."""
-        identity = None
+        refusal is returned as ``would_refuse`` instead of raised. ``identity`` saves parsing
+        the leaf again when the caller has it already."""
         try:
             if leaf_der is None:
                 self._check_anonymous()
                 return Admission(None, verified=False)
-            leaf = x509.load_der_x509_certificate(leaf_der)
-            identity = PeerIdentity.from_certificate(leaf)
-            if session_reused:
-                self._recheck_resumed(leaf, identity)
+            if identity is None or session_reused:
+                leaf = x509.load_der_x509_certificate(leaf_der)
+                identity = identity or PeerIdentity.from_certificate(leaf)
+                if session_reused:
+                    self._recheck_resumed(leaf, identity)
             self._authorize(identity)
         except HandshakeError as error:
             if self.config.client_auth.enforce:

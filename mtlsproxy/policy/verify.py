@@ -31,6 +31,7 @@ Delta and indirect CRLs are not supported.
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -51,6 +52,9 @@ from cryptography.x509.verification import (
 from mtlsproxy.engine.errors import Alert, Reason
 from mtlsproxy.policy.identity import PeerIdentity
 from mtlsproxy.policy.model import ClientAuth
+
+# Distinct client chains remembered per route: a fleet presents few distinct chains.
+VERIFY_CACHE_SIZE = 1024
 
 # The alert "for the cause" (DESIGN.md policy table), as OpenSSL maps X509 verify errors.
 _ALERTS = {
@@ -106,6 +110,18 @@ def _describe(cert: x509.Certificate) -> str:
     return PeerIdentity.from_certificate(cert).describe()
 
 
+class _LazyName:
+    """A certificate's description, computed when an error message formats it."""
+
+    __slots__ = ("_cert",)
+
+    def __init__(self, cert: x509.Certificate) -> None:
+        self._cert = cert
+
+    def __str__(self) -> str:
+        return _describe(self._cert)
+
+
 class ClientVerifier:
     """Verifies client chains for one route; built once per route and config generation."""
 
@@ -127,6 +143,8 @@ class ClientVerifier:
             self._by_issuer.setdefault(loaded.crl.issuer, []).append(loaded)
         # (id of the CRL, SHA-256 of the issuer DER) -> does the CRL verify with that key.
         self._signature_ok: dict[tuple[int, bytes], bool] = {}
+        # Exact chain DER -> (verified, usable until); see verify_der.
+        self._cache: OrderedDict[tuple[bytes, ...], tuple[VerifiedClient, datetime]] = OrderedDict()
 
     @classmethod
     def from_policy(cls, client_auth: ClientAuth) -> ClientVerifier:
@@ -149,7 +167,7 @@ class ClientVerifier:
         if not chain:
             raise CertificateRejected(Reason.CLIENT_CERT_MISSING, "the client sent no certificate")
         leaf, intermediates = chain[0], list(chain[1:])
-        name = _describe(leaf)
+        name = _LazyName(leaf)  # described only if something is refused
         _check_validity(leaf, now, name)
         _check_usage(leaf, name)
         verifier = (
@@ -165,6 +183,38 @@ class ClientVerifier:
             raise self._classify(leaf, intermediates, now, name, str(error)) from None
         self._check_revocation(built, name, now)
         return VerifiedClient(PeerIdentity.from_certificate(leaf), built)
+
+    def verify_der(self, chain_der: Sequence[bytes], now: datetime) -> VerifiedClient:
+        """``verify`` for a chain as it came off the wire, with the result of an identical
+        chain reused: a fleet of clients presents the same few chains thousands of times.
+
+        The cache is keyed by the exact DER bytes and lives in this verifier, which is rebuilt
+        whenever the CA bundle or CRL change (reload), so an entry never outlives its trust
+        configuration; an entry is used only until the earliest notAfter in its path or the
+        earliest nextUpdate of the CRLs that applied, and refusals are never cached. The
+        caller still checks the CertificateVerify signature on every handshake.
+        """
+        key = tuple(chain_der)
+        cached = self._cache.get(key)
+        if cached is not None and now <= cached[1]:
+            self._cache.move_to_end(key)
+            return cached[0]
+        try:
+            chain = [x509.load_der_x509_certificate(der) for der in chain_der]
+        except ValueError:
+            raise CertificateRejected(
+                Reason.CLIENT_CERT_INVALID, "the client's certificate does not parse"
+            ) from None
+        verified = self.verify(chain, now)
+        self._cache[key] = (verified, self._valid_until(verified.chain))
+        if len(self._cache) > VERIFY_CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return verified
+
+    def _valid_until(self, built: tuple[x509.Certificate, ...]) -> datetime:
+        ends = [cert.not_valid_after_utc for cert in built]
+        ends += [loaded.next_update for loaded in self.crls if loaded.next_update is not None]
+        return min(ends)
 
     def is_revoked(self, cert: x509.Certificate) -> bool:
         """Whether a loaded CRL of ``cert``'s issuer (by name) lists its serial.
@@ -191,7 +241,7 @@ class ClientVerifier:
         return applicable
 
     def _check_revocation(
-        self, built: tuple[x509.Certificate, ...], name: str, now: datetime
+        self, built: tuple[x509.Certificate, ...], name: object, now: datetime
     ) -> None:
         """With CRLs configured, every certificate of the path but the anchor is checked
         against its issuer's CRL, and one whose issuer has no current CRL (none, or one past
@@ -266,7 +316,7 @@ def _short(message: str) -> str:
     return message.removeprefix("validation failed: ").split(" (encountered")[0]
 
 
-def _check_validity(leaf: x509.Certificate, now: datetime, name: str) -> None:
+def _check_validity(leaf: x509.Certificate, now: datetime, name: object) -> None:
     """RFC 5280 section 4.1.2.5: valid from notBefore to notAfter, both inclusive."""
     if now < leaf.not_valid_before_utc:
         raise CertificateRejected(
@@ -280,7 +330,7 @@ def _check_validity(leaf: x509.Certificate, now: datetime, name: str) -> None:
         )
 
 
-def _check_usage(leaf: x509.Certificate, name: str) -> None:
+def _check_usage(leaf: x509.Certificate, name: object) -> None:
     """RFC 5280 section 4.2.1.12: when extendedKeyUsage is present it must allow clientAuth."""
     try:
         eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value

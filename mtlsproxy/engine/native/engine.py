@@ -189,7 +189,8 @@ class NativeEngine:
         self._early_data_budget = 0
         # The client's flight
         self._expect = _Expect.FINISHED
-        self._chain: tuple[x509.Certificate, ...] = ()
+        self._leaf: x509.Certificate | None = None  # the client's, once its Certificate came
+        self._identity: PeerIdentity | None = None  # set when its chain verified
         self._leaf_der: bytes | None = None
         self._verify_refusal: Refusal | None = None
         self._admission: Admission | None = None
@@ -688,7 +689,7 @@ class NativeEngine:
             self._expect = _Expect.FINISHED
             return
         try:
-            chain = tuple(x509.load_der_x509_certificate(der) for der in decoded.chain)
+            self._leaf = x509.load_der_x509_certificate(decoded.chain[0])
         except ValueError:
             raise HandshakeError(
                 Step.CLIENT_CERTIFICATE,
@@ -696,13 +697,12 @@ class NativeEngine:
                 "the client's certificate does not parse",
                 Alert.BAD_CERTIFICATE,
             ) from None
-        self._chain = chain
         self._leaf_der = decoded.chain[0]
         verifier = self._route.verifier
         try:
             if verifier is None:  # pragma: no cover - a CertificateRequest implies a verifier
                 raise CertificateRejected(Reason.CLIENT_CERT_UNTRUSTED, "no client CA configured")
-            verifier.verify(chain, datetime.now(UTC))
+            self._identity = verifier.verify_der(decoded.chain, datetime.now(UTC)).identity
         except CertificateRejected as rejected:
             if client_auth.enforce:
                 raise HandshakeError(
@@ -720,7 +720,8 @@ class NativeEngine:
                     Alert.ILLEGAL_PARAMETER, f"signature scheme 0x{scheme:04x} was not offered"
                 )
             content = sigs.signed_content(self._schedule.transcript_hash(), server=False)
-            sigs.verify(self._chain[0], scheme, signature, content)
+            assert self._leaf is not None  # a CertificateVerify follows a non-empty Certificate
+            sigs.verify(self._leaf, scheme, signature, content)
         except TLSAlert as alert:
             reason = Reason.MALFORMED if alert.alert is Alert.DECODE_ERROR else None
             raise alert.to_handshake_error(
@@ -732,7 +733,7 @@ class NativeEngine:
 
     def _admit(self, leaf_der: bytes | None) -> Admission:
         try:
-            admission = self._route.admit(leaf_der, session_reused=False)
+            admission = self._route.admit(leaf_der, session_reused=False, identity=self._identity)
         except HandshakeError as error:
             if error.step is Step.AUTHORIZE:
                 identity = PeerIdentity.from_der(leaf_der) if leaf_der else None
