@@ -65,6 +65,7 @@ def render_config(
     forward_identity: str | None = None,
     enforce: bool = True,
     listen: str = "127.0.0.1:0",
+    engine: str = "openssl",
 ) -> str:
     """One listener on ``listen`` in front of ``upstream``, metrics on 127.0.0.1:0."""
     client_auth = CLIENT_AUTH[mode]
@@ -89,7 +90,9 @@ def render_config(
             f"    upstream: {upstream}\n    forward_identity: {forward_identity}\n",
             1,
         )
-    text = text.replace("listen: 127.0.0.1:0\n    tls:", f"listen: {listen}\n    tls:", 1)
+    text = text.replace(
+        "listen: 127.0.0.1:0\n    tls:", f"listen: {listen}\n    engine: {engine}\n    tls:", 1
+    )
     return text.replace("level: debug", f"level: {log_level}")
 
 

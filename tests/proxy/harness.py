@@ -422,14 +422,16 @@ def start_proxy(
     allow: list[str] | None = None,
     routes: str = "",
     name: str = "api",
+    engine: str = "openssl",
 ) -> RunningProxy:
     """A proxy from conftest's listener template, for module-scoped fixtures (``make_proxy``
     is per test; each of its upstreams costs a ``socketserver`` shutdown poll to stop)."""
     from tests.proxy.conftest import render_config  # conftest imports this module
 
-    path = directory / f"{name}-{mode}.yaml"
+    path = directory / f"{name}-{mode}-{engine}.yaml"
     address = f"127.0.0.1:{upstream_port}"
-    path.write_text(render_config(pki, address, mode, allow=allow, routes=routes, name=name))
+    text = render_config(pki, address, mode, allow=allow, routes=routes, name=name, engine=engine)
+    path.write_text(text)
     return RunningProxy(path)
 
 

@@ -49,8 +49,9 @@ def http_upstream() -> Iterator[Upstream]:
     server.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["openssl", "native"])
 def proxies(
+    request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     pki: PkiFiles,
     echo: Upstream,
@@ -59,8 +60,9 @@ def proxies(
     """One proxy per mode in front of the echo upstream, and "http": require, HTTP upstream.
     Shared by the module's tests, which therefore compare counters before and after."""
     directory = tmp_path_factory.mktemp("interop")
-    running = {mode: start_proxy(directory, pki, echo.port, mode) for mode in MODES}
-    running["http"] = start_proxy(directory, pki, http_upstream.port, name="http")
+    engine = request.param
+    running = {mode: start_proxy(directory, pki, echo.port, mode, engine=engine) for mode in MODES}
+    running["http"] = start_proxy(directory, pki, http_upstream.port, name="http", engine=engine)
     yield running
     for proxy in running.values():
         proxy.stop()
