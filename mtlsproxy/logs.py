@@ -15,7 +15,7 @@ from typing import Any
 
 from mtlsproxy.config.model import LogFormat, LogSettings
 from mtlsproxy.engine.clienthello import ClientHello
-from mtlsproxy.engine.events import HandshakeComplete, HandshakeFailed
+from mtlsproxy.engine.events import HandshakeComplete, HandshakeFailed, Tracer, TraceRecord
 from mtlsproxy.policy.identity import PeerIdentity
 
 log = logging.getLogger("mtlsproxy")
@@ -121,6 +121,19 @@ def access(record: AccessRecord) -> None:
         duration_ms=round(record.duration * 1000, 3), end=record.end, upstream=record.upstream,
     )  # fmt: skip
     access_log.info("access", extra={"fields": fields})
+
+
+def tracer(listener: str, peer: str) -> Tracer | None:
+    """A handshake trace for one connection, at debug level only (off by default: one line
+    per handshake message). The engines put no key material in a trace record."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return None
+
+    def trace(record: TraceRecord) -> None:
+        event(logging.DEBUG, f"trace {record.direction} {record.message}",
+              listener=listener, peer=peer, **record.fields)  # fmt: skip
+
+    return trace
 
 
 def handshake(

@@ -154,6 +154,22 @@ class ClientHello:
     def extension_types(self) -> tuple[int, ...]:
         return tuple(ext_type for ext_type, _ in self.extensions)
 
+    def trace_fields(self) -> dict[str, object]:
+        """What a handshake trace shows of this hello (the seed note's ClientHello dump)."""
+        return {
+            "versions": [f"0x{v:04x}" for v in self.offered_versions],
+            "cipher_suites": [f"0x{c:04x}" for c in self.cipher_suites],
+            "groups": [f"0x{g:04x}" for g in self.supported_groups],
+            "key_shares": [f"0x{g:04x}" for g in self.key_share_groups],
+            "signature_algorithms": [f"0x{a:04x}" for a in self.signature_algorithms],
+            "sni": self.server_name,
+            "alpn": list(self.alpn_protocols),
+            "session_id_length": len(self.session_id),
+            "psk": self.has_pre_shared_key,
+            "early_data": self.has_early_data,
+            "ja4": self.ja4(),
+        }
+
     def ja4(self) -> str:
         """The FoxIO JA4 TLS client fingerprint, e.g. ``t13d1516h2_8daaf6152771_e5627efa2ab1``.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mtlsproxy.engine.clienthello import ClientHello
@@ -120,6 +121,19 @@ class ProtocolError:
     """The established TLS session broke (bad record, alert from the client...)."""
 
     detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class TraceRecord:
+    """One step of a handshake trace (debug level): a message ``<-`` from the client or
+    ``->`` to it, with its key fields; never key material."""
+
+    direction: str
+    message: str
+    fields: dict[str, object]
+
+
+Tracer = Callable[[TraceRecord], None]
 
 
 Event = (

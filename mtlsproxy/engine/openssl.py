@@ -44,6 +44,8 @@ from mtlsproxy.engine.events import (
     HandshakeTimings,
     PeerClosed,
     ProtocolError,
+    Tracer,
+    TraceRecord,
 )
 from mtlsproxy.engine.interface import Clock, RouteSelector, TLSRoute
 from mtlsproxy.policy.identity import PeerIdentity
@@ -117,9 +119,12 @@ class OpenSSLEngine:
     seconds (the proxy passes ``loop.time``), read at each flight to time the phases.
     """
 
-    def __init__(self, select_route: RouteSelector, clock: Clock) -> None:
+    def __init__(
+        self, select_route: RouteSelector, clock: Clock, trace: Tracer | None = None
+    ) -> None:
         self._select_route = select_route
         self._clock = clock
+        self._trace = trace
         self._state = _State.CLIENT_HELLO
         self._hello_reader = ClientHelloReader()
         self._hello: ClientHello | None = None
@@ -227,6 +232,7 @@ class OpenSSLEngine:
             return []
         self._hello = hello
         self._t_hello = self._clock()
+        self._note("<-", "ClientHello", **hello.trace_fields())
         route = self._select_route(hello)
         self._route = route
         self._sslobj = route.ssl_context.wrap_bio(self._incoming, self._outgoing, server_side=True)
@@ -242,6 +248,8 @@ class OpenSSLEngine:
         except ssl.SSLWantReadError:
             if self._t_flight is None and self._outgoing.pending:
                 self._t_flight = self._clock()
+                # OpenSSL writes the flight itself; past ServerHello it is encrypted.
+                self._note("->", "server flight", bytes=self._outgoing.pending)
             return []
         except ssl.SSLError as exc:
             return [self._fail(self._classify(exc))]
@@ -255,6 +263,11 @@ class OpenSSLEngine:
         self._verify_seconds = now - started
         self._t_end = now
         self._state = _State.ESTABLISHED
+        self._note(
+            "--", "handshake complete", version=self._sslobj.version(),
+            cipher=(self._sslobj.cipher() or ("?",))[0],
+            client=identity.describe() if identity else None,
+        )  # fmt: skip
         complete = HandshakeComplete(
             route=self._route.name,
             version=self._sslobj.version() or "unknown",
@@ -413,6 +426,10 @@ class OpenSSLEngine:
             return self._sslobj.version() == "TLSv1.3"
         return self._hello is not None and self._hello.offers_tls13
 
+    def _note(self, direction: str, message: str, **fields: object) -> None:
+        if self._trace is not None:
+            self._trace(TraceRecord(direction, message, fields))
+
     def _fail(
         self,
         error: HandshakeError,
@@ -424,6 +441,8 @@ class OpenSSLEngine:
         flushed = self._outgoing.read()
         self._to_send += flushed
         alert = _plaintext_alert(flushed) or error.alert
+        self._note("->", "alert", alert=alert.name.lower() if alert else None,
+                   step=str(error.step), reason=str(error.reason))  # fmt: skip
         return HandshakeFailed(
             step=error.step,
             reason=error.reason,

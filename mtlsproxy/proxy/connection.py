@@ -77,7 +77,7 @@ class ClientConnection(asyncio.Protocol):
             self._closed = True
             return
         transport.set_write_buffer_limits(high=self._runtime.limits.buffer_size)
-        self._engine = self._runtime.new_engine()
+        self._engine = self._runtime.new_engine(self._peer)
         self._handshake_timer = self._loop.call_later(
             self._runtime.timeouts.handshake, self._on_handshake_timeout
         )

@@ -57,11 +57,13 @@ class ListenerRuntime:
         self.routes = routes
         self._export_material()
 
-    def new_engine(self) -> Engine:
+    def new_engine(self, peer: str) -> Engine:
         """A handshake engine for one new connection, on the current routes (a reload swaps
-        ``routes``; connections keep the table they started with)."""
+        ``routes``; connections keep the table they started with). At debug level it traces
+        every handshake message it sees."""
+        trace = logs.tracer(self.name, peer)
         engine = NativeEngine if self.config.engine == "native" else OpenSSLEngine
-        return engine(self.routes.select, time.perf_counter)
+        return engine(self.routes.select, time.perf_counter, trace)
 
     def watched_files(self) -> tuple[Path, ...]:
         """Every certificate, key, CA bundle and CRL file the routes read."""

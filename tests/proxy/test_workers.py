@@ -45,8 +45,9 @@ def worker_pids(process: ProxyProcess) -> dict[int, int]:
 @pytest.fixture
 def workers(tmp_path: Path, pki: PkiFiles, upstream: Upstream) -> Iterator[ProxyProcess]:
     port = free_port()
-    text = render_config(pki, f"127.0.0.1:{upstream.port}", log_level="info")
-    text = text.replace("listen: 127.0.0.1:0\n    tls", f"listen: 127.0.0.1:{port}\n    tls", 1)
+    text = render_config(
+        pki, f"127.0.0.1:{upstream.port}", log_level="info", listen=f"127.0.0.1:{port}"
+    )
     path = tmp_path / "proxy.yaml"
     path.write_text("workers: 2\n" + text)
     process = ProxyProcess(path)

@@ -68,6 +68,8 @@ from mtlsproxy.engine.events import (
     PeerClosed,
     ProtocolError,
     Refusal,
+    Tracer,
+    TraceRecord,
 )
 from mtlsproxy.engine.interface import Admission, Clock, RouteSelector, TLSRoute
 from mtlsproxy.engine.native import messages as msgs
@@ -160,12 +162,14 @@ class NativeEngine:
         self,
         select_route: RouteSelector,
         clock: Clock,
+        trace: Tracer | None = None,
         *,
         cipher_suites: Sequence[int] = DEFAULT_CIPHER_SUITES,
         groups: Sequence[int] = DEFAULT_GROUPS,
     ) -> None:
         self._select_route = select_route
         self._clock = clock
+        self._trace = trace
         self._suites = tuple(CIPHER_SUITES[code] for code in cipher_suites)
         self._groups = tuple(NamedGroup(group) for group in groups)
         self._state = _State.CLIENT_HELLO
@@ -344,7 +348,10 @@ class NativeEngine:
 
     def _hand_over(self) -> list[Event]:
         self._state = _State.DELEGATED
-        self._delegate = OpenSSLEngine(self._select_route, _StartAt(self._t_accept, self._clock))
+        self._note("--", "handed to the OpenSSL engine (no TLS 1.3 for us in this hello)")
+        self._delegate = OpenSSLEngine(
+            self._select_route, _StartAt(self._t_accept, self._clock), self._trace
+        )
         return self._delegate.receive(self._hello_reader.buffered)
 
     # ClientHello and our flight
@@ -363,6 +370,7 @@ class NativeEngine:
             return self._hand_over()
         self._t_hello = self._clock()
         self._hello = hello
+        self._note("<-", "ClientHello", **hello.trace_fields())
         route = self._select_route(hello)
         if not getattr(route, "credentials", ()):
             return self._hand_over()
@@ -469,6 +477,7 @@ class NativeEngine:
         self._transcript.replace_with_message_hash()
         self._transcript.update(retry)
         self._out += encode_record(ContentType.HANDSHAKE, retry)
+        self._note("->", "HelloRetryRequest", cipher_suite=suite.name, group=f"0x{group:04x}")
         if hello.session_id:  # appendix D.4: CCS right after the first ServerHello or HRR
             self._out += encode_record(ContentType.CHANGE_CIPHER_SPEC, b"\x01")
         self._state = _State.RETRY
@@ -494,6 +503,7 @@ class NativeEngine:
         write = RecordProtection.from_secret(suite, schedule.server_handshake_traffic_secret)
 
         flight = [msgs.encrypted_extensions(self._alpn)]
+        authorities: list[bytes] = []
         if self._route.requests_client_certificate:
             verifier = self._route.verifier
             authorities = (
@@ -516,6 +526,15 @@ class NativeEngine:
         flight += [verify, server_finished]
 
         self._out += encode_record(ContentType.HANDSHAKE, hello_message)
+        self._note("->", "ServerHello", cipher_suite=suite.name,
+                   group=f"0x{client_share.group:04x}")  # fmt: skip
+        self._note("->", "EncryptedExtensions", alpn=self._alpn)
+        if self._expect is _Expect.CERTIFICATE:
+            self._note("->", "CertificateRequest", certificate_authorities=len(authorities))
+        self._note("->", "Certificate", subject=credential.leaf.subject.rfc4514_string(),
+                   chain_length=len(chain_der))  # fmt: skip
+        self._note("->", "CertificateVerify", scheme=f"0x{scheme:04x}")
+        self._note("->", "Finished")
         if hello.session_id and self._hrr_group is None:
             self._out += encode_record(ContentType.CHANGE_CIPHER_SPEC, b"\x01")
         self._out += write.encrypt_fragmented(ContentType.HANDSHAKE, b"".join(flight))
@@ -698,6 +717,8 @@ class NativeEngine:
                 Alert.BAD_CERTIFICATE,
             ) from None
         self._leaf_der = decoded.chain[0]
+        self._note("<-", "Certificate", subject=self._leaf.subject.rfc4514_string(),
+                   chain_length=len(decoded.chain))  # fmt: skip
         verifier = self._route.verifier
         try:
             if verifier is None:  # pragma: no cover - a CertificateRequest implies a verifier
@@ -728,6 +749,7 @@ class NativeEngine:
                 Step.CLIENT_VERIFY, reason or Reason.CLIENT_CERT_INVALID
             ) from None
         self._schedule.update_transcript(message.raw)
+        self._note("<-", "CertificateVerify", scheme=f"0x{scheme:04x}")
         self._admission = self._admit(self._leaf_der)
         self._expect = _Expect.FINISHED
 
@@ -760,6 +782,7 @@ class NativeEngine:
                 Alert.UNEXPECTED_MESSAGE,
             )
         schedule.update_transcript(message.raw)
+        self._note("<-", "Finished")
         admission = self._admission if self._admission is not None else self._admit(None)
         self._read = RecordProtection.from_secret(
             self._suite, schedule.client_application_traffic_secret
@@ -806,6 +829,7 @@ class NativeEngine:
                     f"post-handshake message of type {message.msg_type}",
                 )
             update_requested = msgs.decode_key_update(message.body)
+            self._note("<-", "KeyUpdate", update_requested=update_requested)
             if self._handshake.pending:
                 raise TLSAlert(Alert.UNEXPECTED_MESSAGE, "bytes follow a KeyUpdate in its record")
             self._read = self._read.next_generation()
@@ -815,6 +839,7 @@ class NativeEngine:
 
     def _send_key_update(self, *, update_requested: bool) -> None:
         assert self._write is not None
+        self._note("->", "KeyUpdate", update_requested=update_requested)
         self._out += self._write.encrypt(ContentType.HANDSHAKE, msgs.key_update(update_requested))
         self._write = self._write.next_generation()
 
@@ -829,6 +854,7 @@ class NativeEngine:
             name = alert.name.lower()
         except ValueError:
             alert, name = None, f"#{description}"
+        self._note("<-", "alert", alert=name)
         if self._state is _State.ESTABLISHED:
             if alert is Alert.CLOSE_NOTIFY:
                 self._peer_closed = True
@@ -856,7 +882,12 @@ class NativeEngine:
             error = HandshakeError(self._waiting_step(), reason, f"the client sent alert {name}")
         return [self._fail(error)]
 
+    def _note(self, direction: str, message: str, **fields: object) -> None:
+        if self._trace is not None:
+            self._trace(TraceRecord(direction, message, fields))
+
     def _send_alert(self, alert: Alert, level: int = _FATAL) -> None:
+        self._note("->", "alert", alert=alert.name.lower())
         content = bytes((level, alert))
         if self._write is not None:
             self._out += self._write.encrypt(ContentType.ALERT, content)
