@@ -29,10 +29,12 @@ from mtlsproxy.policy.verify import ClientVerifier
 
 @dataclass(frozen=True, slots=True)
 class ServerCredential:
-    """One of our certificate chains (leaf first) with its private key, loaded once."""
+    """One of our certificate chains (leaf first) with its private key, loaded once; the DER
+    encoding is kept too, as the native engine sends it in every handshake."""
 
     chain: tuple[x509.Certificate, ...]
     key: PrivateKeyTypes
+    chain_der: tuple[bytes, ...]
 
     @property
     def leaf(self) -> x509.Certificate:
@@ -42,7 +44,9 @@ class ServerCredential:
     def load(cls, pair: CertificateKeyPair) -> ServerCredential:
         chain = tuple(x509.load_pem_x509_certificates(pair.certificate.read_bytes()))
         key = serialization.load_pem_private_key(pair.key.read_bytes(), password=None)
-        return cls(chain, key)
+        return cls(
+            chain, key, tuple(cert.public_bytes(serialization.Encoding.DER) for cert in chain)
+        )
 
 
 @dataclass(frozen=True, slots=True)

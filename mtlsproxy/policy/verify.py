@@ -131,6 +131,10 @@ class ClientVerifier:
         if not ca_certificates:
             raise ValueError("the client CA bundle holds no certificate")
         self.ca_certificates: tuple[x509.Certificate, ...] = tuple(ca_certificates)
+        # DER subjects, for a CertificateRequest's certificate_authorities (RFC 8446 4.2.4).
+        self.ca_names: tuple[bytes, ...] = tuple(
+            ca.subject.public_bytes() for ca in ca_certificates
+        )
         self.crls: tuple[LoadedCrl, ...] = tuple(crls)
         self._store = Store(list(self.ca_certificates))
         # Leaves may omit the SAN (see the module docstring); all else is the Web PKI profile.

@@ -53,7 +53,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from mtlsproxy.engine.clienthello import TLS1_2, ClientHello, ClientHelloReader, ExtensionType
 from mtlsproxy.engine.clienthello import parse_client_hello as _parse_client_hello
@@ -506,14 +505,12 @@ class NativeEngine:
         authorities: list[bytes] = []
         if self._route.requests_client_certificate:
             verifier = self._route.verifier
-            authorities = (
-                [ca.subject.public_bytes() for ca in verifier.ca_certificates] if verifier else []
-            )
+            authorities = list(verifier.ca_names) if verifier else []
             flight.append(msgs.certificate_request(sigs.SUPPORTED_SCHEMES, authorities))
             self._expect = _Expect.CERTIFICATE
         else:
             self._expect = _Expect.FINISHED
-        chain_der = [cert.public_bytes(Encoding.DER) for cert in credential.chain]
+        chain_der = credential.chain_der
         flight.append(msgs.certificate(chain_der))
         for message in flight:
             schedule.update_transcript(message)
