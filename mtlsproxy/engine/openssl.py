@@ -232,7 +232,8 @@ class OpenSSLEngine:
             return []
         self._hello = hello
         self._t_hello = self._clock()
-        self._note("<-", "ClientHello", **hello.trace_fields())
+        if self._trace is not None:  # the fields cost a JA4: only when tracing
+            self._note("<-", "ClientHello", **hello.trace_fields())
         route = self._select_route(hello)
         self._route = route
         self._sslobj = route.ssl_context.wrap_bio(self._incoming, self._outgoing, server_side=True)

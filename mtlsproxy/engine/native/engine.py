@@ -369,7 +369,8 @@ class NativeEngine:
             return self._hand_over()
         self._t_hello = self._clock()
         self._hello = hello
-        self._note("<-", "ClientHello", **hello.trace_fields())
+        if self._trace is not None:  # the fields cost a JA4: only when tracing
+            self._note("<-", "ClientHello", **hello.trace_fields())
         route = self._select_route(hello)
         if not getattr(route, "credentials", ()):
             return self._hand_over()
@@ -523,15 +524,16 @@ class NativeEngine:
         flight += [verify, server_finished]
 
         self._out += encode_record(ContentType.HANDSHAKE, hello_message)
-        self._note("->", "ServerHello", cipher_suite=suite.name,
-                   group=f"0x{client_share.group:04x}")  # fmt: skip
-        self._note("->", "EncryptedExtensions", alpn=self._alpn)
-        if self._expect is _Expect.CERTIFICATE:
-            self._note("->", "CertificateRequest", certificate_authorities=len(authorities))
-        self._note("->", "Certificate", subject=credential.leaf.subject.rfc4514_string(),
-                   chain_length=len(chain_der))  # fmt: skip
-        self._note("->", "CertificateVerify", scheme=f"0x{scheme:04x}")
-        self._note("->", "Finished")
+        if self._trace is not None:
+            self._note("->", "ServerHello", cipher_suite=suite.name,
+                       group=f"0x{client_share.group:04x}")  # fmt: skip
+            self._note("->", "EncryptedExtensions", alpn=self._alpn)
+            if self._expect is _Expect.CERTIFICATE:
+                self._note("->", "CertificateRequest", certificate_authorities=len(authorities))
+            self._note("->", "Certificate", subject=credential.leaf.subject.rfc4514_string(),
+                       chain_length=len(chain_der))  # fmt: skip
+            self._note("->", "CertificateVerify", scheme=f"0x{scheme:04x}")
+            self._note("->", "Finished")
         if hello.session_id and self._hrr_group is None:
             self._out += encode_record(ContentType.CHANGE_CIPHER_SPEC, b"\x01")
         self._out += write.encrypt_fragmented(ContentType.HANDSHAKE, b"".join(flight))
@@ -714,8 +716,9 @@ class NativeEngine:
                 Alert.BAD_CERTIFICATE,
             ) from None
         self._leaf_der = decoded.chain[0]
-        self._note("<-", "Certificate", subject=self._leaf.subject.rfc4514_string(),
-                   chain_length=len(decoded.chain))  # fmt: skip
+        if self._trace is not None:
+            self._note("<-", "Certificate", subject=self._leaf.subject.rfc4514_string(),
+                       chain_length=len(decoded.chain))  # fmt: skip
         verifier = self._route.verifier
         try:
             if verifier is None:  # pragma: no cover - a CertificateRequest implies a verifier
