@@ -451,3 +451,15 @@ def test_websocket_upgrade_carries_both_ways(
         assert echoed == opaque  # after the upgrade, bytes are application data, untouched
     (request,) = http_upstream.requests
     assert [v for k, v in request.headers if k == b"x-forwarded-client-cert"]
+
+
+def test_native_audit_mode_admits_a_certificate_that_fails_verification(
+    make_proxy: ProxyFactory, recorder: HeaderRecorder, pki: PkiFiles
+) -> None:
+    """Only the native engine can: OpenSSL fails the handshake inside do_handshake()."""
+    proxy = pp2(make_proxy, recorder, mode="require", enforce=False, engine="native")
+    assert Client(pki, proxy.port(), cert="client-expired").roundtrip(b"late") == b"late"
+    ssl = ProxyProtocolV2().unpack(recorder.headers[0]).tlv.ssl
+    assert not ssl.verified and ssl.has_cert_sess
+    assert proxy.handshakes(result="would_refuse", step="client_verify",
+                            reason="client_cert_expired") == 1  # fmt: skip
