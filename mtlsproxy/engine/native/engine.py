@@ -50,7 +50,7 @@ import enum
 import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 from cryptography import x509
 
@@ -94,6 +94,9 @@ from mtlsproxy.engine.records import ContentType, HandshakeType
 from mtlsproxy.policy.identity import PeerIdentity
 from mtlsproxy.policy.model import ClientAuthMode
 from mtlsproxy.policy.verify import CertificateRejected
+
+if TYPE_CHECKING:
+    from mtlsproxy.policy.routes import ServerCredential, ServerRoute
 
 DEFAULT_CIPHER_SUITES = (
     CipherSuiteId.TLS_AES_128_GCM_SHA256,
@@ -175,7 +178,9 @@ class NativeEngine:
         self._delegate: OpenSSLEngine | None = None
         self._hello_reader = ClientHelloReader()
         self._hello: ClientHello | None = None
-        self._route: Any = None
+        # The routes a RouteTable selects are ServerRoutes: the native engine needs their
+        # credentials and verifier, beyond the TLSRoute protocol OpenSSL needs.
+        self._route: ServerRoute = cast("ServerRoute", None)
         self._records = RecordReader()
         self._handshake = msgs.HandshakeAssembler()
         self._out = bytearray()
@@ -372,9 +377,9 @@ class NativeEngine:
         if self._trace is not None:  # the fields cost a JA4: only when tracing
             self._note("<-", "ClientHello", **hello.trace_fields())
         route = self._select_route(hello)
-        if not getattr(route, "credentials", ()):
+        if not getattr(route, "credentials", ()):  # a TLSRoute without our credentials
             return self._hand_over()
-        self._route = route
+        self._route = cast("ServerRoute", route)
         events: list[Event] = [ClientHelloReceived(hello, route.name)]
         try:
             try:
@@ -487,7 +492,7 @@ class NativeEngine:
         hello: ClientHello,
         suite: CipherSuite,
         client_share: msgs.KeyShareEntry,
-        credential: Any,
+        credential: ServerCredential,
         scheme: sigs.SignatureScheme,
     ) -> None:
         assert self._transcript is not None
