@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mtlsproxy.engine.clienthello import ExtensionType
 from mtlsproxy.engine.errors import Alert
@@ -177,3 +180,34 @@ def test_assembler_refuses_oversize_length_from_the_header() -> None:
 
 def test_hrr_random_constant_matches_rfc() -> None:
     assert hashlib.sha256(b"HelloRetryRequest").digest() == msgs.HELLO_RETRY_REQUEST_RANDOM
+
+
+# Every decoder of client input, on arbitrary bytes: only the engine's own alert escapes.
+
+DECODERS = {
+    "key_shares": msgs.parse_client_key_shares,
+    "certificate": msgs.decode_certificate,
+    "certificate_verify": msgs.decode_certificate_verify,
+    "finished": lambda body: msgs.decode_finished(body, 32),
+    "key_update": msgs.decode_key_update,
+}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.sampled_from(sorted(DECODERS)), body=st.binary(max_size=512))
+def test_decoders_raise_only_alerts(name: str, body: bytes) -> None:
+    with contextlib.suppress(TLSAlert):
+        DECODERS[name](body)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chunks=st.lists(st.binary(max_size=64), max_size=10))
+def test_assembler_raises_only_alerts(chunks: list[bytes]) -> None:
+    assembler = msgs.HandshakeAssembler()
+    try:
+        for chunk in chunks:
+            assembler.feed(chunk)
+            while assembler.next_message() is not None:
+                pass
+    except TLSAlert:
+        pass
