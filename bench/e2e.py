@@ -1,18 +1,29 @@
-"""End-to-end benchmark: mtlsproxy against a plain stdlib-``ssl`` server, side by side.
+"""End-to-end benchmark: mtlsproxy (both engines) against nginx stream and bare stdlib ``ssl``.
 
 For each configuration (require/TLS 1.3, none/TLS 1.3, require/TLS 1.2) and each run, this
-starts fresh servers and measures, interleaved (proxy, baseline, proxy, baseline, ...):
+starts fresh servers and measures them interleaved (the order rotates each pass):
+
+* ``openssl``: ``python -m mtlsproxy run`` with ``engine: openssl`` (the default);
+* ``native``: the same with ``engine: native`` (the project's TLS 1.3 engine; TLS 1.2 clients
+  are handed to OpenSSL);
+* ``nginx``: nginx's stream module terminating TLS (``ssl_verify_client on``, the same client
+  CA and CRL bundle) and ``proxy_pass``-ing to the same upstream, one worker;
+* ``bare``: a plain asyncio (+ uvloop) server on stdlib ``ssl`` with the proxy's context
+  settings, answering the little protocol itself instead of forwarding.
+
+Tests:
 
 * handshakes: worker processes open new TLS connections in a loop (full handshake, 1 byte
   echoed through the upstream, close) for ``--seconds``; server CPU per handshake comes from
-  ``/proc/PID/stat`` (utime + stime) before and after;
+  ``/proc/PID/stat`` (utime + stime, the process and its descendants) before and after;
 * bulk: one TLS connection pushes ``--mib`` MiB to an upstream that discards them; server CPU
   seconds per GiB and MiB/s.
 
-The baseline ("bare") is a plain asyncio (+ uvloop) server on stdlib ``ssl`` with the same
-certificate, the same client CA, CRL and TLS settings as the proxy's context; it answers the
-same little protocol itself instead of forwarding. Servers are pinned to core 0, the driver,
-load clients and the upstream to core 1 (when there are two cores and ``taskset``).
+The mutual-TLS settings are the same everywhere: one ECDSA P-256 certificate, the client CA
+bundle, the CRL bundle checked for the whole chain, no identity allow-list (nginx's stream
+module cannot match a URI SAN). Ratios are against ``openssl``, per pass, then the median.
+Servers are pinned to core 0, the driver, load clients and the upstream to core 1 (when there
+are two cores and ``taskset``).
 
     /work/venv/bin/python bench/e2e.py --seconds 5 --runs 3
 
@@ -30,18 +41,27 @@ import shutil
 import signal
 import socket
 import ssl
+import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from procs import REPO, Process, median  # bench/procs.py
+from procs import REPO, Process, free_port, median  # bench/procs.py
 
 SERVER_CORE = 0
 CLIENT_CORE = 1
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"  # the proxy's (mtlsproxy.policy.contexts)
 CHUNK = 256 * 1024
+SYSTEMS = ("openssl", "native", "nginx", "bare")
+LABELS = {
+    "openssl": "mtlsproxy openssl",
+    "native": "mtlsproxy native",
+    "nginx": "nginx stream",
+    "bare": "bare python ssl",
+}
+STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 
 
 @dataclass(frozen=True)
@@ -115,7 +135,7 @@ def _serve(kind: str, directory: str, mode: str, version: str) -> None:
             context.verify_mode = ssl.CERT_REQUIRED
             context.load_verify_locations(cafile=d / "client-ca.pem")
             context.load_verify_locations(cafile=d / "crls.pem")
-            context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+            context.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN  # as the proxy, nginx
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -142,11 +162,13 @@ def _serve(kind: str, directory: str, mode: str, version: str) -> None:
 # Process handling
 
 
-def proxy_config(directory: Path, setup: Setup, upstream_port: int) -> Path:
+def proxy_config(directory: Path, setup: Setup, upstream_port: int, engine: str) -> Path:
+    """As config/require.yaml (or none), without the allow-list: no other system has one."""
     lines = [
         "listeners:",
         "  - name: bench",
         "    listen: 127.0.0.1:0",
+        f"    engine: {engine}",
         "    tls:",
         "      certificates:",
         "        - {certificate: server.crt, key: server.key}",
@@ -158,8 +180,6 @@ def proxy_config(directory: Path, setup: Setup, upstream_port: int) -> Path:
         lines += [
             "      ca: client-ca.pem",
             "      crl: crls.pem",
-            "      allow:",
-            "        - spiffe_id: spiffe://example.org/ns/prod/sa/frontend",
         ]
     lines += [
         f"    upstream: 127.0.0.1:{upstream_port}",
@@ -169,9 +189,75 @@ def proxy_config(directory: Path, setup: Setup, upstream_port: int) -> Path:
         "  format: text",
         "  level: info",
     ]
-    path = directory / f"proxy-{setup.key}.yaml"
+    path = directory / f"proxy-{engine}-{setup.key}.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+NGINX_STREAM = """\
+{load_module}worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+stream {{
+    upstream app {{ server 127.0.0.1:{upstream}; }}
+    server {{
+        listen 127.0.0.1:{port} ssl backlog=1024;
+        ssl_certificate {pki}/server.crt;
+        ssl_certificate_key {pki}/server.key;
+        ssl_protocols {protocols};
+        ssl_ciphers {ciphers};
+        ssl_prefer_server_ciphers on;
+{client_auth}        proxy_pass app;
+    }}
+}}
+"""
+NGINX_CLIENT_AUTH = """\
+        ssl_verify_client on;
+        ssl_client_certificate {pki}/client-ca.pem;
+        ssl_verify_depth 2;
+        ssl_crl {pki}/crls.pem;
+"""
+
+
+def stream_module_directive(nginx: str) -> str:
+    """``load_module ...;`` when the stream module is dynamic (Debian), else nothing."""
+    built = subprocess.run([nginx, "-V"], capture_output=True, text=True).stderr
+    if "--with-stream=dynamic" not in built:
+        if "--with-stream" in built:
+            return ""
+        raise SystemExit(f"{nginx} has no stream module")
+    if not STREAM_MODULE.exists():
+        raise SystemExit(f"{STREAM_MODULE} missing: apt-get install -y libnginx-mod-stream")
+    return f"load_module {STREAM_MODULE};\n"
+
+
+def nginx_version(nginx: str) -> str:
+    out = subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr.strip()
+    return out.removeprefix("nginx version: ")
+
+
+def start_nginx_stream(
+    nginx: str, pki: Path, setup: Setup, upstream: int, load_module: str, pin: int | None
+) -> Process:
+    """A fresh foreground nginx (its own prefix dir), TLS termination in the stream module."""
+    directory = Path(tempfile.mkdtemp(prefix=f"nginx-{setup.key}-", dir=pki))
+    port = free_port()
+    conf = NGINX_STREAM.format(
+        load_module=load_module,
+        dir=directory,
+        upstream=upstream,
+        port=port,
+        pki=pki,
+        # the proxy's versions: min_version 1.3, or 1.2 and 1.3
+        protocols="TLSv1.3" if setup.version == "1.3" else "TLSv1.2 TLSv1.3",
+        ciphers=TLS12_CIPHERS,
+        client_auth=NGINX_CLIENT_AUTH.format(pki=pki) if setup.mode == "require" else "",
+    )
+    (directory / "nginx.conf").write_text(conf)
+    argv = [nginx, "-p", str(directory), "-c", str(directory / "nginx.conf")]
+    argv += ["-e", str(directory / "error.log"), "-g", "daemon off;"]
+    return Process(argv, directory / "stderr.log", pin, port)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,6 +273,16 @@ def client_context(directory: Path, setup: Setup) -> ssl.SSLContext:
     return context
 
 
+def connect(port: int, timeout: float) -> socket.socket:
+    """TCP_NODELAY, as most real clients (Go, curl, nginx upstreams): without it the client's
+    first write after the handshake (``E``) waits behind Nagle for the ACK of its Finished,
+    which a server that sends no session ticket (the native engine) only gives with the
+    delayed-ACK timer, ~40 ms later."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 def _handshake_worker(directory: str, setup: Setup, port: int, start: float, end: float, conn):
     context = client_context(Path(directory), setup)
     ok = errors = 0
@@ -197,7 +293,7 @@ def _handshake_worker(directory: str, setup: Setup, port: int, start: float, end
     while time.time() < end:
         try:
             with (
-                socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+                connect(port, timeout=10) as raw,
                 context.wrap_socket(raw, server_hostname="localhost") as tls,
             ):
                 tls.sendall(b"E")
@@ -260,7 +356,7 @@ def measure_bulk(server: Process, directory: Path, setup: Setup, args) -> dict:
     block = os.urandom(CHUNK)
     context = client_context(directory, setup)
     with (
-        socket.create_connection(("127.0.0.1", server.port), timeout=60) as raw,
+        connect(server.port, timeout=60) as raw,
         context.wrap_socket(raw, server_hostname="localhost") as tls,
     ):
         tls.sendall(b"B" + total.to_bytes(8, "big"))
@@ -299,9 +395,26 @@ def main() -> int:
         default=",".join(s.key for s in SETUPS),
         help="comma-separated subset of " + ", ".join(s.key for s in SETUPS),
     )
+    parser.add_argument(
+        "--systems",
+        default=",".join(SYSTEMS),
+        help="comma-separated subset of " + ", ".join(SYSTEMS) + " (ratios need openssl)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write every sample as JSON")
     args = parser.parse_args()
     setups = [s for s in SETUPS if s.key in args.setups.split(",")]
+    wanted = args.systems.split(",")
+    unknown = sorted(set(wanted) - set(SYSTEMS))
+    if unknown or not setups:
+        parser.error(f"unknown system(s) {unknown}" if unknown else "no known setup in --setups")
+    systems = [s for s in SYSTEMS if s in wanted]
+
+    nginx = load_module = ""
+    if "nginx" in systems:
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not Path(nginx).exists():
+            raise SystemExit("nginx not found: apt-get install -y nginx libnginx-mod-stream")
+        load_module = stream_module_directive(nginx)
 
     pin = shutil.which("taskset") is not None and len(os.sched_getaffinity(0)) >= 2
     if pin:
@@ -311,8 +424,9 @@ def main() -> int:
     print(f"command: {command}")
     print(
         f"pinning: {'servers core 0, clients+upstream core 1' if pin else 'none'}; "
-        f"{ssl.OPENSSL_VERSION}; Python {sys.version.split()[0]}; CLK_TCK "
-        f"{os.sysconf('SC_CLK_TCK')}",
+        f"{ssl.OPENSSL_VERSION}; Python {sys.version.split()[0]}; "
+        + (f"nginx {nginx_version(nginx)}; " if nginx else "")
+        + f"CLK_TCK {os.sysconf('SC_CLK_TCK')}",
         flush=True,
     )
 
@@ -332,34 +446,49 @@ def main() -> int:
             None,
         )
         try:
-            configs = {s.key: proxy_config(directory, s, upstream.port) for s in setups}
+            configs = {
+                (engine, s.key): proxy_config(directory, s, upstream.port, engine)
+                for engine in ("openssl", "native")
+                for s in setups
+            }
 
             def start(system: str, setup: Setup) -> Process:
                 log = directory / f"{system}-{setup.key}.log"
-                if system == "proxy":
-                    argv = [python, "-m", "mtlsproxy", "run", "-c", str(configs[setup.key])]
+                if system in ("openssl", "native"):
+                    config = configs[system, setup.key]
+                    argv = [python, "-m", "mtlsproxy", "run", "-c", str(config)]
+                elif system == "nginx":
+                    return start_nginx_stream(
+                        nginx, directory, setup, upstream.port, load_module, server_pin
+                    )
                 else:
                     argv = [python, me, "--serve", "baseline", tmp, setup.mode, setup.version]
                 return Process(argv, log, server_pin, None)
 
+            step = 0
             for run in range(args.runs):
                 for setup in setups:
                     for test, measure in (("hs", measure_handshakes), ("bulk", measure_bulk)):
-                        order = ("proxy", "bare") if run % 2 == 0 else ("bare", "proxy")
-                        for system in order:
+                        # rotate the order: A B C D, B C D A, C D A B, ...
+                        shift = step % len(systems)
+                        step += 1
+                        for system in systems[shift:] + systems[:shift]:
                             server = start(system, setup)
                             try:
                                 result = measure(server, directory, setup, args)
                             finally:
                                 server.stop()
+                            result["run"] = run
                             samples.setdefault(f"{setup.key}/{test}/{system}", []).append(result)
-                            shown = ", ".join(f"{k} {v:.4g}" for k, v in result.items())
-                            print(f"run {run + 1} {setup.key:9} {test:4} {system:5} {shown}")
+                            shown = ", ".join(
+                                f"{k} {v:.4g}" for k, v in result.items() if k != "run"
+                            )
+                            print(f"run {run + 1} {setup.key:9} {test:4} {system:7} {shown}")
                             sys.stdout.flush()
         finally:
             upstream.stop()
 
-    print_table(setups, samples, args)
+    print_table(setups, systems, samples, args)
     if args.json:
         Path(args.json).write_text(
             json.dumps({"command": command, "samples": samples}, indent=2) + "\n"
@@ -367,56 +496,79 @@ def main() -> int:
     return 0
 
 
-def print_table(setups: list[Setup], samples: dict[str, list[dict]], args) -> None:
+def print_table(
+    setups: list[Setup], systems: list[str], samples: dict[str, list[dict]], args
+) -> None:
     def med(key: str, field: str) -> float:
         return median([s[field] for s in samples.get(key, [])])
 
-    def ratio(key: str, field: str) -> float:
-        # per-pass ratio proxy/bare (same pass, same order), then the median of those
-        pairs = zip(samples.get(f"{key}/proxy", []), samples.get(f"{key}/bare", []), strict=False)
-        return median([p[field] / b[field] for p, b in pairs if b[field]])
+    def ratios(key: str, system: str, field: str) -> list[float]:
+        # per pass: system / openssl, the two measured in the same pass
+        base = {s["run"]: s[field] for s in samples.get(f"{key}/openssl", [])}
+        return [
+            s[field] / base[s["run"]]
+            for s in samples.get(f"{key}/{system}", [])
+            if base.get(s["run"])
+        ]
 
+    def ratio(key: str, system: str, field: str) -> float:
+        return median(ratios(key, system, field))
+
+    width = max(len(LABELS[s]) for s in systems)
     print()
     print(
         f"Handshakes: new connection, full handshake, 1 byte echoed, close; {args.workers} "
-        f"client processes, {args.seconds:g} s per sample; medians of {args.runs}"
+        f"client processes, {args.seconds:g} s per sample; medians of {args.runs}; "
+        "ratios to openssl per pass, then median"
     )
     header = (
-        f"{'setup':18} {'system':6} {'handshakes':>10} {'hs/s':>8} {'server CPU us/hs':>17} "
-        f"{'server core %':>13} {'client CPU us/hs':>16}"
+        f"{'setup':17} {'system':{width}} {'handshakes':>10} {'hs/s':>7} "
+        f"{'server CPU us/hs':>16} {'server core %':>13} {'client CPU us/hs':>16} "
+        f"{'hs/s ratio':>10} {'CPU ratio':>9}"
     )
     print(header)
     print("-" * len(header))
     for setup in setups:
-        for system in ("proxy", "bare"):
+        for system in systems:
             key = f"{setup.key}/hs/{system}"
             print(
-                f"{setup.label:18} {system:6} {med(key, 'handshakes'):10.0f} "
-                f"{med(key, 'per_s'):8.0f} {med(key, 'cpu_us'):17.0f} "
-                f"{100 * med(key, 'cpu_util'):13.0f} {med(key, 'client_us'):16.0f}"
+                f"{setup.label:17} {LABELS[system]:{width}} {med(key, 'handshakes'):10.0f} "
+                f"{med(key, 'per_s'):7.0f} {med(key, 'cpu_us'):16.0f} "
+                f"{100 * med(key, 'cpu_util'):13.0f} {med(key, 'client_us'):16.0f} "
+                f"{ratio(f'{setup.key}/hs', system, 'per_s'):10.2f} "
+                f"{ratio(f'{setup.key}/hs', system, 'cpu_us'):9.2f}"
             )
-        key = f"{setup.key}/hs"
-        print(
-            f"{'':18} {'ratio':6} {'':10} {ratio(key, 'per_s'):8.2f} "
-            f"{ratio(key, 'cpu_us'):17.2f}   (proxy / bare)"
-        )
     print()
-    print(f"Bulk: one connection, {args.mib} MiB client -> upstream (discarded); medians")
-    header = f"{'setup':18} {'system':6} {'MiB/s':>8} {'server CPU s/GiB':>17}"
+    print(
+        f"Bulk: one connection, {args.mib} MiB client -> upstream (discarded); medians; "
+        "ratios to openssl per pass, then median"
+    )
+    header = (
+        f"{'setup':17} {'system':{width}} {'MiB/s':>7} {'server CPU s/GiB':>16} "
+        f"{'MiB/s ratio':>11} {'CPU ratio':>9}"
+    )
     print(header)
     print("-" * len(header))
     for setup in setups:
-        for system in ("proxy", "bare"):
+        for system in systems:
             key = f"{setup.key}/bulk/{system}"
             print(
-                f"{setup.label:18} {system:6} {med(key, 'mib_s'):8.0f} "
-                f"{med(key, 'cpu_s_per_gib'):17.3f}"
+                f"{setup.label:17} {LABELS[system]:{width}} {med(key, 'mib_s'):7.0f} "
+                f"{med(key, 'cpu_s_per_gib'):16.3f} "
+                f"{ratio(f'{setup.key}/bulk', system, 'mib_s'):11.2f} "
+                f"{ratio(f'{setup.key}/bulk', system, 'cpu_s_per_gib'):9.2f}"
             )
-        key = f"{setup.key}/bulk"
-        print(
-            f"{'':18} {'ratio':6} {ratio(key, 'mib_s'):8.2f} "
-            f"{ratio(key, 'cpu_s_per_gib'):17.2f}   (proxy / bare)"
-        )
+    print()
+    print("Per-pass server CPU ratios to openssl (handshake | bulk):")
+    for setup in setups:
+        for system in systems:
+            if system == "openssl":
+                continue
+            hs = " ".join(f"{r:.2f}" for r in ratios(f"{setup.key}/hs", system, "cpu_us"))
+            bulk = " ".join(
+                f"{r:.2f}" for r in ratios(f"{setup.key}/bulk", system, "cpu_s_per_gib")
+            )
+            print(f"  {setup.label:17} {LABELS[system]:{width}} {hs} | {bulk}")
 
 
 if __name__ == "__main__":
