@@ -103,9 +103,9 @@ class HandshakeFailed:
 
 @dataclass(frozen=True, slots=True)
 class ApplicationData:
-    """Decrypted bytes from the client (seed step 9)."""
+    """Decrypted bytes from the client (seed step 9); a view of a buffer nobody reuses."""
 
-    data: bytes
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,10 +50,7 @@ from mtlsproxy.engine.events import (
 from mtlsproxy.engine.interface import Clock, RouteSelector, TLSRoute
 from mtlsproxy.policy.identity import PeerIdentity
 
-# How much decrypted data one ``SSLObject.read`` call may return. 64 KiB covers four full
-# records per call; larger sizes did not help in CPython's sslproto measurements.
-READ_SIZE = 64 * 1024
-
+MAX_RECORD_PLAINTEXT = 2**14  # RFC 8446 section 5.1, RFC 5246 section 6.2.1
 INITIAL_RECORD_VERSION = 0x0301  # RFC 8446 section 5.1, before a version is agreed
 TLS12_RECORD_VERSION = 0x0303
 
@@ -318,15 +315,23 @@ class OpenSSLEngine:
         if not incoming.pending and not incoming.eof and not self._sslobj.pending():
             return []  # nothing to decrypt: skip the SSLWantReadError (uvloop's trick)
         events: list[Event] = []
-        chunks: list[bytes] = []
+        # One buffer receives all the plaintext, record by record, instead of joining a list
+        # of reads (the bulk path's largest cost). Its size bounds what can come out: the
+        # ciphertext still in the BIO (plaintext is shorter: header and tag), what OpenSSL
+        # decrypted and holds, and one record OpenSSL may have taken in part from the BIO
+        # earlier (it buffers an incomplete record, which the BIO then no longer counts). The
+        # buffer is handed on, never reused, so transports may keep it.
+        size = incoming.pending + self._sslobj.pending() + MAX_RECORD_PLAINTEXT
+        buffer = memoryview(bytearray(size))
+        filled = 0
         read = self._sslobj.read
         try:
-            while True:
-                chunk = read(READ_SIZE)
-                if not chunk:
+            while filled < size:
+                count = read(size - filled, buffer[filled:])
+                if not count:
                     events.append(PeerClosed(clean=True))
                     break
-                chunks.append(chunk)
+                filled += count
         except ssl.SSLWantReadError:
             pass
         except ssl.SSLZeroReturnError:
@@ -337,9 +342,8 @@ class OpenSSLEngine:
         except ssl.SSLError as exc:
             events.append(ProtocolError(f"{exc.reason or exc}"))
             self._state = _State.CLOSED
-        if chunks:
-            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            events.insert(0, ApplicationData(data))
+        if filled:
+            events.insert(0, ApplicationData(buffer[:filled]))
         if any(isinstance(event, PeerClosed) for event in events):
             self._peer_closed = True
         return events

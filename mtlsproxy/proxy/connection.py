@@ -50,7 +50,7 @@ class ClientConnection(asyncio.Protocol):
         self._hello: ClientHello | None = None
         self._upstream: asyncio.Transport | None = None
         self._upstream_task: asyncio.Task[None] | None = None
-        self._early_data: list[bytes] = []  # decrypted before the upstream connected
+        self._early_data: list[bytes | memoryview] = []  # decrypted before upstream connected
         self._forwarding = PASSTHROUGH  # forward_identity: PROXY v2 preamble, HTTP rewriter
         self._refused_request: HTTPRefused | None = None
         self._refusal_timer: asyncio.TimerHandle | None = None
@@ -243,7 +243,7 @@ class ClientConnection(asyncio.Protocol):
         elif self._transport is not None and not self._transport.is_closing():
             self._transport.resume_reading()
 
-    def _to_upstream(self, data: bytes) -> None:
+    def _to_upstream(self, data: bytes | memoryview) -> None:
         self._bytes_in += len(data)
         self._runtime.count_bytes("client_to_upstream", len(data))
         if self._upstream is None:
@@ -251,7 +251,7 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._write_upstream(data)
 
-    def _write_upstream(self, data: bytes) -> None:
+    def _write_upstream(self, data: bytes | memoryview) -> None:
         assert self._upstream is not None
         forwarding = self._forwarding
         if forwarding.passthrough:

@@ -56,9 +56,9 @@ class Forwarding:
         """Bytes after an Upgrade request wait for the upstream's answer: stop reading."""
         return self._rewriter.upgrade_pending
 
-    def to_upstream(self, data: bytes) -> bytes:
+    def to_upstream(self, data: bytes | memoryview) -> bytes:
         """Client bytes -> bytes for the upstream. Raises ``HTTPRefused``."""
-        out = self._rewriter.feed(data)
+        out = self._rewriter.feed(bytes(data))
         while self._decided:
             out += self._rewriter.resolve_upgrade(self._decided.pop().accepted)
         return out
