@@ -43,6 +43,14 @@ CLIENT_AUTH = {
 }
 
 
+@pytest.fixture(scope="module")
+def echo() -> Iterator[Upstream]:
+    """An echo upstream shared by a module's tests (they compare counters before and after)."""
+    server = Upstream()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def upstream() -> Iterator[Upstream]:
     server = Upstream()

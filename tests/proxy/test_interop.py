@@ -36,13 +36,6 @@ MISSING = {"result": "failed", "step": "client_certificate", "reason": "client_c
 
 
 @pytest.fixture(scope="module")
-def echo() -> Iterator[Upstream]:
-    server = Upstream()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def http_upstream() -> Iterator[Upstream]:
     server = Upstream(behaviour=http_ok(b"hello from the upstream\n"))
     yield server

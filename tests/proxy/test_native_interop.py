@@ -21,13 +21,6 @@ GROUPS = {"x25519": "X25519", "P-256": "prime256v1", "P-384": "secp384r1"}
 
 
 @pytest.fixture(scope="module")
-def echo() -> Iterator[Upstream]:
-    server = Upstream()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def native(
     tmp_path_factory: pytest.TempPathFactory, pki: PkiFiles, echo: Upstream
 ) -> Iterator[RunningProxy]:

@@ -39,19 +39,12 @@ def expected(mode: str, cert: str | None) -> tuple[str, str, str]:
     return ("failed", "client_verify", VERIFY_FAILURES[cert])
 
 
-@pytest.fixture(scope="module")
-def matrix_upstream() -> Iterator[Upstream]:
-    server = Upstream()
-    yield server
-    server.stop()
-
-
 @pytest.fixture(scope="module", params=["openssl", "native"])
 def proxies(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     pki: PkiFiles,
-    matrix_upstream: Upstream,
+    echo: Upstream,
 ) -> Iterator[dict[str, RunningProxy]]:
     """The three modes, on each engine (the native one hands TLS 1.2 clients to OpenSSL)."""
     directory: Path = tmp_path_factory.mktemp("matrix")
@@ -59,7 +52,7 @@ def proxies(
     for mode in ("none", "request", "require"):
         path = directory / f"{mode}.yaml"
         allow = [ALLOW] if mode != "none" else None
-        address = f"127.0.0.1:{matrix_upstream.port}"
+        address = f"127.0.0.1:{echo.port}"
         text = render_config(pki, address, mode, allow=allow, name=mode, engine=request.param)
         path.write_text(text)
         running[mode] = RunningProxy(path)
@@ -74,7 +67,7 @@ def proxies(
 def test_policy_table(
     proxies: dict[str, RunningProxy],
     pki: PkiFiles,
-    matrix_upstream: Upstream,
+    echo: Upstream,
     mode: str,
     cert: str | None,
     version: ssl.TLSVersion,
@@ -82,7 +75,7 @@ def test_policy_table(
     proxy = proxies[mode]
     result, step, reason = expected(mode, cert)
     before = proxy.handshakes(result=result, step=step, reason=reason)
-    received_before = matrix_upstream.received
+    received_before = echo.received
     client = Client(pki, proxy.port(), cert=cert, maximum_version=version, minimum_version=version)
 
     outcome = refused_by(client)
@@ -91,7 +84,7 @@ def test_policy_table(
         assert outcome == ""
     else:
         assert outcome != "", "the client was admitted"
-        assert matrix_upstream.received == received_before, "a refused client reached upstream"
+        assert echo.received == received_before, "a refused client reached upstream"
     assert proxy.handshakes(result=result, step=step, reason=reason) == before + 1
     tls_version = "TLSv1.3" if version is ssl.TLSVersion.TLSv1_3 else "TLSv1.2"
     if result == "ok":
