@@ -227,10 +227,14 @@ def _boolean(node: Node) -> bool:
     return bool(_SCALARS.construct_yaml_bool(node))
 
 
-def _positive_int(node: Node) -> int:
+def _int_value(node: Node) -> int:
     if not (isinstance(node, ScalarNode) and node.tag == _INT):
         raise _expected("an integer", node)
-    value = int(_SCALARS.construct_yaml_int(node))
+    return int(_SCALARS.construct_yaml_int(node))
+
+
+def _positive_int(node: Node) -> int:
+    value = _int_value(node)
     if value < 1:
         raise _Invalid(f"{value} must be at least 1")
     return value
@@ -248,6 +252,14 @@ def _one_of(choices: Iterable[S], unavailable: Collection[S] = ()) -> Callable[[
         return allowed[value]
 
     return convert
+
+
+def _record_padding(node: Node) -> int:
+    """0 (none) or a block size from 2 to 16384 bytes (one record's plaintext)."""
+    size = _int_value(node)
+    if size != 0 and not 2 <= size <= 2**14:
+        raise _Invalid(f"{size} is not 0 (no padding) or a block size from 2 to 16384")
+    return size
 
 
 def _workers(node: Node) -> int:
@@ -614,6 +626,7 @@ class _Parser:
                 "certificates": lambda n, p: self.sequence(n, p, self.key_pair, non_empty=True),
                 "min_version": _leaf(_one_of(TLSVersion)),
                 "alpn": lambda n, p: self.sequence(n, p, _leaf(_alpn)),
+                "record_padding": _leaf(_record_padding),
             },
             required=() if base else ("certificates",),
         )

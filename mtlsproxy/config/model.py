@@ -61,6 +61,9 @@ class TLSSettings:
     certificates: tuple[CertificateKeyPair, ...]
     min_version: TLSVersion = TLSVersion.TLS1_2
     alpn: tuple[str, ...] = ()  # protocols we accept, in preference order; empty: no ALPN
+    # engine native: pad what we send to a multiple of this many bytes (RFC 8446 section 5.4),
+    # so record lengths reveal less about the content; 0: no padding.
+    record_padding: int = 0
 
 
 @dataclass(frozen=True, slots=True)

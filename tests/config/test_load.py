@@ -306,6 +306,15 @@ BROKEN = {
         "    upstream: 127.0.0.1:8080\n    limits: [max_connections, 5]\n",
         (6, "listeners[0].limits", "expected a mapping, got a list"),
     ),
+    "record padding out of range": (
+        "    upstream: 127.0.0.1:8080\n    routes:\n      - sni: a.example.org\n"
+        "        tls: {record_padding: 1}\n",
+        (
+            8,
+            "listeners[0].routes[0].tls.record_padding",
+            "1 is not 0 (no padding) or a block size from 2 to 16384",
+        ),
+    ),
     "unknown engine": (
         "    upstream: 127.0.0.1:8080\n    engine: boringssl\n",
         (6, "listeners[0].engine", "'boringssl' is not one of openssl, native"),

@@ -81,6 +81,7 @@ from mtlsproxy.engine.native.record_layer import (
     RecordProtection,
     RecordReader,
     encode_record,
+    pad_to_multiple,
 )
 from mtlsproxy.engine.native.suites import (
     CIPHER_SUITES,
@@ -505,7 +506,10 @@ class NativeEngine:
         schedule.update_transcript(hello_message)
         schedule.derive_handshake_secrets(shared_secret)
         self._schedule = schedule
-        write = RecordProtection.from_secret(suite, schedule.server_handshake_traffic_secret)
+        padding = pad_to_multiple(self._route.config.tls.record_padding)
+        write = RecordProtection.from_secret(
+            suite, schedule.server_handshake_traffic_secret, padding=padding
+        )
 
         flight = [msgs.encrypted_extensions(self._alpn)]
         authorities: list[bytes] = []
@@ -543,7 +547,7 @@ class NativeEngine:
             self._out += encode_record(ContentType.CHANGE_CIPHER_SPEC, b"\x01")
         self._out += write.encrypt_fragmented(ContentType.HANDSHAKE, b"".join(flight))
         self._write = RecordProtection.from_secret(
-            suite, schedule.server_application_traffic_secret
+            suite, schedule.server_application_traffic_secret, padding=padding
         )
         self._read = RecordProtection.from_secret(suite, schedule.client_handshake_traffic_secret)
         self._state = _State.CLIENT_FLIGHT

@@ -4,6 +4,7 @@ own (``tls13_client.MiniClient``) for what Python cannot send."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ssl
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from tests.engine.native.harness import (
     build_route,
     client_context,
     run_handshake,
+    table,
 )
 from tests.engine.native.tls13_client import MiniClient
 
@@ -666,3 +668,28 @@ def test_post_handshake_message_refused_from_its_first_fragment(routes, pki) -> 
     server, client = established_pair(routes, pki)
     events = server.receive(client.seal(b"\x0b\x00\xff"))  # a Certificate header, partial
     assert isinstance(events[-1], ProtocolError)
+
+
+def test_record_padding_hides_lengths(pki) -> None:
+    """tls.record_padding: what we send is padded to a multiple of the block (RFC 8446 5.4);
+    a real client strips it."""
+    route = build_route(pki)
+    tls = dataclasses.replace(route.config.tls, record_padding=256)
+    route = dataclasses.replace(route, config=dataclasses.replace(route.config, tls=tls))
+    server = NativeEngine(table(route).select, FakeClock())
+    outcome = run_handshake(server, client_context(pki, "client"), ping=False)
+    assert outcome.client_done and server.handshake_complete
+    server.send(b"x" * 1000)
+    wire = server.data_to_send()
+    outcome.client_in.write(wire)
+    lengths = []
+    while wire:
+        length = int.from_bytes(wire[3:5], "big")
+        lengths.append(length)
+        wire = wire[5 + length :]
+    assert lengths and all((length - 16) % 256 == 0 for length in lengths)
+    received = b""
+    with contextlib.suppress(ssl.SSLWantReadError):
+        while len(received) < 1000:
+            received += outcome.client.read(4096)
+    assert received == b"x" * 1000
