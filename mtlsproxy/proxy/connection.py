@@ -299,6 +299,11 @@ class ClientConnection(asyncio.Protocol):
         """UpstreamProtocol: the upstream sent ``data`` for the client."""
         if self._closed or self._engine is None:
             return
+        if not self._engine.handshake_complete:
+            # The TLS session ended under us (the client's EOF without close_notify is fatal
+            # to OpenSSL 3, an alert, a protocol error): nothing more can reach the client.
+            self._close(abort=False, end="client_gone")
+            return
         self._last_activity = self._loop.time()
         self._bytes_out += len(data)
         self._runtime.count_bytes("upstream_to_client", len(data))

@@ -41,10 +41,17 @@ class RunningProxy:
         self.config = load_config(config_path)
         logs.configure(self.config.log)
         self.loop = uvloop.new_event_loop()
+        # Anything that escapes a callback lands here: the tests require there is none.
+        self.loop_errors: list[str] = []
+        self.loop.set_exception_handler(self._on_loop_error)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.proxy: Proxy = self._call(self._create())
         self._call(self.proxy.start())
+
+    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:  # type: ignore[type-arg]
+        self.loop_errors.append(f"{context.get('message')}: {context.get('exception')!r}")
+        loop.default_exception_handler(context)
 
     async def _create(self) -> Proxy:
         return Proxy(self.config)
@@ -88,6 +95,7 @@ class RunningProxy:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
         self.loop.close()
+        assert not self.loop_errors, f"errors escaped the proxy's event loop: {self.loop_errors}"
 
 
 class _EchoHandler(socketserver.BaseRequestHandler):

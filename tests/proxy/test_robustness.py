@@ -3,6 +3,7 @@ metric and no byte to the upstream, never a hang or an unbounded buffer."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -15,6 +16,7 @@ from tests.proxy.harness import (
     Client,
     MemoryClient,
     Upstream,
+    eventually,
     read_until_closed,
     refused_by,
     send_raw,
@@ -238,3 +240,31 @@ def test_unix_socket_upstream(make_proxy, pki: PkiFiles, tmp_path) -> None:
     finally:
         listener.close()
     thread.join(timeout=5)
+
+
+def test_upstream_answer_after_a_ragged_client_eof(make_proxy, pki: PkiFiles) -> None:
+    """The client ends its TCP stream without close_notify, then the upstream answers: OpenSSL
+    3 treats that EOF as fatal, so the answer cannot be sent; the connection ends cleanly,
+    counted in the access log, with no error escaping the event loop."""
+
+    def slow_echo(sock: socket.socket, server: Upstream) -> None:
+        data = sock.recv(65536)
+        time.sleep(0.3)
+        with contextlib.suppress(OSError):
+            sock.sendall(data)
+        sock.close()
+
+    slow = Upstream(slow_echo)
+    try:
+        proxy = make_proxy("require", upstream_address=f"127.0.0.1:{slow.port}")
+        client = MemoryClient(pki, proxy.port())
+        client.sock.sendall(client.client_hello())
+        client.finish_handshake()
+        client.send(b"a request, then a FIN without close_notify")
+        time.sleep(0.1)
+        client.sock.shutdown(socket.SHUT_WR)
+        read_until_closed(client.sock)
+        client.close()
+        assert eventually(lambda: proxy.active_connections() == 0, timeout=5)
+    finally:
+        slow.stop()
