@@ -489,6 +489,12 @@ class ProxyProcess:
     def _pending(self) -> bool:
         return self._seen < len(self.lines)
 
+    def assert_no_traceback(self) -> None:
+        """After the process ended: nothing escaped as a Python traceback."""
+        time.sleep(0.05)  # the reader thread takes the last lines
+        tracebacks = [line for line in self.lines if "Traceback" in line]
+        assert not tracebacks, "".join(self.lines[-40:])
+
     def get(self, path: str) -> str:
         with urllib.request.urlopen(f"{self.metrics}{path}", timeout=5) as response:
             return str(response.read().decode())

@@ -22,6 +22,7 @@ def json_proxy(tmp_path: Path, pki: PkiFiles, upstream: Upstream) -> Iterator[Pr
     yield process
     process.process.terminate()
     process.process.wait(timeout=10)
+    process.assert_no_traceback()
 
 
 def access_lines(process: ProxyProcess) -> list[dict[str, object]]:

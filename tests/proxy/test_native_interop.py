@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -135,3 +136,17 @@ def test_gnutls_cli(native: RunningProxy, pki: PkiFiles, priority: str) -> None:
     output = interact(command, stdin=LINE, until=LINE.strip()).output
     assert LINE.strip().decode() in output
     assert "TLS1.3" in output
+
+
+def test_session_resumption(native: RunningProxy, pki: PkiFiles, tmp_path: Path) -> None:
+    """A NewSessionTicket after the full handshake; the second connection resumes with it (no
+    certificates, the client re-checked) and still reaches the upstream."""
+    session = tmp_path / "session.pem"
+    first = s_client(native, pki, "-sess_out", str(session))
+    assert LINE.strip().decode() in first and "New, TLSv1.3" in first
+    assert session.exists()
+    resumed = native.sample("mtlsproxy_tls_resumed_sessions_total")
+    second = s_client(native, pki, "-sess_in", str(session))
+    assert "Reused, TLSv1.3" in second
+    assert LINE.strip().decode() in second
+    assert native.sample("mtlsproxy_tls_resumed_sessions_total") == resumed + 1

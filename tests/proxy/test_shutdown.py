@@ -25,6 +25,7 @@ def proxy_process(tmp_path: Path, pki: PkiFiles, upstream: Upstream) -> Iterator
     if running.process.poll() is None:
         running.process.kill()
     running.process.wait()
+    running.assert_no_traceback()
 
 
 def test_sigterm_drains_open_connections(proxy_process: ProxyProcess, pki: PkiFiles) -> None:

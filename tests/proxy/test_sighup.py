@@ -36,6 +36,7 @@ def running(config_file: Path, pki: PkiFiles, upstream: Upstream) -> Iterator[Pr
     if process.process.poll() is None:
         process.process.kill()
     process.process.wait()
+    process.assert_no_traceback()
 
 
 def test_broken_yaml_keeps_the_old_config(

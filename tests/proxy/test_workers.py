@@ -56,6 +56,7 @@ def workers(tmp_path: Path, pki: PkiFiles, upstream: Upstream) -> Iterator[Proxy
     if process.process.poll() is None:
         process.process.terminate()
         process.process.wait(timeout=15)
+    process.assert_no_traceback()
     for pid in worker_pids(process).values():  # none should be left; make sure
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
