@@ -20,6 +20,7 @@ from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.errors import Alert, HandshakeError, Reason, Step
 from mtlsproxy.engine.events import Refusal
 from mtlsproxy.engine.interface import Admission
+from mtlsproxy.engine.native.tickets import TicketKey
 from mtlsproxy.policy.authorize import AllowList
 from mtlsproxy.policy.contexts import build_ssl_context
 from mtlsproxy.policy.identity import PeerIdentity
@@ -58,6 +59,9 @@ class ServerRoute:
     allow_list: AllowList
     verifier: ClientVerifier | None
     credentials: tuple[ServerCredential, ...] = ()  # in config order
+    # The native engine's session-ticket key: created with the route, so a reload rotates it
+    # and a ticket never resumes on another route. None: the native engine issues no tickets.
+    tickets: TicketKey | None = None
 
     @classmethod
     def build(cls, route: Route) -> ServerRoute:
@@ -78,6 +82,7 @@ class ServerRoute:
             allow_list=AllowList(client_auth.allow),
             verifier=verifier,
             credentials=tuple(ServerCredential.load(pair) for pair in route.tls.certificates),
+            tickets=TicketKey(route.name),
         )
 
     @property

@@ -16,13 +16,25 @@ and fed every byte buffered so far; every later call is delegated to it:
 
 The hand-over clock reports the original accept time first, so phase timings stay honest.
 
-For TLS 1.3 (RFC 8446) the engine runs a full handshake, never resumption, never 0-RTT:
+For TLS 1.3 (RFC 8446) the engine runs a full handshake, never 0-RTT:
 ClientHello -> [HelloRetryRequest -> ClientHello] -> ServerHello, (CCS), {EncryptedExtensions,
 [CertificateRequest], Certificate, CertificateVerify, Finished} in one write; then the
 client's [Certificate, CertificateVerify], Finished. The client's chain is verified by the
 route's ``ClientVerifier`` (the same code the policy documents), its CertificateVerify
 checked, the identity allow-list applied (``route.admit``), and only then its Finished checked
 and ``HandshakeComplete`` emitted.
+
+Resumption (sections 2.2, 4.2.11, 4.6.1): after a full handshake whose client was admitted
+without ``would_refuse``, one NewSessionTicket goes out, sealed with the route's
+:class:`~mtlsproxy.engine.native.tickets.TicketKey` (so a ticket resumes on its own route
+only, and a reload rotates the keys). A ClientHello offering psk_dhe_ke and a ticket that
+opens, is within its lifetime and fits the negotiated suite's hash is answered with
+ServerHello (pre_shared_key, key_share: ECDHE is always done; psk_ke is not accepted),
+{EncryptedExtensions, Finished}; a wrong binder is ``decrypt_error``, any other unusable ticket
+is ignored (full handshake). The client's certificate from the ticket is checked again by
+``route.admit(..., session_reused=True)`` (expiry, revocation, allow-list, against now) after
+its Finished. A ClientHello that needs a HelloRetryRequest is always served a full handshake:
+the PSK is ignored in both ClientHellos, which section 4.2.11 allows.
 
 Deliberate differences from the OpenSSL engine (both are consequences of owning the
 handshake, and both are covered by the differential tests):
@@ -47,6 +59,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import hmac
 import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -74,7 +87,13 @@ from mtlsproxy.engine.interface import Admission, Clock, RouteSelector, TLSRoute
 from mtlsproxy.engine.native import messages as msgs
 from mtlsproxy.engine.native import signatures as sigs
 from mtlsproxy.engine.native.alerts import TLSAlert
-from mtlsproxy.engine.native.key_schedule import KeySchedule, Transcript
+from mtlsproxy.engine.native.key_schedule import (
+    KeySchedule,
+    Transcript,
+    derive_secret,
+    finished_verify_data,
+    hkdf_expand_label,
+)
 from mtlsproxy.engine.native.record_layer import (
     MAX_PLAINTEXT_LENGTH,
     Record,
@@ -89,7 +108,9 @@ from mtlsproxy.engine.native.suites import (
     CipherSuiteId,
     NamedGroup,
     generate_key_share,
+    get_cipher_suite,
 )
+from mtlsproxy.engine.native.tickets import AGE_TOLERANCE, TICKET_LIFETIME, TicketState
 from mtlsproxy.engine.openssl import CLIENT_REJECTS_SERVER_CERT, OpenSSLEngine
 from mtlsproxy.engine.records import ContentType, HandshakeType
 from mtlsproxy.policy.identity import PeerIdentity
@@ -111,6 +132,7 @@ DEFAULT_GROUPS = (NamedGroup.X25519, NamedGroup.SECP256R1, NamedGroup.SECP384R1)
 MAX_SKIPPED_EARLY_DATA = 64 * 1024
 
 RECORD_VERSION = 0x0303
+PSK_DHE_KE = 1  # section 4.2.9; psk_ke (0) is never accepted
 _WARNING, _FATAL = 1, 2
 
 
@@ -203,6 +225,7 @@ class NativeEngine:
         self._leaf_der: bytes | None = None
         self._verify_refusal: Refusal | None = None
         self._admission: Admission | None = None
+        self._resumed: TicketState | None = None  # the ticket of a resumed session
         self._peer_closed = False
         self._close_sent = False
         # Phase marks, from self._clock().
@@ -446,8 +469,62 @@ class NativeEngine:
                 return
         assert self._transcript is not None
         self._alpn = self._choose_alpn(hello)
+        # After a HelloRetryRequest the PSK is ignored: a full handshake (documented above).
+        psk = None if retry else self._accept_psk(hello, message, suite)
         self._transcript.update(message)
-        self._send_flight(hello, suite, share, *chosen)
+        self._send_flight(hello, suite, share, *chosen, psk=psk)
+
+    def _accept_psk(
+        self, hello: ClientHello, message: bytes, suite: CipherSuite
+    ) -> tuple[int, bytes] | None:
+        """(selected_identity, PSK) of the first offered ticket we can resume, or None.
+
+        Only tickets this route's key opens count; an expired one, or one for another hash,
+        is skipped. The chosen ticket's binder must verify (``decrypt_error`` otherwise).
+        """
+        tickets = self._route.tickets
+        if (
+            tickets is None
+            or not hello.has_pre_shared_key
+            or PSK_DHE_KE not in hello.psk_key_exchange_modes
+        ):
+            return None
+        body = msgs.extension_body(hello.extensions, ExtensionType.PRE_SHARED_KEY)
+        if body is None:  # pragma: no cover - has_pre_shared_key says it is there
+            return None
+        offered = msgs.decode_offered_psks(body)
+        now = tickets.now()
+        for index, (identity, obfuscated_age) in enumerate(offered.identities):
+            state = tickets.open(identity)
+            if state is None:
+                continue
+            ticket_suite = get_cipher_suite(state.suite)
+            if ticket_suite is None or ticket_suite.hash_name != suite.hash_name:
+                continue
+            client_age_ms = (obfuscated_age - state.age_add) % (1 << 32)
+            if not 0 <= now - state.issued <= state.lifetime or (
+                client_age_ms > (state.lifetime + AGE_TOLERANCE) * 1000
+            ):
+                continue
+            truncated = message[: len(message) - offered.binders_size]
+            self._check_binder(suite, state.psk, truncated, offered.binders[index])
+            self._resumed = state
+            self._leaf_der = state.leaf_der
+            return index, state.psk
+        return None
+
+    @staticmethod
+    def _check_binder(suite: CipherSuite, psk: bytes, truncated: bytes, binder: bytes) -> None:
+        """Section 4.2.11.2: HMAC(finished_key(binder_key), Transcript-Hash(truncated CH))."""
+        early_secret = KeySchedule(suite, psk=psk).early_secret
+        binder_key = derive_secret(
+            suite.hash_name, early_secret, b"res binder", suite.new_hash().digest()
+        )
+        digest = suite.new_hash()
+        digest.update(truncated)
+        expected = finished_verify_data(suite, binder_key, digest.digest())
+        if not hmac.compare_digest(expected, binder):
+            raise TLSAlert(Alert.DECRYPT_ERROR, "the PSK binder does not verify")
 
     def _choose_suite(self, hello: ClientHello, retry: bool) -> CipherSuite:
         if retry:
@@ -495,14 +572,23 @@ class NativeEngine:
         client_share: msgs.KeyShareEntry,
         credential: ServerCredential,
         scheme: sigs.SignatureScheme,
+        *,
+        psk: tuple[int, bytes] | None = None,
     ) -> None:
         assert self._transcript is not None
         key_share = generate_key_share(client_share.group)
         shared_secret = key_share.exchange(client_share.key_exchange)
         hello_message = msgs.server_hello(
-            os.urandom(32), hello.session_id, suite.id, client_share.group, key_share.public_bytes()
+            os.urandom(32),
+            hello.session_id,
+            suite.id,
+            client_share.group,
+            key_share.public_bytes(),
+            selected_identity=psk[0] if psk is not None else None,
         )
-        schedule = KeySchedule(suite, transcript=self._transcript)
+        schedule = KeySchedule(
+            suite, psk=psk[1] if psk is not None else None, transcript=self._transcript
+        )
         schedule.update_transcript(hello_message)
         schedule.derive_handshake_secrets(shared_secret)
         self._schedule = schedule
@@ -513,7 +599,7 @@ class NativeEngine:
 
         flight = [msgs.encrypted_extensions(self._alpn)]
         authorities: list[bytes] = []
-        if self._route.requests_client_certificate:
+        if self._route.requests_client_certificate and psk is None:
             verifier = self._route.verifier
             authorities = list(verifier.ca_names) if verifier else []
             flight.append(msgs.certificate_request(sigs.SUPPORTED_SCHEMES, authorities))
@@ -521,27 +607,31 @@ class NativeEngine:
         else:
             self._expect = _Expect.FINISHED
         chain_der = credential.chain_der
-        flight.append(msgs.certificate(chain_der))
+        if psk is None:  # a resumed session authenticates with the PSK (section 2.2)
+            flight.append(msgs.certificate(chain_der))
         for message in flight:
             schedule.update_transcript(message)
-        content = sigs.signed_content(schedule.transcript_hash(), server=True)
-        verify = msgs.certificate_verify(scheme, sigs.sign(credential.key, scheme, content))
-        schedule.update_transcript(verify)
+        if psk is None:
+            content = sigs.signed_content(schedule.transcript_hash(), server=True)
+            verify = msgs.certificate_verify(scheme, sigs.sign(credential.key, scheme, content))
+            schedule.update_transcript(verify)
+            flight.append(verify)
         server_finished = msgs.finished(schedule.server_finished_verify_data())
         schedule.update_transcript(server_finished)
         schedule.derive_application_secrets()
-        flight += [verify, server_finished]
+        flight.append(server_finished)
 
         self._out += encode_record(ContentType.HANDSHAKE, hello_message)
         if self._trace is not None:
             self._note("->", "ServerHello", cipher_suite=suite.name,
-                       group=f"0x{client_share.group:04x}")  # fmt: skip
+                       group=f"0x{client_share.group:04x}", resumed=psk is not None)  # fmt: skip
             self._note("->", "EncryptedExtensions", alpn=self._alpn)
             if self._expect is _Expect.CERTIFICATE:
                 self._note("->", "CertificateRequest", certificate_authorities=len(authorities))
-            self._note("->", "Certificate", subject=credential.leaf.subject.rfc4514_string(),
-                       chain_length=len(chain_der))  # fmt: skip
-            self._note("->", "CertificateVerify", scheme=f"0x{scheme:04x}")
+            if psk is None:
+                self._note("->", "Certificate", subject=credential.leaf.subject.rfc4514_string(),
+                           chain_length=len(chain_der))  # fmt: skip
+                self._note("->", "CertificateVerify", scheme=f"0x{scheme:04x}")
             self._note("->", "Finished")
         if hello.session_id and self._hrr_group is None:
             self._out += encode_record(ContentType.CHANGE_CIPHER_SPEC, b"\x01")
@@ -762,9 +852,12 @@ class NativeEngine:
         self._admission = self._admit(self._leaf_der)
         self._expect = _Expect.FINISHED
 
-    def _admit(self, leaf_der: bytes | None) -> Admission:
+    def _admit(self, leaf_der: bytes | None, *, session_reused: bool = False) -> Admission:
+        identity = None if session_reused else self._identity
         try:
-            admission = self._route.admit(leaf_der, session_reused=False, identity=self._identity)
+            admission = self._route.admit(
+                leaf_der, session_reused=session_reused, identity=identity
+            )
         except HandshakeError as error:
             if error.step is Step.AUTHORIZE:
                 identity = PeerIdentity.from_der(leaf_der) if leaf_der else None
@@ -792,13 +885,23 @@ class NativeEngine:
             )
         schedule.update_transcript(message.raw)
         self._note("<-", "Finished")
-        admission = self._admission if self._admission is not None else self._admit(None)
+        resumed = self._resumed is not None
+        if resumed:
+            # The ticket's certificate, checked again against now: expiry, revocation and the
+            # allow-list (a refusal is access_denied, as in a full handshake).
+            admission = self._admit(self._leaf_der, session_reused=True)
+        elif self._admission is not None:
+            admission = self._admission
+        else:
+            admission = self._admit(None)
         self._read = RecordProtection.from_secret(
             self._suite, schedule.client_application_traffic_secret
         )
         self._state = _State.ESTABLISHED
         self._t_end = self._clock()
         leaf = self._leaf_der
+        if admission.would_refuse is None:
+            self._send_ticket(admission)
         return HandshakeComplete(
             route=self._route.name,
             version="TLSv1.3",
@@ -806,12 +909,45 @@ class NativeEngine:
             alpn=self._alpn,
             client_certificate_presented=leaf is not None,
             identity=admission.identity,
-            session_reused=False,
+            session_reused=resumed,
             timings=self._timings(),
             client_certificate=leaf,
             verified=admission.verified,
             would_refuse=admission.would_refuse,
         )
+
+    def _send_ticket(self, admission: Admission) -> None:
+        """One NewSessionTicket (section 4.6.1), living no longer than the client's
+        certificate; none when the state would not fit a ticket."""
+        tickets = self._route.tickets
+        schedule = self._schedule
+        if tickets is None or schedule is None or self._write is None or self._suite is None:
+            return
+        now = tickets.now()
+        lifetime = TICKET_LIFETIME
+        if self._leaf_der is not None:
+            if admission.identity is None:
+                return
+            lifetime = min(lifetime, int(admission.identity.not_after.timestamp()) - now)
+        if lifetime <= 0:
+            return
+        suite = self._suite
+        schedule.derive_resumption_master_secret()
+        nonce = b"\x00"  # one ticket per connection: the nonce only has to be unique in it
+        psk = hkdf_expand_label(
+            suite.hash_name, schedule.resumption_master_secret, b"resumption", nonce,
+            suite.hash_length,
+        )  # fmt: skip
+        age_add = int.from_bytes(os.urandom(4), "big")
+        state = TicketState(
+            psk, suite.id, now, lifetime, age_add, self._alpn, self._route.name, self._leaf_der
+        )
+        ticket = tickets.seal(state)
+        if ticket is None:
+            return
+        message = msgs.new_session_ticket(lifetime, age_add, nonce, ticket)
+        self._note("->", "NewSessionTicket", lifetime=lifetime)
+        self._out += self._write.encrypt(ContentType.HANDSHAKE, message)
 
     # After the handshake
 

@@ -156,19 +156,23 @@ def extension_body(extensions: Sequence[tuple[int, bytes]], ext_type: int) -> by
 
 
 def server_hello(
-    random: bytes, session_id: bytes, cipher_suite: int, group: int, key_exchange: bytes
+    random: bytes,
+    session_id: bytes,
+    cipher_suite: int,
+    group: int,
+    key_exchange: bytes,
+    selected_identity: int | None = None,
 ) -> bytes:
-    """ServerHello for TLS 1.3: supported_versions (0x0304) and our key_share entry."""
+    """ServerHello for TLS 1.3: supported_versions (0x0304), our key_share entry and, when a
+    PSK was accepted, pre_shared_key with its selected_identity (section 4.2.11)."""
     key_share = group.to_bytes(2, "big") + vector(key_exchange, 2)
-    return _server_hello(
-        random,
-        session_id,
-        cipher_suite,
-        [
-            (ExtensionType.SUPPORTED_VERSIONS, TLS13.to_bytes(2, "big")),
-            (ExtensionType.KEY_SHARE, key_share),
-        ],
-    )
+    extensions = [
+        (ExtensionType.SUPPORTED_VERSIONS, TLS13.to_bytes(2, "big")),
+        (ExtensionType.KEY_SHARE, key_share),
+    ]
+    if selected_identity is not None:
+        extensions.append((ExtensionType.PRE_SHARED_KEY, selected_identity.to_bytes(2, "big")))
+    return _server_hello(random, session_id, cipher_suite, extensions)
 
 
 def hello_retry_request(
@@ -401,6 +405,53 @@ def decode_finished(body: bytes, hash_length: int) -> bytes:
 
 
 # KeyUpdate (section 4.6.3)
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class OfferedPsks:
+    """The client's pre_shared_key extension (section 4.2.11). ``binders_size`` is the size
+    of the length-prefixed binders list, which ends the ClientHello (pre_shared_key is the last
+    extension): the binders are computed over the ClientHello without those bytes."""
+
+    identities: tuple[tuple[bytes, int], ...]  # (identity, obfuscated_ticket_age)
+    binders: tuple[bytes, ...]
+    binders_size: int
+
+    def __repr__(self) -> str:
+        return f"OfferedPsks({len(self.identities)} identities)"
+
+
+def decode_offered_psks(body: bytes) -> OfferedPsks:
+    with _decoding("pre_shared_key"):
+        buf = Buffer(body)
+        identities: list[tuple[bytes, int]] = []
+        with buf.pull_block(2, minimum=7):
+            while not buf.eof():
+                identity = buf.pull_vector_bytes(2, minimum=1)
+                identities.append((identity, buf.pull_uint32()))
+        binders_start = buf.tell()
+        binders: list[bytes] = []
+        with buf.pull_block(2, minimum=33):
+            while not buf.eof():
+                binders.append(buf.pull_vector_bytes(1, minimum=32))
+        _end(buf, "pre_shared_key")
+    if len(identities) != len(binders):
+        raise TLSAlert(Alert.ILLEGAL_PARAMETER, "pre_shared_key identities and binders differ")
+    return OfferedPsks(tuple(identities), tuple(binders), len(body) - binders_start)
+
+
+# NewSessionTicket (section 4.6.1)
+
+
+def new_session_ticket(lifetime: int, age_add: int, nonce: bytes, ticket: bytes) -> bytes:
+    """NewSessionTicket without extensions (no early_data: 0-RTT is never offered)."""
+    body = (
+        struct.pack("!II", lifetime, age_add)
+        + vector(nonce, 1)
+        + vector(ticket, 2)
+        + extensions_block([])
+    )
+    return handshake(HandshakeType.NEW_SESSION_TICKET, body)
 
 
 def key_update(update_requested: bool) -> bytes:

@@ -66,6 +66,7 @@ class MiniClient:
         self.alerts: list[int] = []
         self.app_data = bytearray()
         self.key_updates: list[bool] = []
+        self.tickets: list[bytes] = []  # NewSessionTicket bodies
         self.ccs_received = 0
         self.pending_hello: bytes | None = None  # a second ClientHello to send after an HRR
 
@@ -179,6 +180,9 @@ class MiniClient:
                 schedule.suite, schedule.server_application_traffic_secret
             )
             self.server_finished = True
+            return
+        elif message.msg_type == HandshakeType.NEW_SESSION_TICKET:
+            self.tickets.append(message.body)  # kept, never used: the client does not resume
             return
         elif message.msg_type == HandshakeType.KEY_UPDATE:
             assert self.read is not None
