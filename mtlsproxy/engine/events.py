@@ -27,12 +27,35 @@ class HandshakeTimings:
     verify: float | None = None
     total: float | None = None
 
+    @classmethod
+    def from_marks(
+        cls,
+        accept: float,
+        hello: float | None,
+        flight: float | None,
+        answer: float | None,
+        end: float | None,
+        verify: float | None,
+    ) -> HandshakeTimings:
+        """The phases from an engine's clock readings (None: not reached)."""
+        return cls(
+            client_hello=_span(accept, hello),
+            server_flight=_span(hello, flight),
+            client_flight=_span(flight, answer),
+            verify=verify,
+            total=_span(accept, end),
+        )
+
     def as_dict(self) -> dict[str, float]:
         return {
             name: value
             for name in ("client_hello", "server_flight", "client_flight", "verify", "total")
             if (value := getattr(self, name)) is not None
         }
+
+
+def _span(start: float | None, end: float | None) -> float | None:
+    return end - start if start is not None and end is not None else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -461,17 +461,10 @@ class OpenSSLEngine:
         )
 
     def _timings(self) -> HandshakeTimings:
-        return HandshakeTimings(
-            client_hello=_span(self._t_accept, self._t_hello),
-            server_flight=_span(self._t_hello, self._t_flight),
-            client_flight=_span(self._t_flight, self._t_answer),
-            verify=self._verify_seconds,
-            total=_span(self._t_accept, self._t_end),
-        )
-
-
-def _span(start: float | None, end: float | None) -> float | None:
-    return end - start if start is not None and end is not None else None
+        return HandshakeTimings.from_marks(
+            self._t_accept, self._t_hello, self._t_flight, self._t_answer, self._t_end,
+            self._verify_seconds,
+        )  # fmt: skip
 
 
 def _received_alert(reason_code: str) -> Alert | None:

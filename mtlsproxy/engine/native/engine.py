@@ -1107,14 +1107,6 @@ class NativeEngine:
             verify = self._verify_seconds
             if self._busy_since is not None and self._t_end is not None:
                 verify += self._t_end - self._busy_since
-        return HandshakeTimings(
-            client_hello=_span(self._t_accept, self._t_hello),
-            server_flight=_span(self._t_hello, self._t_flight),
-            client_flight=_span(self._t_flight, self._t_answer),
-            verify=verify,
-            total=_span(self._t_accept, self._t_end),
+        return HandshakeTimings.from_marks(
+            self._t_accept, self._t_hello, self._t_flight, self._t_answer, self._t_end, verify
         )
-
-
-def _span(start: float | None, end: float | None) -> float | None:
-    return end - start if start is not None and end is not None else None
