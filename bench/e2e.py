@@ -52,7 +52,7 @@ from procs import REPO, Process, free_port, median  # bench/procs.py
 
 SERVER_CORE = 0
 CLIENT_CORE = 1
-TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"  # the proxy's (mtlsproxy.policy.contexts)
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"  # the proxy's (mtlsproxy.routing.contexts)
 CHUNK = 256 * 1024
 SYSTEMS = ("openssl", "native", "nginx", "bare")
 LABELS = {

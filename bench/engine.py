@@ -27,7 +27,7 @@ from mtlsproxy.engine.native.engine import NativeEngine
 from mtlsproxy.engine.openssl import OpenSSLEngine
 from mtlsproxy.policy import verify
 from mtlsproxy.policy.model import AllowKind, AllowRule, ClientAuth, ClientAuthMode
-from mtlsproxy.policy.routes import RouteTable, ServerRoute
+from mtlsproxy.routing.routes import RouteTable, ServerRoute
 
 ServerStep = Callable[[bytes], bytes]  # client bytes in, server bytes out
 

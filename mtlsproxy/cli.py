@@ -151,7 +151,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def _explain(args: argparse.Namespace) -> int:
     from mtlsproxy.policy.explain import explain
-    from mtlsproxy.policy.routes import RouteTable
+    from mtlsproxy.routing.routes import RouteTable
 
     config = _load(args.config)
     if config is None:

@@ -16,7 +16,7 @@ from typing import Any
 from mtlsproxy.config.model import LogFormat, LogSettings
 from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.events import HandshakeComplete, HandshakeFailed, Tracer, TraceRecord
-from mtlsproxy.policy.identity import PeerIdentity
+from mtlsproxy.vocabulary.identity import PeerIdentity
 
 log = logging.getLogger("mtlsproxy")
 access_log = logging.getLogger("mtlsproxy.access")  # propagates to the "mtlsproxy" handler

@@ -14,7 +14,6 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from mtlsproxy.engine.errors import Alert, HandshakeError, Reason, Step
 from mtlsproxy.engine.records import (
     HANDSHAKE_HEADER_SIZE,
     RECORD_HEADER_SIZE,
@@ -25,6 +24,7 @@ from mtlsproxy.engine.records import (
     HandshakeReader,
     HandshakeType,
 )
+from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Reason, Step
 
 # The default cap on the whole ClientHello *including record headers*. Real ClientHellos are
 # 200-2000 bytes; post-quantum key shares (X25519MLKEM768, 1216 bytes) plus large PSK tickets

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mtlsproxy.engine.clienthello import ClientHello
-from mtlsproxy.engine.errors import Alert, Reason, Step
-from mtlsproxy.policy.identity import PeerIdentity
+from mtlsproxy.vocabulary.failures import Alert, Reason, Refusal, Step
+from mtlsproxy.vocabulary.identity import PeerIdentity
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,15 +64,6 @@ class ClientHelloReceived:
 
     hello: ClientHello
     route: str
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """Why the policy refuses a client: the seed step, the reason and a sentence."""
-
-    step: Step
-    reason: Reason
-    detail: str
 
 
 @dataclass(frozen=True, slots=True)

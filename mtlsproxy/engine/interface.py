@@ -8,13 +8,12 @@ so that phase timings and the handshake deadline are deterministic in tests (aio
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from mtlsproxy.engine.clienthello import ClientHello
-from mtlsproxy.engine.events import Event, Refusal
-from mtlsproxy.policy.identity import PeerIdentity
+from mtlsproxy.engine.events import Event
+from mtlsproxy.vocabulary.decision import Decision, Evidence
 
 Clock = Callable[[], float]
 
@@ -31,22 +30,11 @@ class TLSRoute(Protocol):
     @property
     def requests_client_certificate(self) -> bool: ...
 
-    def admit(
-        self, leaf_der: bytes | None, session_reused: bool, identity: PeerIdentity | None = None
-    ) -> Admission:
-        """Seed step 6 after the TLS checks: the client's identity (None when anonymous), or
-        ``HandshakeError`` with step ``authorize`` or ``client_verify``."""
+    def decide(self, chain_der: Sequence[bytes], evidence: Evidence) -> Decision:
+        """The route's client-certificate policy on the chain the client presented (leaf
+        first; empty: none), now: seed steps 5 and 6 after what ``evidence`` says the TLS
+        stack already checked (``policy.decision.decide``)."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """A route's decision on a client whose TLS handshake succeeded. ``would_refuse`` is set
-    only in audit mode, for a client that enforcing would have refused."""
-
-    identity: PeerIdentity | None
-    verified: bool
-    would_refuse: Refusal | None = None
 
 
 RouteSelector = Callable[[ClientHello], TLSRoute]

@@ -19,7 +19,7 @@ docs/architecture.md):
 * ``read()`` returning ``b""`` is close_notify; ``SSLEOFError`` after ``write_eof`` is a ragged
   EOF; both are reported, differently;
 * TLS 1.3 session tickets pending right after ``do_handshake()`` are flushed at once;
-* the client's identity is checked (``TLSRoute.admit``) before ``HandshakeComplete`` is emitted,
+* the client's identity is checked (``TLSRoute.decide``) before ``HandshakeComplete`` is emitted,
   so the proxy never connects upstream for a client that is not allowed.
 
 What OpenSSL does not let us do: under TLS 1.3 the client has finished its side when the server
@@ -34,7 +34,6 @@ import enum
 import ssl
 
 from mtlsproxy.engine.clienthello import ClientHello, ClientHelloReader
-from mtlsproxy.engine.errors import Alert, HandshakeError, Reason, Step
 from mtlsproxy.engine.events import (
     ApplicationData,
     ClientHelloReceived,
@@ -48,7 +47,9 @@ from mtlsproxy.engine.events import (
     TraceRecord,
 )
 from mtlsproxy.engine.interface import Clock, RouteSelector, TLSRoute
-from mtlsproxy.policy.identity import PeerIdentity
+from mtlsproxy.vocabulary.decision import Evidence
+from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Reason, Step
+from mtlsproxy.vocabulary.identity import PeerIdentity
 
 MAX_RECORD_PLAINTEXT = 2**14  # RFC 8446 section 5.1, RFC 5246 section 6.2.1
 INITIAL_RECORD_VERSION = 0x0301  # RFC 8446 section 5.1, before a version is agreed
@@ -252,11 +253,13 @@ class OpenSSLEngine:
         except ssl.SSLError as exc:
             return [self._fail(self._classify(exc))]
         leaf = self._peer_certificate()
-        try:
-            admission = self._route.admit(leaf, self._sslobj.session_reused)
-        except HandshakeError as error:
-            return [self._refuse(error)]
-        identity = admission.identity
+        reused = self._sslobj.session_reused
+        decision = self._route.decide(
+            (leaf,) if leaf else (), Evidence.RESUMED if reused else Evidence.CHECKED_BY_OPENSSL
+        )
+        if decision.refusal is not None and not decision.admitted:
+            return [self._refuse(decision.refusal.to_error(), decision.identity)]
+        identity = decision.identity
         now = self._clock()
         self._verify_seconds = now - started
         self._t_end = now
@@ -276,8 +279,8 @@ class OpenSSLEngine:
             session_reused=self._sslobj.session_reused,
             timings=self._timings(),
             client_certificate=leaf,
-            verified=admission.verified,
-            would_refuse=admission.would_refuse,
+            verified=decision.verified,
+            would_refuse=decision.would_refuse,
         )
         # Application data may have arrived in the same read as the client's Finished.
         return [complete, *self._read_application_data()]
@@ -288,12 +291,10 @@ class OpenSSLEngine:
             return None
         return self._sslobj.getpeercert(binary_form=True)
 
-    def _refuse(self, error: HandshakeError) -> HandshakeFailed:
+    def _refuse(self, error: HandshakeError, identity: PeerIdentity | None) -> HandshakeFailed:
         """The TLS handshake succeeded but the policy refuses the client (seed step 6)."""
         assert self._sslobj is not None
         version = self._sslobj.version()
-        # Before close(): after unwrap() the SSLObject no longer gives the peer certificate.
-        leaf = self._sslobj.getpeercert(binary_form=True)
         if version == "TLSv1.2":
             # Our CCS + Finished are still in the outgoing BIO: replace them with a plaintext
             # fatal alert, so the client learns why (RFC 5246 section 7.2.2).
@@ -304,7 +305,6 @@ class OpenSSLEngine:
         else:
             self.close()
             error = HandshakeError(error.step, error.reason, error.detail, Alert.CLOSE_NOTIFY)
-        identity = PeerIdentity.from_der(leaf) if leaf else None
         return self._fail(error, identity=identity, version=version)
 
     # Incoming flow (after the handshake)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
 
-from mtlsproxy.engine.errors import Alert, HandshakeError, Reason, Step
+from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Reason, Step
 
 # RFC 8446 section 5.1: ContentType type (1) + ProtocolVersion legacy_record_version (2) +
 # uint16 length (2).

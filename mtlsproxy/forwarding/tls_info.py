@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 
-from mtlsproxy.policy.identity import PeerIdentity
+from mtlsproxy.vocabulary.identity import PeerIdentity
 
 Address = tuple[str, int] | str | None
 """``(host, port)`` for TCP over IPv4/IPv6, a path (``""`` when unnamed) for a unix socket,

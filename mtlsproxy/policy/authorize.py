@@ -34,8 +34,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-from mtlsproxy.policy.identity import PeerIdentity
 from mtlsproxy.policy.model import AllowKind, AllowRule
+from mtlsproxy.vocabulary.identity import PeerIdentity
 
 Predicate = Callable[[PeerIdentity], bool]
 

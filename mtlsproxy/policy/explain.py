@@ -1,8 +1,9 @@
 """``mtlsproxy explain``: what the proxy would do with a client certificate on a route.
 
-The account follows the seed's numbered handshake steps (DESIGN.md), runs the very code the
-proxy runs (``ClientVerifier``, ``AllowList``), and never raises for bad input: an unreadable
-certificate, a broken CA bundle or an invalid allow rule each become a line and a refusal.
+It narrates the one decision the engines act on (``policy.decision.decide``), step by step in
+the handshake's numbered steps (docs/handshake.md), and never raises for bad input: an
+unreadable certificate, a broken CA bundle or an invalid allow rule each become a line and a
+refusal.
 """
 
 from __future__ import annotations
@@ -11,41 +12,67 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import pairwise
+from typing import Protocol
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
-from mtlsproxy.config.model import Route
-from mtlsproxy.engine.errors import Reason, Step
-from mtlsproxy.policy.authorize import AllowList
-from mtlsproxy.policy.identity import PeerIdentity
-from mtlsproxy.policy.model import ClientAuthMode
-from mtlsproxy.policy.verify import CertificateRejected, ClientVerifier, VerifiedClient
+from mtlsproxy.policy.decision import ClientPolicy, decide
+from mtlsproxy.policy.model import ClientAuth, ClientAuthMode
+from mtlsproxy.policy.verify import ClientVerifier
+from mtlsproxy.vocabulary.decision import Decision, Verdict
+from mtlsproxy.vocabulary.failures import Reason, Step
+from mtlsproxy.vocabulary.identity import PeerIdentity
 
 _TIME = "%Y-%m-%d %H:%M:%S UTC"
 
 
+class ExplainedRoute(Protocol):
+    """What the account needs of a route (a ``config.model.Route`` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def client_auth(self) -> ClientAuth: ...
+
+    @property
+    def upstream(self) -> object: ...
+
+
 @dataclass(slots=True)
 class Explanation:
-    """The verdict (``admitted``; else the ``step`` and ``reason`` the proxy would report) and
-    the step-by-step account, one sentence per line, ending with the verdict line."""
+    """The verdict (``admitted``, true in audit mode too; else the ``step`` and ``reason`` the
+    proxy would report, which audit mode reports as ``would_refuse``) and the step-by-step
+    account, one sentence per line, ending with the verdict line."""
 
     admitted: bool = False
+    verdict: Verdict | None = None
     step: Step | None = None
     reason: Reason | None = None
     lines: list[str] = field(default_factory=list)
 
     def admit(self, how: str = "") -> Explanation:
-        self.admitted = True
+        self.admitted, self.verdict = True, Verdict.ADMITTED
         self.lines.append(f"ADMITTED{how}")
         return self
 
     def refuse(self, step: Step, reason: Reason) -> Explanation:
-        self.step, self.reason = step, reason
+        self.verdict, self.step, self.reason = Verdict.REFUSED, step, reason
         self.lines.append(f"REFUSED at step {step} ({reason})")
         return self
 
+    def would_refuse(self, step: Step, reason: Reason) -> Explanation:
+        self.admitted, self.verdict = True, Verdict.WOULD_REFUSE
+        self.step, self.reason = step, reason
+        self.lines.append(
+            f"ADMITTED in audit mode (client_auth.enforce: false) as would_refuse: enforcing "
+            f"would refuse at step {step} ({reason}); the identity is forwarded as unverified"
+        )
+        return self
 
-def explain(route: Route, chain_pem: bytes, now: datetime) -> Explanation:
+
+def explain(route: ExplainedRoute, chain_pem: bytes, now: datetime) -> Explanation:
     """Explain the fate of the client presenting ``chain_pem`` (leaf first; empty bytes mean the
     client sends no certificate) on ``route`` at ``now``."""
     out = Explanation()
@@ -61,11 +88,16 @@ def explain(route: Route, chain_pem: bytes, now: datetime) -> Explanation:
         f"seed step 2: route '{route.name}' sends a CertificateRequest "
         f"(client_auth.mode = {auth.mode})"
     )
+    try:
+        policy = ClientPolicy.compile(auth)
+    except ValueError as error:
+        out.lines.append(f"configuration: {error}")
+        return out.refuse(Step.CLIENT_VERIFY, Reason.INTERNAL_ERROR)
     if not chain_pem.strip():
         out.lines.append("seed step 5: the client answers with an empty Certificate message")
-        if auth.mode is ClientAuthMode.REQUEST:
-            return out.admit(" (anonymous: client_auth.mode = request)")
-        return out.refuse(Step.CLIENT_CERTIFICATE, Reason.CLIENT_CERT_MISSING)
+        return _verdict(
+            out, decide(policy, (), now), route, " (anonymous: client_auth.mode = request)"
+        )
     try:
         chain = x509.load_pem_x509_certificates(chain_pem)
     except ValueError as error:
@@ -77,40 +109,57 @@ def explain(route: Route, chain_pem: bytes, now: datetime) -> Explanation:
         )
         out.lines.append(f"seed step 5: the input holds no parsable PEM certificate ({cause})")
         return out.refuse(Step.CLIENT_VERIFY, Reason.CLIENT_CERT_INVALID)
-    presented = PeerIdentity.from_certificate(chain[0])
     out.lines.append(
-        f"seed step 5: the client presents {presented.describe()}, {len(chain)} certificate"
+        f"seed step 5: the client presents {_describe(chain[0])}, {len(chain)} certificate"
         + ("s" if len(chain) > 1 else "")
     )
-    try:
-        verifier = ClientVerifier.from_policy(auth)
-        allow = AllowList(auth.allow)
-    except ValueError as error:
-        out.lines.append(f"configuration: {error}")
-        return out.refuse(Step.CLIENT_VERIFY, Reason.INTERNAL_ERROR)
-    try:
-        verified = verifier.verify(chain, now)
-    except CertificateRejected as rejected:
-        out.lines.append(f"seed step 6: verification fails: {rejected.detail}")
-        return out.refuse(Step.CLIENT_VERIFY, rejected.reason)
-    out.lines += _verified_lines(verifier, verified, now)
-    identity = verified.identity
-    if not allow.rules:
+    chain_der = tuple(cert.public_bytes(Encoding.DER) for cert in chain)
+    decision = decide(policy, chain_der, now)
+    refusal = decision.refusal
+    if refusal is not None and refusal.step is Step.CLIENT_VERIFY:
+        out.lines.append(f"seed step 6: verification fails: {refusal.detail}")
+        return _verdict(out, decision, route)
+    assert policy.verifier is not None and decision.identity is not None
+    out.lines += _verified_lines(policy.verifier, chain_der, decision.identity, now)
+    if not policy.allow_list.rules:
         out.lines.append("authorize: no allow-list, every verified client is admitted")
-    elif (rule := allow.match(identity)) is not None:
-        out.lines.append(f"authorize: allowed by rule {rule}")
+    elif decision.rule is not None:
+        out.lines.append(f"authorize: allowed by rule {decision.rule}")
     else:
         out.lines.append(
-            f"authorize: refused: no allow rule matches (identity: {_names(identity)})"
+            f"authorize: refused: no allow rule matches (identity: {_names(decision.identity)})"
         )
-        out.lines += [f"  rule {rule}" for rule in allow.rules]
-        return out.refuse(Step.AUTHORIZE, Reason.IDENTITY_NOT_ALLOWED)
-    out.lines.append(f"seed steps 7-9: Finished, then application data goes to {route.upstream}")
-    return out.admit()
+        out.lines += [f"  rule {rule}" for rule in policy.allow_list.rules]
+    return _verdict(out, decision, route)
 
 
-def _verified_lines(verifier: ClientVerifier, verified: VerifiedClient, now: datetime) -> list[str]:
-    chain, identity = verified.chain, verified.identity
+def _verdict(
+    out: Explanation, decision: Decision, route: ExplainedRoute, anonymous: str = ""
+) -> Explanation:
+    refusal = decision.refusal
+    if refusal is None:
+        if decision.identity is None:
+            return out.admit(anonymous)
+        out.lines.append(
+            f"seed steps 7-9: Finished, then application data goes to {route.upstream}"
+        )
+        return out.admit()
+    if decision.verdict is Verdict.WOULD_REFUSE:
+        return out.would_refuse(refusal.step, refusal.reason)
+    return out.refuse(refusal.step, refusal.reason)
+
+
+def _describe(cert: x509.Certificate) -> str:
+    try:
+        return PeerIdentity.from_certificate(cert).describe()
+    except ValueError:
+        return "(an unparsable certificate)"
+
+
+def _verified_lines(
+    verifier: ClientVerifier, chain_der: tuple[bytes, ...], identity: PeerIdentity, now: datetime
+) -> list[str]:
+    chain = verifier.verify_der(chain_der, now).chain  # the decision's, from the cache
     remaining = identity.not_after - now
     lines = [
         f"seed step 6: chain verifies to {chain[-1].subject.rfc4514_string()} "

@@ -49,9 +49,9 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from mtlsproxy.engine.errors import Alert, Reason
-from mtlsproxy.policy.identity import PeerIdentity
 from mtlsproxy.policy.model import ClientAuth
+from mtlsproxy.vocabulary.failures import Alert, Reason
+from mtlsproxy.vocabulary.identity import PeerIdentity
 
 # Distinct client chains remembered per route: a fleet presents few distinct chains.
 VERIFY_CACHE_SIZE = 1024

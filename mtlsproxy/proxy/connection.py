@@ -34,8 +34,8 @@ from mtlsproxy.proxy.identity import PASSTHROUGH, plan
 from mtlsproxy.proxy.upstream import open_upstream
 
 if TYPE_CHECKING:
-    from mtlsproxy.policy.routes import ServerRoute
     from mtlsproxy.proxy.listener import ListenerRuntime
+    from mtlsproxy.routing.routes import ServerRoute
 
 
 class ClientConnection(asyncio.Protocol):

@@ -23,7 +23,7 @@ from mtlsproxy.forwarding.http import (
 )
 from mtlsproxy.forwarding.proxy_protocol import encode_v2
 from mtlsproxy.forwarding.tls_info import Address, ForwardedTLS
-from mtlsproxy.policy.routes import ServerRoute
+from mtlsproxy.routing.routes import ServerRoute
 
 # TLS SignatureScheme code points (RFC 8446 section 4.2.3) by the key type that signs them.
 _EC_SCHEMES = {0x0403, 0x0503, 0x0603}

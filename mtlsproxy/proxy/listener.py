@@ -20,8 +20,8 @@ from mtlsproxy.engine.interface import Engine
 from mtlsproxy.engine.native.engine import NativeEngine
 from mtlsproxy.engine.openssl import OpenSSLEngine
 from mtlsproxy.metrics import Metrics
-from mtlsproxy.policy.routes import RouteTable
 from mtlsproxy.proxy.connection import ClientConnection
+from mtlsproxy.routing.routes import RouteTable
 
 # Pending connections the kernel queues before accept (nginx's default on Linux is 511).
 LISTEN_BACKLOG = 511
@@ -158,12 +158,12 @@ class ListenerRuntime:
                 leaf = x509.load_pem_x509_certificate(pair.certificate.read_bytes())
                 self._set(metrics.certificate_expiry, (self.name, "server", _subject(leaf)),
                           leaf.not_valid_after_utc.timestamp())  # fmt: skip
-            if route.verifier is None:
+            if route.policy.verifier is None:
                 continue
-            for ca in route.verifier.ca_certificates:
+            for ca in route.policy.verifier.ca_certificates:
                 self._set(metrics.certificate_expiry, (self.name, "client_ca", _subject(ca)),
                           ca.not_valid_after_utc.timestamp())  # fmt: skip
-            for loaded in route.verifier.crls:
+            for loaded in route.policy.verifier.crls:
                 labels = (self.name, route.name, loaded.issuer)
                 self._set(metrics.crl_last_update, labels, loaded.crl.last_update_utc.timestamp())
                 if loaded.next_update is not None:

@@ -18,9 +18,9 @@ from mtlsproxy.config import ConfigError, load_config_with_warnings
 from mtlsproxy.config.files import check_files
 from mtlsproxy.config.model import Config, Listener
 from mtlsproxy.metrics import Metrics
-from mtlsproxy.policy.routes import RouteTable
 from mtlsproxy.proxy.admin import AdminServer
 from mtlsproxy.proxy.listener import ListenerRuntime
+from mtlsproxy.routing.routes import RouteTable
 
 FileDigests = dict[Path, bytes | None]
 SUPERVISOR_CHECK_INTERVAL = 0.5  # seconds

@@ -22,8 +22,8 @@ from mtlsproxy.engine.clienthello import (
     is_grease,
     parse_client_hello,
 )
-from mtlsproxy.engine.errors import Alert, HandshakeError, Reason, Step
 from mtlsproxy.engine.records import MAX_PLAINTEXT_RECORD
+from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Reason, Step
 
 JA4_RE = re.compile(r"^t(13|12|11|10|s3|s2|00)[di]\d{4}[0-9A-Za-z]{2}_[0-9a-f]{12}_[0-9a-f]{12}$")
 

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from mtlsproxy.forwarding import ForwardedTLS
 from mtlsproxy.pki import issue_leaf, make_ca, new_key
-from mtlsproxy.policy.identity import PeerIdentity
+from mtlsproxy.vocabulary.identity import PeerIdentity
 
 SPIFFE_ID = "spiffe://example.org/ns/prod/sa/frontend"
 

@@ -11,8 +11,8 @@ from cryptography.x509.oid import NameOID
 
 from mtlsproxy.pki import PkiFiles, issue_leaf, make_ca, new_key
 from mtlsproxy.policy.authorize import AllowList, match_allow
-from mtlsproxy.policy.identity import PeerIdentity
 from mtlsproxy.policy.model import AllowKind, AllowRule
+from mtlsproxy.vocabulary.identity import PeerIdentity
 
 SHA = "4f2a" + "0" * 60
 FRONTEND = "spiffe://example.org/ns/prod/sa/frontend"

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from mtlsproxy.config.model import CertificateKeyPair, Route, TLSSettings, Upstream
-from mtlsproxy.engine.errors import Reason, Step
 from mtlsproxy.pki import PkiFiles
 from mtlsproxy.policy.explain import explain
 from mtlsproxy.policy.model import AllowKind, AllowRule, ClientAuth, ClientAuthMode
+from mtlsproxy.vocabulary.decision import Verdict
+from mtlsproxy.vocabulary.failures import Reason, Step
 
 NOW = datetime.now(UTC)
 FRONTEND_RULE = AllowRule(AllowKind.SPIFFE_ID, "spiffe://example.org/ns/prod/*/frontend")
@@ -126,3 +128,27 @@ def test_broken_configuration_is_a_line(pki: PkiFiles, tmp_path: Path) -> None:
     assert not result.admitted
     assert result.lines[-2].startswith("configuration: ")
     assert "missing.pem" in result.lines[-2]
+
+
+@pytest.mark.parametrize(
+    ("client", "chain", "step", "reason"),
+    [
+        ("other", "client_other_cert", Step.AUTHORIZE, Reason.IDENTITY_NOT_ALLOWED),
+        ("expired", "client_expired_cert", Step.CLIENT_VERIFY, Reason.CLIENT_CERT_EXPIRED),
+        ("none", None, Step.CLIENT_CERTIFICATE, Reason.CLIENT_CERT_MISSING),
+    ],
+)
+def test_audit_mode_says_admitted_as_would_refuse(
+    pki: PkiFiles, client: str, chain: str | None, step: Step, reason: Reason
+) -> None:
+    """On an ``enforce: false`` route explain says what the proxy does: admit, as would_refuse."""
+    audit = route(pki, ClientAuthMode.REQUIRE, FRONTEND_RULE)
+    audit = dataclasses.replace(
+        audit, client_auth=dataclasses.replace(audit.client_auth, enforce=False)
+    )
+    pem = getattr(pki, chain).read_bytes() if chain else b""
+    result = explain(audit, pem, NOW)
+    assert result.admitted and result.verdict is Verdict.WOULD_REFUSE
+    assert (result.step, result.reason) == (step, reason)
+    assert result.lines[-1].startswith("ADMITTED in audit mode")
+    assert f"would refuse at step {step} ({reason})" in result.lines[-1]

@@ -9,10 +9,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from mtlsproxy.engine.errors import Alert, Reason
 from mtlsproxy.pki import PkiFiles, issue_leaf, make_ca, make_crl, new_key, write_pem
 from mtlsproxy.policy.model import ClientAuth, ClientAuthMode
 from mtlsproxy.policy.verify import CertificateRejected, ClientVerifier
+from mtlsproxy.vocabulary.failures import Alert, Reason
 
 NOW = datetime.now(UTC)
 

@@ -5,7 +5,7 @@ clock). Modules:
 
 - :mod:`.alerts`: :class:`TLSAlert`, the one exception these modules raise for peer-caused
   failures; it carries the alert to send (RFC 8446 section 6) and converts to the engine's
-  :class:`~mtlsproxy.engine.errors.HandshakeError`.
+  :class:`~mtlsproxy.vocabulary.failures.HandshakeError`.
 - :mod:`.suites`: the three TLS 1.3 cipher suites (RFC 8446 section 9.1, appendix B.4) and the
   named groups x25519, secp256r1, secp384r1 (sections 4.2.7, 4.2.8.2, 7.4).
 - :mod:`.key_schedule`: HKDF-Extract, HKDF-Expand-Label, Derive-Secret, the transcript hash and

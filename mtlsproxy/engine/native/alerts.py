@@ -9,7 +9,7 @@ they serve, so the caller converts with :meth:`TLSAlert.to_handshake_error` wher
 
 from __future__ import annotations
 
-from mtlsproxy.engine.errors import Alert, HandshakeError, Reason, Step
+from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Reason, Step
 
 
 class TLSAlert(Exception):

@@ -62,14 +62,12 @@ import enum
 import hmac
 import os
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, cast
 
 from cryptography import x509
 
 from mtlsproxy.engine.clienthello import TLS1_2, ClientHello, ClientHelloReader, ExtensionType
 from mtlsproxy.engine.clienthello import parse_client_hello as _parse_client_hello
-from mtlsproxy.engine.errors import Alert, HandshakeError, Reason, Step
 from mtlsproxy.engine.events import (
     ApplicationData,
     ClientHelloReceived,
@@ -79,11 +77,10 @@ from mtlsproxy.engine.events import (
     HandshakeTimings,
     PeerClosed,
     ProtocolError,
-    Refusal,
     Tracer,
     TraceRecord,
 )
-from mtlsproxy.engine.interface import Admission, Clock, RouteSelector, TLSRoute
+from mtlsproxy.engine.interface import Clock, RouteSelector, TLSRoute
 from mtlsproxy.engine.native import messages as msgs
 from mtlsproxy.engine.native import signatures as sigs
 from mtlsproxy.engine.native.alerts import TLSAlert
@@ -113,12 +110,12 @@ from mtlsproxy.engine.native.suites import (
 from mtlsproxy.engine.native.tickets import AGE_TOLERANCE, TICKET_LIFETIME, TicketState
 from mtlsproxy.engine.openssl import CLIENT_REJECTS_SERVER_CERT, OpenSSLEngine
 from mtlsproxy.engine.records import ContentType, HandshakeType
-from mtlsproxy.policy.identity import PeerIdentity
-from mtlsproxy.policy.model import ClientAuthMode
-from mtlsproxy.policy.verify import CertificateRejected
+from mtlsproxy.vocabulary.decision import Decision, Evidence
+from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Reason, Step
+from mtlsproxy.vocabulary.identity import PeerIdentity
 
 if TYPE_CHECKING:
-    from mtlsproxy.policy.routes import ServerCredential, ServerRoute
+    from mtlsproxy.routing.routes import ServerCredential, ServerRoute
 
 DEFAULT_CIPHER_SUITES = (
     CipherSuiteId.TLS_AES_128_GCM_SHA256,
@@ -221,10 +218,8 @@ class NativeEngine:
         # The client's flight
         self._expect = _Expect.FINISHED
         self._leaf: x509.Certificate | None = None  # the client's, once its Certificate came
-        self._identity: PeerIdentity | None = None  # set when its chain verified
         self._leaf_der: bytes | None = None
-        self._verify_refusal: Refusal | None = None
-        self._admission: Admission | None = None
+        self._decision: Decision | None = None  # the policy's, once the client's chain came
         self._resumed: TicketState | None = None  # the ticket of a resumed session
         self._peer_closed = False
         self._close_sent = False
@@ -592,7 +587,7 @@ class NativeEngine:
         schedule.update_transcript(hello_message)
         schedule.derive_handshake_secrets(shared_secret)
         self._schedule = schedule
-        padding = pad_to_multiple(self._route.config.tls.record_padding)
+        padding = pad_to_multiple(self._route.record_padding)
         write = RecordProtection.from_secret(
             suite, schedule.server_handshake_traffic_secret, padding=padding
         )
@@ -600,8 +595,7 @@ class NativeEngine:
         flight = [msgs.encrypted_extensions(self._alpn)]
         authorities: list[bytes] = []
         if self._route.requests_client_certificate and psk is None:
-            verifier = self._route.verifier
-            authorities = list(verifier.ca_names) if verifier else []
+            authorities = list(self._route.client_ca_names)
             flight.append(msgs.certificate_request(sigs.SUPPORTED_SCHEMES, authorities))
             self._expect = _Expect.CERTIFICATE
         else:
@@ -793,16 +787,8 @@ class NativeEngine:
         except TLSAlert as alert:
             raise alert.to_handshake_error(Step.CLIENT_CERTIFICATE) from None
         self._schedule.update_transcript(message.raw)
-        client_auth = self._route.config.client_auth
         if not decoded.chain:
-            if client_auth.mode is ClientAuthMode.REQUIRE and client_auth.enforce:
-                raise HandshakeError(
-                    Step.CLIENT_CERTIFICATE,
-                    Reason.CLIENT_CERT_MISSING,
-                    "the client sent no certificate and client_auth.mode is require",
-                    Alert.CERTIFICATE_REQUIRED,
-                )
-            self._admission = self._admit(None)
+            self._decision = self._act_on(self._route.decide((), Evidence.UNCHECKED))
             self._expect = _Expect.FINISHED
             return
         try:
@@ -818,17 +804,13 @@ class NativeEngine:
         if self._trace is not None:
             self._note("<-", "Certificate", subject=self._leaf.subject.rfc4514_string(),
                        chain_length=len(decoded.chain))  # fmt: skip
-        verifier = self._route.verifier
-        try:
-            if verifier is None:  # pragma: no cover - a CertificateRequest implies a verifier
-                raise CertificateRejected(Reason.CLIENT_CERT_UNTRUSTED, "no client CA configured")
-            self._identity = verifier.verify_der(decoded.chain, datetime.now(UTC)).identity
-        except CertificateRejected as rejected:
-            if client_auth.enforce:
-                raise HandshakeError(
-                    Step.CLIENT_VERIFY, rejected.reason, rejected.detail, rejected.alert
-                ) from None
-            self._verify_refusal = Refusal(Step.CLIENT_VERIFY, rejected.reason, rejected.detail)
+        decision = self._route.decide(decoded.chain, Evidence.UNCHECKED)
+        refusal = decision.refusal
+        if not decision.admitted and refusal is not None and refusal.step is Step.CLIENT_VERIFY:
+            raise refusal.to_error()
+        # An allow-list refusal waits for the CertificateVerify: access_denied goes only to a
+        # client that proved it holds the key of the certificate it is refused for.
+        self._decision = decision
         self._expect = _Expect.CERTIFICATE_VERIFY
 
     def _client_certificate_verify(self, message: msgs.Message) -> None:
@@ -849,23 +831,18 @@ class NativeEngine:
             ) from None
         self._schedule.update_transcript(message.raw)
         self._note("<-", "CertificateVerify", scheme=f"0x{scheme:04x}")
-        self._admission = self._admit(self._leaf_der)
+        assert self._decision is not None
+        self._act_on(self._decision)
         self._expect = _Expect.FINISHED
 
-    def _admit(self, leaf_der: bytes | None, *, session_reused: bool = False) -> Admission:
-        identity = None if session_reused else self._identity
-        try:
-            admission = self._route.admit(
-                leaf_der, session_reused=session_reused, identity=identity
-            )
-        except HandshakeError as error:
-            if error.step is Step.AUTHORIZE:
-                identity = PeerIdentity.from_der(leaf_der) if leaf_der else None
-                raise _Refused(error, identity) from None
-            raise
-        if self._verify_refusal is not None:
-            return Admission(admission.identity, verified=False, would_refuse=self._verify_refusal)
-        return admission
+    def _act_on(self, decision: Decision) -> Decision:
+        """Go on with an admitted client; stop a refused one (seed step 6)."""
+        refusal = decision.refusal
+        if decision.admitted or refusal is None:
+            return decision
+        if refusal.step is Step.AUTHORIZE:
+            raise _Refused(refusal.to_error(), decision.identity)
+        raise refusal.to_error()
 
     def _client_finished(self, message: msgs.Message) -> HandshakeComplete:
         schedule = self._schedule
@@ -889,34 +866,35 @@ class NativeEngine:
         if resumed:
             # The ticket's certificate, checked again against now: expiry, revocation and the
             # allow-list (a refusal is access_denied, as in a full handshake).
-            admission = self._admit(self._leaf_der, session_reused=True)
-        elif self._admission is not None:
-            admission = self._admission
-        else:
-            admission = self._admit(None)
+            chain = (self._leaf_der,) if self._leaf_der is not None else ()
+            decision = self._act_on(self._route.decide(chain, Evidence.RESUMED))
+        elif self._decision is not None:
+            decision = self._decision
+        else:  # no CertificateRequest was sent
+            decision = self._route.decide((), Evidence.UNCHECKED)
         self._read = RecordProtection.from_secret(
             self._suite, schedule.client_application_traffic_secret
         )
         self._state = _State.ESTABLISHED
         self._t_end = self._clock()
         leaf = self._leaf_der
-        if admission.would_refuse is None:
-            self._send_ticket(admission)
+        if decision.would_refuse is None:
+            self._send_ticket(decision)
         return HandshakeComplete(
             route=self._route.name,
             version="TLSv1.3",
             cipher=self._suite.name,
             alpn=self._alpn,
             client_certificate_presented=leaf is not None,
-            identity=admission.identity,
+            identity=decision.identity,
             session_reused=resumed,
             timings=self._timings(),
             client_certificate=leaf,
-            verified=admission.verified,
-            would_refuse=admission.would_refuse,
+            verified=decision.verified,
+            would_refuse=decision.would_refuse,
         )
 
-    def _send_ticket(self, admission: Admission) -> None:
+    def _send_ticket(self, decision: Decision) -> None:
         """One NewSessionTicket (section 4.6.1), living no longer than the client's
         certificate; none when the state would not fit a ticket."""
         tickets = self._route.tickets
@@ -926,9 +904,9 @@ class NativeEngine:
         now = tickets.now()
         lifetime = TICKET_LIFETIME
         if self._leaf_der is not None:
-            if admission.identity is None:
+            if decision.identity is None:
                 return
-            lifetime = min(lifetime, int(admission.identity.not_after.timestamp()) - now)
+            lifetime = min(lifetime, int(decision.identity.not_after.timestamp()) - now)
         if lifetime <= 0:
             return
         suite = self._suite

@@ -31,9 +31,9 @@ import functools
 import hmac
 from typing import NamedTuple, overload
 
-from mtlsproxy.engine.errors import Alert
 from mtlsproxy.engine.native.alerts import TLSAlert
 from mtlsproxy.engine.native.suites import CipherSuite, HashObject
+from mtlsproxy.vocabulary.failures import Alert
 
 _HASH_LENGTHS = {"sha256": 32, "sha384": 48}
 

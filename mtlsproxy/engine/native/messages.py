@@ -23,9 +23,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from mtlsproxy.engine.clienthello import ExtensionType
-from mtlsproxy.engine.errors import Alert
 from mtlsproxy.engine.native.alerts import TLSAlert
 from mtlsproxy.engine.records import HANDSHAKE_HEADER_SIZE, Buffer, DecodeError, HandshakeType
+from mtlsproxy.vocabulary.failures import Alert
 
 TLS13 = 0x0304
 LEGACY_VERSION = 0x0303

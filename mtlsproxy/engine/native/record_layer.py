@@ -32,7 +32,6 @@ from typing import NamedTuple
 
 from cryptography.exceptions import InvalidTag
 
-from mtlsproxy.engine.errors import Alert
 from mtlsproxy.engine.native.alerts import TLSAlert
 from mtlsproxy.engine.native.key_schedule import derive_traffic_keys, next_traffic_secret
 from mtlsproxy.engine.native.suites import CipherSuite
@@ -42,6 +41,7 @@ from mtlsproxy.engine.records import (
     ContentType,
     parse_record_header,
 )
+from mtlsproxy.vocabulary.failures import Alert
 
 # Section 5.1: TLSPlaintext.length MUST NOT exceed 2^14.
 MAX_PLAINTEXT_LENGTH = MAX_PLAINTEXT_RECORD

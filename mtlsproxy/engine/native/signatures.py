@@ -22,8 +22,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from mtlsproxy.engine.errors import Alert
 from mtlsproxy.engine.native.alerts import TLSAlert
+from mtlsproxy.vocabulary.failures import Alert
 
 
 class SignatureScheme(enum.IntEnum):

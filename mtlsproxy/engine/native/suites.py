@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from mtlsproxy.engine.errors import Alert
 from mtlsproxy.engine.native.alerts import TLSAlert
+from mtlsproxy.vocabulary.failures import Alert
 
 
 class CipherSuiteId(enum.IntEnum):

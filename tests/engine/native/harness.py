@@ -26,7 +26,7 @@ from mtlsproxy.engine.events import (
 )
 from mtlsproxy.engine.interface import Engine
 from mtlsproxy.policy.model import AllowKind, AllowRule, ClientAuth, ClientAuthMode
-from mtlsproxy.policy.routes import RouteTable, ServerRoute
+from mtlsproxy.routing.routes import RouteTable, ServerRoute
 
 
 class FakeClock:

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from mtlsproxy.engine.errors import Alert, Reason, Step
 from mtlsproxy.engine.events import ApplicationData, HandshakeFailed
 from mtlsproxy.engine.native.engine import NativeEngine
 from mtlsproxy.engine.openssl import OpenSSLEngine
 from mtlsproxy.pki import PkiFiles
 from mtlsproxy.policy.model import ClientAuthMode
-from mtlsproxy.policy.routes import RouteTable, ServerRoute
+from mtlsproxy.routing.routes import RouteTable, ServerRoute
+from mtlsproxy.vocabulary.failures import Alert, Reason, Step
 from tests.engine.native.harness import (
     FakeClock,
     Outcome,

@@ -13,7 +13,6 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mtlsproxy.engine.errors import Alert, Reason, Step
 from mtlsproxy.engine.events import (
     ApplicationData,
     ClientHelloReceived,
@@ -28,7 +27,8 @@ from mtlsproxy.engine.native.suites import CipherSuiteId, NamedGroup
 from mtlsproxy.engine.openssl import PLAIN_HTTP_RESPONSE
 from mtlsproxy.pki import PkiFiles
 from mtlsproxy.policy.model import ClientAuthMode
-from mtlsproxy.policy.routes import RouteTable, ServerRoute
+from mtlsproxy.routing.routes import RouteTable, ServerRoute
+from mtlsproxy.vocabulary.failures import Alert, Reason, Step
 from tests.engine.native.harness import (
     FakeClock,
     Outcome,
@@ -154,7 +154,8 @@ def test_mini_client_every_group_and_suite(routes, pki, group, suite) -> None:
     mini_handshake(server, client)
     assert client.retry_group is None and client.server_finished
     assert client.certificate_request is not None
-    ca_subjects = [ca.subject.public_bytes() for ca in routes["require"].verifier.ca_certificates]
+    verifier = routes["require"].policy.verifier
+    ca_subjects = [ca.subject.public_bytes() for ca in verifier.ca_certificates]
     assert list(client.certificate_request.authorities) == ca_subjects
     events = server.receive(client.flight() + client.seal(b"hello", 23))
     assert isinstance(events[0], HandshakeComplete) and events[0].cipher == suite.name

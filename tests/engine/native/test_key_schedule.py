@@ -9,7 +9,6 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
-from mtlsproxy.engine.errors import Alert, Reason, Step
 from mtlsproxy.engine.native import (
     TLS_AES_128_GCM_SHA256,
     TLS_AES_256_GCM_SHA384,
@@ -26,6 +25,7 @@ from mtlsproxy.engine.native import (
     next_traffic_secret,
     verify_finished,
 )
+from mtlsproxy.vocabulary.failures import Alert, Reason, Step
 
 SUITE = TLS_AES_128_GCM_SHA256
 SERVER_FLIGHT = ("EncryptedExtensions", "Certificate", "CertificateVerify")

@@ -10,10 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mtlsproxy.engine.clienthello import ExtensionType
-from mtlsproxy.engine.errors import Alert
 from mtlsproxy.engine.native import messages as msgs
 from mtlsproxy.engine.native.alerts import TLSAlert
 from mtlsproxy.engine.records import HandshakeType
+from mtlsproxy.vocabulary.failures import Alert
 
 
 def body(message: bytes, msg_type: int) -> bytes:

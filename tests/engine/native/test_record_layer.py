@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mtlsproxy.engine.errors import Alert
 from mtlsproxy.engine.native import (
     MAX_CIPHERTEXT_LENGTH,
     MAX_INNER_PLAINTEXT_LENGTH,
@@ -27,6 +26,7 @@ from mtlsproxy.engine.native import (
     pad_to_multiple,
     parse_record,
 )
+from mtlsproxy.vocabulary.failures import Alert
 
 SUITES = [TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384, TLS_CHACHA20_POLY1305_SHA256]
 SUITE_IDS = [suite.name for suite in SUITES]

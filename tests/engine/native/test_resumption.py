@@ -9,14 +9,15 @@ import ssl
 
 import pytest
 
-from mtlsproxy.engine.errors import Alert, Reason, Step
 from mtlsproxy.engine.events import TraceRecord
 from mtlsproxy.engine.native.engine import NativeEngine
 from mtlsproxy.engine.native.tickets import TICKET_LIFETIME, TicketKey, TicketState
 from mtlsproxy.pki import PkiFiles
 from mtlsproxy.policy.authorize import AllowList
+from mtlsproxy.policy.decision import ClientPolicy
 from mtlsproxy.policy.model import AllowKind, AllowRule, ClientAuthMode
-from mtlsproxy.policy.routes import RouteTable, ServerRoute
+from mtlsproxy.routing.routes import RouteTable, ServerRoute
+from mtlsproxy.vocabulary.failures import Alert, Reason, Step
 from tests.engine.native.harness import (
     FakeClock,
     Outcome,
@@ -117,7 +118,7 @@ def test_ticket_from_another_route_is_ignored(require: ServerRoute, pki: PkiFile
 
 def test_anonymous_ticket_cannot_skip_a_required_certificate(pki: PkiFiles) -> None:
     """A route that turns from request to require (same key: as if its ticket were kept) must
-    not admit the certificate-less session; route.admit refuses None in require mode."""
+    not admit the certificate-less session: the decision refuses no certificate in require mode."""
     request = build_route(pki, REQUEST)
     ctx = client_context(pki, cert=None)
     session = session_of(connect(request, ctx))
@@ -125,7 +126,9 @@ def test_anonymous_ticket_cannot_skip_a_required_certificate(pki: PkiFiles) -> N
         request.config,
         client_auth=dataclasses.replace(request.config.client_auth, mode=REQUIRE),
     )
-    require = dataclasses.replace(request, config=config)
+    require = dataclasses.replace(
+        request, config=config, policy=ClientPolicy.compile(config.client_auth)
+    )
     out = connect(require, ctx, session)
     assert out.complete is None
     failed = out.failed
@@ -138,7 +141,8 @@ def test_resumed_client_is_checked_again(require: ServerRoute, pki: PkiFiles) ->
     ctx = client_context(pki)
     session = session_of(connect(require, ctx))
     other_rule = AllowRule(AllowKind.SPIFFE_ID, "spiffe://example.org/ns/prod/sa/someone-else")
-    stricter = dataclasses.replace(require, allow_list=AllowList((other_rule,)))
+    policy = dataclasses.replace(require.policy, allow_list=AllowList((other_rule,)))
+    stricter = dataclasses.replace(require, policy=policy)
     out = connect(stricter, ctx, session)
     assert out.complete is None
     failed = out.failed

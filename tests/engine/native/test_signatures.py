@@ -8,10 +8,10 @@ import pytest
 from cryptography import x509
 
 from mtlsproxy import pki
-from mtlsproxy.engine.errors import Alert
 from mtlsproxy.engine.native import signatures as sigs
 from mtlsproxy.engine.native.alerts import TLSAlert
 from mtlsproxy.engine.native.signatures import SignatureScheme as S
+from mtlsproxy.vocabulary.failures import Alert
 
 HASH = bytes(range(32))
 

@@ -7,7 +7,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from mtlsproxy.engine.errors import Alert
 from mtlsproxy.engine.native import (
     CIPHER_SUITES,
     GROUPS,
@@ -22,6 +21,7 @@ from mtlsproxy.engine.native import (
     generate_key_share,
     get_cipher_suite,
 )
+from mtlsproxy.vocabulary.failures import Alert
 
 
 @pytest.mark.parametrize(

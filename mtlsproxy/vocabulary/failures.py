@@ -1,18 +1,19 @@
-"""The failure vocabulary: seed steps, reasons and TLS alerts.
+"""The failure vocabulary: seed steps, reasons, TLS alerts, and the refusal they make up.
 
 Every handshake that does not end in forwarded application data is described by one
-``(step, reason)`` pair. The step is the seed note's numbered step (see shared/seed and
-docs/architecture.md); the reason is a short, bounded label that becomes a metric label and a
-log field. Both are enums so that label values can never grow with what a peer sends.
+``(step, reason)`` pair. The step is the numbered handshake step of docs/handshake.md; the
+reason is a short, bounded label that becomes a metric label and a log field. Both are enums so
+that label values can never grow with what a peer sends.
 """
 
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 
 class Step(enum.StrEnum):
-    """The seed step at which a handshake stopped (DESIGN.md, "engine phase / failure step")."""
+    """The seed step at which a handshake stopped (docs/handshake.md)."""
 
     CLIENT_HELLO = "client_hello"  # seed 1
     SERVER_HELLO = "server_hello"  # seed 2
@@ -93,3 +94,17 @@ class HandshakeError(Exception):
         self.reason = reason
         self.detail = detail
         self.alert = alert
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why the policy refuses a client: the seed step, the reason, a sentence, and the alert
+    that reports it (None where the engine cannot send one)."""
+
+    step: Step
+    reason: Reason
+    detail: str
+    alert: Alert | None = None
+
+    def to_error(self) -> HandshakeError:
+        return HandshakeError(self.step, self.reason, self.detail, self.alert)

@@ -8,6 +8,7 @@ resumed under another to skip its client-certificate policy.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -17,15 +18,10 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from mtlsproxy.config.model import CertificateKeyPair, ForwardIdentity, Listener, Route
 from mtlsproxy.engine.clienthello import ClientHello
-from mtlsproxy.engine.errors import Alert, HandshakeError, Reason, Step
-from mtlsproxy.engine.events import Refusal
-from mtlsproxy.engine.interface import Admission
 from mtlsproxy.engine.native.tickets import TicketKey
-from mtlsproxy.policy.authorize import AllowList
-from mtlsproxy.policy.contexts import build_ssl_context
-from mtlsproxy.policy.identity import PeerIdentity
-from mtlsproxy.policy.model import ClientAuthMode
-from mtlsproxy.policy.verify import ClientVerifier
+from mtlsproxy.policy.decision import ClientPolicy, decide
+from mtlsproxy.routing.contexts import build_ssl_context
+from mtlsproxy.vocabulary.decision import Decision, Evidence
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,37 +46,38 @@ class ServerCredential:
         )
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 @dataclass(frozen=True, slots=True)
 class ServerRoute:
-    """A route ready to serve: config, TLS context and compiled policy (engine.TLSRoute)."""
+    """A route ready to serve: config, TLS context, compiled client policy, our credentials
+    and ticket key (the engines' ``TLSRoute``). ``wall_clock`` is the one place certificate
+    time is read: the engines and the policy are handed ``now``."""
 
     config: Route
     ssl_context: ssl.SSLContext
-    allow_list: AllowList
-    verifier: ClientVerifier | None
+    policy: ClientPolicy
     credentials: tuple[ServerCredential, ...] = ()  # in config order
     # The native engine's session-ticket key: created with the route, so a reload rotates it
     # and a ticket never resumes on another route. None: the native engine issues no tickets.
     tickets: TicketKey | None = None
+    wall_clock: Callable[[], datetime] = _utc_now
 
     @classmethod
     def build(cls, route: Route) -> ServerRoute:
-        client_auth = route.client_auth
-        verifier = (
-            ClientVerifier.from_policy(client_auth)
-            if client_auth.mode is not ClientAuthMode.NONE
-            else None
-        )
+        policy = ClientPolicy.compile(route.client_auth)
+        verifier = policy.verifier
         return cls(
             config=route,
             ssl_context=build_ssl_context(
                 route.tls,
-                client_auth,
+                route.client_auth,
                 [loaded.crl for loaded in verifier.crls] if verifier is not None else (),
                 alpn=route_alpn(route),
             ),
-            allow_list=AllowList(client_auth.allow),
-            verifier=verifier,
+            policy=policy,
             credentials=tuple(ServerCredential.load(pair) for pair in route.tls.certificates),
             tickets=TicketKey(route.name),
         )
@@ -95,73 +92,19 @@ class ServerRoute:
 
     @property
     def requests_client_certificate(self) -> bool:
-        return self.config.client_auth.mode is not ClientAuthMode.NONE
+        return self.policy.requests_certificate
 
-    def admit(
-        self,
-        leaf_der: bytes | None,
-        session_reused: bool,
-        identity: PeerIdentity | None = None,
-    ) -> Admission:
-        """Seed step 6, the part OpenSSL does not do: the identity allow-list, and for a
-        resumed session the checks OpenSSL skips (revocation and validity, against the CRL and
-        clock of now, not of the original handshake). In audit mode (``enforce: false``) a
-        refusal is returned as ``would_refuse`` instead of raised. ``identity`` saves parsing
-        the leaf again when the caller has it already."""
-        try:
-            if leaf_der is None:
-                self._check_anonymous()
-                return Admission(None, verified=False)
-            if identity is None or session_reused:
-                leaf = x509.load_der_x509_certificate(leaf_der)
-                identity = identity or PeerIdentity.from_certificate(leaf)
-                if session_reused:
-                    self._recheck_resumed(leaf, identity)
-            self._authorize(identity)
-        except HandshakeError as error:
-            if self.config.client_auth.enforce:
-                raise
-            refusal = Refusal(error.step, error.reason, error.detail)
-            return Admission(identity, verified=False, would_refuse=refusal)
-        return Admission(identity, verified=True)
+    @property
+    def client_ca_names(self) -> tuple[bytes, ...]:
+        return self.policy.ca_names
 
-    def _check_anonymous(self) -> None:
-        if self.config.client_auth.mode is ClientAuthMode.REQUIRE:
-            # OpenSSL enforces this in a full handshake (unless in audit mode); a resumed
-            # session whose peer certificate went missing (CPython gh-160171) must not
-            # become anonymous either.
-            raise HandshakeError(
-                Step.CLIENT_CERTIFICATE,
-                Reason.CLIENT_CERT_MISSING,
-                "the client sent no certificate and client_auth.mode is require",
-                Alert.CERTIFICATE_REQUIRED,
-            )
+    @property
+    def record_padding(self) -> int:
+        return self.config.tls.record_padding
 
-    def _authorize(self, identity: PeerIdentity) -> None:
-        if self.allow_list and self.allow_list.match(identity) is None:
-            raise HandshakeError(
-                Step.AUTHORIZE,
-                Reason.IDENTITY_NOT_ALLOWED,
-                f"{identity.describe()} matches no client_auth.allow rule of route {self.name}",
-                Alert.ACCESS_DENIED,
-            )
-
-    def _recheck_resumed(self, leaf: x509.Certificate, identity: PeerIdentity) -> None:
-        now = datetime.now(UTC)
-        if identity.not_after < now:
-            raise HandshakeError(
-                Step.CLIENT_VERIFY,
-                Reason.CLIENT_CERT_EXPIRED,
-                f"resumed session: {identity.describe()} expired at {identity.not_after}",
-                Alert.CERTIFICATE_EXPIRED,
-            )
-        if self.verifier is not None and self.verifier.is_revoked(leaf):
-            raise HandshakeError(
-                Step.CLIENT_VERIFY,
-                Reason.CLIENT_CERT_REVOKED,
-                f"resumed session: {identity.describe()} is revoked",
-                Alert.CERTIFICATE_REVOKED,
-            )
+    def decide(self, chain_der: Sequence[bytes], evidence: Evidence) -> Decision:
+        """The policy's decision on this client, now (``policy.decision.decide``)."""
+        return decide(self.policy, chain_der, self.wall_clock(), evidence)
 
 
 def route_alpn(route: Route) -> tuple[str, ...]:

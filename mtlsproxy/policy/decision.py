@@ -1,0 +1,159 @@
+"""The one client-certificate decision (seed steps 5 and 6), made in one place.
+
+``decide`` turns a route's compiled policy, the chain the client presented and the time into a
+``Decision``. Both handshake engines act on it, ``mtlsproxy explain`` narrates it and a resumed
+session runs it again, so the three can never disagree. It reads no clock and touches no
+socket: ``now`` is passed in.
+
+The order is fixed: no certificate (``client_certificate``), then verification
+(``client_verify``: chain, validity, usage, revocation; for a resumed session validity and
+revocation against ``now``), then the allow-list (``authorize``). The first refusal is the one
+reported. Without ``enforce`` (audit mode) a refusal becomes ``would_refuse``: the client is
+admitted and its identity is forwarded as unverified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography import x509
+
+from mtlsproxy.policy.authorize import AllowList
+from mtlsproxy.policy.model import ClientAuth, ClientAuthMode
+from mtlsproxy.policy.verify import CertificateRejected, ClientVerifier
+from mtlsproxy.vocabulary.decision import Decision, Evidence, Verdict
+from mtlsproxy.vocabulary.failures import Alert, Reason, Refusal, Step
+from mtlsproxy.vocabulary.identity import PeerIdentity
+
+
+@dataclass(frozen=True, slots=True)
+class ClientPolicy:
+    """One route's ``client_auth``, compiled once: the CA bundle and CRLs loaded into a
+    verifier (None when ``mode`` is ``none``), the allow rules compiled."""
+
+    client_auth: ClientAuth
+    verifier: ClientVerifier | None
+    allow_list: AllowList
+
+    @classmethod
+    def compile(cls, client_auth: ClientAuth) -> ClientPolicy:
+        """Raises ``ValueError`` naming the file when the CA bundle or CRL cannot be used."""
+        verifier = (
+            ClientVerifier.from_policy(client_auth)
+            if client_auth.mode is not ClientAuthMode.NONE
+            else None
+        )
+        return cls(client_auth, verifier, AllowList(client_auth.allow))
+
+    @property
+    def requests_certificate(self) -> bool:
+        """Whether the server sends a CertificateRequest (seed step 2)."""
+        return self.client_auth.mode is not ClientAuthMode.NONE
+
+    @property
+    def ca_names(self) -> tuple[bytes, ...]:
+        """DER subjects of the client CAs (a CertificateRequest's certificate_authorities)."""
+        return self.verifier.ca_names if self.verifier is not None else ()
+
+
+def decide(
+    policy: ClientPolicy,
+    chain_der: Sequence[bytes],
+    now: datetime,
+    evidence: Evidence = Evidence.UNCHECKED,
+) -> Decision:
+    """The decision on a client that presented ``chain_der`` (leaf first; empty: no
+    certificate) at ``now``. Never raises for anything a client can send."""
+    auth = policy.client_auth
+    if auth.mode is ClientAuthMode.NONE:
+        return Decision(Verdict.ADMITTED)
+    if not chain_der:
+        if auth.mode is ClientAuthMode.REQUIRE:
+            refusal = Refusal(
+                Step.CLIENT_CERTIFICATE,
+                Reason.CLIENT_CERT_MISSING,
+                "the client sent no certificate and client_auth.mode is require",
+                Alert.CERTIFICATE_REQUIRED,
+            )
+            return _refuse(auth, refusal, None)
+        return Decision(Verdict.ADMITTED)
+    identity, refusal = _verify(policy, chain_der, now, evidence)
+    if refusal is not None:
+        return _refuse(auth, refusal, identity)
+    assert identity is not None
+    if not policy.allow_list.rules:
+        return Decision(Verdict.ADMITTED, identity)
+    rule = policy.allow_list.match(identity)
+    if rule is None:
+        refusal = Refusal(
+            Step.AUTHORIZE,
+            Reason.IDENTITY_NOT_ALLOWED,
+            f"{identity.describe()} matches no client_auth.allow rule",
+            Alert.ACCESS_DENIED,
+        )
+        return _refuse(auth, refusal, identity)
+    return Decision(Verdict.ADMITTED, identity, rule=str(rule))
+
+
+def _refuse(auth: ClientAuth, refusal: Refusal, identity: PeerIdentity | None) -> Decision:
+    verdict = Verdict.REFUSED if auth.enforce else Verdict.WOULD_REFUSE
+    return Decision(verdict, identity, refusal)
+
+
+def _verify(
+    policy: ClientPolicy, chain_der: Sequence[bytes], now: datetime, evidence: Evidence
+) -> tuple[PeerIdentity | None, Refusal | None]:
+    """Seed step 6 without the allow-list: the identity, and the refusal if any."""
+    verifier = policy.verifier
+    assert verifier is not None  # a policy that requests certificates has one
+    if evidence is Evidence.UNCHECKED:
+        try:
+            return verifier.verify_der(chain_der, now).identity, None
+        except CertificateRejected as rejected:
+            refusal = Refusal(Step.CLIENT_VERIFY, rejected.reason, rejected.detail, rejected.alert)
+            return _identity_or_none(chain_der[0]), refusal
+    try:
+        leaf = x509.load_der_x509_certificate(chain_der[0])
+        identity = PeerIdentity.from_certificate(leaf)
+    except ValueError:
+        refusal = Refusal(
+            Step.CLIENT_VERIFY,
+            Reason.CLIENT_CERT_INVALID,
+            "the client's certificate does not parse",
+            Alert.BAD_CERTIFICATE,
+        )
+        return None, refusal
+    if evidence is Evidence.RESUMED:
+        return identity, _recheck_resumed(verifier, leaf, identity, now)
+    return identity, None
+
+
+def _recheck_resumed(
+    verifier: ClientVerifier, leaf: x509.Certificate, identity: PeerIdentity, now: datetime
+) -> Refusal | None:
+    """A resumed session skips the chain checks of a full handshake: its certificate is checked
+    again against the clock and the CRLs of now, not of the original handshake."""
+    if identity.not_after < now:
+        return Refusal(
+            Step.CLIENT_VERIFY,
+            Reason.CLIENT_CERT_EXPIRED,
+            f"resumed session: {identity.describe()} expired at {identity.not_after}",
+            Alert.CERTIFICATE_EXPIRED,
+        )
+    if verifier.is_revoked(leaf):
+        return Refusal(
+            Step.CLIENT_VERIFY,
+            Reason.CLIENT_CERT_REVOKED,
+            f"resumed session: {identity.describe()} is revoked",
+            Alert.CERTIFICATE_REVOKED,
+        )
+    return None
+
+
+def _identity_or_none(leaf_der: bytes) -> PeerIdentity | None:
+    try:
+        return PeerIdentity.from_der(leaf_der)
+    except ValueError:
+        return None
