@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtlsproxy", description="Mutual-TLS sidecar proxy with its own handshake engine."
     )
+    parser.add_argument("--version", action="version", version=_version_line())
     commands = parser.add_subparsers(metavar="COMMAND")
 
     run = commands.add_parser("run", help="serve with a config file")
@@ -111,7 +112,11 @@ def _run(args: argparse.Namespace) -> int:
     if config.workers > 1:
         from mtlsproxy import supervisor
 
-        supervisor.run(config)
+        try:
+            supervisor.run(config)
+        except OSError as error:  # the metrics port in use
+            print(f"mtlsproxy: cannot serve: {error}", file=sys.stderr)
+            return EXIT_FAILURE
         return EXIT_OK
     return _serve(config, worker=False)
 
@@ -196,6 +201,10 @@ def _pki_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _version_line() -> str:
+    return f"mtlsproxy {__version__}, {ssl.OPENSSL_VERSION}, Python {sys.version.split()[0]}"
+
+
 def _version(args: argparse.Namespace) -> int:
-    print(f"mtlsproxy {__version__}, {ssl.OPENSSL_VERSION}, Python {sys.version.split()[0]}")
+    print(_version_line())
     return EXIT_OK

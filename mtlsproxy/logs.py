@@ -22,11 +22,16 @@ log = logging.getLogger("mtlsproxy")
 access_log = logging.getLogger("mtlsproxy.access")  # propagates to the "mtlsproxy" handler
 
 
+def _timestamp(record: logging.LogRecord) -> str:
+    """RFC 3339 UTC with milliseconds, the form collectors parse without configuration."""
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+    return f"{seconds}.{int(record.msecs):03d}Z"
+
+
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": _timestamp(record),
             "level": record.levelname.lower(),
             "msg": record.getMessage(),
         }
@@ -36,12 +41,34 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+def logfmt_value(value: object) -> str:
+    r"""One logfmt value: bare when it is a plain token, else double-quoted with ``\``, ``"``
+    and control characters escaped, so a value can never forge another key or line. A
+    sequence is comma-joined, a boolean is ``true``/``false``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        value = ",".join(str(item) for item in value)
+    text = str(value)
+    if text and all(c.isprintable() and c not in ' ="\\' for c in text):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
 class TextFormatter(logging.Formatter):
+    """logfmt (``key=value``, the format Loki, Vector and Grafana parse): time, level and msg
+    first, then the event's fields; fields without a value are left out."""
+
     def format(self, record: logging.LogRecord) -> str:
-        fields = getattr(record, "fields", {})
-        extra = " ".join(f"{key}={value}" for key, value in fields.items())
-        text = f"{record.levelname.lower()} {record.getMessage()}"
-        return f"{text} {extra}" if extra else text
+        pairs = [
+            ("time", _timestamp(record)),
+            ("level", record.levelname.lower()),
+            ("msg", record.getMessage()),
+        ]
+        pairs += [(k, v) for k, v in getattr(record, "fields", {}).items() if v is not None]
+        if record.exc_info:
+            pairs.append(("exception", self.formatException(record.exc_info)))
+        return " ".join(f"{key}={logfmt_value(value)}" for key, value in pairs)
 
 
 def configure(settings: LogSettings) -> None:

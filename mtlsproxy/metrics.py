@@ -10,7 +10,14 @@ from __future__ import annotations
 import platform
 import ssl
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.exposition import generate_latest
 
 from mtlsproxy import __version__
@@ -26,6 +33,10 @@ REMAINING_BUCKETS = (HOUR, 6 * HOUR, DAY, 2 * DAY, 7 * DAY, 30 * DAY, 90 * DAY, 
 
 OK = "none"  # step and reason label of a successful handshake
 
+# A `_created` series per counter and histogram doubles the series count and no dashboard
+# or alert of ours reads it (nginx, HAProxy and Envoy exporters export none).
+disable_created_metrics()
+
 
 class Metrics:
     """The proxy's collectors, registered in a registry of their own (one per proxy instance,
@@ -33,6 +44,8 @@ class Metrics:
 
     def __init__(self, engine: str = "openssl") -> None:
         self.registry = registry = CollectorRegistry()
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds...
+        ProcessCollector(registry=registry)
         self.handshakes = Counter(
             "mtlsproxy_handshakes",
             "TLS handshakes by result (ok, failed, refused, would_refuse), seed step and reason.",
@@ -118,8 +131,9 @@ class Metrics:
         )
         self.certificate_expiry = Gauge(
             "mtlsproxy_certificate_expiry_timestamp_seconds",
-            "notAfter of configured certificates (role: server, client_ca), Unix time.",
-            ["listener", "role", "subject"],
+            "notAfter of configured certificates (role: server, client_ca), Unix time; the "
+            "serial keeps apart certificates with one subject (an ECDSA and an RSA one).",
+            ["listener", "role", "subject", "serial"],
             registry=registry,
             multiprocess_mode="max",  # every worker reports the same value
         )

@@ -123,9 +123,15 @@ class Supervisor:
         multiprocess.mark_process_dead(pid, str(self.multiprocess_dir))
 
     def _exposition(self) -> bytes:
-        from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+        from prometheus_client import (
+            CollectorRegistry,
+            ProcessCollector,
+            generate_latest,
+            multiprocess,
+        )
 
         registry = CollectorRegistry()
+        ProcessCollector(registry=registry)  # the supervisor's own process_* series
         multiprocess.MultiProcessCollector(registry, path=str(self.multiprocess_dir))
         return generate_latest(registry)
 

@@ -493,12 +493,31 @@ def test_explain_listener_by_name(examples: Path) -> None:
 # --- version, usage ------------------------------------------------------------------------
 
 
-def test_version_prints_the_versions() -> None:
-    result = cli("version")
+@pytest.mark.parametrize("args", [("version",), ("--version",)], ids=str)
+def test_version_prints_the_versions(args: tuple[str, ...]) -> None:
+    result = cli(*args)
     assert result.returncode == 0
     assert result.stdout.startswith(f"mtlsproxy {__version__}, ")
     assert ssl.OPENSSL_VERSION in result.stdout
     assert f"Python {sys.version.split()[0]}" in result.stdout
+
+
+def test_workers_with_the_metrics_port_busy_is_a_clean_message(tmp_path: Path) -> None:
+    """The supervisor binds the metrics port: busy, it says so in one line (exit 1)."""
+    pki.init(tmp_path / "certs")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        text = (EXAMPLES / "require.yaml").read_text()
+        text = re.sub(
+            r"(?m)^metrics:\n  listen: .*$", f'metrics:\n  listen: "127.0.0.1:{port}"', text
+        )
+        config = tmp_path / "workers.yaml"
+        config.write_text("workers: 2\n" + text)
+        result = cli("run", "-c", config, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "cannot serve" in result.stderr and "in use" in result.stderr
 
 
 @pytest.mark.parametrize("args", [(), ("pki",), ("nonsense",), ("check",)], ids=str)

@@ -156,13 +156,13 @@ class ListenerRuntime:
         for route in self.routes.all_routes():
             for pair in route.config.tls.certificates:
                 leaf = x509.load_pem_x509_certificate(pair.certificate.read_bytes())
-                self._set(metrics.certificate_expiry, (self.name, "server", _subject(leaf)),
-                          leaf.not_valid_after_utc.timestamp())  # fmt: skip
+                labels = (self.name, "server", _subject(leaf), f"{leaf.serial_number:x}")
+                self._set(metrics.certificate_expiry, labels, leaf.not_valid_after_utc.timestamp())
             if route.policy.verifier is None:
                 continue
             for ca in route.policy.verifier.ca_certificates:
-                self._set(metrics.certificate_expiry, (self.name, "client_ca", _subject(ca)),
-                          ca.not_valid_after_utc.timestamp())  # fmt: skip
+                labels = (self.name, "client_ca", _subject(ca), f"{ca.serial_number:x}")
+                self._set(metrics.certificate_expiry, labels, ca.not_valid_after_utc.timestamp())
             for loaded in route.policy.verifier.crls:
                 labels = (self.name, route.name, loaded.issuer)
                 self._set(metrics.crl_last_update, labels, loaded.crl.last_update_utc.timestamp())

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
 from mtlsproxy.pki import PkiFiles
@@ -152,6 +153,21 @@ def test_exposition_has_build_info_and_certificate_expiry(
     assert ("client_ca", "CN=mtlsproxy development root CA") in roles
     now = time.time()
     assert all(now < s.value < now + 11 * 365 * 86400 for s in expiry)
+    # An ECDSA and an RSA server certificate share a subject: the serial keeps them apart.
+    leaves = [
+        x509.load_pem_x509_certificate(p.read_bytes())
+        for p in (pki.server_cert, pki.server_rsa_cert)
+    ]
+    serials = [s.labels["serial"] for s in expiry if s.labels["role"] == "server"]
+    assert sorted(serials) == sorted(f"{leaf.serial_number:x}" for leaf in leaves)
+
+
+def test_exposition_has_process_metrics_and_no_created_series(admin_proxy: RunningProxy) -> None:
+    found = families(admin_proxy)
+    assert found["process_resident_memory_bytes"][0].value > 1024 * 1024
+    assert found["process_cpu_seconds"][0].value > 0
+    names = {sample.name for samples in found.values() for sample in samples}
+    assert not [name for name in names if name.endswith("_created")]
 
 
 def test_one_handshake_in_the_exposition(

@@ -73,6 +73,9 @@ def test_two_workers_serve_and_metrics_sum_both(workers: ProxyProcess, pki: PkiF
     # Each worker wrote its own values: the sum is over both processes.
     files = [name for name in os.listdir(_multiprocess_dir(workers)) if name.startswith("counter")]
     assert len(files) == 2, files
+    # The supervisor's own process_* series, and no _created series.
+    assert metric_sum(workers, "process_resident_memory_bytes") > 1024 * 1024
+    assert "_created" not in workers.get("/metrics")
 
 
 def _multiprocess_dir(process: ProxyProcess) -> Path:

@@ -1,0 +1,68 @@
+"""Text logs are logfmt: a timestamp, quoting that no field value can break out of."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+import pytest
+
+from mtlsproxy.logs import JSONFormatter, TextFormatter, logfmt_value
+
+# A logfmt pair: key=bare or key="quoted with \\ escapes".
+PAIR = re.compile(r'([a-z_0-9]+)=("(?:[^"\\]|\\.)*"|[^ "=]+)')
+
+
+def record(message: str, **fields: object) -> logging.LogRecord:
+    entry = logging.LogRecord("mtlsproxy", logging.INFO, __file__, 1, message, None, None)
+    entry.fields = fields  # type: ignore[attr-defined]
+    return entry
+
+
+def parse(line: str) -> dict[str, str]:
+    pairs = PAIR.findall(line)
+    assert " ".join(f"{k}={v}" for k, v in pairs) == line, line
+    return dict(pairs)
+
+
+def test_a_line_starts_with_time_level_and_message() -> None:
+    line = TextFormatter().format(record("handshake ok", route="default"))
+    parsed = parse(line)
+    assert list(parsed)[:3] == ["time", "level", "msg"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", parsed["time"])
+    assert parsed["level"] == "info" and parsed["msg"] == '"handshake ok"'
+    assert parsed["route"] == "default"
+
+
+def test_none_is_left_out_and_sequences_are_joined() -> None:
+    parsed = parse(TextFormatter().format(record("x", alpn=None, routes=("a", "b"), ok=False)))
+    assert "alpn" not in parsed
+    assert parsed["routes"] == "a,b" and parsed["ok"] == "false"
+
+
+@pytest.mark.parametrize(
+    "hostile", ['CN=a "b"', "a\nlevel=error", "x=y", "back\\slash", "", "tab\there", "é ü"]
+)
+def test_a_value_cannot_forge_a_key_or_a_line(hostile: str) -> None:
+    line = TextFormatter().format(record("m", subject=hostile))
+    assert "\n" not in line
+    parsed = parse(line)
+    assert set(parsed) == {"time", "level", "msg", "subject"}
+    value = parsed["subject"]
+    if value.startswith('"'):
+        value = json.loads(value)
+    assert value == hostile
+
+
+def test_plain_tokens_stay_bare() -> None:
+    assert logfmt_value("127.0.0.1:443") == "127.0.0.1:443"
+    assert logfmt_value("spiffe://example.org/ns/a") == "spiffe://example.org/ns/a"
+    assert logfmt_value(12.5) == "12.5"
+
+
+def test_json_lines_keep_their_shape() -> None:
+
+    line = json.loads(JSONFormatter().format(record("m", alpn=None, route="r")))
+    assert line["msg"] == "m" and line["alpn"] is None and line["route"] == "r"
+    assert line["time"].endswith("Z")
