@@ -18,6 +18,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from mtlsproxy.config.model import CertificateKeyPair, Config, Route
 from mtlsproxy.config.problems import (
@@ -121,6 +122,14 @@ class _Checker:
             self.report(
                 pair.key, "key", f"the key does not match the certificate {pair.certificate}"
             )
+        if chain and not _allows_server_auth(chain[0]):
+            subject = chain[0].subject.rfc4514_string() or "(empty subject)"
+            self.report(
+                pair.certificate,
+                "certificate",
+                f"the certificate {subject} has an extended key usage without serverAuth: "
+                "clients refuse it as a server certificate",
+            )
 
     def validity(self, path: Path, cert: x509.Certificate) -> None:
         subject = cert.subject.rfc4514_string() or "(empty subject)"
@@ -147,6 +156,16 @@ class _Checker:
         crls = self.load(auth.crl, "crl", parse_crls) if auth.crl else None
         if auth.crl is None or not crls or not cas:
             return
+        covered = {crl.issuer for crl in crls}
+        for ca in cas:
+            if _is_ca(ca) and ca.subject not in covered:  # a non-CA is reported above
+                self.report(
+                    auth.crl,
+                    "crl",
+                    f"{auth.crl} holds no CRL of {ca.subject.rfc4514_string()} (in {auth.ca}): "
+                    "CRL checks fail closed, so every client certificate it issued is refused",
+                    "warning",
+                )
         for crl in crls:
             problem = crl_signature_problem(crl, cas)
             if problem is not None:
@@ -179,6 +198,19 @@ def _spki(public_key: Any) -> bytes:
         public_key.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
+    )
+
+
+def _allows_server_auth(cert: x509.Certificate) -> bool:
+    """RFC 5280 section 4.2.1.12: no extendedKeyUsage allows any usage."""
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return True
+    except ValueError:  # malformed: cryptography's verifier and clients refuse it too
+        return False
+    return ExtendedKeyUsageOID.SERVER_AUTH in usages or (
+        ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usages
     )
 
 

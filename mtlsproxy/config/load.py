@@ -76,6 +76,7 @@ _BUFFER_MIN, _BUFFER_MAX = 16 << 10, 64 << 20
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes on Linux, with the terminating NUL
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _TIMEOUTS = ("handshake", "connect", "idle", "drain")
+_WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 # A listener's settings start from this; a required key that is missing or wrong (and already
 # reported) stays empty, so its routes can still be checked.
@@ -398,6 +399,9 @@ class _Parser:
     def problem(self, node: Node, path: str, message: str) -> None:
         self.problems.append(ConfigProblem(self.file, _line(node), path, message))
 
+    def warn(self, node: Node, path: str, message: str) -> None:
+        self.problems.append(ConfigProblem(self.file, _line(node), path, message, "warning"))
+
     def convert(self, convert: Convert[T], node: Node, path: str) -> T | _Failed:
         try:
             return convert(node, path)
@@ -524,8 +528,31 @@ class _Parser:
     def claim_address(
         self, addresses: _Registry, address: tuple[str, int], node: Node, path: str
     ) -> None:
-        if address[1] != 0:  # port 0: the kernel picks a free port each time
-            self.claim(addresses, address, node, _join(path, "listen"), f"address {node.value}")
+        host, port = address
+        if port == 0:  # port 0: the kernel picks a free port each time
+            return
+        # A wildcard address takes the port on every interface: 0.0.0.0:P and 127.0.0.1:P
+        # cannot both bind.
+        overlap = next(
+            (
+                taken
+                for taken in addresses
+                if isinstance(taken, tuple)
+                and taken[1] == port
+                and taken[0] != host
+                and (taken[0] in _WILDCARD_HOSTS or host in _WILDCARD_HOSTS)
+            ),
+            None,
+        )
+        if overlap is not None:
+            self.problem(
+                node,
+                _join(path, "listen"),
+                f"address {node.value} overlaps {addresses[overlap]}: a wildcard address "
+                f"takes port {port} on every interface",
+            )
+            return
+        self.claim(addresses, address, node, _join(path, "listen"), f"address {node.value}")
 
     def listener(self, node: Node, path: str, names: _Registry, addresses: _Registry) -> Listener:
         own, m = self.read(
@@ -556,12 +583,19 @@ class _Parser:
             self.claim_address(addresses, (host, port), m.values["listen"], path)
         inherited = ("tls", "client_auth", "upstream", "forward_identity")
         default = replace(_PLACEHOLDER_ROUTE, **{k: own[k] for k in inherited if k in own})
+        # A listener policy that did not load (already reported) gives its routes nothing to
+        # inherit: their own client_auth is checked, not the rules that depend on the base.
+        auth_failed = "client_auth" in m.values and "client_auth" not in own
         routes = (
-            self.convert(partial(self.routes, default=default), own["routes"], f"{path}.routes")
+            self.convert(
+                partial(self.routes, default=default, auth_known=not auth_failed),
+                own["routes"],
+                f"{path}.routes",
+            )
             if "routes" in own
             else ()
         )
-        return Listener(
+        listener = Listener(
             name=own.get("name", ""),
             host=host,
             port=port,
@@ -570,15 +604,47 @@ class _Parser:
             routes=() if routes is _Failed.FAILED else routes,
             **{k: own[k] for k in ("timeouts", "limits") if k in own},
         )
+        self.audit_on_openssl(listener, node, path)
+        return listener
 
-    def routes(self, node: Node, path: str, default: Route) -> tuple[Route, ...]:
+    def audit_on_openssl(self, listener: Listener, node: Node, path: str) -> None:
+        """Audit mode cannot admit what OpenSSL refuses inside its handshake: say so once."""
+        if listener.engine != "openssl":
+            return
+        audited = [
+            route.name
+            for route in (listener.default_route, *listener.routes)
+            if route.client_auth.mode is not ClientAuthMode.NONE and not route.client_auth.enforce
+        ]
+        if audited:
+            self.warn(
+                node,
+                path,
+                f"audit mode (client_auth.enforce: false) on route(s) {', '.join(audited)} with "
+                "engine openssl admits clients without a certificate or outside the allow-list "
+                "as would_refuse, but a certificate that fails verification (expired, untrusted, "
+                "revoked) still fails the handshake: OpenSSL verifies inside it. engine: native "
+                "admits those as would_refuse too",
+            )
+
+    def routes(
+        self, node: Node, path: str, default: Route, auth_known: bool = True
+    ) -> tuple[Route, ...]:
         names: _Registry = {"default": "the listener's own settings"}
         patterns: _Registry = {}
-        route = partial(self.route, default=default, names=names, patterns=patterns)
+        route = partial(
+            self.route, default=default, names=names, patterns=patterns, auth_known=auth_known
+        )
         return self.sequence(node, path, route)
 
     def route(
-        self, node: Node, path: str, default: Route, names: _Registry, patterns: _Registry
+        self,
+        node: Node,
+        path: str,
+        default: Route,
+        names: _Registry,
+        patterns: _Registry,
+        auth_known: bool = True,
     ) -> Route:
         """A route: what it does not say, it inherits from the listener (``default``)."""
         own, m = self.read(
@@ -588,7 +654,9 @@ class _Parser:
                 "name": _leaf(_label),
                 "sni": partial(self.sni, patterns=patterns),
                 "tls": partial(self.tls, base=default.tls),
-                "client_auth": partial(self.client_auth, base=default.client_auth),
+                "client_auth": partial(
+                    self.client_auth, base=default.client_auth if auth_known else None
+                ),
                 "upstream": self.upstream,
                 "forward_identity": self.forward_identity,
             },
@@ -638,9 +706,10 @@ class _Parser:
         _require(own, keys)
         return CertificateKeyPair(**own)
 
-    def client_auth(self, node: Node, path: str, base: ClientAuth) -> ClientAuth:
+    def client_auth(self, node: Node, path: str, base: ClientAuth | None) -> ClientAuth:
         """The listener's policy (over the default ``none``) or a route's over the listener's,
         key by key: a route saying only ``mode`` and ``allow`` keeps the listener's CA and CRL.
+        ``base`` None: the listener's policy had an error (reported once, there).
         """
         own, m = self.read(
             node,
@@ -653,14 +722,15 @@ class _Parser:
                 "enforce": _leaf(_boolean),
             },
         )
-        if own.keys() != m.values.keys():
-            raise _Reported  # a wrong value: the rules below would only guess
+        if own.keys() != m.values.keys() or (base is None and "mode" not in own):
+            raise _Reported  # a wrong value here or in the base: the rules below would guess
+        base = base or ClientAuth()
         mode = own.get("mode", base.mode)
         if mode is ClientAuthMode.NONE:
-            for key in ("crl", "allow"):
+            for key in ("ca", "crl", "allow", "enforce"):
                 if key in own:
                     self.problem(m.keys[key], _join(path, key), "has no effect with mode none")
-            return ClientAuth(ca=own.get("ca"))
+            return ClientAuth()
         merged = replace(base, **own)
         if merged.ca is None:
             self.problem(node, _join(path, "ca"), f"is required when mode is {mode}")
@@ -714,6 +784,17 @@ class _Parser:
         return tuple(headers)
 
     def allow_rule(self, node: Node, path: str) -> AllowRule:
+        rule = self._allow_rule(node, path)
+        if rule.kind in (AllowKind.SPIFFE_ID, AllowKind.URI) and rule.pattern.endswith("/*"):
+            self.warn(
+                node,
+                path,
+                f"{rule.pattern!r}: a trailing /* matches exactly one more path segment; "
+                f"{rule.pattern[:-1]}** matches any depth",
+            )
+        return rule
+
+    def _allow_rule(self, node: Node, path: str) -> AllowRule:
         kinds = {kind.value: kind for kind in AllowKind}
         if not (isinstance(node, MappingNode) and len(node.value) == 1):
             raise _Invalid(f"expected a mapping with one key, one of {', '.join(kinds)}")
