@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
         help="server name or IP for the server certificates (repeatable; "
         "default localhost, 127.0.0.1, ::1)",
     )
+    init.add_argument(
+        "--force", action="store_true", help="replace a CA already in DIRECTORY (and all it signed)"
+    )
     init.set_defaults(handler=_pki_init)
 
     version = commands.add_parser("version", help="print versions")
@@ -190,6 +193,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _pki_init(args: argparse.Namespace) -> int:
     hosts = tuple(args.hosts) if args.hosts else ("localhost", "127.0.0.1", "::1")
+    existing = args.directory / "ca.crt"
+    if existing.exists() and not args.force:
+        print(
+            f"{existing} exists: a new CA would invalidate every certificate the old one "
+            "signed; pass --force to replace it",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     try:
         files = pki.init(args.directory, hosts=hosts)
     except OSError as error:

@@ -100,6 +100,16 @@ def test_pki_init_writes_the_files_with_private_keys_0600(tmp_path: Path) -> Non
             assert mode == 0o644, path.name
 
 
+def test_pki_init_refuses_to_replace_a_ca_without_force(tmp_path: Path) -> None:
+    assert cli("pki", "init", tmp_path).returncode == 0
+    ca = (tmp_path / "ca.crt").read_bytes()
+    result = cli("pki", "init", tmp_path)
+    assert result.returncode == 2 and "--force" in result.stderr
+    assert (tmp_path / "ca.crt").read_bytes() == ca
+    assert cli("pki", "init", tmp_path, "--force").returncode == 0
+    assert (tmp_path / "ca.crt").read_bytes() != ca
+
+
 def test_pki_init_into_a_file_fails_cleanly(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory\n")
