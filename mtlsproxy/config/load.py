@@ -75,7 +75,7 @@ _SIZE_UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 _BUFFER_MIN, _BUFFER_MAX = 16 << 10, 64 << 20
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes on Linux, with the terminating NUL
 _LOG_LEVELS = ("debug", "info", "warning", "error")
-_TIMEOUTS = ("handshake", "connect", "idle", "drain")
+_TIMEOUTS = ("handshake", "connect", "idle", "drain", "shutdown_delay")
 _WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 # A listener's settings start from this; a required key that is missing or wrong (and already

@@ -90,6 +90,9 @@ class Timeouts:
     connect: float = 5.0
     idle: float = 300.0
     drain: float = 30.0
+    # After SIGTERM: keep accepting (with /readyz 503) this long before draining, so that
+    # load balancers and Kubernetes endpoints stop sending new connections first.
+    shutdown_delay: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

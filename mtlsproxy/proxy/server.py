@@ -51,6 +51,9 @@ class Proxy:
         self._digests = {
             runtime.name: _digests(runtime.watched_files()) for runtime in self.listeners
         }
+        # The YAML's content at the last load attempt, and at the last poll (see _watch_files).
+        self._config_digest = _digests((config.source,))
+        self._config_polled = self._config_digest
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
         self._draining = False
@@ -124,11 +127,19 @@ class Proxy:
     # Reload flow
 
     async def _watch_files(self) -> None:
-        """Poll the content of every certificate, key, CA and CRL file. Content, not mtime:
-        Kubernetes swaps a ``..data`` symlink and cert-manager writes then renames, and both
-        keep or reset mtimes in ways a stat would miss; the files are a few KiB."""
+        """Poll the content of the YAML and of every certificate, key, CA and CRL file.
+        Content, not mtime: Kubernetes swaps a ``..data`` symlink and cert-manager writes
+        then renames, and both keep or reset mtimes in ways a stat would miss.
+
+        A changed YAML is reloaded (as SIGHUP does) once two polls agree on its new content:
+        an editor writing in place is not caught half-way, and a SIGHUP that already loaded
+        that content is not repeated."""
         while not self._draining:
             await asyncio.sleep(self.config.reload.interval)
+            polled = _digests((self.config.source,))
+            if polled != self._config_digest and polled == self._config_polled:
+                await self.reload_config()
+            self._config_polled = polled
             for runtime in list(self.listeners):
                 digests = _digests(runtime.watched_files())
                 if digests != self._digests.get(runtime.name):
@@ -149,7 +160,9 @@ class Proxy:
     async def reload_config(self) -> bool:
         """SIGHUP: re-read the YAML. Listeners that keep their address keep their socket and
         open connections; new ones start, removed ones stop accepting and drain. A config
-        that does not load, or material that does not, changes nothing."""
+        that does not load, or material that does not, changes nothing. What is read at start
+        only (the metrics address, workers) keeps its old value, with a warning."""
+        self._config_digest = _digests((self.config.source,))
         try:
             config, warnings = load_config_with_warnings(self.config.source)
             routes = _build_routes(config)
@@ -162,6 +175,7 @@ class Proxy:
             return False
         for warning in warnings:
             logs.event(logging.WARNING, str(warning))
+        config = self._keep_start_only_settings(config)
         old = {runtime.name: runtime for runtime in self.listeners}
         kept, started = [], []
         try:
@@ -192,6 +206,23 @@ class Proxy:
         self._reload_succeeded("config")
         return True
 
+    def _keep_start_only_settings(self, config: Config) -> Config:
+        """The metrics endpoint and the worker count are set up at start: a reload that
+        changes them warns and keeps the running values."""
+        old = self.config
+        changed = []
+        if config.metrics != old.metrics:
+            changed.append(f"metrics ({_metrics_address(old)} -> {_metrics_address(config)})")
+        if config.workers != old.workers:
+            changed.append(f"workers ({old.workers} -> {config.workers})")
+        if changed:
+            logs.event(
+                logging.WARNING,
+                f"{', '.join(changed)} changed: read at start only, takes effect at the next "
+                "restart; the rest of the config is reloaded",
+            )
+        return replace(config, metrics=old.metrics, workers=old.workers)
+
     def _reload_succeeded(self, trigger: str, **fields: str) -> None:
         self.metrics.config_reloads.labels(trigger, "ok").inc()
         self.metrics.last_reload_success.set(time.time())
@@ -206,10 +237,16 @@ class Proxy:
     # Shutdown flow
 
     async def drain(self, timeout: float | None = None) -> None:
-        """Stop accepting, let open connections finish for up to the drain timeout, close."""
+        """/readyz turns 503; after ``timeouts.shutdown_delay`` (still accepting, while load
+        balancers take the endpoint out) stop accepting, let open connections finish for up
+        to the drain timeout, close."""
         if self._draining:
             return
         self._draining = True
+        delay = max(runtime.timeouts.shutdown_delay for runtime in self.listeners)
+        if delay > 0 and timeout is None:
+            logs.event(logging.INFO, f"still accepting for {delay:g} s (shutdown_delay)")
+            await asyncio.sleep(delay)
         for runtime in self.listeners:
             runtime.stop_accepting()
         deadline = max(runtime.timeouts.drain for runtime in self.listeners)
@@ -239,6 +276,11 @@ def _build_routes(config: Config) -> list[RouteTable]:
         return [RouteTable.for_listener(listener) for listener in config.listeners]
     except (ssl.SSLError, ValueError, OSError) as error:
         raise ReloadRefused(f"cannot load the TLS material: {error}") from error
+
+
+def _metrics_address(config: Config) -> str:
+    metrics = config.metrics
+    return f"{metrics.host}:{metrics.port}" if metrics.enabled else "disabled"
 
 
 def _same_socket(old: Listener, new: Listener) -> bool:
