@@ -340,16 +340,44 @@ def test_prometheus_rule_is_the_rules_file() -> None:
     assert rule["spec"] == {"groups": rule_groups()}
 
 
+RUNBOOK = ROOT / "docs" / "runbook.md"
+RUNBOOK_URL = "https://github.com/mtlsproxy/mtlsproxy/blob/main/docs/runbook.md#"
+
+
+def markdown_anchors(text: str) -> set[str]:
+    """GitHub's anchors for the headings of a Markdown text: lower case, punctuation dropped,
+    spaces to dashes (duplicates, which GitHub numbers, are not needed here)."""
+    anchors = set()
+    for heading in re.findall(r"^#{1,6} +(.+?) *#*$", text, flags=re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
+        anchors.add(slug.replace(" ", "-"))
+    return anchors
+
+
 def test_every_alert_has_severity_summary_description_and_runbook() -> None:
     rules = alert_rules()
     assert {r["alert"] for r in rules} == EXPECTED_ALERTS and len(rules) == len(EXPECTED_ALERTS)
+    anchors = markdown_anchors(RUNBOOK.read_text(encoding="utf-8"))
+    assert "mtlsproxynosuccessfulhandshakes" in anchors
     for rule in rules:
+        annotations = rule["annotations"]
         assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
-        assert {"summary", "description", "runbook"} <= set(rule["annotations"]), rule["alert"]
-        assert "deploy/README.md#alerts" in rule["annotations"]["runbook"], rule["alert"]
+        assert {"summary", "description", "runbook", "runbook_url"} <= set(annotations)
+        # One scheme for every alert: the alert's own section of docs/runbook.md.
+        assert annotations["runbook_url"] == RUNBOOK_URL + rule["alert"].lower(), rule["alert"]
+        assert rule["alert"].lower() in anchors, f"docs/runbook.md has no {rule['alert']}"
     readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
     assert "## Alerts" in readme
     assert all(f"`{alert}`" in readme for alert in EXPECTED_ALERTS)
+
+
+def test_runbook_sections_say_meaning_first_checks_and_fixes() -> None:
+    text = RUNBOOK.read_text(encoding="utf-8")
+    sections = dict(re.findall(r"^## (\w+)\n(.*?)(?=^## |\Z)", text, re.MULTILINE | re.DOTALL))
+    assert set(sections) == EXPECTED_ALERTS
+    for alert, body in sections.items():
+        for part in ("**Meaning.**", "**First checks", "**Fixes"):
+            assert part in body, (alert, part)
 
 
 def test_promtool_check_rules(promtool: str) -> None:
@@ -369,6 +397,7 @@ def _handshakes(instance: str, result: str, values: str) -> dict[str, str]:
         "ok": ("none", "none"),
         "failed": ("client_verify", "client_cert_expired"),
         "refused": ("authorize", "identity_not_allowed"),
+        "would_refuse": ("client_certificate", "client_cert_missing"),
     }[result]
     return _series(
         "mtlsproxy_handshakes_total", values, instance=instance, listener="api",
@@ -383,8 +412,10 @@ def _alert(severity: str, **labels: str) -> dict[str, Any]:
 def test_promtool_alerts_fire_when_they_should(promtool: str, tmp_path: Path) -> None:
     """`promtool test rules` on synthetic series: instance "bad" fails a fifth of its
     handshakes and more, "dead" has no successful handshake at all, "good" is healthy but has
-    expiring certificates and CRLs, upstream errors and a failed reload. (The annotations are
-    dropped from a copy of the rules: promtool would compare every rendered annotation.)"""
+    expiring certificates and CRLs, upstream errors and a failed reload, "audit" admits every
+    client in audit mode (would_refuse only: not an outage, and not a failure). (The
+    annotations are dropped from a copy of the rules: promtool would compare every rendered
+    annotation.)"""
     groups = rule_groups()
     for group in groups:
         for rule in group["rules"]:
@@ -400,9 +431,10 @@ def test_promtool_alerts_fire_when_they_should(promtool: str, tmp_path: Path) ->
         _handshakes("good", "ok", "0+10x40"),
         _handshakes("good", "failed", "0+1x40"),
         _handshakes("dead", "failed", "0+5x40"),
+        _handshakes("audit", "would_refuse", "0+10x40"),
         *(
             _series("mtlsproxy_connections_total", "0+20x40", instance=i, listener="api")
-            for i in ("bad", "good", "dead")
+            for i in ("bad", "good", "dead", "audit")
         ),
         _series("mtlsproxy_certificate_expiry_timestamp_seconds", "259200x40", **cert,
                 role="server", subject="CN=soon"),
