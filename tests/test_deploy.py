@@ -635,6 +635,8 @@ REQUIRED_PANELS = {
     "Client certificate remaining validity",
     "CRLs: days until nextUpdate",
     "Since last successful reload",
+    "would_refuse by reason (audit mode)",
+    "would_refuse in the time range (audit mode)",
 }
 
 
@@ -676,6 +678,20 @@ def test_dashboard_loads_and_has_the_panels() -> None:
         f"histogram_quantile({q}" for q in ("0.5", "0.95", "0.99")
     ]
     assert all("by (le, phase)" in e for e in exprs)
+
+
+def test_dashboard_follows_audit_mode_by_reason() -> None:
+    """The audit-mode panels count what enforcement would refuse, by step and reason."""
+    panels = {p["title"]: p for p in dashboard_panels()}
+    for title in (
+        "would_refuse by reason (audit mode)",
+        "would_refuse in the time range (audit mode)",
+    ):
+        (target,) = panels[title]["targets"]
+        expr = target["expr"]
+        assert 'result="would_refuse"' in expr, title
+        assert re.search(r"sum by \([^)]*\bstep\b[^)]*\breason\b[^)]*\)", expr), title
+        assert "mtlsproxy_handshakes_total{" in expr, title
 
 
 def test_dashboard_queries_are_valid_promql(promtool: str, tmp_path: Path) -> None:
