@@ -309,14 +309,32 @@ def assert_ok(result: subprocess.CompletedProcess[str]) -> None:
 # Kubernetes manifests
 
 
+CERT_MANAGER = DEPLOY / "kubernetes" / "cert-manager"
+# The cert-manager and trust-manager examples (the component's other files are kustomize
+# files: its kustomization, a patch and the config it carries).
+CERT_MANAGER_EXAMPLES = [CERT_MANAGER / "certificate.yaml", CERT_MANAGER / "trust-bundle.yaml"]
+
+
 def kubernetes_documents() -> list[dict[str, Any]]:
-    files = sorted(DEPLOY.joinpath("kubernetes").glob("*.yaml"))
+    """Every Kubernetes object of deploy/kubernetes/ and the cert-manager examples (not the
+    kustomization of the base)."""
+    files = sorted(DEPLOY.joinpath("kubernetes").glob("*.yaml")) + CERT_MANAGER_EXAMPLES
     assert {SIDECAR, SERVICE_MONITOR, PROMETHEUS_RULE} <= set(files)
-    return [d for path in files for d in documents(path)]
+    found = [d for path in files for d in documents(path)]
+    return [d for d in found if not d["apiVersion"].startswith("kustomize.config.k8s.io/")]
 
 
 def is_operator_crd(document: dict[str, Any]) -> bool:
     return str(document["apiVersion"]).startswith("monitoring.coreos.com/")
+
+
+# Custom resources: kubernetes-validate bundles no schema for them, the tests below check
+# them structurally (Prometheus Operator, cert-manager, trust-manager).
+CUSTOM_RESOURCE_GROUPS = ("monitoring.coreos.com", "cert-manager.io", "trust.cert-manager.io")
+
+
+def is_custom_resource(document: dict[str, Any]) -> bool:
+    return str(document["apiVersion"]).split("/")[0] in CUSTOM_RESOURCE_GROUPS
 
 
 @pytest.fixture
@@ -333,12 +351,13 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("no_network")
 def test_kubernetes_manifests_validate_against_the_bundled_schemas() -> None:
-    """Strict schema validation (unknown fields are errors), offline. The Prometheus Operator's
-    CRDs have no bundled schema: the tests below check those structurally."""
+    """Strict schema validation (unknown fields are errors), offline. Custom resources
+    (Prometheus Operator, cert-manager, trust-manager) have no bundled schema: the tests below
+    check those structurally."""
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
     checked = []
     for document in kubernetes_documents():
-        if is_operator_crd(document):
+        if is_custom_resource(document):
             continue
         kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
         checked.append(document["kind"])
@@ -358,6 +377,57 @@ def test_operator_resources_are_well_formed() -> None:
         assert set(document) == {"apiVersion", "kind", "metadata", "spec"}
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", document["metadata"]["name"])
         assert all(isinstance(v, str) for v in document["metadata"]["labels"].values())
+
+
+def custom_resource(kind: str) -> dict[str, Any]:
+    (found,) = [d for d in kubernetes_documents() if d["kind"] == kind]
+    assert is_custom_resource(found)
+    return found
+
+
+def projected_sources(deployment: dict[str, Any]) -> list[dict[str, Any]]:
+    """The sources of the projected volume mounted at /etc/mtlsproxy."""
+    spec = deployment["spec"]["template"]["spec"]
+    (mount,) = proxy_container(deployment)["volumeMounts"]
+    assert mount["mountPath"] == "/etc/mtlsproxy" and "subPath" not in mount
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    return volume["projected"]["sources"]
+
+
+def test_cert_manager_certificate_fills_the_mounted_secret() -> None:
+    certificate = custom_resource("Certificate")
+    assert certificate["apiVersion"] == "cert-manager.io/v1"
+    spec = certificate["spec"]
+    # The Secret the pod mounts, and the server pair the config reads from it.
+    secrets = [s["secret"] for s in projected_sources(manifest("Deployment")) if "secret" in s]
+    (secret,) = secrets
+    assert spec["secretName"] == secret["name"] == manifest("Secret")["metadata"]["name"]
+    assert {"tls.crt", "tls.key"} <= {item["key"] for item in secret["items"]}
+    # Clients dial the Service by name.
+    service = manifest("Service")["metadata"]["name"]
+    assert service in spec["dnsNames"] and f"{service}.default.svc" in spec["dnsNames"]
+    assert "server auth" in spec["usages"]
+    # Renewal comes before the expiry alert's 7 days, and well inside the lifetime.
+    renew_before, duration = seconds(spec["renewBefore"]), seconds(spec["duration"])
+    assert 7 * 86400 < renew_before < duration / 2
+    assert spec["privateKey"]["rotationPolicy"] == "Always"
+    if spec["privateKey"]["algorithm"] == "RSA":
+        assert spec["privateKey"]["size"] >= 2048
+    assert spec["issuerRef"]["group"] == "cert-manager.io" and spec["issuerRef"]["name"]
+
+
+def test_trust_manager_bundle_distributes_the_client_ca() -> None:
+    bundle = custom_resource("Bundle")
+    assert bundle["apiVersion"] == "trust.cert-manager.io/v1alpha1"
+    assert "namespace" not in bundle["metadata"]  # cluster-scoped
+    spec = bundle["spec"]
+    assert spec["sources"]
+    for source in spec["sources"]:
+        # The public CAs must never vouch for client identities.
+        assert not source.get("useDefaultCAs", False), source
+        assert set(source) <= {"secret", "configMap", "inLine"}, source
+    assert spec["target"]["configMap"]["key"] == "ca.crt"
+    assert spec["target"]["namespaceSelector"]["matchLabels"]
 
 
 def test_service_monitor_scrapes_the_services_metrics_port() -> None:
