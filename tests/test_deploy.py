@@ -220,8 +220,21 @@ def test_dockerfile() -> None:
         for line in re.sub(r"\\\n", " ", text).splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     ]
-    froms = [i for i in instructions if i.upper().startswith("FROM ")]
-    assert len(froms) == 2 and all("python:3.12-slim" in f for f in froms)
+    froms = [i.split()[1] for i in instructions if i.upper().startswith("FROM ")]
+    # Both stages on one exact base: a Python patch release and a Debian release.
+    assert len(froms) == 2 and froms[0] == froms[1], froms
+    assert re.fullmatch(
+        r"python:3\.12\.\d+-slim-(bookworm|trixie)(@sha256:[0-9a-f]{64})?", froms[0]
+    )
+    # Python packages at the lock's versions: the build backend and the dependencies.
+    (copy,) = [i for i in instructions if i.startswith("COPY ") and "pyproject.toml" in i]
+    assert "requirements.lock" in copy.split()
+    installs = [i for i in instructions if "pip install" in i]
+    assert installs and all("--constraint /src/requirements.lock" in i for i in installs)
+    (wheel,) = [i for i in instructions if "pip wheel" in i]
+    assert "PIP_CONSTRAINT=/src/requirements.lock" in wheel
+    assert "PIP_BUILD_CONSTRAINT=/src/requirements.lock" in wheel
+    assert "!requirements.lock" in (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
     users = [i.split()[1] for i in instructions if i.upper().startswith("USER ")]
     assert users and users[-1].split(":")[0] not in ("0", "root")
     assert "10001" in users[-1]
