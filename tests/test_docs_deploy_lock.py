@@ -20,9 +20,13 @@ LOCK = ROOT / "requirements.lock"
 PYPROJECT = ROOT / "pyproject.toml"
 DOCKERFILE = ROOT / "Dockerfile"
 
-# The image is Linux on CPython: markers are evaluated for that, whatever runs the tests.
+# The image's Python (from its base image tag), on Linux and CPython: markers are evaluated
+# for that, whatever runs the tests.
+IMAGE_PYTHON = re.findall(r"^FROM python:(3\.\d+\.\d+)-", DOCKERFILE.read_text("utf-8"), re.M)[0]
 IMAGE_ENVIRONMENT = {
     **default_environment(),
+    "python_version": IMAGE_PYTHON.rsplit(".", 1)[0],
+    "python_full_version": IMAGE_PYTHON,
     "sys_platform": "linux",
     "platform_system": "Linux",
     "os_name": "posix",
