@@ -6,12 +6,17 @@
 #     -v "$PWD/my-config.yaml:/etc/mtlsproxy/config.yaml:ro" \
 #     -v "$PWD/certs:/etc/mtlsproxy/certs:ro" mtlsproxy:0.1.0
 #
+# Reproducible: the base image is pinned to an exact Python patch release and Debian release
+# (both stages: change them together), and every Python package comes from requirements.lock
+# (the runtime dependencies, their dependencies and the build backend, each pinned with ==).
+# Refresh the lock with the command at its top (deploy/README.md, "Build the image").
+#
 # The config must listen on 0.0.0.0 (not 127.0.0.1) for the listener and for
 # `metrics.listen`, or nothing outside the container can reach it. The HEALTHCHECK runs
 # inside the container against 127.0.0.1:9100, so `metrics.listen` must use port 9100.
 
 # ---- builder: compile wheels and populate /opt/venv -------------------------------------
-FROM python:3.12-slim AS builder
+FROM python:3.12.15-slim-bookworm AS builder
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -19,22 +24,27 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 
 WORKDIR /src
 
-# Only what the wheel is built from (README.md, the long description, is not needed at runtime).
-COPY pyproject.toml ./
+# Only what the wheel is built from (README.md, the long description, is not needed at runtime)
+# and the lock.
+COPY pyproject.toml requirements.lock ./
 COPY mtlsproxy ./mtlsproxy
 
-# The project's wheel (its build backend comes from [build-system] in an isolated env), then
-# the wheel and its dependencies (binary wheels: cryptography, uvloop) into /opt/venv; pip
-# itself is removed so the runtime image carries no installer.
+# The project's wheel (its build backend, from [build-system], in an isolated env that the
+# lock constrains too: PIP_CONSTRAINT for pip before 25.3, PIP_BUILD_CONSTRAINT after), then
+# the wheel and its dependencies, at the lock's versions and as binary wheels only (no
+# compiler here), into /opt/venv; pip itself is removed so the runtime image carries no
+# installer.
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
-    && /opt/venv/bin/pip install --no-cache-dir /wheels/mtlsproxy-*.whl \
+    && PIP_CONSTRAINT=/src/requirements.lock PIP_BUILD_CONSTRAINT=/src/requirements.lock \
+       /opt/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+    && /opt/venv/bin/pip install --no-cache-dir --only-binary=:all: \
+       --constraint /src/requirements.lock /wheels/mtlsproxy-*.whl \
     && /opt/venv/bin/pip uninstall --yes pip \
     && find /opt/venv -type d -name __pycache__ -prune -exec rm -rf {} + \
     && /opt/venv/bin/python -m compileall -q /opt/venv/lib
 
 # ---- runtime: the venv only, no compilers, no pip, non-root -----------------------------
-FROM python:3.12-slim
+FROM python:3.12.15-slim-bookworm
 
 LABEL org.opencontainers.image.title="mtlsproxy" \
       org.opencontainers.image.description="Mutual-TLS sidecar reverse proxy" \

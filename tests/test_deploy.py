@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mtlsproxy.config import load_config
+from mtlsproxy.config import Config, ConfigError, load_config
 from mtlsproxy.metrics import Metrics
 from mtlsproxy.pki import PkiFiles
 from tests.proxy.harness import Client, RunningProxy, Upstream, eventually, start_proxy
@@ -35,8 +35,10 @@ COMPOSE = DEPLOY / "docker-compose.yml"
 COMPOSE_CONFIG = DEPLOY / "compose" / "mtlsproxy.yaml"
 COMPOSE_PROMETHEUS = DEPLOY / "compose" / "prometheus.yml"
 DOCKERFILE = ROOT / "Dockerfile"
-# A Kubernetes version whose schemas kubernetes-validate bundles (it has 1.25 to 1.37).
+# A Kubernetes version whose schemas kubernetes-validate bundles (it has 1.25 to 1.37), and
+# the oldest the manifests are written for (native sidecars: 1.29; preStop sleep: 1.30).
 KUBERNETES_VERSION = "1.33.0"
+MINIMUM_KUBERNETES_VERSION = "1.30.0"
 CERTS_DIR = "/etc/mtlsproxy/certs"
 CONFIG_PATH = "/etc/mtlsproxy/config.yaml"
 ADMIN_PORT = 9100
@@ -52,10 +54,39 @@ def manifest(kind: str) -> dict[str, Any]:
     return found
 
 
-def proxy_container() -> dict[str, Any]:
-    containers = manifest("Deployment")["spec"]["template"]["spec"]["containers"]
-    (proxy,) = [c for c in containers if c["name"] == "mtlsproxy"]
+def proxy_container(deployment: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The mtlsproxy container: a native sidecar, so among the init containers."""
+    spec = (deployment or manifest("Deployment"))["spec"]["template"]["spec"]
+    (proxy,) = [c for c in spec.get("initContainers", []) if c["name"] == "mtlsproxy"]
     return proxy
+
+
+DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+
+
+def seconds(duration: str) -> float:
+    """A duration in the config's own format (500ms, 10s, 5m, 1h)."""
+    match = DURATION.fullmatch(duration)
+    assert match, f"{duration!r} is not a duration like 500ms, 10s, 5m or 1h"
+    return float(match[1]) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[match[2]]
+
+
+def load_deploy_config(path: Path) -> Config:
+    """Load a deployment's config. ``timeouts.shutdown_delay`` is a key that a loader not
+    knowing it yet rejects as unknown: then it is checked for its format here and dropped,
+    and everything else must still load."""
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        if not all("shutdown_delay" in str(problem) for problem in error.problems):
+            raise
+    text = path.read_text(encoding="utf-8")
+    delays = re.findall(r",? *shutdown_delay: *([^,}\s]+)", text)
+    assert delays, "the loader rejected a shutdown_delay that is not in the file"
+    for delay in delays:
+        seconds(delay)
+    path.write_text(re.sub(r",? *shutdown_delay: *[^,}\s]+", "", text), encoding="utf-8")
+    return load_config(path)
 
 
 def embedded_config() -> str:
@@ -101,6 +132,38 @@ def test_proxy_container_is_locked_down_and_probed() -> None:
     assert ports == {"https": 8443, "metrics": ADMIN_PORT}
 
 
+def test_proxy_is_a_native_sidecar_that_starts_first() -> None:
+    spec = manifest("Deployment")["spec"]["template"]["spec"]
+    assert [c["name"] for c in spec["containers"]] == ["app"]
+    proxy = proxy_container()
+    assert proxy["restartPolicy"] == "Always"
+    # The app starts only once the proxy's listeners serve.
+    assert proxy["startupProbe"]["httpGet"] == {"path": "/readyz", "port": ADMIN_PORT}
+
+
+def config_timeouts(text: str) -> dict[str, float]:
+    (listener,) = yaml.safe_load(text)["listeners"]
+    return {key: seconds(value) for key, value in listener["timeouts"].items()}
+
+
+def test_termination_grace_period_covers_the_shutdown() -> None:
+    """The pod's shutdown, in order: the app's preStop sleep (while the Service stops sending
+    clients), the app's own exit, then the proxy's shutdown_delay and drain, within the grace
+    period, with room for the app's exit and a margin."""
+    timeouts = config_timeouts(embedded_config())
+    assert timeouts["shutdown_delay"] == 5 and timeouts["drain"] == 20
+    spec = manifest("Deployment")["spec"]["template"]["spec"]
+    (app,) = spec["containers"]
+    pre_stop = app["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pre_stop >= timeouts["shutdown_delay"]
+    app_exit, margin = 10, 5
+    needed = pre_stop + app_exit + timeouts["shutdown_delay"] + timeouts["drain"] + margin
+    assert spec["terminationGracePeriodSeconds"] >= needed
+    text = SIDECAR.read_text(encoding="utf-8")
+    assert "restart the pod" not in text  # certificates rotate without one
+    assert "subPath" not in re.sub(r"#.*", "", text)  # a subPath mount never sees a rotation
+
+
 def test_volume_provides_the_config_and_every_file_it_names() -> None:
     """The image's default command reads /etc/mtlsproxy/config.yaml; the projected volume
     mounted at /etc/mtlsproxy must hold it and every certificate path the config names."""
@@ -136,10 +199,13 @@ def test_embedded_config_loads(pki: PkiFiles, tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(local.replace("0.0.0.0:9100", "127.0.0.1:0"), encoding="utf-8")
 
-    config = load_config(path)
+    config = load_deploy_config(path)
 
     (listener,) = config.listeners
     assert (listener.host, listener.port) == ("127.0.0.1", 0)
+    if hasattr(listener.timeouts, "shutdown_delay"):
+        assert listener.timeouts.shutdown_delay == 5.0
+    assert listener.timeouts.drain == 20.0
     route = listener.default_route
     assert route.client_auth.mode == "require"
     assert (route.upstream.host, route.upstream.port) == ("127.0.0.1", 8080)
@@ -154,8 +220,21 @@ def test_dockerfile() -> None:
         for line in re.sub(r"\\\n", " ", text).splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     ]
-    froms = [i for i in instructions if i.upper().startswith("FROM ")]
-    assert len(froms) == 2 and all("python:3.12-slim" in f for f in froms)
+    froms = [i.split()[1] for i in instructions if i.upper().startswith("FROM ")]
+    # Both stages on one exact base: a Python patch release and a Debian release.
+    assert len(froms) == 2 and froms[0] == froms[1], froms
+    assert re.fullmatch(
+        r"python:3\.12\.\d+-slim-(bookworm|trixie)(@sha256:[0-9a-f]{64})?", froms[0]
+    )
+    # Python packages at the lock's versions: the build backend and the dependencies.
+    (copy,) = [i for i in instructions if i.startswith("COPY ") and "pyproject.toml" in i]
+    assert "requirements.lock" in copy.split()
+    installs = [i for i in instructions if "pip install" in i]
+    assert installs and all("--constraint /src/requirements.lock" in i for i in installs)
+    (wheel,) = [i for i in instructions if "pip wheel" in i]
+    assert "PIP_CONSTRAINT=/src/requirements.lock" in wheel
+    assert "PIP_BUILD_CONSTRAINT=/src/requirements.lock" in wheel
+    assert "!requirements.lock" in (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
     users = [i.split()[1] for i in instructions if i.upper().startswith("USER ")]
     assert users and users[-1].split(":")[0] not in ("0", "root")
     assert "10001" in users[-1]
@@ -243,14 +322,32 @@ def assert_ok(result: subprocess.CompletedProcess[str]) -> None:
 # Kubernetes manifests
 
 
+CERT_MANAGER = DEPLOY / "kubernetes" / "cert-manager"
+# The cert-manager and trust-manager examples (the component's other files are kustomize
+# files: its kustomization, a patch and the config it carries).
+CERT_MANAGER_EXAMPLES = [CERT_MANAGER / "certificate.yaml", CERT_MANAGER / "trust-bundle.yaml"]
+
+
 def kubernetes_documents() -> list[dict[str, Any]]:
-    files = sorted(DEPLOY.joinpath("kubernetes").glob("*.yaml"))
+    """Every Kubernetes object of deploy/kubernetes/ and the cert-manager examples (not the
+    kustomization of the base)."""
+    files = sorted(DEPLOY.joinpath("kubernetes").glob("*.yaml")) + CERT_MANAGER_EXAMPLES
     assert {SIDECAR, SERVICE_MONITOR, PROMETHEUS_RULE} <= set(files)
-    return [d for path in files for d in documents(path)]
+    found = [d for path in files for d in documents(path)]
+    return [d for d in found if not d["apiVersion"].startswith("kustomize.config.k8s.io/")]
 
 
 def is_operator_crd(document: dict[str, Any]) -> bool:
     return str(document["apiVersion"]).startswith("monitoring.coreos.com/")
+
+
+# Custom resources: kubernetes-validate bundles no schema for them, the tests below check
+# them structurally (Prometheus Operator, cert-manager, trust-manager).
+CUSTOM_RESOURCE_GROUPS = ("monitoring.coreos.com", "cert-manager.io", "trust.cert-manager.io")
+
+
+def is_custom_resource(document: dict[str, Any]) -> bool:
+    return str(document["apiVersion"]).split("/")[0] in CUSTOM_RESOURCE_GROUPS
 
 
 @pytest.fixture
@@ -267,16 +364,18 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("no_network")
 def test_kubernetes_manifests_validate_against_the_bundled_schemas() -> None:
-    """Strict schema validation (unknown fields are errors), offline. The Prometheus Operator's
-    CRDs have no bundled schema: the tests below check those structurally."""
+    """Strict schema validation (unknown fields are errors), offline. Custom resources
+    (Prometheus Operator, cert-manager, trust-manager) have no bundled schema: the tests below
+    check those structurally."""
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
     checked = []
     for document in kubernetes_documents():
-        if is_operator_crd(document):
+        if is_custom_resource(document):
             continue
         kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
         checked.append(document["kind"])
     assert sorted(checked) == ["ConfigMap", "Deployment", "Secret", "Service"]
+    kubernetes_validate.validate(manifest("Deployment"), MINIMUM_KUBERNETES_VERSION, strict=True)
     broken = manifest("Deployment")
     broken["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsUsr"] = 1
     with pytest.raises(kubernetes_validate.ValidationError):
@@ -291,6 +390,57 @@ def test_operator_resources_are_well_formed() -> None:
         assert set(document) == {"apiVersion", "kind", "metadata", "spec"}
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", document["metadata"]["name"])
         assert all(isinstance(v, str) for v in document["metadata"]["labels"].values())
+
+
+def custom_resource(kind: str) -> dict[str, Any]:
+    (found,) = [d for d in kubernetes_documents() if d["kind"] == kind]
+    assert is_custom_resource(found)
+    return found
+
+
+def projected_sources(deployment: dict[str, Any]) -> list[dict[str, Any]]:
+    """The sources of the projected volume mounted at /etc/mtlsproxy."""
+    spec = deployment["spec"]["template"]["spec"]
+    (mount,) = proxy_container(deployment)["volumeMounts"]
+    assert mount["mountPath"] == "/etc/mtlsproxy" and "subPath" not in mount
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    return volume["projected"]["sources"]
+
+
+def test_cert_manager_certificate_fills_the_mounted_secret() -> None:
+    certificate = custom_resource("Certificate")
+    assert certificate["apiVersion"] == "cert-manager.io/v1"
+    spec = certificate["spec"]
+    # The Secret the pod mounts, and the server pair the config reads from it.
+    secrets = [s["secret"] for s in projected_sources(manifest("Deployment")) if "secret" in s]
+    (secret,) = secrets
+    assert spec["secretName"] == secret["name"] == manifest("Secret")["metadata"]["name"]
+    assert {"tls.crt", "tls.key"} <= {item["key"] for item in secret["items"]}
+    # Clients dial the Service by name.
+    service = manifest("Service")["metadata"]["name"]
+    assert service in spec["dnsNames"] and f"{service}.default.svc" in spec["dnsNames"]
+    assert "server auth" in spec["usages"]
+    # Renewal comes before the expiry alert's 7 days, and well inside the lifetime.
+    renew_before, duration = seconds(spec["renewBefore"]), seconds(spec["duration"])
+    assert 7 * 86400 < renew_before < duration / 2
+    assert spec["privateKey"]["rotationPolicy"] == "Always"
+    if spec["privateKey"]["algorithm"] == "RSA":
+        assert spec["privateKey"]["size"] >= 2048
+    assert spec["issuerRef"]["group"] == "cert-manager.io" and spec["issuerRef"]["name"]
+
+
+def test_trust_manager_bundle_distributes_the_client_ca() -> None:
+    bundle = custom_resource("Bundle")
+    assert bundle["apiVersion"] == "trust.cert-manager.io/v1alpha1"
+    assert "namespace" not in bundle["metadata"]  # cluster-scoped
+    spec = bundle["spec"]
+    assert spec["sources"]
+    for source in spec["sources"]:
+        # The public CAs must never vouch for client identities.
+        assert not source.get("useDefaultCAs", False), source
+        assert set(source) <= {"secret", "configMap", "inLine"}, source
+    assert spec["target"]["configMap"]["key"] == "ca.crt"
+    assert spec["target"]["namespaceSelector"]["matchLabels"]
 
 
 def test_service_monitor_scrapes_the_services_metrics_port() -> None:
@@ -340,16 +490,44 @@ def test_prometheus_rule_is_the_rules_file() -> None:
     assert rule["spec"] == {"groups": rule_groups()}
 
 
+RUNBOOK = ROOT / "docs" / "runbook.md"
+RUNBOOK_URL = "https://github.com/mtlsproxy/mtlsproxy/blob/main/docs/runbook.md#"
+
+
+def markdown_anchors(text: str) -> set[str]:
+    """GitHub's anchors for the headings of a Markdown text: lower case, punctuation dropped,
+    spaces to dashes (duplicates, which GitHub numbers, are not needed here)."""
+    anchors = set()
+    for heading in re.findall(r"^#{1,6} +(.+?) *#*$", text, flags=re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
+        anchors.add(slug.replace(" ", "-"))
+    return anchors
+
+
 def test_every_alert_has_severity_summary_description_and_runbook() -> None:
     rules = alert_rules()
     assert {r["alert"] for r in rules} == EXPECTED_ALERTS and len(rules) == len(EXPECTED_ALERTS)
+    anchors = markdown_anchors(RUNBOOK.read_text(encoding="utf-8"))
+    assert "mtlsproxynosuccessfulhandshakes" in anchors
     for rule in rules:
+        annotations = rule["annotations"]
         assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
-        assert {"summary", "description", "runbook"} <= set(rule["annotations"]), rule["alert"]
-        assert "deploy/README.md#alerts" in rule["annotations"]["runbook"], rule["alert"]
+        assert {"summary", "description", "runbook", "runbook_url"} <= set(annotations)
+        # One scheme for every alert: the alert's own section of docs/runbook.md.
+        assert annotations["runbook_url"] == RUNBOOK_URL + rule["alert"].lower(), rule["alert"]
+        assert rule["alert"].lower() in anchors, f"docs/runbook.md has no {rule['alert']}"
     readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
     assert "## Alerts" in readme
     assert all(f"`{alert}`" in readme for alert in EXPECTED_ALERTS)
+
+
+def test_runbook_sections_say_meaning_first_checks_and_fixes() -> None:
+    text = RUNBOOK.read_text(encoding="utf-8")
+    sections = dict(re.findall(r"^## (\w+)\n(.*?)(?=^## |\Z)", text, re.MULTILINE | re.DOTALL))
+    assert set(sections) == EXPECTED_ALERTS
+    for alert, body in sections.items():
+        for part in ("**Meaning.**", "**First checks", "**Fixes"):
+            assert part in body, (alert, part)
 
 
 def test_promtool_check_rules(promtool: str) -> None:
@@ -369,6 +547,7 @@ def _handshakes(instance: str, result: str, values: str) -> dict[str, str]:
         "ok": ("none", "none"),
         "failed": ("client_verify", "client_cert_expired"),
         "refused": ("authorize", "identity_not_allowed"),
+        "would_refuse": ("client_certificate", "client_cert_missing"),
     }[result]
     return _series(
         "mtlsproxy_handshakes_total", values, instance=instance, listener="api",
@@ -383,8 +562,10 @@ def _alert(severity: str, **labels: str) -> dict[str, Any]:
 def test_promtool_alerts_fire_when_they_should(promtool: str, tmp_path: Path) -> None:
     """`promtool test rules` on synthetic series: instance "bad" fails a fifth of its
     handshakes and more, "dead" has no successful handshake at all, "good" is healthy but has
-    expiring certificates and CRLs, upstream errors and a failed reload. (The annotations are
-    dropped from a copy of the rules: promtool would compare every rendered annotation.)"""
+    expiring certificates and CRLs, upstream errors and a failed reload, "audit" admits every
+    client in audit mode (would_refuse only: not an outage, and not a failure). (The
+    annotations are dropped from a copy of the rules: promtool would compare every rendered
+    annotation.)"""
     groups = rule_groups()
     for group in groups:
         for rule in group["rules"]:
@@ -400,9 +581,10 @@ def test_promtool_alerts_fire_when_they_should(promtool: str, tmp_path: Path) ->
         _handshakes("good", "ok", "0+10x40"),
         _handshakes("good", "failed", "0+1x40"),
         _handshakes("dead", "failed", "0+5x40"),
+        _handshakes("audit", "would_refuse", "0+10x40"),
         *(
             _series("mtlsproxy_connections_total", "0+20x40", instance=i, listener="api")
-            for i in ("bad", "good", "dead")
+            for i in ("bad", "good", "dead", "audit")
         ),
         _series("mtlsproxy_certificate_expiry_timestamp_seconds", "259200x40", **cert,
                 role="server", subject="CN=soon"),
@@ -603,6 +785,8 @@ REQUIRED_PANELS = {
     "Client certificate remaining validity",
     "CRLs: days until nextUpdate",
     "Since last successful reload",
+    "would_refuse by reason (audit mode)",
+    "would_refuse in the time range (audit mode)",
 }
 
 
@@ -644,6 +828,20 @@ def test_dashboard_loads_and_has_the_panels() -> None:
         f"histogram_quantile({q}" for q in ("0.5", "0.95", "0.99")
     ]
     assert all("by (le, phase)" in e for e in exprs)
+
+
+def test_dashboard_follows_audit_mode_by_reason() -> None:
+    """The audit-mode panels count what enforcement would refuse, by step and reason."""
+    panels = {p["title"]: p for p in dashboard_panels()}
+    for title in (
+        "would_refuse by reason (audit mode)",
+        "would_refuse in the time range (audit mode)",
+    ):
+        (target,) = panels[title]["targets"]
+        expr = target["expr"]
+        assert 'result="would_refuse"' in expr, title
+        assert re.search(r"sum by \([^)]*\bstep\b[^)]*\breason\b[^)]*\)", expr), title
+        assert "mtlsproxy_handshakes_total{" in expr, title
 
 
 def test_dashboard_queries_are_valid_promql(promtool: str, tmp_path: Path) -> None:
