@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mtlsproxy.config import Config, ConfigError, load_config
+from mtlsproxy.config import Config, load_config
 from mtlsproxy.metrics import Metrics
 from mtlsproxy.pki import PkiFiles
 from tests.proxy.harness import Client, RunningProxy, Upstream, eventually, start_proxy
@@ -72,20 +72,7 @@ def seconds(duration: str) -> float:
 
 
 def load_deploy_config(path: Path) -> Config:
-    """Load a deployment's config. ``timeouts.shutdown_delay`` is a key that a loader not
-    knowing it yet rejects as unknown: then it is checked for its format here and dropped,
-    and everything else must still load."""
-    try:
-        return load_config(path)
-    except ConfigError as error:
-        if not all("shutdown_delay" in str(problem) for problem in error.problems):
-            raise
-    text = path.read_text(encoding="utf-8")
-    delays = re.findall(r",? *shutdown_delay: *([^,}\s]+)", text)
-    assert delays, "the loader rejected a shutdown_delay that is not in the file"
-    for delay in delays:
-        seconds(delay)
-    path.write_text(re.sub(r",? *shutdown_delay: *[^,}\s]+", "", text), encoding="utf-8")
+    """Load a deployment's config as the proxy would."""
     return load_config(path)
 
 
@@ -203,8 +190,7 @@ def test_embedded_config_loads(pki: PkiFiles, tmp_path: Path) -> None:
 
     (listener,) = config.listeners
     assert (listener.host, listener.port) == ("127.0.0.1", 0)
-    if hasattr(listener.timeouts, "shutdown_delay"):
-        assert listener.timeouts.shutdown_delay == 5.0
+    assert listener.timeouts.shutdown_delay == 5.0
     assert listener.timeouts.drain == 20.0
     route = listener.default_route
     assert route.client_auth.mode == "require"

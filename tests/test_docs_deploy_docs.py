@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mtlsproxy.engine.errors import Reason, Step
 from mtlsproxy.metrics import Metrics
+from mtlsproxy.vocabulary.failures import Reason, Step
 from tests.test_deploy import (
     DASHBOARD,
     DEPLOY,
