@@ -28,9 +28,10 @@ import shutil
 import signal
 import sys
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
-from mtlsproxy import logs
+from mtlsproxy import __version__, logs
 from mtlsproxy.config.model import Config
 
 # A worker that dies is restarted after this delay, doubled on each quick death (a worker that
@@ -60,7 +61,11 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop, signum)
         loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
-        admin = AdminServer(self._exposition, self.is_ready)
+        admin = AdminServer(
+            self._exposition,
+            self.is_ready,
+            {b"/certs": self._certificates, b"/status": self._status},
+        )
         if self.config.metrics.enabled:
             await admin.start(self.config.metrics.host, self.config.metrics.port)
             logs.event(
@@ -134,6 +139,38 @@ class Supervisor:
         ProcessCollector(registry=registry)  # the supervisor's own process_* series
         multiprocess.MultiProcessCollector(registry, path=str(self.multiprocess_dir))
         return generate_latest(registry)
+
+    def _certificates(self) -> dict:
+        """``/certs``: the workers load what the config file names; read it as they do."""
+        from mtlsproxy.config import ConfigError, load_config
+        from mtlsproxy.routing.inventory import certificates_document
+        from mtlsproxy.routing.routes import RouteTable
+
+        try:
+            config = load_config(self.config.source)
+            tables = [(li.name, RouteTable.for_listener(li)) for li in config.listeners]
+        except (ConfigError, ValueError, OSError) as error:
+            return {"error": f"the config or its files do not load: {error}"}
+        return certificates_document(tables, datetime.now(UTC))
+
+    def _status(self) -> dict:
+        """``/status``: the supervisor and each worker slot."""
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "config": str(self.config.source),
+            "ready": self.is_ready(),
+            "draining": self._draining,
+            "workers": [
+                {
+                    "slot": slot,
+                    "pid": process.pid,
+                    "running": process.returncode is None,
+                    "ready": slot in self._ready,
+                }
+                for slot, process in sorted(self.workers.items())
+            ],
+        }
 
     def _forward(self, signum: int) -> None:
         for process in self.workers.values():

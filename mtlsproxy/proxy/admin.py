@@ -1,15 +1,18 @@
-"""The admin endpoint: ``/metrics`` (Prometheus text), ``/healthz`` and ``/readyz``.
+"""The admin endpoint: ``/metrics`` (Prometheus text), ``/healthz``, ``/readyz``, and JSON
+documents of what is loaded and running (``/certs``, ``/status``).
 
 A deliberately tiny HTTP/1.1 server on asyncio streams: one GET per connection, request head
-bounded, answered and closed. It serves scrapes and probes, nothing else.
+bounded, answered and closed. It serves scrapes, probes and operators, nothing else, and says
+nothing secret: the documents hold public certificates' fields and counters, never a key.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -22,10 +25,22 @@ _REQUEST_LINE = re.compile(rb"([A-Z]{1,16}) (/[!-~]*) HTTP/1\.[01]")
 _BAD_REQUEST = ("400 Bad Request", "text/plain", b"bad request\n")
 
 
+Document = Callable[[], object]
+
+
 class AdminServer:
-    def __init__(self, exposition: Callable[[], bytes], ready: Callable[[], bool]) -> None:
+    """``documents`` maps a path (``b"/certs"``) to what its JSON body is made of, built on
+    each request."""
+
+    def __init__(
+        self,
+        exposition: Callable[[], bytes],
+        ready: Callable[[], bool],
+        documents: Mapping[bytes, Document] | None = None,
+    ) -> None:
         self._exposition = exposition
         self._ready = ready
+        self._documents = dict(documents or {})
         self.server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -80,4 +95,8 @@ class AdminServer:
             if self._ready():
                 return (method, "200 OK", "text/plain", b"ready\n")
             return (method, "503 Service Unavailable", "text/plain", b"not ready\n")
+        document = self._documents.get(path)
+        if document is not None:
+            body = json.dumps(document(), indent=2, sort_keys=True).encode() + b"\n"
+            return (method, "200 OK", "application/json", body)
         return (method, "404 Not Found", "text/plain", b"not found\n")

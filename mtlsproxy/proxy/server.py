@@ -11,15 +11,17 @@ import signal
 import ssl
 import time
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
-from mtlsproxy import logs
+from mtlsproxy import __version__, logs
 from mtlsproxy.config import ConfigError, load_config_with_warnings
 from mtlsproxy.config.files import check_files
 from mtlsproxy.config.model import Config, Listener
 from mtlsproxy.metrics import Metrics
 from mtlsproxy.proxy.admin import AdminServer
 from mtlsproxy.proxy.listener import ListenerRuntime
+from mtlsproxy.routing.inventory import certificates_document
 from mtlsproxy.routing.routes import RouteTable
 
 FileDigests = dict[Path, bytes | None]
@@ -47,7 +49,11 @@ class Proxy:
             )
             for listener in config.listeners
         ]
-        self.admin = AdminServer(self.metrics.exposition, self.is_ready)
+        self.admin = AdminServer(
+            self.metrics.exposition,
+            self.is_ready,
+            {b"/certs": self.certificates_document, b"/status": self.status_document},
+        )
         self._digests = {
             runtime.name: _digests(runtime.watched_files()) for runtime in self.listeners
         }
@@ -56,11 +62,41 @@ class Proxy:
         self._config_polled = self._config_digest
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
+        self._started_at = time.time()
+        self._last_reload: dict[str, object] | None = None
         self._draining = False
         self._stopped = asyncio.Event()
 
     def is_ready(self) -> bool:
         return self._started and not self._draining
+
+    def certificates_document(self) -> dict:
+        """``/certs``: what every listener's routes have loaded now."""
+        tables = [(runtime.name, runtime.routes) for runtime in self.listeners]
+        return certificates_document(tables, datetime.now(UTC))
+
+    def status_document(self) -> dict:
+        """``/status``: the process, its listeners and the last reload."""
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "config": str(self.config.source),
+            "ready": self.is_ready(),
+            "draining": self._draining,
+            "uptime_seconds": round(time.time() - self._started_at, 3),
+            "listeners": [
+                {
+                    "name": runtime.name,
+                    "address": f"{runtime.config.host}:{runtime.port}",
+                    "engine": str(runtime.config.engine),
+                    "accepting": not runtime.draining,
+                    "active_connections": len(runtime.connections),
+                    "routes": [route.name for route in runtime.routes.all_routes()],
+                }
+                for runtime in self.listeners
+            ],
+            "last_reload": self._last_reload,
+        }
 
     async def start(self) -> None:
         for runtime in self.listeners:
@@ -224,11 +260,19 @@ class Proxy:
         return replace(config, metrics=old.metrics, workers=old.workers)
 
     def _reload_succeeded(self, trigger: str, **fields: str) -> None:
+        self._last_reload = {"trigger": trigger, "result": "ok", "at": _now_text(), **fields}
         self.metrics.config_reloads.labels(trigger, "ok").inc()
         self.metrics.last_reload_success.set(time.time())
         logs.event(logging.INFO, f"reloaded ({trigger})", **fields)
 
     def _reload_failed(self, trigger: str, reason: str, **fields: str) -> None:
+        self._last_reload = {
+            "trigger": trigger,
+            "result": "failed",
+            "at": _now_text(),
+            "reason": reason,
+            **fields,
+        }
         self.metrics.config_reloads.labels(trigger, "failed").inc()
         logs.event(
             logging.ERROR, f"reload refused ({trigger}), still serving the old: {reason}", **fields
@@ -276,6 +320,10 @@ def _build_routes(config: Config) -> list[RouteTable]:
         return [RouteTable.for_listener(listener) for listener in config.listeners]
     except (ssl.SSLError, ValueError, OSError) as error:
         raise ReloadRefused(f"cannot load the TLS material: {error}") from error
+
+
+def _now_text() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _metrics_address(config: Config) -> str:
