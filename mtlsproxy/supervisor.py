@@ -31,7 +31,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mtlsproxy import __version__, logs
+from mtlsproxy import logs
 from mtlsproxy.config.model import Config
 
 # A worker that dies is restarted after this delay, doubled on each quick death (a worker that
@@ -155,12 +155,10 @@ class Supervisor:
 
     def _status(self) -> dict:
         """``/status``: the supervisor and each worker slot."""
+        from mtlsproxy.proxy.admin import process_status
+
         return {
-            "version": __version__,
-            "pid": os.getpid(),
-            "config": str(self.config.source),
-            "ready": self.is_ready(),
-            "draining": self._draining,
+            **process_status(self.config.source, ready=self.is_ready(), draining=self._draining),
             "workers": [
                 {
                     "slot": slot,

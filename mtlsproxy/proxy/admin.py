@@ -11,10 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from mtlsproxy import __version__
 
 # A probe or scrape request head is a few hundred bytes; 8 KiB is Apache's per-line limit.
 MAX_REQUEST_HEAD = 8 * 1024
@@ -26,6 +30,17 @@ _BAD_REQUEST = ("400 Bad Request", "text/plain", b"bad request\n")
 
 
 Document = Callable[[], object]
+
+
+def process_status(source: Path, *, ready: bool, draining: bool) -> dict[str, object]:
+    """The fields every ``/status`` starts with: which build, which process, which config."""
+    return {
+        "version": __version__,
+        "pid": os.getpid(),
+        "config": str(source),
+        "ready": ready,
+        "draining": draining,
+    }
 
 
 class AdminServer:

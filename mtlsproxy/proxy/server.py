@@ -14,12 +14,12 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mtlsproxy import __version__, logs
+from mtlsproxy import logs
 from mtlsproxy.config import ConfigError, load_config_with_warnings
 from mtlsproxy.config.files import check_files
 from mtlsproxy.config.model import Config, Listener
 from mtlsproxy.metrics import Metrics
-from mtlsproxy.proxy.admin import AdminServer
+from mtlsproxy.proxy.admin import AdminServer, process_status
 from mtlsproxy.proxy.listener import ListenerRuntime
 from mtlsproxy.routing.inventory import certificates_document
 from mtlsproxy.routing.routes import RouteTable
@@ -78,11 +78,7 @@ class Proxy:
     def status_document(self) -> dict:
         """``/status``: the process, its listeners and the last reload."""
         return {
-            "version": __version__,
-            "pid": os.getpid(),
-            "config": str(self.config.source),
-            "ready": self.is_ready(),
-            "draining": self._draining,
+            **process_status(self.config.source, ready=self.is_ready(), draining=self._draining),
             "uptime_seconds": round(time.time() - self._started_at, 3),
             "listeners": [
                 {
