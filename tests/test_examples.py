@@ -225,3 +225,14 @@ def test_native_http_example_forwards_the_identity(checkout: Path, serve) -> Non
     assert f"URI={FRONTEND}" in head and "x-forwarded-client-cert:" in head.lower()
     assert f"x-ssl-client-spiffe-id: {FRONTEND}" in head.lower()
     assert exchange(checkout, "client-other", http=True) == b""
+
+
+def test_the_readme_configuration_reference_passes_check(checkout: Path) -> None:
+    """The reference block, saved next to the examples, is a valid config as written."""
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"## Configuration reference\s*```yaml\n(.*?)```", text, re.DOTALL)
+    assert block is not None
+    (checkout / "config" / "reference.yaml").write_text(block.group(1))
+    result = run("mtlsproxy check -c config/reference.yaml", checkout)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip().endswith(": ok")

@@ -75,7 +75,7 @@ _SIZE_UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 _BUFFER_MIN, _BUFFER_MAX = 16 << 10, 64 << 20
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes on Linux, with the terminating NUL
 _LOG_LEVELS = ("debug", "info", "warning", "error")
-_TIMEOUTS = ("handshake", "connect", "idle", "drain", "shutdown_delay")
+_TIMEOUTS = ("handshake", "connect", "idle", "drain")
 _WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 # A listener's settings start from this; a required key that is missing or wrong (and already
@@ -321,6 +321,21 @@ def _route_name_from(sni: str) -> str:
 
 def _duration(node: Node) -> float:
     """Seconds, from ``500ms``, ``10s``, ``5m``, ``1h`` or a plain number of seconds."""
+    seconds = _seconds(node)
+    if not 0 < seconds < float("inf"):
+        raise _Invalid(f"{node.value!r} must be a duration greater than zero")
+    return seconds
+
+
+def _delay(node: Node) -> float:
+    """A duration that may be zero (off)."""
+    seconds = _seconds(node)
+    if not 0 <= seconds < float("inf"):
+        raise _Invalid(f"{node.value!r} must be a duration of zero or more")
+    return seconds
+
+
+def _seconds(node: Node) -> float:
     if isinstance(node, ScalarNode) and node.tag in (_INT, _FLOAT):
         number = (
             _SCALARS.construct_yaml_float if node.tag == _FLOAT else _SCALARS.construct_yaml_int
@@ -332,8 +347,6 @@ def _duration(node: Node) -> float:
         if not match:
             raise _Invalid(f"{text!r} is not a duration like 500ms, 10s, 5m or 1h")
         seconds = float(match[1]) * _DURATION_UNITS[match[2]]
-    if not 0 < seconds < float("inf"):
-        raise _Invalid(f"{node.value!r} must be a duration greater than zero")
     return seconds
 
 
@@ -567,7 +580,13 @@ class _Parser:
                 "upstream": self.upstream,
                 "forward_identity": self.forward_identity,
                 "routes": _keep_node,
-                "timeouts": self.section(Timeouts, dict.fromkeys(_TIMEOUTS, _leaf(_duration))),
+                "timeouts": self.section(
+                    Timeouts,
+                    {
+                        **dict.fromkeys(_TIMEOUTS, _leaf(_duration)),
+                        "shutdown_delay": _leaf(_delay),
+                    },
+                ),
                 "limits": self.section(
                     Limits,
                     {"max_connections": _leaf(_positive_int), "buffer_size": _leaf(_buffer_size)},

@@ -124,3 +124,10 @@ def test_audit_mode_on_openssl_says_what_it_cannot_admit(
     if warned:
         assert "a certificate that fails verification" in warnings[0]
         assert "engine: native" in warnings[0]
+
+
+def test_shutdown_delay_may_be_zero_but_not_negative(base: Path) -> None:
+    zero = HEAD + "    timeouts: {shutdown_delay: 0s}\n"
+    assert load(base, zero) == ([], [])
+    (error,) = load(base, HEAD + "    timeouts: {shutdown_delay: -1}\n")[0]
+    assert "timeouts.shutdown_delay" in error and "zero or more" in error
