@@ -29,7 +29,7 @@ from mtlsproxy.engine.events import (
     ProtocolError,
 )
 from mtlsproxy.engine.interface import Engine
-from mtlsproxy.forwarding.http import HTTPRefused
+from mtlsproxy.forwarding.http.request import HTTPRefused
 from mtlsproxy.proxy.identity import PASSTHROUGH, plan
 from mtlsproxy.proxy.upstream import open_upstream
 

@@ -14,13 +14,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from mtlsproxy.config.model import ForwardIdentity, IdentityForwarding
 from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.events import HandshakeComplete
-from mtlsproxy.forwarding.http import (
-    SANITIZED_HEADERS,
-    RequestRewriter,
-    ResponseTracker,
-    UpgradeDecision,
-    identity_headers,
-)
+from mtlsproxy.forwarding.http.headers import SANITIZED_HEADERS, identity_headers
+from mtlsproxy.forwarding.http.request import RequestRewriter
+from mtlsproxy.forwarding.http.response import ResponseTracker, UpgradeDecision
 from mtlsproxy.forwarding.proxy_protocol import encode_v2
 from mtlsproxy.forwarding.tls_info import Address, ForwardedTLS
 from mtlsproxy.routing.routes import ServerRoute
