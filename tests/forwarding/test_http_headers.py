@@ -9,8 +9,14 @@ from urllib.parse import unquote
 import pytest
 from cryptography import x509
 
+from mtlsproxy.config.model import HEADER_FIELDS, XFCC_FIELDS
 from mtlsproxy.forwarding import ForwardedTLS
-from mtlsproxy.forwarding.http.headers import NGINX_STYLE_HEADERS, identity_headers, xfcc_value
+from mtlsproxy.forwarding.http.headers import (
+    NGINX_STYLE_HEADERS,
+    identity_field,
+    identity_headers,
+    xfcc_value,
+)
 from mtlsproxy.forwarding.http.request import RequestRewriter
 from tests.forwarding.support import SPIFFE_ID, Certs, forwarded
 
@@ -85,3 +91,11 @@ def test_nginx_style_headers(certs: Certs) -> None:
     headers = identity_headers(info, headers=NGINX_STYLE_HEADERS, xfcc_fields=("hash",))
     assert [name for name, _ in headers][:2] == ["X-Forwarded-Client-Cert", "X-SSL-Client-Verify"]
     assert identity_headers(info, xfcc_fields=None) == []
+
+
+def test_every_configurable_field_is_known(certs: Certs) -> None:
+    """The configuration's field names (the one definition) are the ones the headers serve."""
+    info = forwarded(certs)
+    assert xfcc_value(info, fields=XFCC_FIELDS) is not None
+    for field in HEADER_FIELDS:
+        assert identity_field(info, field) is not None

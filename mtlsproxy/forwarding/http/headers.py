@@ -7,7 +7,7 @@ first drops every field the client sent under a name this module can inject
 an anonymous client gets no XFCC, so it must not be able to send one either.
 
 Two formats, for the two kinds of upstream that exist: Envoy's ``X-Forwarded-Client-Cert``
-(``xfcc_value``, fields from ``XFCC_FIELDS``) and nginx-style
+(``xfcc_value``, fields from the configuration's ``XFCC_FIELDS``) and nginx-style
 single-value headers (``identity_field``, ``X-SSL-Client-Verify`` and friends). Values are made
 header-safe here (percent-encoding), since certificate names may hold any character.
 """
@@ -20,6 +20,7 @@ from urllib.parse import quote
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from mtlsproxy.config.model import DEFAULT_XFCC_FIELDS, XFCC_FIELDS
 from mtlsproxy.forwarding.tls_info import ForwardedTLS
 
 XFCC = "X-Forwarded-Client-Cert"
@@ -40,11 +41,6 @@ SANITIZED_HEADERS: frozenset[str] = frozenset(
 )
 """Removed from every request by default: every name this module can inject, whether or not
 it injects it on this connection."""
-
-XFCC_FIELDS: frozenset[str] = frozenset({"by", "hash", "subject", "uri", "dns", "cert"})
-DEFAULT_XFCC_FIELDS: tuple[str, ...] = ("by", "hash", "subject", "uri", "dns")
-"""Envoy's ``forward_client_cert_details: SANITIZE_SET`` with ``set_current_client_cert_details``
-of Subject, URI and DNS (and Envoy always adds By and Hash)."""
 
 
 def _header_safe(text: str) -> str:
@@ -74,7 +70,9 @@ def xfcc_value(
 
     ``fields`` selects from ``by`` (our own URI SAN, given as ``by``), ``hash`` (SHA-256 of the
     leaf DER, hex), ``subject`` (RFC 4514, always quoted as Envoy does), ``uri`` and ``dns``
-    (one pair per SAN), ``cert`` (the URL-encoded PEM, quoted). Keys in Envoy's order.
+    (one pair per SAN), ``cert`` (the URL-encoded PEM, quoted). Keys in Envoy's order. The
+    default is Envoy's ``forward_client_cert_details: SANITIZE_SET`` with
+    ``set_current_client_cert_details`` of Subject, URI and DNS (Envoy always adds By and Hash).
     """
     unknown = set(fields).difference(XFCC_FIELDS)
     if unknown:
