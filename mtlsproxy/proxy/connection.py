@@ -30,7 +30,7 @@ from mtlsproxy.engine.events import (
 )
 from mtlsproxy.engine.interface import Engine
 from mtlsproxy.forwarding.http.request import HTTPRefused
-from mtlsproxy.proxy.identity import PASSTHROUGH, plan
+from mtlsproxy.forwarding.plan import PASSTHROUGH, plan
 from mtlsproxy.proxy.upstream import open_upstream
 
 if TYPE_CHECKING:

@@ -8,5 +8,5 @@ passes unchanged, only to learn whether an Upgrade/CONNECT request was accepted:
 the rewriter holds what the client sent after it, because only an accepted upgrade makes those
 bytes another protocol rather than more requests to rewrite.
 
-``proxy.identity.Forwarding`` wires the three together for one connection.
+``forwarding.plan.Forwarding`` wires the three together for one connection.
 """

@@ -108,7 +108,7 @@ class ResponseTracker:
     Bounded: content is skipped without being buffered; at most ``max_head_bytes`` of a head,
     chunk line or trailer section are kept, and at most ``max_outstanding`` requests queued.
 
-    Wiring::
+    Wiring (``forwarding.plan.Forwarding`` is this, for the proxy)::
 
         tracker = ResponseTracker()
         early: list[UpgradeDecision] = []
