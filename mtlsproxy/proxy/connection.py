@@ -15,9 +15,10 @@ import errno
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from mtlsproxy import logs
+from mtlsproxy.config.model import Limits, Timeouts
 from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.events import (
     ApplicationData,
@@ -34,14 +35,37 @@ from mtlsproxy.forwarding.plan import PASSTHROUGH, plan
 from mtlsproxy.proxy.upstream import open_upstream
 
 if TYPE_CHECKING:
-    from mtlsproxy.proxy.listener import ListenerRuntime
     from mtlsproxy.routing.routes import ServerRoute
 
 
-class ClientConnection(asyncio.Protocol):
-    """The downstream (client) side of one proxied connection."""
+class ListenerView(Protocol):
+    """What a connection needs from the listener that accepted it (``ListenerRuntime``): its
+    settings, an engine, a place in its connection count, and where observations go. Defined
+    here so that the listener, which creates connections, is the only one of the two that
+    imports the other."""
 
-    def __init__(self, runtime: ListenerRuntime) -> None:
+    name: str
+    timeouts: Timeouts
+    limits: Limits
+
+    def new_engine(self, peer: str) -> Engine: ...
+    def admit_connection(self, connection: ClientConnection) -> bool: ...
+    def release_connection(self, connection: ClientConnection) -> None: ...
+    def observe_handshake(
+        self, peer: str, hello: ClientHello | None, event: HandshakeComplete | HandshakeFailed
+    ) -> None: ...
+    def observe_connection(self, record: logs.AccessRecord) -> None: ...
+    def observe_upstream_connect(self, route: str, seconds: float) -> None: ...
+    def observe_upstream_error(self, route: str, reason: str) -> None: ...
+    def observe_refused_request(self, route: str, detail: str) -> None: ...
+    def count_bytes(self, direction: str, count: int) -> None: ...
+
+
+class ClientConnection(asyncio.Protocol):
+    """The downstream (client) side of one proxied connection; the ``UpstreamOwner`` of its
+    upstream connection."""
+
+    def __init__(self, runtime: ListenerView) -> None:
         self._runtime = runtime
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
@@ -295,8 +319,8 @@ class ClientConnection(asyncio.Protocol):
         self._refused_request = None
         self._close(abort=False, end="http_refused")
 
-    def from_upstream(self, data: bytes) -> None:
-        """UpstreamProtocol: the upstream sent ``data`` for the client."""
+    def upstream_data(self, data: bytes) -> None:
+        """UpstreamOwner: the upstream sent ``data`` for the client."""
         if self._closed or self._engine is None:
             return
         if not self._engine.handshake_complete:
@@ -327,7 +351,7 @@ class ClientConnection(asyncio.Protocol):
             self.resume_client_reading()
 
     def upstream_eof(self) -> None:
-        """UpstreamProtocol: the upstream will send no more; tell the client, keep reading it."""
+        """UpstreamOwner: the upstream will send no more; tell the client, keep reading it."""
         self._upstream_done = True
         if self._closed or self._engine is None or self._transport is None:
             return
@@ -342,13 +366,20 @@ class ClientConnection(asyncio.Protocol):
             self._transport.write_eof()
 
     def upstream_lost(self, exc: Exception | None) -> None:
-        """UpstreamProtocol: the upstream connection is gone."""
+        """UpstreamOwner: the upstream connection is gone."""
         self._upstream = None
         if exc is not None:
             route = self._engine.route if self._engine else None
             self._runtime.observe_upstream_error(route.name if route else "none", "reset")
         if not self._closed:
             self._close(abort=exc is not None, end="upstream_reset" if exc else "upstream_closed")
+
+    def upstream_backpressure(self, full: bool) -> None:
+        """UpstreamOwner: the upstream reads slower than the client writes."""
+        if full:
+            self.pause_client_reading()
+        else:
+            self.resume_client_reading()
 
     def pause_client_reading(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
