@@ -8,8 +8,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 import mtlsproxy
 
 PACKAGE = Path(mtlsproxy.__file__).parent
@@ -99,7 +97,6 @@ def test_imports_point_down() -> None:
     assert upward == KNOWN_VIOLATIONS, sorted(upward ^ KNOWN_VIOLATIONS)
 
 
-@pytest.mark.xfail(strict=True, reason="connection <-> listener <-> upstream, being split")
 def test_the_proxy_package_has_no_import_circle() -> None:
     graph = {m: {t for t in ts if t.startswith("mtlsproxy.proxy")} for m, ts in _graph().items()}
     proxy = {m for m in graph if m.startswith("mtlsproxy.proxy")}

@@ -28,6 +28,7 @@ from mtlsproxy.config.model import (
     XFCC_FIELDS,
     CertificateKeyPair,
     Config,
+    EngineKind,
     ForwardIdentity,
     IdentityForwarding,
     Limits,
@@ -385,7 +386,7 @@ def _allow_pattern(kind: AllowKind, node: Node) -> str:
 
 
 _listen_address = partial(_address, zero_port=True)
-_engine = _one_of(("openssl", "native"))
+_engine = _one_of(EngineKind)
 _forward_identity_mode = _one_of(ForwardIdentity)
 
 
@@ -618,7 +619,7 @@ class _Parser:
             name=own.get("name", ""),
             host=host,
             port=port,
-            engine=own.get("engine", "openssl"),
+            engine=own.get("engine", EngineKind.OPENSSL),
             default_route=default,
             routes=() if routes is _Failed.FAILED else routes,
             **{k: own[k] for k in ("timeouts", "limits") if k in own},

@@ -14,6 +14,13 @@ class TLSVersion(enum.StrEnum):
     TLS1_3 = "1.3"
 
 
+class EngineKind(enum.StrEnum):
+    """The handshake engine of a listener (README, "Handshake engines")."""
+
+    OPENSSL = "openssl"  # ssl.SSLObject over memory BIOs
+    NATIVE = "native"  # our TLS 1.3 server on ``cryptography``; TLS 1.2 handed to OpenSSL
+
+
 class ForwardIdentity(enum.StrEnum):
     NONE = "none"
     PROXY_PROTOCOL_V2 = "proxy_protocol_v2"
@@ -120,7 +127,7 @@ class Listener:
     name: str
     host: str
     port: int
-    engine: str  # "openssl" (the native engine comes with its own issue)
+    engine: EngineKind
     default_route: Route
     routes: tuple[Route, ...] = ()
     timeouts: Timeouts = field(default_factory=Timeouts)

@@ -1,8 +1,8 @@
 """What the forwarders tell the upstream about one admitted TLS connection.
 
 Built once per connection by the proxy from ``HandshakeComplete`` and the socket addresses, read
-by both forwarders (``proxy_protocol.encode_v2`` and ``http.identity_headers``), so the PROXY
-header and the HTTP headers can never disagree.
+by both forwarders (``proxy_protocol.encode_v2`` and ``http.headers.identity_headers``), so the
+PROXY header and the HTTP headers can never disagree.
 
 The algorithm names follow HAProxy, whose PROXY v2 TLVs the upstreams already parse:
 ``PP2_SUBTYPE_SSL_SIG_ALG`` is OpenSSL's short name of the certificate's signature algorithm

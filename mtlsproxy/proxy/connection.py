@@ -2,22 +2,30 @@
 
 Flow control couples the two sides (uvicorn ``FlowControl``, mitmproxy ``drain_writers``): when
 one side's write buffer passes ``limits.buffer_size`` the other side stops being read, so memory
-per connection stays bounded whatever the peers do. Half-close travels both ways: the client's
-close_notify (or FIN) becomes a FIN to the upstream; the upstream's FIN becomes close_notify +
-FIN to the client; the connection ends when both directions are done.
+per connection stays bounded whatever the peers do. Reading the client also stops while the
+upstream connects and, in HTTP mode, while an Upgrade or a refusal waits for the upstream; each
+of those is a separate cause in a ``flow.ReadGate``, so one ending never undoes another.
+
+Half-close travels both ways: the client's close_notify (or FIN) becomes a FIN to the upstream;
+the upstream's FIN becomes close_notify + FIN to the client; the connection ends when both
+directions are done. It ends once, with an ``EndReason`` for the access log, either by
+``_finish`` (what is buffered is still written, the client gets close_notify) or by ``_abort``
+(both sockets dropped at once: a reset, a protocol error, a bug).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import errno
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from mtlsproxy import logs
+from mtlsproxy.config.model import Limits, Timeouts
 from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.events import (
     ApplicationData,
@@ -29,19 +37,59 @@ from mtlsproxy.engine.events import (
     ProtocolError,
 )
 from mtlsproxy.engine.interface import Engine
-from mtlsproxy.forwarding.http import HTTPRefused
-from mtlsproxy.proxy.identity import PASSTHROUGH, plan
+from mtlsproxy.forwarding.http.request import HTTPRefused
+from mtlsproxy.forwarding.plan import PASSTHROUGH, plan
+from mtlsproxy.proxy.flow import Pause, ReadGate
 from mtlsproxy.proxy.upstream import open_upstream
 
 if TYPE_CHECKING:
-    from mtlsproxy.proxy.listener import ListenerRuntime
     from mtlsproxy.routing.routes import ServerRoute
 
 
-class ClientConnection(asyncio.Protocol):
-    """The downstream (client) side of one proxied connection."""
+class EndReason(enum.StrEnum):
+    """Why a connection ended: the access log's ``end``."""
 
-    def __init__(self, runtime: ListenerRuntime) -> None:
+    CLOSED = "closed"  # both directions done (close_notify or FIN each way)
+    CLIENT_GONE = "client_gone"  # the client's socket went away, or its TLS session ended
+    HANDSHAKE_FAILED = "handshake_failed"  # refused or failed before any byte went upstream
+    TLS_ERROR = "tls_error"  # the established session broke (bad record, the client's alert)
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"  # connecting upstream failed or timed out
+    UPSTREAM_CLOSED = "upstream_closed"  # the upstream connection closed before both were done
+    UPSTREAM_RESET = "upstream_reset"  # the upstream connection failed (reset, error)
+    HTTP_REFUSED = "http_refused"  # HTTP mode: a request with ambiguous framing, answered 400
+    IDLE_TIMEOUT = "idle_timeout"  # no byte either way for ``timeouts.idle``
+    DRAIN_TIMEOUT = "drain_timeout"  # still open when the shutdown's drain time ran out
+    INTERNAL_ERROR = "internal_error"  # a bug while connecting upstream
+
+
+class ListenerView(Protocol):
+    """What a connection needs from the listener that accepted it (``ListenerRuntime``): its
+    settings, an engine, a place in its connection count, and where observations go. Defined
+    here so that the listener, which creates connections, is the only one of the two that
+    imports the other."""
+
+    name: str
+    timeouts: Timeouts
+    limits: Limits
+
+    def new_engine(self, peer: str) -> Engine: ...
+    def admit_connection(self, connection: ClientConnection) -> bool: ...
+    def release_connection(self, connection: ClientConnection) -> None: ...
+    def observe_handshake(
+        self, peer: str, hello: ClientHello | None, event: HandshakeComplete | HandshakeFailed
+    ) -> None: ...
+    def observe_connection(self, record: logs.AccessRecord) -> None: ...
+    def observe_upstream_connect(self, route: str, seconds: float) -> None: ...
+    def observe_upstream_error(self, route: str, reason: str) -> None: ...
+    def observe_refused_request(self, route: str, detail: str) -> None: ...
+    def count_bytes(self, direction: str, count: int) -> None: ...
+
+
+class ClientConnection(asyncio.Protocol):
+    """The downstream (client) side of one proxied connection; the ``UpstreamOwner`` of its
+    upstream connection."""
+
+    def __init__(self, runtime: ListenerView) -> None:
         self._runtime = runtime
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
@@ -54,9 +102,11 @@ class ClientConnection(asyncio.Protocol):
         self._forwarding = PASSTHROUGH  # forward_identity: PROXY v2 preamble, HTTP rewriter
         self._refused_request: HTTPRefused | None = None
         self._refusal_timer: asyncio.TimerHandle | None = None
+        self._client_reading = ReadGate()
+        self._upstream_reading = ReadGate()
         self._client_done = False  # the client sent close_notify or FIN
         self._upstream_done = False  # the upstream sent FIN
-        self._closed = False
+        self._end: EndReason | None = None  # why the connection ended; None while it is open
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._last_activity = self._loop.time()
@@ -64,7 +114,6 @@ class ClientConnection(asyncio.Protocol):
         # For the access log line at close.
         self._outcome: HandshakeComplete | HandshakeFailed | None = None
         self._bytes_in = self._bytes_out = 0
-        self._end = "client_gone"  # why the connection ended; set where it is ended
         self._upstream_address: str | None = None
         self._quickack_set = False
 
@@ -77,8 +126,8 @@ class ClientConnection(asyncio.Protocol):
         self._peer = _format_address(peer)
         if not self._runtime.admit_connection(self):
             transport.abort()
-            self._closed = True
             return
+        self._client_reading.attach(transport)
         transport.set_write_buffer_limits(high=self._runtime.limits.buffer_size)
         self._engine = self._runtime.new_engine(self._peer)
         self._handshake_timer = self._loop.call_later(
@@ -86,20 +135,19 @@ class ClientConnection(asyncio.Protocol):
         )
 
     def data_received(self, data: bytes) -> None:
-        if self._engine is None or self._closed:
+        if self._engine is None or self._end is not None:
             return
         self._last_activity = self._loop.time()
         self._handle(self._engine.receive(data))
 
     def eof_received(self) -> bool:
-        if self._engine is not None and not self._closed:
+        if self._engine is not None and self._end is None:
             self._handle(self._engine.receive_eof())
         return True  # keep our side writable: the upstream may still be answering
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self._closed:
-            self._close(abort=True)
-        if self._engine is not None:  # admitted: it gets its access log line
+        self._abort(EndReason.CLIENT_GONE)  # unless it already ended
+        if self._engine is not None and self._end is not None:  # admitted: its access log line
             record = logs.AccessRecord(
                 listener=self._runtime.name,
                 engine=self._engine.name,
@@ -109,19 +157,18 @@ class ClientConnection(asyncio.Protocol):
                 bytes_in=self._bytes_in,
                 bytes_out=self._bytes_out,
                 duration=time.monotonic() - self._opened,
-                end=self._end,
+                end=self._end.value,
                 upstream=self._upstream_address,
             )
             self._runtime.observe_connection(record)
         self._runtime.release_connection(self)
 
+    # The client reads slower than the upstream writes: stop reading the upstream.
     def pause_writing(self) -> None:
-        if self._upstream is not None:
-            self._upstream.pause_reading()
+        self._upstream_reading.pause(Pause.CLIENT_FULL)
 
     def resume_writing(self) -> None:
-        if self._upstream is not None and not self._upstream.is_closing():
-            self._upstream.resume_reading()
+        self._upstream_reading.resume(Pause.CLIENT_FULL)
 
     # Engine events
 
@@ -140,7 +187,7 @@ class ClientConnection(asyncio.Protocol):
                 self._on_client_closed(event.clean)
             elif isinstance(event, ProtocolError):
                 logs.event(logging.INFO, "tls error", peer=self._peer, detail=event.detail)
-                self._close(abort=True, end="tls_error")
+                self._abort(EndReason.TLS_ERROR)
 
     def _flush(self) -> None:
         assert self._engine is not None and self._transport is not None
@@ -178,7 +225,7 @@ class ClientConnection(asyncio.Protocol):
             _address(self._transport.get_extra_info("sockname")),
         )  # fmt: skip
         # Nothing more is read from the client until the upstream is there to take it.
-        self._transport.pause_reading()
+        self._client_reading.pause(Pause.CONNECTING)
         self._upstream_task = self._loop.create_task(self._connect_upstream(route))
         self._schedule_idle_check()
 
@@ -186,11 +233,11 @@ class ClientConnection(asyncio.Protocol):
         self._outcome = event
         self._cancel_handshake_timer()
         self._runtime.observe_handshake(self._peer, self._hello, event)
-        self._close(abort=False, end="handshake_failed")
+        self._finish(EndReason.HANDSHAKE_FAILED)
 
     def _on_handshake_timeout(self) -> None:
         self._handshake_timer = None
-        if self._engine is not None and not self._closed:
+        if self._engine is not None and self._end is None:
             self._handle(self._engine.handle_timeout())
 
     def _cancel_handshake_timer(self) -> None:
@@ -205,7 +252,7 @@ class ClientConnection(asyncio.Protocol):
             await self._do_connect_upstream(route)
         except Exception:  # a bug must end this connection, not leave it hanging
             logs.log.exception("internal error while connecting upstream", extra={"fields": {}})
-            self._close(abort=True, end="internal_error")
+            self._abort(EndReason.INTERNAL_ERROR)
 
     async def _do_connect_upstream(self, route: ServerRoute) -> None:
         runtime = self._runtime
@@ -225,23 +272,24 @@ class ClientConnection(asyncio.Protocol):
                 peer=self._peer,
                 error=str(exc),
             )
-            self._close(abort=False, end="upstream_unavailable")
+            self._finish(EndReason.UPSTREAM_UNAVAILABLE)
             return
-        if self._closed:
+        if self._end is not None:
             transport.close()
             return
         runtime.observe_upstream_connect(route.name, self._loop.time() - started)
         transport.set_write_buffer_limits(high=runtime.limits.buffer_size)
         self._upstream = transport
+        self._upstream_reading.attach(transport)
         if self._forwarding.preamble:
             transport.write(self._forwarding.preamble)
         for data in self._early_data:
             self._write_upstream(data)
         self._early_data.clear()
         if self._client_done:
-            self._upstream_write_eof()
-        elif self._transport is not None and not self._transport.is_closing():
-            self._transport.resume_reading()
+            self._upstream_write_eof()  # and the client, done, is not read again
+        else:
+            self._client_reading.resume(Pause.CONNECTING)
 
     def _to_upstream(self, data: bytes | memoryview) -> None:
         self._bytes_in += len(data)
@@ -267,7 +315,7 @@ class ClientConnection(asyncio.Protocol):
         if out:
             self._upstream.write(out)
         if forwarding.holding:
-            self.pause_client_reading()  # until the upstream answers the Upgrade request
+            self._client_reading.pause(Pause.UPGRADE_PENDING)  # until the upstream answers
 
     def _refuse_request(self, refused: HTTPRefused) -> None:
         """A request with ambiguous framing (smuggling) is never forwarded. What came before
@@ -279,7 +327,7 @@ class ClientConnection(asyncio.Protocol):
         self._runtime.observe_refused_request(route.name if route else "none", refused.reason)
         if refused.forward:
             self._upstream.write(refused.forward)
-        self.pause_client_reading()
+        self._client_reading.pause(Pause.REFUSED)
         self._upstream_write_eof()
         self._refusal_timer = self._loop.call_later(
             self._runtime.timeouts.connect, self._send_refusal
@@ -287,22 +335,22 @@ class ClientConnection(asyncio.Protocol):
 
     def _send_refusal(self) -> None:
         """Answer the refused request (once the upstream finished, or gave up on it)."""
-        if self._refused_request is None or self._engine is None or self._closed:
+        if self._refused_request is None or self._engine is None or self._end is not None:
             return
         if self._refusal_timer is not None:
             self._refusal_timer.cancel()
         self._engine.send(_bad_request(self._refused_request))
         self._refused_request = None
-        self._close(abort=False, end="http_refused")
+        self._finish(EndReason.HTTP_REFUSED)
 
-    def from_upstream(self, data: bytes) -> None:
-        """UpstreamProtocol: the upstream sent ``data`` for the client."""
-        if self._closed or self._engine is None:
+    def upstream_data(self, data: bytes) -> None:
+        """UpstreamOwner: the upstream sent ``data`` for the client."""
+        if self._end is not None or self._engine is None:
             return
         if not self._engine.handshake_complete:
             # The TLS session ended under us (the client's EOF without close_notify is fatal
             # to OpenSSL 3, an alert, a protocol error): nothing more can reach the client.
-            self._close(abort=False, end="client_gone")
+            self._finish(EndReason.CLIENT_GONE)
             return
         self._last_activity = self._loop.time()
         self._bytes_out += len(data)
@@ -323,13 +371,13 @@ class ClientConnection(asyncio.Protocol):
             return
         if released and self._upstream is not None:
             self._upstream.write(released)
-        if was_holding and not forwarding.holding and self._refused_request is None:
-            self.resume_client_reading()
+        if was_holding and not forwarding.holding:
+            self._client_reading.resume(Pause.UPGRADE_PENDING)
 
     def upstream_eof(self) -> None:
-        """UpstreamProtocol: the upstream will send no more; tell the client, keep reading it."""
+        """UpstreamOwner: the upstream will send no more; tell the client, keep reading it."""
         self._upstream_done = True
-        if self._closed or self._engine is None or self._transport is None:
+        if self._end is not None or self._engine is None or self._transport is None:
             return
         if self._refused_request is not None:
             self._send_refusal()
@@ -337,26 +385,28 @@ class ClientConnection(asyncio.Protocol):
         self._engine.close()
         self._flush()
         if self._client_done:
-            self._close(abort=False, end="closed")
+            self._finish(EndReason.CLOSED)
         elif self._transport.can_write_eof():
             self._transport.write_eof()
 
     def upstream_lost(self, exc: Exception | None) -> None:
-        """UpstreamProtocol: the upstream connection is gone."""
+        """UpstreamOwner: the upstream connection is gone."""
         self._upstream = None
         if exc is not None:
             route = self._engine.route if self._engine else None
             self._runtime.observe_upstream_error(route.name if route else "none", "reset")
-        if not self._closed:
-            self._close(abort=exc is not None, end="upstream_reset" if exc else "upstream_closed")
+        if exc is not None:
+            self._abort(EndReason.UPSTREAM_RESET)
+        else:
+            self._finish(EndReason.UPSTREAM_CLOSED)
 
-    def pause_client_reading(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.pause_reading()
-
-    def resume_client_reading(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.resume_reading()
+    def upstream_backpressure(self, full: bool) -> None:
+        """UpstreamOwner: the upstream reads slower than the client writes (``full``), or
+        caught up."""
+        if full:
+            self._client_reading.pause(Pause.UPSTREAM_FULL)
+        else:
+            self._client_reading.resume(Pause.UPSTREAM_FULL)
 
     # Closing
 
@@ -365,7 +415,7 @@ class ClientConnection(asyncio.Protocol):
         if not clean:
             logs.event(logging.DEBUG, "client closed without close_notify", peer=self._peer)
         if self._upstream_done:
-            self._close(abort=False, end="closed")
+            self._finish(EndReason.CLOSED)
         elif self._upstream is not None:
             self._upstream_write_eof()
 
@@ -378,43 +428,54 @@ class ClientConnection(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """Drain timeout reached: end the connection now, with close_notify if possible."""
-        self._close(abort=False, end="drain_timeout")
+        self._finish(EndReason.DRAIN_TIMEOUT)
 
-    def _close(self, abort: bool, end: str = "client_gone") -> None:
-        if self._closed:
+    def _finish(self, end: EndReason) -> None:
+        """End gracefully: close_notify to the client if its session is up, and both sockets
+        closed once what is buffered for them is written."""
+        if not self._ended(end):
             return
-        self._closed = True
+        if self._upstream is not None:
+            self._upstream.close()
+        if self._transport is not None:
+            if self._engine is not None:
+                if self._engine.handshake_complete:
+                    self._engine.close()
+                self._flush()
+            self._transport.close()
+
+    def _abort(self, end: EndReason) -> None:
+        """End at once: both sockets dropped with whatever is buffered for them."""
+        if not self._ended(end):
+            return
+        if self._upstream is not None:
+            self._upstream.abort()
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _ended(self, end: EndReason) -> bool:
+        """Record why the connection ends and stop its timers and its upstream connect;
+        false if it had already ended."""
+        if self._end is not None:
+            return False
         self._end = end
         self._cancel_handshake_timer()
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         if self._upstream_task is not None and not self._upstream_task.done():
             self._upstream_task.cancel()
-        if self._upstream is not None:
-            if abort:
-                self._upstream.abort()
-            else:
-                self._upstream.close()
-        if self._transport is not None:
-            if not abort and self._engine is not None:
-                if self._engine.handshake_complete:
-                    self._engine.close()
-                self._flush()
-            if abort:
-                self._transport.abort()
-            else:
-                self._transport.close()
+        return True
 
     def _schedule_idle_check(self) -> None:
         deadline = self._last_activity + self._runtime.timeouts.idle
         self._idle_timer = self._loop.call_at(deadline, self._check_idle)
 
     def _check_idle(self) -> None:
-        if self._closed:
+        if self._end is not None:
             return
         if self._loop.time() - self._last_activity >= self._runtime.timeouts.idle:
             logs.event(logging.INFO, "idle timeout", listener=self._runtime.name, peer=self._peer)
-            self._close(abort=False, end="idle_timeout")
+            self._finish(EndReason.IDLE_TIMEOUT)
         else:
             self._schedule_idle_check()
 

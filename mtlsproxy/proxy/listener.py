@@ -13,7 +13,7 @@ from cryptography import x509
 from prometheus_client import Gauge
 
 from mtlsproxy import logs
-from mtlsproxy.config.model import Listener
+from mtlsproxy.config.model import EngineKind, Listener
 from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.events import HandshakeComplete, HandshakeFailed
 from mtlsproxy.engine.interface import Engine
@@ -62,7 +62,7 @@ class ListenerRuntime:
         ``routes``; connections keep the table they started with). At debug level it traces
         every handshake message it sees."""
         trace = logs.tracer(self.name, peer)
-        engine = NativeEngine if self.config.engine == "native" else OpenSSLEngine
+        engine = NativeEngine if self.config.engine is EngineKind.NATIVE else OpenSSLEngine
         return engine(self.routes.select, time.perf_counter, trace)
 
     def watched_files(self) -> tuple[Path, ...]:

@@ -1,56 +1,74 @@
-"""The upstream side of a proxied connection: a plain TCP or unix-socket stream."""
+"""The upstream side of a proxied connection: a plain TCP or unix-socket stream.
+
+The upstream protocol decides nothing: it reports what the upstream did to its owner, the
+client connection, through ``UpstreamOwner``. The interface is defined here, below the
+connection that implements it, so this module needs nothing from the rest of the proxy.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 from mtlsproxy.config.model import Upstream
 
-if TYPE_CHECKING:
-    from mtlsproxy.proxy.connection import ClientConnection
+
+class UpstreamOwner(Protocol):
+    """What the upstream connection reports, and to whom (``ClientConnection``)."""
+
+    def upstream_data(self, data: bytes) -> None:
+        """The upstream sent ``data`` for the client."""
+
+    def upstream_eof(self) -> None:
+        """The upstream will send no more (its FIN); it may still read."""
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        """The upstream connection is gone (``exc`` set: reset or error)."""
+
+    def upstream_backpressure(self, full: bool) -> None:
+        """The upstream's write buffer passed its high-water mark (``full``), or drained."""
 
 
 class UpstreamProtocol(asyncio.Protocol):
     """Hands everything to the client connection that owns it."""
 
-    def __init__(self, client: ClientConnection) -> None:
-        self._client = client
+    def __init__(self, owner: UpstreamOwner) -> None:
+        self._owner = owner
 
     def data_received(self, data: bytes) -> None:
-        self._client.from_upstream(data)
+        self._owner.upstream_data(data)
 
     def eof_received(self) -> bool:
-        self._client.upstream_eof()
+        self._owner.upstream_eof()
         return True  # half-close: the client may still be sending
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._client.upstream_lost(exc)
+        self._owner.upstream_lost(exc)
 
-    # The upstream reads slower than the client writes: stop reading the client.
+    # The upstream reads slower than the client writes: the owner stops reading the client.
     def pause_writing(self) -> None:
-        self._client.pause_client_reading()
+        self._owner.upstream_backpressure(True)
 
     def resume_writing(self) -> None:
-        self._client.resume_client_reading()
+        self._owner.upstream_backpressure(False)
 
 
 async def open_upstream(
     loop: asyncio.AbstractEventLoop,
     upstream: Upstream,
-    client: ClientConnection,
+    owner: UpstreamOwner,
     timeout: float,
 ) -> asyncio.Transport:
     """Connect within ``timeout`` seconds; raises ``OSError`` or ``TimeoutError``."""
     async with asyncio.timeout(timeout):
         if upstream.unix_path is not None:
             transport, _ = await loop.create_unix_connection(
-                lambda: UpstreamProtocol(client), str(upstream.unix_path)
+                lambda: UpstreamProtocol(owner), str(upstream.unix_path)
             )
         else:
             transport, _ = await loop.create_connection(
-                lambda: UpstreamProtocol(client), upstream.host, upstream.port
+                lambda: UpstreamProtocol(owner), upstream.host, upstream.port
             )
             sock = transport.get_extra_info("socket")
             if sock is not None:

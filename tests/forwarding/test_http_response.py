@@ -8,12 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mtlsproxy.forwarding.http import (
-    HTTPRefused,
-    RequestRewriter,
-    ResponseTracker,
-    UpgradeDecision,
-)
+from mtlsproxy.forwarding.http.request import HTTPRefused, RequestRewriter
+from mtlsproxy.forwarding.http.response import ResponseTracker, UpgradeDecision
 
 ACCEPTED_101 = UpgradeDecision(accepted=True, status=101)
 GAVE_UP = UpgradeDecision(accepted=False, status=None)

@@ -1,8 +1,13 @@
-"""What the upstream is told about the client (``forward_identity``), per connection.
+"""One connection's forwarding plan: what the upstream is told about the client, and how.
 
-Built once when the handshake completes, from ``HandshakeComplete`` and the socket addresses
-(``ForwardedTLS``), so the PROXY v2 header and the HTTP headers of a connection can never
-disagree. ``none`` costs nothing on the data path: no rewriter, no preamble.
+``plan`` is called once, when the handshake completes, with the route's ``forward_identity``
+settings, ``HandshakeComplete`` and the socket addresses. It builds the one ``ForwardedTLS``
+record of the connection, so the PROXY v2 header and the HTTP headers can never disagree, and
+returns a ``Forwarding`` the proxy consults on its data path: a preamble to write first (PROXY
+v2), or the HTTP request rewriter wired to the response tracker. ``none`` costs nothing on the
+data path: the shared ``PASSTHROUGH``, no rewriter, no preamble.
+
+Sans-I/O like the rest of ``forwarding``: bytes in, bytes out; the proxy does the writing.
 """
 
 from __future__ import annotations
@@ -14,13 +19,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from mtlsproxy.config.model import ForwardIdentity, IdentityForwarding
 from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.events import HandshakeComplete
-from mtlsproxy.forwarding.http import (
-    SANITIZED_HEADERS,
-    RequestRewriter,
-    ResponseTracker,
-    UpgradeDecision,
-    identity_headers,
-)
+from mtlsproxy.forwarding.http.headers import SANITIZED_HEADERS, identity_headers
+from mtlsproxy.forwarding.http.request import RequestRewriter
+from mtlsproxy.forwarding.http.response import ResponseTracker, UpgradeDecision
 from mtlsproxy.forwarding.proxy_protocol import encode_v2
 from mtlsproxy.forwarding.tls_info import Address, ForwardedTLS
 from mtlsproxy.routing.routes import ServerRoute

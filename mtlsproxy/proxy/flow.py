@@ -1,0 +1,90 @@
+"""Flow control for one proxied connection: reading a side stops while any reason to stop holds.
+
+Several independent causes stop the proxy reading the client. The upstream is not connected
+yet; the upstream's write buffer is full (backpressure, as uvicorn's ``FlowControl``); in HTTP
+mode, an Upgrade request waits for the upstream's answer while the rewriter holds what follows
+it; a refused request waits for the upstream to answer the requests before it. Each cause
+starts and ends on its own schedule, so with one paused flag the end of one would undo another:
+the upstream draining its buffer would resume reading a client whose Upgrade is unanswered.
+``ReadGate`` keeps the set of causes and touches the transport only when the set goes from
+empty to not empty and back.
+
+The upstream has a gate too, with one cause: the client's write buffer is full (the client
+reads slower than the upstream writes). That cause does not pause the client's reading
+directly: it reaches the client through the upstream (whose receive window and then our write
+buffer to it fill up: ``UPSTREAM_FULL``), so a client that is sending what the upstream needs
+before it can answer is not stopped early.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Protocol
+
+
+class Pause(enum.Enum):
+    """Why a side is not being read."""
+
+    CONNECTING = "connecting"  # the client: the upstream is not connected yet
+    UPSTREAM_FULL = "upstream_full"  # the client: the upstream's write buffer is full
+    UPGRADE_PENDING = "upgrade_pending"  # the client: HTTP bytes after an Upgrade are held
+    REFUSED = "refused"  # the client: a refused request waits for the answers before it
+    CLIENT_FULL = "client_full"  # the upstream: the client's write buffer is full
+
+
+class Readable(Protocol):
+    """The part of an ``asyncio.Transport`` a gate drives."""
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def is_closing(self) -> bool: ...
+
+
+class ReadGate:
+    """Reading one transport, paused while at least one ``Pause`` holds.
+
+    Causes may be paused before the transport exists (``attach`` applies them). A transport
+    that is closing is left alone.
+    """
+
+    __slots__ = ("_causes", "_transport")
+
+    def __init__(self) -> None:
+        self._transport: Readable | None = None
+        self._causes: set[Pause] = set()
+
+    def attach(self, transport: Readable) -> None:
+        self._transport = transport
+        if self._causes:
+            self._set(paused=True)
+
+    @property
+    def paused(self) -> bool:
+        return bool(self._causes)
+
+    def holds(self, cause: Pause) -> bool:
+        return cause in self._causes
+
+    def pause(self, cause: Pause) -> None:
+        if cause in self._causes:
+            return
+        self._causes.add(cause)
+        if len(self._causes) == 1:
+            self._set(paused=True)
+
+    def resume(self, cause: Pause) -> None:
+        """``cause`` no longer holds; reading resumes only if no other does."""
+        if cause not in self._causes:
+            return
+        self._causes.remove(cause)
+        if not self._causes:
+            self._set(paused=False)
+
+    def _set(self, paused: bool) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if paused:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
