@@ -65,6 +65,14 @@ def test_no_xfcc_for_anonymous_or_unverified(certs: Certs) -> None:
     assert identity_headers(forwarded(certs, anonymous=True)) == []
 
 
+def test_xfcc_with_no_fields_sends_no_header(certs: Certs) -> None:
+    """``xfcc: []`` means no X-Forwarded-Client-Cert at all, not an empty one."""
+    info = forwarded(certs)
+    assert identity_headers(info, xfcc_fields=()) == []
+    assert xfcc_value(info, fields=("by",)) is None  # no URI SAN of ours to name
+    assert [name for name, _ in identity_headers(info)] == ["X-Forwarded-Client-Cert"]
+
+
 def nginx_style(info: ForwardedTLS) -> list[tuple[str, str]]:
     return identity_headers(info, xfcc_fields=None, headers=NGINX_STYLE_HEADERS)
 

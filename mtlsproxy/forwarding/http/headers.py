@@ -94,7 +94,7 @@ def xfcc_value(
         pairs.extend("URI=" + _xfcc_quote(uri) for uri in identity.uris)
     if "dns" in fields:
         pairs.extend("DNS=" + _xfcc_quote(name) for name in identity.dns_names)
-    return ";".join(pairs)
+    return ";".join(pairs) or None  # no field to send: no header, not an empty one
 
 
 # nginx-style headers, as ``proxy_set_header X-SSL-Client-Verify $ssl_client_verify`` ...
@@ -142,10 +142,10 @@ def identity_headers(
     by: str | None = None,
     headers: Sequence[tuple[str, str]] = (),
 ) -> list[tuple[str, str]]:
-    """The ``inject`` list for ``RequestRewriter``: XFCC (unless ``xfcc_fields`` is ``None``
-    or the client is not verified), then ``headers`` (name -> ``identity_field`` name)."""
+    """The ``inject`` list for ``RequestRewriter``: XFCC (unless ``xfcc_fields`` is ``None`` or
+    empty, or the client is not verified), then ``headers`` (name -> ``identity_field`` name)."""
     inject = []
-    if xfcc_fields is not None:
+    if xfcc_fields:
         value = xfcc_value(info, fields=xfcc_fields, by=by)
         if value is not None:
             inject.append((XFCC, value))
