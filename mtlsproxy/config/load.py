@@ -24,6 +24,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from mtlsproxy.config.files import check_files
 from mtlsproxy.config.model import (
+    FORWARDED_FIELDS,
     HEADER_FIELDS,
     XFCC_FIELDS,
     CertificateKeyPair,
@@ -388,6 +389,10 @@ def _allow_pattern(kind: AllowKind, node: Node) -> str:
 _listen_address = partial(_address, zero_port=True)
 _engine = _one_of(EngineKind)
 _forward_identity_mode = _one_of(ForwardIdentity)
+
+
+def _forwarded_field(node: Node) -> str:
+    return _one_of(FORWARDED_FIELDS)(node)
 
 
 def _xfcc_field(node: Node) -> str:
@@ -769,6 +774,8 @@ class _Parser:
                 "headers": self.identity_headers,
                 "include_certificate": _leaf(_boolean),
                 "crc32c": _leaf(_boolean),
+                "forwarded": lambda n, p: self.sequence(n, p, _leaf(_forwarded_field)),
+                "trust_forwarded": _leaf(_boolean),
             },
             required=("mode",),
         )
@@ -776,7 +783,8 @@ class _Parser:
             raise _Reported
         if "xfcc" in own:
             own["xfcc_fields"] = own.pop("xfcc")
-        http_only, pp2_only = ("xfcc_fields", "headers"), ("include_certificate", "crc32c")
+        http_only = ("xfcc_fields", "headers", "forwarded", "trust_forwarded")
+        pp2_only = ("include_certificate", "crc32c")
         ignored = pp2_only if own["mode"] is ForwardIdentity.HTTP else http_only
         if own["mode"] is ForwardIdentity.NONE:
             ignored = http_only + pp2_only

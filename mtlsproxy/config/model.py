@@ -30,6 +30,8 @@ class ForwardIdentity(enum.StrEnum):
 # Envoy's X-Forwarded-Client-Cert elements (SetCurrentClientCertDetails), in its order.
 XFCC_FIELDS = ("by", "hash", "subject", "uri", "dns", "cert")
 DEFAULT_XFCC_FIELDS = ("by", "hash", "subject", "uri", "dns")
+# Where the client's address and scheme can be told (`forward_identity.forwarded`).
+FORWARDED_FIELDS = ("x-forwarded-for", "x-forwarded-proto", "forwarded")
 # What an extra identity header may carry (nginx's $ssl_client_* family).
 HEADER_FIELDS = ("verify", "subject", "sha256", "spiffe_id", "serial", "cn", "uri", "dns")
 
@@ -42,12 +44,17 @@ class IdentityForwarding:
     (``include_certificate`` adds the leaf DER, ``crc32c`` a checksum). ``http``: every
     request gets ``X-Forwarded-Client-Cert`` with ``xfcc_fields`` (empty: no XFCC) and the
     ``headers`` map (header name -> one of HEADER_FIELDS); the same headers arriving from the
-    client are removed first.
+    client are removed first. ``forwarded`` adds X-Forwarded-For / X-Forwarded-Proto /
+    Forwarded (RFC 7239) with the client's address; the client's own copies are removed unless
+    ``trust_forwarded`` is set and the client presented a verified certificate (a trusted
+    gateway in front), when ours are appended to its list.
     """
 
     mode: ForwardIdentity = ForwardIdentity.NONE
     xfcc_fields: tuple[str, ...] = DEFAULT_XFCC_FIELDS
     headers: tuple[tuple[str, str], ...] = ()
+    forwarded: tuple[str, ...] = ()
+    trust_forwarded: bool = False
     include_certificate: bool = False
     crc32c: bool = False
 

@@ -19,7 +19,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from mtlsproxy.config.model import ForwardIdentity, IdentityForwarding
 from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.events import HandshakeComplete
-from mtlsproxy.forwarding.http.headers import SANITIZED_HEADERS, identity_headers
+from mtlsproxy.forwarding.http.headers import (
+    SANITIZED_HEADERS,
+    forwarded_headers,
+    identity_headers,
+)
 from mtlsproxy.forwarding.http.request import RequestRewriter
 from mtlsproxy.forwarding.http.response import ResponseTracker, UpgradeDecision
 from mtlsproxy.forwarding.proxy_protocol import encode_v2
@@ -38,14 +42,20 @@ class Forwarding:
     an Upgrade was accepted (until then the bytes after the Upgrade request are held)."""
 
     def __init__(self, preamble: bytes = b"", rewriter_inject: list[tuple[str, str]] | None = None,
-                 remove: frozenset[str] = SANITIZED_HEADERS) -> None:  # fmt: skip
+                 remove: frozenset[str] = SANITIZED_HEADERS,
+                 keep: frozenset[str] = frozenset()) -> None:  # fmt: skip
         self.preamble = preamble
         self.passthrough = rewriter_inject is None
         self._decided: list[UpgradeDecision] = []  # decisions made before any response
         self._tracker = ResponseTracker()
         self._rewriter = RequestRewriter(
-            rewriter_inject or [], remove=remove, on_request=self._on_request
+            rewriter_inject or [], remove=remove, keep=keep, on_request=self._on_request
         )
+
+    @property
+    def speaks_http(self) -> bool:
+        """The client's stream is parsed as HTTP/1.1: errors can be answered in HTTP."""
+        return not self.passthrough
 
     def _on_request(self, method: bytes, upgrade: bool) -> None:
         decision = self._tracker.request_sent(method, upgrade)
@@ -112,8 +122,13 @@ def plan(
     inject = identity_headers(
         info, xfcc_fields=settings.xfcc_fields, by=_by(route), headers=settings.headers
     )
+    inject += forwarded_headers(client_address, settings.forwarded)
     remove = SANITIZED_HEADERS | {name.lower() for name, _ in settings.headers}
-    return Forwarding(rewriter_inject=inject, remove=remove)
+    # A verified gateway's own X-Forwarded-For / Forwarded lists go on, ours appended; any
+    # other client's are removed: what it says of itself proves nothing.
+    trusted = settings.trust_forwarded and event.verified
+    keep = frozenset({"x-forwarded-for", "forwarded"} if trusted else ())
+    return Forwarding(rewriter_inject=inject, remove=remove, keep=keep)
 
 
 def _by(route: ServerRoute) -> str | None:

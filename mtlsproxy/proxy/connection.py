@@ -272,6 +272,10 @@ class ClientConnection(asyncio.Protocol):
                 peer=self._peer,
                 error=str(exc),
             )
+            if self._forwarding.speaks_http and self._engine is not None:
+                # As an HTTP proxy answers: 504 when the connect timed out, else 502.
+                timeout = reason == "connect_timeout"
+                self._engine.send(_gateway_error(504 if timeout else 502))
             self._finish(EndReason.UPSTREAM_UNAVAILABLE)
             return
         if self._end is not None:
@@ -496,9 +500,25 @@ def _address(address: object) -> tuple[str, int] | None:
 
 def _bad_request(refused: HTTPRefused) -> bytes:
     body = b"Bad Request: the request's framing is ambiguous or malformed; it was not forwarded\n"
+    return _http_error(refused.status, b"Bad Request", body)
+
+
+_GATEWAY_ERRORS = {
+    502: (b"Bad Gateway", b"Bad Gateway: the upstream service cannot be reached\n"),
+    504: (b"Gateway Timeout", b"Gateway Timeout: the upstream service did not answer in time\n"),
+}
+
+
+def _gateway_error(status: int) -> bytes:
+    phrase, body = _GATEWAY_ERRORS[status]
+    return _http_error(status, phrase, body)
+
+
+def _http_error(status: int, phrase: bytes, body: bytes) -> bytes:
+    """A complete response that ends the connection (RFC 9112 section 9.6)."""
     return (
-        b"HTTP/1.1 %d Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
-        b"Content-Length: %d\r\n\r\n%s" % (refused.status, len(body), body)
+        b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (status, phrase, len(body), body)
     )
 
 

@@ -13,6 +13,7 @@ from mtlsproxy.config.model import HEADER_FIELDS, XFCC_FIELDS
 from mtlsproxy.forwarding import ForwardedTLS
 from mtlsproxy.forwarding.http.headers import (
     NGINX_STYLE_HEADERS,
+    forwarded_headers,
     identity_field,
     identity_headers,
     xfcc_value,
@@ -107,3 +108,20 @@ def test_every_configurable_field_is_known(certs: Certs) -> None:
     assert xfcc_value(info, fields=XFCC_FIELDS) is not None
     for field in HEADER_FIELDS:
         assert identity_field(info, field) is not None
+
+
+def test_forwarded_headers_for_ipv4_ipv6_and_unix_peers() -> None:
+    fields = ("x-forwarded-for", "x-forwarded-proto", "forwarded")
+    assert forwarded_headers(("192.0.2.7", 5555), fields) == [
+        ("X-Forwarded-For", "192.0.2.7"),
+        ("X-Forwarded-Proto", "https"),
+        ("Forwarded", "for=192.0.2.7;proto=https"),
+    ]
+    assert forwarded_headers(("2001:db8::1", 5555), ("forwarded",)) == [
+        ("Forwarded", 'for="[2001:db8::1]";proto=https')  # RFC 7239 section 6
+    ]
+    assert forwarded_headers(None, fields) == [
+        ("X-Forwarded-Proto", "https"),
+        ("Forwarded", "for=unknown;proto=https"),
+    ]
+    assert forwarded_headers(("192.0.2.7", 1), ()) == []

@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from mtlsproxy.config.model import DEFAULT_XFCC_FIELDS, XFCC_FIELDS
-from mtlsproxy.forwarding.tls_info import ForwardedTLS
+from mtlsproxy.forwarding.tls_info import Address, ForwardedTLS
 
 XFCC = "X-Forwarded-Client-Cert"
 SSL_CLIENT_VERIFY = "X-SSL-Client-Verify"
@@ -133,6 +133,26 @@ def identity_field(info: ForwardedTLS, field: str) -> str | None:
     }
     value = values[field]
     return _header_safe(value) if value is not None else None
+
+
+def forwarded_headers(client: Address, fields: Collection[str]) -> list[tuple[str, str]]:
+    """X-Forwarded-For (the client's IP), X-Forwarded-Proto (``https``: the client spoke TLS
+    to us) and Forwarded (RFC 7239 section 4: ``for=`` with an IPv6 address bracketed and
+    quoted, ``proto=https``), those of ``fields`` (FORWARDED_FIELDS), in that order."""
+    host = client[0] if isinstance(client, tuple) else None
+    node = host if host is not None else "unknown"  # section 6.3: an unknown or unix peer
+    if host is not None and ":" in host:
+        node = f'"[{host}]"'
+    values = {
+        "x-forwarded-for": ("X-Forwarded-For", host),
+        "x-forwarded-proto": ("X-Forwarded-Proto", "https"),
+        "forwarded": ("Forwarded", f"for={node};proto=https"),
+    }
+    return [
+        (name, value)
+        for field, (name, value) in values.items()
+        if field in fields and value is not None
+    ]
 
 
 def identity_headers(

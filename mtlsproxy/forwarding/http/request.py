@@ -133,7 +133,9 @@ class RequestRewriter:
 
     ``inject``: header fields appended to every request, computed once per connection (see
     ``identity_headers``). ``remove``: lowercase names dropped from every request first; the
-    injected names are always added to it. ``feed`` returns the bytes to send upstream; after
+    injected names are always added to it, except those in ``keep``: list-valued fields
+    (X-Forwarded-For) whose incoming lines stay, ours following them as the list's last
+    element (RFC 9110 section 5.3). ``feed`` returns the bytes to send upstream; after
     it raised ``HTTPRefused`` every later call raises it again.
 
     ``on_request(method, upgrade)`` is called once for each request head emitted, in order, as
@@ -149,6 +151,7 @@ class RequestRewriter:
         inject: Sequence[tuple[str, str]],
         *,
         remove: Iterable[str] = SANITIZED_HEADERS,
+        keep: Iterable[str] = (),
         max_head_bytes: int = MAX_HEAD_BYTES,
         max_header_fields: int = MAX_HEADER_FIELDS,
         max_held_bytes: int = MAX_HELD_BYTES,
@@ -161,9 +164,10 @@ class RequestRewriter:
                 raise ValueError(f"not a valid header field: {name!r}: {value!r}")
             injected.append(raw_name + b": " + raw_value.strip(OWS) + b"\r\n")
         self._injected = b"".join(injected)
-        self._remove = frozenset(n.lower().encode("ascii") for n in remove) | frozenset(
-            name.lower().encode("ascii") for name, _ in inject
-        )
+        self._remove = (
+            frozenset(n.lower().encode("ascii") for n in remove)
+            | frozenset(name.lower().encode("ascii") for name, _ in inject)
+        ) - frozenset(n.lower().encode("ascii") for n in keep)
         self._max_head_bytes = max_head_bytes
         self._max_header_fields = max_header_fields
         self._max_held_bytes = max_held_bytes

@@ -1,0 +1,127 @@
+"""HTTP mode behaves like an HTTP proxy: an upstream that is down answers 502, one that does
+not answer 504, and the client's address goes upstream in X-Forwarded-For, X-Forwarded-Proto
+and Forwarded when asked, with the client's own copies removed unless it is a verified
+gateway the listener trusts."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import h11
+import pytest
+
+from mtlsproxy.pki import PkiFiles
+from tests.proxy.conftest import ProxyFactory
+from tests.proxy.harness import Client, read_until_closed
+from tests.proxy.test_forwarding import HTTPUpstream, http_proxy, read_responses
+
+HTTP = "{mode: http, forwarded: [x-forwarded-for, x-forwarded-proto, forwarded]}"
+TRUSTING = HTTP[:-1] + ", trust_forwarded: true}"
+SPOOF = (
+    b"GET / HTTP/1.1\r\nHost: api\r\nX-Forwarded-For: 203.0.113.9\r\n"
+    b"X-Forwarded-Proto: http\r\nForwarded: for=203.0.113.9\r\n\r\n"
+)
+
+
+def response_of(data: bytes) -> h11.Response:
+    connection = h11.Connection(h11.CLIENT)
+    connection.send(h11.Request(method="GET", target="/", headers=[("Host", "api")]))
+    connection.receive_data(data)
+    event = connection.next_event()
+    assert isinstance(event, h11.Response), data
+    return event
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def unanswering() -> Iterator[int]:
+    """A port whose accept queue is full: a connect to it hangs until the proxy's timeout."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    yield port
+    for filler in fillers:
+        filler.close()
+    server.close()
+
+
+def test_an_upstream_that_is_down_answers_502(make_proxy: ProxyFactory, pki: PkiFiles) -> None:
+    proxy = make_proxy(upstream_address=f"127.0.0.1:{closed_port()}", forward_identity="http")
+    with Client(pki, proxy.port()).connect() as tls:
+        tls.sendall(b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")
+        answer = read_until_closed(tls)
+    response = response_of(answer)
+    assert response.status_code == 502
+    assert (b"connection", b"close") in response.headers
+    assert answer.endswith(b"cannot be reached\n")
+    assert proxy.sample("mtlsproxy_upstream_errors_total", reason="connect_refused") == 1
+
+
+def test_an_upstream_that_does_not_answer_504(
+    make_proxy: ProxyFactory, pki: PkiFiles, unanswering: int
+) -> None:
+    proxy = make_proxy(upstream_address=f"127.0.0.1:{unanswering}", forward_identity="http")
+    with Client(pki, proxy.port()).connect() as tls:
+        tls.sendall(b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")
+        answer = read_until_closed(tls, timeout=10)  # the config's connect timeout is 2 s
+    assert response_of(answer).status_code == 504
+    assert proxy.sample("mtlsproxy_upstream_errors_total", reason="connect_timeout") == 1
+
+
+def test_l4_forwarding_closes_without_an_http_answer(
+    make_proxy: ProxyFactory, pki: PkiFiles
+) -> None:
+    proxy = make_proxy(upstream_address=f"127.0.0.1:{closed_port()}")
+    with Client(pki, proxy.port()).connect() as tls:
+        tls.sendall(b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")
+        assert read_until_closed(tls) == b""
+
+
+def test_forwarded_headers_replace_the_clients_own(make_proxy: ProxyFactory, pki: PkiFiles) -> None:
+    upstream = HTTPUpstream()
+    try:
+        proxy = http_proxy(make_proxy, upstream, mode="require", forward_identity=HTTP)
+        with Client(pki, proxy.port()).connect() as tls:
+            tls.sendall(SPOOF)
+            (response,) = read_responses(tls, 1)
+        assert response.startswith(b"HTTP/1.1 200")
+        assert upstream.header(0, b"x-forwarded-for") == [b"127.0.0.1"]
+        assert upstream.header(0, b"x-forwarded-proto") == [b"https"]
+        assert upstream.header(0, b"forwarded") == [b"for=127.0.0.1;proto=https"]
+    finally:
+        upstream.stop()
+
+
+@pytest.mark.parametrize(("cert", "kept"), [("client", True), (None, False)])
+def test_a_trusted_verified_gateway_keeps_its_list(
+    make_proxy: ProxyFactory, pki: PkiFiles, cert: str | None, kept: bool
+) -> None:
+    """trust_forwarded keeps a verified client's X-Forwarded-For and Forwarded lists (ours
+    last); an anonymous client's are removed even then. X-Forwarded-Proto is always ours."""
+    upstream = HTTPUpstream()
+    try:
+        proxy = http_proxy(make_proxy, upstream, mode="request", forward_identity=TRUSTING)
+        with Client(pki, proxy.port(), cert=cert).connect() as tls:
+            tls.sendall(SPOOF)
+            read_responses(tls, 1)
+        forwarded_for = upstream.header(0, b"x-forwarded-for")
+        expected = [b"203.0.113.9", b"127.0.0.1"] if kept else [b"127.0.0.1"]
+        assert forwarded_for == expected
+        assert upstream.header(0, b"x-forwarded-proto") == [b"https"]
+        assert upstream.header(0, b"forwarded")[-1] == b"for=127.0.0.1;proto=https"
+        assert len(upstream.header(0, b"forwarded")) == (2 if kept else 1)
+    finally:
+        upstream.stop()
