@@ -49,7 +49,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 
-from mtlsproxy.engine.clienthello import ClientHello, parse_client_hello
+from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.events import (
     ApplicationData,
     Event,
@@ -64,6 +64,8 @@ from mtlsproxy.engine.interface import NativeRoute
 from mtlsproxy.engine.native import client_flight, server_flight
 from mtlsproxy.engine.native import messages as msgs
 from mtlsproxy.engine.native.alerts import TLSAlert
+from mtlsproxy.engine.native.handshake_records import HandshakeRecords
+from mtlsproxy.engine.native.key_schedule import nss_key_log
 from mtlsproxy.engine.native.record_layer import (
     MAX_PLAINTEXT_LENGTH,
     Record,
@@ -106,10 +108,6 @@ DEFAULT_CIPHER_SUITES = (
 )
 DEFAULT_GROUPS = (NamedGroup.X25519, NamedGroup.SECP256R1, NamedGroup.SECP384R1)
 
-# Section 4.2.10: a server that rejects 0-RTT skips the client's early data "up to the
-# configured max_early_data_size"; we never accept any, so this only bounds the skipping.
-MAX_SKIPPED_EARLY_DATA = 64 * 1024
-
 RECORD_VERSION = 0x0303
 _WARNING, _FATAL = 1, 2
 
@@ -144,11 +142,7 @@ class NativeEngine:
         self._out = bytearray()
         self._read: RecordProtection | None = None  # the client's traffic, once keyed
         self._write: RecordProtection | None = None  # ours, once keyed
-        # Record-level facts of the handshake, independent of its state: a client may send
-        # one CCS (appendix D.4) and rejected 0-RTT data (section 4.2.10) until it is keyed.
-        self._ccs_seen = False
-        self._decrypted_any = False
-        self._early_data_budget = MAX_SKIPPED_EARLY_DATA if hello.has_early_data else 0
+        self._handshake_records = HandshakeRecords(hello.has_early_data)
         self._peer_closed = False
         self._close_sent = False
 
@@ -241,22 +235,7 @@ class NativeEngine:
         Never call this outside tests and never log its result.
         """
         negotiated = getattr(self._state, "negotiated", None)
-        if negotiated is None:
-            return {}
-        names = {
-            "CLIENT_HANDSHAKE_TRAFFIC_SECRET": "client_handshake_traffic_secret",
-            "SERVER_HANDSHAKE_TRAFFIC_SECRET": "server_handshake_traffic_secret",
-            "CLIENT_TRAFFIC_SECRET_0": "client_application_traffic_secret",
-            "SERVER_TRAFFIC_SECRET_0": "server_application_traffic_secret",
-            "EXPORTER_SECRET": "exporter_master_secret",
-        }
-        secrets: dict[str, bytes] = {}
-        for label, attribute in names.items():
-            try:
-                secrets[label] = getattr(negotiated.schedule, attribute)
-            except RuntimeError:
-                continue
-        return secrets
+        return {} if negotiated is None else nss_key_log(negotiated.schedule)
 
     @property
     def client_random(self) -> bytes:
@@ -299,20 +278,8 @@ class NativeEngine:
         message = self._messages.next_message()
         if message is None:
             return
-        if message.msg_type != HandshakeType.CLIENT_HELLO or self._messages.pending:
-            raise TLSAlert(Alert.UNEXPECTED_MESSAGE, "expected the second ClientHello alone")
-        hello = parse_client_hello(message.body)
-        first = state.first
-        if (
-            not hello.offers_tls13
-            or hello.session_id != first.session_id
-            or hello.server_name != first.server_name
-            or hello.has_early_data
-        ):
-            raise TLSAlert(
-                Alert.ILLEGAL_PARAMETER, "the second ClientHello does not match the first"
-            )
-        self._early_data_budget = 0
+        hello = server_flight.second_hello(state, message, alone=not self._messages.pending)
+        self._handshake_records.second_hello()
         self._apply(self._answer(hello, message.raw, retry=state))
 
     def _wall_seconds(self) -> int:
@@ -371,55 +338,17 @@ class NativeEngine:
         return events
 
     def _handshake_record(self, record: Record) -> list[Event]:
-        content_type = record.content_type
-        if content_type == ContentType.CHANGE_CIPHER_SPEC:
-            # Section 5: one unencrypted CCS of value 0x01 is dropped before the client's
-            # Finished; anything else is unexpected_message.
-            if record.fragment != b"\x01" or self._ccs_seen:
-                raise TLSAlert(Alert.UNEXPECTED_MESSAGE, "unexpected change_cipher_spec record")
-            self._ccs_seen = True
+        opened = self._handshake_records.open(record, self._read)
+        if opened is None:
             return []
-        if content_type == ContentType.ALERT and not self._decrypted_any:
-            # A client that could not process our ServerHello alerts in plaintext.
-            return self._peer_alert(record.fragment)
-        state = self._state
-        if isinstance(state, RetryRequested):
-            if content_type == ContentType.HANDSHAKE:
-                self._messages.feed(record.fragment)
-                self._second_client_hello(state)
-                return []
-            if content_type == ContentType.APPLICATION_DATA:
-                self._skip_early_data(record)
-                return []
-        elif content_type == ContentType.APPLICATION_DATA:
-            assert self._read is not None
-            try:
-                inner = self._read.decrypt(record)
-            except TLSAlert as alert:
-                if alert.alert is Alert.BAD_RECORD_MAC and not self._decrypted_any:
-                    self._skip_early_data(record)  # rejected 0-RTT data (section 4.2.10)
-                    return []
-                raise
-            self._decrypted_any = True
-            if inner.content_type == ContentType.ALERT:
-                return self._peer_alert(inner.content)
-            if inner.content_type != ContentType.HANDSHAKE:
-                raise TLSAlert(Alert.UNEXPECTED_MESSAGE, "application data before the Finished")
-            self._messages.feed(inner.content)
-            return self._client_flight_messages()
-        raise TLSAlert(
-            Alert.UNEXPECTED_MESSAGE, f"unexpected record of content type {content_type}"
-        )
-
-    def _skip_early_data(self, record: Record) -> None:
-        if len(record.fragment) > self._early_data_budget:
-            raise TLSAlert(
-                Alert.BAD_RECORD_MAC
-                if isinstance(self._state, ClientFlightState)
-                else Alert.UNEXPECTED_MESSAGE,
-                "a protected record that is not the client's handshake flight",
-            )
-        self._early_data_budget -= len(record.fragment)
+        content_type, content = opened
+        if content_type == ContentType.ALERT:
+            return self._peer_alert(content)
+        self._messages.feed(content)
+        if isinstance(state := self._state, RetryRequested):
+            self._second_client_hello(state)
+            return []
+        return self._client_flight_messages()
 
     # The client's flight
 
@@ -476,16 +405,9 @@ class NativeEngine:
         """One NewSessionTicket (section 4.6.1) when the route issues tickets."""
         if self._route.tickets is None or self._write is None:
             return
-        negotiated = established.negotiated
-        issued = issue_ticket(
-            self._route, negotiated.schedule, negotiated.suite, negotiated.alpn,
-            established.client_leaf_der, decision, self._wall_seconds(),
-        )  # fmt: skip
-        if issued is None:
-            return
-        ticket, lifetime = issued
-        note(self._trace, "->", "NewSessionTicket", lifetime=lifetime)
-        self._out += self._write.encrypt(ContentType.HANDSHAKE, ticket)
+        ticket = issue_ticket(self._route, established, decision, self._wall_seconds(), self._trace)
+        if ticket is not None:
+            self._out += self._write.encrypt(ContentType.HANDSHAKE, ticket)
 
     # After the handshake
 

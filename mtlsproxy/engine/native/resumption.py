@@ -27,6 +27,7 @@ import os
 from dataclasses import dataclass
 
 from mtlsproxy.engine.clienthello import ClientHello
+from mtlsproxy.engine.events import Tracer, note
 from mtlsproxy.engine.interface import NativeRoute
 from mtlsproxy.engine.native import messages as msgs
 from mtlsproxy.engine.native.alerts import TLSAlert
@@ -36,6 +37,7 @@ from mtlsproxy.engine.native.key_schedule import (
     finished_verify_data,
     hkdf_expand_label,
 )
+from mtlsproxy.engine.native.states import Established
 from mtlsproxy.engine.native.suites import CipherSuite, get_cipher_suite
 from mtlsproxy.engine.native.tickets import AGE_TOLERANCE, TICKET_LIFETIME, TicketState
 from mtlsproxy.vocabulary.decision import Decision
@@ -97,18 +99,18 @@ def check_binder(suite: CipherSuite, psk: bytes, truncated: bytes, binder: bytes
 
 def issue_ticket(
     route: NativeRoute,
-    schedule: KeySchedule,
-    suite: CipherSuite,
-    alpn: str | None,
-    leaf_der: bytes | None,
+    session: Established,
     decision: Decision,
     now: int,
-) -> tuple[bytes, int] | None:
-    """One NewSessionTicket message (section 4.6.1) and its lifetime, living no longer than
-    the client's certificate; None when the route issues none or the state would not fit."""
+    trace: Tracer | None = None,
+) -> bytes | None:
+    """One NewSessionTicket message (section 4.6.1) for an established session, living no
+    longer than the client's certificate; None when the route issues none or the state would
+    not fit a ticket."""
     tickets = route.tickets
     if tickets is None:
         return None
+    leaf_der = session.client_leaf_der
     lifetime = TICKET_LIFETIME
     if leaf_der is not None:
         if decision.identity is None:
@@ -116,14 +118,18 @@ def issue_ticket(
         lifetime = min(lifetime, int(decision.identity.not_after.timestamp()) - now)
     if lifetime <= 0:
         return None
+    suite, schedule = session.negotiated.suite, session.negotiated.schedule
     schedule.derive_resumption_master_secret()
     psk = hkdf_expand_label(
         suite.hash_name, schedule.resumption_master_secret, b"resumption", TICKET_NONCE,
         suite.hash_length,
     )  # fmt: skip
     age_add = int.from_bytes(os.urandom(4), "big")
-    state = TicketState(psk, suite.id, now, lifetime, age_add, alpn, route.name, leaf_der)
+    state = TicketState(
+        psk, suite.id, now, lifetime, age_add, session.negotiated.alpn, route.name, leaf_der
+    )
     ticket = tickets.seal(state)
     if ticket is None:
         return None
-    return msgs.new_session_ticket(lifetime, age_add, TICKET_NONCE, ticket), lifetime
+    note(trace, "->", "NewSessionTicket", lifetime=lifetime)
+    return msgs.new_session_ticket(lifetime, age_add, TICKET_NONCE, ticket)

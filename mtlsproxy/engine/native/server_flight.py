@@ -29,7 +29,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mtlsproxy.engine.clienthello import ClientHello, KeyShareEntry
+from mtlsproxy.engine.clienthello import ClientHello, KeyShareEntry, parse_client_hello
 from mtlsproxy.engine.events import Tracer, note
 from mtlsproxy.engine.interface import Credential, NativeRoute
 from mtlsproxy.engine.native import messages as msgs
@@ -49,7 +49,7 @@ from mtlsproxy.engine.native.states import (
     RetryRequested,
 )
 from mtlsproxy.engine.native.suites import CipherSuite, NamedGroup, generate_key_share
-from mtlsproxy.engine.records import ContentType
+from mtlsproxy.engine.records import ContentType, HandshakeType, Message
 from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Reason, Step
 
 _CCS = encode_record(ContentType.CHANGE_CIPHER_SPEC, b"\x01")
@@ -141,6 +141,23 @@ def answer(
         hello, route, suite, share, credential, scheme, transcript, alpn, resumption,
         after_retry=retry is not None, trace=trace,
     )  # fmt: skip
+
+
+def second_hello(state: RetryRequested, message: Message, *, alone: bool) -> ClientHello:
+    """The ClientHello answering our HelloRetryRequest (section 4.1.2): alone in its record,
+    and the same as the first but for what the HelloRetryRequest asked (no early data)."""
+    if message.msg_type != HandshakeType.CLIENT_HELLO or not alone:
+        raise TLSAlert(Alert.UNEXPECTED_MESSAGE, "expected the second ClientHello alone")
+    hello = parse_client_hello(message.body)
+    first = state.first
+    if (
+        not hello.offers_tls13
+        or hello.session_id != first.session_id
+        or hello.server_name != first.server_name
+        or hello.has_early_data
+    ):
+        raise TLSAlert(Alert.ILLEGAL_PARAMETER, "the second ClientHello does not match the first")
+    return hello
 
 
 def _choose_suite(
