@@ -7,7 +7,8 @@ parser (``clienthello.py``) and chooses the route from the parsed hello *before*
 reaches OpenSSL; the route's own ``SSLContext`` then wraps the BIO pair and the buffered bytes
 are replayed into it. A session made under one route can therefore never be resumed under
 another (each context has its own session cache and ticket keys), and no ``sni_callback`` is
-needed.
+needed. Under ``engine: native`` the selecting engine reads the ClientHello instead and hands
+over its reader and the parsed hello (``serve``, ``refuse_hello``).
 
 Rules for driving the SSLObject (trio ``_ssl.py``, CPython ``sslproto.py``; the checklist in
 docs/architecture.md):
