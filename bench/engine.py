@@ -23,8 +23,8 @@ from pathlib import Path
 from mtlsproxy import pki
 from mtlsproxy.config.model import CertificateKeyPair, Route, TLSSettings, Upstream
 from mtlsproxy.engine.events import HandshakeComplete
-from mtlsproxy.engine.native.engine import NativeEngine
 from mtlsproxy.engine.openssl import OpenSSLEngine
+from mtlsproxy.engine.selecting import SelectingEngine
 from mtlsproxy.policy import verify
 from mtlsproxy.policy.model import AllowKind, AllowRule, ClientAuth, ClientAuthMode
 from mtlsproxy.routing.routes import RouteTable, ServerRoute
@@ -135,11 +135,11 @@ def main() -> None:
             if version is ssl.TLSVersion.TLSv1_3:
                 cases[f"mTLS {name} native"] = (
                     with_cert,
-                    engine_server(mutual_table, NativeEngine),
+                    engine_server(mutual_table, SelectingEngine),
                 )
                 cases[f"one-way {name} native"] = (
                     without,
-                    engine_server(oneway_table, NativeEngine),
+                    engine_server(oneway_table, SelectingEngine),
                 )
         results: dict[str, list[float]] = {name: [] for name in cases}
         for _ in range(args.runs):

@@ -109,12 +109,39 @@ def _is_ascii_alnum(byte: int) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyShareEntry:
+    """One ``KeyShareEntry`` (RFC 8446 section 4.2.8): a group and its public value."""
+
+    group: int
+    key_exchange: bytes
+
+    def __repr__(self) -> str:
+        return f"KeyShareEntry(0x{self.group:04x}, <{len(self.key_exchange)} bytes>)"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class OfferedPsks:
+    """The client's pre_shared_key extension (RFC 8446 section 4.2.11). ``binders_size`` is
+    the size of the length-prefixed binders list, which ends the ClientHello (pre_shared_key is
+    the last extension): the binders are computed over the ClientHello without those bytes."""
+
+    identities: tuple[tuple[bytes, int], ...]  # (identity, obfuscated_ticket_age)
+    binders: tuple[bytes, ...]
+    binders_size: int
+
+    def __repr__(self) -> str:  # tickets and binders stay out of logs
+        return f"OfferedPsks({len(self.identities)} identities)"
+
+
+@dataclass(frozen=True, slots=True)
 class ClientHello:
     """A parsed ClientHello (RFC 8446 section 4.1.2; RFC 5246 section 7.4.1.2).
 
     ``extensions`` keeps every extension as ``(type, raw body)`` in wire order, GREASE included;
     the parsed fields below are derived from it. GREASE values stay in the tuples (they are
-    what the client sent) and are skipped by the fingerprints.
+    what the client sent) and are skipped by the fingerprints. ``key_shares`` and
+    ``offered_psks`` carry what a TLS 1.3 server needs of those extensions, so no engine parses
+    the hello a second time.
     """
 
     legacy_version: int
@@ -128,11 +155,20 @@ class ClientHello:
     supported_versions: tuple[int, ...] = ()
     supported_groups: tuple[int, ...] = ()
     signature_algorithms: tuple[int, ...] = ()
-    key_share_groups: tuple[int, ...] = ()
+    key_shares: tuple[KeyShareEntry, ...] = ()
+    has_key_share: bool = False  # the extension is present (it may list no share)
     psk_key_exchange_modes: tuple[int, ...] = ()
-    has_pre_shared_key: bool = False
+    offered_psks: OfferedPsks | None = None
     has_early_data: bool = False
     ec_point_formats: bytes = b""
+
+    @property
+    def key_share_groups(self) -> tuple[int, ...]:
+        return tuple(entry.group for entry in self.key_shares)
+
+    @property
+    def has_pre_shared_key(self) -> bool:
+        return self.offered_psks is not None
 
     @property
     def offered_versions(self) -> tuple[int, ...]:
@@ -273,40 +309,40 @@ def _parse_alpn(body: bytes) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _parse_key_share(body: bytes) -> tuple[int, ...]:
+def _parse_key_share(body: bytes) -> tuple[KeyShareEntry, ...]:
     """RFC 8446 section 4.2.8: KeyShareEntry client_shares<0..2^16-1>, key_exchange<1..>."""
     buf = Buffer(body)
-    groups: list[int] = []
+    entries: list[KeyShareEntry] = []
     with buf.pull_block(2):
         while not buf.eof():
-            groups.append(buf.pull_uint16())
-            buf.pull_vector_bytes(2, minimum=1)
+            group = buf.pull_uint16()
+            entries.append(KeyShareEntry(group, buf.pull_vector_bytes(2, minimum=1)))
     if not buf.eof():
         raise DecodeError("trailing bytes after client_shares")
-    return tuple(groups)
+    return tuple(entries)
 
 
-def _parse_pre_shared_key(body: bytes) -> None:
+def _parse_pre_shared_key(body: bytes) -> OfferedPsks:
     """RFC 8446 section 4.2.11: OfferedPsks, identities<7..2^16-1>, binders<33..2^16-1>."""
     buf = Buffer(body)
-    identities = 0
+    identities: list[tuple[bytes, int]] = []
     with buf.pull_block(2, minimum=7):
         while not buf.eof():
-            buf.pull_vector_bytes(2, minimum=1)
-            buf.pull_uint32()  # obfuscated_ticket_age
-            identities += 1
-    binders = 0
+            identity = buf.pull_vector_bytes(2, minimum=1)
+            identities.append((identity, buf.pull_uint32()))  # obfuscated_ticket_age
+    binders_start = buf.tell()
+    binders: list[bytes] = []
     with buf.pull_block(2, minimum=33):
         while not buf.eof():
-            buf.pull_vector_bytes(1, minimum=32)
-            binders += 1
+            binders.append(buf.pull_vector_bytes(1, minimum=32))
     if not buf.eof():
         raise DecodeError("trailing bytes after OfferedPsks")
-    if identities != binders:
+    if len(identities) != len(binders):
         raise _malformed(
-            f"pre_shared_key has {identities} identities but {binders} binders",
+            f"pre_shared_key has {len(identities)} identities but {len(binders)} binders",
             Alert.ILLEGAL_PARAMETER,
         )
+    return OfferedPsks(tuple(identities), tuple(binders), len(body) - binders_start)
 
 
 def _whole(body: bytes, length_size: int, minimum: int) -> tuple[int, ...]:
@@ -392,13 +428,13 @@ def _parse_client_hello(body: bytes) -> ClientHello:
             # SignatureScheme supported_signature_algorithms<2..2^16-2>
             fields["signature_algorithms"] = _whole(ext_body, 2, 2)
         elif ext_type == ExtensionType.KEY_SHARE:
-            fields["key_share_groups"] = _parse_key_share(ext_body)
+            fields["key_shares"] = _parse_key_share(ext_body)
+            fields["has_key_share"] = True
         elif ext_type == ExtensionType.PSK_KEY_EXCHANGE_MODES:
             # PskKeyExchangeMode ke_modes<1..255>
             fields["psk_key_exchange_modes"] = tuple(_parse_uint8_list(ext_body, 1))
         elif ext_type == ExtensionType.PRE_SHARED_KEY:
-            _parse_pre_shared_key(ext_body)
-            fields["has_pre_shared_key"] = True
+            fields["offered_psks"] = _parse_pre_shared_key(ext_body)
         elif ext_type == ExtensionType.EARLY_DATA:
             # RFC 8446 section 4.2.10: empty in the ClientHello.
             if ext_body:
@@ -525,9 +561,7 @@ class ClientHelloReader:
             # follow the ClientHello in its record (the next client flight waits for ours).
             raise _malformed("bytes follow the ClientHello in its last record")
         self._hello = parse_client_hello(message.body)
-        self._message = (
-            bytes((message.msg_type,)) + len(message.body).to_bytes(3, "big") + message.body
-        )
+        self._message = message.raw
         return self._hello
 
     def _wrong_type(self, msg_type: int) -> HandshakeError:

@@ -73,6 +73,9 @@ class HandshakeComplete:
     ``verified`` is true when a client certificate was presented, verified and allowed.
     ``would_refuse`` is set in audit mode (``client_auth.enforce: false``) for a client the
     policy would have refused: it is admitted, but its identity is forwarded as unverified.
+    ``server_certificate`` is our leaf (DER) that authenticates this session: the one the native
+    engine chose and sent (on resumption, where none is sent, the one this hello would get), or
+    the one OpenSSL used, inferred (``openssl.server_certificate``); None without credentials.
     """
 
     route: str
@@ -86,6 +89,7 @@ class HandshakeComplete:
     client_certificate: bytes | None = None  # the leaf, DER
     verified: bool = False
     would_refuse: Refusal | None = None
+    server_certificate: bytes | None = None  # our leaf, DER
 
     @property
     def result(self) -> str:
@@ -148,6 +152,12 @@ class TraceRecord:
 
 
 Tracer = Callable[[TraceRecord], None]
+
+
+def note(trace: Tracer | None, direction: str, message: str, **fields: object) -> None:
+    """Add one step to a handshake trace, if one is being taken."""
+    if trace is not None:
+        trace(TraceRecord(direction, message, fields))
 
 
 Event = (

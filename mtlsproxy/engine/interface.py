@@ -1,21 +1,52 @@
 """What the proxy needs from a handshake engine, and what an engine needs from a route.
 
 The proxy drives an engine only through ``Engine``; a second engine (the native TLS 1.3 one)
-plugs in by implementing it. Time comes from an injected clock, never from the engine itself,
-so that phase timings and the handshake deadline are deterministic in tests (aioquic's ``now``).
+plugs in by implementing it. Time comes from injected clocks, never from the engine itself, so
+that phase timings, the handshake deadline and ticket ages are deterministic in tests
+(aioquic's ``now``): ``Clock`` (monotonic seconds) times the phases, and a route's
+``wall_clock`` dates tickets and certificates.
+
+The engine states what it needs from a route as protocols (``TLSRoute``, ``NativeRoute``,
+``Credential``); ``routing.routes.ServerRoute`` satisfies them, and the engine never imports
+the routing layer.
 """
 
 from __future__ import annotations
 
 import ssl
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.events import Event
+from mtlsproxy.engine.native.tickets import TicketKey
 from mtlsproxy.vocabulary.decision import Decision, Evidence
 
 Clock = Callable[[], float]
+
+
+class Credential(Protocol):
+    """One of our certificate chains with its private key (``ServerCredential``)."""
+
+    @property
+    def chain(self) -> tuple[x509.Certificate, ...]:
+        """Leaf first."""
+        ...
+
+    @property
+    def chain_der(self) -> tuple[bytes, ...]:
+        """The chain's DER encodings, leaf first (what a Certificate message carries)."""
+        ...
+
+    @property
+    def key(self) -> PrivateKeyTypes: ...
+
+    @property
+    def leaf(self) -> x509.Certificate: ...
 
 
 class TLSRoute(Protocol):
@@ -28,12 +59,47 @@ class TLSRoute(Protocol):
     def ssl_context(self) -> ssl.SSLContext: ...
 
     @property
+    def credentials(self) -> Sequence[Credential]:
+        """Our certificates, in config order (empty: only the SSLContext has them)."""
+        ...
+
+    @property
     def requests_client_certificate(self) -> bool: ...
 
     def decide(self, chain_der: Sequence[bytes], evidence: Evidence) -> Decision:
         """The route's client-certificate policy on the chain the client presented (leaf
         first; empty: none), now: seed steps 5 and 6 after what ``evidence`` says the TLS
         stack already checked (``policy.decision.decide``)."""
+        ...
+
+
+class NativeRoute(TLSRoute, Protocol):
+    """What the native TLS 1.3 engine needs beyond ``TLSRoute``: the material it signs with,
+    what it asks of clients and the ticket key it seals sessions with."""
+
+    @property
+    def client_ca_names(self) -> Sequence[bytes]:
+        """DER DistinguishedNames for CertificateRequest's certificate_authorities."""
+        ...
+
+    @property
+    def tickets(self) -> TicketKey | None:
+        """The route's session-ticket key; None: no tickets are issued or accepted."""
+        ...
+
+    @property
+    def alpn(self) -> Sequence[str]:
+        """ALPN protocols in server preference order."""
+        ...
+
+    @property
+    def record_padding(self) -> int:
+        """Pad our protected records to a multiple of this many bytes (0: no padding)."""
+        ...
+
+    @property
+    def wall_clock(self) -> Callable[[], datetime]:
+        """Now, as an aware datetime: the one clock tickets are dated and aged with."""
         ...
 
 

@@ -7,7 +7,8 @@ parser (``clienthello.py``) and chooses the route from the parsed hello *before*
 reaches OpenSSL; the route's own ``SSLContext`` then wraps the BIO pair and the buffered bytes
 are replayed into it. A session made under one route can therefore never be resumed under
 another (each context has its own session cache and ticket keys), and no ``sni_callback`` is
-needed.
+needed. Under ``engine: native`` the selecting engine reads the ClientHello instead and hands
+over its reader and the parsed hello (``serve``, ``refuse_hello``).
 
 Rules for driving the SSLObject (trio ``_ssl.py``, CPython ``sslproto.py``; the checklist in
 docs/architecture.md):
@@ -33,6 +34,8 @@ from __future__ import annotations
 import enum
 import ssl
 
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
 from mtlsproxy.engine.clienthello import ClientHello, ClientHelloReader
 from mtlsproxy.engine.events import (
     ApplicationData,
@@ -40,13 +43,19 @@ from mtlsproxy.engine.events import (
     Event,
     HandshakeComplete,
     HandshakeFailed,
-    HandshakeTimings,
     PeerClosed,
     ProtocolError,
     Tracer,
     TraceRecord,
 )
 from mtlsproxy.engine.interface import Clock, RouteSelector, TLSRoute
+from mtlsproxy.engine.progress import (
+    PhaseMarks,
+    handshake_failed,
+    peer_alert_error,
+    peer_closed,
+    timed_out,
+)
 from mtlsproxy.vocabulary.decision import Evidence
 from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Reason, Step
 from mtlsproxy.vocabulary.identity import PeerIdentity
@@ -80,15 +89,10 @@ _VERIFY_CODES: dict[int, tuple[Reason, Alert]] = {
     21: (Reason.CLIENT_CERT_UNTRUSTED, Alert.UNKNOWN_CA),
 }
 
-# Alerts a client sends when it does not accept our certificate (seed step 3).
-CLIENT_REJECTS_SERVER_CERT = {
-    Alert.BAD_CERTIFICATE,
-    Alert.UNSUPPORTED_CERTIFICATE,
-    Alert.CERTIFICATE_REVOKED,
-    Alert.CERTIFICATE_EXPIRED,
-    Alert.CERTIFICATE_UNKNOWN,
-    Alert.UNKNOWN_CA,
-}
+# TLS SignatureScheme code points (RFC 8446 section 4.2.3) by the key type that signs them.
+_EC_SCHEMES = frozenset({0x0403, 0x0503, 0x0603})
+_ED25519_SCHEMES = frozenset({0x0807})
+_RSA_SCHEMES = frozenset({0x0804, 0x0805, 0x0806, 0x0809, 0x080A, 0x080B, 0x0401, 0x0501, 0x0601})
 
 # OpenSSL reason codes for our own handshake failures, by what they mean to an operator.
 _NEGOTIATION_FAILURES: dict[str, Reason] = {
@@ -114,17 +118,26 @@ class OpenSSLEngine:
     """Server side of one TLS connection, flight by flight.
 
     ``select_route`` maps the parsed ClientHello to a route; ``clock`` is a monotonic clock in
-    seconds (the proxy passes ``loop.time``), read at each flight to time the phases.
+    seconds (the proxy passes ``time.perf_counter``), read at each flight to time the phases.
+
+    The selecting engine (``engine: native``) hands a connection over after reading the
+    ClientHello itself: it passes its ``reader`` (every byte so far) and ``marks`` (timed from
+    the accept) and calls :meth:`serve` or :meth:`refuse_hello`.
     """
 
     def __init__(
-        self, select_route: RouteSelector, clock: Clock, trace: Tracer | None = None
+        self,
+        select_route: RouteSelector,
+        clock: Clock,
+        trace: Tracer | None = None,
+        *,
+        reader: ClientHelloReader | None = None,
+        marks: PhaseMarks | None = None,
     ) -> None:
         self._select_route = select_route
-        self._clock = clock
         self._trace = trace
         self._state = _State.CLIENT_HELLO
-        self._hello_reader = ClientHelloReader()
+        self._hello_reader = reader if reader is not None else ClientHelloReader()
         self._hello: ClientHello | None = None
         self._route: TLSRoute | None = None
         self._incoming = ssl.MemoryBIO()
@@ -133,13 +146,7 @@ class OpenSSLEngine:
         self._to_send = bytearray()  # bytes we frame ourselves: the 400, a TLS 1.2 alert
         self._peer_closed = False  # PeerClosed was reported: nothing more will be read
         self._close_sent = False
-        # Phase marks, from self._clock().
-        self._t_accept = clock()
-        self._t_hello: float | None = None
-        self._t_flight: float | None = None
-        self._t_answer: float | None = None
-        self._verify_seconds: float | None = None
-        self._t_end: float | None = None
+        self._marks = marks if marks is not None else PhaseMarks(clock)
 
     # Public surface (engine.interface.Engine)
 
@@ -168,8 +175,7 @@ class OpenSSLEngine:
             return self._receive_client_hello(data)
         self._incoming.write(data)
         if self._state is _State.HANDSHAKE:
-            if self._t_flight is not None and self._t_answer is None:
-                self._t_answer = self._clock()
+            self._marks.mark_answer()
             return self._do_handshake()
         return self._read_application_data()
 
@@ -177,7 +183,7 @@ class OpenSSLEngine:
         if self._state is _State.CLOSED or self._peer_closed:
             return []
         if self._state is _State.CLIENT_HELLO:
-            return [self._fail(self._peer_closed_error())]
+            return [self._fail(peer_closed(Step.CLIENT_HELLO))]
         self._incoming.write_eof()
         if self._state is _State.HANDSHAKE:
             return self._do_handshake()
@@ -186,10 +192,7 @@ class OpenSSLEngine:
     def handle_timeout(self) -> list[Event]:
         if self._state not in (_State.CLIENT_HELLO, _State.HANDSHAKE):
             return []
-        error = HandshakeError(
-            self._waiting_step(), Reason.TIMEOUT, "the client did not finish the handshake in time"
-        )
-        return [self._fail(error)]
+        return [self._fail(timed_out(self._waiting_step()))]
 
     def send(self, data: bytes) -> None:
         if self._state is not _State.ESTABLISHED:
@@ -220,19 +223,28 @@ class OpenSSLEngine:
         try:
             hello = self._hello_reader.feed(data)
         except HandshakeError as error:
-            if error.reason is Reason.NOT_TLS and self._hello_reader.looks_like_http:
-                self._to_send += PLAIN_HTTP_RESPONSE
-            elif error.alert is not None:
-                # No version is negotiated yet: the record says TLS 1.0, as ClientHellos do.
-                self._to_send += _fatal_alert_record(error.alert, INITIAL_RECORD_VERSION)
-            return [self._fail(error)]
+            return self.refuse_hello(error)
         if hello is None:
             return []
-        self._hello = hello
-        self._t_hello = self._clock()
+        self._marks.mark_hello()
         if self._trace is not None:  # the fields cost a JA4: only when tracing
             self._note("<-", "ClientHello", **hello.trace_fields())
-        route = self._select_route(hello)
+        return self.serve(hello, self._select_route(hello))
+
+    def refuse_hello(self, error: HandshakeError) -> list[Event]:
+        """The reader refused the first bytes: a 400 to a plaintext HTTP client, else the
+        reader's alert, and the failure (seed step 1)."""
+        if error.reason is Reason.NOT_TLS and self._hello_reader.looks_like_http:
+            self._to_send += PLAIN_HTTP_RESPONSE
+        elif error.alert is not None:
+            # No version is negotiated yet: the record says TLS 1.0, as ClientHellos do.
+            self._to_send += _fatal_alert_record(error.alert, INITIAL_RECORD_VERSION)
+        return [self._fail(error)]
+
+    def serve(self, hello: ClientHello, route: TLSRoute) -> list[Event]:
+        """Run the handshake for ``hello`` (read whole by the reader) under ``route``: the
+        route's context wraps the BIO pair and every buffered byte is replayed into it."""
+        self._hello = hello
         self._route = route
         self._sslobj = route.ssl_context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         self._incoming.write(self._hello_reader.buffered)
@@ -241,12 +253,12 @@ class OpenSSLEngine:
 
     def _do_handshake(self) -> list[Event]:
         assert self._sslobj is not None and self._route is not None
-        started = self._clock()
+        started = self._marks.clock()
         try:
             self._sslobj.do_handshake()
         except ssl.SSLWantReadError:
-            if self._t_flight is None and self._outgoing.pending:
-                self._t_flight = self._clock()
+            if self._marks.flight is None and self._outgoing.pending:
+                self._marks.mark_flight()
                 # OpenSSL writes the flight itself; past ServerHello it is encrypted.
                 self._note("->", "server flight", bytes=self._outgoing.pending)
             return []
@@ -260,27 +272,27 @@ class OpenSSLEngine:
         if decision.refusal is not None and not decision.admitted:
             return [self._refuse(decision.refusal.to_error(), decision.identity)]
         identity = decision.identity
-        now = self._clock()
-        self._verify_seconds = now - started
-        self._t_end = now
+        self._marks.mark_end(work_since=started)
         self._state = _State.ESTABLISHED
         self._note(
             "--", "handshake complete", version=self._sslobj.version(),
             cipher=(self._sslobj.cipher() or ("?",))[0],
             client=identity.describe() if identity else None,
         )  # fmt: skip
+        cipher = (self._sslobj.cipher() or ("unknown",))[0]
         complete = HandshakeComplete(
             route=self._route.name,
             version=self._sslobj.version() or "unknown",
-            cipher=(self._sslobj.cipher() or ("unknown",))[0],
+            cipher=cipher,
             alpn=self._sslobj.selected_alpn_protocol(),
             client_certificate_presented=leaf is not None,
             identity=identity,
             session_reused=self._sslobj.session_reused,
-            timings=self._timings(),
+            timings=self._marks.timings(),
             client_certificate=leaf,
             verified=decision.verified,
             would_refuse=decision.would_refuse,
+            server_certificate=server_certificate(self._route, self._hello, cipher),
         )
         # Application data may have arrived in the same read as the client's Finished.
         return [complete, *self._read_application_data()]
@@ -360,7 +372,7 @@ class OpenSSLEngine:
                 Step.CLIENT_VERIFY, reason, f"client certificate: {exc.verify_message}", alert
             )
         if isinstance(exc, ssl.SSLZeroReturnError | ssl.SSLEOFError | ssl.SSLSyscallError):
-            return self._peer_closed_error()
+            return peer_closed(self._waiting_step())
         if reason_code == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
             alert = Alert.CERTIFICATE_REQUIRED if self._tls13() else Alert.HANDSHAKE_FAILURE
             return HandshakeError(
@@ -371,19 +383,11 @@ class OpenSSLEngine:
             )
         received = _received_alert(reason_code)
         if received is not None:
-            if self._t_flight is not None and received in CLIENT_REJECTS_SERVER_CERT:
-                return HandshakeError(
-                    Step.SERVER_CERTIFICATE,
-                    Reason.CLIENT_REJECTED_SERVER_CERT,
-                    f"the client rejected our certificate with alert {received.name.lower()}",
-                )
-            reason = (
-                Reason.UNSUPPORTED_VERSION
-                if received is Alert.PROTOCOL_VERSION
-                else Reason.CLIENT_ALERT
-            )
-            return HandshakeError(
-                self._waiting_step(), reason, f"the client sent alert {received.name.lower()}"
+            return peer_alert_error(
+                received,
+                received.name.lower(),
+                self._waiting_step(),
+                flight_sent=self._marks.flight is not None,
             )
         if reason_code in _NEGOTIATION_FAILURES:
             reason = _NEGOTIATION_FAILURES[reason_code]
@@ -411,20 +415,15 @@ class OpenSSLEngine:
             self._waiting_step(), Reason.MALFORMED, f"OpenSSL: {reason_code or exc}"
         )
 
-    def _peer_closed_error(self) -> HandshakeError:
-        return HandshakeError(
-            self._waiting_step(), Reason.PEER_CLOSED, "the client closed during the handshake"
-        )
-
     def _waiting_step(self) -> Step:
-        """The seed step we were waiting for when the handshake stopped."""
-        if self._hello is None:
-            return Step.CLIENT_HELLO
-        if self._t_flight is None:
-            return Step.SERVER_HELLO
+        """The seed step we were waiting for when the handshake stopped. After our flight
+        OpenSSL does not say how far the client got: its certificate when we asked for one,
+        else its Finished (TLS 1.3) or key exchange (TLS 1.2)."""
         if self._route is not None and self._route.requests_client_certificate:
-            return Step.CLIENT_CERTIFICATE
-        return Step.CLIENT_FINISHED if self._tls13() else Step.KEY_EXCHANGE
+            after_flight = Step.CLIENT_CERTIFICATE
+        else:
+            after_flight = Step.CLIENT_FINISHED if self._tls13() else Step.KEY_EXCHANGE
+        return self._marks.waiting_step(after_flight)
 
     def _tls13(self) -> bool:
         if self._sslobj is not None and self._sslobj.version() is not None:
@@ -442,29 +441,21 @@ class OpenSSLEngine:
         version: str | None = None,
     ) -> HandshakeFailed:
         self._state = _State.CLOSED
-        self._t_end = self._clock()
+        self._marks.mark_end()
         flushed = self._outgoing.read()
         self._to_send += flushed
         alert = _plaintext_alert(flushed) or error.alert
         self._note("->", "alert", alert=alert.name.lower() if alert else None,
                    step=str(error.step), reason=str(error.reason))  # fmt: skip
-        return HandshakeFailed(
-            step=error.step,
-            reason=error.reason,
-            detail=error.detail,
+        return handshake_failed(
+            error,
+            self._marks,
+            self._route.name if self._route else None,
             alert=alert,
-            route=self._route.name if self._route else None,
-            timings=self._timings(),
             client_certificate_presented=identity is not None,
             identity=identity,
             version=version,
         )
-
-    def _timings(self) -> HandshakeTimings:
-        return HandshakeTimings.from_marks(
-            self._t_accept, self._t_hello, self._t_flight, self._t_answer, self._t_end,
-            self._verify_seconds,
-        )  # fmt: skip
 
 
 def _received_alert(reason_code: str) -> Alert | None:
@@ -492,3 +483,34 @@ def _plaintext_alert(flushed: bytes) -> Alert | None:
         return Alert(record[6])
     except ValueError:
         return None
+
+
+def server_certificate(route: TLSRoute, hello: ClientHello | None, cipher: str) -> bytes | None:
+    """Which of the route's certificates (DER leaf) OpenSSL used; ``SSLObject`` does not say.
+
+    One certificate: that one. Several: TLS 1.2 names the key type in the suite (``ECDHE-ECDSA``
+    or ``ECDHE-RSA``); in TLS 1.3 OpenSSL (with server preference) takes the first of its own
+    signature schemes the client offers, ECDSA before Ed25519 before RSA.
+    """
+    credentials = route.credentials
+    if len(credentials) <= 1 or hello is None:
+        return credentials[0].chain_der[0] if credentials else None
+    offered = set(hello.signature_algorithms)
+    wanted: list[type] = []
+    if "ECDSA" in cipher:
+        wanted = [ec.EllipticCurvePublicKey]
+    elif "RSA" in cipher:
+        wanted = [rsa.RSAPublicKey]
+    else:
+        for schemes, key_type in (
+            (_EC_SCHEMES, ec.EllipticCurvePublicKey),
+            (_ED25519_SCHEMES, ed25519.Ed25519PublicKey),
+            (_RSA_SCHEMES, rsa.RSAPublicKey),
+        ):
+            if offered & schemes:
+                wanted.append(key_type)
+    for key_type in wanted:
+        for credential in credentials:
+            if isinstance(credential.leaf.public_key(), key_type):
+                return credential.chain_der[0]
+    return credentials[0].chain_der[0]

@@ -190,11 +190,72 @@ def parse_record_header(data: bytes | bytearray, offset: int = 0) -> RecordHeade
     )
 
 
-class HandshakeMessage(NamedTuple):
-    """One reassembled handshake message (RFC 8446 section 4): its type and body."""
+class Message(NamedTuple):
+    """One reassembled handshake message (RFC 8446 section 4): its type, its body and the raw
+    bytes, 4-byte header included (what the transcript hash of section 4.4.1 takes)."""
 
     msg_type: int
     body: bytes
+    raw: bytes
+
+
+class MessageAssembler:
+    """Handshake messages from handshake-record contents, in any fragmentation (section 5.1).
+
+    The one reassembler: :class:`HandshakeReader` feeds it the plaintext records that open a
+    connection, the native engine the decrypted contents of protected ones. ``feed`` appends
+    one record's content; ``next_message`` returns the next whole message or ``None``. A
+    declared length above ``max_size`` raises ``DecodeError`` as soon as the 4-byte header is
+    known (each caller names the alert), so the buffer never holds more than one maximum
+    message plus one record.
+    """
+
+    __slots__ = ("_data", "_max_size")
+
+    def __init__(self, max_size: int) -> None:
+        self._data = bytearray()
+        self._max_size = max_size
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    @property
+    def pending(self) -> bool:
+        """Bytes of an incomplete message are buffered."""
+        return bool(self._data)
+
+    @property
+    def next_type(self) -> int | None:
+        """The type of the message being assembled, as soon as its first byte is known."""
+        return self._data[0] if self._data else None
+
+    def head(self) -> bytes:
+        """The buffered start of the next message's header (up to 4 bytes)."""
+        return bytes(self._data[:HANDSHAKE_HEADER_SIZE])
+
+    def feed(self, content: bytes | bytearray | memoryview) -> None:
+        self._data += content
+
+    def wanted(self) -> int:
+        """How many buffered bytes the next message needs: its header until the header is
+        known, then the whole message. Raises ``DecodeError`` for an oversize length."""
+        data = self._data
+        if len(data) < HANDSHAKE_HEADER_SIZE:
+            return HANDSHAKE_HEADER_SIZE
+        length = int.from_bytes(data[1:4], "big")
+        if length > self._max_size:
+            raise DecodeError(
+                f"handshake message of {length} bytes exceeds the limit of {self._max_size}"
+            )
+        return HANDSHAKE_HEADER_SIZE + length
+
+    def next_message(self) -> Message | None:
+        end = self.wanted()
+        if len(self._data) < end:  # also while the header itself is incomplete
+            return None
+        raw = bytes(self._data[:end])
+        del self._data[:end]
+        return Message(raw[0], raw[HANDSHAKE_HEADER_SIZE:], raw)
 
 
 class HandshakeReader:
@@ -214,10 +275,10 @@ class HandshakeReader:
 
     def __init__(self, step: Step, *, max_message_size: int) -> None:
         self._step = step
-        self._max_message_size = max_message_size
         self._data = bytearray()  # received bytes not yet parsed as complete records
         self._pos = 0  # start of the first unparsed record in _data
-        self._fragments = bytearray()  # handshake bytes from complete records, not yet returned
+        # Handshake bytes from complete records, not yet returned as messages.
+        self._messages = MessageAssembler(max_message_size)
         self._consumed = 0  # input bytes that belong to complete records
 
     @property
@@ -228,7 +289,7 @@ class HandshakeReader:
     @property
     def fragment_pending(self) -> bool:
         """True when complete records hold handshake bytes not yet returned as a message."""
-        return bool(self._fragments)
+        return self._messages.pending
 
     def _fail(self, detail: str, alert: Alert = Alert.DECODE_ERROR) -> HandshakeError:
         return HandshakeError(self._step, Reason.MALFORMED, detail, alert)
@@ -259,7 +320,7 @@ class HandshakeReader:
         caller can reject a wrong message type or an oversize length before the rest arrives.
         Also validates an incomplete record's header as soon as its 5 bytes are present.
         """
-        head = bytes(self._fragments[:HANDSHAKE_HEADER_SIZE])
+        head = self._messages.head()
         if len(head) < HANDSHAKE_HEADER_SIZE and len(self._data) - self._pos >= RECORD_HEADER_SIZE:
             header = parse_record_header(self._data, self._pos)
             self._check_record_header(header)
@@ -271,9 +332,9 @@ class HandshakeReader:
         return msg_type, length
 
     def _pull_records(self, wanted: int) -> None:
-        """Move complete records into ``_fragments`` until it holds ``wanted`` bytes."""
+        """Move complete records into the assembler until it holds ``wanted`` bytes."""
         data = self._data
-        while len(self._fragments) < wanted:
+        while len(self._messages) < wanted:
             pos = self._pos
             if len(data) - pos < RECORD_HEADER_SIZE:
                 break
@@ -282,7 +343,7 @@ class HandshakeReader:
             end = pos + RECORD_HEADER_SIZE + header.length
             if end > len(data):
                 break
-            self._fragments += data[pos + RECORD_HEADER_SIZE : end]
+            self._messages.feed(data[pos + RECORD_HEADER_SIZE : end])
             self._consumed += end - pos
             self._pos = end
         # Compact lazily so that many tiny records do not make the reader quadratic.
@@ -290,21 +351,14 @@ class HandshakeReader:
             del data[: self._pos]
             self._pos = 0
 
-    def read_message(self) -> HandshakeMessage | None:
-        """The next complete handshake message, or ``None`` if more bytes are needed."""
-        self._pull_records(HANDSHAKE_HEADER_SIZE)
-        if len(self._fragments) < HANDSHAKE_HEADER_SIZE:
-            return None
-        msg_type = self._fragments[0]
-        length = int.from_bytes(self._fragments[1:4], "big")
-        if length > self._max_message_size:
-            raise self._fail(
-                f"handshake message of {length} bytes exceeds the limit of {self._max_message_size}"
-            )
-        total = HANDSHAKE_HEADER_SIZE + length
-        self._pull_records(total)
-        if len(self._fragments) < total:
-            return None
-        body = bytes(self._fragments[HANDSHAKE_HEADER_SIZE:total])
-        del self._fragments[:total]
-        return HandshakeMessage(msg_type, body)
+    def read_message(self) -> Message | None:
+        """The next complete handshake message, or ``None`` if more bytes are needed.
+
+        Records are pulled only as far as the message needs, so ``consumed`` ends where the
+        message's last record ends."""
+        try:
+            self._pull_records(HANDSHAKE_HEADER_SIZE)
+            self._pull_records(self._messages.wanted())
+            return self._messages.next_message()
+        except DecodeError as exc:
+            raise self._fail(str(exc)) from None

@@ -13,8 +13,6 @@ Sans-I/O like the rest of ``forwarding``: bytes in, bytes out; the proxy does th
 from __future__ import annotations
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from mtlsproxy.config.model import ForwardIdentity, IdentityForwarding
 from mtlsproxy.engine.clienthello import ClientHello
@@ -29,11 +27,6 @@ from mtlsproxy.forwarding.http.response import ResponseTracker, UpgradeDecision
 from mtlsproxy.forwarding.proxy_protocol import encode_v2
 from mtlsproxy.forwarding.tls_info import Address, ForwardedTLS
 from mtlsproxy.routing.routes import ServerRoute
-
-# TLS SignatureScheme code points (RFC 8446 section 4.2.3) by the key type that signs them.
-_EC_SCHEMES = {0x0403, 0x0503, 0x0603}
-_ED25519_SCHEMES = {0x0807}
-_RSA_SCHEMES = {0x0804, 0x0805, 0x0806, 0x0809, 0x080A, 0x080B, 0x0401, 0x0501, 0x0601}
 
 
 class Forwarding:
@@ -112,7 +105,7 @@ def plan(
         certificate_der=event.client_certificate,
         verified=event.verified,
         session_reused=event.session_reused,
-        server_certificate_der=_server_certificate(route, hello, event.cipher),
+        server_certificate_der=event.server_certificate,
     )
     if settings.mode is ForwardIdentity.PROXY_PROTOCOL_V2:
         header = encode_v2(
@@ -142,32 +135,3 @@ def _by(route: ServerRoute) -> str | None:
         if uris:
             return uris[0]
     return None
-
-
-def _server_certificate(route: ServerRoute, hello: ClientHello | None, cipher: str) -> bytes | None:
-    """Which of our certificates the handshake used, for PROXY v2 SSL_SIG_ALG/SSL_KEY_ALG
-    (``SSLObject`` does not say). One certificate: that one. Several: TLS 1.2 names the key
-    type in the suite; in TLS 1.3 OpenSSL (with server preference) takes the first of its own
-    signature schemes the client offers, ECDSA before Ed25519 before RSA."""
-    certificates = [credential.leaf for credential in route.credentials]
-    if len(certificates) <= 1 or hello is None:
-        return certificates[0].public_bytes(Encoding.DER) if certificates else None
-    offered = set(hello.signature_algorithms)
-    wanted: list[type] = []
-    if "ECDSA" in cipher:
-        wanted = [ec.EllipticCurvePublicKey]
-    elif "RSA" in cipher:
-        wanted = [rsa.RSAPublicKey]
-    else:
-        for schemes, key_type in (
-            (_EC_SCHEMES, ec.EllipticCurvePublicKey),
-            (_ED25519_SCHEMES, ed25519.Ed25519PublicKey),
-            (_RSA_SCHEMES, rsa.RSAPublicKey),
-        ):
-            if offered & schemes:
-                wanted.append(key_type)
-    for key_type in wanted:
-        for cert in certificates:
-            if isinstance(cert.public_key(), key_type):
-                return cert.public_bytes(Encoding.DER)
-    return certificates[0].public_bytes(Encoding.DER)

@@ -202,8 +202,9 @@ class ClientConnection(asyncio.Protocol):
 
         A client with Nagle's algorithm on (Python's ssl, many libraries) holds its first
         request until its Finished is acknowledged; with nothing of ours to carry the ACK (no
-        session ticket: the native engine sends none) the kernel waits its delayed-ACK time,
-        40 ms on Linux. Quick-ACK mode for the next segments removes that wait.
+        session ticket: none after a refusal in audit mode, none after a resumption that was
+        not issued one) the kernel waits its delayed-ACK time, 40 ms on Linux. Quick-ACK mode
+        for the next segments removes that wait.
         """
         self._quickack_set = True
         sock = self._transport.get_extra_info("socket") if self._transport else None

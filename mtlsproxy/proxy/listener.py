@@ -17,8 +17,8 @@ from mtlsproxy.config.model import EngineKind, Listener
 from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.events import HandshakeComplete, HandshakeFailed
 from mtlsproxy.engine.interface import Engine
-from mtlsproxy.engine.native.engine import NativeEngine
 from mtlsproxy.engine.openssl import OpenSSLEngine
+from mtlsproxy.engine.selecting import SelectingEngine
 from mtlsproxy.metrics import Metrics
 from mtlsproxy.proxy.connection import ClientConnection
 from mtlsproxy.routing.routes import RouteTable
@@ -62,7 +62,7 @@ class ListenerRuntime:
         ``routes``; connections keep the table they started with). At debug level it traces
         every handshake message it sees."""
         trace = logs.tracer(self.name, peer)
-        engine = NativeEngine if self.config.engine is EngineKind.NATIVE else OpenSSLEngine
+        engine = SelectingEngine if self.config.engine is EngineKind.NATIVE else OpenSSLEngine
         return engine(self.routes.select, time.perf_counter, trace)
 
     def watched_files(self) -> tuple[Path, ...]:

@@ -53,8 +53,9 @@ def _utc_now() -> datetime:
 @dataclass(frozen=True, slots=True)
 class ServerRoute:
     """A route ready to serve: config, TLS context, compiled client policy, our credentials
-    and ticket key (the engines' ``TLSRoute``). ``wall_clock`` is the one place certificate
-    time is read: the engines and the policy are handed ``now``."""
+    and ticket key (the engines' ``TLSRoute`` and ``NativeRoute``). ``wall_clock`` is the one
+    place wall-clock time is read (certificates, ticket ages): the engines and the policy are
+    handed ``now``."""
 
     config: Route
     ssl_context: ssl.SSLContext

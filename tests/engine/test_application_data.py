@@ -15,13 +15,15 @@ import ssl
 import pytest
 
 from mtlsproxy.engine.events import ApplicationData, PeerClosed
-from mtlsproxy.engine.native.engine import NativeEngine
 from mtlsproxy.engine.openssl import OpenSSLEngine
+from mtlsproxy.engine.selecting import SelectingEngine
 from mtlsproxy.pki import PkiFiles
 from tests.engine.native.harness import FakeClock, build_route, client_context, table
 
 
-@pytest.mark.parametrize("engine_class", [OpenSSLEngine, NativeEngine], ids=["openssl", "native"])
+@pytest.mark.parametrize(
+    "engine_class", [OpenSSLEngine, SelectingEngine], ids=["openssl", "native"]
+)
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_every_byte_comes_out(

@@ -1,7 +1,8 @@
-"""The native TLS 1.3 engine's foundation: cipher suites, key exchange, key schedule, records.
+"""The native TLS 1.3 server engine: handshake, key schedule, records, on ``cryptography``.
 
 Pure Python on the ``cryptography`` primitives, sans-I/O (bytes in, bytes out; no sockets, no
-clock). Modules:
+clock of its own). This package exports the foundation; the engine is
+:class:`.engine.NativeEngine`, built by :mod:`mtlsproxy.engine.selecting`. Modules:
 
 - :mod:`.alerts`: :class:`TLSAlert`, the one exception these modules raise for peer-caused
   failures; it carries the alert to send (RFC 8446 section 6) and converts to the engine's
@@ -11,6 +12,19 @@ clock). Modules:
 - :mod:`.key_schedule`: HKDF-Extract, HKDF-Expand-Label, Derive-Secret, the transcript hash and
   the key schedule (sections 4.4.1, 4.4.4, 7.1-7.3).
 - :mod:`.record_layer`: record framing and AEAD record protection (sections 5.1-5.5).
+- :mod:`.messages`: handshake messages, our encoders and bounded decoders of the client's
+  (section 4).
+- :mod:`.signatures`: signature schemes, the choice of our credential, CertificateVerify
+  content (section 4.4.3).
+- :mod:`.tickets`: sealed, stateless session tickets, one key per route (section 4.6.1).
+- :mod:`.states`: the handshake states, each carrying its data and its seed step.
+- :mod:`.handshake_records`: the client's records before its Finished (CCS, plaintext
+  alerts, rejected early data).
+- :mod:`.server_flight`: negotiation, HelloRetryRequest, our flight (sections 4.1-4.4).
+- :mod:`.client_flight`: the client's Certificate, CertificateVerify and Finished.
+- :mod:`.resumption`: PSK acceptance and binder, ticket issuing (sections 2.2, 4.2.11, 4.6.1).
+- :mod:`.engine`: :class:`~.engine.NativeEngine`, the connection: records in and out, the
+  state gate, application data, KeyUpdate, failures.
 """
 
 from __future__ import annotations

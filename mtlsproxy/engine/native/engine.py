@@ -2,39 +2,29 @@
 
 Theory of operation
 -------------------
-The first bytes go through the same ``ClientHelloReader`` as the OpenSSL engine. Anything the
-native engine does not serve is **handed over** to an :class:`OpenSSLEngine` built on the spot
-and fed every byte buffered so far; every later call is delegated to it:
+The engine is built by the selecting engine (:mod:`mtlsproxy.engine.selecting`) once a
+ClientHello is whole, offers TLS 1.3 and maps to a route with our credentials; everything else
+(TLS 1.2, a hello the reader refuses, a route without credentials) goes to the OpenSSL engine
+there, so this module knows nothing of OpenSSL. It starts with the hello already parsed
+(:meth:`NativeEngine.start`) and the connection's :class:`~mtlsproxy.engine.progress.PhaseMarks`,
+which were started at the accept.
 
-* a ClientHello the reader rejects (not TLS, plaintext HTTP, malformed, too old): OpenSSL's
-  engine re-reads the same bytes and fails exactly as it always does (400 reply, alert, step
-  and reason), so there is one implementation of that behaviour;
-* a ClientHello without TLS 1.3 in supported_versions (a TLS 1.2 client; a route with
-  ``min_version: "1.3"`` makes OpenSSL refuse it itself), or one offering TLS 1.2 too but no
-  TLS 1.3 suite we have;
-* a route without loaded credentials (``ServerRoute.credentials`` empty).
-
-The hand-over clock reports the original accept time first, so phase timings stay honest.
-
-For TLS 1.3 (RFC 8446) the engine runs a full handshake, never 0-RTT:
+For TLS 1.3 (RFC 8446) the engine runs a full handshake or a PSK resumption, never 0-RTT:
 ClientHello -> [HelloRetryRequest -> ClientHello] -> ServerHello, (CCS), {EncryptedExtensions,
 [CertificateRequest], Certificate, CertificateVerify, Finished} in one write; then the
-client's [Certificate, CertificateVerify], Finished. The client's chain is verified by the
-route's ``ClientVerifier`` (the same code the policy documents), its CertificateVerify
-checked, the identity allow-list applied (``route.admit``), and only then its Finished checked
-and ``HandshakeComplete`` emitted.
+client's [Certificate, CertificateVerify], Finished; then, for a client admitted without
+``would_refuse``, one NewSessionTicket. The pieces live beside this module:
 
-Resumption (sections 2.2, 4.2.11, 4.6.1): after a full handshake whose client was admitted
-without ``would_refuse``, one NewSessionTicket goes out, sealed with the route's
-:class:`~mtlsproxy.engine.native.tickets.TicketKey` (so a ticket resumes on its own route
-only, and a reload rotates the keys). A ClientHello offering psk_dhe_ke and a ticket that
-opens, is within its lifetime and fits the negotiated suite's hash is answered with
-ServerHello (pre_shared_key, key_share: ECDHE is always done; psk_ke is not accepted),
-{EncryptedExtensions, Finished}; a wrong binder is ``decrypt_error``, any other unusable ticket
-is ignored (full handshake). The client's certificate from the ticket is checked again by
-``route.admit(..., session_reused=True)`` (expiry, revocation, allow-list, against now) after
-its Finished. A ClientHello that needs a HelloRetryRequest is always served a full handshake:
-the PSK is ignored in both ClientHellos, which section 4.2.11 allows.
+- :mod:`.server_flight`: negotiation, HelloRetryRequest, our flight;
+- :mod:`.client_flight`: the client's Certificate, CertificateVerify, Finished, acting on the
+  route's one policy decision (``route.decide``);
+- :mod:`.resumption`: PSK acceptance and binder, ticket issuing (on :mod:`.tickets`);
+- :mod:`.states`: the handshake states, each carrying its data and its seed step.
+
+This module keeps the connection: records in and out, the state (changed only through
+``_set_state``, the transition gate), what happens after the handshake (application data,
+KeyUpdate, close_notify), and failures. A ``TLSAlert`` from any piece becomes a
+``HandshakeError`` in one place (``_guarded``), at the seed step of the state it happened in.
 
 Deliberate differences from the OpenSSL engine (both are consequences of owning the
 handshake, and both are covered by the differential tests):
@@ -48,74 +38,68 @@ handshake, and both are covered by the differential tests):
   ``client_certificate``), and a failure after a certificate was presented says so
   (``client_certificate_presented``).
 
-ALPN follows OpenSSL (through CPython's callback): server preference order, and a client whose
-protocols all mismatch is served without ALPN (no ``no_application_protocol`` alert).
-
-Secrets live in the ``KeySchedule`` and ``RecordProtection`` objects, whose reprs hide them;
-nothing here logs, and exception details never carry key material.
+The engine reads no clock of its own: phases are timed by the marks (the proxy's monotonic
+clock) and tickets are dated by the route's ``wall_clock``. Secrets live in the ``KeySchedule``
+and ``RecordProtection`` objects, whose reprs hide them; nothing here logs, and exception
+details never carry key material.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
-import hmac
-import os
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable, Sequence
 
-from cryptography import x509
-
-from mtlsproxy.engine.clienthello import TLS1_2, ClientHello, ClientHelloReader, ExtensionType
-from mtlsproxy.engine.clienthello import parse_client_hello as _parse_client_hello
+from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.events import (
     ApplicationData,
-    ClientHelloReceived,
     Event,
     HandshakeComplete,
     HandshakeFailed,
-    HandshakeTimings,
     PeerClosed,
     ProtocolError,
     Tracer,
-    TraceRecord,
+    note,
 )
-from mtlsproxy.engine.interface import Clock, RouteSelector, TLSRoute
+from mtlsproxy.engine.interface import NativeRoute
+from mtlsproxy.engine.native import client_flight, server_flight
 from mtlsproxy.engine.native import messages as msgs
-from mtlsproxy.engine.native import signatures as sigs
 from mtlsproxy.engine.native.alerts import TLSAlert
-from mtlsproxy.engine.native.key_schedule import (
-    KeySchedule,
-    Transcript,
-    derive_secret,
-    finished_verify_data,
-    hkdf_expand_label,
-)
+from mtlsproxy.engine.native.handshake_records import HandshakeRecords
+from mtlsproxy.engine.native.key_schedule import nss_key_log
 from mtlsproxy.engine.native.record_layer import (
     MAX_PLAINTEXT_LENGTH,
     Record,
     RecordProtection,
     RecordReader,
     encode_record,
-    pad_to_multiple,
 )
-from mtlsproxy.engine.native.suites import (
-    CIPHER_SUITES,
-    CipherSuite,
-    CipherSuiteId,
-    NamedGroup,
-    generate_key_share,
-    get_cipher_suite,
+from mtlsproxy.engine.native.resumption import issue_ticket
+from mtlsproxy.engine.native.states import (
+    CLOSED,
+    TRANSITIONS,
+    ClientFlightState,
+    Closed,
+    Established,
+    ExpectCertificate,
+    ExpectCertificateVerify,
+    ExpectFinished,
+    Negotiating,
+    RetryRequested,
+    State,
 )
-from mtlsproxy.engine.native.tickets import AGE_TOLERANCE, TICKET_LIFETIME, TicketState
-from mtlsproxy.engine.openssl import CLIENT_REJECTS_SERVER_CERT, OpenSSLEngine
+from mtlsproxy.engine.native.suites import CIPHER_SUITES, CipherSuiteId, NamedGroup
+from mtlsproxy.engine.progress import (
+    PhaseMarks,
+    handshake_failed,
+    internal_error,
+    peer_alert_error,
+    peer_closed,
+    timed_out,
+)
 from mtlsproxy.engine.records import ContentType, HandshakeType
-from mtlsproxy.vocabulary.decision import Decision, Evidence
-from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Reason, Step
+from mtlsproxy.vocabulary.decision import Decision
+from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Step
 from mtlsproxy.vocabulary.identity import PeerIdentity
-
-if TYPE_CHECKING:
-    from mtlsproxy.routing.routes import ServerCredential, ServerRoute
 
 DEFAULT_CIPHER_SUITES = (
     CipherSuiteId.TLS_AES_128_GCM_SHA256,
@@ -124,198 +108,106 @@ DEFAULT_CIPHER_SUITES = (
 )
 DEFAULT_GROUPS = (NamedGroup.X25519, NamedGroup.SECP256R1, NamedGroup.SECP384R1)
 
-# Section 4.2.10: a server that rejects 0-RTT skips the client's early data "up to the
-# configured max_early_data_size"; we never accept any, so this only bounds the skipping.
-MAX_SKIPPED_EARLY_DATA = 64 * 1024
-
 RECORD_VERSION = 0x0303
-PSK_DHE_KE = 1  # section 4.2.9; psk_ke (0) is never accepted
 _WARNING, _FATAL = 1, 2
 
 
-class _State(enum.Enum):
-    CLIENT_HELLO = "client_hello"  # buffering until the ClientHello is whole
-    RETRY = "retry"  # HelloRetryRequest sent; waiting for the second ClientHello
-    CLIENT_FLIGHT = "client_flight"  # our flight sent; reading the client's
-    ESTABLISHED = "established"  # admitted; application data flows
-    CLOSED = "closed"  # failed, or the session ended
-    DELEGATED = "delegated"  # handed over to the OpenSSL engine
-
-
-class _Expect(enum.Enum):
-    CERTIFICATE = "certificate"
-    CERTIFICATE_VERIFY = "certificate_verify"
-    FINISHED = "finished"
-
-
-class _Refused(Exception):
-    """The allow-list refused a client whose TLS handshake was otherwise acceptable."""
-
-    def __init__(self, error: HandshakeError, identity: PeerIdentity | None) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.identity = identity
-
-
-class _StartAt:
-    """A clock whose first reading is ``start`` (the accept time of a handed-over engine)."""
-
-    def __init__(self, start: float, clock: Clock) -> None:
-        self._start: float | None = start
-        self._clock = clock
-
-    def __call__(self) -> float:
-        if self._start is not None:
-            start, self._start = self._start, None
-            return start
-        return self._clock()
-
-
 class NativeEngine:
-    """Server side of one TLS connection, TLS 1.3 natively, older versions through OpenSSL.
+    """Server side of one TLS 1.3 connection whose ClientHello was read (``hello``).
 
-    ``select_route`` maps the parsed ClientHello to a route (a ``ServerRoute``: the engine uses
-    its ``credentials``, ``verifier`` and ``config``); ``clock`` is a monotonic clock in seconds.
-    ``cipher_suites`` and ``groups`` restrict and order what we negotiate (server preference
-    for suites; the client's key_share order for groups).
+    ``route`` is the route selected from it (a ``NativeRoute``); ``marks`` time the phases
+    from the accept. ``cipher_suites`` and ``groups`` restrict and order what we negotiate
+    (server preference for suites; the client's key_share order for groups).
     """
 
     def __init__(
         self,
-        select_route: RouteSelector,
-        clock: Clock,
+        route: NativeRoute,
+        hello: ClientHello,
+        marks: PhaseMarks,
         trace: Tracer | None = None,
         *,
         cipher_suites: Sequence[int] = DEFAULT_CIPHER_SUITES,
         groups: Sequence[int] = DEFAULT_GROUPS,
     ) -> None:
-        self._select_route = select_route
-        self._clock = clock
+        self._route = route
+        self._hello = hello
+        self._marks = marks
         self._trace = trace
         self._suites = tuple(CIPHER_SUITES[code] for code in cipher_suites)
         self._groups = tuple(NamedGroup(group) for group in groups)
-        self._state = _State.CLIENT_HELLO
-        self._delegate: OpenSSLEngine | None = None
-        self._hello_reader = ClientHelloReader()
-        self._hello: ClientHello | None = None
-        # The routes a RouteTable selects are ServerRoutes: the native engine needs their
-        # credentials and verifier, beyond the TLSRoute protocol OpenSSL needs.
-        self._route: ServerRoute = cast("ServerRoute", None)
+        self._state: State = Negotiating()
         self._records = RecordReader()
-        self._handshake = msgs.HandshakeAssembler()
+        self._messages = msgs.HandshakeAssembler()
         self._out = bytearray()
-        # Negotiated parameters and keys
-        self._suite: CipherSuite | None = None
-        self._transcript: Transcript | None = None
-        self._schedule: KeySchedule | None = None
-        self._hrr_group: int | None = None
-        self._alpn: str | None = None
-        self._read: RecordProtection | None = None
-        self._write: RecordProtection | None = None
-        self._ccs_seen = False
-        self._decrypted_any = False
-        self._early_data_budget = 0
-        # The client's flight
-        self._expect = _Expect.FINISHED
-        self._leaf: x509.Certificate | None = None  # the client's, once its Certificate came
-        self._leaf_der: bytes | None = None
-        self._decision: Decision | None = None  # the policy's, once the client's chain came
-        self._resumed: TicketState | None = None  # the ticket of a resumed session
+        self._read: RecordProtection | None = None  # the client's traffic, once keyed
+        self._write: RecordProtection | None = None  # ours, once keyed
+        self._handshake_records = HandshakeRecords(hello.has_early_data)
         self._peer_closed = False
         self._close_sent = False
-        # Phase marks, from self._clock().
-        self._t_accept = clock()
-        self._t_hello: float | None = None
-        self._t_flight: float | None = None
-        self._t_answer: float | None = None
-        self._verify_seconds = 0.0  # our work on the client's flight, summed over calls
-        self._busy_since: float | None = None  # start of the current receive() in that flight
-        self._t_end: float | None = None
 
     def __repr__(self) -> str:
-        return f"NativeEngine(state={self._state.value})"
+        return f"NativeEngine(state={self._state.name})"
 
     # Public surface (engine.interface.Engine)
 
     @property
     def handshake_complete(self) -> bool:
-        if self._delegate is not None:
-            return self._delegate.handshake_complete
-        return self._state is _State.ESTABLISHED
+        return isinstance(self._state, Established)
 
     @property
-    def route(self) -> TLSRoute | None:
-        if self._delegate is not None:
-            return self._delegate.route
+    def route(self) -> NativeRoute:
         return self._route
 
-    @property
-    def delegated(self) -> bool:
-        """True when the connection was handed over to the OpenSSL engine."""
-        return self._delegate is not None
-
-    @property
-    def name(self) -> str:
-        """The engine that runs this connection: ``native``, or ``openssl`` once handed over."""
-        return "openssl" if self._delegate is not None else "native"
+    name = "native"
 
     def data_to_send(self) -> bytes:
-        if self._delegate is not None:
-            return self._delegate.data_to_send()  # nothing of ours is pending at hand-over
         if not self._out:
             return b""
         out = bytes(self._out)
         self._out.clear()
         return out
 
+    def start(self, message: bytes, rest: bytes = b"") -> list[Event]:
+        """Answer the ClientHello (``message``: its bytes, header included); ``rest``: what
+        the client sent after it in the same reads (a CCS, early data)."""
+
+        def answer(_: list[Event]) -> None:
+            self._apply(self._answer(self._hello, message, retry=None))
+
+        events = self._guarded(answer)
+        if rest and not events:
+            self._records.feed(rest)
+            events = self._process_records()
+        return events
+
     def receive(self, data: bytes) -> list[Event]:
-        if self._delegate is not None:
-            return self._delegate.receive(data)
-        if self._state is _State.CLOSED or self._peer_closed or not data:
+        if isinstance(self._state, Closed) or self._peer_closed or not data:
             return []
-        if self._state is _State.CLIENT_HELLO:
-            return self._receive_client_hello(bytes(data))
-        if self._state is _State.CLIENT_FLIGHT:
-            started = self._clock()
-            if self._t_answer is None:
-                self._t_answer = started
-            self._busy_since = started
+        flight = isinstance(self._state, ClientFlightState)
+        if flight:
+            self._marks.begin_work()
         self._records.feed(data)
         events = self._process_records()
-        if self._busy_since is not None:
-            if self._state is _State.CLIENT_FLIGHT:  # still waiting: count this call's work
-                self._verify_seconds += self._clock() - self._busy_since
-            self._busy_since = None
+        if flight and isinstance(self._state, ClientFlightState):  # still waiting
+            self._marks.end_work()
         return events
 
     def receive_eof(self) -> list[Event]:
-        if self._delegate is not None:
-            return self._delegate.receive_eof()
-        if self._state is _State.CLOSED or self._peer_closed:
+        if isinstance(self._state, Closed) or self._peer_closed:
             return []
-        if self._state is _State.ESTABLISHED:
+        if isinstance(self._state, Established):
             self._peer_closed = True
             return [PeerClosed(clean=False)]
-        error = HandshakeError(
-            self._waiting_step(), Reason.PEER_CLOSED, "the client closed during the handshake"
-        )
-        return [self._fail(error)]
+        return [self._fail(peer_closed(self._step()))]
 
     def handle_timeout(self) -> list[Event]:
-        if self._delegate is not None:
-            return self._delegate.handle_timeout()
-        if self._state not in (_State.CLIENT_HELLO, _State.RETRY, _State.CLIENT_FLIGHT):
+        if self._state.step is None:  # established or closed: no deadline
             return []
-        error = HandshakeError(
-            self._waiting_step(), Reason.TIMEOUT, "the client did not finish the handshake in time"
-        )
-        return [self._fail(error)]
+        return [self._fail(timed_out(self._step()))]
 
     def send(self, data: bytes) -> None:
-        if self._delegate is not None:
-            self._delegate.send(data)
-            return
-        if self._state is not _State.ESTABLISHED or self._close_sent:
+        if not isinstance(self._state, Established) or self._close_sent:
             raise RuntimeError("send() before the handshake completed or after close")
         if not data:
             return
@@ -329,11 +221,8 @@ class NativeEngine:
 
     def close(self) -> None:
         """Send close_notify. Reading goes on: the client may still have data in flight."""
-        if self._delegate is not None:
-            self._delegate.close()
-            return
-        if self._state is not _State.ESTABLISHED:
-            self._state = _State.CLOSED
+        if not isinstance(self._state, Established):
+            self._set_state(CLOSED)
             return
         if self._close_sent:
             return
@@ -345,329 +234,74 @@ class NativeEngine:
 
         Never call this outside tests and never log its result.
         """
-        schedule = self._schedule
-        if schedule is None or self._hello is None:
-            return {}
-        names = {
-            "CLIENT_HANDSHAKE_TRAFFIC_SECRET": "client_handshake_traffic_secret",
-            "SERVER_HANDSHAKE_TRAFFIC_SECRET": "server_handshake_traffic_secret",
-            "CLIENT_TRAFFIC_SECRET_0": "client_application_traffic_secret",
-            "SERVER_TRAFFIC_SECRET_0": "server_application_traffic_secret",
-            "EXPORTER_SECRET": "exporter_master_secret",
-        }
-        secrets: dict[str, bytes] = {}
-        for label, attribute in names.items():
-            try:
-                secrets[label] = getattr(schedule, attribute)
-            except RuntimeError:
-                continue
-        return secrets
+        negotiated = getattr(self._state, "negotiated", None)
+        return {} if negotiated is None else nss_key_log(negotiated.schedule)
 
     @property
-    def client_random(self) -> bytes | None:
-        return self._hello.random if self._hello is not None else None
+    def client_random(self) -> bytes:
+        return self._hello.random
 
-    # Hand-over to OpenSSL
+    # The state gate
 
-    def _hand_over(self) -> list[Event]:
-        self._state = _State.DELEGATED
-        self._note("--", "handed to the OpenSSL engine (no TLS 1.3 for us in this hello)")
-        self._delegate = OpenSSLEngine(
-            self._select_route, _StartAt(self._t_accept, self._clock), self._trace
-        )
-        return self._delegate.receive(self._hello_reader.buffered)
+    def _set_state(self, state: State) -> None:
+        """Every state change goes through here: it must be one ``TRANSITIONS`` allows, and
+        the first state expecting the client's flight marks our flight as written."""
+        current = self._state
+        if not isinstance(state, Closed) and type(state) not in TRANSITIONS[type(current)]:
+            raise RuntimeError(f"no transition from {current.name} to {state.name}")
+        if isinstance(state, ClientFlightState) and not isinstance(current, ClientFlightState):
+            self._marks.mark_flight()
+        self._state = state
 
-    # ClientHello and our flight
+    def _step(self) -> Step:
+        """The seed step the handshake waits for now (the state knows)."""
+        return self._state.step or Step.CLIENT_FINISHED
 
-    def _receive_client_hello(self, data: bytes) -> list[Event]:
-        try:
-            hello = self._hello_reader.feed(data)
-        except HandshakeError:
-            return self._hand_over()
-        if hello is None:
-            return []
-        if not hello.offers_tls13 or (
-            TLS1_2 in hello.supported_versions
-            and not any(suite.id in hello.cipher_suites for suite in self._suites)
-        ):
-            return self._hand_over()
-        self._t_hello = self._clock()
-        self._hello = hello
-        if self._trace is not None:  # the fields cost a JA4: only when tracing
-            self._note("<-", "ClientHello", **hello.trace_fields())
-        route = self._select_route(hello)
-        if not getattr(route, "credentials", ()):  # a TLSRoute without our credentials
-            return self._hand_over()
-        self._route = cast("ServerRoute", route)
-        events: list[Event] = [ClientHelloReceived(hello, route.name)]
-        try:
-            try:
-                self._early_data_budget = MAX_SKIPPED_EARLY_DATA if hello.has_early_data else 0
-                self._answer_client_hello(hello, self._hello_reader.message, retry=False)
-            except TLSAlert as alert:
-                raise alert.to_handshake_error(Step.SERVER_HELLO) from None
-        except HandshakeError as error:
-            events.append(self._fail(error))
-            return events
-        except Exception as exc:  # a bug must never escape to the proxy's event loop
-            events.append(self._fail(self._internal_error(exc)))
-            return events
-        rest = self._hello_reader.buffered[self._hello_reader.hello_size :]
-        if rest:
-            self._records.feed(rest)
-            events += self._process_records()
-        return events
+    # The ClientHello(s) and our answer
 
-    def _answer_client_hello(self, hello: ClientHello, message: bytes, *, retry: bool) -> None:
-        """Negotiate; send a HelloRetryRequest or ServerHello and our whole flight."""
-        if hello.compression_methods != b"\x00":
-            raise TLSAlert(Alert.ILLEGAL_PARAMETER, "TLS 1.3 needs exactly null compression")
-        suite = self._choose_suite(hello, retry)
-        if not hello.signature_algorithms:
-            raise TLSAlert(Alert.MISSING_EXTENSION, "ClientHello without signature_algorithms")
-        chosen = sigs.choose_credential(self._route.credentials, hello.signature_algorithms)
-        if chosen is None:
-            raise HandshakeError(
-                Step.SERVER_HELLO,
-                Reason.NO_SHARED_SIGNATURE,
-                "no signature scheme of the client fits our certificates",
-                Alert.HANDSHAKE_FAILURE,
-            )
-        if msgs.extension_body(hello.extensions, ExtensionType.KEY_SHARE) is None or not (
-            hello.supported_groups
-        ):
-            raise TLSAlert(
-                Alert.MISSING_EXTENSION, "ClientHello without key_share/supported_groups"
-            )
-        shares = {entry.group: entry for entry in msgs.client_key_shares(hello.extensions)}
-        if retry:
-            if list(shares) != [self._hrr_group]:
-                raise TLSAlert(
-                    Alert.ILLEGAL_PARAMETER,
-                    "the second ClientHello does not carry exactly the requested key share",
-                )
-            share = shares[self._hrr_group]
-        else:
-            self._suite = suite
-            self._transcript = Transcript(suite)
-            share = next((shares[g] for g in shares if g in self._groups), None)
-            if share is None:
-                group = next((g for g in hello.supported_groups if g in self._groups), None)
-                if group is None:
-                    raise HandshakeError(
-                        Step.SERVER_HELLO,
-                        Reason.NO_SHARED_CIPHER,
-                        "no key exchange group in common with the client",
-                        Alert.HANDSHAKE_FAILURE,
-                    )
-                self._send_retry_request(hello, message, suite, group)
-                return
-        assert self._transcript is not None
-        self._alpn = self._choose_alpn(hello)
-        # After a HelloRetryRequest the PSK is ignored: a full handshake (documented above).
-        psk = None if retry else self._accept_psk(hello, message, suite)
-        self._transcript.update(message)
-        self._send_flight(hello, suite, share, *chosen, psk=psk)
+    def _answer(
+        self, hello: ClientHello, message: bytes, retry: RetryRequested | None
+    ) -> server_flight.Retry | server_flight.Flight:
+        return server_flight.answer(
+            hello, message, self._route, self._suites, self._groups,
+            now=self._wall_seconds(), retry=retry, trace=self._trace,
+        )  # fmt: skip
 
-    def _accept_psk(
-        self, hello: ClientHello, message: bytes, suite: CipherSuite
-    ) -> tuple[int, bytes] | None:
-        """(selected_identity, PSK) of the first offered ticket we can resume, or None.
+    def _apply(self, answer: server_flight.Retry | server_flight.Flight) -> None:
+        self._out += answer.records
+        if isinstance(answer, server_flight.Flight):
+            self._write = answer.write
+            self._read = answer.read
+        self._set_state(answer.state)
 
-        Only tickets this route's key opens count; an expired one, or one for another hash,
-        is skipped. The chosen ticket's binder must verify (``decrypt_error`` otherwise).
-        """
-        tickets = self._route.tickets
-        if (
-            tickets is None
-            or not hello.has_pre_shared_key
-            or PSK_DHE_KE not in hello.psk_key_exchange_modes
-        ):
-            return None
-        body = msgs.extension_body(hello.extensions, ExtensionType.PRE_SHARED_KEY)
-        if body is None:  # pragma: no cover - has_pre_shared_key says it is there
-            return None
-        offered = msgs.decode_offered_psks(body)
-        now = tickets.now()
-        for index, (identity, obfuscated_age) in enumerate(offered.identities):
-            state = tickets.open(identity)
-            if state is None:
-                continue
-            ticket_suite = get_cipher_suite(state.suite)
-            if ticket_suite is None or ticket_suite.hash_name != suite.hash_name:
-                continue
-            client_age_ms = (obfuscated_age - state.age_add) % (1 << 32)
-            if not 0 <= now - state.issued <= state.lifetime or (
-                client_age_ms > (state.lifetime + AGE_TOLERANCE) * 1000
-            ):
-                continue
-            truncated = message[: len(message) - offered.binders_size]
-            self._check_binder(suite, state.psk, truncated, offered.binders[index])
-            self._resumed = state
-            self._leaf_der = state.leaf_der
-            return index, state.psk
-        return None
+    def _second_client_hello(self, state: RetryRequested) -> None:
+        message = self._messages.next_message()
+        if message is None:
+            return
+        hello = server_flight.second_hello(state, message, alone=not self._messages.pending)
+        self._handshake_records.second_hello()
+        self._apply(self._answer(hello, message.raw, retry=state))
 
-    @staticmethod
-    def _check_binder(suite: CipherSuite, psk: bytes, truncated: bytes, binder: bytes) -> None:
-        """Section 4.2.11.2: HMAC(finished_key(binder_key), Transcript-Hash(truncated CH))."""
-        early_secret = KeySchedule(suite, psk=psk).early_secret
-        binder_key = derive_secret(
-            suite.hash_name, early_secret, b"res binder", suite.new_hash().digest()
-        )
-        digest = suite.new_hash()
-        digest.update(truncated)
-        expected = finished_verify_data(suite, binder_key, digest.digest())
-        if not hmac.compare_digest(expected, binder):
-            raise TLSAlert(Alert.DECRYPT_ERROR, "the PSK binder does not verify")
-
-    def _choose_suite(self, hello: ClientHello, retry: bool) -> CipherSuite:
-        if retry:
-            assert self._suite is not None
-            if self._suite.id not in hello.cipher_suites:
-                raise TLSAlert(
-                    Alert.ILLEGAL_PARAMETER,
-                    "the second ClientHello dropped the cipher suite of the HelloRetryRequest",
-                )
-            return self._suite
-        for suite in self._suites:
-            if suite.id in hello.cipher_suites:
-                return suite
-        raise HandshakeError(
-            Step.SERVER_HELLO,
-            Reason.NO_SHARED_CIPHER,
-            "no TLS 1.3 cipher suite in common with the client",
-            Alert.HANDSHAKE_FAILURE,
-        )
-
-    def _choose_alpn(self, hello: ClientHello) -> str | None:
-        if not hello.alpn_protocols:
-            return None
-        return next((p for p in self._route.alpn if p in hello.alpn_protocols), None)
-
-    def _send_retry_request(
-        self, hello: ClientHello, message: bytes, suite: CipherSuite, group: int
-    ) -> None:
-        assert self._transcript is not None
-        self._hrr_group = group
-        retry = msgs.hello_retry_request(hello.session_id, suite.id, group)
-        self._transcript.update(message)
-        self._transcript.replace_with_message_hash()
-        self._transcript.update(retry)
-        self._out += encode_record(ContentType.HANDSHAKE, retry)
-        self._note("->", "HelloRetryRequest", cipher_suite=suite.name, group=f"0x{group:04x}")
-        if hello.session_id:  # appendix D.4: CCS right after the first ServerHello or HRR
-            self._out += encode_record(ContentType.CHANGE_CIPHER_SPEC, b"\x01")
-        self._state = _State.RETRY
-
-    def _send_flight(
-        self,
-        hello: ClientHello,
-        suite: CipherSuite,
-        client_share: msgs.KeyShareEntry,
-        credential: ServerCredential,
-        scheme: sigs.SignatureScheme,
-        *,
-        psk: tuple[int, bytes] | None = None,
-    ) -> None:
-        assert self._transcript is not None
-        key_share = generate_key_share(client_share.group)
-        shared_secret = key_share.exchange(client_share.key_exchange)
-        hello_message = msgs.server_hello(
-            os.urandom(32),
-            hello.session_id,
-            suite.id,
-            client_share.group,
-            key_share.public_bytes(),
-            selected_identity=psk[0] if psk is not None else None,
-        )
-        schedule = KeySchedule(
-            suite, psk=psk[1] if psk is not None else None, transcript=self._transcript
-        )
-        schedule.update_transcript(hello_message)
-        schedule.derive_handshake_secrets(shared_secret)
-        self._schedule = schedule
-        padding = pad_to_multiple(self._route.record_padding)
-        write = RecordProtection.from_secret(
-            suite, schedule.server_handshake_traffic_secret, padding=padding
-        )
-
-        flight = [msgs.encrypted_extensions(self._alpn)]
-        authorities: list[bytes] = []
-        if self._route.requests_client_certificate and psk is None:
-            authorities = list(self._route.client_ca_names)
-            flight.append(msgs.certificate_request(sigs.SUPPORTED_SCHEMES, authorities))
-            self._expect = _Expect.CERTIFICATE
-        else:
-            self._expect = _Expect.FINISHED
-        chain_der = credential.chain_der
-        if psk is None:  # a resumed session authenticates with the PSK (section 2.2)
-            flight.append(msgs.certificate(chain_der))
-        for message in flight:
-            schedule.update_transcript(message)
-        if psk is None:
-            content = sigs.signed_content(schedule.transcript_hash(), server=True)
-            verify = msgs.certificate_verify(scheme, sigs.sign(credential.key, scheme, content))
-            schedule.update_transcript(verify)
-            flight.append(verify)
-        server_finished = msgs.finished(schedule.server_finished_verify_data())
-        schedule.update_transcript(server_finished)
-        schedule.derive_application_secrets()
-        flight.append(server_finished)
-
-        self._out += encode_record(ContentType.HANDSHAKE, hello_message)
-        if self._trace is not None:
-            self._note("->", "ServerHello", cipher_suite=suite.name,
-                       group=f"0x{client_share.group:04x}", resumed=psk is not None)  # fmt: skip
-            self._note("->", "EncryptedExtensions", alpn=self._alpn)
-            if self._expect is _Expect.CERTIFICATE:
-                self._note("->", "CertificateRequest", certificate_authorities=len(authorities))
-            if psk is None:
-                self._note("->", "Certificate", subject=credential.leaf.subject.rfc4514_string(),
-                           chain_length=len(chain_der))  # fmt: skip
-                self._note("->", "CertificateVerify", scheme=f"0x{scheme:04x}")
-            self._note("->", "Finished")
-        if hello.session_id and self._hrr_group is None:
-            self._out += encode_record(ContentType.CHANGE_CIPHER_SPEC, b"\x01")
-        self._out += write.encrypt_fragmented(ContentType.HANDSHAKE, b"".join(flight))
-        self._write = RecordProtection.from_secret(
-            suite, schedule.server_application_traffic_secret, padding=padding
-        )
-        self._read = RecordProtection.from_secret(suite, schedule.client_handshake_traffic_secret)
-        self._state = _State.CLIENT_FLIGHT
-        self._t_flight = self._clock()
+    def _wall_seconds(self) -> int:
+        return int(self._route.wall_clock().timestamp())
 
     # Records
 
     def _process_records(self) -> list[Event]:
         """Drain the record reader; every record is handled before the next is read."""
-        events: list[Event] = []
         app_data: list[bytes] = []
-        try:
-            while self._state in (_State.RETRY, _State.CLIENT_FLIGHT, _State.ESTABLISHED):
-                if self._peer_closed:
-                    break
+
+        def drain(events: list[Event]) -> None:
+            while not isinstance(self._state, Closed) and not self._peer_closed:
                 record = self._records.next_record()
                 if record is None:
                     break
-                if self._state is _State.ESTABLISHED:
+                if isinstance(self._state, Established):
                     events += self._established_record(record, app_data)
                 else:
                     events += self._handshake_record(record)
-        except _Refused as refused:
-            events.append(self._refuse(refused))
-        except TLSAlert as alert:
-            if self._state is _State.ESTABLISHED:
-                events.append(self._protocol_error(alert.alert, alert.detail))
-            else:
-                events.append(self._fail(alert.to_handshake_error(self._waiting_step())))
-        except HandshakeError as error:
-            events.append(self._fail(error))
-        except Exception as exc:  # a bug must never escape to the proxy's event loop
-            if self._state is _State.ESTABLISHED:
-                events.append(self._protocol_error(Alert.INTERNAL_ERROR, type(exc).__name__))
-            else:
-                events.append(self._fail(self._internal_error(exc)))
+
+        events = self._guarded(drain)
         if app_data:
             data = app_data[0] if len(app_data) == 1 else b"".join(app_data)
             # Application data comes first: it was read before whatever ended the session.
@@ -678,254 +312,102 @@ class NativeEngine:
             events.insert(index, ApplicationData(data))
         return events
 
-    def _handshake_record(self, record: Record) -> list[Event]:
-        content_type = record.content_type
-        if content_type == ContentType.CHANGE_CIPHER_SPEC:
-            # Section 5: one unencrypted CCS of value 0x01 is dropped before the client's
-            # Finished; anything else is unexpected_message.
-            if record.fragment != b"\x01" or self._ccs_seen:
-                raise TLSAlert(Alert.UNEXPECTED_MESSAGE, "unexpected change_cipher_spec record")
-            self._ccs_seen = True
-            return []
-        if content_type == ContentType.ALERT and not self._decrypted_any:
-            # A client that could not process our ServerHello alerts in plaintext.
-            return self._peer_alert(record.fragment)
-        if self._state is _State.RETRY:
-            if content_type == ContentType.HANDSHAKE:
-                self._handshake.feed(record.fragment)
-                return self._second_client_hello()
-            if content_type == ContentType.APPLICATION_DATA:
-                self._skip_early_data(record)
-                return []
-        elif content_type == ContentType.APPLICATION_DATA:
-            assert self._read is not None
-            try:
-                inner = self._read.decrypt(record)
-            except TLSAlert as alert:
-                if alert.alert is Alert.BAD_RECORD_MAC and not self._decrypted_any:
-                    self._skip_early_data(record)  # rejected 0-RTT data (section 4.2.10)
-                    return []
-                raise
-            self._decrypted_any = True
-            if inner.content_type == ContentType.ALERT:
-                return self._peer_alert(inner.content)
-            if inner.content_type != ContentType.HANDSHAKE:
-                raise TLSAlert(Alert.UNEXPECTED_MESSAGE, "application data before the Finished")
-            self._handshake.feed(inner.content)
-            return self._client_flight_messages()
-        raise TLSAlert(
-            Alert.UNEXPECTED_MESSAGE, f"unexpected record of content type {content_type}"
-        )
-
-    def _skip_early_data(self, record: Record) -> None:
-        if len(record.fragment) > self._early_data_budget:
-            raise TLSAlert(
-                Alert.BAD_RECORD_MAC
-                if self._state is _State.CLIENT_FLIGHT
-                else Alert.UNEXPECTED_MESSAGE,
-                "a protected record that is not the client's handshake flight",
-            )
-        self._early_data_budget -= len(record.fragment)
-
-    def _second_client_hello(self) -> list[Event]:
-        message = self._handshake.next_message()
-        if message is None:
-            return []
-        if message.msg_type != HandshakeType.CLIENT_HELLO or self._handshake.pending:
-            raise TLSAlert(Alert.UNEXPECTED_MESSAGE, "expected the second ClientHello alone")
-        assert self._hello is not None
-        hello = _parse_client_hello(message.body)
-        first = self._hello
-        if (
-            not hello.offers_tls13
-            or hello.session_id != first.session_id
-            or hello.server_name != first.server_name
-            or hello.has_early_data
-        ):
-            raise TLSAlert(
-                Alert.ILLEGAL_PARAMETER, "the second ClientHello does not match the first"
-            )
-        self._early_data_budget = 0
+    def _guarded(self, work: Callable[[list[Event]], None]) -> list[Event]:
+        """Run ``work`` (which appends events); whatever it raises ends the handshake or the
+        session here, the one place an alert becomes a ``HandshakeError`` (at the seed step
+        of the current state). A bug never escapes to the proxy's event loop."""
+        events: list[Event] = []
         try:
-            self._answer_client_hello(hello, message.raw, retry=True)
+            work(events)
+        except client_flight.Refused as refused:
+            events.append(self._refuse(refused))
+        except client_flight.Unverified as unverified:
+            events.append(self._fail(unverified.error, presented=True))
         except TLSAlert as alert:
-            raise alert.to_handshake_error(Step.SERVER_HELLO) from None
-        return []
+            if isinstance(self._state, Established):
+                events.append(self._protocol_error(alert.alert, alert.detail))
+            else:
+                events.append(self._fail(alert.to_handshake_error(self._step())))
+        except HandshakeError as error:
+            events.append(self._fail(error))
+        except Exception as exc:
+            if isinstance(self._state, Established):
+                events.append(self._protocol_error(Alert.INTERNAL_ERROR, type(exc).__name__))
+            else:
+                events.append(self._fail(internal_error(self._step(), exc)))
+        return events
+
+    def _handshake_record(self, record: Record) -> list[Event]:
+        opened = self._handshake_records.open(record, self._read)
+        if opened is None:
+            return []
+        content_type, content = opened
+        if content_type == ContentType.ALERT:
+            return self._peer_alert(content)
+        self._messages.feed(content)
+        if isinstance(state := self._state, RetryRequested):
+            self._second_client_hello(state)
+            return []
+        return self._client_flight_messages()
 
     # The client's flight
 
     def _client_flight_messages(self) -> list[Event]:
         events: list[Event] = []
-        while self._state is _State.CLIENT_FLIGHT:
-            message = self._handshake.next_message()
+        while isinstance(state := self._state, ClientFlightState):
+            message = self._messages.next_message()
             if message is None:
                 break
-            expect = self._expect
-            if expect is _Expect.CERTIFICATE and message.msg_type == HandshakeType.CERTIFICATE:
-                self._client_certificate(message)
-            elif (
-                expect is _Expect.CERTIFICATE_VERIFY
-                and message.msg_type == HandshakeType.CERTIFICATE_VERIFY
-            ):
-                self._client_certificate_verify(message)
-            elif expect is _Expect.FINISHED and message.msg_type == HandshakeType.FINISHED:
-                events.append(self._client_finished(message))
-            else:
+            if message.msg_type != state.expects:
                 raise TLSAlert(
                     Alert.UNEXPECTED_MESSAGE,
                     f"handshake message of type {message.msg_type} where the client's"
-                    f" {expect.value} was expected",
+                    f" {state.expects.name.lower()} was expected",
                 )
+            if isinstance(state, ExpectCertificate):
+                self._set_state(client_flight.certificate(state, message, self._route, self._trace))
+            elif isinstance(state, ExpectCertificateVerify):
+                self._set_state(client_flight.certificate_verify(state, message, self._trace))
+            else:
+                assert isinstance(state, ExpectFinished)
+                events.append(self._finish(state, message))
         return events
 
-    def _client_certificate(self, message: msgs.Message) -> None:
-        assert self._schedule is not None
-        try:
-            decoded = msgs.decode_certificate(message.body)
-            if decoded.context:
-                raise TLSAlert(Alert.ILLEGAL_PARAMETER, "non-empty certificate_request_context")
-        except TLSAlert as alert:
-            raise alert.to_handshake_error(Step.CLIENT_CERTIFICATE) from None
-        self._schedule.update_transcript(message.raw)
-        if not decoded.chain:
-            self._decision = self._act_on(self._route.decide((), Evidence.UNCHECKED))
-            self._expect = _Expect.FINISHED
-            return
-        try:
-            self._leaf = x509.load_der_x509_certificate(decoded.chain[0])
-        except ValueError:
-            raise HandshakeError(
-                Step.CLIENT_CERTIFICATE,
-                Reason.MALFORMED,
-                "the client's certificate does not parse",
-                Alert.BAD_CERTIFICATE,
-            ) from None
-        self._leaf_der = decoded.chain[0]
-        if self._trace is not None:
-            self._note("<-", "Certificate", subject=self._leaf.subject.rfc4514_string(),
-                       chain_length=len(decoded.chain))  # fmt: skip
-        decision = self._route.decide(decoded.chain, Evidence.UNCHECKED)
-        refusal = decision.refusal
-        if not decision.admitted and refusal is not None and refusal.step is Step.CLIENT_VERIFY:
-            raise refusal.to_error()
-        # An allow-list refusal waits for the CertificateVerify: access_denied goes only to a
-        # client that proved it holds the key of the certificate it is refused for.
-        self._decision = decision
-        self._expect = _Expect.CERTIFICATE_VERIFY
-
-    def _client_certificate_verify(self, message: msgs.Message) -> None:
-        assert self._schedule is not None
-        try:
-            scheme, signature = msgs.decode_certificate_verify(message.body)
-            if scheme not in sigs.SUPPORTED_SCHEMES:
-                raise TLSAlert(
-                    Alert.ILLEGAL_PARAMETER, f"signature scheme 0x{scheme:04x} was not offered"
-                )
-            content = sigs.signed_content(self._schedule.transcript_hash(), server=False)
-            assert self._leaf is not None  # a CertificateVerify follows a non-empty Certificate
-            sigs.verify(self._leaf, scheme, signature, content)
-        except TLSAlert as alert:
-            reason = Reason.MALFORMED if alert.alert is Alert.DECODE_ERROR else None
-            raise alert.to_handshake_error(
-                Step.CLIENT_VERIFY, reason or Reason.CLIENT_CERT_INVALID
-            ) from None
-        self._schedule.update_transcript(message.raw)
-        self._note("<-", "CertificateVerify", scheme=f"0x{scheme:04x}")
-        assert self._decision is not None
-        self._act_on(self._decision)
-        self._expect = _Expect.FINISHED
-
-    def _act_on(self, decision: Decision) -> Decision:
-        """Go on with an admitted client; stop a refused one (seed step 6)."""
-        refusal = decision.refusal
-        if decision.admitted or refusal is None:
-            return decision
-        if refusal.step is Step.AUTHORIZE:
-            raise _Refused(refusal.to_error(), decision.identity)
-        raise refusal.to_error()
-
-    def _client_finished(self, message: msgs.Message) -> HandshakeComplete:
-        schedule = self._schedule
-        assert schedule is not None and self._suite is not None
-        try:
-            verify_data = msgs.decode_finished(message.body, self._suite.hash_length)
-            schedule.verify_client_finished(verify_data)
-        except TLSAlert as alert:
-            raise alert.to_handshake_error(Step.CLIENT_FINISHED) from None
-        if self._handshake.pending:
-            # Section 5.1: a message preceding a key change ends its record.
-            raise HandshakeError(
-                Step.CLIENT_FINISHED,
-                Reason.MALFORMED,
-                "bytes follow the client's Finished in its record",
-                Alert.UNEXPECTED_MESSAGE,
-            )
-        schedule.update_transcript(message.raw)
-        self._note("<-", "Finished")
-        resumed = self._resumed is not None
-        if resumed:
-            # The ticket's certificate, checked again against now: expiry, revocation and the
-            # allow-list (a refusal is access_denied, as in a full handshake).
-            chain = (self._leaf_der,) if self._leaf_der is not None else ()
-            decision = self._act_on(self._route.decide(chain, Evidence.RESUMED))
-        elif self._decision is not None:
-            decision = self._decision
-        else:  # no CertificateRequest was sent
-            decision = self._route.decide((), Evidence.UNCHECKED)
-        self._read = RecordProtection.from_secret(
-            self._suite, schedule.client_application_traffic_secret
+    def _finish(self, state: ExpectFinished, message: msgs.Message) -> HandshakeComplete:
+        established, decision = client_flight.finished(
+            state, message, self._route, self._trace, more_buffered=self._messages.pending
         )
-        self._state = _State.ESTABLISHED
-        self._t_end = self._clock()
-        leaf = self._leaf_der
+        negotiated = established.negotiated
+        self._read = RecordProtection.from_secret(
+            negotiated.suite, negotiated.schedule.client_application_traffic_secret
+        )
+        self._set_state(established)
+        self._marks.mark_end()
+        leaf = established.client_leaf_der
         if decision.would_refuse is None:
-            self._send_ticket(decision)
+            self._send_ticket(established, decision)
         return HandshakeComplete(
             route=self._route.name,
             version="TLSv1.3",
-            cipher=self._suite.name,
-            alpn=self._alpn,
+            cipher=negotiated.suite.name,
+            alpn=negotiated.alpn,
             client_certificate_presented=leaf is not None,
             identity=decision.identity,
-            session_reused=resumed,
-            timings=self._timings(),
+            session_reused=state.resumed is not None,
+            timings=self._marks.timings(),
             client_certificate=leaf,
             verified=decision.verified,
             would_refuse=decision.would_refuse,
+            server_certificate=negotiated.server_certificate,
         )
 
-    def _send_ticket(self, decision: Decision) -> None:
-        """One NewSessionTicket (section 4.6.1), living no longer than the client's
-        certificate; none when the state would not fit a ticket."""
-        tickets = self._route.tickets
-        schedule = self._schedule
-        if tickets is None or schedule is None or self._write is None or self._suite is None:
+    def _send_ticket(self, established: Established, decision: Decision) -> None:
+        """One NewSessionTicket (section 4.6.1) when the route issues tickets."""
+        if self._route.tickets is None or self._write is None:
             return
-        now = tickets.now()
-        lifetime = TICKET_LIFETIME
-        if self._leaf_der is not None:
-            if decision.identity is None:
-                return
-            lifetime = min(lifetime, int(decision.identity.not_after.timestamp()) - now)
-        if lifetime <= 0:
-            return
-        suite = self._suite
-        schedule.derive_resumption_master_secret()
-        nonce = b"\x00"  # one ticket per connection: the nonce only has to be unique in it
-        psk = hkdf_expand_label(
-            suite.hash_name, schedule.resumption_master_secret, b"resumption", nonce,
-            suite.hash_length,
-        )  # fmt: skip
-        age_add = int.from_bytes(os.urandom(4), "big")
-        state = TicketState(
-            psk, suite.id, now, lifetime, age_add, self._alpn, self._route.name, self._leaf_der
-        )
-        ticket = tickets.seal(state)
-        if ticket is None:
-            return
-        message = msgs.new_session_ticket(lifetime, age_add, nonce, ticket)
-        self._note("->", "NewSessionTicket", lifetime=lifetime)
-        self._out += self._write.encrypt(ContentType.HANDSHAKE, message)
+        ticket = issue_ticket(self._route, established, decision, self._wall_seconds(), self._trace)
+        if ticket is not None:
+            self._out += self._write.encrypt(ContentType.HANDSHAKE, ticket)
 
     # After the handshake
 
@@ -938,22 +420,22 @@ class NativeEngine:
             return []
         if inner.content_type == ContentType.ALERT:
             return self._peer_alert(inner.content)
-        self._handshake.feed(inner.content)
-        if self._handshake.next_type not in (None, HandshakeType.KEY_UPDATE):
+        self._messages.feed(inner.content)
+        if self._messages.next_type not in (None, HandshakeType.KEY_UPDATE):
             # Refused from its first byte: nothing else is buffered after the handshake.
             raise TLSAlert(
                 Alert.UNEXPECTED_MESSAGE,
-                f"post-handshake message of type {self._handshake.next_type}",
+                f"post-handshake message of type {self._messages.next_type}",
             )
-        while (message := self._handshake.next_message()) is not None:
+        while (message := self._messages.next_message()) is not None:
             if message.msg_type != HandshakeType.KEY_UPDATE:
                 raise TLSAlert(
                     Alert.UNEXPECTED_MESSAGE,
                     f"post-handshake message of type {message.msg_type}",
                 )
             update_requested = msgs.decode_key_update(message.body)
-            self._note("<-", "KeyUpdate", update_requested=update_requested)
-            if self._handshake.pending:
+            note(self._trace, "<-", "KeyUpdate", update_requested=update_requested)
+            if self._messages.pending:
                 raise TLSAlert(Alert.UNEXPECTED_MESSAGE, "bytes follow a KeyUpdate in its record")
             self._read = self._read.next_generation()
             if update_requested and not self._close_sent:
@@ -962,7 +444,7 @@ class NativeEngine:
 
     def _send_key_update(self, *, update_requested: bool) -> None:
         assert self._write is not None
-        self._note("->", "KeyUpdate", update_requested=update_requested)
+        note(self._trace, "->", "KeyUpdate", update_requested=update_requested)
         self._out += self._write.encrypt(ContentType.HANDSHAKE, msgs.key_update(update_requested))
         self._write = self._write.next_generation()
 
@@ -977,40 +459,20 @@ class NativeEngine:
             name = alert.name.lower()
         except ValueError:
             alert, name = None, f"#{description}"
-        self._note("<-", "alert", alert=name)
-        if self._state is _State.ESTABLISHED:
+        note(self._trace, "<-", "alert", alert=name)
+        if isinstance(self._state, Established):
             if alert is Alert.CLOSE_NOTIFY:
                 self._peer_closed = True
                 return [PeerClosed(clean=True)]
             if alert is Alert.USER_CANCELED:
                 return []
-            self._state = _State.CLOSED
+            self._set_state(CLOSED)
             return [ProtocolError(f"the client sent alert {name}")]
-        if alert is Alert.CLOSE_NOTIFY:
-            error = HandshakeError(
-                self._waiting_step(), Reason.PEER_CLOSED, "the client closed during the handshake"
-            )
-        elif self._t_flight is not None and alert in CLIENT_REJECTS_SERVER_CERT:
-            error = HandshakeError(
-                Step.SERVER_CERTIFICATE,
-                Reason.CLIENT_REJECTED_SERVER_CERT,
-                f"the client rejected our certificate with alert {name}",
-            )
-        else:
-            reason = (
-                Reason.UNSUPPORTED_VERSION
-                if alert is Alert.PROTOCOL_VERSION
-                else (Reason.CLIENT_ALERT)
-            )
-            error = HandshakeError(self._waiting_step(), reason, f"the client sent alert {name}")
-        return [self._fail(error)]
-
-    def _note(self, direction: str, message: str, **fields: object) -> None:
-        if self._trace is not None:
-            self._trace(TraceRecord(direction, message, fields))
+        flight_sent = isinstance(self._state, ClientFlightState)
+        return [self._fail(peer_alert_error(alert, name, self._step(), flight_sent=flight_sent))]
 
     def _send_alert(self, alert: Alert, level: int = _FATAL) -> None:
-        self._note("->", "alert", alert=alert.name.lower())
+        note(self._trace, "->", "alert", alert=alert.name.lower())
         content = bytes((level, alert))
         if self._write is not None:
             self._out += self._write.encrypt(ContentType.ALERT, content)
@@ -1018,7 +480,7 @@ class NativeEngine:
             self._out += encode_record(ContentType.ALERT, content, RECORD_VERSION)
 
     def _protocol_error(self, alert: Alert, detail: str) -> ProtocolError:
-        self._state = _State.CLOSED
+        self._set_state(CLOSED)
         if not self._close_sent:
             self._close_sent = True
             with contextlib.suppress(TLSAlert):
@@ -1027,27 +489,7 @@ class NativeEngine:
 
     # Failures
 
-    def _internal_error(self, exc: Exception) -> HandshakeError:
-        return HandshakeError(
-            self._waiting_step(),
-            Reason.INTERNAL_ERROR,
-            f"internal error ({type(exc).__name__})",
-            Alert.INTERNAL_ERROR,
-        )
-
-    def _waiting_step(self) -> Step:
-        """The seed step we were waiting for when the handshake stopped."""
-        if self._hello is None:
-            return Step.CLIENT_HELLO
-        if self._t_flight is None:
-            return Step.SERVER_HELLO
-        if self._expect is _Expect.CERTIFICATE:
-            return Step.CLIENT_CERTIFICATE
-        if self._expect is _Expect.CERTIFICATE_VERIFY:
-            return Step.CLIENT_VERIFY
-        return Step.CLIENT_FINISHED
-
-    def _refuse(self, refused: _Refused) -> HandshakeFailed:
+    def _refuse(self, refused: client_flight.Refused) -> HandshakeFailed:
         """The allow-list refuses the client: an encrypted access_denied (seed step 6)."""
         error = refused.error
         alert = error.alert or Alert.ACCESS_DENIED
@@ -1059,32 +501,26 @@ class NativeEngine:
         error: HandshakeError,
         identity: PeerIdentity | None = None,
         version: str | None = None,
+        *,
+        presented: bool | None = None,
     ) -> HandshakeFailed:
-        self._state = _State.CLOSED
-        self._t_end = self._clock()
+        """End the handshake: the alert goes out, nothing more is read. ``presented``: the
+        client presented a certificate (by default: the state knows its leaf)."""
+        if presented is None:
+            presented = self._state.leaf_der is not None
+        self._set_state(CLOSED)
+        self._marks.mark_end()
         self._records = RecordReader()  # nothing more is read: drop what is buffered
-        self._handshake = msgs.HandshakeAssembler()
+        self._messages = msgs.HandshakeAssembler()
         if error.alert is not None:
             with contextlib.suppress(TLSAlert, ValueError):
                 self._send_alert(error.alert)
-        return HandshakeFailed(
-            step=error.step,
-            reason=error.reason,
-            detail=error.detail,
+        return handshake_failed(
+            error,
+            self._marks,
+            self._route.name,
             alert=error.alert,
-            route=self._route.name if self._route is not None else None,
-            timings=self._timings(),
-            client_certificate_presented=self._leaf_der is not None,
+            client_certificate_presented=presented,
             identity=identity,
             version=version,
-        )
-
-    def _timings(self) -> HandshakeTimings:
-        verify = None
-        if self._t_answer is not None:
-            verify = self._verify_seconds
-            if self._busy_since is not None and self._t_end is not None:
-                verify += self._t_end - self._busy_since
-        return HandshakeTimings.from_marks(
-            self._t_accept, self._t_hello, self._t_flight, self._t_answer, self._t_end, verify
         )

@@ -399,3 +399,24 @@ class KeySchedule:
         secret = next_traffic_secret(self.suite, self._secrets[name])
         self._secrets[name] = secret
         return secret
+
+
+_NSS_LABELS = {
+    "CLIENT_HANDSHAKE_TRAFFIC_SECRET": "client_handshake_traffic_secret",
+    "SERVER_HANDSHAKE_TRAFFIC_SECRET": "server_handshake_traffic_secret",
+    "CLIENT_TRAFFIC_SECRET_0": "client_application_traffic_secret",
+    "SERVER_TRAFFIC_SECRET_0": "server_application_traffic_secret",
+    "EXPORTER_SECRET": "exporter_master_secret",
+}
+
+
+def nss_key_log(schedule: KeySchedule) -> dict[str, bytes]:
+    """NSS key-log labels -> the secrets ``schedule`` has derived so far, for tests that
+    compare with a client's key log. Never log the result."""
+    secrets: dict[str, bytes] = {}
+    for label, attribute in _NSS_LABELS.items():
+        try:
+            secrets[label] = getattr(schedule, attribute)
+        except RuntimeError:  # not derived yet
+            continue
+    return secrets

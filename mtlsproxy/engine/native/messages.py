@@ -8,10 +8,12 @@ another alert) for anything it cannot accept; nothing else escapes for peer inpu
 
 The server side uses: :func:`server_hello`, :func:`hello_retry_request`,
 :func:`encrypted_extensions`, :func:`certificate_request`, :func:`certificate`,
-:func:`certificate_verify`, :func:`finished`, :func:`key_update`, and reads the client's
-Certificate, CertificateVerify, Finished and KeyUpdate with the ``decode_*`` functions and
-:class:`HandshakeAssembler`. The client-side encoders and the ServerHello / EncryptedExtensions
-/ CertificateRequest decoders exist for tests (a minimal in-memory client) and round trips.
+:func:`certificate_verify`, :func:`finished`, :func:`new_session_ticket`, :func:`key_update`,
+and reads the client's Certificate, CertificateVerify, Finished and KeyUpdate with the
+``decode_*`` functions and :class:`HandshakeAssembler`. The ClientHello, its key shares and its
+PSK offers included, is parsed once, by :mod:`mtlsproxy.engine.clienthello`, for both engines.
+The client-side encoders and the ServerHello / EncryptedExtensions / CertificateRequest
+decoders exist for tests (a minimal in-memory client) and round trips.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from mtlsproxy.engine.clienthello import ExtensionType
+from mtlsproxy.engine.clienthello import ExtensionType, KeyShareEntry
 from mtlsproxy.engine.native.alerts import TLSAlert
-from mtlsproxy.engine.records import HANDSHAKE_HEADER_SIZE, Buffer, DecodeError, HandshakeType
+from mtlsproxy.engine.records import Buffer, DecodeError, HandshakeType, Message, MessageAssembler
 from mtlsproxy.vocabulary.failures import Alert
 
 TLS13 = 0x0304
@@ -103,46 +105,6 @@ def _parse_extensions(buf: Buffer) -> tuple[tuple[int, bytes], ...]:
 def _end(buf: Buffer, what: str) -> None:
     if not buf.eof():
         raise _decode_error(f"{buf.remaining()} trailing bytes after {what}")
-
-
-# ClientHello key_share (section 4.2.8)
-
-
-@dataclass(frozen=True, slots=True)
-class KeyShareEntry:
-    group: int
-    key_exchange: bytes
-
-    def __repr__(self) -> str:
-        return f"KeyShareEntry(0x{self.group:04x}, <{len(self.key_exchange)} bytes>)"
-
-
-def parse_client_key_shares(body: bytes) -> tuple[KeyShareEntry, ...]:
-    """``KeyShareClientHello``: ``KeyShareEntry client_shares<0..2^16-1>``.
-
-    Two entries for one group are ``illegal_parameter`` (section 4.2.8: "Clients MUST NOT
-    offer multiple KeyShareEntry values for the same group").
-    """
-    entries: list[KeyShareEntry] = []
-    with _decoding("key_share"):
-        buf = Buffer(body)
-        with buf.pull_block(2):
-            while not buf.eof():
-                group = buf.pull_uint16()
-                entries.append(KeyShareEntry(group, buf.pull_vector_bytes(2, minimum=1)))
-        _end(buf, "client_shares")
-    groups = [entry.group for entry in entries]
-    if len(set(groups)) != len(groups):
-        raise TLSAlert(Alert.ILLEGAL_PARAMETER, "key_share offers one group twice")
-    return tuple(entries)
-
-
-def client_key_shares(extensions: Sequence[tuple[int, bytes]]) -> tuple[KeyShareEntry, ...]:
-    """The key_share entries of a ClientHello's raw extensions (empty if absent)."""
-    for ext_type, body in extensions:
-        if ext_type == ExtensionType.KEY_SHARE:
-            return parse_client_key_shares(body)
-    return ()
 
 
 def extension_body(extensions: Sequence[tuple[int, bytes]], ext_type: int) -> bytes | None:
@@ -407,39 +369,6 @@ def decode_finished(body: bytes, hash_length: int) -> bytes:
 # KeyUpdate (section 4.6.3)
 
 
-@dataclass(frozen=True, slots=True, repr=False)
-class OfferedPsks:
-    """The client's pre_shared_key extension (section 4.2.11). ``binders_size`` is the size
-    of the length-prefixed binders list, which ends the ClientHello (pre_shared_key is the last
-    extension): the binders are computed over the ClientHello without those bytes."""
-
-    identities: tuple[tuple[bytes, int], ...]  # (identity, obfuscated_ticket_age)
-    binders: tuple[bytes, ...]
-    binders_size: int
-
-    def __repr__(self) -> str:
-        return f"OfferedPsks({len(self.identities)} identities)"
-
-
-def decode_offered_psks(body: bytes) -> OfferedPsks:
-    with _decoding("pre_shared_key"):
-        buf = Buffer(body)
-        identities: list[tuple[bytes, int]] = []
-        with buf.pull_block(2, minimum=7):
-            while not buf.eof():
-                identity = buf.pull_vector_bytes(2, minimum=1)
-                identities.append((identity, buf.pull_uint32()))
-        binders_start = buf.tell()
-        binders: list[bytes] = []
-        with buf.pull_block(2, minimum=33):
-            while not buf.eof():
-                binders.append(buf.pull_vector_bytes(1, minimum=32))
-        _end(buf, "pre_shared_key")
-    if len(identities) != len(binders):
-        raise TLSAlert(Alert.ILLEGAL_PARAMETER, "pre_shared_key identities and binders differ")
-    return OfferedPsks(tuple(identities), tuple(binders), len(body) - binders_start)
-
-
 # NewSessionTicket (section 4.6.1)
 
 
@@ -495,55 +424,18 @@ def key_share_extension(entries: Sequence[tuple[int, bytes]]) -> bytes:
 # Reassembly of protected handshake messages (section 5.1)
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One reassembled handshake message: type, body and the raw bytes (for the transcript)."""
+class HandshakeAssembler(MessageAssembler):
+    """The engine-wide :class:`~mtlsproxy.engine.records.MessageAssembler`, bounded by
+    ``MAX_HANDSHAKE_MESSAGE`` and speaking this package's error: an oversize length is
+    ``decode_error``."""
 
-    msg_type: int
-    body: bytes
-    raw: bytes
-
-
-class HandshakeAssembler:
-    """Handshake messages from the contents of handshake records, in any fragmentation.
-
-    ``feed`` appends one record's content; ``next_message`` returns the next whole message or
-    ``None``. A declared length above ``max_size`` is refused (``decode_error``) as soon as the
-    4-byte header is known, so the buffer never holds more than one maximum message plus one
-    record.
-    """
-
-    __slots__ = ("_data", "_max_size")
+    __slots__ = ()
 
     def __init__(self, max_size: int = MAX_HANDSHAKE_MESSAGE) -> None:
-        self._data = bytearray()
-        self._max_size = max_size
-
-    @property
-    def pending(self) -> bool:
-        """Bytes of an incomplete message are buffered."""
-        return bool(self._data)
-
-    @property
-    def next_type(self) -> int | None:
-        """The type of the message being assembled, as soon as its first byte is known."""
-        return self._data[0] if self._data else None
-
-    def feed(self, content: bytes) -> None:
-        self._data += content
+        super().__init__(max_size)
 
     def next_message(self) -> Message | None:
-        data = self._data
-        if len(data) < HANDSHAKE_HEADER_SIZE:
-            return None
-        length = int.from_bytes(data[1:4], "big")
-        if length > self._max_size:
-            raise _decode_error(
-                f"handshake message of {length} bytes exceeds the limit of {self._max_size}"
-            )
-        end = HANDSHAKE_HEADER_SIZE + length
-        if len(data) < end:
-            return None
-        raw = bytes(data[:end])
-        del data[:end]
-        return Message(raw[0], raw[HANDSHAKE_HEADER_SIZE:], raw)
+        try:
+            return super().next_message()
+        except DecodeError as exc:
+            raise _decode_error(str(exc)) from None

@@ -7,7 +7,11 @@ another, so a resumed session cannot skip another route's client-certificate pol
 The ticket is ``nonce (12) || AES-256-GCM(state)``, the route name as associated data. The
 state carries what resumption needs: the PSK, the cipher suite, issue time, lifetime and
 ticket_age_add, the ALPN protocol, the route name, and the client's leaf certificate (DER, or
-none), which ``ServerRoute.admit`` re-checks (expiry, revocation, allow-list) on resumption.
+none), which the route's policy re-checks (``decide`` with ``Evidence.RESUMED``: expiry,
+revocation, allow-list) on resumption.
+
+Nothing here reads a clock: ``issued`` and the age checks use the wall-clock seconds the
+engine passes in, from the route's ``wall_clock``.
 
 Tickets are only for resumption with (EC)DHE (psk_dhe_ke); 0-RTT is never accepted, so there
 is no anti-replay state: a replayed ClientHello only yields a fresh handshake whose keys the
@@ -18,8 +22,6 @@ from __future__ import annotations
 
 import os
 import struct
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -99,11 +101,10 @@ class TicketState:
 class TicketKey:
     """One route's ticket protection key: random, in memory only, rotated with the route."""
 
-    __slots__ = ("_aead", "clock", "route")
+    __slots__ = ("_aead", "route")
 
-    def __init__(self, route: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, route: str) -> None:
         self.route = route
-        self.clock = clock  # wall clock, seconds; replaceable in tests
         self._aead = AESGCM(os.urandom(32))
 
     def __repr__(self) -> str:
@@ -127,9 +128,6 @@ class TicketKey:
         except (InvalidTag, ValueError, struct.error, UnicodeDecodeError):
             return None
         return state if state.route == self.route else None
-
-    def now(self) -> int:
-        return int(self.clock())
 
     def _aad(self) -> bytes:
         return b"mtlsproxy ticket v1 " + self.route.encode("utf-8")

@@ -5,15 +5,17 @@ better. Those exceptions are listed in ``EXCEPTIONS`` and checked to differ exac
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ssl
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from mtlsproxy.config.model import CertificateKeyPair
 from mtlsproxy.engine.events import ApplicationData, HandshakeFailed
-from mtlsproxy.engine.native.engine import NativeEngine
 from mtlsproxy.engine.openssl import OpenSSLEngine
+from mtlsproxy.engine.selecting import SelectingEngine
 from mtlsproxy.pki import PkiFiles
 from mtlsproxy.policy.model import ClientAuthMode
 from mtlsproxy.routing.routes import RouteTable, ServerRoute
@@ -27,7 +29,7 @@ from tests.engine.native.harness import (
     table,
 )
 
-ENGINES = {"openssl": OpenSSLEngine, "native": NativeEngine}
+ENGINES = {"openssl": OpenSSLEngine, "native": SelectingEngine}
 CERTS = [
     "client",
     None,
@@ -77,6 +79,7 @@ def summary(out: Outcome) -> dict[str, Any]:
             else None,
             "received": out.received(),
             "client_error": out.client_error,
+            "server_certificate": c.server_certificate,
         }
     f = out.failed
     assert f is not None, out.events
@@ -232,3 +235,25 @@ def test_openssl_refusal_with_data_in_the_same_read_as_finished(pki) -> None:
     assert (failed.step, failed.reason) == (Step.AUTHORIZE, Reason.IDENTITY_NOT_ALLOWED)
     assert failed.identity is not None and failed.identity.subject_cn == "intruder"
     assert not any(isinstance(event, ApplicationData) for event in events)
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
+def test_the_server_certificate_used_is_reported(pki: PkiFiles, engine: str, version) -> None:
+    """HandshakeComplete.server_certificate is the leaf that authenticated us: with an ECDSA
+    and an RSA certificate, ECDSA for a client that offers everything (TLS 1.3: the native
+    engine's choice; OpenSSL's server preference), RSA for a TLS 1.2 client offering only
+    ECDHE-RSA suites (inferred from the suite)."""
+    base = build_route(pki)
+    rsa = CertificateKeyPair(pki.server_rsa_cert, pki.server_rsa_key)
+    tls = dataclasses.replace(base.config.tls, certificates=(*base.config.tls.certificates, rsa))
+    route = ServerRoute.build(dataclasses.replace(base.config, tls=tls))
+    ec_leaf, rsa_leaf = (credential.chain_der[0] for credential in route.credentials)
+    ctx = client_context(pki, version=version)
+    expected = ec_leaf
+    if version is ssl.TLSVersion.TLSv1_2:
+        ctx.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256")
+        expected = rsa_leaf
+    out = run_handshake(ENGINES[engine](table(route).select, FakeClock()), ctx)
+    assert out.complete is not None, out.events
+    assert out.complete.server_certificate == expected

@@ -25,6 +25,7 @@ from mtlsproxy.engine.native.engine import NativeEngine
 from mtlsproxy.engine.native.record_layer import encode_record
 from mtlsproxy.engine.native.suites import CipherSuiteId, NamedGroup
 from mtlsproxy.engine.openssl import PLAIN_HTTP_RESPONSE
+from mtlsproxy.engine.selecting import SelectingEngine
 from mtlsproxy.pki import PkiFiles
 from mtlsproxy.policy.model import ClientAuthMode
 from mtlsproxy.routing.routes import RouteTable, ServerRoute
@@ -55,13 +56,13 @@ def routes(pki: PkiFiles) -> dict[str, ServerRoute]:
     }
 
 
-def engine(route: ServerRoute, **options: object) -> NativeEngine:
-    return NativeEngine(RouteTable(route).select, FakeClock(), **options)  # type: ignore[arg-type]
+def engine(route: ServerRoute, **options: object) -> SelectingEngine:
+    return SelectingEngine(RouteTable(route).select, FakeClock(), **options)  # type: ignore[arg-type]
 
 
 def handshake(
     route: ServerRoute, ctx: ssl.SSLContext, **options: object
-) -> tuple[NativeEngine, Outcome]:
+) -> tuple[SelectingEngine, Outcome]:
     server = engine(route, **options)
     return server, run_handshake(server, ctx)
 
@@ -80,7 +81,7 @@ def mini(pki: PkiFiles, stem: str | None = "client", **options: object) -> MiniC
     return MiniClient(chain=chain, key=key, **options)  # type: ignore[arg-type]
 
 
-def mini_handshake(server: NativeEngine, client: MiniClient) -> list[object]:
+def mini_handshake(server: SelectingEngine, client: MiniClient) -> list[object]:
     """ClientHello (and a second one after an HRR) through the server's flight."""
     events: list[object] = list(server.receive(client.client_hello()))
     client.receive(server.data_to_send())
@@ -297,7 +298,7 @@ def test_policy_table(routes, pki, mode: str, cert: str | None) -> None:
 # Malformed and hostile client flights
 
 
-def established_pair(routes, pki) -> tuple[NativeEngine, MiniClient]:
+def established_pair(routes, pki) -> tuple[SelectingEngine, MiniClient]:
     server = engine(routes["require"])
     client = mini(pki)
     mini_handshake(server, client)
@@ -529,7 +530,7 @@ def test_key_update_must_end_its_record(routes, pki) -> None:
 
 def test_server_rekeys_when_the_write_key_is_worn(routes, pki) -> None:
     server, client = established_pair(routes, pki)
-    server._write._key_update_threshold = 0  # type: ignore[union-attr]  # as if 2^24 records
+    server.chosen._write._key_update_threshold = 0  # type: ignore[union-attr]  # as if 2^24 records
     server.send(b"x" * 20000)
     client.receive(server.data_to_send())
     assert client.key_updates == [False]  # the fresh key is not worn: one update
@@ -588,8 +589,10 @@ def test_traffic_secrets_match_the_client_key_log(routes, pki, tmp_path: Path) -
     lines = [line.split() for line in keylog.read_text().splitlines() if line and line[0] != "#"]
     logged = {label: bytes.fromhex(secret) for label, _, secret in lines}
     randoms = {bytes.fromhex(random) for _, random, _ in lines}
-    assert randoms == {server.client_random}
-    derived = server.debug_traffic_secrets()
+    native = server.chosen
+    assert isinstance(native, NativeEngine)
+    assert randoms == {native.client_random}
+    derived = native.debug_traffic_secrets()
     for label in (
         "CLIENT_HANDSHAKE_TRAFFIC_SECRET",
         "SERVER_HANDSHAKE_TRAFFIC_SECRET",
@@ -677,7 +680,7 @@ def test_record_padding_hides_lengths(pki) -> None:
     route = build_route(pki)
     tls = dataclasses.replace(route.config.tls, record_padding=256)
     route = dataclasses.replace(route, config=dataclasses.replace(route.config, tls=tls))
-    server = NativeEngine(table(route).select, FakeClock())
+    server = SelectingEngine(table(route).select, FakeClock())
     outcome = run_handshake(server, client_context(pki, "client"), ping=False)
     assert outcome.client_done and server.handshake_complete
     server.send(b"x" * 1000)

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mtlsproxy.engine.clienthello import ExtensionType
+from mtlsproxy.engine.clienthello import ExtensionType, parse_client_hello
 from mtlsproxy.engine.native import messages as msgs
 from mtlsproxy.engine.native.alerts import TLSAlert
 from mtlsproxy.engine.records import HandshakeType
-from mtlsproxy.vocabulary.failures import Alert
+from mtlsproxy.vocabulary.failures import Alert, HandshakeError
 
 
 def body(message: bytes, msg_type: int) -> bytes:
@@ -133,19 +133,22 @@ def test_key_update_values() -> None:
     assert info.value.alert is Alert.DECODE_ERROR
 
 
-def test_client_key_shares() -> None:
+def test_client_hello_carries_the_key_shares() -> None:
+    """The ClientHello is parsed once (engine.clienthello); its key shares come with it, and
+    their key material stays out of reprs."""
     ext = msgs.key_share_extension([(0x001D, b"a" * 32), (0x0017, b"b" * 65)])
-    entries = msgs.client_key_shares([(ExtensionType.KEY_SHARE, ext)])
-    assert [e.group for e in entries] == [0x001D, 0x0017]
-    assert "aaaa" not in repr(entries[0])  # key material stays out of reprs
-    assert msgs.client_key_shares([]) == ()
-    assert msgs.parse_client_key_shares(b"\x00\x00") == ()
-    duplicate = msgs.key_share_extension([(0x001D, b"a"), (0x001D, b"b")])
-    with pytest.raises(TLSAlert) as info:
-        msgs.parse_client_key_shares(duplicate)
-    assert info.value.alert is Alert.ILLEGAL_PARAMETER
-    with pytest.raises(TLSAlert) as info:
-        msgs.parse_client_key_shares(b"\x00\x04\x00\x1d\x00\x00")  # empty key_exchange
+    message = msgs.client_hello(bytes(32), b"", [0x1301], [(ExtensionType.KEY_SHARE, ext)])
+    hello = parse_client_hello(message[4:])
+    assert [e.group for e in hello.key_shares] == [0x001D, 0x0017]
+    assert hello.has_key_share and hello.key_share_groups == (0x001D, 0x0017)
+    assert "aaaa" not in repr(hello.key_shares[0])
+    empty = msgs.client_hello(bytes(32), b"", [0x1301], [(ExtensionType.KEY_SHARE, b"\x00\x00")])
+    assert parse_client_hello(empty[4:]).key_shares == ()
+    bad = msgs.client_hello(
+        bytes(32), b"", [0x1301], [(ExtensionType.KEY_SHARE, b"\x00\x04\x00\x1d\x00\x00")]
+    )  # an empty key_exchange
+    with pytest.raises(HandshakeError) as info:
+        parse_client_hello(bad[4:])
     assert info.value.alert is Alert.DECODE_ERROR
 
 
@@ -185,7 +188,6 @@ def test_hrr_random_constant_matches_rfc() -> None:
 # Every decoder of client input, on arbitrary bytes: only the engine's own alert escapes.
 
 DECODERS = {
-    "key_shares": msgs.parse_client_key_shares,
     "certificate": msgs.decode_certificate,
     "certificate_verify": msgs.decode_certificate_verify,
     "finished": lambda body: msgs.decode_finished(body, 32),

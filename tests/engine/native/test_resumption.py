@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import ssl
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from mtlsproxy.engine.events import TraceRecord
-from mtlsproxy.engine.native.engine import NativeEngine
 from mtlsproxy.engine.native.tickets import TICKET_LIFETIME, TicketKey, TicketState
+from mtlsproxy.engine.selecting import SelectingEngine
 from mtlsproxy.pki import PkiFiles
 from mtlsproxy.policy.authorize import AllowList
 from mtlsproxy.policy.decision import ClientPolicy
@@ -29,8 +30,8 @@ from tests.engine.native.harness import (
 REQUIRE, REQUEST, NONE = ClientAuthMode.REQUIRE, ClientAuthMode.REQUEST, ClientAuthMode.NONE
 
 
-def engine(route: ServerRoute) -> NativeEngine:
-    return NativeEngine(RouteTable(route).select, FakeClock())  # type: ignore[arg-type]
+def engine(route: ServerRoute) -> SelectingEngine:
+    return SelectingEngine(RouteTable(route).select, FakeClock())  # type: ignore[arg-type]
 
 
 class _Resuming:
@@ -154,13 +155,11 @@ def test_resumed_client_is_checked_again(require: ServerRoute, pki: PkiFiles) ->
 def test_expired_ticket_is_ignored(require: ServerRoute, pki: PkiFiles) -> None:
     ctx = client_context(pki)
     session = session_of(connect(require, ctx))
-    assert require.tickets is not None
-    clock = require.tickets.clock
-    require.tickets.clock = lambda: clock() + TICKET_LIFETIME + 1
-    try:
-        out = connect(require, ctx, session)
-    finally:
-        require.tickets.clock = clock
+    # The route's wall clock is the engine's only one: a later "now" ages the ticket out.
+    later = dataclasses.replace(
+        require, wall_clock=lambda: datetime.now(UTC) + timedelta(seconds=TICKET_LIFETIME + 1)
+    )
+    out = connect(later, ctx, session)
     assert out.complete is not None and not out.complete.session_reused
 
 
@@ -202,7 +201,7 @@ def test_tampered_ticket_is_ignored(require: ServerRoute, pki: PkiFiles) -> None
         return data[:at] + bytes((data[at] ^ 1,)) + data[at + 1 :]
 
     records: list[TraceRecord] = []
-    server = NativeEngine(RouteTable(require).select, FakeClock(), records.append)
+    server = SelectingEngine(RouteTable(require).select, FakeClock(), records.append)
     out = run_handshake(server, _resuming(ctx, session), tamper=tamper)
     hello = next(r for r in records if r.message == "ServerHello")
     assert hello.fields["resumed"] is False

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from mtlsproxy.engine.events import TraceRecord
-from mtlsproxy.engine.native.engine import NativeEngine
 from mtlsproxy.engine.openssl import OpenSSLEngine
+from mtlsproxy.engine.selecting import SelectingEngine
 from mtlsproxy.pki import PkiFiles
 from tests.engine.native.harness import FakeClock, build_route, client_context, run_handshake, table
 
@@ -17,7 +17,7 @@ def traced(engine_class: type, pki: PkiFiles) -> tuple[list[TraceRecord], object
 
 
 def test_native_trace_lists_every_message(pki: PkiFiles) -> None:
-    records, engine = traced(NativeEngine, pki)
+    records, engine = traced(SelectingEngine, pki)
     steps = [(r.direction, r.message) for r in records]
     assert steps[:7] == [
         ("<-", "ClientHello"),
@@ -35,7 +35,7 @@ def test_native_trace_lists_every_message(pki: PkiFiles) -> None:
     assert client.fields["subject"] == "CN=frontend"
     # Never key material: no traffic secret appears in any field.
     text = repr(records)
-    for secret in engine.debug_traffic_secrets().values():  # type: ignore[attr-defined]
+    for secret in engine.chosen.debug_traffic_secrets().values():  # type: ignore[attr-defined]
         assert secret.hex() not in text and repr(secret) not in text
 
 

@@ -1,0 +1,164 @@
+"""The client's flight: its Certificate, CertificateVerify and Finished, and the decision.
+
+Theory of operation
+-------------------
+Each function takes the state that expects a message and the message, and returns the next
+state; the engine dispatches on the state's type and applies the result. A ``TLSAlert`` raised
+here is turned into a ``HandshakeError`` by the engine at the state's own seed step, so these
+functions only say *what* is wrong.
+
+The policy is decided once, by the route (``route.decide``, i.e. ``policy.decision.decide``),
+and acted on here; nothing in this module re-decides it:
+
+* Certificate (RFC 8446 section 4.4.2): the chain goes to the policy as ``Evidence.UNCHECKED``
+  (the policy verifies it). A verification refusal (seed step 5) stops the handshake at once;
+  an allow-list refusal (seed step 6) waits for the CertificateVerify, so that
+  ``access_denied`` goes only to a client that proved it holds the key of the certificate it is
+  refused for. An empty Certificate is decided at once (mode ``require`` refuses it).
+* CertificateVerify (section 4.4.3): the signature over the transcript with the leaf's key.
+* Finished (section 4.4.4): checked last; a resumed session's client (its certificate from the
+  ticket) is decided again against now (``Evidence.RESUMED``: expiry, revocation, allow-list).
+
+In audit mode (``client_auth.enforce: false``) the decision admits a client it would refuse,
+with ``would_refuse`` set; a certificate failing verification is admitted with ``verified``
+false, where OpenSSL would fail the handshake (a deliberate difference, see the engine).
+"""
+
+from __future__ import annotations
+
+from cryptography import x509
+
+from mtlsproxy.engine.events import Tracer, note
+from mtlsproxy.engine.interface import NativeRoute
+from mtlsproxy.engine.native import messages as msgs
+from mtlsproxy.engine.native import signatures as sigs
+from mtlsproxy.engine.native.alerts import TLSAlert
+from mtlsproxy.engine.native.states import (
+    Established,
+    ExpectCertificate,
+    ExpectCertificateVerify,
+    ExpectFinished,
+)
+from mtlsproxy.engine.records import Message
+from mtlsproxy.vocabulary.decision import Decision, Evidence
+from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Reason, Step
+from mtlsproxy.vocabulary.identity import PeerIdentity
+
+
+class Refused(Exception):
+    """The allow-list refused a client whose TLS handshake was otherwise acceptable."""
+
+    def __init__(self, error: HandshakeError, identity: PeerIdentity | None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.identity = identity
+
+
+class Unverified(Exception):
+    """The client presented a certificate that fails verification (seed step 5), before its
+    CertificateVerify: the handshake stops at once, and the failure says a certificate came."""
+
+    def __init__(self, error: HandshakeError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def act_on(decision: Decision) -> Decision:
+    """Go on with an admitted client; stop a refused one (seed steps 5 and 6)."""
+    refusal = decision.refusal
+    if decision.admitted or refusal is None:
+        return decision
+    if refusal.step is Step.AUTHORIZE:
+        raise Refused(refusal.to_error(), decision.identity)
+    raise refusal.to_error()
+
+
+def certificate(
+    state: ExpectCertificate, message: Message, route: NativeRoute, trace: Tracer | None
+) -> ExpectCertificateVerify | ExpectFinished:
+    decoded = msgs.decode_certificate(message.body)
+    if decoded.context:
+        raise TLSAlert(Alert.ILLEGAL_PARAMETER, "non-empty certificate_request_context")
+    negotiated = state.negotiated
+    negotiated.schedule.update_transcript(message.raw)
+    if not decoded.chain:
+        decision = act_on(route.decide((), Evidence.UNCHECKED))
+        return ExpectFinished(negotiated, decision=decision)
+    try:
+        leaf = x509.load_der_x509_certificate(decoded.chain[0])
+    except ValueError:
+        raise HandshakeError(
+            Step.CLIENT_CERTIFICATE,
+            Reason.MALFORMED,
+            "the client's certificate does not parse",
+            Alert.BAD_CERTIFICATE,
+        ) from None
+    if trace is not None:
+        note(trace, "<-", "Certificate", subject=leaf.subject.rfc4514_string(),
+             chain_length=len(decoded.chain))  # fmt: skip
+    decision = route.decide(decoded.chain, Evidence.UNCHECKED)
+    refusal = decision.refusal
+    if not decision.admitted and refusal is not None and refusal.step is Step.CLIENT_VERIFY:
+        raise Unverified(refusal.to_error())
+    return ExpectCertificateVerify(negotiated, leaf, decoded.chain[0], decision)
+
+
+def certificate_verify(
+    state: ExpectCertificateVerify, message: Message, trace: Tracer | None
+) -> ExpectFinished:
+    schedule = state.negotiated.schedule
+    try:
+        scheme, signature = msgs.decode_certificate_verify(message.body)
+        if scheme not in sigs.SUPPORTED_SCHEMES:
+            raise TLSAlert(
+                Alert.ILLEGAL_PARAMETER, f"signature scheme 0x{scheme:04x} was not offered"
+            )
+        content = sigs.signed_content(schedule.transcript_hash(), server=False)
+        sigs.verify(state.leaf, scheme, signature, content)
+    except TLSAlert as alert:
+        # A signature that is there but wrong is the certificate failing, not bad framing.
+        reason = Reason.MALFORMED if alert.alert is Alert.DECODE_ERROR else None
+        raise alert.to_handshake_error(
+            Step.CLIENT_VERIFY, reason or Reason.CLIENT_CERT_INVALID
+        ) from None
+    schedule.update_transcript(message.raw)
+    note(trace, "<-", "CertificateVerify", scheme=f"0x{scheme:04x}")
+    act_on(state.decision)
+    return ExpectFinished(state.negotiated, state.client_leaf_der, state.decision)
+
+
+def finished(
+    state: ExpectFinished,
+    message: Message,
+    route: NativeRoute,
+    trace: Tracer | None,
+    *,
+    more_buffered: bool,
+) -> tuple[Established, Decision]:
+    """The client's Finished checked; the session and the decision it is admitted on.
+    ``more_buffered``: handshake bytes follow the Finished in its record."""
+    negotiated = state.negotiated
+    schedule = negotiated.schedule
+    verify_data = msgs.decode_finished(message.body, negotiated.suite.hash_length)
+    schedule.verify_client_finished(verify_data)
+    if more_buffered:
+        # Section 5.1: a message preceding a key change ends its record.
+        raise HandshakeError(
+            Step.CLIENT_FINISHED,
+            Reason.MALFORMED,
+            "bytes follow the client's Finished in its record",
+            Alert.UNEXPECTED_MESSAGE,
+        )
+    schedule.update_transcript(message.raw)
+    note(trace, "<-", "Finished")
+    leaf_der = state.client_leaf_der
+    if state.resumed is not None:
+        # The ticket's certificate, checked again against now: expiry, revocation and the
+        # allow-list (a refusal is access_denied, as in a full handshake).
+        chain = (leaf_der,) if leaf_der is not None else ()
+        decision = act_on(route.decide(chain, Evidence.RESUMED))
+    elif state.decision is not None:
+        decision = state.decision
+    else:  # no CertificateRequest was sent
+        decision = route.decide((), Evidence.UNCHECKED)
+    return Established(negotiated, leaf_der), decision

@@ -1,0 +1,135 @@
+"""Session resumption of the native engine: accepting a PSK offer, issuing a ticket.
+
+Theory of operation
+-------------------
+RFC 8446 sections 2.2, 4.2.11 and 4.6.1, on the sealed tickets of :mod:`.tickets`.
+
+Issuing (:func:`issue_ticket`): after a full handshake whose client was admitted without
+``would_refuse``, one NewSessionTicket goes out, sealed with the route's ``TicketKey`` (so a
+ticket resumes on its own route only, and a reload rotates the keys). It lives no longer than
+``TICKET_LIFETIME`` nor than the client's certificate; a state that would not fit a ticket
+gets none.
+
+Accepting (:func:`accept_psk`): a ClientHello offering psk_dhe_ke and a ticket that opens, is
+within its lifetime (by our clock and, with ``AGE_TOLERANCE``, by the client's) and fits the
+negotiated suite's hash resumes: the first such identity is selected. Its binder must verify
+(``decrypt_error`` otherwise, compared in constant time); any other unusable ticket is
+skipped, which means a full handshake. psk_ke (no ECDHE) is never accepted.
+
+Both directions take ``now`` (wall-clock seconds) from the engine, which reads the route's
+``wall_clock``: nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from dataclasses import dataclass
+
+from mtlsproxy.engine.clienthello import ClientHello
+from mtlsproxy.engine.events import Tracer, note
+from mtlsproxy.engine.interface import NativeRoute
+from mtlsproxy.engine.native import messages as msgs
+from mtlsproxy.engine.native.alerts import TLSAlert
+from mtlsproxy.engine.native.key_schedule import (
+    KeySchedule,
+    derive_secret,
+    finished_verify_data,
+    hkdf_expand_label,
+)
+from mtlsproxy.engine.native.states import Established
+from mtlsproxy.engine.native.suites import CipherSuite, get_cipher_suite
+from mtlsproxy.engine.native.tickets import AGE_TOLERANCE, TICKET_LIFETIME, TicketState
+from mtlsproxy.vocabulary.decision import Decision
+from mtlsproxy.vocabulary.failures import Alert
+
+PSK_DHE_KE = 1  # section 4.2.9; psk_ke (0) is never accepted
+TICKET_NONCE = b"\x00"  # one ticket per connection: the nonce only has to be unique in it
+
+
+@dataclass(frozen=True, slots=True)
+class Resumption:
+    """The offered PSK we accept: its position in the client's list and the ticket state."""
+
+    index: int
+    state: TicketState
+
+
+def accept_psk(
+    hello: ClientHello, message: bytes, suite: CipherSuite, route: NativeRoute, now: int
+) -> Resumption | None:
+    """The first offered ticket we can resume under ``suite``, or None (a full handshake).
+
+    ``message`` is the ClientHello with its header, for the binder's partial transcript.
+    Raises ``TLSAlert(decrypt_error)`` when the chosen ticket's binder does not verify."""
+    tickets = route.tickets
+    offered = hello.offered_psks
+    if tickets is None or offered is None or PSK_DHE_KE not in hello.psk_key_exchange_modes:
+        return None
+    for index, (identity, obfuscated_age) in enumerate(offered.identities):
+        state = tickets.open(identity)
+        if state is None:
+            continue
+        ticket_suite = get_cipher_suite(state.suite)
+        if ticket_suite is None or ticket_suite.hash_name != suite.hash_name:
+            continue
+        client_age_ms = (obfuscated_age - state.age_add) % (1 << 32)
+        if not 0 <= now - state.issued <= state.lifetime or (
+            client_age_ms > (state.lifetime + AGE_TOLERANCE) * 1000
+        ):
+            continue
+        truncated = message[: len(message) - offered.binders_size]
+        check_binder(suite, state.psk, truncated, offered.binders[index])
+        return Resumption(index, state)
+    return None
+
+
+def check_binder(suite: CipherSuite, psk: bytes, truncated: bytes, binder: bytes) -> None:
+    """Section 4.2.11.2: HMAC(finished_key(binder_key), Transcript-Hash(truncated CH))."""
+    early_secret = KeySchedule(suite, psk=psk).early_secret
+    binder_key = derive_secret(
+        suite.hash_name, early_secret, b"res binder", suite.new_hash().digest()
+    )
+    digest = suite.new_hash()
+    digest.update(truncated)
+    expected = finished_verify_data(suite, binder_key, digest.digest())
+    if not hmac.compare_digest(expected, binder):
+        raise TLSAlert(Alert.DECRYPT_ERROR, "the PSK binder does not verify")
+
+
+def issue_ticket(
+    route: NativeRoute,
+    session: Established,
+    decision: Decision,
+    now: int,
+    trace: Tracer | None = None,
+) -> bytes | None:
+    """One NewSessionTicket message (section 4.6.1) for an established session, living no
+    longer than the client's certificate; None when the route issues none or the state would
+    not fit a ticket."""
+    tickets = route.tickets
+    if tickets is None:
+        return None
+    leaf_der = session.client_leaf_der
+    lifetime = TICKET_LIFETIME
+    if leaf_der is not None:
+        if decision.identity is None:
+            return None
+        lifetime = min(lifetime, int(decision.identity.not_after.timestamp()) - now)
+    if lifetime <= 0:
+        return None
+    suite, schedule = session.negotiated.suite, session.negotiated.schedule
+    schedule.derive_resumption_master_secret()
+    psk = hkdf_expand_label(
+        suite.hash_name, schedule.resumption_master_secret, b"resumption", TICKET_NONCE,
+        suite.hash_length,
+    )  # fmt: skip
+    age_add = int.from_bytes(os.urandom(4), "big")
+    state = TicketState(
+        psk, suite.id, now, lifetime, age_add, session.negotiated.alpn, route.name, leaf_der
+    )
+    ticket = tickets.seal(state)
+    if ticket is None:
+        return None
+    note(trace, "->", "NewSessionTicket", lifetime=lifetime)
+    return msgs.new_session_ticket(lifetime, age_add, TICKET_NONCE, ticket)
