@@ -1,4 +1,5 @@
-"""Command line: ``run``, ``check``, ``explain``, ``demo``, ``pki init``, ``version``.
+"""Command line: ``run``, ``check``, ``explain``, ``demo``, ``pki init``, ``schema``,
+``version``.
 
 Exit status: 0 success, 1 a runtime failure (the demo's exchanges did not go as expected),
 2 a config or usage error (argparse uses 2 as well).
@@ -86,6 +87,11 @@ def _parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="replace a CA already in DIRECTORY (and all it signed)"
     )
     init.set_defaults(handler=_pki_init)
+
+    schema = commands.add_parser(
+        "schema", help="print the config's JSON Schema (for editors; config/ ships it)"
+    )
+    schema.set_defaults(handler=_schema)
 
     version = commands.add_parser("version", help="print versions")
     version.set_defaults(handler=_version)
@@ -209,6 +215,13 @@ def _pki_init(args: argparse.Namespace) -> int:
     print(f"development PKI written to {files.directory} (never use these keys in production):")
     for name in sorted(path.name for path in files.directory.iterdir()):
         print(f"  {name}")
+    return EXIT_OK
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from mtlsproxy.config.schema import schema_text
+
+    sys.stdout.write(schema_text())
     return EXIT_OK
 
 

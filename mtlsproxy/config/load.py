@@ -12,7 +12,7 @@ import difflib
 import enum
 import os
 import re
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -76,8 +76,34 @@ _SIZE = re.compile(r"([0-9]+)\s*(B|KiB|MiB|GiB)?")
 _SIZE_UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 _BUFFER_MIN, _BUFFER_MAX = 16 << 10, 64 << 20
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes on Linux, with the terminating NUL
-_LOG_LEVELS = ("debug", "info", "warning", "error")
-_TIMEOUTS = ("handshake", "connect", "idle", "drain")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+# The keys each mapping accepts, in the order "expected one of" lists them; config.schema
+# describes exactly these (an allow rule's one key is an AllowKind).
+CONFIG_KEYS = ("listeners", "metrics", "log", "reload", "workers")
+LISTENER_KEYS = (
+    "name", "listen", "engine", "tls", "client_auth", "upstream", "forward_identity", "routes",
+    "timeouts", "limits",
+)  # fmt: skip
+ROUTE_KEYS = ("name", "sni", "tls", "client_auth", "upstream", "forward_identity")
+TLS_KEYS = ("certificates", "min_version", "alpn", "record_padding")
+CERTIFICATE_KEYS = ("certificate", "key")
+CLIENT_AUTH_KEYS = ("mode", "ca", "crl", "allow", "enforce")
+FORWARD_IDENTITY_KEYS = (
+    "mode",
+    "xfcc",
+    "headers",
+    "include_certificate",
+    "crc32c",
+    "forwarded",
+    "trust_forwarded",
+)
+DURATION_TIMEOUT_KEYS = ("handshake", "connect", "idle", "drain")  # above zero
+TIMEOUT_KEYS = (*DURATION_TIMEOUT_KEYS, "shutdown_delay")  # shutdown_delay may be zero
+LIMITS_KEYS = ("max_connections", "buffer_size")
+METRICS_KEYS = ("listen", "enabled")
+LOG_KEYS = ("format", "level", "access")
+RELOAD_KEYS = ("watch", "interval")
 _WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 # A listener's settings start from this; a required key that is missing or wrong (and already
@@ -435,12 +461,16 @@ class _Parser:
         node: Node,
         path: str,
         converters: Mapping[str, Convert[Any]],
+        *,
+        keys: Sequence[str],
         required: Iterable[str] = (),
     ) -> tuple[dict[str, Any], _Map]:
-        """The converted values of a mapping's keys. Unknown, duplicate and wrong keys are
-        reported and left out, as are missing required ones."""
+        """The converted values of a mapping's ``keys`` (each one's converter in
+        ``converters``). Unknown, duplicate and wrong keys are reported and left out, as are
+        missing required ones."""
         if not isinstance(node, MappingNode):
             raise _expected("a mapping", node)
+        converters = {key: converters[key] for key in keys}
         m = _Map(node)
         for key, value in node.value:
             problem = _key_problem(key, converters.keys(), m.keys)
@@ -458,9 +488,11 @@ class _Parser:
         }
         return {k: v for k, v in values.items() if v is not _Failed.FAILED}, m
 
-    def section(self, cls: Callable[..., T], converters: Mapping[str, Convert[Any]]) -> Convert[T]:
+    def section(
+        self, cls: Callable[..., T], keys: Sequence[str], converters: Mapping[str, Convert[Any]]
+    ) -> Convert[T]:
         """A mapping of optional keys, straight into the dataclass ``cls``."""
-        return lambda node, path: cls(**self.read(node, path, converters)[0])
+        return lambda node, path: cls(**self.read(node, path, converters, keys=keys)[0])
 
     def sequence(
         self, node: Node, path: str, item: Convert[T], *, non_empty: bool = False
@@ -510,19 +542,22 @@ class _Parser:
             "metrics": partial(self.metrics, addresses=addresses),
             "log": self.section(
                 LogSettings,
+                LOG_KEYS,
                 {
                     "format": _leaf(_one_of(LogFormat)),
-                    "level": _leaf(_one_of(_LOG_LEVELS)),
+                    "level": _leaf(_one_of(LOG_LEVELS)),
                     "access": _leaf(_boolean),
                 },
             ),
             "reload": self.section(
-                ReloadSettings, {"watch": _leaf(_boolean), "interval": _leaf(_duration)}
+                ReloadSettings,
+                RELOAD_KEYS,
+                {"watch": _leaf(_boolean), "interval": _leaf(_duration)},
             ),
             "workers": _leaf(_workers),
         }
         try:
-            own, m = self.read(root, "", converters, required=("listeners",))
+            own, m = self.read(root, "", converters, keys=CONFIG_KEYS, required=("listeners",))
         except _Invalid as e:
             self.problem(root, "", str(e))
             return Config(source=self.file, listeners=())
@@ -536,7 +571,10 @@ class _Parser:
 
     def metrics(self, node: Node, path: str, addresses: _Registry) -> MetricsSettings:
         own, m = self.read(
-            node, path, {"listen": _leaf(_listen_address), "enabled": _leaf(_boolean)}
+            node,
+            path,
+            {"listen": _leaf(_listen_address), "enabled": _leaf(_boolean)},
+            keys=METRICS_KEYS,
         )
         if "listen" in own:
             own["host"], own["port"] = own.pop("listen")
@@ -588,16 +626,19 @@ class _Parser:
                 "routes": _keep_node,
                 "timeouts": self.section(
                     Timeouts,
+                    TIMEOUT_KEYS,
                     {
-                        **dict.fromkeys(_TIMEOUTS, _leaf(_duration)),
+                        **dict.fromkeys(DURATION_TIMEOUT_KEYS, _leaf(_duration)),
                         "shutdown_delay": _leaf(_delay),
                     },
                 ),
                 "limits": self.section(
                     Limits,
+                    LIMITS_KEYS,
                     {"max_connections": _leaf(_positive_int), "buffer_size": _leaf(_buffer_size)},
                 ),
             },
+            keys=LISTENER_KEYS,
             required=("name", "listen", "tls", "upstream"),
         )
         if "name" in own:
@@ -685,6 +726,7 @@ class _Parser:
                 "upstream": self.upstream,
                 "forward_identity": self.forward_identity,
             },
+            keys=ROUTE_KEYS,
             required=("sni",),
         )
         if "name" in own:
@@ -721,13 +763,16 @@ class _Parser:
                 "alpn": lambda n, p: self.sequence(n, p, _leaf(_alpn)),
                 "record_padding": _leaf(_record_padding),
             },
+            keys=TLS_KEYS,
             required=() if base else ("certificates",),
         )
         return replace(base or _PLACEHOLDER_ROUTE.tls, **own)
 
     def key_pair(self, node: Node, path: str) -> CertificateKeyPair:
-        keys = ("certificate", "key")
-        own, _ = self.read(node, path, dict.fromkeys(keys, self.file_path), required=keys)
+        keys = CERTIFICATE_KEYS
+        own, _ = self.read(
+            node, path, dict.fromkeys(keys, self.file_path), keys=keys, required=keys
+        )
         _require(own, keys)
         return CertificateKeyPair(**own)
 
@@ -746,6 +791,7 @@ class _Parser:
                 "allow": lambda n, p: self.sequence(n, p, self.allow_rule),
                 "enforce": _leaf(_boolean),
             },
+            keys=CLIENT_AUTH_KEYS,
         )
         if own.keys() != m.values.keys() or (base is None and "mode" not in own):
             raise _Reported  # a wrong value here or in the base: the rules below would guess
@@ -777,6 +823,7 @@ class _Parser:
                 "forwarded": lambda n, p: self.sequence(n, p, _leaf(_forwarded_field)),
                 "trust_forwarded": _leaf(_boolean),
             },
+            keys=FORWARD_IDENTITY_KEYS,
             required=("mode",),
         )
         if "mode" not in own:
@@ -827,7 +874,10 @@ class _Parser:
         if not (isinstance(node, MappingNode) and len(node.value) == 1):
             raise _Invalid(f"expected a mapping with one key, one of {', '.join(kinds)}")
         own, _ = self.read(
-            node, path, {name: _leaf(partial(_allow_pattern, kind)) for name, kind in kinds.items()}
+            node,
+            path,
+            {name: _leaf(partial(_allow_pattern, kind)) for name, kind in kinds.items()},
+            keys=tuple(kinds),
         )
         if not own:
             raise _Reported
