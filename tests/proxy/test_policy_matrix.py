@@ -1,5 +1,6 @@
-"""DESIGN.md's policy table, end to end: every client_auth mode x every kind of client
-certificate x TLS 1.2 and 1.3, with a real Python ``ssl`` client, and the metric it leaves."""
+"""The policy table (docs/handshake.md), end to end: every client_auth mode x every kind of
+client certificate x TLS 1.2 and 1.3, with a real Python ``ssl`` client, and the metric it
+leaves."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """RFC 8448 section 3 ("Simple 1-RTT Handshake") values.
 
-``rfc8448_simple_1rtt.json`` is a verbatim copy of shared/specs/rfc8448-simple-1rtt.json, kept
-beside the tests so the suite is self-contained.
+``rfc8448_simple_1rtt.json`` holds the values of RFC 8448 section 3, as JSON (every secret and
+Finished value recomputes from the messages), kept beside the tests.
 """
 
 from __future__ import annotations
