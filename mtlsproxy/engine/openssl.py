@@ -64,14 +64,11 @@ MAX_RECORD_PLAINTEXT = 2**14  # RFC 8446 section 5.1, RFC 5246 section 6.2.1
 INITIAL_RECORD_VERSION = 0x0301  # RFC 8446 section 5.1, before a version is agreed
 TLS12_RECORD_VERSION = 0x0303
 
+_PLAIN_HTTP_BODY = b"This port speaks TLS only: use https:// and a client certificate\n"
 PLAIN_HTTP_RESPONSE = (
-    b"HTTP/1.1 400 Bad Request\r\n"
-    b"Content-Type: text/plain\r\n"
-    b"Connection: close\r\n"
-    b"Content-Length: 63\r\n"
-    b"\r\n"
-    b"This port speaks TLS only: use https:// and a client certificate\n"
-)[:-1]
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_PLAIN_HTTP_BODY), _PLAIN_HTTP_BODY)
+)
 
 # X509_V_ERR_* codes (openssl/x509_vfy.h) -> reason, and the alert OpenSSL sends for them
 # (ssl_verify_alarm_type in ssl/statem/statem_lib.c).

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 
+import h11
 import pytest
 
 from mtlsproxy.pki import PkiFiles
@@ -268,3 +269,19 @@ def test_upstream_answer_after_a_ragged_client_eof(make_proxy, pki: PkiFiles) ->
         assert eventually(lambda: proxy.active_connections() == 0, timeout=5)
     finally:
         slow.stop()
+
+
+def test_the_plain_http_answer_is_a_well_formed_response(make_proxy) -> None:
+    """An HTTP client parses our 400 exactly: its Content-Length is its body's length."""
+
+    proxy = make_proxy("require")
+    response = send_raw(proxy.port(), b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    client = h11.Connection(h11.CLIENT)
+    client.send(h11.Request(method="GET", target="/", headers=[("Host", "localhost")]))
+    client.send(h11.EndOfMessage())
+    client.receive_data(response)
+    client.receive_data(b"")
+    head, body, end = client.next_event(), client.next_event(), client.next_event()
+    assert isinstance(head, h11.Response) and head.status_code == 400
+    assert isinstance(body, h11.Data) and body.data.endswith(b"a client certificate\n")
+    assert isinstance(end, h11.EndOfMessage)
