@@ -5,16 +5,25 @@ verified client; otherwise the first rule that matches admits, and no match refu
 (``identity_not_allowed``). Rule semantics:
 
 ``spiffe_id``
-    Compared with the URI SANs whose scheme is ``spiffe``; the pattern must start with
-    ``spiffe://``. Wildcards as for ``uri``.
+    Compared with the certificate's SPIFFE ID only (``PeerIdentity.spiffe_id``: the ID of an
+    X.509-SVID, its only URI SAN, validated; a certificate with several URI SANs or an invalid
+    ID has none, so it matches no ``spiffe_id`` rule), which is also the ID forwarded upstream.
+    The pattern must be a SPIFFE ID (SPIFFE-ID specification section 2) in which path segments
+    may hold ``*``: the scheme ``spiffe://`` in lowercase, a trust domain of ``a-z 0-9 . - _``
+    (no wildcard), segments of ``A-Z a-z 0-9 . - _ *``, no empty, ``.`` or ``..`` segment, no
+    percent-encoding, query, fragment, userinfo or port, optionally a final ``/**``. Anything
+    else is a configuration error (``ValueError`` from ``compile_rule``). Wildcards as for
+    ``uri``.
 ``uri``
-    Compared with every URI SAN. Case-sensitive and whole-string. ``*`` matches any run of
-    characters (possibly empty) except ``/``, so it never crosses a path segment:
+    Compared with every URI SAN; a pattern with the ``spiffe`` scheme is compared with the
+    SPIFFE ID only, as for ``spiffe_id``. Case-sensitive and whole-string. ``*`` matches any
+    run of characters except ``/``, so it never crosses a path segment:
     ``spiffe://example.org/ns/*/sa/frontend`` matches ``.../ns/prod/sa/frontend`` but not
-    ``.../ns/a/b/sa/frontend``. A pattern ending in ``/**`` matches the prefix followed by
-    ``/`` and any non-empty suffix (``spiffe://example.org/ns/prod/**`` matches everything
-    under ``ns/prod/``, not ``spiffe://example.org/ns/prod`` itself). ``**`` anywhere else is a
-    configuration error.
+    ``.../ns/a/b/sa/frontend``; a segment made only of ``*`` never matches an empty segment
+    (``.../ns/*/sa/frontend`` does not match ``.../ns//sa/frontend``). A pattern ending in
+    ``/**`` matches the prefix followed by ``/`` and any non-empty suffix
+    (``spiffe://example.org/ns/prod/**`` matches everything under ``ns/prod/``, not
+    ``spiffe://example.org/ns/prod`` itself). ``**`` anywhere else is a configuration error.
 ``dns``
     Compared with every DNS SAN, case-insensitively, ignoring one trailing dot. A leading
     ``*.`` matches exactly one extra label (RFC 6125 section 6.4.3 style): ``*.example.org``
@@ -43,25 +52,44 @@ _DNS_LABEL = "[a-z0-9_-]+"  # one label of an LDH (or underscore) name, after lo
 _HEX64 = re.compile("[0-9a-f]{64}")
 
 
+_SPIFFE_PATTERN = re.compile(r"spiffe://[a-z0-9._-]+((?:/[A-Za-z0-9._*-]+)*)(/\*\*)?")
+
+
 def _uri_regex(pattern: str) -> re.Pattern[str]:
     head, deep = (pattern[:-3], True) if pattern.endswith("/**") else (pattern, False)
     if "**" in head:
         raise ValueError(f"{pattern!r}: '**' is only allowed as a final '/**'")
-    body = "[^/]*".join(re.escape(part) for part in head.split("*"))
-    return re.compile(body + ("/.+" if deep else ""))
+    return re.compile("/".join(map(_segment_regex, head.split("/"))) + ("/.+" if deep else ""))
 
 
-def _uri_predicate(pattern: str, *, spiffe_only: bool) -> Predicate:
-    regex = _uri_regex(pattern)
+def _segment_regex(segment: str) -> str:
+    body = "[^/]*".join(re.escape(part) for part in segment.split("*"))
+    # A wildcard segment is never empty: "ns/*/sa" must not match "ns//sa".
+    return "(?=[^/])" + body if "*" in segment else body
 
-    def matches(identity: PeerIdentity) -> bool:
-        return any(
-            regex.fullmatch(uri)
-            for uri in identity.uris
-            if not spiffe_only or uri.lower().startswith("spiffe://")
+
+def _check_spiffe_pattern(pattern: str) -> None:
+    match = _SPIFFE_PATTERN.fullmatch(pattern)
+    if match is None:
+        raise ValueError(
+            f"{pattern!r}: not a SPIFFE ID pattern (spiffe://trust.domain/path with a lowercase "
+            "trust domain of a-z 0-9 . - _, path segments of A-Z a-z 0-9 . - _ and '*', no "
+            "empty segment, percent-encoding, query, fragment, port or user, optionally a "
+            "final '/**')"
         )
+    if any(segment in (".", "..") for segment in match[1].split("/")):
+        raise ValueError(f"{pattern!r}: a SPIFFE ID has no '.' or '..' path segment")
 
-    return matches
+
+def _is_spiffe(pattern: str) -> bool:
+    return pattern[:9].lower() == "spiffe://"
+
+
+def _uri_predicate(pattern: str) -> Predicate:
+    regex = _uri_regex(pattern)
+    if _is_spiffe(pattern):
+        return lambda identity: bool(identity.spiffe_id and regex.fullmatch(identity.spiffe_id))
+    return lambda identity: any(regex.fullmatch(uri) for uri in identity.uris)
 
 
 def _dns_normalize(name: str) -> str:
@@ -88,11 +116,14 @@ def compile_rule(rule: AllowRule) -> Predicate:
     """The predicate of one rule; ``ValueError`` names the problem when the pattern is invalid
     (the config loader calls this to reject bad patterns at load)."""
     if rule.kind is AllowKind.SPIFFE_ID:
-        if not rule.pattern.lower().startswith("spiffe://"):
+        if not rule.pattern.startswith("spiffe://"):
             raise ValueError(f"{rule.pattern!r}: a spiffe_id starts with spiffe://")
-        return _uri_predicate(rule.pattern, spiffe_only=True)
+        _check_spiffe_pattern(rule.pattern)
+        return _uri_predicate(rule.pattern)
     if rule.kind is AllowKind.URI:
-        return _uri_predicate(rule.pattern, spiffe_only=False)
+        if _is_spiffe(rule.pattern):
+            _check_spiffe_pattern(rule.pattern)
+        return _uri_predicate(rule.pattern)
     if rule.kind is AllowKind.DNS:
         return _dns_predicate(rule.pattern)
     if rule.kind is AllowKind.SUBJECT_CN:

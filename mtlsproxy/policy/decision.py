@@ -6,10 +6,14 @@ session runs it again, so the three can never disagree. It reads no clock and to
 socket: ``now`` is passed in.
 
 The order is fixed: no certificate (``client_certificate``), then verification
-(``client_verify``: chain, validity, usage, revocation; for a resumed session validity and
-revocation against ``now``), then the allow-list (``authorize``). The first refusal is the one
-reported. Without ``enforce`` (audit mode) a refusal becomes ``would_refuse``: the client is
-admitted and its identity is forwarded as unverified.
+(``client_verify``: chain, validity, usage, key strength, name constraints, revocation), then
+the allow-list (``authorize``). A resumed session (``Evidence.RESUMED``) is verified again in
+full with the CA bundle, CRLs and clock of ``now`` (``ClientVerifier.verify_resumed``: the whole
+chain when the engine passes it; a lone leaf issued by an intermediate by its own checks); a
+CRL past its nextUpdate refuses it exactly as it refuses a full handshake.
+``resumable_until`` says how long an admitted session may be resumed at most. The first
+refusal is the one reported. Without ``enforce`` (audit mode) a refusal becomes
+``would_refuse``: the client is admitted and its identity is forwarded as unverified.
 """
 
 from __future__ import annotations
@@ -17,8 +21,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-
-from cryptography import x509
 
 from mtlsproxy.policy.authorize import AllowList
 from mtlsproxy.policy.model import ClientAuth, ClientAuthMode
@@ -65,7 +67,8 @@ def decide(
     evidence: Evidence = Evidence.UNCHECKED,
 ) -> Decision:
     """The decision on a client that presented ``chain_der`` (leaf first; empty: no
-    certificate) at ``now``. Never raises for anything a client can send."""
+    certificate) at ``now``. Never raises for anything a client can send: a certificate that
+    cannot be parsed or used is refused as ``client_cert_invalid``."""
     auth = policy.client_auth
     if auth.mode is ClientAuthMode.NONE:
         return Decision(Verdict.ADMITTED)
@@ -108,16 +111,19 @@ def _verify(
     """Seed step 6 without the allow-list: the identity, and the refusal if any."""
     verifier = policy.verifier
     assert verifier is not None  # a policy that requests certificates has one
-    if evidence is Evidence.UNCHECKED:
-        try:
-            return verifier.verify_der(chain_der, now).identity, None
-        except CertificateRejected as rejected:
-            refusal = Refusal(Step.CLIENT_VERIFY, rejected.reason, rejected.detail, rejected.alert)
-            return _identity_or_none(chain_der[0]), refusal
     try:
-        leaf = x509.load_der_x509_certificate(chain_der[0])
-        identity = PeerIdentity.from_certificate(leaf)
-    except ValueError:
+        if evidence is Evidence.UNCHECKED:
+            return verifier.verify_der(chain_der, now).identity, None
+        if evidence is Evidence.RESUMED:
+            return verifier.verify_resumed(chain_der, now), None
+    except CertificateRejected as rejected:
+        detail = rejected.detail
+        if evidence is Evidence.RESUMED:
+            detail = f"resumed session: {detail}"
+        refusal = Refusal(Step.CLIENT_VERIFY, rejected.reason, detail, rejected.alert)
+        return _identity_or_none(chain_der[0]), refusal
+    identity = _identity_or_none(chain_der[0])  # CHECKED_BY_OPENSSL
+    if identity is None:
         refusal = Refusal(
             Step.CLIENT_VERIFY,
             Reason.CLIENT_CERT_INVALID,
@@ -125,35 +131,28 @@ def _verify(
             Alert.BAD_CERTIFICATE,
         )
         return None, refusal
-    if evidence is Evidence.RESUMED:
-        return identity, _recheck_resumed(verifier, leaf, identity, now)
     return identity, None
 
 
-def _recheck_resumed(
-    verifier: ClientVerifier, leaf: x509.Certificate, identity: PeerIdentity, now: datetime
-) -> Refusal | None:
-    """A resumed session skips the chain checks of a full handshake: its certificate is checked
-    again against the clock and the CRLs of now, not of the original handshake."""
-    if identity.not_after < now:
-        return Refusal(
-            Step.CLIENT_VERIFY,
-            Reason.CLIENT_CERT_EXPIRED,
-            f"resumed session: {identity.describe()} expired at {identity.not_after}",
-            Alert.CERTIFICATE_EXPIRED,
-        )
-    if verifier.is_revoked(leaf):
-        return Refusal(
-            Step.CLIENT_VERIFY,
-            Reason.CLIENT_CERT_REVOKED,
-            f"resumed session: {identity.describe()} is revoked",
-            Alert.CERTIFICATE_REVOKED,
-        )
-    return None
+def resumable_until(
+    policy: ClientPolicy, chain_der: Sequence[bytes], now: datetime
+) -> datetime | None:
+    """The latest moment a session admitted with ``chain_der`` at ``now`` may be resumed: the
+    earliest notAfter of its verified path and nextUpdate of the route's CRLs (after that, the
+    full checks could say otherwise). None when the route verifies no certificate or the chain
+    does not verify (no ticket should be issued then). Engines bound their session tickets by it.
+    """
+    verifier = policy.verifier
+    if verifier is None or not chain_der:
+        return None
+    try:
+        return verifier.valid_until(verifier.verify_der(chain_der, now).chain)
+    except CertificateRejected:
+        return None
 
 
 def _identity_or_none(leaf_der: bytes) -> PeerIdentity | None:
     try:
         return PeerIdentity.from_der(leaf_der)
-    except ValueError:
+    except (ValueError, TypeError):
         return None

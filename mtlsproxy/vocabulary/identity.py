@@ -5,11 +5,24 @@ all read this one record, so they can never disagree about a client's name. Extr
 total: a certificate without a SAN extension, without a CN, or with an extension that does not
 parse still yields an identity (with the missing parts empty), because a verified but odd
 certificate must be refused by the allow-list, not crash the handshake.
+
+The SPIFFE identity follows the X.509-SVID specification (section 2: "exactly one URI SAN, and
+by extension, exactly one SPIFFE ID ... Validators encountering an SVID containing more than
+one URI SAN MUST reject the SVID"; section 5.2: a leaf's ID has a non-root path) and the
+SPIFFE-ID specification (section 2): a certificate has a SPIFFE ID only when exactly one of its
+URI SANs has the ``spiffe`` scheme and that one is a valid workload ID. A certificate that fails
+this is not refused here (it may still be admitted by a rule on its CN, DNS names or
+fingerprint): it is rejected as an SVID, so it has no ``spiffe_id``, and no ``spiffe_id`` rule
+(nor ``uri`` rule with the spiffe scheme) matches it. One deliberate leniency: URI SANs of
+other schemes (``https://...``) beside the one SPIFFE ID do not take it away, because they
+cannot be mistaken for it (rules with the spiffe scheme match ``spiffe_id`` only), and
+existing deployments carry such URIs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,14 +30,45 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
+# SPIFFE-ID section 2: lowercase scheme; trust domain of lowercase letters, digits, ".", "-" and
+# "_"; path segments of letters, digits, ".", "-" and "_" (no percent-encoding, no query,
+# fragment, userinfo or port, no empty segment, no trailing "/").
+_SPIFFE_ID = re.compile(r"spiffe://([a-z0-9._-]+)((?:/[A-Za-z0-9._-]+)*)")
+_SPIFFE_MAX = 2048  # bytes, SPIFFE-ID section 2.3
+_TRUST_DOMAIN_MAX = 255  # SPIFFE-ID section 2.1
+
+# What a certificate with a malformed part raises when that part is read.
+_MALFORMED = (ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
+
+
+def is_spiffe_id(uri: str) -> bool:
+    """Whether ``uri`` is a valid SPIFFE ID (SPIFFE-ID specification section 2), including a
+    trust domain's own ID (``spiffe://example.org``, no path)."""
+    match = _SPIFFE_ID.fullmatch(uri)
+    if match is None or len(uri.encode()) > _SPIFFE_MAX:
+        return False
+    if len(match[1]) > _TRUST_DOMAIN_MAX:
+        return False
+    return not any(segment in (".", "..") for segment in match[2].split("/")[1:])
+
+
+def svid_spiffe_id(uris: tuple[str, ...]) -> str | None:
+    """The SPIFFE ID of a certificate with these URI SANs: its only URI SAN with the spiffe
+    scheme (in any case) when that is a valid SPIFFE ID of a workload (a non-root path), else
+    None (module docstring)."""
+    spiffe = [uri for uri in uris if uri[:7].lower() == "spiffe:"]
+    if len(spiffe) != 1 or not is_spiffe_id(spiffe[0]):
+        return None
+    return spiffe[0] if spiffe[0].count("/") > 2 else None
+
 
 @dataclass(frozen=True, slots=True)
 class PeerIdentity:
     """The identity of a client certificate (the leaf).
 
-    ``spiffe_id`` is the first URI SAN with the ``spiffe`` scheme (a SPIFFE SVID carries exactly
-    one, SPIFFE X.509-SVID section 2); ``sha256`` is lowercase hex without colons of the leaf
-    DER; ``serial`` is lowercase hex. Names are in certificate order.
+    ``spiffe_id`` is the SPIFFE ID of an X.509-SVID (see the module docstring: the only URI SAN
+    with the spiffe scheme, valid), else None; ``sha256`` is lowercase hex without colons of the
+    leaf DER; ``serial`` is lowercase hex. Names are in certificate order.
     """
 
     subject: str  # RFC 4514, e.g. "CN=frontend,O=Example"
@@ -40,12 +84,12 @@ class PeerIdentity:
 
     @classmethod
     def from_certificate(cls, cert: x509.Certificate) -> PeerIdentity:
+        """The identity of ``cert``; total: a part that does not parse is left empty."""
         uris, dns_names = _san_names(cert)
-        spiffe = next((u for u in uris if u.lower().startswith("spiffe://")), None)
         return cls(
-            subject=_rfc4514(cert.subject),
-            subject_cn=_first_cn(cert.subject),
-            spiffe_id=spiffe,
+            subject=_rfc4514(cert, "subject"),
+            subject_cn=_first_cn(cert),
+            spiffe_id=svid_spiffe_id(uris),
             uris=uris,
             dns_names=dns_names,
             # hashlib on the DER: a quarter of the cost of cert.fingerprint() (per handshake).
@@ -53,7 +97,7 @@ class PeerIdentity:
             serial=format(cert.serial_number, "x"),
             not_before=cert.not_valid_before_utc,
             not_after=cert.not_valid_after_utc,
-            issuer=_rfc4514(cert.issuer),
+            issuer=_rfc4514(cert, "issuer"),
         )
 
     @classmethod
@@ -70,15 +114,20 @@ class PeerIdentity:
         return f"{name} ({self.spiffe_id})" if self.spiffe_id else name
 
 
-def _rfc4514(name: x509.Name) -> str:
+def _rfc4514(cert: x509.Certificate, which: str) -> str:
     try:
+        name: x509.Name = getattr(cert, which)
         return name.rfc4514_string()
-    except ValueError:  # an attribute value that is not valid for its type
+    except _MALFORMED:  # an attribute value that is not valid for its type
         return "(unparsable name)"
 
 
-def _first_cn(name: x509.Name) -> str | None:
-    for attribute in name.get_attributes_for_oid(NameOID.COMMON_NAME):
+def _first_cn(cert: x509.Certificate) -> str | None:
+    try:
+        attributes = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except _MALFORMED:
+        return None
+    for attribute in attributes:
         value = attribute.value
         return value if isinstance(value, str) else value.decode("utf-8", "replace")
     return None
@@ -88,7 +137,7 @@ def _san_names(cert: x509.Certificate) -> tuple[tuple[str, ...], tuple[str, ...]
     """URI and DNS SANs (RFC 5280 section 4.2.1.6); empty when absent or malformed."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (x509.ExtensionNotFound, ValueError):
+    except (x509.ExtensionNotFound, *_MALFORMED):
         return (), ()
     uris = tuple(san.get_values_for_type(x509.UniformResourceIdentifier))
     return uris, tuple(san.get_values_for_type(x509.DNSName))

@@ -12,7 +12,7 @@ from cryptography.x509.oid import NameOID
 from mtlsproxy.pki import PkiFiles, issue_leaf, make_ca, new_key
 from mtlsproxy.policy.authorize import AllowList, match_allow
 from mtlsproxy.policy.model import AllowKind, AllowRule
-from mtlsproxy.vocabulary.identity import PeerIdentity
+from mtlsproxy.vocabulary.identity import PeerIdentity, svid_spiffe_id
 
 SHA = "4f2a" + "0" * 60
 FRONTEND = "spiffe://example.org/ns/prod/sa/frontend"
@@ -21,7 +21,7 @@ FRONTEND = "spiffe://example.org/ns/prod/sa/frontend"
 def identity(
     *, cn: str | None = "frontend", uris: tuple[str, ...] = (), dns: tuple[str, ...] = ()
 ) -> PeerIdentity:
-    spiffe = next((u for u in uris if u.startswith("spiffe://")), None)
+    spiffe = svid_spiffe_id(uris)
     when = datetime(2030, 1, 1, tzinfo=UTC)
     return PeerIdentity(
         subject=f"CN={cn}" if cn else "",
@@ -59,6 +59,8 @@ CASES = [
     (S, "spiffe://example.org/ns/prod/**", identity(uris=("spiffe://example.org/ns/prod",)), False),
     (S, "spiffe://example.org/ns/dev/**", identity(uris=(FRONTEND,)), False),
     (S, "spiffe://example.org/ns/prod/sa/frontend", identity(uris=("x", FRONTEND)), True),
+    # Two spiffe URI SANs: not an X.509-SVID (section 5.2), so no SPIFFE ID to match.
+    (S, FRONTEND, identity(uris=("spiffe://example.org/a", FRONTEND)), False),
     (S, "spiffe://example.org/**", identity(uris=("https://example.org/ns",)), False),
     (U, "https://example.org/ns/*", identity(uris=("https://example.org/ns/a",)), True),
     (U, "https://example.org/ns/*", identity(uris=("https://example.org/ns/a/b",)), False),
@@ -155,7 +157,9 @@ def test_identity_without_san_or_cn() -> None:
     assert who.describe() == "(empty subject)"
 
 
-def test_identity_takes_the_first_cn_and_first_spiffe_uri() -> None:
+def test_identity_takes_the_first_cn_and_no_spiffe_id_of_several_uris() -> None:
+    """X.509-SVID section 5.2: SVIDs containing more than one URI SAN MUST be rejected: a
+    certificate with two spiffe URIs has no SPIFFE ID (it used to get the first one)."""
     key = new_key()
     root = make_ca("root", key)
     subject = x509.Name(
@@ -180,6 +184,6 @@ def test_identity_takes_the_first_cn_and_first_spiffe_uri() -> None:
     )
     who = PeerIdentity.from_certificate(cert)
     assert who.subject_cn == "one"
-    assert who.spiffe_id == "spiffe://a.org/x"
+    assert who.spiffe_id is None
     assert who.uris == tuple(uris)
     assert who.serial == "abc"
