@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from mtlsproxy.config.model import CertificateKeyPair, Config, Route
+from mtlsproxy.config.model import CertificateKeyPair, Config, EngineKind, Listener, Route
 from mtlsproxy.config.problems import (
     ConfigProblem,
     Location,
@@ -30,7 +30,7 @@ from mtlsproxy.config.problems import (
     sort_problems,
 )
 from mtlsproxy.policy.model import ClientAuth
-from mtlsproxy.policy.verify import crl_signature_problem, parse_crls
+from mtlsproxy.policy.verify import crl_signature_problem, native_support_problem, parse_crls
 
 T = TypeVar("T")
 
@@ -57,17 +57,18 @@ def check_files(
     missing from it is reported without a line.
     """
     checker = _Checker(config.source, locations or {}, now or datetime.now(UTC))
-    for route in _routes(config):
+    for listener, route in _routes(config):
         for pair in route.tls.certificates:
             checker.key_pair(pair)
-        checker.client_auth(route.client_auth)
+        checker.client_auth(route.client_auth, listener.engine)
     return sort_problems(checker.problems)
 
 
-def _routes(config: Config) -> Iterator[Route]:
+def _routes(config: Config) -> Iterator[tuple[Listener, Route]]:
     for listener in config.listeners:
-        yield listener.default_route
-        yield from listener.routes
+        yield listener, listener.default_route
+        for route in listener.routes:
+            yield listener, route
 
 
 class _Checker:
@@ -145,10 +146,18 @@ class _Checker:
             message = f"the certificate {subject} expires in {days} days, on {_date(end)}"
             self.report(path, "certificate", message, "warning")
 
-    def client_auth(self, auth: ClientAuth) -> None:
+    def client_auth(self, auth: ClientAuth, engine: EngineKind) -> None:
         if auth.ca is None:
             return  # mode none: nothing to verify clients with
         cas = self.load(auth.ca, "ca", _certificates)
+        unusable = native_support_problem(cas) if cas and engine is EngineKind.NATIVE else None
+        if unusable is not None:
+            self.report(
+                auth.ca,
+                "ca",
+                f"{unusable}: every client of it would be refused on engine: native "
+                "(engine: openssl can use it)",
+            )
         for cert in cas or []:
             if not _is_ca(cert):
                 subject = cert.subject.rfc4514_string()

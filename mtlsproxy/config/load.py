@@ -45,6 +45,7 @@ from mtlsproxy.config.model import (
     Upstream,
 )
 from mtlsproxy.config.problems import ConfigError, ConfigProblem, Location, Role, sort_problems
+from mtlsproxy.policy.authorize import compile_rule
 from mtlsproxy.policy.model import AllowKind, AllowRule, ClientAuth, ClientAuthMode
 
 T = TypeVar("T")
@@ -409,6 +410,10 @@ def _allow_pattern(kind: AllowKind, node: Node) -> str:
         return _host_pattern(node)
     if kind is AllowKind.SPIFFE_ID and not text.startswith("spiffe://"):
         raise _Invalid(f"{text!r} is not a SPIFFE ID like spiffe://example.org/ns/prod/sa/web")
+    try:
+        compile_rule(AllowRule(kind, text))  # the policy's own rules: SPIFFE ID syntax, `*`
+    except ValueError as error:
+        raise _Invalid(str(error)) from None
     return text
 
 

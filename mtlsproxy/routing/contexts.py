@@ -15,7 +15,9 @@ from mtlsproxy.policy.model import ClientAuth, ClientAuthMode
 
 # TLS 1.2: forward secrecy (ECDHE) and AEAD only, as Mozilla's "intermediate" profile.
 # TLS 1.3 suites are all AEAD with (EC)DHE and are left at OpenSSL's defaults.
-TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+# @SECLEVEL=2 whatever the system's OpenSSL default: 2048-bit RSA, 256-bit EC keys at least,
+# for our certificates and for every certificate of a client's chain (as the native verifier).
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:@SECLEVEL=2"
 
 _MIN_VERSIONS = {
     TLSVersion.TLS1_2: ssl.TLSVersion.TLSv1_2,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mtlsproxy.config import ConfigError, load_config_with_warnings
-from mtlsproxy.pki import init
+from mtlsproxy.pki import init, make_ca, new_key, write_pem
 
 HEAD = """\
 listeners:
@@ -131,3 +131,40 @@ def test_shutdown_delay_may_be_zero_but_not_negative(base: Path) -> None:
     assert load(base, zero) == ([], [])
     (error,) = load(base, HEAD + "    timeouts: {shutdown_delay: -1}\n")[0]
     assert "timeouts.shutdown_delay" in error and "zero or more" in error
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "spiffe://example.org/ns//frontend",  # an empty segment
+        "spiffe://example.org/ns/../admin",  # a dot segment
+        "spiffe://example.org/ns/%61dmin",  # percent-encoding
+        "spiffe://Example.org/ns/a",  # the trust domain is lowercase
+    ],
+)
+def test_an_invalid_spiffe_pattern_is_refused_at_load(base: Path, pattern: str) -> None:
+    text = HEAD + (
+        "    client_auth:\n"
+        "      mode: require\n"
+        "      ca: certs/client-ca.pem\n"
+        f"      allow: [{{spiffe_id: '{pattern}'}}]\n"
+    )
+    (error,) = load(base, text)[0]
+    assert "client_auth.allow[0].spiffe_id" in error
+
+
+@pytest.mark.parametrize(("engine", "refused"), [("native", True), ("openssl", False)])
+def test_a_ca_the_native_verifier_cannot_use_is_an_error_on_native(
+    base: Path, engine: str, refused: bool
+) -> None:
+    key = new_key("ed25519")
+    write_pem(base / "certs" / "ed-ca.pem", make_ca("Ed25519 CA", key))
+    text = HEAD.replace("    upstream:", f"    engine: {engine}\n    upstream:") + (
+        "    client_auth: {mode: require, ca: certs/ed-ca.pem}\n"
+    )
+    errors, _ = load(base, text)
+    if refused:
+        (error,) = errors
+        assert "Ed25519" in error and "engine: native" in error
+    else:
+        assert errors == []
