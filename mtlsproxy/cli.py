@@ -164,6 +164,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
+    from mtlsproxy.config.model import EngineKind
     from mtlsproxy.policy.explain import explain
     from mtlsproxy.routing.routes import RouteTable
 
@@ -185,7 +186,12 @@ def _explain(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     sni = f"SNI {args.sni!r}" if args.sni else "no SNI"
     print(f"listener {listener.name}, {sni}: route {route.name!r}")
-    explanation = explain(route, chain_pem, datetime.now(UTC))
+    explanation = explain(
+        route,
+        chain_pem,
+        datetime.now(UTC),
+        verifies_in_handshake=listener.engine is EngineKind.OPENSSL,
+    )
     for line in explanation.lines:
         print(line)
     return EXIT_OK if explanation.admitted else EXIT_FAILURE

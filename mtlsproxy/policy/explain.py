@@ -72,9 +72,20 @@ class Explanation:
         return self
 
 
-def explain(route: ExplainedRoute, chain_pem: bytes, now: datetime) -> Explanation:
+def explain(
+    route: ExplainedRoute,
+    chain_pem: bytes,
+    now: datetime,
+    *,
+    verifies_in_handshake: bool = False,
+) -> Explanation:
     """Explain the fate of the client presenting ``chain_pem`` (leaf first; empty bytes mean the
-    client sends no certificate) on ``route`` at ``now``."""
+    client sends no certificate) on ``route`` at ``now``.
+
+    ``verifies_in_handshake``: the route's engine is OpenSSL, which verifies the chain inside
+    its handshake: a verification failure fails the handshake even in audit mode, and the
+    account says that the chain check shown is mtlsproxy's, which a differential test keeps at
+    least as strict as OpenSSL's."""
     out = Explanation()
     auth = route.client_auth
     if auth.mode is ClientAuthMode.NONE:
@@ -116,8 +127,19 @@ def explain(route: ExplainedRoute, chain_pem: bytes, now: datetime) -> Explanati
     chain_der = tuple(cert.public_bytes(Encoding.DER) for cert in chain)
     decision = decide(policy, chain_der, now)
     refusal = decision.refusal
+    if verifies_in_handshake:
+        out.lines.append(
+            "engine openssl: OpenSSL verifies the chain inside the handshake; the check below "
+            "is mtlsproxy's verifier, never more permissive than OpenSSL's"
+        )
     if refusal is not None and refusal.step is Step.CLIENT_VERIFY:
         out.lines.append(f"seed step 6: verification fails: {refusal.detail}")
+        if verifies_in_handshake and decision.verdict is Verdict.WOULD_REFUSE:
+            out.lines.append(
+                "audit mode cannot admit it on engine openssl: the handshake fails (engine: "
+                "native admits it as would_refuse)"
+            )
+            return out.refuse(refusal.step, refusal.reason)
         return _verdict(out, decision, route)
     assert policy.verifier is not None and decision.identity is not None
     out.lines += _verified_lines(policy.verifier, chain_der, decision.identity, now)

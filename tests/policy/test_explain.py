@@ -152,3 +152,30 @@ def test_audit_mode_says_admitted_as_would_refuse(
     assert (result.step, result.reason) == (step, reason)
     assert result.lines[-1].startswith("ADMITTED in audit mode")
     assert f"would refuse at step {step} ({reason})" in result.lines[-1]
+
+
+def test_on_engine_openssl_audit_mode_cannot_admit_a_verification_failure(pki: PkiFiles) -> None:
+    """explain says what the route's engine does: OpenSSL fails the handshake."""
+    audit = route(pki, ClientAuthMode.REQUIRE)
+    audit = dataclasses.replace(
+        audit, client_auth=dataclasses.replace(audit.client_auth, enforce=False)
+    )
+    pem = pki.client_expired_cert.read_bytes()
+    native = explain(audit, pem, NOW)
+    assert native.admitted and native.verdict is Verdict.WOULD_REFUSE
+    openssl = explain(audit, pem, NOW, verifies_in_handshake=True)
+    assert not openssl.admitted and openssl.verdict is Verdict.REFUSED
+    assert openssl.reason is Reason.CLIENT_CERT_EXPIRED
+    assert any(line.startswith("engine openssl: OpenSSL verifies") for line in openssl.lines)
+    assert "audit mode cannot admit it on engine openssl" in openssl.lines[-2]
+    # An allow-list refusal is still admitted in audit mode on OpenSSL.
+    other = explain(
+        dataclasses.replace(
+            audit,
+            client_auth=dataclasses.replace(audit.client_auth, allow=(FRONTEND_RULE,)),
+        ),
+        pki.client_other_cert.read_bytes(),
+        NOW,
+        verifies_in_handshake=True,
+    )
+    assert other.admitted and other.verdict is Verdict.WOULD_REFUSE
