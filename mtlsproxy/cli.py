@@ -158,7 +158,10 @@ def _check(args: argparse.Namespace) -> int:
         summary = ", ".join(
             f"{route.name} ({route.client_auth.mode}) -> {route.upstream}" for route in routes
         )
-        print(f"listener {listener.name} on {listener.host}:{listener.port}: {summary}")
+        print(
+            f"listener {listener.name} on {listener.host}:{listener.port} "
+            f"(engine {listener.engine}): {summary}"
+        )
     print(f"{args.config}: ok")
     return EXIT_OK
 
