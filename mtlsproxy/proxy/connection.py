@@ -297,7 +297,7 @@ class ClientConnection(asyncio.Protocol):
             self._write_upstream(data)
         self._early_data.clear()
         if self._client_done:
-            self._upstream_write_eof()  # and the client, done, is not read again
+            self._end_upstream_writing()  # and the client, done, is not read again
         else:
             self._client_reading.resume(Pause.CONNECTING)
 
@@ -354,6 +354,7 @@ class ClientConnection(asyncio.Protocol):
         unsafe path), each once the upstream has answered every request before it; what the
         client sent after one is not read, nor forwarded, until its answer is sent."""
         forwarding = self._forwarding
+        held = forwarding.answer_pending
         while self._refused_request is None and self._end is None and self._engine is not None:
             for refusal in forwarding.take_refusals():
                 self._observe_refused(refusal)
@@ -376,6 +377,8 @@ class ClientConnection(asyncio.Protocol):
             self._client_reading.pause(Pause.REFUSED)
         elif self._refused_request is None:
             self._client_reading.resume(Pause.REFUSED)
+            if held and self._client_done and self._end is None:
+                self._end_upstream_writing()  # held back by the answers (_on_client_closed)
 
     def _send_refusal(self) -> None:
         """Answer the refused request (once the upstream finished, or gave up on it)."""
@@ -467,6 +470,12 @@ class ClientConnection(asyncio.Protocol):
         if self._upstream_done:
             self._finish(EndReason.CLOSED)
         elif self._upstream is not None:
+            self._end_upstream_writing()
+
+    def _end_upstream_writing(self) -> None:
+        """The client is done: so is the upstream's request stream, once the requests held
+        behind a local answer are forwarded (``_answer_requests`` calls this again then)."""
+        if not self._forwarding.answer_pending:
             self._upstream_write_eof()
 
     def _upstream_write_eof(self) -> None:

@@ -6,6 +6,7 @@ never reach the upstream, and the connection goes on; encoded paths are refused 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import ssl
 import subprocess
@@ -16,7 +17,14 @@ import pytest
 
 from mtlsproxy.pki import PkiFiles
 from tests.proxy.conftest import render_config
-from tests.proxy.harness import Client, ProxyProcess, RunningProxy, eventually, read_until_closed
+from tests.proxy.harness import (
+    Client,
+    MemoryClient,
+    ProxyProcess,
+    RunningProxy,
+    eventually,
+    read_until_closed,
+)
 from tests.proxy.test_forwarding import HTTPUpstream, read_responses
 
 FRONTEND = "spiffe://example.org/ns/prod/sa/frontend"
@@ -313,3 +321,23 @@ def test_a_refusal_is_logged_with_the_client_identity(
         process.process.terminate()
         process.process.wait(timeout=10)
         process.assert_no_traceback()
+
+
+def test_requests_after_an_answer_still_go_when_the_client_closes_at_once(
+    start: Start, http_upstream: HTTPUpstream, pki: PkiFiles
+) -> None:
+    """The client's close_notify comes with its requests: the upstream's write side is closed
+    only after the requests held behind the answer were forwarded."""
+    proxy = start()
+    client = MemoryClient(pki, proxy.port(), cert=None)
+    try:
+        client.sock.sendall(client.client_hello())
+        client.finish_handshake()
+        client.tls.write(get("/public/1") + get("/admin") + get("/public/2"))
+        client.close_notify()
+        received, _ = client.receive_all()
+    finally:
+        client.close()
+    statuses = [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", received)]
+    assert statuses == [200, 403, 200], received
+    assert [r.target for r in http_upstream.requests] == [b"/public/1", b"/public/2"]
