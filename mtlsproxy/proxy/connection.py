@@ -373,6 +373,8 @@ class ClientConnection(asyncio.Protocol):
                 return
             if out and self._upstream is not None:
                 self._upstream.write(out)
+            if forwarding.holding:  # an Upgrade request was held behind the answer
+                self._client_reading.pause(Pause.UPGRADE_PENDING)
         if forwarding.answer_pending:
             self._client_reading.pause(Pause.REFUSED)
         elif self._refused_request is None:

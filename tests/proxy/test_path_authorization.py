@@ -341,3 +341,24 @@ def test_requests_after_an_answer_still_go_when_the_client_closes_at_once(
     statuses = [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", received)]
     assert statuses == [200, 403, 200], received
     assert [r.target for r in http_upstream.requests] == [b"/public/1", b"/public/2"]
+
+
+def test_a_websocket_upgrade_behind_an_answer(
+    start: Start, http_upstream: HTTPUpstream, pki: PkiFiles
+) -> None:
+    proxy = start()
+    upgrade = (
+        b"GET /public/ws HTTP/1.1\r\nHost: api\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with Client(pki, proxy.port(), cert=None).connect() as tls:
+        tls.sendall(get("/public/1") + get("/admin") + upgrade)
+        first, refused = read_responses(tls, 2)
+        assert (status(first), status(refused)) == (200, 403)
+        switching = b""
+        while not switching.endswith(b"\r\n\r\n"):
+            switching += tls.recv(1)
+        assert switching.startswith(b"HTTP/1.1 101 ")
+        tls.sendall(b"raw frame")
+        assert tls.recv(9) == b"raw frame"  # echoed: the connection switched protocols
+    assert [r.target for r in http_upstream.requests] == [b"/public/1", b"/public/ws"]
