@@ -15,7 +15,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from mtlsproxy import __version__, pki
-from mtlsproxy.config import Config, ConfigError, ConfigProblem, load_config_with_warnings
+from mtlsproxy.config import (
+    Config,
+    ConfigError,
+    ConfigProblem,
+    Route,
+    load_config_with_warnings,
+)
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -61,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--cert", type=Path, required=True, help="client chain, PEM, leaf first")
     explain.add_argument("--sni", help="server name the client would send (selects the route)")
     explain.add_argument("--listener", help="listener name (default: the first)")
+    explain.add_argument(
+        "--path",
+        help="a request-target the client would send (/admin?x=1): say which "
+        "http_authorization rule decides",
+    )
+    explain.add_argument("--method", help="with --path: the request's method (default GET)")
     explain.set_defaults(handler=_explain)
 
     demo = commands.add_parser(
@@ -156,7 +168,8 @@ def _check(args: argparse.Namespace) -> int:
     for listener in config.listeners:
         routes = [listener.default_route, *listener.routes]
         summary = ", ".join(
-            f"{route.name} ({route.client_auth.mode}) -> {route.upstream}" for route in routes
+            f"{route.name} ({route.client_auth.mode}) -> {route.upstream}{_paths(route)}"
+            for route in routes
         )
         print(
             f"listener {listener.name} on {listener.host}:{listener.port} "
@@ -166,11 +179,23 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _paths(route: Route) -> str:
+    authorization = route.http_authorization
+    if not authorization.active:
+        return ""
+    count = len(authorization.rules)
+    rules = f"{count} rule{'s' if count != 1 else ''}"
+    return f" [http_authorization: {rules}, default {authorization.default}]"
+
+
 def _explain(args: argparse.Namespace) -> int:
     from mtlsproxy.config.model import EngineKind
-    from mtlsproxy.policy.explain import explain
+    from mtlsproxy.policy.explain import explain, explain_request
     from mtlsproxy.routing.routes import RouteTable
 
+    if args.method is not None and args.path is None:
+        print("--method needs --path", file=sys.stderr)
+        return EXIT_CONFIG
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
@@ -195,6 +220,10 @@ def _explain(args: argparse.Namespace) -> int:
         datetime.now(UTC),
         verifies_in_handshake=listener.engine is EngineKind.OPENSSL,
     )
+    if args.path is not None:
+        explanation = explain_request(
+            explanation, route.http_authorization, args.method or "GET", args.path
+        )
     for line in explanation.lines:
         print(line)
     return EXIT_OK if explanation.admitted else EXIT_FAILURE

@@ -16,6 +16,7 @@ from typing import Any
 from mtlsproxy.config.model import LogFormat, LogSettings
 from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.events import HandshakeComplete, HandshakeFailed, Tracer, TraceRecord
+from mtlsproxy.forwarding.http.local import RequestRefusal
 from mtlsproxy.vocabulary.identity import PeerIdentity
 
 log = logging.getLogger("mtlsproxy")
@@ -161,6 +162,34 @@ def tracer(listener: str, peer: str) -> Tracer | None:
               listener=listener, peer=peer, **record.fields)  # fmt: skip
 
     return trace
+
+
+def refused_request(
+    listener: str,
+    route: str,
+    peer: str,
+    refusal: RequestRefusal,
+    outcome: HandshakeComplete | None,
+) -> None:
+    """One line per request the proxy answered itself: a refusal by ``http_authorization``
+    (403, or 400 for an unsafe path) at info, with the request as sent (shortened) and who
+    sent it; a 400 for the framing at warning (a client trying to smuggle, or a broken one)."""
+    level = logging.INFO if refusal.method else logging.WARNING  # framing: no method known
+    identity = outcome.identity if outcome is not None else None
+    event(
+        level,
+        f"HTTP request refused with {refusal.status}: {refusal.detail}",
+        listener=listener,
+        route=route,
+        peer=peer,
+        status=refusal.status,
+        rule=refusal.rule,
+        reason=refusal.reason,
+        method=refusal.method or None,
+        target=refusal.target or None,
+        verified=outcome.verified if outcome is not None else None,
+        **_identity_fields(identity),
+    )
 
 
 def handshake(

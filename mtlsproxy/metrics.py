@@ -124,9 +124,12 @@ class Metrics:
         )
         self.http_refused = Counter(
             "mtlsproxy_http_requests_refused",
-            "HTTP requests refused with 400 (forward_identity: http): ambiguous framing "
-            "(request smuggling), malformed or oversized heads.",
-            ["listener", "route"],
+            "HTTP requests the proxy answered itself (forward_identity: http), by the deciding "
+            "http_authorization rule (its name or index; default: no rule matched; none: no "
+            "rule decided) and reason: 403 not_verified, identity_not_allowed, denied; 400 "
+            "unsafe_path, and, closing the connection, ambiguous_framing (request smuggling), "
+            "malformed, too_large.",
+            ["listener", "route", "rule", "reason"],
             registry=registry,
         )
         self.certificate_expiry = Gauge(

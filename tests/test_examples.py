@@ -227,6 +227,36 @@ def test_native_http_example_forwards_the_identity(checkout: Path, serve) -> Non
     assert exchange(checkout, "client-other", http=True) == b""
 
 
+def ask(checkout: Path, cert: str | None, path: str) -> bytes:
+    """The answer to ``GET path`` on a connection of its own (closed after it)."""
+    tls, _ = connect(checkout, cert)
+    assert tls is not None  # mode request admits every client at the handshake
+    with tls:
+        tls.sendall(f"GET {path} HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n".encode())
+        return read_until_closed(tls, timeout=5)
+
+
+def test_http_paths_example(checkout: Path, serve) -> None:
+    serve("http-paths.yaml")
+    expected = {
+        ("client", "/admin/users"): b"200",
+        ("client-other", "/admin/users"): b"403",  # verified, not on /admin's allow list
+        (None, "/admin/users"): b"403",
+        ("client-other", "/api/items"): b"200",
+        (None, "/api/items"): b"403",
+        (None, "/public/index.html"): b"200",
+        (None, "/healthz"): b"200",
+        ("client", "/elsewhere"): b"403",  # default: deny
+        ("client", "/public/../admin"): b"400",
+        ("client", "/%61dmin"): b"400",
+    }
+    for (cert, path), status in expected.items():
+        answer = ask(checkout, cert, path)
+        assert answer.startswith(b"HTTP/1.1 " + status), (cert, path, answer)
+    head = ask(checkout, "client-other", "/api/items").split(b"\r\n\r\n", 1)[1].lower()
+    assert b"x-ssl-client-verify: success" in head
+
+
 def test_the_readme_configuration_reference_passes_check(checkout: Path) -> None:
     """The reference block, saved next to the examples, is a valid config as written."""
     text = (REPO / "README.md").read_text()

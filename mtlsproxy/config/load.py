@@ -45,8 +45,18 @@ from mtlsproxy.config.model import (
     Upstream,
 )
 from mtlsproxy.config.problems import ConfigError, ConfigProblem, Location, Role, sort_problems
-from mtlsproxy.policy.authorize import compile_rule
+from mtlsproxy.policy.authorize import AllowList, compile_rule
 from mtlsproxy.policy.model import AllowKind, AllowRule, ClientAuth, ClientAuthMode
+from mtlsproxy.policy.paths import (
+    RESERVED_LABELS,
+    PathAuthorization,
+    PathMatch,
+    PathRule,
+    Requirement,
+    UnsafePath,
+    check_target,
+    rule_label,
+)
 
 T = TypeVar("T")
 S = TypeVar("S", bound=str)
@@ -83,10 +93,14 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # describes exactly these (an allow rule's one key is an AllowKind).
 CONFIG_KEYS = ("listeners", "metrics", "log", "reload", "workers")
 LISTENER_KEYS = (
-    "name", "listen", "engine", "tls", "client_auth", "upstream", "forward_identity", "routes",
-    "timeouts", "limits",
+    "name", "listen", "engine", "tls", "client_auth", "upstream", "forward_identity",
+    "http_authorization", "routes", "timeouts", "limits",
 )  # fmt: skip
-ROUTE_KEYS = ("name", "sni", "tls", "client_auth", "upstream", "forward_identity")
+ROUTE_KEYS = (
+    "name", "sni", "tls", "client_auth", "upstream", "forward_identity", "http_authorization",
+)  # fmt: skip
+HTTP_AUTHORIZATION_KEYS = ("rules", "default")
+PATH_RULE_KEYS = ("name", "prefix", "exact", "methods", "require", "allow")
 TLS_KEYS = ("certificates", "min_version", "alpn", "record_padding")
 CERTIFICATE_KEYS = ("certificate", "key")
 CLIENT_AUTH_KEYS = ("mode", "ca", "crl", "allow", "enforce")
@@ -417,6 +431,38 @@ def _allow_pattern(kind: AllowKind, node: Node) -> str:
     return text
 
 
+def _rule_name(node: Node) -> str:
+    """A rule's name: its metric label, so never a number (unnamed rules are labelled by their
+    index) nor ``default``/``none`` (requests no rule decided)."""
+    name = _label(node)
+    if name.isdigit():
+        raise _Invalid(f"{name!r}: a rule name is not a number (unnamed rules are labelled so)")
+    if name in RESERVED_LABELS:
+        raise _Invalid(f"{name!r} is the label of requests no rule decides; choose another")
+    return name
+
+
+def _rule_path(node: Node) -> str:
+    """A path a request can have: what ``policy.paths.check_target`` accepts, without a query."""
+    text = _string(node)
+    if "?" in text:
+        raise _Invalid(f"{text!r}: rules compare the path only, without the query (?...)")
+    try:
+        return check_target(text)
+    except UnsafePath as unsafe:
+        raise _Invalid(f"{text!r} can never match: requests are refused when {unsafe}") from None
+
+
+def _method(node: Node) -> str:
+    """An HTTP method, as sent: case-sensitive (RFC 9110 section 9.1)."""
+    text = _string(node)
+    if not _TOKEN.fullmatch(text):
+        raise _Invalid(f"{text!r} is not an HTTP method")
+    if text != text.upper():
+        raise _Invalid(f"{text!r}: methods are case-sensitive; write {text.upper()!r}")
+    return text
+
+
 _listen_address = partial(_address, zero_port=True)
 _engine = _one_of(EngineKind)
 _forward_identity_mode = _one_of(ForwardIdentity)
@@ -628,6 +674,7 @@ class _Parser:
                 "client_auth": partial(self.client_auth, base=ClientAuth()),
                 "upstream": self.upstream,
                 "forward_identity": self.forward_identity,
+                "http_authorization": self.http_authorization,
                 "routes": _keep_node,
                 "timeouts": self.section(
                     Timeouts,
@@ -652,8 +699,10 @@ class _Parser:
         host, port = own.get("listen", ("", 0))
         if "listen" in own:
             self.claim_address(addresses, (host, port), m.values["listen"], path)
-        inherited = ("tls", "client_auth", "upstream", "forward_identity")
+        inherited = ("tls", "client_auth", "upstream", "forward_identity", "http_authorization")
         default = replace(_PLACEHOLDER_ROUTE, **{k: own[k] for k in inherited if k in own})
+        if "http_authorization" in own:
+            self.check_http_authorization(default, m.values["http_authorization"], path)
         # A listener policy that did not load (already reported) gives its routes nothing to
         # inherit: their own client_auth is checked, not the rules that depend on the base.
         auth_failed = "client_auth" in m.values and "client_auth" not in own
@@ -730,6 +779,7 @@ class _Parser:
                 ),
                 "upstream": self.upstream,
                 "forward_identity": self.forward_identity,
+                "http_authorization": self.http_authorization,
             },
             keys=ROUTE_KEYS,
             required=("sni",),
@@ -743,7 +793,127 @@ class _Parser:
         else:
             raise _Reported  # no SNI: reported by read()
         self.claim(names, name, named_by, _join(path, "name"), what)
-        return replace(default, **{**own, "name": name})
+        route = replace(default, **{**own, "name": name})
+        settings = (route.client_auth, route.forward_identity)
+        if "http_authorization" in own:
+            self.check_http_authorization(route, m.values["http_authorization"], path)
+        elif "http_authorization" not in m.values and settings != (
+            default.client_auth,
+            default.forward_identity,
+        ):  # the listener's rules (checked there) with this route's own settings
+            self.check_http_authorization(route, node, path, inherited=True)
+        return route
+
+    def check_http_authorization(
+        self, route: Route, where: Node, path: str, *, inherited: bool = False
+    ) -> None:
+        """Per-path rules need HTTP mode, and a certificate to check: say when they cannot be
+        met (mode none) or are always met (mode require: every client is verified). ``where``:
+        the rules' node, or the route's when it inherits them."""
+        authorization = route.http_authorization
+        if not authorization.active:
+            return
+        key = _join(path, "http_authorization")
+        if route.forward_identity.mode is not ForwardIdentity.HTTP:
+            origin = " (from the listener)" if inherited else ""
+            self.problem(
+                where, key,
+                f"has no effect{origin}: requests are read only with forward_identity mode "
+                f"http, and this route's is {route.forward_identity.mode}",
+            )  # fmt: skip
+            return
+        verified = [
+            (f"rules[{i}] ({rule_label(i, rule)})", rule)
+            for i, rule in enumerate(authorization.rules)
+            if rule.require is Requirement.VERIFIED
+        ]
+        if authorization.default is Requirement.VERIFIED:
+            verified.append(("default", None))
+        auth = route.client_auth
+        if auth.mode is ClientAuthMode.NONE and verified:
+            self.warn(
+                where, key,
+                f"{', '.join(name for name, _ in verified)} require a verified client, but "
+                "client_auth.mode is none: no client is ever asked for a certificate, so they "
+                "refuse every request they decide; use mode request",
+            )  # fmt: skip
+        redundant = [name for name, rule in verified if rule is None or not rule.allow]
+        if auth.mode is ClientAuthMode.REQUIRE and auth.enforce and redundant:
+            self.warn(
+                where, key,
+                f"{', '.join(redundant)}: require verified is always met with client_auth.mode "
+                "require (every client is verified at the handshake); per-path rules are for "
+                "mode request, where clients without a certificate are admitted and the rules "
+                "decide per request",
+            )  # fmt: skip
+
+    def http_authorization(self, node: Node, path: str) -> PathAuthorization:
+        """``http_authorization``: ``rules`` tried in order, ``default`` for the rest. A route's
+        replaces the listener's as a whole."""
+        labels: _Registry = {}
+        own, m = self.read(
+            node,
+            path,
+            {
+                "rules": lambda n, p: self.sequence(n, p, partial(self.path_rule, labels=labels)),
+                "default": _leaf(_one_of(Requirement)),
+            },
+            keys=HTTP_AUTHORIZATION_KEYS,
+        )
+        if own.keys() != m.values.keys():
+            raise _Reported
+        if len(own.get("rules", ())) != len(m.values["rules"].value if "rules" in own else ()):
+            raise _Reported  # a rule left out (reported) would change what the others decide
+        return PathAuthorization(**own)
+
+    def path_rule(self, node: Node, path: str, labels: _Registry) -> PathRule:
+        own, m = self.read(
+            node,
+            path,
+            {
+                "name": _leaf(_rule_name),
+                "prefix": _leaf(_rule_path),
+                "exact": _leaf(_rule_path),
+                "methods": lambda n, p: self.sequence(n, p, _leaf(_method), non_empty=True),
+                "require": _leaf(_one_of(Requirement)),
+                "allow": lambda n, p: self.sequence(n, p, self.allow_rule, non_empty=True),
+            },
+            keys=PATH_RULE_KEYS,
+            required=("require",),
+        )
+        matches = [kind for kind in PathMatch if kind.value in m.values]
+        if len(matches) != 1:
+            what = "both prefix and exact" if matches else "neither prefix nor exact"
+            self.problem(node, path, f"has {what}: a rule matches one path, prefix: or exact:")
+            raise _Reported
+        if own.keys() != m.values.keys():
+            raise _Reported
+        _require(own, ("require",))
+        index = int(path.rpartition("[")[2].rstrip("]"))
+        rule = PathRule(
+            match=matches[0],
+            path=own[matches[0].value],
+            require=own["require"],
+            methods=tuple(dict.fromkeys(own.get("methods", ()))),
+            allow=own.get("allow", ()),
+            name=own.get("name"),
+        )
+        label = rule_label(index, rule)
+        self.claim(
+            labels, label, m.values.get("name", node), _join(path, "name"), f"rule {label!r}"
+        )
+        if rule.allow:
+            if rule.require is not Requirement.VERIFIED:
+                self.problem(
+                    m.keys["allow"], _join(path, "allow"),
+                    f"has no effect with require {rule.require}: an allow list admits verified "
+                    "identities; use require: verified",
+                )  # fmt: skip
+            try:
+                AllowList(rule.allow)
+            except ValueError as error:
+                self.problem(m.values["allow"], _join(path, "allow"), str(error))
+        return rule
 
     def sni(self, node: Node, path: str, patterns: _Registry) -> tuple[str, ...]:
         """One pattern or a list; each routed by one route only."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtlsproxy.policy.model import ClientAuth
+from mtlsproxy.policy.paths import PathAuthorization
 
 
 class TLSVersion(enum.StrEnum):
@@ -119,7 +120,8 @@ class Limits:
 @dataclass(frozen=True, slots=True)
 class Route:
     """One policy and upstream. ``sni`` holds exact names and ``*.`` wildcards; the default
-    route of a listener has ``sni == ()`` and ``name == "default"``."""
+    route of a listener has ``sni == ()`` and ``name == "default"``. ``http_authorization``:
+    per-path rules for the requests of ``forward_identity: http`` (``policy.paths``)."""
 
     name: str
     sni: tuple[str, ...]
@@ -127,6 +129,7 @@ class Route:
     client_auth: ClientAuth
     upstream: Upstream
     forward_identity: IdentityForwarding = field(default_factory=IdentityForwarding)
+    http_authorization: PathAuthorization = field(default_factory=PathAuthorization)
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ from mtlsproxy.config.model import (
     TLSVersion,
 )
 from mtlsproxy.policy.model import AllowKind, ClientAuth, ClientAuthMode
+from mtlsproxy.policy.paths import RESERVED_LABELS, PathAuthorization, Requirement
 
 Schema = dict[str, Any]
 
@@ -79,6 +80,11 @@ def json_schema() -> Schema:
                 "forward_identity",
                 "How the upstream learns who the client is: none (default), "
                 "proxy_protocol_v2 or http, or the long form with mode and options.",
+            ),
+            "http_authorization": _ref(
+                "http_authorization",
+                "Per-path rules for the requests of forward_identity http (README, Per-path "
+                "authorization); routes inherit them unless they set their own.",
             ),
             "routes": {
                 "description": "Optional routes chosen by the client's SNI; a client without "
@@ -311,6 +317,27 @@ def _definitions() -> dict[str, Schema]:
             description="The client-certificate policy.",
             defaults=_defaults(ClientAuth),
         ),
+        "http_authorization": _section(
+            load.HTTP_AUTHORIZATION_KEYS,
+            {
+                "rules": {
+                    "description": "Tried in order; the first whose methods and path match "
+                    "decides. Paths are compared as sent: a request whose path is not "
+                    "normalized (encoded /, ., unreserved characters; //, . or .. segments; "
+                    "\\ or ;) is refused with 400.",
+                    "type": "array",
+                    "items": _path_rule(),
+                },
+                "default": _enum(
+                    Requirement,
+                    "For a request no rule matches: any (every client), verified or deny.",
+                ),
+            },
+            description="Per-path authorization of HTTP requests (forward_identity http); "
+            "with client_auth mode request, clients without a certificate are admitted at "
+            "the handshake and these rules decide per request (403 when refused).",
+            defaults=_defaults(PathAuthorization),
+        ),
         "forward_identity": {
             "oneOf": [
                 _enum(ForwardIdentity, "The mode alone, with its default options."),
@@ -391,9 +418,68 @@ def _route() -> Schema:
             "forward_identity": _ref(
                 "forward_identity", "How this route's upstream learns the client" + inherited
             ),
+            "http_authorization": _ref(
+                "http_authorization",
+                "This route's per-path rules, replacing the listener's as a whole" + inherited,
+            ),
         },
         description="A policy and upstream for some server names (SNI).",
         required=("sni",),
+    )
+
+
+def _path_rule() -> Schema:
+    path = r"^/[^?]*$"
+    return _section(
+        load.PATH_RULE_KEYS,
+        {
+            "name": {
+                "description": "Optional: the rule's label in metrics and logs (else its "
+                "index); not a number, default or none.",
+                "allOf": [_ref("label")],
+                "not": {
+                    "anyOf": [
+                        {"type": "integer"},
+                        {"enum": list(RESERVED_LABELS)},
+                        {"pattern": "^[0-9]+$"},
+                    ]
+                },
+            },
+            "prefix": _text(
+                "Paths starting with this (a string prefix: /admin matches "
+                "/administrator too; /admin/ does not match /admin).",
+                pattern=path,
+            ),
+            "exact": _text("This path exactly, without the query.", pattern=path),
+            "methods": {
+                "description": "Optional: only these methods, case-sensitive (GET does not "
+                "imply HEAD); any method otherwise.",
+                "type": "array",
+                "minItems": 1,
+                "items": {"type": "string", "pattern": "^[!#$%&'*+.^_`|~0-9A-Z-]+$"},
+            },
+            "require": _enum(
+                Requirement,
+                "any: every client, anonymous too; verified: a verified client certificate "
+                "(on the allow list, if there is one); deny: nobody.",
+            ),
+            "allow": {
+                "description": "With require verified: only these identities; the syntax and "
+                "rules of client_auth.allow.",
+                "type": "array",
+                "minItems": 1,
+                "items": _allow_rule(),
+            },
+        },
+        description="One rule: prefix or exact, optional methods, what it requires.",
+        required=("require",),
+        rules=[
+            {"oneOf": [{"required": ["prefix"]}, {"required": ["exact"]}]},
+            {
+                "if": {"required": ["allow"]},
+                "then": {"properties": {"require": {"const": Requirement.VERIFIED.value}}},
+            },
+        ],
     )
 
 

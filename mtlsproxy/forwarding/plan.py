@@ -4,8 +4,10 @@
 settings, ``HandshakeComplete`` and the socket addresses. It builds the one ``ForwardedTLS``
 record of the connection, so the PROXY v2 header and the HTTP headers can never disagree, and
 returns a ``Forwarding`` the proxy consults on its data path: a preamble to write first (PROXY
-v2), or the HTTP request rewriter wired to the response tracker. ``none`` costs nothing on the
-data path: the shared ``PASSTHROUGH``, no rewriter, no preamble.
+v2), or the HTTP request rewriter wired to the response tracker and, when the route has
+``http_authorization``, to its compiled path rules with this connection's client (requests
+they refuse are answered by the proxy: ``http.local``). ``none`` costs nothing on the data
+path: the shared ``PASSTHROUGH``, no rewriter, no preamble.
 
 Sans-I/O like the rest of ``forwarding``: bytes in, bytes out; the proxy does the writing.
 """
@@ -22,28 +24,38 @@ from mtlsproxy.forwarding.http.headers import (
     forwarded_headers,
     identity_headers,
 )
-from mtlsproxy.forwarding.http.request import RequestRewriter
+from mtlsproxy.forwarding.http.local import LocalAnswer, RequestRefusal
+from mtlsproxy.forwarding.http.request import Authorize, RequestRewriter
 from mtlsproxy.forwarding.http.response import ResponseTracker, UpgradeDecision
 from mtlsproxy.forwarding.proxy_protocol import encode_v2
 from mtlsproxy.forwarding.tls_info import Address, ForwardedTLS
+from mtlsproxy.policy.paths import PathAuthorization, compiled
 from mtlsproxy.routing.routes import ServerRoute
+from mtlsproxy.vocabulary.identity import PeerIdentity
 
 
 class Forwarding:
     """One connection's forwarding: the bytes that open the upstream connection (PROXY v2)
     and, in HTTP mode, the request rewriter with the response tracker that tells it whether
-    an Upgrade was accepted (until then the bytes after the Upgrade request are held)."""
+    an Upgrade was accepted (until then the bytes after the Upgrade request are held).
+
+    Requests refused by ``authorize`` (the route's ``http_authorization``) are answered by the
+    proxy: after each ``to_upstream`` or ``from_upstream`` it counts ``take_refusals()`` and
+    sends ``due_answer()`` while there is one, forwarding what ``answered()`` returns after
+    each; while ``answer_pending`` it stops reading the client."""
 
     def __init__(self, preamble: bytes = b"", rewriter_inject: list[tuple[str, str]] | None = None,
                  remove: frozenset[str] = SANITIZED_HEADERS,
-                 keep: frozenset[str] = frozenset()) -> None:  # fmt: skip
+                 keep: frozenset[str] = frozenset(),
+                 authorize: Authorize | None = None) -> None:  # fmt: skip
         self.preamble = preamble
         self.passthrough = rewriter_inject is None
         self._decided: list[UpgradeDecision] = []  # decisions made before any response
         self._tracker = ResponseTracker()
         self._rewriter = RequestRewriter(
-            rewriter_inject or [], remove=remove, keep=keep, on_request=self._on_request
-        )
+            rewriter_inject or [], remove=remove, keep=keep, on_request=self._on_request,
+            authorize=authorize,
+        )  # fmt: skip
 
     @property
     def speaks_http(self) -> bool:
@@ -62,10 +74,40 @@ class Forwarding:
 
     def to_upstream(self, data: bytes | memoryview) -> bytes:
         """Client bytes -> bytes for the upstream. Raises ``HTTPRefused``."""
-        out = self._rewriter.feed(bytes(data))
+        return self._settle(self._rewriter.feed(bytes(data)))
+
+    def _settle(self, out: bytes) -> bytes:
+        """Add what the Upgrade decisions made while ``out`` was produced release."""
         while self._decided:
             out += self._rewriter.resolve_upgrade(self._decided.pop().accepted)
         return out
+
+    @property
+    def answer_pending(self) -> bool:
+        """A refused request waits for its answer: read nothing more from the client."""
+        return self._rewriter.answer is not None
+
+    def due_answer(self) -> LocalAnswer | None:
+        """The proxy's answer to a refused request, once the upstream has answered every
+        request before it in full. While the tracker cannot follow the responses (content
+        delimited by the close; a response it gave up on) it is never due: it waits for the
+        upstream to close (``answer``)."""
+        answer = self._rewriter.answer
+        return answer if answer is not None and self._tracker.idle else None
+
+    @property
+    def answer(self) -> LocalAnswer | None:
+        """The first answer not yet sent, due or not: when the upstream closed, it is due."""
+        return self._rewriter.answer
+
+    def answered(self) -> bytes:
+        """The answer was sent: what the client sent after that request, for the upstream.
+        Raises ``HTTPRefused``."""
+        return self._settle(self._rewriter.answered())
+
+    def take_refusals(self) -> list[RequestRefusal]:
+        """Requests refused by ``http_authorization`` since the last call (to count, log)."""
+        return self._rewriter.take_refusals()
 
     def from_upstream(self, data: bytes) -> bytes:
         """Observe upstream bytes (forwarded unchanged by the caller); returns held client
@@ -121,7 +163,28 @@ def plan(
     # other client's are removed: what it says of itself proves nothing.
     trusted = settings.trust_forwarded and event.verified
     keep = frozenset({"x-forwarded-for", "forwarded"} if trusted else ())
-    return Forwarding(rewriter_inject=inject, remove=remove, keep=keep)
+    authorize = _authorize(route.config.http_authorization, event.identity, event.verified)
+    return Forwarding(rewriter_inject=inject, remove=remove, keep=keep, authorize=authorize)
+
+
+def _authorize(
+    authorization: PathAuthorization, identity: PeerIdentity | None, verified: bool
+) -> Authorize | None:
+    """The route's path rules bound to this connection's client; None when there are none."""
+    if not authorization.active:
+        return None
+    policy = compiled(authorization)
+
+    def authorize(method: bytes, target: bytes) -> RequestRefusal | None:
+        decision = policy.decide(
+            method.decode("latin-1"), target.decode("latin-1"), identity, verified
+        )
+        if decision.admitted:
+            return None
+        assert decision.reason is not None
+        return RequestRefusal(decision.status, decision.reason, decision.rule, decision.detail)
+
+    return authorize
 
 
 def _by(route: ServerRoute) -> str | None:

@@ -3,7 +3,8 @@
 It narrates the one decision the engines act on (``policy.decision.decide``), step by step in
 the handshake's numbered steps (docs/handshake.md), and never raises for bad input: an
 unreadable certificate, a broken CA bundle or an invalid allow rule each become a line and a
-refusal.
+refusal. With a request (``--path``, ``--method``), ``explain_request`` goes on with the
+route's ``http_authorization``: which rule decides for that client and request, and why.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from mtlsproxy.policy.decision import ClientPolicy, decide
 from mtlsproxy.policy.model import ClientAuth, ClientAuthMode
+from mtlsproxy.policy.paths import PathAuthorization, PathReason, compiled
 from mtlsproxy.policy.verify import ClientVerifier
 from mtlsproxy.vocabulary.decision import Decision, Verdict
 from mtlsproxy.vocabulary.failures import Reason, Step
@@ -44,13 +46,18 @@ class ExplainedRoute(Protocol):
 class Explanation:
     """The verdict (``admitted``, true in audit mode too; else the ``step`` and ``reason`` the
     proxy would report, which audit mode reports as ``would_refuse``) and the step-by-step
-    account, one sentence per line, ending with the verdict line."""
+    account, one sentence per line, ending with the verdict line. ``identity`` and
+    ``verified`` are what the upstream would be told (and what path rules see);
+    ``request_reason`` is set when a request is refused (``explain_request``)."""
 
     admitted: bool = False
     verdict: Verdict | None = None
     step: Step | None = None
     reason: Reason | None = None
     lines: list[str] = field(default_factory=list)
+    identity: PeerIdentity | None = None
+    verified: bool = False
+    request_reason: PathReason | None = None
 
     def admit(self, how: str = "") -> Explanation:
         self.admitted, self.verdict = True, Verdict.ADMITTED
@@ -60,6 +67,13 @@ class Explanation:
     def refuse(self, step: Step, reason: Reason) -> Explanation:
         self.verdict, self.step, self.reason = Verdict.REFUSED, step, reason
         self.lines.append(f"REFUSED at step {step} ({reason})")
+        return self
+
+    def refuse_request(self, status: int, rule: str, reason: PathReason) -> Explanation:
+        self.admitted, self.verdict, self.request_reason = False, Verdict.REFUSED, reason
+        phrase = "Bad Request" if status == 400 else "Forbidden"
+        by = {"none": "before any rule", "default": "by the default"}.get(rule, f"by rule {rule}")
+        self.lines.append(f"REFUSED with {status} {phrase} {by} ({reason})")
         return self
 
     def would_refuse(self, step: Step, reason: Reason) -> Explanation:
@@ -159,6 +173,8 @@ def _verdict(
     out: Explanation, decision: Decision, route: ExplainedRoute, anonymous: str = ""
 ) -> Explanation:
     refusal = decision.refusal
+    out.identity = decision.identity
+    out.verified = refusal is None and decision.identity is not None
     if refusal is None:
         if decision.identity is None:
             return out.admit(anonymous)
@@ -169,6 +185,50 @@ def _verdict(
     if decision.verdict is Verdict.WOULD_REFUSE:
         return out.would_refuse(refusal.step, refusal.reason)
     return out.refuse(refusal.step, refusal.reason)
+
+
+def explain_request(
+    out: Explanation, authorization: PathAuthorization, method: str, target: str
+) -> Explanation:
+    """Go on from the handshake's account ``out``: what the route's ``http_authorization``
+    does with ``method target`` (as the client would send it) from that client. The verdict
+    line that ends it replaces the handshake's as the result."""
+    out.lines.append(f"request: {method} {target}")
+    if not out.admitted:
+        out.lines.append("the request is never read: the handshake does not admit the client")
+        return out
+    if not authorization.active:
+        out.lines.append("http_authorization: none on this route, every request is forwarded")
+        return out.admit()
+    who = (
+        "anonymous"
+        if out.identity is None
+        else f"{out.identity.describe()}, {'verified' if out.verified else 'not verified'}"
+    )
+    out.lines.append(f"client: {who}")
+    policy = compiled(authorization)
+    decision = policy.decide(method, target, out.identity, out.verified)
+    if decision.reason is PathReason.UNSAFE_PATH:
+        out.lines.append(f"the request-target is refused before any rule: {decision.detail}")
+        return out.refuse_request(decision.status, decision.rule, decision.reason)
+    rule = decision.matched
+    if rule is None:
+        out.lines.append(
+            f"no rule matches; the default decides (http_authorization.default = "
+            f"{authorization.default})"
+        )
+    else:
+        out.lines.append(
+            f"rule {decision.rule} decides: the first whose methods and path match "
+            f"({rule.describe()})"
+        )
+    out.lines.append(decision.detail)
+    if decision.reason is PathReason.IDENTITY_NOT_ALLOWED and rule is not None:
+        out.lines += [f"  allow {allow}" for allow in rule.allow]
+    if not decision.admitted:
+        assert decision.reason is not None
+        return out.refuse_request(decision.status, decision.rule, decision.reason)
+    return out.admit()
 
 
 def _describe(cert: x509.Certificate) -> str:

@@ -37,6 +37,7 @@ from mtlsproxy.engine.events import (
     ProtocolError,
 )
 from mtlsproxy.engine.interface import Engine
+from mtlsproxy.forwarding.http.local import RequestRefusal
 from mtlsproxy.forwarding.http.request import HTTPRefused
 from mtlsproxy.forwarding.plan import PASSTHROUGH, plan
 from mtlsproxy.proxy.flow import Pause, ReadGate
@@ -56,7 +57,9 @@ class EndReason(enum.StrEnum):
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"  # connecting upstream failed or timed out
     UPSTREAM_CLOSED = "upstream_closed"  # the upstream connection closed before both were done
     UPSTREAM_RESET = "upstream_reset"  # the upstream connection failed (reset, error)
-    HTTP_REFUSED = "http_refused"  # HTTP mode: a request with ambiguous framing, answered 400
+    # HTTP mode: a request with ambiguous framing, answered 400; or a request refused by
+    # http_authorization whose answer closes (it asked to, or its content may never come)
+    HTTP_REFUSED = "http_refused"
     IDLE_TIMEOUT = "idle_timeout"  # no byte either way for ``timeouts.idle``
     DRAIN_TIMEOUT = "drain_timeout"  # still open when the shutdown's drain time ran out
     INTERNAL_ERROR = "internal_error"  # a bug while connecting upstream
@@ -81,7 +84,9 @@ class ListenerView(Protocol):
     def observe_connection(self, record: logs.AccessRecord) -> None: ...
     def observe_upstream_connect(self, route: str, seconds: float) -> None: ...
     def observe_upstream_error(self, route: str, reason: str) -> None: ...
-    def observe_refused_request(self, route: str, detail: str) -> None: ...
+    def observe_refused_request(
+        self, route: str, peer: str, refusal: RequestRefusal, outcome: HandshakeComplete | None
+    ) -> None: ...
     def count_bytes(self, direction: str, count: int) -> None: ...
 
 
@@ -292,7 +297,7 @@ class ClientConnection(asyncio.Protocol):
             self._write_upstream(data)
         self._early_data.clear()
         if self._client_done:
-            self._upstream_write_eof()  # and the client, done, is not read again
+            self._end_upstream_writing()  # and the client, done, is not read again
         else:
             self._client_reading.resume(Pause.CONNECTING)
 
@@ -319,6 +324,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if out:
             self._upstream.write(out)
+        self._answer_requests()
         if forwarding.holding:
             self._client_reading.pause(Pause.UPGRADE_PENDING)  # until the upstream answers
 
@@ -328,8 +334,7 @@ class ClientConnection(asyncio.Protocol):
         closes, and then the client gets the 400 after their responses, in order."""
         assert self._upstream is not None
         self._refused_request = refused
-        route = cast("ServerRoute", self._engine.route) if self._engine else None
-        self._runtime.observe_refused_request(route.name if route else "none", refused.reason)
+        self._observe_refused(refused.refusal)
         if refused.forward:
             self._upstream.write(refused.forward)
         self._client_reading.pause(Pause.REFUSED)
@@ -337,6 +342,45 @@ class ClientConnection(asyncio.Protocol):
         self._refusal_timer = self._loop.call_later(
             self._runtime.timeouts.connect, self._send_refusal
         )
+
+    def _observe_refused(self, refusal: RequestRefusal) -> None:
+        route = self._engine.route if self._engine else None
+        outcome = self._outcome if isinstance(self._outcome, HandshakeComplete) else None
+        name = route.name if route else "none"
+        self._runtime.observe_refused_request(name, self._peer, refusal, outcome)
+
+    def _answer_requests(self) -> None:
+        """HTTP mode: answer the requests ``http_authorization`` refused (403, or 400 for an
+        unsafe path), each once the upstream has answered every request before it; what the
+        client sent after one is not read, nor forwarded, until its answer is sent."""
+        forwarding = self._forwarding
+        held = forwarding.answer_pending
+        while self._refused_request is None and self._end is None and self._engine is not None:
+            for refusal in forwarding.take_refusals():
+                self._observe_refused(refusal)
+            answer = forwarding.due_answer()
+            if answer is None:
+                break
+            self._engine.send(answer.response)
+            self._flush()
+            if answer.close:
+                self._finish(EndReason.HTTP_REFUSED)
+                return
+            try:
+                out = forwarding.answered()
+            except HTTPRefused as refused:
+                self._refuse_request(refused)
+                return
+            if out and self._upstream is not None:
+                self._upstream.write(out)
+            if forwarding.holding:  # an Upgrade request was held behind the answer
+                self._client_reading.pause(Pause.UPGRADE_PENDING)
+        if forwarding.answer_pending:
+            self._client_reading.pause(Pause.REFUSED)
+        elif self._refused_request is None:
+            self._client_reading.resume(Pause.REFUSED)
+            if held and self._client_done and self._end is None:
+                self._end_upstream_writing()  # held back by the answers (_on_client_closed)
 
     def _send_refusal(self) -> None:
         """Answer the refused request (once the upstream finished, or gave up on it)."""
@@ -376,6 +420,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if released and self._upstream is not None:
             self._upstream.write(released)
+        self._answer_requests()
         if was_holding and not forwarding.holding:
             self._client_reading.resume(Pause.UPGRADE_PENDING)
 
@@ -386,6 +431,11 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._refused_request is not None:
             self._send_refusal()
+            return
+        answer = self._forwarding.answer  # it waited for content delimited by the close
+        if answer is not None:
+            self._engine.send(answer.response)
+            self._finish(EndReason.HTTP_REFUSED)
             return
         self._engine.close()
         self._flush()
@@ -422,6 +472,12 @@ class ClientConnection(asyncio.Protocol):
         if self._upstream_done:
             self._finish(EndReason.CLOSED)
         elif self._upstream is not None:
+            self._end_upstream_writing()
+
+    def _end_upstream_writing(self) -> None:
+        """The client is done: so is the upstream's request stream, once the requests held
+        behind a local answer are forwarded (``_answer_requests`` calls this again then)."""
+        if not self._forwarding.answer_pending:
             self._upstream_write_eof()
 
     def _upstream_write_eof(self) -> None:

@@ -19,6 +19,7 @@ from mtlsproxy.engine.events import HandshakeComplete, HandshakeFailed
 from mtlsproxy.engine.interface import Engine
 from mtlsproxy.engine.openssl import OpenSSLEngine
 from mtlsproxy.engine.selecting import SelectingEngine
+from mtlsproxy.forwarding.http.local import RequestRefusal
 from mtlsproxy.metrics import Metrics
 from mtlsproxy.proxy.connection import ClientConnection
 from mtlsproxy.routing.routes import RouteTable
@@ -132,11 +133,11 @@ class ListenerRuntime:
     def observe_upstream_connect(self, route: str, seconds: float) -> None:
         self.metrics.upstream_connect_duration.labels(self.name, route).observe(seconds)
 
-    def observe_refused_request(self, route: str, detail: str) -> None:
-        self.metrics.http_refused.labels(self.name, route).inc()
-        logs.event(
-            logging.WARNING, f"HTTP request refused: {detail}", listener=self.name, route=route
-        )
+    def observe_refused_request(
+        self, route: str, peer: str, refusal: RequestRefusal, outcome: HandshakeComplete | None
+    ) -> None:
+        self.metrics.http_refused.labels(self.name, route, refusal.rule, refusal.reason).inc()
+        logs.refused_request(self.name, route, peer, refusal, outcome)
 
     def observe_upstream_error(self, route: str, reason: str) -> None:
         self.metrics.upstream_errors.labels(self.name, route, reason).inc()

@@ -10,6 +10,7 @@ from mtlsproxy.config.model import ForwardIdentity, IdentityForwarding
 from mtlsproxy.engine.events import HandshakeComplete, HandshakeTimings
 from mtlsproxy.forwarding.plan import PASSTHROUGH, Forwarding, plan
 from mtlsproxy.forwarding.proxy_protocol import SIGNATURE
+from mtlsproxy.policy.paths import PathAuthorization
 from mtlsproxy.routing.routes import ServerRoute
 from mtlsproxy.vocabulary.identity import PeerIdentity
 from tests.forwarding.support import SPIFFE_ID, Certs
@@ -21,7 +22,13 @@ FRAME = b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58"
 
 def forwarding(certs: Certs, mode: ForwardIdentity) -> Forwarding:
     # plan reads only the route's credentials; a leaf with a URI SAN gives XFCC its By.
-    route = cast(ServerRoute, SimpleNamespace(credentials=(SimpleNamespace(leaf=certs.client),)))
+    route = cast(
+        ServerRoute,
+        SimpleNamespace(
+            credentials=(SimpleNamespace(leaf=certs.client),),
+            config=SimpleNamespace(http_authorization=PathAuthorization()),
+        ),
+    )
     event = HandshakeComplete(
         route="default",
         version="TLSv1.3",

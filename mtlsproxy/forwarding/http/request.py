@@ -28,6 +28,16 @@ What is refused, with the rule:
 - data after a request that closes the connection (RFC 9112 section 9.6);
 - heads over ``MAX_HEAD_BYTES`` or ``MAX_HEADER_FIELDS``.
 
+Each refusal has a bounded ``label`` for the metric: ``ambiguous_framing`` (the message's length
+could be read two ways), ``too_large`` (a limit), ``malformed`` (anything else).
+
+Authorization (``authorize``, the route's ``http_authorization``): a request the callback
+refuses is well framed, so it is not an ``HTTPRefused``. Its head is not forwarded and its
+content is read and dropped; the rewriter queues a ``local.LocalAnswer`` (``answer``) in the
+refused request's place and keeps everything it produces after it until the proxy has sent the
+answer and called ``answered`` (module ``local`` says when that is). The connection goes on
+unless the answer closes it; after one that does, nothing more is read.
+
 Bodies: Content-Length bodies pass unchanged. Chunked bodies are re-chunked: the content passes
 unchanged, in chunks as it arrives; chunk extensions and trailer fields are dropped (a trailer
 is where a client could otherwise put a field we own, after we checked the head; RFC 9110
@@ -50,12 +60,15 @@ from __future__ import annotations
 
 import enum
 import re
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import httptools
 
 from mtlsproxy.forwarding.http.headers import SANITIZED_HEADERS
+from mtlsproxy.forwarding.http.local import LocalAnswer, RequestRefusal, local_answer, shortened
 
 MAX_HEAD_BYTES = 64 * 1024
 """Request line plus header fields, and any run of chunk framing or trailers without content.
@@ -78,6 +91,14 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 section 5.6.2
 _FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")  # RFC 9110 section 5.5, field-value
 _DIGITS = re.compile(rb"[0-9]+")  # RFC 9112 section 6.3, rule 5: Content-Length = 1*DIGIT
 OWS = b" \t"  # RFC 9110 section 5.6.3, optional whitespace
+
+# The ``label`` of an ``HTTPRefused``: the ``reason`` of http_requests_refused_total.
+AMBIGUOUS_FRAMING, MALFORMED, TOO_LARGE = "ambiguous_framing", "malformed", "too_large"
+_FRAMING_WORDS = ("content-length", "transfer-encoding", "chunk")  # in llhttp's messages
+
+Authorize = Callable[[bytes, bytes], RequestRefusal | None]
+"""(method, request-target as sent) of a well-framed request head -> a refusal, or None to
+forward the request."""
 
 
 ParserT = TypeVar("ParserT", httptools.HttpRequestParser, httptools.HttpResponseParser)
@@ -110,11 +131,19 @@ class HTTPRefused(Exception):
     is never in it.
     """
 
-    def __init__(self, reason: str, *, status: int = 400, forward: bytes = b"") -> None:
+    def __init__(
+        self, reason: str, *, status: int = 400, forward: bytes = b"", label: str = MALFORMED
+    ) -> None:
         super().__init__(f"{status}: {reason}")
         self.status = status
         self.reason = reason
         self.forward = forward
+        self.label = label
+
+    @property
+    def refusal(self) -> RequestRefusal:
+        """For the metric and the log line; no rule decided it."""
+        return RequestRefusal(self.status, self.label, "none", self.reason)
 
 
 class _State(enum.Enum):
@@ -126,6 +155,19 @@ class _State(enum.Enum):
 
 class _Violation(Exception):
     """Raised from a parser callback; becomes ``HTTPRefused``."""
+
+    def __init__(self, message: str, label: str = MALFORMED) -> None:
+        super().__init__(message)
+        self.label = label
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A local answer not yet sent, and what the rewriter produced after it."""
+
+    answer: LocalAnswer
+    after: bytearray = field(default_factory=bytearray)
+    requests: list[tuple[bytes, bool]] = field(default_factory=list)  # their on_request calls
 
 
 class RequestRewriter:
@@ -144,6 +186,10 @@ class RequestRewriter:
     one after which ``upgrade_pending`` becomes true. Its return value is ignored; it must not
     raise (an exception in it is turned into ``HTTPRefused``). This is what feeds
     ``ResponseTracker.request_sent``.
+
+    ``authorize(method, target)``: called for every well-framed request head (see the module
+    docstring); a refused request gets a ``LocalAnswer``, sent by the proxy when ``answer`` is
+    it, after which ``answered`` returns what followed it.
     """
 
     def __init__(
@@ -156,6 +202,7 @@ class RequestRewriter:
         max_header_fields: int = MAX_HEADER_FIELDS,
         max_held_bytes: int = MAX_HELD_BYTES,
         on_request: Callable[[bytes, bool], object] | None = None,
+        authorize: Authorize | None = None,
     ) -> None:
         injected = []
         for name, value in inject:
@@ -172,9 +219,14 @@ class RequestRewriter:
         self._max_header_fields = max_header_fields
         self._max_held_bytes = max_held_bytes
         self._on_request = on_request
+        self._authorize = authorize
         self._state = _State.HTTP
         self._held = bytearray()
         self._refusal: HTTPRefused | None = None
+        self._answers: deque[_Pending] = deque()  # local answers not yet sent, in order
+        self._refusals: list[RequestRefusal] = []  # not yet taken by the proxy
+        self._skip = False  # the request being read was answered locally: drop its content
+        self._closing = False  # an answer that ends the connection is queued: read no more
         self._new_parser()
 
     @property
@@ -187,17 +239,42 @@ class RequestRewriter:
         """The connection switched protocols: everything now passes raw."""
         return self._state is _State.UPGRADED
 
+    @property
+    def answer(self) -> LocalAnswer | None:
+        """The first local answer not yet sent; what came after its request waits for it."""
+        return self._answers[0].answer if self._answers else None
+
+    def answered(self) -> bytes:
+        """The proxy sent ``answer``: returns what the rewriter produced after it, up to the
+        next answer, for the upstream (``on_request`` is called for its request heads now)."""
+        pending = self._answers.popleft()
+        if self._on_request is not None:
+            for method, upgrade in pending.requests:
+                self._on_request(method, upgrade)
+        return bytes(pending.after)
+
+    def take_refusals(self) -> list[RequestRefusal]:
+        """The requests refused by ``authorize`` since the last call, in order."""
+        refusals, self._refusals = self._refusals, []
+        return refusals
+
     def feed(self, data: bytes) -> bytes:
         """Bytes from the client in, bytes for the upstream out (possibly empty)."""
-        if self._state is _State.UPGRADED:
-            return bytes(data)
         if self._state is _State.REFUSED:
             assert self._refusal is not None
-            raise HTTPRefused(self._refusal.reason, status=self._refusal.status)
+            raise HTTPRefused(
+                self._refusal.reason, status=self._refusal.status, label=self._refusal.label
+            )
+        if self._closing:
+            return b""
+        if self._state is _State.UPGRADED:
+            return bytes(data)
         if self._state is _State.UPGRADE_PENDING:
             self._held += data
             if len(self._held) > self._max_held_bytes:
-                self._refuse("too much data before the upgrade was answered", bytearray())
+                self._refuse(
+                    "too much data before the upgrade was answered", bytearray(), TOO_LARGE
+                )
             return b""
         return self._parse(bytes(data))
 
@@ -225,42 +302,98 @@ class RequestRewriter:
 
     def _parse(self, data: bytes) -> bytes:
         self._out = bytearray()
+        while data:
+            data = self._parse_some(data)
+        out, self._out = bytes(self._out), bytearray()
+        return out
+
+    def _parse_some(self, data: bytes) -> bytes:
+        """Parse ``data``. Returns what is left for a new parser when an Upgrade/CONNECT
+        request was answered locally (llhttp stops after it; the client goes on in HTTP)."""
         view = memoryview(data)
         position = 0
-        while position < len(view):
+        while position < len(view) and not self._closing:
             piece = view[position : position + _SLICE]
             position += len(piece)
             self._progress = False
             try:
                 self._parser.feed_data(piece)
             except httptools.HttpParserUpgrade as upgrade:
+                rest = bytes(piece[upgrade.args[0] :]) + bytes(view[position:])
+                if self._closing:
+                    return b""
+                if self._skip:
+                    self._new_parser()
+                    return rest
                 self._state = _State.UPGRADE_PENDING
-                self._held += piece[upgrade.args[0] :]
-                self._held += view[position:]
+                self._held += rest
                 if len(self._held) > self._max_held_bytes:
-                    self._refuse("too much data before the upgrade was answered", self._out)
-                break
+                    self._refuse(
+                        "too much data before the upgrade was answered", self._out, TOO_LARGE
+                    )
+                return b""
             except httptools.HttpParserError as error:
+                if self._closing:  # after an answer that ends the connection: nothing is read
+                    return b""
                 cause = error.__context__
-                reason = str(cause) if isinstance(cause, _Violation) else str(error)
-                self._refuse(reason or "malformed request", self._out)
+                if isinstance(cause, _Violation):
+                    reason, label = str(cause), cause.label
+                else:
+                    reason = str(error) or "malformed request"
+                    framing = any(word in reason.lower() for word in _FRAMING_WORDS)
+                    label = AMBIGUOUS_FRAMING if framing else MALFORMED
+                self._refuse(reason, self._out, label)
             self._framing_bytes = 0 if self._progress else self._framing_bytes + len(piece)
             if self._framing_bytes > self._max_head_bytes:
                 what = "request head" if self._in_head else "chunk framing or trailer"
-                self._refuse(f"{what} larger than {self._max_head_bytes} bytes", self._out)
-        out, self._out = bytes(self._out), bytearray()
-        return out
+                self._refuse(
+                    f"{what} larger than {self._max_head_bytes} bytes", self._out, TOO_LARGE
+                )
+        return b""
 
-    def _refuse(self, reason: str, produced: bytearray) -> None:
+    def _refuse(self, reason: str, produced: bytearray, label: str) -> None:
         self._state = _State.REFUSED
-        self._refusal = HTTPRefused(reason)
+        self._refusal = HTTPRefused(reason, label=label)
         self._held = bytearray()
-        raise HTTPRefused(reason, forward=bytes(produced))
+        self._answers.clear()  # the connection ends with the 400: nothing after it is sent
+        raise HTTPRefused(reason, forward=bytes(produced), label=label)
+
+    def _emit(self, data: bytes | bytearray) -> None:
+        """Output in order: for the upstream now, or after the last local answer queued."""
+        if self._answers:
+            self._answers[-1].after += data
+        else:
+            self._out += data
+
+    def _emitted(self, method: bytes, upgrade: bool) -> None:
+        if self._answers:
+            self._answers[-1].requests.append((method, upgrade))
+        elif self._on_request is not None:
+            self._on_request(method, upgrade)
+
+    def _answer_locally(self, refusal: RequestRefusal, method: bytes, has_content: bool) -> None:
+        """Queue the answer to the request whose head was just read; drop its content."""
+        expects_continue = any(
+            n.lower() == b"expect" and v.lower() == b"100-continue" for n, v in self._fields
+        )
+        # A client waiting for 100 Continue may never send the content it announced: the
+        # next request could not be found, so that answer closes (RFC 9110 section 10.1.1).
+        close = not self._parser.should_keep_alive() or (has_content and expects_continue)
+        refusal = RequestRefusal(
+            refusal.status, refusal.reason, refusal.rule, refusal.detail,
+            method.decode("latin-1"), shortened(self._url),
+        )  # fmt: skip
+        answer = local_answer(refusal, close=close, head_only=method == b"HEAD")
+        self._answers.append(_Pending(answer))
+        self._refusals.append(refusal)
+        self._skip = True
+        self._closing = close
 
     # -- llhttp callbacks (httptools calls these by name) --------------------------------------
 
     def on_message_begin(self) -> None:
         self._in_head = True
+        self._skip = False
         self._url = b""
         self._fields: list[tuple[bytes, bytes]] = []
 
@@ -271,7 +404,7 @@ class RequestRewriter:
         if not self._in_head:  # a trailer field: dropped (module docstring)
             return
         if len(self._fields) >= self._max_header_fields:
-            raise _Violation(f"more than {self._max_header_fields} header fields")
+            raise _Violation(f"more than {self._max_header_fields} header fields", TOO_LARGE)
         if not _TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
             raise _Violation("invalid header field")
         self._fields.append((name, value.strip(OWS)))
@@ -286,37 +419,45 @@ class RequestRewriter:
         codings = [v for n, v in self._fields if n.lower() == b"transfer-encoding"]
         hosts = sum(1 for n, _ in self._fields if n.lower() == b"host")
         if len(lengths) > 1 or (lengths and not _DIGITS.fullmatch(lengths[0])):
-            raise _Violation("invalid or repeated Content-Length")
+            raise _Violation("invalid or repeated Content-Length", AMBIGUOUS_FRAMING)
         if codings and (lengths or version == "1.0"):
-            raise _Violation("Transfer-Encoding with Content-Length or in HTTP/1.0")
+            raise _Violation(
+                "Transfer-Encoding with Content-Length or in HTTP/1.0", AMBIGUOUS_FRAMING
+            )
         if len(codings) > 1 or (codings and codings[0].lower() != b"chunked"):
-            raise _Violation("Transfer-Encoding other than chunked")
+            raise _Violation("Transfer-Encoding other than chunked", AMBIGUOUS_FRAMING)
         if version == "1.1" and hosts != 1:
             raise _Violation("HTTP/1.1 request without exactly one Host")
         self._chunked = bool(codings)
         has_content = self._chunked or (bool(lengths) and int(lengths[0]) > 0)
         upgrade = self._parser.should_upgrade()
         if upgrade and has_content:
-            raise _Violation("Upgrade or CONNECT request with content")
+            raise _Violation("Upgrade or CONNECT request with content", AMBIGUOUS_FRAMING)
         method = self._parser.get_method()
+        if self._authorize is not None:
+            refusal = self._authorize(method, self._url)
+            if refusal is not None:
+                self._answer_locally(refusal, method, has_content)
+                return
         head = bytearray(b"%s %s HTTP/%s\r\n" % (method, self._url, version.encode()))
         for name, value in self._fields:
             if name.lower() not in self._remove:
                 head += b"%s: %s\r\n" % (name, value)
         head += self._injected
         head += b"\r\n"
-        self._out += head
-        if self._on_request is not None:
-            self._on_request(method, upgrade)
+        self._emit(head)
+        self._emitted(method, upgrade)
 
     def on_body(self, body: bytes) -> None:
         self._progress = True
+        if self._skip:
+            return
         if self._chunked:
-            self._out += b"%x\r\n%s\r\n" % (len(body), body)
+            self._emit(b"%x\r\n%s\r\n" % (len(body), body))
         else:
-            self._out += body
+            self._emit(body)
 
     def on_message_complete(self) -> None:
         self._progress = True
-        if self._chunked:
-            self._out += b"0\r\n\r\n"
+        if self._chunked and not self._skip:
+            self._emit(b"0\r\n\r\n")

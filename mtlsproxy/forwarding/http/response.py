@@ -158,6 +158,14 @@ class ResponseTracker:
         return self._broken
 
     @property
+    def idle(self) -> bool:
+        """Every request sent was answered in full, so the upstream's next byte would belong to
+        a request not sent yet: the place for the proxy's own answer to a refused request.
+        False once the tracker stopped reading (it cannot tell) and during content delimited
+        by the connection closing."""
+        return self._phase is _Phase.HEAD and not self._requests and not self._buffer
+
+    @property
     def outstanding(self) -> int:
         """Requests sent and not yet finally answered."""
         return len(self._requests)
