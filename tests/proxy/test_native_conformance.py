@@ -131,3 +131,25 @@ def test_thousands_of_extensions_far_below_the_size_bound(native: RunningProxy, 
     with WireClient(native.port(), client_of(pki, extra_extensions=extra)) as wire:
         wire.handshake()
         assert wire.roundtrip(b"many extensions"), (wire.client.alerts, wire.closed)
+
+
+# A client that will not stop (RFC 8446 sections 4.6.3, 5.1; the limits are OpenSSL's)
+
+
+@pytest.mark.parametrize("flood", ["key_updates", "empty_records"])
+def test_a_flood_of_records_that_carry_nothing_is_cut_off(native, pki, flood: str) -> None:
+    """A thousand requested KeyUpdates (or empty records) that the client never reads the
+    answer to: the connection ends with unexpected_message after the limit, and nothing
+    reaches the upstream."""
+    with WireClient(native.port(), client_of(pki)) as wire:
+        wire.handshake()
+        assert wire.roundtrip(b"before")
+        client = wire.client
+        if flood == "key_updates":
+            records = b"".join(client.key_update(requested=True) for _ in range(1000))
+        else:
+            records = b"".join(client.seal(b"", 23) for _ in range(1000))
+        wire.send(records)
+        assert wire.pump(lambda: bool(client.alerts))
+        assert client.alerts == [10]  # unexpected_message
+        assert client.key_updates == []  # owed replies are not written ahead of our data

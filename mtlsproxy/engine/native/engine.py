@@ -66,6 +66,7 @@ from mtlsproxy.engine.native import messages as msgs
 from mtlsproxy.engine.native.alerts import TLSAlert
 from mtlsproxy.engine.native.handshake_records import HandshakeRecords
 from mtlsproxy.engine.native.key_schedule import nss_key_log
+from mtlsproxy.engine.native.limits import UselessRecords
 from mtlsproxy.engine.native.record_layer import (
     MAX_PLAINTEXT_LENGTH,
     Record,
@@ -143,6 +144,8 @@ class NativeEngine:
         self._read: RecordProtection | None = None  # the client's traffic, once keyed
         self._write: RecordProtection | None = None  # ours, once keyed
         self._handshake_records = HandshakeRecords(hello.has_early_data)
+        self._useless = UselessRecords()
+        self._key_update_owed = False  # the client asked for ours: sent before our next data
         self._peer_closed = False
         self._close_sent = False
 
@@ -214,7 +217,7 @@ class NativeEngine:
         assert self._write is not None
         view = memoryview(data)
         for start in range(0, len(view), MAX_PLAINTEXT_LENGTH):
-            if self._write.needs_key_update:
+            if self._key_update_owed or self._write.needs_key_update:
                 self._send_key_update(update_requested=False)
             chunk = bytes(view[start : start + MAX_PLAINTEXT_LENGTH])
             self._out += self._write.encrypt(ContentType.APPLICATION_DATA, chunk)
@@ -339,11 +342,15 @@ class NativeEngine:
 
     def _handshake_record(self, record: Record) -> list[Event]:
         opened = self._handshake_records.open(record, self._read)
+        if opened is None or opened[0] == ContentType.ALERT:
+            self._not_inside_a_message(record.content_type)
         if opened is None:
+            self._useless.nothing(f"record of type {record.content_type}")
             return []
         content_type, content = opened
         if content_type == ContentType.ALERT:
             return self._peer_alert(content)
+        self._useless.progress()
         self._messages.feed(content)
         if isinstance(state := self._state, RetryRequested):
             self._second_client_hello(state)
@@ -411,12 +418,25 @@ class NativeEngine:
 
     # After the handshake
 
+    def _not_inside_a_message(self, content_type: int) -> None:
+        """Section 5.1: "Handshake messages MUST NOT be interleaved with other record types"."""
+        if self._messages.pending:
+            raise TLSAlert(
+                Alert.UNEXPECTED_MESSAGE,
+                f"a record of type {content_type} between the fragments of a handshake message",
+            )
+
     def _established_record(self, record: Record, app_data: list[bytes]) -> list[Event]:
         assert self._read is not None
         inner = self._read.decrypt(record)
+        if inner.content_type != ContentType.HANDSHAKE:
+            self._not_inside_a_message(inner.content_type)
         if inner.content_type == ContentType.APPLICATION_DATA:
             if inner.content:
                 app_data.append(inner.content)
+                self._useless.progress()
+            else:
+                self._useless.nothing("empty application data")
             return []
         if inner.content_type == ContentType.ALERT:
             return self._peer_alert(inner.content)
@@ -437,9 +457,12 @@ class NativeEngine:
             note(self._trace, "<-", "KeyUpdate", update_requested=update_requested)
             if self._messages.pending:
                 raise TLSAlert(Alert.UNEXPECTED_MESSAGE, "bytes follow a KeyUpdate in its record")
+            self._useless.key_update()
             self._read = self._read.next_generation()
-            if update_requested and not self._close_sent:
-                self._send_key_update(update_requested=False)
+            # Section 4.6.3: ours goes "prior to sending [our] next Application Data record";
+            # one answers every request made while we were silent (OpenSSL answers at its
+            # next write too). A flag, not bytes: nothing grows while the client does not read.
+            self._key_update_owed |= update_requested
         return []
 
     def _send_key_update(self, *, update_requested: bool) -> None:
@@ -447,6 +470,7 @@ class NativeEngine:
         note(self._trace, "->", "KeyUpdate", update_requested=update_requested)
         self._out += self._write.encrypt(ContentType.HANDSHAKE, msgs.key_update(update_requested))
         self._write = self._write.next_generation()
+        self._key_update_owed = False
 
     # Alerts
 
@@ -465,6 +489,7 @@ class NativeEngine:
                 self._peer_closed = True
                 return [PeerClosed(clean=True)]
             if alert is Alert.USER_CANCELED:
+                self._useless.nothing("user_canceled alert")
                 return []
             self._set_state(CLOSED)
             return [ProtocolError(f"the client sent alert {name}")]

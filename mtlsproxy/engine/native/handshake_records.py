@@ -63,6 +63,10 @@ class HandshakeRecords:
             return ContentType.ALERT, record.fragment
         if read is None:
             if content_type == ContentType.HANDSHAKE:
+                if not record.fragment:
+                    # Section 5.1: "Implementations MUST NOT send zero-length fragments of
+                    # Handshake types"; Go answers unexpected_message, as we do.
+                    raise TLSAlert(Alert.UNEXPECTED_MESSAGE, "zero-length handshake record")
                 return ContentType.HANDSHAKE, record.fragment
             if content_type == ContentType.APPLICATION_DATA:
                 self._skip_early_data(record, keyed=False)

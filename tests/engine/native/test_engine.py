@@ -173,12 +173,21 @@ def test_hello_retry_request_at_the_message_level(routes, pki) -> None:
     assert isinstance(events[0], HandshakeComplete)
 
 
-def test_second_client_hello_without_the_requested_share(routes, pki) -> None:
-    server = engine(routes["require"])
-    client = mini(pki, share_groups=())
+def after_retry_request(
+    route: ServerRoute, pki: PkiFiles, **options: object
+) -> tuple[SelectingEngine, MiniClient]:
+    """A client without a key share we take, holding the HelloRetryRequest's answer
+    (``client.pending_hello``) not yet sent."""
+    server = engine(route)
+    client = mini(pki, share_groups=(), **options)
     server.receive(client.client_hello())
     client.receive(server.data_to_send())
     assert client.pending_hello is not None
+    return server, client
+
+
+def test_second_client_hello_without_the_requested_share(routes, pki) -> None:
+    server, client = after_retry_request(routes["require"], pki)
     # Send the first ClientHello again (no key share) instead of the retried one.
     events = server.receive(encode_record(22, client._first_hello))
     failed = events[-1]
