@@ -43,11 +43,17 @@ MAX_HOST_NAME_SIZE = 253
 MAX_LABEL_SIZE = 63
 _LABEL_RE = re.compile(rb"[A-Za-z0-9-]{1,%d}" % MAX_LABEL_SIZE)
 
-# ProtocolVersion values (RFC 8446 section 4.2.1, RFC 5246 appendix A.1).
+# ProtocolVersion values (RFC 8446 section 4.2.1, RFC 5246 appendix A.1, RFC 6101).
+SSL3 = 0x0300
 TLS1_0 = 0x0301
 TLS1_1 = 0x0302
 TLS1_2 = 0x0303
 TLS1_3 = 0x0304
+
+# An SSL 2.0-format ClientHello (RFC 5246 appendix E.2): uint16 msg_length with the top bit
+# set, uint8 msg_type (1: client_hello), uint16 version: five bytes decide how to refuse it.
+SSL2_HEADER_SIZE = 5
+SSL2_CLIENT_HELLO = 1
 
 # HTTP request methods whose presence at the start of a "TLS" connection means a plaintext
 # HTTP client hit the TLS port (RFC 9110 section 9, RFC 9113 section 3.4 for the h2 preface).
@@ -455,8 +461,22 @@ def _parse_client_hello(body: bytes) -> ClientHello:
     )
 
 
+def _refuse_legacy_version(version: int, detail: str) -> HandshakeError:
+    """OpenSSL's refusal of a hello whose legacy_version is SSL 3.0 or older, even with
+    supported_versions offering TLS 1.3 (ssl_choose_server_version: BAD_LEGACY_VERSION), a
+    choice appendix D leaves to the server: protocol_version, said in the client's version's
+    terms, so handshake_failure for SSL 3.0, which has no protocol_version alert (RFC 6101
+    section 5.4.2; OpenSSL's ssl3_alert_code)."""
+    alert = Alert.HANDSHAKE_FAILURE if version == SSL3 else Alert.PROTOCOL_VERSION
+    return HandshakeError(Step.CLIENT_HELLO, Reason.UNSUPPORTED_VERSION, detail, alert)
+
+
 def _check_version(hello: ClientHello) -> None:
     """We speak TLS 1.2 and 1.3 only (RFC 8446 section 4.2.1, RFC 8996)."""
+    if hello.legacy_version <= SSL3:
+        raise _refuse_legacy_version(
+            hello.legacy_version, f"legacy_version 0x{hello.legacy_version:04x} is SSL 3.0 or older"
+        )
     if hello.supported_versions:
         if not any(v >= TLS1_2 and not is_grease(v) for v in hello.supported_versions):
             raise HandshakeError(
@@ -535,8 +555,8 @@ class ClientHelloReader:
     def _feed(self, data: bytes) -> ClientHello | None:
         before = len(self._buffered)
         self._buffered += data
-        if before < 2:
-            self._check_first_bytes()
+        if before < SSL2_HEADER_SIZE and not self._check_first_bytes():
+            return None  # an SSL 2.0 header is not whole yet
         room = max(0, self._max_size - before)
         self._records.feed(data[:room])
 
@@ -570,13 +590,14 @@ class ClientHelloReader:
             Alert.UNEXPECTED_MESSAGE,
         )
 
-    def _check_first_bytes(self) -> None:
-        """RFC 8446 section 5.1: a TLS connection opens with a handshake record, {0x16, 0x03}."""
+    def _check_first_bytes(self) -> bool:
+        """RFC 8446 section 5.1: a TLS connection opens with a handshake record, {0x16, 0x03}.
+        False while an SSL 2.0 record header is not whole (its version decides the alert)."""
         first = self._buffered[0] if self._buffered else None
+        if first is not None and first & 0x80:
+            return self._check_sslv2_hello()
         if first is not None and first != ContentType.HANDSHAKE:
-            if first & 0x80:
-                detail = "SSLv2-style ClientHello; only TLS 1.2 and 1.3 are supported"
-            elif self.looks_like_http:
+            if self.looks_like_http:
                 detail = "plaintext HTTP request on a TLS port"
             else:
                 detail = f"first byte 0x{first:02x} is not a TLS handshake record"
@@ -587,3 +608,20 @@ class ClientHelloReader:
                 Reason.NOT_TLS,
                 f"record version major byte 0x{self._buffered[1]:02x} is not TLS",
             )
+        return True
+
+    def _check_sslv2_hello(self) -> bool:
+        """An SSL 2.0-format ClientHello (RFC 5246 appendix E.2: a 2-byte length with the top
+        bit set, msg_type 1, version) cannot offer TLS 1.3 and is no TLS 1.2 we serve: refused
+        with the alert OpenSSL sends for it, not a bare close. Anything else is not TLS."""
+        head = self._buffered[:SSL2_HEADER_SIZE]
+        if len(head) >= 3 and head[2] != SSL2_CLIENT_HELLO:
+            raise HandshakeError(
+                Step.CLIENT_HELLO, Reason.NOT_TLS, f"first byte 0x{head[0]:02x} is not TLS"
+            )
+        if len(head) < SSL2_HEADER_SIZE:
+            return False
+        version = int.from_bytes(head[3:5], "big")
+        raise _refuse_legacy_version(
+            version, f"SSLv2-format ClientHello (version 0x{version:04x}); TLS 1.2 and 1.3 only"
+        )

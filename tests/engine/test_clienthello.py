@@ -404,7 +404,7 @@ def test_every_prefix_needs_more() -> None:
         (b"\x15\x03\x03\x00\x02\x02\x28", False),  # an alert record first
         (b"\x17\x03\x03\x00\x05hello", False),  # application data first
         (b"\x16\x02\x00", False),  # wrong major version
-        (b"\x80\x2e\x01\x00\x02\x00\x15\x00\x00\x00\x10", False),  # SSLv2 ClientHello
+        (b"\x80\x2e\x04\x00\x02\x00\x15\x00\x00\x00\x10", False),  # SSLv2, not a hello
     ],
 )
 def test_not_tls(data: bytes, http: bool) -> None:
@@ -417,9 +417,26 @@ def test_not_tls(data: bytes, http: bool) -> None:
 
 
 def test_not_tls_is_decided_on_the_first_byte() -> None:
-    for first in (b"G", b"\x80", b"\x15", b"\x00"):
+    for first in (b"G", b"\x15", b"\x00"):
         expect_error(first, Reason.NOT_TLS)
     expect_error(b"\x16\x01", Reason.NOT_TLS)
+    expect_error(b"\x80\x2e\x02", Reason.NOT_TLS)  # an SSL 2.0 record, not a ClientHello
+
+
+@pytest.mark.parametrize(
+    ("version", "alert"),
+    [(0x0002, Alert.PROTOCOL_VERSION), (0x0300, Alert.HANDSHAKE_FAILURE),
+     (0x0303, Alert.PROTOCOL_VERSION), (0x0304, Alert.PROTOCOL_VERSION)],
+)  # fmt: skip
+def test_sslv2_client_hello_is_refused_with_openssls_alert(version: int, alert: Alert) -> None:
+    """Decided on its first five bytes, whichever way they are split."""
+    data = b"\x80\x2e\x01" + version.to_bytes(2, "big") + b"\x00\x15\x00\x00\x00\x10"
+    reader = ClientHelloReader()
+    for byte in data[:4]:
+        assert reader.feed(bytes((byte,))) is None
+    with pytest.raises(HandshakeError) as info:
+        reader.feed(data[4:])
+    assert (info.value.reason, info.value.alert) == (Reason.UNSUPPORTED_VERSION, alert)
 
 
 def _malformed_cases() -> dict[str, tuple[bytes, Alert]]:
@@ -557,9 +574,13 @@ def test_unsupported_versions() -> None:
     assert expect_error(tls10_no_ext, Reason.UNSUPPORTED_VERSION) is Alert.PROTOCOL_VERSION
     only_old = [ext(0x002B, vec8(u16(0x0A0A) + u16(0x0302) + u16(0x0301)))]
     expect_error(frame(build_body(extensions=only_old)), Reason.UNSUPPORTED_VERSION)
-    # supported_versions overrides legacy_version (RFC 8446 section 4.2.1).
+    # supported_versions overrides legacy_version (RFC 8446 section 4.2.1)...
     modern = [ext(0x002B, vec8(u16(0x0304)))]
     assert read(frame(build_body(version=0x0301, extensions=modern))).max_version == 0x0304
+    # ... down to TLS 1.0: SSL 3.0 and older are refused as OpenSSL refuses them.
+    for version, alert in ((0x0300, Alert.HANDSHAKE_FAILURE), (0x0103, Alert.PROTOCOL_VERSION)):
+        old = frame(build_body(version=version, extensions=modern))
+        assert expect_error(old, Reason.UNSUPPORTED_VERSION) is alert
 
 
 def test_tls12_without_extensions() -> None:

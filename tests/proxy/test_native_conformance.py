@@ -8,7 +8,9 @@ thousands of extensions, KeyUpdates it never reads the answer to, odd legacy ver
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 
@@ -32,6 +34,55 @@ def native(
     proxy = start_proxy(directory, pki, echo.port, "require", allow=ALLOW, engine="native")
     yield proxy
     proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def s_server(pki: PkiFiles) -> Iterator[int]:
+    """``openssl s_server -tls1_3`` with our server certificate: the reference answers."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    command = ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-tls1_3", "-quiet",
+               "-cert", str(pki.server_cert), "-key", str(pki.server_key)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield port
+    process.kill()
+    process.wait()
+
+
+def first_answer(port: int, data: bytes, timeout: float = 3) -> str:
+    """What a server answers to ``data`` first: ``server_hello``, ``alert <description>``
+    (plaintext), ``close`` (no byte before the close) or ``timeout``."""
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        try:
+            while len(received) < 7:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+        except TimeoutError:
+            if not received:
+                return "timeout"
+        except ConnectionResetError:
+            pass
+    if not received:
+        return "close"
+    if received[0] == 21 and len(received) >= 7:
+        return f"alert {received[6]}"
+    if received[0] == 22 and len(received) > 5 and received[5] == 2:
+        return "server_hello"
+    return f"bytes {received[:8].hex()}"
 
 
 def client_of(pki: PkiFiles, **options: object) -> MiniClient:
@@ -153,3 +204,40 @@ def test_a_flood_of_records_that_carry_nothing_is_cut_off(native, pki, flood: st
         assert wire.pump(lambda: bool(client.alerts))
         assert client.alerts == [10]  # unexpected_message
         assert client.key_updates == []  # owed replies are not written ahead of our data
+
+
+# What the RFC leaves to the server: answered as OpenSSL answers (RFC 8446 section 4.2.1,
+# appendix D)
+
+
+def sslv2_client_hello(version: int) -> bytes:
+    """An SSL 2.0-format ClientHello (RFC 6101 appendix E.2; RFC 5246 appendix E.2)."""
+    ciphers = b"\x00\x00\x2f\x13\x01\x00"
+    body = b"\x01" + version.to_bytes(2, "big") + len(ciphers).to_bytes(2, "big")
+    body += b"\x00\x00\x00\x10" + ciphers + b"c" * 16  # no session id; 16-byte challenge
+    return bytes((0x80 | len(body) >> 8, len(body) & 0xFF)) + body
+
+
+LEGACY_VERSIONS = [0x0000, 0x0002, 0x0100, 0x0103, 0x0200, 0x02FF, 0x0300, 0x0301, 0x0302,
+                   0x0304, 0xFFFF]  # fmt: skip
+
+
+@pytest.mark.parametrize("version", LEGACY_VERSIONS, ids=lambda v: f"0x{v:04x}")
+def test_legacy_version_with_supported_versions(native, s_server, pki, version: int) -> None:
+    """supported_versions offers TLS 1.3; legacy_version is odd. OpenSSL refuses a
+    legacy_version at or below SSL 3.0 (protocol_version; handshake_failure for 0x0300, which
+    is how it says protocol_version in SSL 3.0 terms) and serves the rest: so do we."""
+    hello = client_of(pki, legacy_version=version).client_hello()
+    expected = first_answer(s_server, hello)
+    assert expected in ("server_hello", "alert 70", "alert 40")
+    assert first_answer(native.port(), hello) == expected
+
+
+@pytest.mark.parametrize("version", [0x0304, 0x0303, 0x0301, 0x0300, 0x0002])
+def test_sslv2_client_hello(native: RunningProxy, s_server: int, version: int) -> None:
+    """An SSL 2.0-format ClientHello cannot carry supported_versions: OpenSSL refuses it with
+    an alert, not a bare close, and so do we."""
+    hello = sslv2_client_hello(version)
+    expected = first_answer(s_server, hello)
+    assert expected.startswith("alert")
+    assert first_answer(native.port(), hello) == expected
