@@ -1,4 +1,4 @@
-"""The ClientHello: a strict, bounded, incremental parser and the JA4/JA3 fingerprints.
+"""The ClientHello: a strict, bounded, incremental parser (fingerprints: ``fingerprints.py``).
 
 ``ClientHelloReader`` is fed the first bytes of a connection in any split. It keeps every byte
 unchanged in ``buffered`` (to be replayed into OpenSSL), decides "this is not TLS" from the first
@@ -10,10 +10,22 @@ escapes, memory is bounded by ``max_size`` and work is linear in the bytes recei
 
 from __future__ import annotations
 
-import hashlib
-import re
 from dataclasses import dataclass
 
+from mtlsproxy.engine import fingerprints
+from mtlsproxy.engine.hello_extensions import (
+    ExtensionType,
+    KeyShareEntry,
+    OfferedPsks,
+    is_grease,
+    malformed,
+    parse_alpn,
+    parse_key_share,
+    parse_pre_shared_key,
+    parse_server_name,
+    parse_uint8_list,
+    whole,
+)
 from mtlsproxy.engine.records import (
     HANDSHAKE_HEADER_SIZE,
     RECORD_HEADER_SIZE,
@@ -36,12 +48,6 @@ MAX_CLIENT_HELLO_SIZE = 64 * 1024
 # RFC 8446 section 4.1.2: opaque legacy_session_id<0..32>; Random random (32 bytes).
 RANDOM_SIZE = 32
 MAX_SESSION_ID_SIZE = 32
-
-# RFC 1035 section 2.3.4 / RFC 6066 section 3: a DNS host name of at most 253 characters (255
-# octets on the wire minus the length octets), labels of 1..63 characters.
-MAX_HOST_NAME_SIZE = 253
-MAX_LABEL_SIZE = 63
-_LABEL_RE = re.compile(rb"[A-Za-z0-9-]{1,%d}" % MAX_LABEL_SIZE)
 
 # ProtocolVersion values (RFC 8446 section 4.2.1, RFC 5246 appendix A.1, RFC 6101).
 SSL3 = 0x0300
@@ -69,74 +75,6 @@ HTTP_METHODS = (
     b"TRACE ",
     b"PRI ",
 )
-
-
-class ExtensionType:
-    """Extension code points we parse (IANA "TLS ExtensionType Values")."""
-
-    SERVER_NAME = 0x0000  # RFC 6066 section 3
-    SUPPORTED_GROUPS = 0x000A  # RFC 8446 section 4.2.7
-    EC_POINT_FORMATS = 0x000B  # RFC 8422 section 5.1.2
-    SIGNATURE_ALGORITHMS = 0x000D  # RFC 8446 section 4.2.3
-    ALPN = 0x0010  # RFC 7301 section 3.1
-    PRE_SHARED_KEY = 0x0029  # RFC 8446 section 4.2.11
-    EARLY_DATA = 0x002A  # RFC 8446 section 4.2.10
-    SUPPORTED_VERSIONS = 0x002B  # RFC 8446 section 4.2.1
-    PSK_KEY_EXCHANGE_MODES = 0x002D  # RFC 8446 section 4.2.9
-    KEY_SHARE = 0x0033  # RFC 8446 section 4.2.8
-
-
-def is_grease(value: int) -> bool:
-    """RFC 8701 section 2: GREASE values are 0x0A0A, 0x1A1A, ..., 0xFAFA (and 0x0A.. 0xFA for
-    single-byte fields, which we do not need here)."""
-    return (value & 0x0F0F) == 0x0A0A and (value >> 8) == (value & 0xFF)
-
-
-# JA4 version codes (FoxIO JA4 specification, "TLS and DTLS Version").
-_JA4_VERSIONS = {
-    0x0304: "13",
-    0x0303: "12",
-    0x0302: "11",
-    0x0301: "10",
-    0x0300: "s3",
-    0x0002: "s2",
-    0xFEFF: "d1",
-    0xFEFD: "d2",
-    0xFEFC: "d3",
-}
-
-
-def _sha256_12(text: str) -> str:
-    return hashlib.sha256(text.encode("ascii")).hexdigest()[:12]
-
-
-def _is_ascii_alnum(byte: int) -> bool:
-    return 0x30 <= byte <= 0x39 or 0x41 <= byte <= 0x5A or 0x61 <= byte <= 0x7A
-
-
-@dataclass(frozen=True, slots=True)
-class KeyShareEntry:
-    """One ``KeyShareEntry`` (RFC 8446 section 4.2.8): a group and its public value."""
-
-    group: int
-    key_exchange: bytes
-
-    def __repr__(self) -> str:
-        return f"KeyShareEntry(0x{self.group:04x}, <{len(self.key_exchange)} bytes>)"
-
-
-@dataclass(frozen=True, slots=True, repr=False)
-class OfferedPsks:
-    """The client's pre_shared_key extension (RFC 8446 section 4.2.11). ``binders_size`` is
-    the size of the length-prefixed binders list, which ends the ClientHello (pre_shared_key is
-    the last extension): the binders are computed over the ClientHello without those bytes."""
-
-    identities: tuple[tuple[bytes, int], ...]  # (identity, obfuscated_ticket_age)
-    binders: tuple[bytes, ...]
-    binders_size: int
-
-    def __repr__(self) -> str:  # tickets and binders stay out of logs
-        return f"OfferedPsks({len(self.identities)} identities)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +134,16 @@ class ClientHello:
     def extension_types(self) -> tuple[int, ...]:
         return tuple(ext_type for ext_type, _ in self.extensions)
 
+    def ja4(self) -> str:
+        """The FoxIO JA4 fingerprint (:func:`mtlsproxy.engine.fingerprints.ja4`)."""
+        return fingerprints.ja4(self)
+
+    def ja3_string(self) -> str:
+        return fingerprints.ja3_string(self)
+
+    def ja3(self) -> str:
+        return fingerprints.ja3(self)
+
     def trace_fields(self) -> dict[str, object]:
         """What a handshake trace shows of this hello (the seed note's ClientHello dump)."""
         return {
@@ -212,160 +160,6 @@ class ClientHello:
             "ja4": self.ja4(),
         }
 
-    def ja4(self) -> str:
-        """The FoxIO JA4 TLS client fingerprint, e.g. ``t13d1516h2_8daaf6152771_e5627efa2ab1``.
-
-        ``t`` (TCP TLS), version (highest of supported_versions, else legacy_version), ``d`` if
-        the SNI extension is present else ``i``, 2-digit cipher and extension counts (capped at
-        99), first and last characters of the first ALPN value (``00`` if none; the hex digits'
-        first and last when either end is not ASCII alphanumeric); then the truncated SHA-256 of
-        the sorted cipher list; then of the sorted extension list without SNI and ALPN, joined by
-        ``_`` to the signature algorithms in wire order. GREASE is ignored everywhere.
-        """
-        ciphers = [c for c in self.cipher_suites if not is_grease(c)]
-        ext_types = [t for t in self.extension_types if not is_grease(t)]
-        version = _JA4_VERSIONS.get(self.max_version, "00")
-        sni = "d" if ExtensionType.SERVER_NAME in ext_types else "i"
-        alpn = "00"
-        if self.alpn_protocols:
-            first = self.alpn_protocols[0].encode("latin-1")
-            if first and _is_ascii_alnum(first[0]) and _is_ascii_alnum(first[-1]):
-                alpn = chr(first[0]) + chr(first[-1])
-            elif first:
-                alpn = f"{first[0]:02x}"[0] + f"{first[-1]:02x}"[-1]
-        part_a = f"t{version}{sni}{min(len(ciphers), 99):02d}{min(len(ext_types), 99):02d}{alpn}"
-
-        part_b = _sha256_12(",".join(sorted(f"{c:04x}" for c in ciphers))) if ciphers else "0" * 12
-        hashed_exts = sorted(
-            f"{t:04x}"
-            for t in ext_types
-            if t not in (ExtensionType.SERVER_NAME, ExtensionType.ALPN)
-        )
-        sigalgs = [f"{s:04x}" for s in self.signature_algorithms if not is_grease(s)]
-        if hashed_exts:
-            text = ",".join(hashed_exts)
-            if sigalgs:
-                text += "_" + ",".join(sigalgs)
-            part_c = _sha256_12(text)
-        else:
-            part_c = "0" * 12
-        return f"{part_a}_{part_b}_{part_c}"
-
-    def ja3_string(self) -> str:
-        """The classic JA3 string: version,ciphers,extensions,groups,point formats (no GREASE)."""
-
-        def dashed(values: tuple[int, ...] | bytes) -> str:
-            return "-".join(str(v) for v in values if not is_grease(v))
-
-        return ",".join(
-            (
-                str(self.legacy_version),
-                dashed(self.cipher_suites),
-                dashed(self.extension_types),
-                dashed(self.supported_groups),
-                dashed(self.ec_point_formats),
-            )
-        )
-
-    def ja3(self) -> str:
-        """MD5 hex of ``ja3_string()`` (Salesforce JA3)."""
-        return hashlib.md5(self.ja3_string().encode("ascii"), usedforsecurity=False).hexdigest()
-
-
-def _malformed(detail: str, alert: Alert = Alert.DECODE_ERROR) -> HandshakeError:
-    return HandshakeError(Step.CLIENT_HELLO, Reason.MALFORMED, detail, alert)
-
-
-def _validate_host_name(raw: bytes) -> str:
-    """RFC 6066 section 3: an ASCII DNS host name without a trailing dot; returned lowercased."""
-    if not raw or len(raw) > MAX_HOST_NAME_SIZE:
-        raise _malformed(f"server_name of {len(raw)} bytes is not a valid host name")
-    for label in raw.split(b"."):
-        if not _LABEL_RE.fullmatch(label):
-            raise _malformed("server_name is not a valid DNS host name")
-    return raw.decode("ascii").lower()
-
-
-def _parse_server_name(body: bytes) -> str | None:
-    """RFC 6066 section 3: ServerNameList server_name_list<1..2^16-1>; at most one host_name."""
-    buf = Buffer(body)
-    host_name: str | None = None
-    with buf.pull_block(2, minimum=1):
-        while not buf.eof():
-            name_type = buf.pull_uint8()
-            name = buf.pull_vector_bytes(2, minimum=1)
-            if name_type == 0:
-                if host_name is not None:
-                    raise _malformed("server_name lists two host names")
-                host_name = _validate_host_name(name)
-    if not buf.eof():
-        raise DecodeError("trailing bytes after server_name_list")
-    return host_name
-
-
-def _parse_alpn(body: bytes) -> tuple[str, ...]:
-    """RFC 7301 section 3.1: ProtocolName protocol_name_list<2..2^16-1>, names <1..2^8-1>."""
-    buf = Buffer(body)
-    names: list[str] = []
-    with buf.pull_block(2, minimum=2):
-        while not buf.eof():
-            names.append(buf.pull_vector_bytes(1, minimum=1).decode("latin-1"))
-    if not buf.eof():
-        raise DecodeError("trailing bytes after protocol_name_list")
-    return tuple(names)
-
-
-def _parse_key_share(body: bytes) -> tuple[KeyShareEntry, ...]:
-    """RFC 8446 section 4.2.8: KeyShareEntry client_shares<0..2^16-1>, key_exchange<1..>."""
-    buf = Buffer(body)
-    entries: list[KeyShareEntry] = []
-    with buf.pull_block(2):
-        while not buf.eof():
-            group = buf.pull_uint16()
-            entries.append(KeyShareEntry(group, buf.pull_vector_bytes(2, minimum=1)))
-    if not buf.eof():
-        raise DecodeError("trailing bytes after client_shares")
-    return tuple(entries)
-
-
-def _parse_pre_shared_key(body: bytes) -> OfferedPsks:
-    """RFC 8446 section 4.2.11: OfferedPsks, identities<7..2^16-1>, binders<33..2^16-1>."""
-    buf = Buffer(body)
-    identities: list[tuple[bytes, int]] = []
-    with buf.pull_block(2, minimum=7):
-        while not buf.eof():
-            identity = buf.pull_vector_bytes(2, minimum=1)
-            identities.append((identity, buf.pull_uint32()))  # obfuscated_ticket_age
-    binders_start = buf.tell()
-    binders: list[bytes] = []
-    with buf.pull_block(2, minimum=33):
-        while not buf.eof():
-            binders.append(buf.pull_vector_bytes(1, minimum=32))
-    if not buf.eof():
-        raise DecodeError("trailing bytes after OfferedPsks")
-    if len(identities) != len(binders):
-        raise _malformed(
-            f"pre_shared_key has {len(identities)} identities but {len(binders)} binders",
-            Alert.ILLEGAL_PARAMETER,
-        )
-    return OfferedPsks(tuple(identities), tuple(binders), len(body) - binders_start)
-
-
-def _whole(body: bytes, length_size: int, minimum: int) -> tuple[int, ...]:
-    buf = Buffer(body)
-    values = buf.pull_uint16_list(length_size, minimum=minimum)
-    if not buf.eof():
-        raise DecodeError("trailing bytes after a list extension")
-    return values
-
-
-def _parse_uint8_list(body: bytes, minimum: int) -> bytes:
-    buf = Buffer(body)
-    values = buf.pull_vector_bytes(1, minimum=minimum)
-    if not buf.eof():
-        raise DecodeError("trailing bytes after a list extension")
-    return values
-
 
 def parse_client_hello(body: bytes) -> ClientHello:
     """Parse a ClientHello message body (without the 4-byte handshake header).
@@ -377,7 +171,7 @@ def parse_client_hello(body: bytes) -> ClientHello:
     try:
         hello = _parse_client_hello(body)
     except DecodeError as exc:
-        raise _malformed(f"ClientHello does not decode: {exc}") from None
+        raise malformed(f"ClientHello does not decode: {exc}") from None
     _check_version(hello)
     return hello
 
@@ -388,14 +182,14 @@ def _parse_client_hello(body: bytes) -> ClientHello:
     random = buf.pull_bytes(RANDOM_SIZE)
     session_id = buf.pull_vector_bytes(1)
     if len(session_id) > MAX_SESSION_ID_SIZE:
-        raise _malformed(f"legacy_session_id of {len(session_id)} bytes exceeds 32")
+        raise malformed(f"legacy_session_id of {len(session_id)} bytes exceeds 32")
     # CipherSuite cipher_suites<2..2^16-2>
     cipher_suites = buf.pull_uint16_list(2, minimum=2)
     # opaque legacy_compression_methods<1..2^8-1>; must include null (0) for TLS 1.2 and be
     # exactly [0] for TLS 1.3 (checked by OpenSSL against the negotiated version).
     compression_methods = buf.pull_vector_bytes(1, minimum=1)
     if 0 not in compression_methods:
-        raise _malformed("compression methods do not include null", Alert.ILLEGAL_PARAMETER)
+        raise malformed("compression methods do not include null", Alert.ILLEGAL_PARAMETER)
 
     extensions: list[tuple[int, bytes]] = []
     if not buf.eof():
@@ -412,35 +206,35 @@ def _parse_client_hello(body: bytes) -> ClientHello:
         if ext_type in seen:
             # RFC 8446 section 4.2: "There MUST NOT be more than one extension of the same
             # type in a given extension block."
-            raise _malformed(f"duplicate extension 0x{ext_type:04x}", Alert.ILLEGAL_PARAMETER)
+            raise malformed(f"duplicate extension 0x{ext_type:04x}", Alert.ILLEGAL_PARAMETER)
         seen.add(ext_type)
         if ext_type == ExtensionType.PRE_SHARED_KEY and index != len(extensions) - 1:
             # RFC 8446 section 4.2.11: pre_shared_key "MUST be the last extension".
-            raise _malformed("pre_shared_key is not the last extension", Alert.ILLEGAL_PARAMETER)
+            raise malformed("pre_shared_key is not the last extension", Alert.ILLEGAL_PARAMETER)
 
     fields: dict[str, object] = {}
     for ext_type, ext_body in extensions:
         if ext_type == ExtensionType.SERVER_NAME:
-            fields["server_name"] = _parse_server_name(ext_body)
+            fields["server_name"] = parse_server_name(ext_body)
         elif ext_type == ExtensionType.ALPN:
-            fields["alpn_protocols"] = _parse_alpn(ext_body)
+            fields["alpn_protocols"] = parse_alpn(ext_body)
         elif ext_type == ExtensionType.SUPPORTED_VERSIONS:
             # ProtocolVersion versions<2..254>
-            fields["supported_versions"] = _whole(ext_body, 1, 2)
+            fields["supported_versions"] = whole(ext_body, 1, 2)
         elif ext_type == ExtensionType.SUPPORTED_GROUPS:
             # NamedGroup named_group_list<2..2^16-1>
-            fields["supported_groups"] = _whole(ext_body, 2, 2)
+            fields["supported_groups"] = whole(ext_body, 2, 2)
         elif ext_type == ExtensionType.SIGNATURE_ALGORITHMS:
             # SignatureScheme supported_signature_algorithms<2..2^16-2>
-            fields["signature_algorithms"] = _whole(ext_body, 2, 2)
+            fields["signature_algorithms"] = whole(ext_body, 2, 2)
         elif ext_type == ExtensionType.KEY_SHARE:
-            fields["key_shares"] = _parse_key_share(ext_body)
+            fields["key_shares"] = parse_key_share(ext_body)
             fields["has_key_share"] = True
         elif ext_type == ExtensionType.PSK_KEY_EXCHANGE_MODES:
             # PskKeyExchangeMode ke_modes<1..255>
-            fields["psk_key_exchange_modes"] = tuple(_parse_uint8_list(ext_body, 1))
+            fields["psk_key_exchange_modes"] = tuple(parse_uint8_list(ext_body, 1))
         elif ext_type == ExtensionType.PRE_SHARED_KEY:
-            fields["offered_psks"] = _parse_pre_shared_key(ext_body)
+            fields["offered_psks"] = parse_pre_shared_key(ext_body)
         elif ext_type == ExtensionType.EARLY_DATA:
             # RFC 8446 section 4.2.10: empty in the ClientHello.
             if ext_body:
@@ -448,7 +242,7 @@ def _parse_client_hello(body: bytes) -> ClientHello:
             fields["has_early_data"] = True
         elif ext_type == ExtensionType.EC_POINT_FORMATS:
             # ECPointFormat ec_point_format_list<1..2^8-1>
-            fields["ec_point_formats"] = _parse_uint8_list(ext_body, 1)
+            fields["ec_point_formats"] = parse_uint8_list(ext_body, 1)
 
     return ClientHello(
         legacy_version=legacy_version,
@@ -568,24 +362,24 @@ class ClientHelloReader:
             if length is not None and (
                 length + HANDSHAKE_HEADER_SIZE + RECORD_HEADER_SIZE > self._max_size
             ):
-                raise _malformed(
+                raise malformed(
                     f"ClientHello of {length} bytes exceeds the limit of {self._max_size}"
                 )
             if len(self._buffered) > self._max_size:
-                raise _malformed(f"no complete ClientHello in the first {self._max_size} bytes")
+                raise malformed(f"no complete ClientHello in the first {self._max_size} bytes")
             return None
         if message.msg_type != HandshakeType.CLIENT_HELLO:
             raise self._wrong_type(message.msg_type)
         if self._records.fragment_pending:
             # RFC 8446 section 5.1: handshake messages MUST NOT span key changes; nothing may
             # follow the ClientHello in its record (the next client flight waits for ours).
-            raise _malformed("bytes follow the ClientHello in its last record")
+            raise malformed("bytes follow the ClientHello in its last record")
         self._hello = parse_client_hello(message.body)
         self._message = message.raw
         return self._hello
 
     def _wrong_type(self, msg_type: int) -> HandshakeError:
-        return _malformed(
+        return malformed(
             f"first handshake message has type {msg_type}, not ClientHello",
             Alert.UNEXPECTED_MESSAGE,
         )

@@ -12,6 +12,7 @@ clock of its own). This package exports the foundation; the engine is
 - :mod:`.key_schedule`: HKDF-Extract, HKDF-Expand-Label, Derive-Secret, the transcript hash and
   the key schedule (sections 4.4.1, 4.4.4, 7.1-7.3).
 - :mod:`.record_layer`: record framing and AEAD record protection (sections 5.1-5.5).
+- :mod:`.limits`: the named limits on records that carry nothing and on KeyUpdates.
 - :mod:`.messages`: handshake messages, our encoders and bounded decoders of the client's
   (section 4).
 - :mod:`.signatures`: signature schemes, the choice of our credential, CertificateVerify

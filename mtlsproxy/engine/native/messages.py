@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from mtlsproxy.engine.clienthello import ExtensionType, KeyShareEntry
+from mtlsproxy.engine.hello_extensions import ExtensionType, KeyShareEntry
 from mtlsproxy.engine.native.alerts import TLSAlert
 from mtlsproxy.engine.records import Buffer, DecodeError, HandshakeType, Message, MessageAssembler
 from mtlsproxy.vocabulary.failures import Alert

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from cryptography import x509
 
-from mtlsproxy.engine.clienthello import ExtensionType
+from mtlsproxy.engine.hello_extensions import ExtensionType
 from mtlsproxy.engine.native import messages as msgs
 from mtlsproxy.engine.native import signatures as sigs
 from mtlsproxy.engine.native.key_schedule import KeySchedule, Transcript
