@@ -10,6 +10,7 @@ escapes, memory is bounded by ``max_size`` and work is linear in the bytes recei
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from mtlsproxy.engine import fingerprints
@@ -61,6 +62,19 @@ TLS1_3 = 0x0304
 SSL2_HEADER_SIZE = 5
 SSL2_CLIENT_HELLO = 1
 
+# RFC 8446 section 4.1.2: what a second ClientHello may change: "the client MUST send the same
+# ClientHello without modification, except" key_share (replaced), early_data (removed), cookie
+# (added), pre_shared_key (updated) and padding (RFC 7685: added, removed, resized).
+RETRY_MAY_CHANGE = frozenset(
+    (
+        ExtensionType.KEY_SHARE,
+        ExtensionType.EARLY_DATA,
+        ExtensionType.COOKIE,
+        ExtensionType.PRE_SHARED_KEY,
+        ExtensionType.PADDING,
+    )
+)
+
 # HTTP request methods whose presence at the start of a "TLS" connection means a plaintext
 # HTTP client hit the TLS port (RFC 9110 section 9, RFC 9113 section 3.4 for the h2 preface).
 HTTP_METHODS = (
@@ -105,6 +119,9 @@ class ClientHello:
     offered_psks: OfferedPsks | None = None
     has_early_data: bool = False
     ec_point_formats: bytes = b""
+    # SHA-256 over what a second ClientHello must repeat (RFC 8446 section 4.1.2): every field
+    # before the extensions and every extension not in RETRY_MAY_CHANGE, in wire order.
+    retry_digest: bytes = b""
 
     @property
     def key_share_groups(self) -> tuple[int, ...]:
@@ -190,6 +207,7 @@ def _parse_client_hello(body: bytes) -> ClientHello:
     compression_methods = buf.pull_vector_bytes(1, minimum=1)
     if 0 not in compression_methods:
         raise malformed("compression methods do not include null", Alert.ILLEGAL_PARAMETER)
+    retry_digest = hashlib.sha256(body[: buf.tell()])
 
     extensions: list[tuple[int, bytes]] = []
     if not buf.eof():
@@ -214,6 +232,10 @@ def _parse_client_hello(body: bytes) -> ClientHello:
 
     fields: dict[str, object] = {}
     for ext_type, ext_body in extensions:
+        if ext_type not in RETRY_MAY_CHANGE:
+            retry_digest.update(
+                b"%b%b%b" % (ext_type.to_bytes(2), len(ext_body).to_bytes(2), ext_body)
+            )
         if ext_type == ExtensionType.SERVER_NAME:
             fields["server_name"] = parse_server_name(ext_body)
         elif ext_type == ExtensionType.ALPN:
@@ -251,6 +273,7 @@ def _parse_client_hello(body: bytes) -> ClientHello:
         cipher_suites=cipher_suites,
         compression_methods=compression_methods,
         extensions=tuple(extensions),
+        retry_digest=retry_digest.digest(),
         **fields,  # type: ignore[arg-type]
     )
 

@@ -32,6 +32,8 @@ class ExtensionType:
     PRE_SHARED_KEY = 0x0029  # RFC 8446 section 4.2.11
     EARLY_DATA = 0x002A  # RFC 8446 section 4.2.10
     SUPPORTED_VERSIONS = 0x002B  # RFC 8446 section 4.2.1
+    COOKIE = 0x002C  # RFC 8446 section 4.2.2
+    PADDING = 0x0015  # RFC 7685
     PSK_KEY_EXCHANGE_MODES = 0x002D  # RFC 8446 section 4.2.9
     KEY_SHARE = 0x0033  # RFC 8446 section 4.2.8
 

@@ -8,7 +8,7 @@ nothing (it does check the server's CertificateVerify signature and Finished).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from cryptography import x509
 
@@ -47,6 +47,7 @@ class MiniClient:
         extra_extensions: Sequence[tuple[int, bytes]] = (),
         legacy_version: int = msgs.LEGACY_VERSION,
         padding: PaddingPolicy | None = None,
+        on_retry: Callable[[MiniClient], None] | None = None,
     ) -> None:
         self.suites = tuple(suites)
         self.groups = tuple(groups)
@@ -61,6 +62,7 @@ class MiniClient:
         self.extra_extensions = tuple(extra_extensions)  # after ours, in this order
         self.legacy_version = legacy_version
         self.padding = padding  # of our protected records (RFC 8446 section 5.4)
+        self.on_retry = on_retry  # changes the second ClientHello (a test's, legal or not)
         self.random = os.urandom(32)
         self._shares = {g: generate_key_share(g) for g in self.share_groups}
         self._records = RecordReader()
@@ -158,6 +160,8 @@ class MiniClient:
             self.transcript.update(message.raw)
             self._shares = {share.group: generate_key_share(share.group)}
             self.early_data = False
+            if self.on_retry is not None:
+                self.on_retry(self)
             second = self._hello_message()
             self.transcript.update(second)
             self.pending_hello = encode_record(HANDSHAKE, second)
