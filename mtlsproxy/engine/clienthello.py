@@ -11,6 +11,7 @@ escapes, memory is bounded by ``max_size`` and work is linear in the bytes recei
 from __future__ import annotations
 
 import hashlib
+import struct
 from dataclasses import dataclass
 
 from mtlsproxy.engine import fingerprints
@@ -91,15 +92,17 @@ HTTP_METHODS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class ClientHello:
     """A parsed ClientHello (RFC 8446 section 4.1.2; RFC 5246 section 7.4.1.2).
 
-    ``extensions`` keeps every extension as ``(type, raw body)`` in wire order, GREASE included;
-    the parsed fields below are derived from it. GREASE values stay in the tuples (they are
-    what the client sent) and are skipped by the fingerprints. ``key_shares`` and
-    ``offered_psks`` carry what a TLS 1.3 server needs of those extensions, so no engine parses
-    the hello a second time.
+    The fields are parsed from the extensions, whose raw bodies are not kept: the proxy keeps
+    the hello for the connection's life (its log lines), and a client may send 60 KB of
+    extensions no one reads. ``extension_type_codes`` keeps their types in wire order, GREASE
+    included (2 bytes each; the fingerprints need them), ``retry_digest`` what a second
+    ClientHello must repeat. GREASE values stay in the tuples (they are what the client sent)
+    and are skipped by the fingerprints. ``key_shares`` and ``offered_psks`` carry what a TLS
+    1.3 server needs of those extensions, so no engine parses the hello a second time.
     """
 
     legacy_version: int
@@ -107,7 +110,7 @@ class ClientHello:
     session_id: bytes
     cipher_suites: tuple[int, ...]
     compression_methods: bytes
-    extensions: tuple[tuple[int, bytes], ...]
+    extension_type_codes: bytes  # the extension types in wire order, uint16 each
     server_name: str | None = None
     alpn_protocols: tuple[str, ...] = ()
     supported_versions: tuple[int, ...] = ()
@@ -149,7 +152,8 @@ class ClientHello:
 
     @property
     def extension_types(self) -> tuple[int, ...]:
-        return tuple(ext_type for ext_type, _ in self.extensions)
+        codes = self.extension_type_codes
+        return struct.unpack(f">{len(codes) // 2}H", codes)
 
     def ja4(self) -> str:
         """The FoxIO JA4 fingerprint (:func:`mtlsproxy.engine.fingerprints.ja4`)."""
@@ -272,7 +276,7 @@ def _parse_client_hello(body: bytes) -> ClientHello:
         session_id=session_id,
         cipher_suites=cipher_suites,
         compression_methods=compression_methods,
-        extensions=tuple(extensions),
+        extension_type_codes=b"".join(ext_type.to_bytes(2) for ext_type, _ in extensions),
         retry_digest=retry_digest.digest(),
         **fields,  # type: ignore[arg-type]
     )

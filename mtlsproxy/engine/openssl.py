@@ -137,7 +137,11 @@ class OpenSSLEngine:
         self._select_route = select_route
         self._trace = trace
         self._state = _State.CLIENT_HELLO
-        self._hello_reader = reader if reader is not None else ClientHelloReader()
+        # Both until the handshake no longer needs them: the reader until its bytes are
+        # replayed into OpenSSL, the hello until the handshake ends.
+        self._hello_reader: ClientHelloReader | None = (
+            reader if reader is not None else ClientHelloReader()
+        )
         self._hello: ClientHello | None = None
         self._route: TLSRoute | None = None
         self._incoming = ssl.MemoryBIO()
@@ -220,6 +224,7 @@ class OpenSSLEngine:
     # Handshake flow
 
     def _receive_client_hello(self, data: bytes) -> list[Event]:
+        assert self._hello_reader is not None
         try:
             hello = self._hello_reader.feed(data)
         except HandshakeError as error:
@@ -234,7 +239,8 @@ class OpenSSLEngine:
     def refuse_hello(self, error: HandshakeError) -> list[Event]:
         """The reader refused the first bytes: a 400 to a plaintext HTTP client, else the
         reader's alert, and the failure (seed step 1)."""
-        if error.reason is Reason.NOT_TLS and self._hello_reader.looks_like_http:
+        reader = self._hello_reader
+        if error.reason is Reason.NOT_TLS and reader is not None and reader.looks_like_http:
             self._to_send += PLAIN_HTTP_RESPONSE
         elif error.alert is not None:
             # No version is negotiated yet: the record says TLS 1.0, as ClientHellos do.
@@ -247,7 +253,9 @@ class OpenSSLEngine:
         self._hello = hello
         self._route = route
         self._sslobj = route.ssl_context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        assert self._hello_reader is not None
         self._incoming.write(self._hello_reader.buffered)
+        self._hello_reader = None
         self._state = _State.HANDSHAKE
         return [ClientHelloReceived(hello, route.name), *self._do_handshake()]
 
@@ -294,6 +302,7 @@ class OpenSSLEngine:
             would_refuse=decision.would_refuse,
             server_certificate=server_certificate(self._route, self._hello, cipher),
         )
+        self._hello = None
         # Application data may have arrived in the same read as the client's Finished.
         return [complete, *self._read_application_data()]
 
@@ -441,6 +450,7 @@ class OpenSSLEngine:
         version: str | None = None,
     ) -> HandshakeFailed:
         self._state = _State.CLOSED
+        self._hello = self._hello_reader = None
         self._marks.mark_end()
         flushed = self._outgoing.read()
         self._to_send += flushed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import socket
@@ -81,11 +82,11 @@ def test_python_tls13_hello() -> None:
     assert hello.psk_key_exchange_modes == (1,)
     assert not hello.has_pre_shared_key
     assert not hello.has_early_data
-    assert hello.extensions[0][0] == ExtensionType.SERVER_NAME
+    assert hello.extension_types[0] == ExtensionType.SERVER_NAME
     ja4 = hello.ja4()
     assert JA4_RE.match(ja4), ja4
     ciphers = len(hello.cipher_suites)
-    assert ja4.startswith(f"t13d{ciphers:02d}{len(hello.extensions):02d}h2_")
+    assert ja4.startswith(f"t13d{ciphers:02d}{len(hello.extension_types):02d}h2_")
     assert re.fullmatch(r"[0-9a-f]{32}", hello.ja3())
     assert hello.ja3_string().startswith("771,")
 
@@ -108,7 +109,7 @@ def test_python_tls12_only_hello() -> None:
 def test_python_hello_without_sni() -> None:
     hello = read(HELLO_NO_SNI)
     assert hello.server_name is None
-    assert ExtensionType.SERVER_NAME not in [t for t, _ in hello.extensions]
+    assert ExtensionType.SERVER_NAME not in hello.extension_types
     assert hello.ja4().startswith("t13i")
     assert JA4_RE.match(hello.ja4())
 
@@ -295,7 +296,7 @@ def test_ja4_reference_vector() -> None:
         session_id=b"",
         cipher_suites=ciphers,
         compression_methods=b"\x00",
-        extensions=tuple((t, b"") for t in ext_types),
+        extension_type_codes=b"".join(t.to_bytes(2) for t in ext_types),
         server_name="example.com",
         alpn_protocols=("h2", "http/1.1"),
         supported_versions=(0x7A7A, 0x0304, 0x0303),
@@ -312,7 +313,7 @@ def test_ja4_alpn_and_empty_sections() -> None:
         session_id=b"",
         cipher_suites=(0x0A0A,),
         compression_methods=b"\x00",
-        extensions=(),
+        extension_type_codes=b"",
     )
     assert base.ja4() == "t12i000000_000000000000_000000000000"
     assert ClientHello(**{**_fields(base), "alpn_protocols": ("http/1.1",)}).ja4()[8:10] == "h1"
@@ -321,7 +322,7 @@ def test_ja4_alpn_and_empty_sections() -> None:
 
 
 def _fields(hello: ClientHello) -> dict[str, object]:
-    return {name: getattr(hello, name) for name in ClientHello.__slots__}
+    return {field.name: getattr(hello, field.name) for field in dataclasses.fields(hello)}
 
 
 # --- splits and fragmentation ------------------------------------------------------------------
@@ -585,7 +586,7 @@ def test_unsupported_versions() -> None:
 
 def test_tls12_without_extensions() -> None:
     hello = read(frame(build_body(extensions=[])))
-    assert hello.extensions == ()
+    assert hello.extension_types == ()
     assert hello.offered_versions == (0x0303,)
 
 

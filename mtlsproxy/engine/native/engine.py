@@ -132,7 +132,8 @@ class NativeEngine:
         groups: Sequence[int] = DEFAULT_GROUPS,
     ) -> None:
         self._route = route
-        self._hello = hello
+        self._hello: ClientHello | None = hello  # until our answer to it is written
+        self._client_random = hello.random
         self._marks = marks
         self._trace = trace
         self._suites = tuple(CIPHER_SUITES[code] for code in cipher_suites)
@@ -176,7 +177,9 @@ class NativeEngine:
         the client sent after it in the same reads (a CCS, early data)."""
 
         def answer(_: list[Event]) -> None:
-            self._apply(self._answer(self._hello, message, retry=None))
+            hello, self._hello = self._hello, None  # nothing after our answer needs it
+            assert hello is not None, "start() called twice"
+            self._apply(self._answer(hello, message, retry=None))
 
         events = self._guarded(answer)
         if rest and not events:
@@ -242,7 +245,7 @@ class NativeEngine:
 
     @property
     def client_random(self) -> bytes:
-        return self._hello.random
+        return self._client_random
 
     # The state gate
 
