@@ -18,7 +18,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from mtlsproxy.engine.native.record_layer import MAX_PLAINTEXT_LENGTH, PaddingPolicy
+from mtlsproxy.engine.native.record_layer import MAX_PLAINTEXT_LENGTH, PaddingPolicy, encode_record
 from mtlsproxy.pki import PkiFiles
 from tests.engine.native.tls13_client import MiniClient
 from tests.proxy.harness import RunningProxy, Upstream, start_proxy
@@ -241,3 +241,21 @@ def test_sslv2_client_hello(native: RunningProxy, s_server: int, version: int) -
     expected = first_answer(s_server, hello)
     assert expected.startswith("alert")
     assert first_answer(native.port(), hello) == expected
+
+
+@pytest.mark.parametrize("count", [2, 32, 33])
+def test_change_cipher_specs_before_the_finished(native, s_server, pki, count: int) -> None:
+    """Appendix D.4 speaks of one CCS; OpenSSL drops any number of them before the client's
+    Finished, up to its limit on records that carry nothing (32), and so do we."""
+
+    def outcome(port: int, client: MiniClient) -> str:
+        with WireClient(port, client) as wire:
+            wire.send(client.client_hello())
+            assert wire.pump(lambda: client.server_finished)
+            wire.send(encode_record(20, b"\x01") * count + client.flight())
+            wire.pump(lambda: bool(client.tickets or client.alerts))
+            return "ticket" if client.tickets else f"alerts {client.alerts}"
+
+    expected = outcome(s_server, MiniClient(session_id=b"\x01" * 32))
+    assert outcome(native.port(), client_of(pki, session_id=b"\x01" * 32)) == expected
+    assert expected == ("ticket" if count <= 32 else "alerts [10]")

@@ -407,7 +407,7 @@ def test_finished_first_when_a_certificate_is_expected(routes, pki) -> None:
     [
         (encode_record(22, b"\x14\x00\x00\x00"), Alert.UNEXPECTED_MESSAGE),  # plaintext handshake
         (encode_record(20, b"\x02"), Alert.UNEXPECTED_MESSAGE),  # CCS of another value
-        (encode_record(20, b"\x01") * 2, Alert.UNEXPECTED_MESSAGE),  # a second CCS
+        (encode_record(20, b"\x01") * 33, Alert.UNEXPECTED_MESSAGE),  # 33 CCS, as OpenSSL
         (b"\x63\x03\x03\x00\x01\x00", Alert.UNEXPECTED_MESSAGE),  # unknown content type
         (b"\x17\x03\x03\x41\x01", Alert.RECORD_OVERFLOW),  # 2^14 + 257
         (b"\x16\x03\x03\x40\x01", Alert.RECORD_OVERFLOW),  # plaintext 2^14 + 1
