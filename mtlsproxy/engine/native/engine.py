@@ -19,7 +19,9 @@ client's [Certificate, CertificateVerify], Finished; then, for a client admitted
 - :mod:`.client_flight`: the client's Certificate, CertificateVerify, Finished, acting on the
   route's one policy decision (``route.decide``);
 - :mod:`.resumption`: PSK acceptance and binder, ticket issuing (on :mod:`.tickets`);
-- :mod:`.states`: the handshake states, each carrying its data and its seed step.
+- :mod:`.states`: the handshake states, each carrying its data and its seed step;
+- :mod:`.post_handshake` and :mod:`.limits`: KeyUpdates, and what a client may make us do
+  for nothing.
 
 This module keeps the connection: records in and out, the state (changed only through
 ``_set_state``, the transition gate), what happens after the handshake (application data,
@@ -61,9 +63,9 @@ from mtlsproxy.engine.events import (
     note,
 )
 from mtlsproxy.engine.interface import NativeRoute
-from mtlsproxy.engine.native import client_flight, server_flight
+from mtlsproxy.engine.native import client_flight, post_handshake, server_flight
 from mtlsproxy.engine.native import messages as msgs
-from mtlsproxy.engine.native.alerts import TLSAlert
+from mtlsproxy.engine.native.alerts import TLSAlert, decode_alert
 from mtlsproxy.engine.native.handshake_records import HandshakeRecords
 from mtlsproxy.engine.native.key_schedule import nss_key_log
 from mtlsproxy.engine.native.limits import UselessRecords
@@ -97,8 +99,7 @@ from mtlsproxy.engine.progress import (
     peer_closed,
     timed_out,
 )
-from mtlsproxy.engine.records import ContentType, HandshakeType
-from mtlsproxy.vocabulary.decision import Decision
+from mtlsproxy.engine.records import ContentType
 from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Step
 from mtlsproxy.vocabulary.identity import PeerIdentity
 
@@ -146,7 +147,7 @@ class NativeEngine:
         self._write: RecordProtection | None = None  # ours, once keyed
         self._handshake_records = HandshakeRecords(hello.has_early_data)
         self._useless = UselessRecords()
-        self._key_update_owed = False  # the client asked for ours: sent before our next data
+        self._key_update_owed = False  # the client asked for ours (see post_handshake)
         self._peer_closed = False
         self._close_sent = False
 
@@ -221,7 +222,7 @@ class NativeEngine:
         view = memoryview(data)
         for start in range(0, len(view), MAX_PLAINTEXT_LENGTH):
             if self._key_update_owed or self._write.needs_key_update:
-                self._send_key_update(update_requested=False)
+                self._send_key_update()
             chunk = bytes(view[start : start + MAX_PLAINTEXT_LENGTH])
             self._out += self._write.encrypt(ContentType.APPLICATION_DATA, chunk)
 
@@ -393,31 +394,14 @@ class NativeEngine:
         )
         self._set_state(established)
         self._marks.mark_end()
-        leaf = established.client_leaf_der
-        if decision.would_refuse is None:
-            self._send_ticket(established, decision)
-        return HandshakeComplete(
-            route=self._route.name,
-            version="TLSv1.3",
-            cipher=negotiated.suite.name,
-            alpn=negotiated.alpn,
-            client_certificate_presented=leaf is not None,
-            identity=decision.identity,
-            session_reused=state.resumed is not None,
-            timings=self._marks.timings(),
-            client_certificate=leaf,
-            verified=decision.verified,
-            would_refuse=decision.would_refuse,
-            server_certificate=negotiated.server_certificate,
-        )
-
-    def _send_ticket(self, established: Established, decision: Decision) -> None:
-        """One NewSessionTicket (section 4.6.1) when the route issues tickets."""
-        if self._route.tickets is None or self._write is None:
-            return
-        ticket = issue_ticket(self._route, established, decision, self._wall_seconds(), self._trace)
-        if ticket is not None:
-            self._out += self._write.encrypt(ContentType.HANDSHAKE, ticket)
+        if decision.would_refuse is None and self._write is not None:  # a ticket, section 4.6.1
+            now = self._wall_seconds()
+            if ticket := issue_ticket(self._route, established, decision, now, self._trace):
+                self._out += self._write.encrypt(ContentType.HANDSHAKE, ticket)
+        return client_flight.completed(
+            self._route.name, established, decision, self._marks.timings(),
+            resumed=state.resumed is not None,
+        )  # fmt: skip
 
     # After the handshake
 
@@ -443,49 +427,22 @@ class NativeEngine:
             return []
         if inner.content_type == ContentType.ALERT:
             return self._peer_alert(inner.content)
-        self._messages.feed(inner.content)
-        if self._messages.next_type not in (None, HandshakeType.KEY_UPDATE):
-            # Refused from its first byte: nothing else is buffered after the handshake.
-            raise TLSAlert(
-                Alert.UNEXPECTED_MESSAGE,
-                f"post-handshake message of type {self._messages.next_type}",
-            )
-        while (message := self._messages.next_message()) is not None:
-            if message.msg_type != HandshakeType.KEY_UPDATE:
-                raise TLSAlert(
-                    Alert.UNEXPECTED_MESSAGE,
-                    f"post-handshake message of type {message.msg_type}",
-                )
-            update_requested = msgs.decode_key_update(message.body)
-            note(self._trace, "<-", "KeyUpdate", update_requested=update_requested)
-            if self._messages.pending:
-                raise TLSAlert(Alert.UNEXPECTED_MESSAGE, "bytes follow a KeyUpdate in its record")
-            self._useless.key_update()
-            self._read = self._read.next_generation()
-            # Section 4.6.3: ours goes "prior to sending [our] next Application Data record";
-            # one answers every request made while we were silent (OpenSSL answers at its
-            # next write too). A flag, not bytes: nothing grows while the client does not read.
-            self._key_update_owed |= update_requested
+        self._read, requested = post_handshake.receive(
+            inner.content, self._messages, self._read, self._useless, self._trace
+        )
+        self._key_update_owed |= requested
         return []
 
-    def _send_key_update(self, *, update_requested: bool) -> None:
+    def _send_key_update(self) -> None:
         assert self._write is not None
-        note(self._trace, "->", "KeyUpdate", update_requested=update_requested)
-        self._out += self._write.encrypt(ContentType.HANDSHAKE, msgs.key_update(update_requested))
-        self._write = self._write.next_generation()
+        record, self._write = post_handshake.key_update(self._write, self._trace)
+        self._out += record
         self._key_update_owed = False
 
     # Alerts
 
     def _peer_alert(self, content: bytes) -> list[Event]:
-        if len(content) != 2:
-            raise TLSAlert(Alert.DECODE_ERROR, f"alert of {len(content)} bytes")
-        description = content[1]
-        try:
-            alert: Alert | None = Alert(description)
-            name = alert.name.lower()
-        except ValueError:
-            alert, name = None, f"#{description}"
+        alert, name = decode_alert(content)
         note(self._trace, "<-", "alert", alert=name)
         if isinstance(self._state, Established):
             if alert is Alert.CLOSE_NOTIFY:
