@@ -1,4 +1,4 @@
-"""The ClientHello: a strict, bounded, incremental parser and the JA4/JA3 fingerprints.
+"""The ClientHello: a strict, bounded, incremental parser (fingerprints: ``fingerprints.py``).
 
 ``ClientHelloReader`` is fed the first bytes of a connection in any split. It keeps every byte
 unchanged in ``buffered`` (to be replayed into OpenSSL), decides "this is not TLS" from the first
@@ -11,9 +11,23 @@ escapes, memory is bounded by ``max_size`` and work is linear in the bytes recei
 from __future__ import annotations
 
 import hashlib
-import re
+import struct
 from dataclasses import dataclass
 
+from mtlsproxy.engine import fingerprints
+from mtlsproxy.engine.hello_extensions import (
+    ExtensionType,
+    KeyShareEntry,
+    OfferedPsks,
+    is_grease,
+    malformed,
+    parse_alpn,
+    parse_key_share,
+    parse_pre_shared_key,
+    parse_server_name,
+    parse_uint8_list,
+    whole,
+)
 from mtlsproxy.engine.records import (
     HANDSHAKE_HEADER_SIZE,
     RECORD_HEADER_SIZE,
@@ -37,17 +51,30 @@ MAX_CLIENT_HELLO_SIZE = 64 * 1024
 RANDOM_SIZE = 32
 MAX_SESSION_ID_SIZE = 32
 
-# RFC 1035 section 2.3.4 / RFC 6066 section 3: a DNS host name of at most 253 characters (255
-# octets on the wire minus the length octets), labels of 1..63 characters.
-MAX_HOST_NAME_SIZE = 253
-MAX_LABEL_SIZE = 63
-_LABEL_RE = re.compile(rb"[A-Za-z0-9-]{1,%d}" % MAX_LABEL_SIZE)
-
-# ProtocolVersion values (RFC 8446 section 4.2.1, RFC 5246 appendix A.1).
+# ProtocolVersion values (RFC 8446 section 4.2.1, RFC 5246 appendix A.1, RFC 6101).
+SSL3 = 0x0300
 TLS1_0 = 0x0301
 TLS1_1 = 0x0302
 TLS1_2 = 0x0303
 TLS1_3 = 0x0304
+
+# An SSL 2.0-format ClientHello (RFC 5246 appendix E.2): uint16 msg_length with the top bit
+# set, uint8 msg_type (1: client_hello), uint16 version: five bytes decide how to refuse it.
+SSL2_HEADER_SIZE = 5
+SSL2_CLIENT_HELLO = 1
+
+# RFC 8446 section 4.1.2: what a second ClientHello may change: "the client MUST send the same
+# ClientHello without modification, except" key_share (replaced), early_data (removed), cookie
+# (added), pre_shared_key (updated) and padding (RFC 7685: added, removed, resized).
+RETRY_MAY_CHANGE = frozenset(
+    (
+        ExtensionType.KEY_SHARE,
+        ExtensionType.EARLY_DATA,
+        ExtensionType.COOKIE,
+        ExtensionType.PRE_SHARED_KEY,
+        ExtensionType.PADDING,
+    )
+)
 
 # HTTP request methods whose presence at the start of a "TLS" connection means a plaintext
 # HTTP client hit the TLS port (RFC 9110 section 9, RFC 9113 section 3.4 for the h2 preface).
@@ -65,83 +92,17 @@ HTTP_METHODS = (
 )
 
 
-class ExtensionType:
-    """Extension code points we parse (IANA "TLS ExtensionType Values")."""
-
-    SERVER_NAME = 0x0000  # RFC 6066 section 3
-    SUPPORTED_GROUPS = 0x000A  # RFC 8446 section 4.2.7
-    EC_POINT_FORMATS = 0x000B  # RFC 8422 section 5.1.2
-    SIGNATURE_ALGORITHMS = 0x000D  # RFC 8446 section 4.2.3
-    ALPN = 0x0010  # RFC 7301 section 3.1
-    PRE_SHARED_KEY = 0x0029  # RFC 8446 section 4.2.11
-    EARLY_DATA = 0x002A  # RFC 8446 section 4.2.10
-    SUPPORTED_VERSIONS = 0x002B  # RFC 8446 section 4.2.1
-    PSK_KEY_EXCHANGE_MODES = 0x002D  # RFC 8446 section 4.2.9
-    KEY_SHARE = 0x0033  # RFC 8446 section 4.2.8
-
-
-def is_grease(value: int) -> bool:
-    """RFC 8701 section 2: GREASE values are 0x0A0A, 0x1A1A, ..., 0xFAFA (and 0x0A.. 0xFA for
-    single-byte fields, which we do not need here)."""
-    return (value & 0x0F0F) == 0x0A0A and (value >> 8) == (value & 0xFF)
-
-
-# JA4 version codes (FoxIO JA4 specification, "TLS and DTLS Version").
-_JA4_VERSIONS = {
-    0x0304: "13",
-    0x0303: "12",
-    0x0302: "11",
-    0x0301: "10",
-    0x0300: "s3",
-    0x0002: "s2",
-    0xFEFF: "d1",
-    0xFEFD: "d2",
-    0xFEFC: "d3",
-}
-
-
-def _sha256_12(text: str) -> str:
-    return hashlib.sha256(text.encode("ascii")).hexdigest()[:12]
-
-
-def _is_ascii_alnum(byte: int) -> bool:
-    return 0x30 <= byte <= 0x39 or 0x41 <= byte <= 0x5A or 0x61 <= byte <= 0x7A
-
-
-@dataclass(frozen=True, slots=True)
-class KeyShareEntry:
-    """One ``KeyShareEntry`` (RFC 8446 section 4.2.8): a group and its public value."""
-
-    group: int
-    key_exchange: bytes
-
-    def __repr__(self) -> str:
-        return f"KeyShareEntry(0x{self.group:04x}, <{len(self.key_exchange)} bytes>)"
-
-
-@dataclass(frozen=True, slots=True, repr=False)
-class OfferedPsks:
-    """The client's pre_shared_key extension (RFC 8446 section 4.2.11). ``binders_size`` is
-    the size of the length-prefixed binders list, which ends the ClientHello (pre_shared_key is
-    the last extension): the binders are computed over the ClientHello without those bytes."""
-
-    identities: tuple[tuple[bytes, int], ...]  # (identity, obfuscated_ticket_age)
-    binders: tuple[bytes, ...]
-    binders_size: int
-
-    def __repr__(self) -> str:  # tickets and binders stay out of logs
-        return f"OfferedPsks({len(self.identities)} identities)"
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class ClientHello:
     """A parsed ClientHello (RFC 8446 section 4.1.2; RFC 5246 section 7.4.1.2).
 
-    ``extensions`` keeps every extension as ``(type, raw body)`` in wire order, GREASE included;
-    the parsed fields below are derived from it. GREASE values stay in the tuples (they are
-    what the client sent) and are skipped by the fingerprints. ``key_shares`` and
-    ``offered_psks`` carry what a TLS 1.3 server needs of those extensions, so no engine parses
-    the hello a second time.
+    The fields are parsed from the extensions, whose raw bodies are not kept: the proxy keeps
+    the hello for the connection's life (its log lines), and a client may send 60 KB of
+    extensions no one reads. ``extension_type_codes`` keeps their types in wire order, GREASE
+    included (2 bytes each; the fingerprints need them), ``retry_digest`` what a second
+    ClientHello must repeat. GREASE values stay in the tuples (they are what the client sent)
+    and are skipped by the fingerprints. ``key_shares`` and ``offered_psks`` carry what a TLS
+    1.3 server needs of those extensions, so no engine parses the hello a second time.
     """
 
     legacy_version: int
@@ -149,7 +110,7 @@ class ClientHello:
     session_id: bytes
     cipher_suites: tuple[int, ...]
     compression_methods: bytes
-    extensions: tuple[tuple[int, bytes], ...]
+    extension_type_codes: bytes  # the extension types in wire order, uint16 each
     server_name: str | None = None
     alpn_protocols: tuple[str, ...] = ()
     supported_versions: tuple[int, ...] = ()
@@ -161,6 +122,9 @@ class ClientHello:
     offered_psks: OfferedPsks | None = None
     has_early_data: bool = False
     ec_point_formats: bytes = b""
+    # SHA-256 over what a second ClientHello must repeat (RFC 8446 section 4.1.2): every field
+    # before the extensions and every extension not in RETRY_MAY_CHANGE, in wire order.
+    retry_digest: bytes = b""
 
     @property
     def key_share_groups(self) -> tuple[int, ...]:
@@ -188,7 +152,18 @@ class ClientHello:
 
     @property
     def extension_types(self) -> tuple[int, ...]:
-        return tuple(ext_type for ext_type, _ in self.extensions)
+        codes = self.extension_type_codes
+        return struct.unpack(f">{len(codes) // 2}H", codes)
+
+    def ja4(self) -> str:
+        """The FoxIO JA4 fingerprint (:func:`mtlsproxy.engine.fingerprints.ja4`)."""
+        return fingerprints.ja4(self)
+
+    def ja3_string(self) -> str:
+        return fingerprints.ja3_string(self)
+
+    def ja3(self) -> str:
+        return fingerprints.ja3(self)
 
     def trace_fields(self) -> dict[str, object]:
         """What a handshake trace shows of this hello (the seed note's ClientHello dump)."""
@@ -206,160 +181,6 @@ class ClientHello:
             "ja4": self.ja4(),
         }
 
-    def ja4(self) -> str:
-        """The FoxIO JA4 TLS client fingerprint, e.g. ``t13d1516h2_8daaf6152771_e5627efa2ab1``.
-
-        ``t`` (TCP TLS), version (highest of supported_versions, else legacy_version), ``d`` if
-        the SNI extension is present else ``i``, 2-digit cipher and extension counts (capped at
-        99), first and last characters of the first ALPN value (``00`` if none; the hex digits'
-        first and last when either end is not ASCII alphanumeric); then the truncated SHA-256 of
-        the sorted cipher list; then of the sorted extension list without SNI and ALPN, joined by
-        ``_`` to the signature algorithms in wire order. GREASE is ignored everywhere.
-        """
-        ciphers = [c for c in self.cipher_suites if not is_grease(c)]
-        ext_types = [t for t in self.extension_types if not is_grease(t)]
-        version = _JA4_VERSIONS.get(self.max_version, "00")
-        sni = "d" if ExtensionType.SERVER_NAME in ext_types else "i"
-        alpn = "00"
-        if self.alpn_protocols:
-            first = self.alpn_protocols[0].encode("latin-1")
-            if first and _is_ascii_alnum(first[0]) and _is_ascii_alnum(first[-1]):
-                alpn = chr(first[0]) + chr(first[-1])
-            elif first:
-                alpn = f"{first[0]:02x}"[0] + f"{first[-1]:02x}"[-1]
-        part_a = f"t{version}{sni}{min(len(ciphers), 99):02d}{min(len(ext_types), 99):02d}{alpn}"
-
-        part_b = _sha256_12(",".join(sorted(f"{c:04x}" for c in ciphers))) if ciphers else "0" * 12
-        hashed_exts = sorted(
-            f"{t:04x}"
-            for t in ext_types
-            if t not in (ExtensionType.SERVER_NAME, ExtensionType.ALPN)
-        )
-        sigalgs = [f"{s:04x}" for s in self.signature_algorithms if not is_grease(s)]
-        if hashed_exts:
-            text = ",".join(hashed_exts)
-            if sigalgs:
-                text += "_" + ",".join(sigalgs)
-            part_c = _sha256_12(text)
-        else:
-            part_c = "0" * 12
-        return f"{part_a}_{part_b}_{part_c}"
-
-    def ja3_string(self) -> str:
-        """The classic JA3 string: version,ciphers,extensions,groups,point formats (no GREASE)."""
-
-        def dashed(values: tuple[int, ...] | bytes) -> str:
-            return "-".join(str(v) for v in values if not is_grease(v))
-
-        return ",".join(
-            (
-                str(self.legacy_version),
-                dashed(self.cipher_suites),
-                dashed(self.extension_types),
-                dashed(self.supported_groups),
-                dashed(self.ec_point_formats),
-            )
-        )
-
-    def ja3(self) -> str:
-        """MD5 hex of ``ja3_string()`` (Salesforce JA3)."""
-        return hashlib.md5(self.ja3_string().encode("ascii"), usedforsecurity=False).hexdigest()
-
-
-def _malformed(detail: str, alert: Alert = Alert.DECODE_ERROR) -> HandshakeError:
-    return HandshakeError(Step.CLIENT_HELLO, Reason.MALFORMED, detail, alert)
-
-
-def _validate_host_name(raw: bytes) -> str:
-    """RFC 6066 section 3: an ASCII DNS host name without a trailing dot; returned lowercased."""
-    if not raw or len(raw) > MAX_HOST_NAME_SIZE:
-        raise _malformed(f"server_name of {len(raw)} bytes is not a valid host name")
-    for label in raw.split(b"."):
-        if not _LABEL_RE.fullmatch(label):
-            raise _malformed("server_name is not a valid DNS host name")
-    return raw.decode("ascii").lower()
-
-
-def _parse_server_name(body: bytes) -> str | None:
-    """RFC 6066 section 3: ServerNameList server_name_list<1..2^16-1>; at most one host_name."""
-    buf = Buffer(body)
-    host_name: str | None = None
-    with buf.pull_block(2, minimum=1):
-        while not buf.eof():
-            name_type = buf.pull_uint8()
-            name = buf.pull_vector_bytes(2, minimum=1)
-            if name_type == 0:
-                if host_name is not None:
-                    raise _malformed("server_name lists two host names")
-                host_name = _validate_host_name(name)
-    if not buf.eof():
-        raise DecodeError("trailing bytes after server_name_list")
-    return host_name
-
-
-def _parse_alpn(body: bytes) -> tuple[str, ...]:
-    """RFC 7301 section 3.1: ProtocolName protocol_name_list<2..2^16-1>, names <1..2^8-1>."""
-    buf = Buffer(body)
-    names: list[str] = []
-    with buf.pull_block(2, minimum=2):
-        while not buf.eof():
-            names.append(buf.pull_vector_bytes(1, minimum=1).decode("latin-1"))
-    if not buf.eof():
-        raise DecodeError("trailing bytes after protocol_name_list")
-    return tuple(names)
-
-
-def _parse_key_share(body: bytes) -> tuple[KeyShareEntry, ...]:
-    """RFC 8446 section 4.2.8: KeyShareEntry client_shares<0..2^16-1>, key_exchange<1..>."""
-    buf = Buffer(body)
-    entries: list[KeyShareEntry] = []
-    with buf.pull_block(2):
-        while not buf.eof():
-            group = buf.pull_uint16()
-            entries.append(KeyShareEntry(group, buf.pull_vector_bytes(2, minimum=1)))
-    if not buf.eof():
-        raise DecodeError("trailing bytes after client_shares")
-    return tuple(entries)
-
-
-def _parse_pre_shared_key(body: bytes) -> OfferedPsks:
-    """RFC 8446 section 4.2.11: OfferedPsks, identities<7..2^16-1>, binders<33..2^16-1>."""
-    buf = Buffer(body)
-    identities: list[tuple[bytes, int]] = []
-    with buf.pull_block(2, minimum=7):
-        while not buf.eof():
-            identity = buf.pull_vector_bytes(2, minimum=1)
-            identities.append((identity, buf.pull_uint32()))  # obfuscated_ticket_age
-    binders_start = buf.tell()
-    binders: list[bytes] = []
-    with buf.pull_block(2, minimum=33):
-        while not buf.eof():
-            binders.append(buf.pull_vector_bytes(1, minimum=32))
-    if not buf.eof():
-        raise DecodeError("trailing bytes after OfferedPsks")
-    if len(identities) != len(binders):
-        raise _malformed(
-            f"pre_shared_key has {len(identities)} identities but {len(binders)} binders",
-            Alert.ILLEGAL_PARAMETER,
-        )
-    return OfferedPsks(tuple(identities), tuple(binders), len(body) - binders_start)
-
-
-def _whole(body: bytes, length_size: int, minimum: int) -> tuple[int, ...]:
-    buf = Buffer(body)
-    values = buf.pull_uint16_list(length_size, minimum=minimum)
-    if not buf.eof():
-        raise DecodeError("trailing bytes after a list extension")
-    return values
-
-
-def _parse_uint8_list(body: bytes, minimum: int) -> bytes:
-    buf = Buffer(body)
-    values = buf.pull_vector_bytes(1, minimum=minimum)
-    if not buf.eof():
-        raise DecodeError("trailing bytes after a list extension")
-    return values
-
 
 def parse_client_hello(body: bytes) -> ClientHello:
     """Parse a ClientHello message body (without the 4-byte handshake header).
@@ -371,7 +192,7 @@ def parse_client_hello(body: bytes) -> ClientHello:
     try:
         hello = _parse_client_hello(body)
     except DecodeError as exc:
-        raise _malformed(f"ClientHello does not decode: {exc}") from None
+        raise malformed(f"ClientHello does not decode: {exc}") from None
     _check_version(hello)
     return hello
 
@@ -382,14 +203,15 @@ def _parse_client_hello(body: bytes) -> ClientHello:
     random = buf.pull_bytes(RANDOM_SIZE)
     session_id = buf.pull_vector_bytes(1)
     if len(session_id) > MAX_SESSION_ID_SIZE:
-        raise _malformed(f"legacy_session_id of {len(session_id)} bytes exceeds 32")
+        raise malformed(f"legacy_session_id of {len(session_id)} bytes exceeds 32")
     # CipherSuite cipher_suites<2..2^16-2>
     cipher_suites = buf.pull_uint16_list(2, minimum=2)
     # opaque legacy_compression_methods<1..2^8-1>; must include null (0) for TLS 1.2 and be
     # exactly [0] for TLS 1.3 (checked by OpenSSL against the negotiated version).
     compression_methods = buf.pull_vector_bytes(1, minimum=1)
     if 0 not in compression_methods:
-        raise _malformed("compression methods do not include null", Alert.ILLEGAL_PARAMETER)
+        raise malformed("compression methods do not include null", Alert.ILLEGAL_PARAMETER)
+    retry_digest = hashlib.sha256(body[: buf.tell()])
 
     extensions: list[tuple[int, bytes]] = []
     if not buf.eof():
@@ -406,35 +228,39 @@ def _parse_client_hello(body: bytes) -> ClientHello:
         if ext_type in seen:
             # RFC 8446 section 4.2: "There MUST NOT be more than one extension of the same
             # type in a given extension block."
-            raise _malformed(f"duplicate extension 0x{ext_type:04x}", Alert.ILLEGAL_PARAMETER)
+            raise malformed(f"duplicate extension 0x{ext_type:04x}", Alert.ILLEGAL_PARAMETER)
         seen.add(ext_type)
         if ext_type == ExtensionType.PRE_SHARED_KEY and index != len(extensions) - 1:
             # RFC 8446 section 4.2.11: pre_shared_key "MUST be the last extension".
-            raise _malformed("pre_shared_key is not the last extension", Alert.ILLEGAL_PARAMETER)
+            raise malformed("pre_shared_key is not the last extension", Alert.ILLEGAL_PARAMETER)
 
     fields: dict[str, object] = {}
     for ext_type, ext_body in extensions:
+        if ext_type not in RETRY_MAY_CHANGE:
+            retry_digest.update(
+                b"%b%b%b" % (ext_type.to_bytes(2), len(ext_body).to_bytes(2), ext_body)
+            )
         if ext_type == ExtensionType.SERVER_NAME:
-            fields["server_name"] = _parse_server_name(ext_body)
+            fields["server_name"] = parse_server_name(ext_body)
         elif ext_type == ExtensionType.ALPN:
-            fields["alpn_protocols"] = _parse_alpn(ext_body)
+            fields["alpn_protocols"] = parse_alpn(ext_body)
         elif ext_type == ExtensionType.SUPPORTED_VERSIONS:
             # ProtocolVersion versions<2..254>
-            fields["supported_versions"] = _whole(ext_body, 1, 2)
+            fields["supported_versions"] = whole(ext_body, 1, 2)
         elif ext_type == ExtensionType.SUPPORTED_GROUPS:
             # NamedGroup named_group_list<2..2^16-1>
-            fields["supported_groups"] = _whole(ext_body, 2, 2)
+            fields["supported_groups"] = whole(ext_body, 2, 2)
         elif ext_type == ExtensionType.SIGNATURE_ALGORITHMS:
             # SignatureScheme supported_signature_algorithms<2..2^16-2>
-            fields["signature_algorithms"] = _whole(ext_body, 2, 2)
+            fields["signature_algorithms"] = whole(ext_body, 2, 2)
         elif ext_type == ExtensionType.KEY_SHARE:
-            fields["key_shares"] = _parse_key_share(ext_body)
+            fields["key_shares"] = parse_key_share(ext_body)
             fields["has_key_share"] = True
         elif ext_type == ExtensionType.PSK_KEY_EXCHANGE_MODES:
             # PskKeyExchangeMode ke_modes<1..255>
-            fields["psk_key_exchange_modes"] = tuple(_parse_uint8_list(ext_body, 1))
+            fields["psk_key_exchange_modes"] = tuple(parse_uint8_list(ext_body, 1))
         elif ext_type == ExtensionType.PRE_SHARED_KEY:
-            fields["offered_psks"] = _parse_pre_shared_key(ext_body)
+            fields["offered_psks"] = parse_pre_shared_key(ext_body)
         elif ext_type == ExtensionType.EARLY_DATA:
             # RFC 8446 section 4.2.10: empty in the ClientHello.
             if ext_body:
@@ -442,7 +268,7 @@ def _parse_client_hello(body: bytes) -> ClientHello:
             fields["has_early_data"] = True
         elif ext_type == ExtensionType.EC_POINT_FORMATS:
             # ECPointFormat ec_point_format_list<1..2^8-1>
-            fields["ec_point_formats"] = _parse_uint8_list(ext_body, 1)
+            fields["ec_point_formats"] = parse_uint8_list(ext_body, 1)
 
     return ClientHello(
         legacy_version=legacy_version,
@@ -450,13 +276,28 @@ def _parse_client_hello(body: bytes) -> ClientHello:
         session_id=session_id,
         cipher_suites=cipher_suites,
         compression_methods=compression_methods,
-        extensions=tuple(extensions),
+        extension_type_codes=b"".join(ext_type.to_bytes(2) for ext_type, _ in extensions),
+        retry_digest=retry_digest.digest(),
         **fields,  # type: ignore[arg-type]
     )
 
 
+def _refuse_legacy_version(version: int, detail: str) -> HandshakeError:
+    """OpenSSL's refusal of a hello whose legacy_version is SSL 3.0 or older, even with
+    supported_versions offering TLS 1.3 (ssl_choose_server_version: BAD_LEGACY_VERSION), a
+    choice appendix D leaves to the server: protocol_version, said in the client's version's
+    terms, so handshake_failure for SSL 3.0, which has no protocol_version alert (RFC 6101
+    section 5.4.2; OpenSSL's ssl3_alert_code)."""
+    alert = Alert.HANDSHAKE_FAILURE if version == SSL3 else Alert.PROTOCOL_VERSION
+    return HandshakeError(Step.CLIENT_HELLO, Reason.UNSUPPORTED_VERSION, detail, alert)
+
+
 def _check_version(hello: ClientHello) -> None:
     """We speak TLS 1.2 and 1.3 only (RFC 8446 section 4.2.1, RFC 8996)."""
+    if hello.legacy_version <= SSL3:
+        raise _refuse_legacy_version(
+            hello.legacy_version, f"legacy_version 0x{hello.legacy_version:04x} is SSL 3.0 or older"
+        )
     if hello.supported_versions:
         if not any(v >= TLS1_2 and not is_grease(v) for v in hello.supported_versions):
             raise HandshakeError(
@@ -535,8 +376,8 @@ class ClientHelloReader:
     def _feed(self, data: bytes) -> ClientHello | None:
         before = len(self._buffered)
         self._buffered += data
-        if before < 2:
-            self._check_first_bytes()
+        if before < SSL2_HEADER_SIZE and not self._check_first_bytes():
+            return None  # an SSL 2.0 header is not whole yet
         room = max(0, self._max_size - before)
         self._records.feed(data[:room])
 
@@ -548,35 +389,36 @@ class ClientHelloReader:
             if length is not None and (
                 length + HANDSHAKE_HEADER_SIZE + RECORD_HEADER_SIZE > self._max_size
             ):
-                raise _malformed(
+                raise malformed(
                     f"ClientHello of {length} bytes exceeds the limit of {self._max_size}"
                 )
             if len(self._buffered) > self._max_size:
-                raise _malformed(f"no complete ClientHello in the first {self._max_size} bytes")
+                raise malformed(f"no complete ClientHello in the first {self._max_size} bytes")
             return None
         if message.msg_type != HandshakeType.CLIENT_HELLO:
             raise self._wrong_type(message.msg_type)
         if self._records.fragment_pending:
             # RFC 8446 section 5.1: handshake messages MUST NOT span key changes; nothing may
             # follow the ClientHello in its record (the next client flight waits for ours).
-            raise _malformed("bytes follow the ClientHello in its last record")
+            raise malformed("bytes follow the ClientHello in its last record")
         self._hello = parse_client_hello(message.body)
         self._message = message.raw
         return self._hello
 
     def _wrong_type(self, msg_type: int) -> HandshakeError:
-        return _malformed(
+        return malformed(
             f"first handshake message has type {msg_type}, not ClientHello",
             Alert.UNEXPECTED_MESSAGE,
         )
 
-    def _check_first_bytes(self) -> None:
-        """RFC 8446 section 5.1: a TLS connection opens with a handshake record, {0x16, 0x03}."""
+    def _check_first_bytes(self) -> bool:
+        """RFC 8446 section 5.1: a TLS connection opens with a handshake record, {0x16, 0x03}.
+        False while an SSL 2.0 record header is not whole (its version decides the alert)."""
         first = self._buffered[0] if self._buffered else None
+        if first is not None and first & 0x80:
+            return self._check_sslv2_hello()
         if first is not None and first != ContentType.HANDSHAKE:
-            if first & 0x80:
-                detail = "SSLv2-style ClientHello; only TLS 1.2 and 1.3 are supported"
-            elif self.looks_like_http:
+            if self.looks_like_http:
                 detail = "plaintext HTTP request on a TLS port"
             else:
                 detail = f"first byte 0x{first:02x} is not a TLS handshake record"
@@ -587,3 +429,20 @@ class ClientHelloReader:
                 Reason.NOT_TLS,
                 f"record version major byte 0x{self._buffered[1]:02x} is not TLS",
             )
+        return True
+
+    def _check_sslv2_hello(self) -> bool:
+        """An SSL 2.0-format ClientHello (RFC 5246 appendix E.2: a 2-byte length with the top
+        bit set, msg_type 1, version) cannot offer TLS 1.3 and is no TLS 1.2 we serve: refused
+        with the alert OpenSSL sends for it, not a bare close. Anything else is not TLS."""
+        head = self._buffered[:SSL2_HEADER_SIZE]
+        if len(head) >= 3 and head[2] != SSL2_CLIENT_HELLO:
+            raise HandshakeError(
+                Step.CLIENT_HELLO, Reason.NOT_TLS, f"first byte 0x{head[0]:02x} is not TLS"
+            )
+        if len(head) < SSL2_HEADER_SIZE:
+            return False
+        version = int.from_bytes(head[3:5], "big")
+        raise _refuse_legacy_version(
+            version, f"SSLv2-format ClientHello (version 0x{version:04x}); TLS 1.2 and 1.3 only"
+        )

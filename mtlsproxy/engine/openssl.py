@@ -49,10 +49,10 @@ from mtlsproxy.engine.events import (
     TraceRecord,
 )
 from mtlsproxy.engine.interface import Clock, RouteSelector, TLSRoute
+from mtlsproxy.engine.openssl_failures import classify
 from mtlsproxy.engine.progress import (
     PhaseMarks,
     handshake_failed,
-    peer_alert_error,
     peer_closed,
     timed_out,
 )
@@ -70,38 +70,10 @@ PLAIN_HTTP_RESPONSE = (
     b"Content-Length: %d\r\n\r\n%s" % (len(_PLAIN_HTTP_BODY), _PLAIN_HTTP_BODY)
 )
 
-# X509_V_ERR_* codes (openssl/x509_vfy.h) -> reason, and the alert OpenSSL sends for them
-# (ssl_verify_alarm_type in ssl/statem/statem_lib.c).
-_VERIFY_CODES: dict[int, tuple[Reason, Alert]] = {
-    9: (Reason.CLIENT_CERT_NOT_YET_VALID, Alert.BAD_CERTIFICATE),
-    10: (Reason.CLIENT_CERT_EXPIRED, Alert.CERTIFICATE_EXPIRED),
-    23: (Reason.CLIENT_CERT_REVOKED, Alert.CERTIFICATE_REVOKED),
-    26: (Reason.CLIENT_CERT_BAD_USAGE, Alert.UNSUPPORTED_CERTIFICATE),
-    2: (Reason.CLIENT_CERT_UNTRUSTED, Alert.UNKNOWN_CA),
-    3: (Reason.CLIENT_CERT_UNTRUSTED, Alert.UNKNOWN_CA),  # no CRL for the issuer: fail closed
-    12: (Reason.CLIENT_CERT_UNTRUSTED, Alert.UNKNOWN_CA),  # the CRL itself has expired
-    18: (Reason.CLIENT_CERT_UNTRUSTED, Alert.UNKNOWN_CA),
-    19: (Reason.CLIENT_CERT_UNTRUSTED, Alert.UNKNOWN_CA),
-    20: (Reason.CLIENT_CERT_UNTRUSTED, Alert.UNKNOWN_CA),
-    21: (Reason.CLIENT_CERT_UNTRUSTED, Alert.UNKNOWN_CA),
-}
-
 # TLS SignatureScheme code points (RFC 8446 section 4.2.3) by the key type that signs them.
 _EC_SCHEMES = frozenset({0x0403, 0x0503, 0x0603})
 _ED25519_SCHEMES = frozenset({0x0807})
 _RSA_SCHEMES = frozenset({0x0804, 0x0805, 0x0806, 0x0809, 0x080A, 0x080B, 0x0401, 0x0501, 0x0601})
-
-# OpenSSL reason codes for our own handshake failures, by what they mean to an operator.
-_NEGOTIATION_FAILURES: dict[str, Reason] = {
-    "NO_SHARED_CIPHER": Reason.NO_SHARED_CIPHER,
-    "NO_SHARED_GROUPS": Reason.NO_SHARED_CIPHER,
-    "NO_SUITABLE_KEY_SHARE": Reason.NO_SHARED_CIPHER,
-    "NO_SHARED_SIGNATURE_ALGORITHMS": Reason.NO_SHARED_SIGNATURE,
-    "NO_SUITABLE_SIGNATURE_ALGORITHM": Reason.NO_SHARED_SIGNATURE,
-    "UNSUPPORTED_PROTOCOL": Reason.UNSUPPORTED_VERSION,
-    "VERSION_TOO_LOW": Reason.UNSUPPORTED_VERSION,
-    "WRONG_VERSION_NUMBER": Reason.UNSUPPORTED_VERSION,
-}
 
 
 class _State(enum.Enum):
@@ -134,7 +106,11 @@ class OpenSSLEngine:
         self._select_route = select_route
         self._trace = trace
         self._state = _State.CLIENT_HELLO
-        self._hello_reader = reader if reader is not None else ClientHelloReader()
+        # Both until the handshake no longer needs them: the reader until its bytes are
+        # replayed into OpenSSL, the hello until the handshake ends.
+        self._hello_reader: ClientHelloReader | None = (
+            reader if reader is not None else ClientHelloReader()
+        )
         self._hello: ClientHello | None = None
         self._route: TLSRoute | None = None
         self._incoming = ssl.MemoryBIO()
@@ -217,6 +193,7 @@ class OpenSSLEngine:
     # Handshake flow
 
     def _receive_client_hello(self, data: bytes) -> list[Event]:
+        assert self._hello_reader is not None
         try:
             hello = self._hello_reader.feed(data)
         except HandshakeError as error:
@@ -231,7 +208,8 @@ class OpenSSLEngine:
     def refuse_hello(self, error: HandshakeError) -> list[Event]:
         """The reader refused the first bytes: a 400 to a plaintext HTTP client, else the
         reader's alert, and the failure (seed step 1)."""
-        if error.reason is Reason.NOT_TLS and self._hello_reader.looks_like_http:
+        reader = self._hello_reader
+        if error.reason is Reason.NOT_TLS and reader is not None and reader.looks_like_http:
             self._to_send += PLAIN_HTTP_RESPONSE
         elif error.alert is not None:
             # No version is negotiated yet: the record says TLS 1.0, as ClientHellos do.
@@ -244,7 +222,9 @@ class OpenSSLEngine:
         self._hello = hello
         self._route = route
         self._sslobj = route.ssl_context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        assert self._hello_reader is not None
         self._incoming.write(self._hello_reader.buffered)
+        self._hello_reader = None
         self._state = _State.HANDSHAKE
         return [ClientHelloReceived(hello, route.name), *self._do_handshake()]
 
@@ -260,7 +240,11 @@ class OpenSSLEngine:
                 self._note("->", "server flight", bytes=self._outgoing.pending)
             return []
         except ssl.SSLError as exc:
-            return [self._fail(self._classify(exc))]
+            error = classify(
+                exc, self._waiting_step(), tls13=self._tls13(),
+                flight_sent=self._marks.flight is not None,
+            )  # fmt: skip
+            return [self._fail(error)]
         leaf = self._peer_certificate()
         reused = self._sslobj.session_reused
         decision = self._route.decide(
@@ -291,6 +275,7 @@ class OpenSSLEngine:
             would_refuse=decision.would_refuse,
             server_certificate=server_certificate(self._route, self._hello, cipher),
         )
+        self._hello = None
         # Application data may have arrived in the same read as the client's Finished.
         return [complete, *self._read_application_data()]
 
@@ -359,59 +344,6 @@ class OpenSSLEngine:
 
     # Failure classification: the one place OpenSSL errors become (step, reason, alert)
 
-    def _classify(self, exc: ssl.SSLError) -> HandshakeError:
-        reason_code = exc.reason or ""
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            reason, alert = _VERIFY_CODES.get(
-                exc.verify_code, (Reason.CLIENT_CERT_INVALID, Alert.BAD_CERTIFICATE)
-            )
-            return HandshakeError(
-                Step.CLIENT_VERIFY, reason, f"client certificate: {exc.verify_message}", alert
-            )
-        if isinstance(exc, ssl.SSLZeroReturnError | ssl.SSLEOFError | ssl.SSLSyscallError):
-            return peer_closed(self._waiting_step())
-        if reason_code == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
-            alert = Alert.CERTIFICATE_REQUIRED if self._tls13() else Alert.HANDSHAKE_FAILURE
-            return HandshakeError(
-                Step.CLIENT_CERTIFICATE,
-                Reason.CLIENT_CERT_MISSING,
-                "the client sent no certificate and client_auth.mode is require",
-                alert,
-            )
-        received = _received_alert(reason_code)
-        if received is not None:
-            return peer_alert_error(
-                received,
-                received.name.lower(),
-                self._waiting_step(),
-                flight_sent=self._marks.flight is not None,
-            )
-        if reason_code in _NEGOTIATION_FAILURES:
-            reason = _NEGOTIATION_FAILURES[reason_code]
-            alert = (
-                Alert.PROTOCOL_VERSION
-                if reason is Reason.UNSUPPORTED_VERSION
-                else Alert.HANDSHAKE_FAILURE
-            )
-            return HandshakeError(Step.SERVER_HELLO, reason, f"OpenSSL: {reason_code}", alert)
-        if reason_code in ("BAD_SIGNATURE", "BAD_RSA_SIGNATURE", "BAD_ECDSA_SIGNATURE"):
-            return HandshakeError(
-                Step.CLIENT_VERIFY,
-                Reason.CLIENT_CERT_INVALID,
-                "the client's CertificateVerify signature does not verify",
-                Alert.DECRYPT_ERROR,
-            )
-        if reason_code == "DIGEST_CHECK_FAILED":
-            return HandshakeError(
-                Step.CLIENT_FINISHED,
-                Reason.MALFORMED,
-                "the client's Finished does not match",
-                Alert.DECRYPT_ERROR,
-            )
-        return HandshakeError(
-            self._waiting_step(), Reason.MALFORMED, f"OpenSSL: {reason_code or exc}"
-        )
-
     def _waiting_step(self) -> Step:
         """The seed step we were waiting for when the handshake stopped. After our flight
         OpenSSL does not say how far the client got: its certificate when we asked for one,
@@ -438,6 +370,7 @@ class OpenSSLEngine:
         version: str | None = None,
     ) -> HandshakeFailed:
         self._state = _State.CLOSED
+        self._hello = self._hello_reader = None
         self._marks.mark_end()
         flushed = self._outgoing.read()
         self._to_send += flushed
@@ -453,15 +386,6 @@ class OpenSSLEngine:
             identity=identity,
             version=version,
         )
-
-
-def _received_alert(reason_code: str) -> Alert | None:
-    """OpenSSL names a received alert SSLV3_ALERT_X, TLSV1_ALERT_X or TLSV13_ALERT_X."""
-    for prefix in ("SSLV3_ALERT_", "TLSV1_ALERT_", "TLSV13_ALERT_"):
-        if reason_code.startswith(prefix):
-            name = reason_code.removeprefix(prefix)
-            return Alert.__members__.get(name, Alert.HANDSHAKE_FAILURE)
-    return None
 
 
 def _fatal_alert_record(alert: Alert, record_version: int) -> bytes:

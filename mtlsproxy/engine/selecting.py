@@ -57,7 +57,7 @@ class SelectingEngine:
         self._cipher_suites = tuple(cipher_suites)
         self._groups = tuple(groups)
         self._marks = PhaseMarks(clock)
-        self._reader = ClientHelloReader()
+        self._reader: ClientHelloReader | None = ClientHelloReader()  # until the choice
         self._chosen: NativeEngine | OpenSSLEngine | None = None
         self._closed = False  # ended before a ClientHello: nothing more is read
 
@@ -94,7 +94,7 @@ class SelectingEngine:
     def receive(self, data: bytes) -> list[Event]:
         if self._chosen is not None:
             return self._chosen.receive(data)
-        if self._closed or not data:
+        if self._closed or not data or self._reader is None:
             return []
         try:
             hello = self._reader.feed(data)
@@ -115,8 +115,9 @@ class SelectingEngine:
             cipher_suites=self._cipher_suites, groups=self._groups,
         )  # fmt: skip
         self._chosen = native
-        rest = self._reader.buffered[self._reader.hello_size :]
-        return [ClientHelloReceived(hello, route.name), *native.start(self._reader.message, rest)]
+        reader, self._reader = self._reader, None  # the hello's bytes go with it
+        rest = reader.buffered[reader.hello_size :]
+        return [ClientHelloReceived(hello, route.name), *native.start(reader.message, rest)]
 
     def receive_eof(self) -> list[Event]:
         if self._chosen is not None:
@@ -156,6 +157,7 @@ class SelectingEngine:
             reader=self._reader, marks=self._marks,
         )  # fmt: skip
         self._chosen = engine
+        self._reader = None  # the OpenSSL engine's now, which drops it once replayed
         return engine
 
     def _end_before_hello(self, error: HandshakeError) -> list[Event]:

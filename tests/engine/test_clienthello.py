@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import socket
@@ -81,11 +82,11 @@ def test_python_tls13_hello() -> None:
     assert hello.psk_key_exchange_modes == (1,)
     assert not hello.has_pre_shared_key
     assert not hello.has_early_data
-    assert hello.extensions[0][0] == ExtensionType.SERVER_NAME
+    assert hello.extension_types[0] == ExtensionType.SERVER_NAME
     ja4 = hello.ja4()
     assert JA4_RE.match(ja4), ja4
     ciphers = len(hello.cipher_suites)
-    assert ja4.startswith(f"t13d{ciphers:02d}{len(hello.extensions):02d}h2_")
+    assert ja4.startswith(f"t13d{ciphers:02d}{len(hello.extension_types):02d}h2_")
     assert re.fullmatch(r"[0-9a-f]{32}", hello.ja3())
     assert hello.ja3_string().startswith("771,")
 
@@ -108,7 +109,7 @@ def test_python_tls12_only_hello() -> None:
 def test_python_hello_without_sni() -> None:
     hello = read(HELLO_NO_SNI)
     assert hello.server_name is None
-    assert ExtensionType.SERVER_NAME not in [t for t, _ in hello.extensions]
+    assert ExtensionType.SERVER_NAME not in hello.extension_types
     assert hello.ja4().startswith("t13i")
     assert JA4_RE.match(hello.ja4())
 
@@ -295,7 +296,7 @@ def test_ja4_reference_vector() -> None:
         session_id=b"",
         cipher_suites=ciphers,
         compression_methods=b"\x00",
-        extensions=tuple((t, b"") for t in ext_types),
+        extension_type_codes=b"".join(t.to_bytes(2) for t in ext_types),
         server_name="example.com",
         alpn_protocols=("h2", "http/1.1"),
         supported_versions=(0x7A7A, 0x0304, 0x0303),
@@ -312,7 +313,7 @@ def test_ja4_alpn_and_empty_sections() -> None:
         session_id=b"",
         cipher_suites=(0x0A0A,),
         compression_methods=b"\x00",
-        extensions=(),
+        extension_type_codes=b"",
     )
     assert base.ja4() == "t12i000000_000000000000_000000000000"
     assert ClientHello(**{**_fields(base), "alpn_protocols": ("http/1.1",)}).ja4()[8:10] == "h1"
@@ -321,7 +322,7 @@ def test_ja4_alpn_and_empty_sections() -> None:
 
 
 def _fields(hello: ClientHello) -> dict[str, object]:
-    return {name: getattr(hello, name) for name in ClientHello.__slots__}
+    return {field.name: getattr(hello, field.name) for field in dataclasses.fields(hello)}
 
 
 # --- splits and fragmentation ------------------------------------------------------------------
@@ -404,7 +405,7 @@ def test_every_prefix_needs_more() -> None:
         (b"\x15\x03\x03\x00\x02\x02\x28", False),  # an alert record first
         (b"\x17\x03\x03\x00\x05hello", False),  # application data first
         (b"\x16\x02\x00", False),  # wrong major version
-        (b"\x80\x2e\x01\x00\x02\x00\x15\x00\x00\x00\x10", False),  # SSLv2 ClientHello
+        (b"\x80\x2e\x04\x00\x02\x00\x15\x00\x00\x00\x10", False),  # SSLv2, not a hello
     ],
 )
 def test_not_tls(data: bytes, http: bool) -> None:
@@ -417,9 +418,26 @@ def test_not_tls(data: bytes, http: bool) -> None:
 
 
 def test_not_tls_is_decided_on_the_first_byte() -> None:
-    for first in (b"G", b"\x80", b"\x15", b"\x00"):
+    for first in (b"G", b"\x15", b"\x00"):
         expect_error(first, Reason.NOT_TLS)
     expect_error(b"\x16\x01", Reason.NOT_TLS)
+    expect_error(b"\x80\x2e\x02", Reason.NOT_TLS)  # an SSL 2.0 record, not a ClientHello
+
+
+@pytest.mark.parametrize(
+    ("version", "alert"),
+    [(0x0002, Alert.PROTOCOL_VERSION), (0x0300, Alert.HANDSHAKE_FAILURE),
+     (0x0303, Alert.PROTOCOL_VERSION), (0x0304, Alert.PROTOCOL_VERSION)],
+)  # fmt: skip
+def test_sslv2_client_hello_is_refused_with_openssls_alert(version: int, alert: Alert) -> None:
+    """Decided on its first five bytes, whichever way they are split."""
+    data = b"\x80\x2e\x01" + version.to_bytes(2, "big") + b"\x00\x15\x00\x00\x00\x10"
+    reader = ClientHelloReader()
+    for byte in data[:4]:
+        assert reader.feed(bytes((byte,))) is None
+    with pytest.raises(HandshakeError) as info:
+        reader.feed(data[4:])
+    assert (info.value.reason, info.value.alert) == (Reason.UNSUPPORTED_VERSION, alert)
 
 
 def _malformed_cases() -> dict[str, tuple[bytes, Alert]]:
@@ -557,14 +575,18 @@ def test_unsupported_versions() -> None:
     assert expect_error(tls10_no_ext, Reason.UNSUPPORTED_VERSION) is Alert.PROTOCOL_VERSION
     only_old = [ext(0x002B, vec8(u16(0x0A0A) + u16(0x0302) + u16(0x0301)))]
     expect_error(frame(build_body(extensions=only_old)), Reason.UNSUPPORTED_VERSION)
-    # supported_versions overrides legacy_version (RFC 8446 section 4.2.1).
+    # supported_versions overrides legacy_version (RFC 8446 section 4.2.1)...
     modern = [ext(0x002B, vec8(u16(0x0304)))]
     assert read(frame(build_body(version=0x0301, extensions=modern))).max_version == 0x0304
+    # ... down to TLS 1.0: SSL 3.0 and older are refused as OpenSSL refuses them.
+    for version, alert in ((0x0300, Alert.HANDSHAKE_FAILURE), (0x0103, Alert.PROTOCOL_VERSION)):
+        old = frame(build_body(version=version, extensions=modern))
+        assert expect_error(old, Reason.UNSUPPORTED_VERSION) is alert
 
 
 def test_tls12_without_extensions() -> None:
     hello = read(frame(build_body(extensions=[])))
-    assert hello.extensions == ()
+    assert hello.extension_types == ()
     assert hello.offered_versions == (0x0303,)
 
 

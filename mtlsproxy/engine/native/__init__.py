@@ -12,6 +12,7 @@ clock of its own). This package exports the foundation; the engine is
 - :mod:`.key_schedule`: HKDF-Extract, HKDF-Expand-Label, Derive-Secret, the transcript hash and
   the key schedule (sections 4.4.1, 4.4.4, 7.1-7.3).
 - :mod:`.record_layer`: record framing and AEAD record protection (sections 5.1-5.5).
+- :mod:`.limits`: the named limits on records that carry nothing and on KeyUpdates.
 - :mod:`.messages`: handshake messages, our encoders and bounded decoders of the client's
   (section 4).
 - :mod:`.signatures`: signature schemes, the choice of our credential, CertificateVerify
@@ -23,6 +24,7 @@ clock of its own). This package exports the foundation; the engine is
 - :mod:`.server_flight`: negotiation, HelloRetryRequest, our flight (sections 4.1-4.4).
 - :mod:`.client_flight`: the client's Certificate, CertificateVerify and Finished.
 - :mod:`.resumption`: PSK acceptance and binder, ticket issuing (sections 2.2, 4.2.11, 4.6.1).
+- :mod:`.post_handshake`: the client's KeyUpdates and ours (section 4.6.3).
 - :mod:`.engine`: :class:`~.engine.NativeEngine`, the connection: records in and out, the
   state gate, application data, KeyUpdate, failures.
 """

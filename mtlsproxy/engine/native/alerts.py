@@ -31,3 +31,16 @@ class TLSAlert(Exception):
                 Reason.INTERNAL_ERROR if self.alert is Alert.INTERNAL_ERROR else Reason.MALFORMED
             )
         return HandshakeError(step, reason, self.detail, self.alert)
+
+
+def decode_alert(content: bytes) -> tuple[Alert | None, str]:
+    """A received alert's content (section 6: level, description) as ``(alert, name)``; an
+    unknown description is ``(None, "#n")``; any length but 2 is ``decode_error``."""
+    if len(content) != 2:
+        raise TLSAlert(Alert.DECODE_ERROR, f"alert of {len(content)} bytes")
+    description = content[1]
+    try:
+        alert = Alert(description)
+    except ValueError:
+        return None, f"#{description}"
+    return alert, alert.name.lower()

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from cryptography import x509
 
-from mtlsproxy.engine.events import Tracer, note
+from mtlsproxy.engine.events import HandshakeComplete, HandshakeTimings, Tracer, note
 from mtlsproxy.engine.interface import NativeRoute
 from mtlsproxy.engine.native import messages as msgs
 from mtlsproxy.engine.native import signatures as sigs
@@ -61,6 +61,28 @@ class Unverified(Exception):
     def __init__(self, error: HandshakeError) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+def completed(
+    route: str, established: Established, decision: Decision, timings: HandshakeTimings,
+    *, resumed: bool,
+) -> HandshakeComplete:  # fmt: skip
+    """The event that says the client is admitted (seed steps 2-8 done)."""
+    negotiated, leaf = established.negotiated, established.client_leaf_der
+    return HandshakeComplete(
+        route=route,
+        version="TLSv1.3",
+        cipher=negotiated.suite.name,
+        alpn=negotiated.alpn,
+        client_certificate_presented=leaf is not None,
+        identity=decision.identity,
+        session_reused=resumed,
+        timings=timings,
+        client_certificate=leaf,
+        verified=decision.verified,
+        would_refuse=decision.would_refuse,
+        server_certificate=negotiated.server_certificate,
+    )
 
 
 def act_on(decision: Decision) -> Decision:

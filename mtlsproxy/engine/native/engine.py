@@ -19,7 +19,9 @@ client's [Certificate, CertificateVerify], Finished; then, for a client admitted
 - :mod:`.client_flight`: the client's Certificate, CertificateVerify, Finished, acting on the
   route's one policy decision (``route.decide``);
 - :mod:`.resumption`: PSK acceptance and binder, ticket issuing (on :mod:`.tickets`);
-- :mod:`.states`: the handshake states, each carrying its data and its seed step.
+- :mod:`.states`: the handshake states, each carrying its data and its seed step;
+- :mod:`.post_handshake` and :mod:`.limits`: KeyUpdates, and what a client may make us do
+  for nothing.
 
 This module keeps the connection: records in and out, the state (changed only through
 ``_set_state``, the transition gate), what happens after the handshake (application data,
@@ -61,11 +63,12 @@ from mtlsproxy.engine.events import (
     note,
 )
 from mtlsproxy.engine.interface import NativeRoute
-from mtlsproxy.engine.native import client_flight, server_flight
+from mtlsproxy.engine.native import client_flight, post_handshake, server_flight
 from mtlsproxy.engine.native import messages as msgs
-from mtlsproxy.engine.native.alerts import TLSAlert
+from mtlsproxy.engine.native.alerts import TLSAlert, decode_alert
 from mtlsproxy.engine.native.handshake_records import HandshakeRecords
 from mtlsproxy.engine.native.key_schedule import nss_key_log
+from mtlsproxy.engine.native.limits import UselessRecords
 from mtlsproxy.engine.native.record_layer import (
     MAX_PLAINTEXT_LENGTH,
     Record,
@@ -96,8 +99,7 @@ from mtlsproxy.engine.progress import (
     peer_closed,
     timed_out,
 )
-from mtlsproxy.engine.records import ContentType, HandshakeType
-from mtlsproxy.vocabulary.decision import Decision
+from mtlsproxy.engine.records import ContentType
 from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Step
 from mtlsproxy.vocabulary.identity import PeerIdentity
 
@@ -131,7 +133,8 @@ class NativeEngine:
         groups: Sequence[int] = DEFAULT_GROUPS,
     ) -> None:
         self._route = route
-        self._hello = hello
+        self._hello: ClientHello | None = hello  # until our answer to it is written
+        self._client_random = hello.random
         self._marks = marks
         self._trace = trace
         self._suites = tuple(CIPHER_SUITES[code] for code in cipher_suites)
@@ -143,6 +146,8 @@ class NativeEngine:
         self._read: RecordProtection | None = None  # the client's traffic, once keyed
         self._write: RecordProtection | None = None  # ours, once keyed
         self._handshake_records = HandshakeRecords(hello.has_early_data)
+        self._useless = UselessRecords()
+        self._key_update_owed = False  # the client asked for ours (see post_handshake)
         self._peer_closed = False
         self._close_sent = False
 
@@ -173,7 +178,9 @@ class NativeEngine:
         the client sent after it in the same reads (a CCS, early data)."""
 
         def answer(_: list[Event]) -> None:
-            self._apply(self._answer(self._hello, message, retry=None))
+            hello, self._hello = self._hello, None  # nothing after our answer needs it
+            assert hello is not None, "start() called twice"
+            self._apply(self._answer(hello, message, retry=None))
 
         events = self._guarded(answer)
         if rest and not events:
@@ -214,8 +221,8 @@ class NativeEngine:
         assert self._write is not None
         view = memoryview(data)
         for start in range(0, len(view), MAX_PLAINTEXT_LENGTH):
-            if self._write.needs_key_update:
-                self._send_key_update(update_requested=False)
+            if self._key_update_owed or self._write.needs_key_update:
+                self._send_key_update()
             chunk = bytes(view[start : start + MAX_PLAINTEXT_LENGTH])
             self._out += self._write.encrypt(ContentType.APPLICATION_DATA, chunk)
 
@@ -239,7 +246,7 @@ class NativeEngine:
 
     @property
     def client_random(self) -> bytes:
-        return self._hello.random
+        return self._client_random
 
     # The state gate
 
@@ -339,11 +346,15 @@ class NativeEngine:
 
     def _handshake_record(self, record: Record) -> list[Event]:
         opened = self._handshake_records.open(record, self._read)
+        if opened is None or opened[0] == ContentType.ALERT:
+            self._not_inside_a_message(record.content_type)
         if opened is None:
+            self._useless.nothing(f"record of type {record.content_type}")
             return []
         content_type, content = opened
         if content_type == ContentType.ALERT:
             return self._peer_alert(content)
+        self._useless.progress()
         self._messages.feed(content)
         if isinstance(state := self._state, RetryRequested):
             self._second_client_hello(state)
@@ -383,88 +394,62 @@ class NativeEngine:
         )
         self._set_state(established)
         self._marks.mark_end()
-        leaf = established.client_leaf_der
-        if decision.would_refuse is None:
-            self._send_ticket(established, decision)
-        return HandshakeComplete(
-            route=self._route.name,
-            version="TLSv1.3",
-            cipher=negotiated.suite.name,
-            alpn=negotiated.alpn,
-            client_certificate_presented=leaf is not None,
-            identity=decision.identity,
-            session_reused=state.resumed is not None,
-            timings=self._marks.timings(),
-            client_certificate=leaf,
-            verified=decision.verified,
-            would_refuse=decision.would_refuse,
-            server_certificate=negotiated.server_certificate,
-        )
-
-    def _send_ticket(self, established: Established, decision: Decision) -> None:
-        """One NewSessionTicket (section 4.6.1) when the route issues tickets."""
-        if self._route.tickets is None or self._write is None:
-            return
-        ticket = issue_ticket(self._route, established, decision, self._wall_seconds(), self._trace)
-        if ticket is not None:
-            self._out += self._write.encrypt(ContentType.HANDSHAKE, ticket)
+        if decision.would_refuse is None and self._write is not None:  # a ticket, section 4.6.1
+            now = self._wall_seconds()
+            if ticket := issue_ticket(self._route, established, decision, now, self._trace):
+                self._out += self._write.encrypt(ContentType.HANDSHAKE, ticket)
+        return client_flight.completed(
+            self._route.name, established, decision, self._marks.timings(),
+            resumed=state.resumed is not None,
+        )  # fmt: skip
 
     # After the handshake
+
+    def _not_inside_a_message(self, content_type: int) -> None:
+        """Section 5.1: "Handshake messages MUST NOT be interleaved with other record types"."""
+        if self._messages.pending:
+            raise TLSAlert(
+                Alert.UNEXPECTED_MESSAGE,
+                f"a record of type {content_type} between the fragments of a handshake message",
+            )
 
     def _established_record(self, record: Record, app_data: list[bytes]) -> list[Event]:
         assert self._read is not None
         inner = self._read.decrypt(record)
+        if inner.content_type != ContentType.HANDSHAKE:
+            self._not_inside_a_message(inner.content_type)
         if inner.content_type == ContentType.APPLICATION_DATA:
             if inner.content:
                 app_data.append(inner.content)
+                self._useless.progress()
+            else:
+                self._useless.nothing("empty application data")
             return []
         if inner.content_type == ContentType.ALERT:
             return self._peer_alert(inner.content)
-        self._messages.feed(inner.content)
-        if self._messages.next_type not in (None, HandshakeType.KEY_UPDATE):
-            # Refused from its first byte: nothing else is buffered after the handshake.
-            raise TLSAlert(
-                Alert.UNEXPECTED_MESSAGE,
-                f"post-handshake message of type {self._messages.next_type}",
-            )
-        while (message := self._messages.next_message()) is not None:
-            if message.msg_type != HandshakeType.KEY_UPDATE:
-                raise TLSAlert(
-                    Alert.UNEXPECTED_MESSAGE,
-                    f"post-handshake message of type {message.msg_type}",
-                )
-            update_requested = msgs.decode_key_update(message.body)
-            note(self._trace, "<-", "KeyUpdate", update_requested=update_requested)
-            if self._messages.pending:
-                raise TLSAlert(Alert.UNEXPECTED_MESSAGE, "bytes follow a KeyUpdate in its record")
-            self._read = self._read.next_generation()
-            if update_requested and not self._close_sent:
-                self._send_key_update(update_requested=False)
+        self._read, requested = post_handshake.receive(
+            inner.content, self._messages, self._read, self._useless, self._trace
+        )
+        self._key_update_owed |= requested
         return []
 
-    def _send_key_update(self, *, update_requested: bool) -> None:
+    def _send_key_update(self) -> None:
         assert self._write is not None
-        note(self._trace, "->", "KeyUpdate", update_requested=update_requested)
-        self._out += self._write.encrypt(ContentType.HANDSHAKE, msgs.key_update(update_requested))
-        self._write = self._write.next_generation()
+        record, self._write = post_handshake.key_update(self._write, self._trace)
+        self._out += record
+        self._key_update_owed = False
 
     # Alerts
 
     def _peer_alert(self, content: bytes) -> list[Event]:
-        if len(content) != 2:
-            raise TLSAlert(Alert.DECODE_ERROR, f"alert of {len(content)} bytes")
-        description = content[1]
-        try:
-            alert: Alert | None = Alert(description)
-            name = alert.name.lower()
-        except ValueError:
-            alert, name = None, f"#{description}"
+        alert, name = decode_alert(content)
         note(self._trace, "<-", "alert", alert=name)
         if isinstance(self._state, Established):
             if alert is Alert.CLOSE_NOTIFY:
                 self._peer_closed = True
                 return [PeerClosed(clean=True)]
             if alert is Alert.USER_CANCELED:
+                self._useless.nothing("user_canceled alert")
                 return []
             self._set_state(CLOSED)
             return [ProtocolError(f"the client sent alert {name}")]

@@ -5,7 +5,9 @@ Theory of operation
 Between its ClientHello and its Finished a client may send, besides its handshake messages
 (RFC 8446 section 5, appendix D.4, section 4.2.10):
 
-* one unencrypted change_cipher_spec of value 0x01 (middlebox compatibility), dropped;
+* unencrypted change_cipher_spec records of value 0x01 (middlebox compatibility), dropped:
+  appendix D.4 speaks of one, OpenSSL drops any number, and so do we (the engine counts them
+  among the records that carry nothing, ``limits.MAX_USELESS_RECORDS``, as OpenSSL does);
 * a plaintext alert, until its first protected record decrypts (a client that could not
   process our ServerHello has no keys);
 * 0-RTT data we reject: before a HelloRetryRequest's answer, plaintext-framed application
@@ -32,10 +34,9 @@ MAX_SKIPPED_EARLY_DATA = 64 * 1024
 class HandshakeRecords:
     """One connection's records until the client's Finished (see the module docstring)."""
 
-    __slots__ = ("_ccs_seen", "_decrypted_any", "_early_data_budget")
+    __slots__ = ("_decrypted_any", "_early_data_budget")
 
     def __init__(self, early_data: bool) -> None:
-        self._ccs_seen = False
         self._decrypted_any = False
         self._early_data_budget = MAX_SKIPPED_EARLY_DATA if early_data else 0
 
@@ -52,17 +53,20 @@ class HandshakeRecords:
         a HelloRetryRequest waits for its answer (everything is plaintext then)."""
         content_type = record.content_type
         if content_type == ContentType.CHANGE_CIPHER_SPEC:
-            # Section 5: one unencrypted CCS of value 0x01 is dropped before the client's
+            # Section 5: an unencrypted CCS of value 0x01 is dropped before the client's
             # Finished; anything else is unexpected_message.
-            if record.fragment != b"\x01" or self._ccs_seen:
+            if record.fragment != b"\x01":
                 raise TLSAlert(Alert.UNEXPECTED_MESSAGE, "unexpected change_cipher_spec record")
-            self._ccs_seen = True
             return None
         if content_type == ContentType.ALERT and not self._decrypted_any:
             # A client that could not process our ServerHello alerts in plaintext.
             return ContentType.ALERT, record.fragment
         if read is None:
             if content_type == ContentType.HANDSHAKE:
+                if not record.fragment:
+                    # Section 5.1: "Implementations MUST NOT send zero-length fragments of
+                    # Handshake types"; Go answers unexpected_message, as we do.
+                    raise TLSAlert(Alert.UNEXPECTED_MESSAGE, "zero-length handshake record")
                 return ContentType.HANDSHAKE, record.fragment
             if content_type == ContentType.APPLICATION_DATA:
                 self._skip_early_data(record, keyed=False)

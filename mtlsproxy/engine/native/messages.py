@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from mtlsproxy.engine.clienthello import ExtensionType, KeyShareEntry
+from mtlsproxy.engine.hello_extensions import ExtensionType, KeyShareEntry
 from mtlsproxy.engine.native.alerts import TLSAlert
 from mtlsproxy.engine.records import Buffer, DecodeError, HandshakeType, Message, MessageAssembler
 from mtlsproxy.vocabulary.failures import Alert
@@ -315,8 +315,9 @@ class CertificateMessage:
 
 def decode_certificate(body: bytes, max_certificates: int = MAX_CERTIFICATES) -> CertificateMessage:
     """The peer's Certificate. At most ``max_certificates`` entries (``bad_certificate``
-    beyond); the body itself is bounded by the reassembly cap. Per-entry extensions are
-    parsed for framing and ignored (we request none, section 4.4.2)."""
+    beyond); the body itself is bounded by the reassembly cap. We request no extension a
+    CertificateEntry may answer (section 4.4.2: they "MUST correspond to ones from the
+    server's CertificateRequest"), so any is unsolicited: ``unsupported_extension`` (4.2)."""
     chain: list[bytes] = []
     with _decoding("Certificate"):
         buf = Buffer(body)
@@ -329,7 +330,11 @@ def decode_certificate(body: bytes, max_certificates: int = MAX_CERTIFICATES) ->
                         f"more than {max_certificates} certificates in the chain",
                     )
                 chain.append(buf.pull_vector_bytes(3, minimum=1))
-                buf.pull_vector_bytes(2)
+                if buf.pull_vector_bytes(2):
+                    raise TLSAlert(
+                        Alert.UNSUPPORTED_EXTENSION,
+                        "an extension in a CertificateEntry that we did not request",
+                    )
         _end(buf, "Certificate")
     return CertificateMessage(context, tuple(chain))
 

@@ -143,20 +143,31 @@ def answer(
     )  # fmt: skip
 
 
+# What the error names when the second ClientHello changed a field it must repeat.
+_RETRY_FIELDS = ("legacy_version", "random", "session_id", "cipher_suites", "compression_methods",
+                 "server_name", "alpn_protocols", "signature_algorithms", "supported_groups",
+                 "supported_versions", "psk_key_exchange_modes")  # fmt: skip
+
+
 def second_hello(state: RetryRequested, message: Message, *, alone: bool) -> ClientHello:
     """The ClientHello answering our HelloRetryRequest (section 4.1.2): alone in its record,
-    and the same as the first but for what the HelloRetryRequest asked (no early data)."""
+    and the same as the first but for the changes the section allows (``RETRY_MAY_CHANGE``:
+    compared as a digest, so the first hello's extensions need not be kept), with no early
+    data and no PSK the first did not offer. Anything else is ``illegal_parameter``."""
     if message.msg_type != HandshakeType.CLIENT_HELLO or not alone:
         raise TLSAlert(Alert.UNEXPECTED_MESSAGE, "expected the second ClientHello alone")
     hello = parse_client_hello(message.body)
     first = state.first
-    if (
-        not hello.offers_tls13
-        or hello.session_id != first.session_id
-        or hello.server_name != first.server_name
-        or hello.has_early_data
-    ):
-        raise TLSAlert(Alert.ILLEGAL_PARAMETER, "the second ClientHello does not match the first")
+    if hello.retry_digest != first.retry_digest:
+        changed = [name for name in _RETRY_FIELDS if getattr(hello, name) != getattr(first, name)]
+        raise TLSAlert(
+            Alert.ILLEGAL_PARAMETER,
+            f"the second ClientHello changes {', '.join(changed) or 'an extension'}",
+        )
+    if hello.has_early_data:  # section 4.1.2: "Removing the "early_data" extension"
+        raise TLSAlert(Alert.ILLEGAL_PARAMETER, "the second ClientHello offers early data")
+    if hello.has_pre_shared_key and not first.has_pre_shared_key:
+        raise TLSAlert(Alert.ILLEGAL_PARAMETER, "the second ClientHello adds a pre_shared_key")
     return hello
 
 

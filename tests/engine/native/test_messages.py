@@ -77,10 +77,14 @@ def test_certificate_round_trip_and_empty() -> None:
     assert msgs.decode_certificate(msgs.certificate([])[4:]).chain == ()
 
 
-def test_certificate_entry_extensions_are_skipped() -> None:
+def test_certificate_entry_extensions_are_unsolicited() -> None:
+    """We request none (RFC 8446 4.4.2): any is unsupported_extension (4.2)."""
     entry = msgs.vector(b"der", 3) + msgs.vector(b"\x00\x05\x00\x00", 2)
-    decoded = msgs.decode_certificate(msgs.vector(b"", 1) + msgs.vector(entry, 3))
-    assert decoded.chain == (b"der",)
+    with pytest.raises(TLSAlert) as info:
+        msgs.decode_certificate(msgs.vector(b"", 1) + msgs.vector(entry, 3))
+    assert info.value.alert is Alert.UNSUPPORTED_EXTENSION
+    entry = msgs.vector(b"der", 3) + msgs.vector(b"", 2)
+    assert msgs.decode_certificate(msgs.vector(b"", 1) + msgs.vector(entry, 3)).chain == (b"der",)
 
 
 def test_certificate_count_is_bounded() -> None:

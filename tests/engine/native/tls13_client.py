@@ -8,15 +8,22 @@ nothing (it does check the server's CertificateVerify signature and Finished).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from cryptography import x509
 
-from mtlsproxy.engine.clienthello import ExtensionType
+from mtlsproxy.engine.hello_extensions import ExtensionType
 from mtlsproxy.engine.native import messages as msgs
 from mtlsproxy.engine.native import signatures as sigs
 from mtlsproxy.engine.native.key_schedule import KeySchedule, Transcript
-from mtlsproxy.engine.native.record_layer import RecordProtection, RecordReader, encode_record
+from mtlsproxy.engine.native.record_layer import (
+    MAX_PLAINTEXT_LENGTH,
+    NO_PADDING,
+    PaddingPolicy,
+    RecordProtection,
+    RecordReader,
+    encode_record,
+)
 from mtlsproxy.engine.native.suites import NamedGroup, generate_key_share, get_cipher_suite
 from mtlsproxy.engine.records import HandshakeType
 
@@ -37,6 +44,10 @@ class MiniClient:
         early_data: bool = False,
         signature_schemes: Sequence[int] = sigs.SUPPORTED_SCHEMES,
         server_name: str = "localhost",
+        extra_extensions: Sequence[tuple[int, bytes]] = (),
+        legacy_version: int = msgs.LEGACY_VERSION,
+        padding: PaddingPolicy | None = None,
+        on_retry: Callable[[MiniClient], None] | None = None,
     ) -> None:
         self.suites = tuple(suites)
         self.groups = tuple(groups)
@@ -48,6 +59,10 @@ class MiniClient:
         self.early_data = early_data
         self.signature_schemes = tuple(signature_schemes)
         self.server_name = server_name
+        self.extra_extensions = tuple(extra_extensions)  # after ours, in this order
+        self.legacy_version = legacy_version
+        self.padding = padding  # of our protected records (RFC 8446 section 5.4)
+        self.on_retry = on_retry  # changes the second ClientHello (a test's, legal or not)
         self.random = os.urandom(32)
         self._shares = {g: generate_key_share(g) for g in self.share_groups}
         self._records = RecordReader()
@@ -91,11 +106,19 @@ class MiniClient:
             extensions.append((ExtensionType.ALPN, msgs.vector(names, 2)))
         if self.early_data:
             extensions.append((ExtensionType.EARLY_DATA, b""))
-        return msgs.client_hello(self.random, self.session_id, self.suites, extensions)
+        extensions += self.extra_extensions
+        message = msgs.client_hello(self.random, self.session_id, self.suites, extensions)
+        if self.legacy_version != msgs.LEGACY_VERSION:
+            message = message[:4] + self.legacy_version.to_bytes(2, "big") + message[6:]
+        return message
 
     def client_hello(self) -> bytes:
-        self._first_hello = self._hello_message()
-        return encode_record(HANDSHAKE, self._first_hello, 0x0301)
+        """The ClientHello in as many records as it needs (2^14 bytes each, section 5.1)."""
+        self._first_hello = message = self._hello_message()
+        return b"".join(
+            encode_record(HANDSHAKE, message[start : start + MAX_PLAINTEXT_LENGTH], 0x0301)
+            for start in range(0, len(message), MAX_PLAINTEXT_LENGTH)
+        )
 
     # Server records
 
@@ -137,6 +160,8 @@ class MiniClient:
             self.transcript.update(message.raw)
             self._shares = {share.group: generate_key_share(share.group)}
             self.early_data = False
+            if self.on_retry is not None:
+                self.on_retry(self)
             second = self._hello_message()
             self.transcript.update(second)
             self.pending_hello = encode_record(HANDSHAKE, second)
@@ -155,7 +180,7 @@ class MiniClient:
             suite, self.schedule.server_handshake_traffic_secret
         )
         self.write = RecordProtection.from_secret(
-            suite, self.schedule.client_handshake_traffic_secret
+            suite, self.schedule.client_handshake_traffic_secret, padding=self._padding()
         )
 
     def _encrypted_message(self, message: msgs.Message) -> None:
@@ -239,8 +264,11 @@ class MiniClient:
         schedule = self.schedule
         assert schedule is not None
         self.write = RecordProtection.from_secret(
-            schedule.suite, schedule.client_application_traffic_secret
+            schedule.suite, schedule.client_application_traffic_secret, padding=self._padding()
         )
+
+    def _padding(self) -> PaddingPolicy:
+        return NO_PADDING if self.padding is None else self.padding
 
     def key_update(self, requested: bool) -> bytes:
         data = self.seal(msgs.key_update(requested))

@@ -1,0 +1,164 @@
+"""The ClientHello's extensions: their code points, the values a TLS 1.3 server needs from
+them (key shares, PSK offers) and the strict parsers of their bodies.
+
+Every parser takes one extension's body, consumes it exactly and raises ``DecodeError`` (bad
+framing) or ``HandshakeError`` at ``client_hello`` (framed but invalid); the ClientHello
+parser (:mod:`mtlsproxy.engine.clienthello`) turns a ``DecodeError`` into ``decode_error``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from mtlsproxy.engine.records import Buffer, DecodeError
+from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Reason, Step
+
+# RFC 1035 section 2.3.4 / RFC 6066 section 3: a DNS host name of at most 253 characters (255
+# octets on the wire minus the length octets), labels of 1..63 characters.
+MAX_HOST_NAME_SIZE = 253
+MAX_LABEL_SIZE = 63
+_LABEL_RE = re.compile(rb"[A-Za-z0-9-]{1,%d}" % MAX_LABEL_SIZE)
+
+
+class ExtensionType:
+    """Extension code points we parse (IANA "TLS ExtensionType Values")."""
+
+    SERVER_NAME = 0x0000  # RFC 6066 section 3
+    SUPPORTED_GROUPS = 0x000A  # RFC 8446 section 4.2.7
+    EC_POINT_FORMATS = 0x000B  # RFC 8422 section 5.1.2
+    SIGNATURE_ALGORITHMS = 0x000D  # RFC 8446 section 4.2.3
+    ALPN = 0x0010  # RFC 7301 section 3.1
+    PRE_SHARED_KEY = 0x0029  # RFC 8446 section 4.2.11
+    EARLY_DATA = 0x002A  # RFC 8446 section 4.2.10
+    SUPPORTED_VERSIONS = 0x002B  # RFC 8446 section 4.2.1
+    COOKIE = 0x002C  # RFC 8446 section 4.2.2
+    PADDING = 0x0015  # RFC 7685
+    PSK_KEY_EXCHANGE_MODES = 0x002D  # RFC 8446 section 4.2.9
+    KEY_SHARE = 0x0033  # RFC 8446 section 4.2.8
+
+
+def is_grease(value: int) -> bool:
+    """RFC 8701 section 2: GREASE values are 0x0A0A, 0x1A1A, ..., 0xFAFA (and 0x0A.. 0xFA for
+    single-byte fields, which we do not need here)."""
+    return (value & 0x0F0F) == 0x0A0A and (value >> 8) == (value & 0xFF)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyShareEntry:
+    """One ``KeyShareEntry`` (RFC 8446 section 4.2.8): a group and its public value."""
+
+    group: int
+    key_exchange: bytes
+
+    def __repr__(self) -> str:
+        return f"KeyShareEntry(0x{self.group:04x}, <{len(self.key_exchange)} bytes>)"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class OfferedPsks:
+    """The client's pre_shared_key extension (RFC 8446 section 4.2.11). ``binders_size`` is
+    the size of the length-prefixed binders list, which ends the ClientHello (pre_shared_key is
+    the last extension): the binders are computed over the ClientHello without those bytes."""
+
+    identities: tuple[tuple[bytes, int], ...]  # (identity, obfuscated_ticket_age)
+    binders: tuple[bytes, ...]
+    binders_size: int
+
+    def __repr__(self) -> str:  # tickets and binders stay out of logs
+        return f"OfferedPsks({len(self.identities)} identities)"
+
+
+def malformed(detail: str, alert: Alert = Alert.DECODE_ERROR) -> HandshakeError:
+    return HandshakeError(Step.CLIENT_HELLO, Reason.MALFORMED, detail, alert)
+
+
+def _validate_host_name(raw: bytes) -> str:
+    """RFC 6066 section 3: an ASCII DNS host name without a trailing dot; returned lowercased."""
+    if not raw or len(raw) > MAX_HOST_NAME_SIZE:
+        raise malformed(f"server_name of {len(raw)} bytes is not a valid host name")
+    for label in raw.split(b"."):
+        if not _LABEL_RE.fullmatch(label):
+            raise malformed("server_name is not a valid DNS host name")
+    return raw.decode("ascii").lower()
+
+
+def parse_server_name(body: bytes) -> str | None:
+    """RFC 6066 section 3: ServerNameList server_name_list<1..2^16-1>; at most one host_name."""
+    buf = Buffer(body)
+    host_name: str | None = None
+    with buf.pull_block(2, minimum=1):
+        while not buf.eof():
+            name_type = buf.pull_uint8()
+            name = buf.pull_vector_bytes(2, minimum=1)
+            if name_type == 0:
+                if host_name is not None:
+                    raise malformed("server_name lists two host names")
+                host_name = _validate_host_name(name)
+    if not buf.eof():
+        raise DecodeError("trailing bytes after server_name_list")
+    return host_name
+
+
+def parse_alpn(body: bytes) -> tuple[str, ...]:
+    """RFC 7301 section 3.1: ProtocolName protocol_name_list<2..2^16-1>, names <1..2^8-1>."""
+    buf = Buffer(body)
+    names: list[str] = []
+    with buf.pull_block(2, minimum=2):
+        while not buf.eof():
+            names.append(buf.pull_vector_bytes(1, minimum=1).decode("latin-1"))
+    if not buf.eof():
+        raise DecodeError("trailing bytes after protocol_name_list")
+    return tuple(names)
+
+
+def parse_key_share(body: bytes) -> tuple[KeyShareEntry, ...]:
+    """RFC 8446 section 4.2.8: KeyShareEntry client_shares<0..2^16-1>, key_exchange<1..>."""
+    buf = Buffer(body)
+    entries: list[KeyShareEntry] = []
+    with buf.pull_block(2):
+        while not buf.eof():
+            group = buf.pull_uint16()
+            entries.append(KeyShareEntry(group, buf.pull_vector_bytes(2, minimum=1)))
+    if not buf.eof():
+        raise DecodeError("trailing bytes after client_shares")
+    return tuple(entries)
+
+
+def parse_pre_shared_key(body: bytes) -> OfferedPsks:
+    """RFC 8446 section 4.2.11: OfferedPsks, identities<7..2^16-1>, binders<33..2^16-1>."""
+    buf = Buffer(body)
+    identities: list[tuple[bytes, int]] = []
+    with buf.pull_block(2, minimum=7):
+        while not buf.eof():
+            identity = buf.pull_vector_bytes(2, minimum=1)
+            identities.append((identity, buf.pull_uint32()))  # obfuscated_ticket_age
+    binders_start = buf.tell()
+    binders: list[bytes] = []
+    with buf.pull_block(2, minimum=33):
+        while not buf.eof():
+            binders.append(buf.pull_vector_bytes(1, minimum=32))
+    if not buf.eof():
+        raise DecodeError("trailing bytes after OfferedPsks")
+    if len(identities) != len(binders):
+        raise malformed(
+            f"pre_shared_key has {len(identities)} identities but {len(binders)} binders",
+            Alert.ILLEGAL_PARAMETER,
+        )
+    return OfferedPsks(tuple(identities), tuple(binders), len(body) - binders_start)
+
+
+def whole(body: bytes, length_size: int, minimum: int) -> tuple[int, ...]:
+    buf = Buffer(body)
+    values = buf.pull_uint16_list(length_size, minimum=minimum)
+    if not buf.eof():
+        raise DecodeError("trailing bytes after a list extension")
+    return values
+
+
+def parse_uint8_list(body: bytes, minimum: int) -> bytes:
+    buf = Buffer(body)
+    values = buf.pull_vector_bytes(1, minimum=minimum)
+    if not buf.eof():
+        raise DecodeError("trailing bytes after a list extension")
+    return values
