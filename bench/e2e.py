@@ -36,7 +36,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import shlex
 import shutil
 import signal
 import socket
@@ -48,7 +47,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from procs import REPO, Process, free_port, median  # bench/procs.py
+from procs import (  # bench/procs.py
+    REPO,
+    Process,
+    free_port,
+    median,
+    pin_servers,
+    print_header,
+)
 
 SERVER_CORE = 0
 CLIENT_CORE = 1
@@ -232,15 +238,19 @@ def stream_module_directive(nginx: str) -> str:
     return f"load_module {STREAM_MODULE};\n"
 
 
-def nginx_version(nginx: str) -> str:
-    out = subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr.strip()
-    return out.removeprefix("nginx version: ")
-
-
 def start_nginx_stream(
-    nginx: str, pki: Path, setup: Setup, upstream: int, load_module: str, pin: int | None
+    nginx: str,
+    pki: Path,
+    setup: Setup,
+    upstream: int,
+    load_module: str,
+    pin: int | None,
+    *,
+    workers: int = 1,
+    directives: str = "",
 ) -> Process:
-    """A fresh foreground nginx (its own prefix dir), TLS termination in the stream module."""
+    """A fresh foreground nginx (its own prefix dir), TLS termination in the stream module;
+    ``directives``: more lines for its server block."""
     directory = Path(tempfile.mkdtemp(prefix=f"nginx-{setup.key}-", dir=pki))
     port = free_port()
     conf = NGINX_STREAM.format(
@@ -252,8 +262,9 @@ def start_nginx_stream(
         # the proxy's versions: min_version 1.3, or 1.2 and 1.3
         protocols="TLSv1.3" if setup.version == "1.3" else "TLSv1.2 TLSv1.3",
         ciphers=TLS12_CIPHERS,
-        client_auth=NGINX_CLIENT_AUTH.format(pki=pki) if setup.mode == "require" else "",
-    )
+        client_auth=(NGINX_CLIENT_AUTH.format(pki=pki) if setup.mode == "require" else "")
+        + directives,
+    ).replace("worker_processes 1;", f"worker_processes {workers};")
     (directory / "nginx.conf").write_text(conf)
     argv = [nginx, "-p", str(directory), "-c", str(directory / "nginx.conf")]
     argv += ["-e", str(directory / "error.log"), "-g", "daemon off;"]
@@ -283,10 +294,14 @@ def connect(port: int, timeout: float) -> socket.socket:
     return sock
 
 
-def _handshake_worker(directory: str, setup: Setup, port: int, start: float, end: float, conn):
+def _handshake_worker(
+    directory: str, setup: Setup, port: int, start: float, end: float, conn, resume: bool = False
+):
+    """``resume``: each connection offers the session (ticket) of the one before it."""
     context = client_context(Path(directory), setup)
-    ok = errors = 0
+    ok = errors = reused = 0
     first_error = ""
+    session = None
     while time.time() < start:
         time.sleep(0.001)
     cpu0 = time.process_time()
@@ -294,21 +309,26 @@ def _handshake_worker(directory: str, setup: Setup, port: int, start: float, end
         try:
             with (
                 connect(port, timeout=10) as raw,
-                context.wrap_socket(raw, server_hostname="localhost") as tls,
+                context.wrap_socket(raw, server_hostname="localhost", session=session) as tls,
             ):
                 tls.sendall(b"E")
                 if tls.recv(1) != b"E":
                     raise ConnectionError("no echo")
+                reused += tls.session_reused
+                session = tls.session if resume else None
             ok += 1
         except (OSError, ssl.SSLError) as exc:
             errors += 1
             first_error = first_error or repr(exc)
+            session = None
             time.sleep(0.01)
-    conn.send((ok, errors, first_error, time.process_time() - cpu0))
+    conn.send((ok, errors, first_error, time.process_time() - cpu0, reused))
     conn.close()
 
 
-def measure_handshakes(server: Process, directory: Path, setup: Setup, args) -> dict:
+def measure_handshakes(
+    server: Process, directory: Path, setup: Setup, args, resume: bool = False
+) -> dict:
     ctx = mp.get_context("fork")
     start = time.time() + 0.3
     end = start + args.seconds
@@ -316,12 +336,13 @@ def measure_handshakes(server: Process, directory: Path, setup: Setup, args) -> 
     for _ in range(args.workers):
         parent, child = ctx.Pipe(duplex=False)
         proc = ctx.Process(
-            target=_handshake_worker, args=(str(directory), setup, server.port, start, end, child)
+            target=_handshake_worker,
+            args=(str(directory), setup, server.port, start, end, child, resume),
         )
         proc.start()
         child.close()
         workers.append((proc, parent))
-    ok = errors = 0
+    ok = errors = reused = 0
     client_cpu = 0.0
     first_error = ""
     try:
@@ -329,8 +350,9 @@ def measure_handshakes(server: Process, directory: Path, setup: Setup, args) -> 
         cpu0, t0 = server.cpu_seconds(), time.monotonic()
         for proc, parent in workers:
             if parent.poll(args.seconds + 30):
-                w_ok, w_err, w_first, w_cpu = parent.recv()
+                w_ok, w_err, w_first, w_cpu, w_reused = parent.recv()
                 ok, errors, client_cpu = ok + w_ok, errors + w_err, client_cpu + w_cpu
+                reused += w_reused
                 first_error = first_error or w_first
             proc.join(timeout=5)
         cpu1, t1 = server.cpu_seconds(), time.monotonic()
@@ -348,6 +370,7 @@ def measure_handshakes(server: Process, directory: Path, setup: Setup, args) -> 
         "cpu_us": (cpu1 - cpu0) / ok * 1e6 if ok else float("nan"),
         "cpu_util": (cpu1 - cpu0) / (t1 - t0),
         "client_us": client_cpu / ok * 1e6 if ok else float("nan"),
+        **({"reused_pct": 100 * reused / ok if ok else float("nan")} if resume else {}),
     }
 
 
@@ -416,19 +439,8 @@ def main() -> int:
             raise SystemExit("nginx not found: apt-get install -y nginx libnginx-mod-stream")
         load_module = stream_module_directive(nginx)
 
-    pin = shutil.which("taskset") is not None and len(os.sched_getaffinity(0)) >= 2
-    if pin:
-        os.sched_setaffinity(0, {CLIENT_CORE})  # the driver, clients and upstream
-    server_pin = SERVER_CORE if pin else None
-    command = shlex.join([sys.executable, *sys.argv])
-    print(f"command: {command}")
-    print(
-        f"pinning: {'servers core 0, clients+upstream core 1' if pin else 'none'}; "
-        f"{ssl.OPENSSL_VERSION}; Python {sys.version.split()[0]}; "
-        + (f"nginx {nginx_version(nginx)}; " if nginx else "")
-        + f"CLK_TCK {os.sysconf('SC_CLK_TCK')}",
-        flush=True,
-    )
+    server_pin = pin_servers(SERVER_CORE, CLIENT_CORE)
+    command = print_header(server_pin, nginx, f"CLK_TCK {os.sysconf('SC_CLK_TCK')}")
 
     python = sys.executable
     me = str(Path(__file__).resolve())

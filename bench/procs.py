@@ -7,15 +7,46 @@ import contextlib
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(rb"listening on 127\.0\.0\.1:(\d+)")
+
+
+def pin_servers(server_core: int, client_core: int) -> int | None:
+    """With ``taskset`` and two cores: this process (the driver, and the clients and upstream
+    it starts) on ``client_core``; returns the core to pin servers to (None: no pinning)."""
+    if shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2:
+        return None
+    os.sched_setaffinity(0, {client_core})
+    return server_core
+
+
+def print_header(server_pin: int | None, nginx: str, tail: str) -> str:
+    """Print the command line and the setting of the run; returns the command line."""
+    command = shlex.join([sys.executable, *sys.argv])
+    print(f"command: {command}")
+    version = f"nginx {nginx_version(nginx)}; " if nginx else ""
+    pinning = "servers core 0, clients+upstream core 1" if server_pin is not None else "none"
+    print(
+        f"pinning: {pinning}; {ssl.OPENSSL_VERSION}; Python {sys.version.split()[0]}; "
+        f"{version}{tail}",
+        flush=True,
+    )
+    return command
+
+
+def nginx_version(nginx: str) -> str:
+    out = subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr.strip()
+    return out.removeprefix("nginx version: ")
 
 
 def median(values: list[float]) -> float:

@@ -1,5 +1,5 @@
-"""Command line: ``run``, ``check``, ``explain``, ``demo``, ``pki init``, ``schema``,
-``version``.
+"""Command line: ``run``, ``check``, ``explain``, ``demo``, ``pki init``, ``tickets generate``,
+``schema``, ``version``.
 
 Exit status: 0 success, 1 a runtime failure (the demo's exchanges did not go as expected),
 2 a config or usage error (argparse uses 2 as well).
@@ -99,6 +99,15 @@ def _parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="replace a CA already in DIRECTORY (and all it signed)"
     )
     init.set_defaults(handler=_pki_init)
+
+    tickets = commands.add_parser("tickets", help="session ticket keys (engine native)")
+    tickets_commands = tickets.add_subparsers(metavar="ACTION")
+    generate = tickets_commands.add_parser(
+        "generate",
+        help="print a new key, one line of a tls.session_tickets.keys file (put it first to "
+        "rotate: it then seals new tickets)",
+    )
+    generate.set_defaults(handler=_tickets_generate)
 
     schema = commands.add_parser(
         "schema", help="print the config's JSON Schema (for editors; config/ ships it)"
@@ -253,6 +262,13 @@ def _pki_init(args: argparse.Namespace) -> int:
     print(f"development PKI written to {files.directory} (never use these keys in production):")
     for name in sorted(path.name for path in files.directory.iterdir()):
         print(f"  {name}")
+    return EXIT_OK
+
+
+def _tickets_generate(args: argparse.Namespace) -> int:
+    from mtlsproxy.engine.native.tickets import format_ticket_keys, new_ticket_key
+
+    sys.stdout.buffer.write(format_ticket_keys([new_ticket_key()]))
     return EXIT_OK
 
 

@@ -12,10 +12,14 @@ own after a SIGHUP adds a listener). The supervisor:
 * forwards SIGHUP (each worker reloads the YAML) and SIGTERM/SIGINT (each worker drains),
   and reports not-ready from the moment draining starts.
 
-Session tickets are not shared between workers: Python's ``ssl`` module does not expose
-``SSL_CTX_set_tlsext_ticket_keys``, so a ticket only resumes on the worker that issued it
-(with SO_REUSEPORT, a new connection reaches the same worker 1/N of the time; the others do
-a full handshake, which is always correct).
+Session tickets of ``engine: native`` (TLS 1.3) are shared: unless a route names its own key
+file (``tls.session_tickets.keys``), every worker seals and opens tickets with the keys of
+:class:`SharedTicketKeys`, a 0600 file in the supervisor's private 0700 directory, so a ticket
+issued by one worker resumes on any other. The supervisor rotates it every hour; the workers'
+file watchers pick it up as they do certificates. OpenSSL's tickets (``engine: openssl``, and
+TLS 1.2 on either engine) stay per worker: Python's ``ssl`` module does not expose
+``SSL_CTX_set_tlsext_ticket_keys``, so such a ticket resumes only on the worker that issued it
+(1/N of the time with SO_REUSEPORT; the others do a full handshake, which is always correct).
 """
 
 from __future__ import annotations
@@ -33,6 +37,13 @@ from pathlib import Path
 
 from mtlsproxy import logs
 from mtlsproxy.config.model import Config
+from mtlsproxy.engine.native.tickets import (
+    PREVIOUS_KEYS_KEPT,
+    ROTATION_PERIOD,
+    format_ticket_keys,
+    new_ticket_key,
+)
+from mtlsproxy.routing.tickets import SHARED_KEYS_ENV
 
 # A worker that dies is restarted after this delay, doubled on each quick death (a worker that
 # cannot start should not spin), up to the maximum; a worker that lived a minute resets it.
@@ -42,10 +53,62 @@ STABLE_AFTER = 60.0
 READY_TIMEOUT = 30.0
 
 
+class SharedTicketKeys:
+    """The workers' session ticket keys, in the key-file format (``parse_ticket_keys``).
+
+    The file lives in ``directory`` (the supervisor's own, mode 0700) with mode 0600, and is
+    named to the workers by path (``SHARED_KEYS_ENV``); it is replaced atomically. It holds
+    the key that seals, then the previous ones for as long as a ticket they sealed may live
+    (plus one, for the workers' reload interval), then the next key: every worker can open
+    tickets of the next key before any worker seals with it. ``rotate`` moves on by one key.
+    The keys are never logged."""
+
+    def __init__(self, directory: Path, kept: int = PREVIOUS_KEYS_KEPT + 1) -> None:
+        self.path = directory / "ticket.keys"
+        self._kept = kept
+        self._keys = [new_ticket_key()]
+        self._next = new_ticket_key()
+        self._write()
+
+    def rotate(self) -> None:
+        self._keys = [self._next, *self._keys][: 1 + self._kept]
+        self._next = new_ticket_key()
+        self._write()
+
+    def _write(self) -> None:
+        data = format_ticket_keys(
+            [*self._keys, self._next],
+            "mtlsproxy supervisor: session ticket keys of its workers; the first seals",
+        )
+        temporary = self.path.with_name(self.path.name + ".new")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(data)
+        os.replace(temporary, self.path)
+
+    async def rotate_every(self, period: float) -> None:
+        while True:
+            await asyncio.sleep(period)
+            self.rotate()
+            logs.event(logging.INFO, "session ticket keys of the workers rotated")
+
+
+def private_directory(prefix: str) -> Path:
+    """A new 0700 directory, in memory (``/dev/shm``) where there is one: keys never reach a
+    disk."""
+    shm = Path("/dev/shm")
+    where = str(shm) if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK) else None
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=where))
+
+
 class Supervisor:
-    def __init__(self, config: Config, multiprocess_dir: Path) -> None:
+    def __init__(
+        self, config: Config, multiprocess_dir: Path, tickets: SharedTicketKeys | None = None
+    ) -> None:
         self.config = config
         self.multiprocess_dir = multiprocess_dir
+        self.tickets = tickets
         self.workers: dict[int, asyncio.subprocess.Process] = {}  # slot -> process
         self._ready: set[int] = set()
         self._draining = False
@@ -73,10 +136,17 @@ class Supervisor:
                 f"metrics on http://{self.config.metrics.host}:{admin.port}/metrics",
                 workers=self.config.workers,
             )
+        rotation = (
+            asyncio.create_task(self.tickets.rotate_every(ROTATION_PERIOD))
+            if self.tickets is not None
+            else None
+        )
         slots = [
             asyncio.create_task(self._keep_running(slot)) for slot in range(self.config.workers)
         ]
         await asyncio.gather(*slots)
+        if rotation is not None:
+            rotation.cancel()
         await admin.close()
 
     async def _keep_running(self, slot: int) -> None:
@@ -102,6 +172,8 @@ class Supervisor:
 
     async def _start(self, slot: int) -> asyncio.subprocess.Process:
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.multiprocess_dir)}
+        if self.tickets is not None:
+            env[SHARED_KEYS_ENV] = str(self.tickets.path)
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "mtlsproxy", "worker", "-c", str(self.config.source),
             stdout=asyncio.subprocess.PIPE, env=env,
@@ -185,7 +257,9 @@ def run(config: Config) -> None:
     """Supervise ``config.workers`` workers until SIGTERM/SIGINT and every worker has drained."""
     logs.configure(config.log)
     directory = Path(tempfile.mkdtemp(prefix="mtlsproxy-metrics-"))
+    keys = private_directory("mtlsproxy-tickets-")
     try:
-        asyncio.run(Supervisor(config, directory).run())
+        asyncio.run(Supervisor(config, directory, SharedTicketKeys(keys)).run())
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+        shutil.rmtree(keys, ignore_errors=True)

@@ -29,6 +29,7 @@ from mtlsproxy.config.problems import (
     Severity,
     sort_problems,
 )
+from mtlsproxy.engine.native.tickets import parse_ticket_keys
 from mtlsproxy.policy.model import ClientAuth
 from mtlsproxy.policy.verify import crl_signature_problem, native_support_problem, parse_crls
 
@@ -42,6 +43,7 @@ _WHAT: dict[Role, str] = {
     "key": "PEM private key",
     "ca": "PEM CA bundle",
     "crl": "CRL",
+    "keys": "session ticket key file",
 }
 
 
@@ -61,6 +63,8 @@ def check_files(
         for pair in route.tls.certificates:
             checker.key_pair(pair)
         checker.client_auth(route.client_auth, listener.engine)
+        if route.tls.session_tickets.keys is not None:
+            checker.ticket_keys(route.tls.session_tickets.keys)
     return sort_problems(checker.problems)
 
 
@@ -146,6 +150,11 @@ class _Checker:
             message = f"the certificate {subject} expires in {days} days, on {_date(end)}"
             self.report(path, "certificate", message, "warning")
 
+    def ticket_keys(self, path: Path) -> None:
+        """Readable, one base64 key of 32 bytes or more per line, at least one (the message
+        names a line, never its content)."""
+        self.load(path, "keys", _ticket_keys)
+
     def client_auth(self, auth: ClientAuth, engine: EngineKind) -> None:
         if auth.ca is None:
             return  # mode none: nothing to verify clients with
@@ -193,6 +202,10 @@ def _certificates(data: bytes) -> list[x509.Certificate]:
     if b"-----BEGIN CERTIFICATE-----" not in data:
         raise ValueError("no PEM CERTIFICATE block")
     return x509.load_pem_x509_certificates(data)
+
+
+def _ticket_keys(data: bytes) -> int:
+    return len(parse_ticket_keys(data))
 
 
 def _private_key(data: bytes) -> PrivateKeyTypes:

@@ -39,6 +39,7 @@ from mtlsproxy.config.model import (
     MetricsSettings,
     ReloadSettings,
     Route,
+    SessionTickets,
     Timeouts,
     TLSSettings,
     TLSVersion,
@@ -101,7 +102,9 @@ ROUTE_KEYS = (
 )  # fmt: skip
 HTTP_AUTHORIZATION_KEYS = ("rules", "default")
 PATH_RULE_KEYS = ("name", "prefix", "exact", "methods", "require", "allow")
-TLS_KEYS = ("certificates", "min_version", "alpn", "record_padding")
+TLS_KEYS = ("certificates", "min_version", "alpn", "record_padding", "session_tickets")
+SESSION_TICKETS_KEYS = ("keys", "max_age")
+MAX_TICKET_AGE = 7 * 24 * 60 * 60.0  # RFC 8446 section 4.6.1
 CERTIFICATE_KEYS = ("certificate", "key")
 CLIENT_AUTH_KEYS = ("mode", "ca", "crl", "allow", "enforce")
 FORWARD_IDENTITY_KEYS = (
@@ -304,6 +307,14 @@ def _record_padding(node: Node) -> int:
     if size != 0 and not 2 <= size <= 2**14:
         raise _Invalid(f"{size} is not 0 (no padding) or a block size from 2 to 16384")
     return size
+
+
+def _ticket_age(node: Node) -> float:
+    """A duration above zero, at most 7 days (RFC 8446 section 4.6.1)."""
+    seconds = _duration(node)
+    if seconds > MAX_TICKET_AGE:
+        raise _Invalid(f"{node.value!r} is more than 7 days (RFC 8446 section 4.6.1)")
+    return seconds
 
 
 def _workers(node: Node) -> int:
@@ -937,11 +948,25 @@ class _Parser:
                 "min_version": _leaf(_one_of(TLSVersion)),
                 "alpn": lambda n, p: self.sequence(n, p, _leaf(_alpn)),
                 "record_padding": _leaf(_record_padding),
+                "session_tickets": partial(
+                    self.session_tickets, base=(base or _PLACEHOLDER_ROUTE.tls).session_tickets
+                ),
             },
             keys=TLS_KEYS,
             required=() if base else ("certificates",),
         )
         return replace(base or _PLACEHOLDER_ROUTE.tls, **own)
+
+    def session_tickets(self, node: Node, path: str, base: SessionTickets) -> SessionTickets:
+        """A route's over the listener's, key by key (a route setting only max_age keeps the
+        listener's key file)."""
+        own, _ = self.read(
+            node,
+            path,
+            {"keys": self.file_path, "max_age": _leaf(_ticket_age)},
+            keys=SESSION_TICKETS_KEYS,
+        )
+        return replace(base, **own)
 
     def key_pair(self, node: Node, path: str) -> CertificateKeyPair:
         keys = CERTIFICATE_KEYS

@@ -72,6 +72,21 @@ class CertificateKeyPair:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionTickets:
+    """engine native: TLS 1.3 session tickets (``tls.session_tickets``).
+
+    ``keys``: a file of ticket keys, one base64 key of 32 random bytes or more per line, the
+    first sealing new tickets and every one opening them (a Kubernetes Secret shared by every
+    replica); None: keys shared by the supervisor's workers, or random in a single process.
+    ``max_age``: seconds after a client was authenticated with its certificate (a full
+    handshake) that its session may still be resumed (RFC 8446 section 4.6.1: 7 days at most).
+    """
+
+    keys: Path | None = None
+    max_age: float = 24 * 60 * 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class TLSSettings:
     certificates: tuple[CertificateKeyPair, ...]
     min_version: TLSVersion = TLSVersion.TLS1_2
@@ -79,6 +94,7 @@ class TLSSettings:
     # engine native: pad what we send to a multiple of this many bytes (RFC 8446 section 5.4),
     # so record lengths reveal less about the content; 0: no padding.
     record_padding: int = 0
+    session_tickets: SessionTickets = field(default_factory=SessionTickets)
 
 
 @dataclass(frozen=True, slots=True)

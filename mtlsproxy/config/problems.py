@@ -20,7 +20,7 @@ class Location:
 
 
 # The key that names a file: what the file is checked as.
-Role = Literal["certificate", "key", "ca", "crl"]
+Role = Literal["certificate", "key", "ca", "crl", "keys"]  # keys: session ticket keys
 
 # Each file the config names, in each role, with the place that named it first.
 Locations = Mapping[tuple[Path, Role], Location]

@@ -31,6 +31,7 @@ from mtlsproxy.config.model import (
     LogSettings,
     MetricsSettings,
     ReloadSettings,
+    SessionTickets,
     Timeouts,
     TLSSettings,
     TLSVersion,
@@ -288,6 +289,37 @@ def _definitions() -> dict[str, Schema]:
                     "type": "integer",
                     "anyOf": [{"const": 0}, {"minimum": 2, "maximum": 2**14}],
                 },
+                "session_tickets": _section(
+                    load.SESSION_TICKETS_KEYS,
+                    {
+                        "keys": _path(
+                            "A file of ticket keys shared by every replica (a Secret): one "
+                            "base64 key of 32 random bytes or more per line, # comments; the "
+                            "first seals new tickets, every one opens them; re-read when it "
+                            "changes. Left out: keys shared by the workers, random per process."
+                        ),
+                        "max_age": {
+                            "description": "How long after a client's certificate was verified "
+                            "in a full handshake its session may still be resumed; at most 7 "
+                            "days (RFC 8446 section 4.6.1). Seconds, or 30m, 24h.",
+                            "oneOf": [
+                                {
+                                    "type": "number",
+                                    "exclusiveMinimum": 0,
+                                    "maximum": load.MAX_TICKET_AGE,
+                                },
+                                {
+                                    "type": "string",
+                                    "pattern": _full(load._DURATION),
+                                    "not": {"pattern": r"^0+(?:\.0+)?\s*[a-z]+$"},
+                                },
+                            ],
+                        },
+                    },
+                    description="engine native: TLS 1.3 session tickets; a route's settings "
+                    "apply over the listener's key by key.",
+                    defaults=_defaults(SessionTickets),
+                ),
             },
             description="TLS settings.",
             defaults=_defaults(TLSSettings),

@@ -102,6 +102,12 @@ class NativeRoute(TLSRoute, Protocol):
         """Now, as an aware datetime: the one clock tickets are dated and aged with."""
         ...
 
+    def resumable_until(self, chain_der: Sequence[bytes]) -> datetime | None:
+        """Until when a session of the client that presented ``chain_der`` may be resumed:
+        the earliest end of what its verification relied on (notAfter, CRL nextUpdate);
+        None: no such bound."""
+        ...
+
 
 RouteSelector = Callable[[ClientHello], TLSRoute]
 

@@ -23,6 +23,7 @@ from mtlsproxy.forwarding.http.local import RequestRefusal
 from mtlsproxy.metrics import Metrics
 from mtlsproxy.proxy.connection import ClientConnection
 from mtlsproxy.routing.routes import RouteTable
+from mtlsproxy.routing.tickets import ticket_key_files
 
 # Pending connections the kernel queues before accept (nginx's default on Linux is 511).
 LISTEN_BACKLOG = 511
@@ -67,12 +68,13 @@ class ListenerRuntime:
         return engine(self.routes.select, time.perf_counter, trace)
 
     def watched_files(self) -> tuple[Path, ...]:
-        """Every certificate, key, CA bundle and CRL file the routes read."""
+        """Every certificate, key, CA bundle, CRL and session ticket key file the routes read."""
         paths: list[Path] = []
         for route in (self.config.default_route, *self.config.routes):
             for pair in route.tls.certificates:
                 paths += (pair.certificate, pair.key)
             paths += [p for p in (route.client_auth.ca, route.client_auth.crl) if p is not None]
+            paths += ticket_key_files(route)
         return tuple(dict.fromkeys(paths))
 
     async def start(self, reuse_port: bool = False) -> None:

@@ -1,15 +1,16 @@
 """Routes: a listener's policies by SNI, chosen from the parsed ClientHello.
 
 Selection happens before any byte reaches OpenSSL, so each route's own ``SSLContext`` (own
-session cache and ticket keys) runs the handshake: a session made under one route cannot be
-resumed under another to skip its client-certificate policy.
+session cache and ticket keys) runs the handshake, and the native engine's tickets are sealed
+with a key derived for the route (``routing.tickets``): a session made under one route cannot
+be resumed under another to skip its client-certificate policy.
 """
 
 from __future__ import annotations
 
 import ssl
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from cryptography import x509
@@ -21,6 +22,7 @@ from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.native.tickets import TicketKey
 from mtlsproxy.policy.decision import ClientPolicy, decide
 from mtlsproxy.routing.contexts import build_ssl_context
+from mtlsproxy.routing.tickets import ticket_key
 from mtlsproxy.vocabulary.decision import Decision, Evidence
 
 
@@ -46,6 +48,9 @@ class ServerCredential:
         )
 
 
+RESUMABLE_CACHE_SIZE = 1024  # distinct client chains; a fleet presents few
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -61,13 +66,17 @@ class ServerRoute:
     ssl_context: ssl.SSLContext
     policy: ClientPolicy
     credentials: tuple[ServerCredential, ...] = ()  # in config order
-    # The native engine's session-ticket key: created with the route, so a reload rotates it
-    # and a ticket never resumes on another route. None: the native engine issues no tickets.
+    # The native engine's session-ticket key: this route's view of the keys (routing.tickets),
+    # so a ticket never resumes on another route. None: the native engine issues no tickets.
     tickets: TicketKey | None = None
     wall_clock: Callable[[], datetime] = _utc_now
+    # chain DER -> resumable_until's answer, for the chains this route issued tickets to
+    _resumable: dict[tuple[bytes, ...], datetime | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
-    def build(cls, route: Route) -> ServerRoute:
+    def build(cls, route: Route, listener: str = "") -> ServerRoute:
         policy = ClientPolicy.compile(route.client_auth)
         verifier = policy.verifier
         return cls(
@@ -80,7 +89,7 @@ class ServerRoute:
             ),
             policy=policy,
             credentials=tuple(ServerCredential.load(pair) for pair in route.tls.certificates),
-            tickets=TicketKey(route.name),
+            tickets=ticket_key(route, listener),
         )
 
     @property
@@ -106,6 +115,36 @@ class ServerRoute:
     def decide(self, chain_der: Sequence[bytes], evidence: Evidence) -> Decision:
         """The policy's decision on this client, now (``policy.decision.decide``)."""
         return decide(self.policy, chain_der, self.wall_clock(), evidence)
+
+    def resumable_until(self, chain_der: Sequence[bytes]) -> datetime | None:
+        """Until when a session of the client that presented ``chain_der`` may be resumed:
+        the earliest notAfter of the chain and of the client CA it names as issuer, and the
+        earliest nextUpdate of the CRLs of the chain's issuers (CRL checks fail closed, so
+        past it the chain would not verify). Read-only use of the compiled policy; cached per
+        chain, for the life of the route (a reload of the CA or CRLs builds a new route)."""
+        key = tuple(chain_der)
+        if key in self._resumable:
+            return self._resumable[key]
+        try:
+            chain = [x509.load_der_x509_certificate(der) for der in key]
+        except ValueError:
+            return datetime.min.replace(tzinfo=UTC)  # not resumable (never verified either)
+        ends = [cert.not_valid_after_utc for cert in chain]
+        verifier = self.policy.verifier
+        if verifier is not None and chain:
+            issuers = {cert.issuer for cert in chain}
+            anchors = [ca for ca in verifier.ca_certificates if ca.subject in issuers]
+            ends += [ca.not_valid_after_utc for ca in anchors]
+            ends += [
+                loaded.next_update
+                for loaded in verifier.crls
+                if loaded.next_update is not None and loaded.crl.issuer in issuers
+            ]
+        until = min(ends, default=None)
+        if len(self._resumable) >= RESUMABLE_CACHE_SIZE:
+            self._resumable.clear()
+        self._resumable[key] = until
+        return until
 
 
 def route_alpn(route: Route) -> tuple[str, ...]:
@@ -134,8 +173,8 @@ class RouteTable:
     @classmethod
     def for_listener(cls, listener: Listener) -> RouteTable:
         return cls(
-            ServerRoute.build(listener.default_route),
-            tuple(ServerRoute.build(route) for route in listener.routes),
+            ServerRoute.build(listener.default_route, listener.name),
+            tuple(ServerRoute.build(route, listener.name) for route in listener.routes),
         )
 
     def all_routes(self) -> tuple[ServerRoute, ...]:

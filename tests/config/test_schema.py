@@ -25,6 +25,7 @@ from mtlsproxy.config.schema import (
     json_schema,
     schema_text,
 )
+from mtlsproxy.engine.native.tickets import format_ticket_keys, new_ticket_key
 from tests.config.test_load import GOOD
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,6 +46,7 @@ listeners:
       min_version: "1.3"
       alpn: [http/1.1]
       record_padding: 0
+      session_tickets: {{keys: certs/ticket.keys, max_age: 24h}}
     client_auth:
       mode: require
       ca: certs/client-ca.pem
@@ -82,6 +84,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory with the development PKI in ``certs/``, as BASE names it."""
     directory = tmp_path_factory.mktemp("schema")
     pki.init(directory / "certs")
+    (directory / "certs" / "ticket.keys").write_bytes(format_ticket_keys([new_ticket_key()]))
     return directory
 
 
@@ -292,6 +295,14 @@ CASES = [
      "true or false"),
     ("alpn_not_a_list", "alpn: [http/1.1]", "alpn: http/1.1", "listeners[0].tls.alpn",
      "expected a list"),
+    ("ticket_age_over_7_days", "max_age: 24h", "max_age: 604801",
+     "listeners[0].tls.session_tickets.max_age", "more than 7 days"),
+    ("zero_ticket_age", "max_age: 24h", "max_age: 0s",
+     "listeners[0].tls.session_tickets.max_age", "greater than zero"),
+    ("bad_ticket_age", "max_age: 24h", "max_age: a day",
+     "listeners[0].tls.session_tickets.max_age", "is not a duration"),
+    ("ticket_keys_not_a_path", "keys: certs/ticket.keys", "keys: [a, b]",
+     "listeners[0].tls.session_tickets.keys", "expected a string"),
     # accepted by both
     ("duration_in_ms", "idle: 5m", "idle: 500 ms", "", ""),
     ("duration_as_seconds", "idle: 5m", "idle: 1.5", "", ""),
@@ -307,6 +318,9 @@ CASES = [
     ("numeric_name", "name: api", "name: 443", "", ""),
     ("unquoted_min_version", 'min_version: "1.3"', "min_version: 1.2", "", ""),
     ("workers_auto", "workers: 1", "workers: auto", "", ""),
+    ("ticket_age_7_days", "max_age: 24h", "max_age: 168h", "", ""),
+    ("route_ticket_age", "upstream: 127.0.0.1:8081",
+     "tls: {session_tickets: {max_age: 30m}}", "", ""),
     ("padding_block", "record_padding: 0", "record_padding: 16384", "", ""),
     ("forward_mode_alone", "forward_identity:\n", "forward_identity: proxy_protocol_v2\n"
      "    unused:\n", "", ""),
@@ -364,6 +378,7 @@ SECTIONS = [
     "listeners[0]",
     "listeners[0].tls",
     "listeners[0].tls.certificates[0]",
+    "listeners[0].tls.session_tickets",
     "listeners[0].client_auth",
     "listeners[0].client_auth.allow[0]",
     "listeners[0].forward_identity",

@@ -17,7 +17,8 @@ clock of its own). This package exports the foundation; the engine is
   (section 4).
 - :mod:`.signatures`: signature schemes, the choice of our credential, CertificateVerify
   content (section 4.4.3).
-- :mod:`.tickets`: sealed, stateless session tickets, one key per route (section 4.6.1).
+- :mod:`.tickets`: sealed, stateless session tickets; keyrings (a key file, or random) seen by
+  each route through its own derived key (section 4.6.1).
 - :mod:`.states`: the handshake states, each carrying its data and its seed step.
 - :mod:`.handshake_records`: the client's records before its Finished (CCS, plaintext
   alerts, rejected early data).

@@ -16,8 +16,9 @@ and acted on here; nothing in this module re-decides it:
   ``access_denied`` goes only to a client that proved it holds the key of the certificate it is
   refused for. An empty Certificate is decided at once (mode ``require`` refuses it).
 * CertificateVerify (section 4.4.3): the signature over the transcript with the leaf's key.
-* Finished (section 4.4.4): checked last; a resumed session's client (its certificate from the
-  ticket) is decided again against now (``Evidence.RESUMED``: expiry, revocation, allow-list).
+* Finished (section 4.4.4): checked last; a resumed session's client (its whole chain from the
+  ticket) is decided again against now (``Evidence.RESUMED``: the chain verified with the CAs,
+  CRLs and clock of now, and the allow-list).
 
 In audit mode (``client_auth.enforce: false``) the decision admits a client it would refuse,
 with ``would_refuse`` set; a certificate failing verification is admitted with ``verified``
@@ -122,7 +123,8 @@ def certificate(
     refusal = decision.refusal
     if not decision.admitted and refusal is not None and refusal.step is Step.CLIENT_VERIFY:
         raise Unverified(refusal.to_error())
-    return ExpectCertificateVerify(negotiated, leaf, decoded.chain[0], decision)
+    chain = tuple(decoded.chain)
+    return ExpectCertificateVerify(negotiated, leaf, chain[0], decision, chain)
 
 
 def certificate_verify(
@@ -146,7 +148,10 @@ def certificate_verify(
     schedule.update_transcript(message.raw)
     note(trace, "<-", "CertificateVerify", scheme=f"0x{scheme:04x}")
     act_on(state.decision)
-    return ExpectFinished(state.negotiated, state.client_leaf_der, state.decision)
+    return ExpectFinished(
+        state.negotiated, state.client_leaf_der, state.decision,
+        client_chain_der=state.client_chain_der,
+    )  # fmt: skip
 
 
 def finished(
@@ -173,14 +178,14 @@ def finished(
         )
     schedule.update_transcript(message.raw)
     note(trace, "<-", "Finished")
-    leaf_der = state.client_leaf_der
+    leaf_der, chain = state.client_leaf_der, state.client_chain_der
     if state.resumed is not None:
-        # The ticket's certificate, checked again against now: expiry, revocation and the
-        # allow-list (a refusal is access_denied, as in a full handshake).
-        chain = (leaf_der,) if leaf_der is not None else ()
+        # The ticket's whole chain, verified again against now: the CA bundle, CRLs and
+        # clock of now, and the allow-list (a refusal is access_denied, as in a full handshake).
+        chain = state.resumed.chain
         decision = act_on(route.decide(chain, Evidence.RESUMED))
     elif state.decision is not None:
         decision = state.decision
     else:  # no CertificateRequest was sent
         decision = route.decide((), Evidence.UNCHECKED)
-    return Established(negotiated, leaf_der), decision
+    return Established(negotiated, leaf_der, chain, state.resumed), decision

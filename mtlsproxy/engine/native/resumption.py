@@ -4,17 +4,28 @@ Theory of operation
 -------------------
 RFC 8446 sections 2.2, 4.2.11 and 4.6.1, on the sealed tickets of :mod:`.tickets`.
 
-Issuing (:func:`issue_ticket`): after a full handshake whose client was admitted without
-``would_refuse``, one NewSessionTicket goes out, sealed with the route's ``TicketKey`` (so a
-ticket resumes on its own route only, and a reload rotates the keys). It lives no longer than
-``TICKET_LIFETIME`` nor than the client's certificate; a state that would not fit a ticket
-gets none.
+Issuing (:func:`issue_ticket`): after a handshake (full or resumed) whose client was admitted
+without ``would_refuse``, one NewSessionTicket goes out, sealed with the route's ``TicketKey``
+(so a ticket resumes on its own route only). It carries the client's whole chain and the time
+the client was authenticated with it: now after a full handshake, the original time after a
+resumption, so that resuming again never extends an authentication. It lives until the
+earliest of:
+
+* ``TICKET_LIFETIME`` from now;
+* the authentication time plus the route's ``max_age`` (``tls.session_tickets.max_age``);
+* the earliest notAfter of the client's chain and of the CA it chains to, and the earliest
+  nextUpdate of the CRLs that cover it (``route.resumable_until``): a ticket never outlives
+  what its full handshake was verified with.
+
+No ticket when any of these is already past, or the state would not fit a ticket.
 
 Accepting (:func:`accept_psk`): a ClientHello offering psk_dhe_ke and a ticket that opens, is
-within its lifetime (by our clock and, with ``AGE_TOLERANCE``, by the client's) and fits the
-negotiated suite's hash resumes: the first such identity is selected. Its binder must verify
-(``decrypt_error`` otherwise, compared in constant time); any other unusable ticket is
-skipped, which means a full handshake. psk_ke (no ECDHE) is never accepted.
+within its lifetime (by our clock and, with ``AGE_TOLERANCE``, by the client's), whose
+authentication is within the route's ``max_age`` now and that fits the negotiated suite's hash
+resumes: the first such identity is selected. Its binder must verify (``decrypt_error``
+otherwise, compared in constant time); any other unusable ticket is skipped, which means a full
+handshake. psk_ke (no ECDHE) is never accepted. After the client's Finished, the route decides
+on the ticket's chain with ``Evidence.RESUMED`` (:mod:`.client_flight`).
 
 Both directions take ``now`` (wall-clock seconds) from the engine, which reads the route's
 ``wall_clock``: nothing here reads a clock.
@@ -74,8 +85,10 @@ def accept_psk(
         if ticket_suite is None or ticket_suite.hash_name != suite.hash_name:
             continue
         client_age_ms = (obfuscated_age - state.age_add) % (1 << 32)
-        if not 0 <= now - state.issued <= state.lifetime or (
-            client_age_ms > (state.lifetime + AGE_TOLERANCE) * 1000
+        if (
+            not 0 <= now - state.issued <= state.lifetime
+            or client_age_ms > (state.lifetime + AGE_TOLERANCE) * 1000
+            or now - state.authenticated_at > tickets.max_age
         ):
             continue
         truncated = message[: len(message) - offered.binders_size]
@@ -105,17 +118,23 @@ def issue_ticket(
     trace: Tracer | None = None,
 ) -> bytes | None:
     """One NewSessionTicket message (section 4.6.1) for an established session, living no
-    longer than the client's certificate; None when the route issues none or the state would
-    not fit a ticket."""
+    longer than the module docstring says; None when the route issues none, the session may
+    not be resumed any more or the state would not fit a ticket."""
     tickets = route.tickets
     if tickets is None:
         return None
-    leaf_der = session.client_leaf_der
-    lifetime = TICKET_LIFETIME
-    if leaf_der is not None:
+    chain = session.client_chain_der
+    resumed = session.resumed
+    authenticated_at = resumed.authenticated_at if resumed is not None else now
+    ends = [now + TICKET_LIFETIME, authenticated_at + tickets.max_age]
+    if chain:
         if decision.identity is None:
             return None
-        lifetime = min(lifetime, int(decision.identity.not_after.timestamp()) - now)
+        ends.append(int(decision.identity.not_after.timestamp()))
+        until = route.resumable_until(chain)
+        if until is not None:
+            ends.append(int(until.timestamp()))
+    lifetime = min(ends) - now
     if lifetime <= 0:
         return None
     suite, schedule = session.negotiated.suite, session.negotiated.schedule
@@ -126,8 +145,9 @@ def issue_ticket(
     )  # fmt: skip
     age_add = int.from_bytes(os.urandom(4), "big")
     state = TicketState(
-        psk, suite.id, now, lifetime, age_add, session.negotiated.alpn, route.name, leaf_der
-    )
+        psk, suite.id, now, lifetime, age_add, session.negotiated.alpn, tickets.route, chain,
+        authenticated_at,
+    )  # fmt: skip
     ticket = tickets.seal(state)
     if ticket is None:
         return None

@@ -119,6 +119,7 @@ class ExpectCertificateVerify(ClientFlightState):
     leaf: x509.Certificate
     client_leaf_der: bytes
     decision: Decision
+    client_chain_der: tuple[bytes, ...] = ()  # leaf first, as sent: what a ticket keeps
 
     @property
     def leaf_der(self) -> bytes | None:
@@ -138,6 +139,7 @@ class ExpectFinished(ClientFlightState):
     client_leaf_der: bytes | None = None
     decision: Decision | None = None
     resumed: TicketState | None = None
+    client_chain_der: tuple[bytes, ...] = ()
 
     @property
     def leaf_der(self) -> bytes | None:
@@ -151,6 +153,8 @@ class Established(State):
     name: ClassVar[str] = "established"
     negotiated: Negotiated
     client_leaf_der: bytes | None
+    client_chain_der: tuple[bytes, ...] = ()
+    resumed: TicketState | None = None  # the ticket a resumed session came from
 
     @property
     def leaf_der(self) -> bytes | None:

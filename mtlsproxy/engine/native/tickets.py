@@ -1,17 +1,30 @@
 """Session tickets of the native engine (RFC 8446 sections 4.6.1 and 2.2): stateless, sealed.
 
-A :class:`TicketKey` belongs to one ``ServerRoute`` and is created with it: a reload (which
-rebuilds the routes) rotates every key, and a ticket issued under one route never opens under
-another, so a resumed session cannot skip another route's client-certificate policy.
+Keys
+----
+A :class:`TicketKeyring` holds master keys (32 random bytes or more each): the first seals new
+tickets, every one opens them. It comes from a key file (``tls.session_tickets.keys``, see
+:func:`parse_ticket_keys`), from the supervisor (shared by its workers), or is random and
+process-wide (:class:`RotatingKeyring`), so that a reload no longer invalidates tickets: a
+resumed client's whole chain is verified again anyway (``Evidence.RESUMED``).
 
-The ticket is ``nonce (12) || AES-256-GCM(state)``, the route name as associated data. The
-state carries what resumption needs: the PSK, the cipher suite, issue time, lifetime and
-ticket_age_add, the ALPN protocol, the route name, and the client's leaf certificate (DER, or
-none), which the route's policy re-checks (``decide`` with ``Evidence.RESUMED``: expiry,
-revocation, allow-list) on resumption.
+A :class:`TicketKey` is one route's view of a keyring: each master key's AEAD key for the
+route is ``HKDF-SHA256(master, info = label || scope)`` (``scope``: listener and route name),
+and the scope is associated data as well, so a ticket issued under one route never opens under
+another even when every route shares the key file, and a resumed session cannot skip another
+route's client-certificate policy. A key is named by an 8-byte id (HKDF of the key, revealing
+nothing of it) that every ticket carries, so opening picks its key without trying them all.
+
+The ticket is ``version (1) || key id (8) || nonce (12) || AES-256-GCM(state)``. The state
+carries what resumption needs: the PSK, the cipher suite, issue time, lifetime and
+ticket_age_add, the ALPN protocol, the route's scope, the time the client was authenticated
+with its certificate (kept by every ticket issued on a resumed session, so resuming never
+extends it), and the client's chain as it sent it (leaf first, DER; empty: none), which the
+route's policy verifies again on resumption. A chain over ``MAX_CHAIN_SIZE`` gets no ticket.
 
 Nothing here reads a clock: ``issued`` and the age checks use the wall-clock seconds the
-engine passes in, from the route's ``wall_clock``.
+engine passes in, from the route's ``wall_clock``. Keys never appear in a repr, a log or an
+exception.
 
 Tickets are only for resumption with (EC)DHE (psk_dhe_ke); 0-RTT is never accepted, so there
 is no anti-replay state: a replayed ClientHello only yields a fresh handshake whose keys the
@@ -20,27 +33,49 @@ replayer does not have (section 8).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 TICKET_LIFETIME = 2 * 60 * 60  # seconds; RFC 8446 allows up to 7 days
+MAX_AUTHENTICATION_AGE = 7 * 24 * 60 * 60  # RFC 8446 section 4.6.1: 7 days at most
+DEFAULT_MAX_AGE = 24 * 60 * 60  # tls.session_tickets.max_age
 AGE_TOLERANCE = 10  # seconds the client's ticket age may run ahead of ours
-MAX_LEAF_SIZE = 8 * 1024  # a larger client certificate gets no ticket (bounded ticket size)
-MAX_TICKET_SIZE = 12 * 1024
+MAX_CHAIN_SIZE = 16 * 1024  # a larger client chain gets no ticket (bounded ticket size)
+MAX_CHAIN_LENGTH = 8  # certificates
+MAX_TICKET_SIZE = MAX_CHAIN_SIZE + 1024
 
-_VERSION = 1
+MIN_KEY_SIZE = 32  # bytes of a master key
+MAX_KEYS = 64  # in a key file
+MAX_KEY_FILE_SIZE = 64 * 1024
+ROTATION_PERIOD = 60 * 60  # seconds a random key issues tickets (supervisor, single process)
+# Keys kept after they stop issuing: long enough for every ticket they sealed to expire.
+PREVIOUS_KEYS_KEPT = -(-TICKET_LIFETIME // ROTATION_PERIOD)
+
+_VERSION = 2
+_KEY_ID_SIZE = 8
 _NONCE_SIZE = 12
-_HEADER = struct.Struct("!BHQII")  # version, suite, issued (s), lifetime (s), ticket_age_add
+_TAG_SIZE = 16
+_PREFIX = struct.Struct("!B8s")  # version, key id
+_HEADER = struct.Struct("!HQIIQ")  # suite, issued (s), lifetime (s), age_add, authenticated (s)
+_KEY_ID_INFO = b"mtlsproxy ticket key id"
+_ROUTE_KEY_INFO = b"mtlsproxy ticket key v2 "
+_AAD = b"mtlsproxy ticket v2 "
 
 
 @dataclass(frozen=True, slots=True, repr=False)
 class TicketState:
-    """What a ticket carries. ``issued`` is wall-clock seconds (tickets outlive processes'
-    monotonic clocks only in theory, but a wall clock is what ages are compared with)."""
+    """What a ticket carries. ``issued`` and ``authenticated_at`` are wall-clock seconds (a
+    ticket outlives a process and its monotonic clock); ``chain`` is the client's chain as it
+    sent it, leaf first (empty: no certificate)."""
 
     psk: bytes
     suite: int
@@ -49,43 +84,45 @@ class TicketState:
     age_add: int
     alpn: str | None
     route: str
-    leaf_der: bytes | None
+    chain: tuple[bytes, ...]
+    authenticated_at: int
 
     def __repr__(self) -> str:  # never show the PSK
-        return f"TicketState(route={self.route!r}, suite=0x{self.suite:04x}, issued={self.issued})"
+        return (
+            f"TicketState(route={self.route!r}, suite=0x{self.suite:04x}, issued={self.issued}, "
+            f"authenticated_at={self.authenticated_at}, chain_length={len(self.chain)})"
+        )
+
+    @property
+    def leaf_der(self) -> bytes | None:
+        return self.chain[0] if self.chain else None
 
     def encode(self) -> bytes:
         alpn = (self.alpn or "").encode("latin-1")
         route = self.route.encode("utf-8")
-        leaf = self.leaf_der or b""
-        return b"".join(
-            (
-                _HEADER.pack(_VERSION, self.suite, self.issued, self.lifetime, self.age_add),
-                bytes((len(self.psk),)) + self.psk,
-                bytes((len(alpn),)) + alpn,
-                struct.pack("!H", len(route)) + route,
-                struct.pack("!H", len(leaf)) + leaf,
-            )
+        header = _HEADER.pack(
+            self.suite, self.issued, self.lifetime, self.age_add, self.authenticated_at
         )
+        parts = [
+            header,
+            bytes((len(self.psk),)) + self.psk,
+            bytes((len(alpn),)) + alpn,
+            struct.pack("!H", len(route)) + route,
+            bytes((len(self.chain),)),
+        ]
+        parts += [struct.pack("!H", len(der)) + der for der in self.chain]
+        return b"".join(parts)
 
     @classmethod
     def decode(cls, data: bytes) -> TicketState:
-        """Raises ValueError on anything malformed (only ever our own sealed bytes)."""
-        version, suite, issued, lifetime, age_add = _HEADER.unpack_from(data)
-        if version != _VERSION:
-            raise ValueError("unknown ticket version")
-        offset = _HEADER.size
-        fields: list[bytes] = []
-        for size in (1, 1, 2, 2):
-            (length,) = struct.unpack_from("!B" if size == 1 else "!H", data, offset)
-            offset += size
-            if offset + length > len(data):
-                raise ValueError("truncated ticket")
-            fields.append(data[offset : offset + length])
-            offset += length
-        if offset != len(data):
+        """Raises ValueError (or struct.error) on anything malformed (only ever our own
+        sealed bytes)."""
+        suite, issued, lifetime, age_add, authenticated_at = _HEADER.unpack_from(data)
+        reader = _Reader(data, _HEADER.size)
+        psk, alpn, route = reader.vector(1), reader.vector(1), reader.vector(2)
+        chain = tuple(reader.vector(2) for _ in range(reader.byte()))
+        if reader.offset != len(data):
             raise ValueError("trailing bytes in ticket")
-        psk, alpn, route, leaf = fields
         return cls(
             psk=psk,
             suite=suite,
@@ -94,40 +131,210 @@ class TicketState:
             age_add=age_add,
             alpn=alpn.decode("latin-1") or None,
             route=route.decode("utf-8"),
-            leaf_der=leaf or None,
+            chain=chain,
+            authenticated_at=authenticated_at,
         )
 
 
+class _Reader:
+    __slots__ = ("data", "offset")
+
+    def __init__(self, data: bytes, offset: int) -> None:
+        self.data, self.offset = data, offset
+
+    def byte(self) -> int:
+        if self.offset >= len(self.data):
+            raise ValueError("truncated ticket")
+        self.offset += 1
+        return self.data[self.offset - 1]
+
+    def vector(self, size: int) -> bytes:
+        (length,) = struct.unpack_from("!B" if size == 1 else "!H", self.data, self.offset)
+        start = self.offset + size
+        if start + length > len(self.data):
+            raise ValueError("truncated ticket")
+        self.offset = start + length
+        return self.data[start : self.offset]
+
+
+def chain_size(chain: Sequence[bytes]) -> int:
+    return sum(len(der) for der in chain)
+
+
+# --- keys -----------------------------------------------------------------------------------
+
+
+def _hkdf(secret: bytes, info: bytes, length: int = 32) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(secret)
+
+
+class MasterKey:
+    """One key of a keyring: its secret (never shown) and its public 8-byte id."""
+
+    __slots__ = ("_secret", "key_id")
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < MIN_KEY_SIZE:
+            raise ValueError(f"a ticket key needs at least {MIN_KEY_SIZE} bytes")
+        self._secret = bytes(secret)
+        self.key_id = _hkdf(secret, _KEY_ID_INFO, _KEY_ID_SIZE)
+
+    def __repr__(self) -> str:
+        return f"MasterKey(id={self.key_id.hex()})"
+
+    def route_key(self, scope: str) -> bytes:
+        """The AES-256-GCM key of this master key for one route."""
+        return _hkdf(self._secret, _ROUTE_KEY_INFO + scope.encode("utf-8"))
+
+
+class TicketKeyring:
+    """Master keys: the first seals new tickets, every one opens them (a key file's order)."""
+
+    __slots__ = ("_by_id", "keys")
+
+    def __init__(self, secrets: Sequence[bytes]) -> None:
+        if not secrets:
+            raise ValueError("a ticket keyring needs at least one key")
+        self.keys: tuple[MasterKey, ...] = tuple(MasterKey(secret) for secret in secrets)
+        self._by_id = {key.key_id: key for key in reversed(self.keys)}  # the first id wins
+
+    @classmethod
+    def random(cls) -> TicketKeyring:
+        return cls([os.urandom(32)])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(k.key_id.hex() for k in self.keys)})"
+
+    def issuing(self, now: int) -> MasterKey:
+        """The key that seals a ticket issued at ``now`` (wall-clock seconds)."""
+        return self.keys[0]
+
+    def find(self, key_id: bytes) -> MasterKey | None:
+        return self._by_id.get(key_id)
+
+
+class RotatingKeyring(TicketKeyring):
+    """Random keys, in memory only, for a process that has neither a key file nor a supervisor:
+    a new key issues every ``period`` seconds (dated by the ``now`` tickets are issued at), and
+    the previous ones open tickets until every ticket they sealed has expired."""
+
+    __slots__ = ("_kept", "_period", "_rotate_at")
+
+    def __init__(self, period: int = ROTATION_PERIOD, kept: int = PREVIOUS_KEYS_KEPT) -> None:
+        super().__init__([os.urandom(32)])
+        self._period, self._kept = period, kept
+        self._rotate_at: int | None = None
+
+    def issuing(self, now: int) -> MasterKey:
+        if self._rotate_at is None:
+            self._rotate_at = now + self._period
+        elif now >= self._rotate_at:
+            key = MasterKey(os.urandom(32))
+            self.keys = (key, *self.keys[: self._kept])
+            self._by_id = {k.key_id: k for k in self.keys}
+            self._rotate_at = now + self._period
+        return self.keys[0]
+
+
+def parse_ticket_keys(data: bytes) -> list[bytes]:
+    """The keys of a key file, in its order (the first issues).
+
+    The format: one key per line, standard base64 of at least ``MIN_KEY_SIZE`` random bytes;
+    blank lines and lines starting with ``#`` are ignored; at least one key, at most
+    ``MAX_KEYS``. ``ValueError`` says which line is wrong, never what it holds."""
+    if len(data) > MAX_KEY_FILE_SIZE:
+        raise ValueError(f"larger than {MAX_KEY_FILE_SIZE >> 10} KiB")
+    keys = []
+    for number, raw in enumerate(data.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith(b"#"):
+            continue
+        try:
+            key = base64.b64decode(line, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"line {number} is not a base64 key") from None
+        if len(key) < MIN_KEY_SIZE:
+            raise ValueError(
+                f"line {number} holds a key of {len(key)} bytes; at least {MIN_KEY_SIZE} are "
+                "needed (head -c 32 /dev/urandom | base64)"
+            )
+        keys.append(key)
+    if not keys:
+        raise ValueError("holds no key (one base64 key per line, newest first)")
+    if len(keys) > MAX_KEYS:
+        raise ValueError(f"holds {len(keys)} keys; at most {MAX_KEYS}")
+    return keys
+
+
+def format_ticket_keys(keys: Sequence[bytes], comment: str = "") -> bytes:
+    """A key file holding ``keys`` (the first issues)."""
+    header = f"# {comment}\n" if comment else ""
+    return header.encode() + b"".join(base64.b64encode(key) + b"\n" for key in keys)
+
+
+def new_ticket_key() -> bytes:
+    return os.urandom(32)
+
+
 class TicketKey:
-    """One route's ticket protection key: random, in memory only, rotated with the route."""
+    """One route's ticket protection: a keyring seen under the route's ``scope``.
 
-    __slots__ = ("_aead", "route")
+    ``max_age`` (seconds) bounds how long after its client was authenticated with a certificate
+    a session may still be resumed (``tls.session_tickets.max_age``)."""
 
-    def __init__(self, route: str) -> None:
+    __slots__ = ("_aeads", "_keyring", "max_age", "route")
+
+    def __init__(
+        self,
+        route: str,
+        keyring: TicketKeyring | None = None,
+        *,
+        max_age: int = DEFAULT_MAX_AGE,
+    ) -> None:
         self.route = route
-        self._aead = AESGCM(os.urandom(32))
+        self.max_age = max_age
+        self._keyring = keyring if keyring is not None else TicketKeyring.random()
+        self._aeads: dict[bytes, AESGCM] = {}
 
     def __repr__(self) -> str:
         return f"TicketKey(route={self.route!r})"
 
+    def _aead(self, key: MasterKey) -> AESGCM:
+        aead = self._aeads.get(key.key_id)
+        if aead is None:
+            if len(self._aeads) >= 2 * MAX_KEYS:  # rotated keys: forget the old ones
+                self._aeads.clear()
+            aead = self._aeads[key.key_id] = AESGCM(key.route_key(self.route))
+        return aead
+
     def seal(self, state: TicketState) -> bytes | None:
         """The ticket for ``state``, or None when it would be too large to issue."""
-        if state.leaf_der is not None and len(state.leaf_der) > MAX_LEAF_SIZE:
+        if len(state.chain) > MAX_CHAIN_LENGTH or chain_size(state.chain) > MAX_CHAIN_SIZE:
             return None
+        key = self._keyring.issuing(state.issued)
         nonce = os.urandom(_NONCE_SIZE)
-        ticket = nonce + self._aead.encrypt(nonce, state.encode(), self._aad())
+        prefix = _PREFIX.pack(_VERSION, key.key_id)
+        sealed = self._aead(key).encrypt(nonce, state.encode(), self._aad(key.key_id))
+        ticket = prefix + nonce + sealed
         return ticket if len(ticket) <= MAX_TICKET_SIZE else None
 
     def open(self, ticket: bytes) -> TicketState | None:
-        """The state of a ticket this key sealed for this route; None for anything else."""
-        if not _NONCE_SIZE + 16 < len(ticket) <= MAX_TICKET_SIZE:
+        """The state of a ticket sealed for this route with a key of the keyring; None for
+        anything else (another route, a removed key, tampering, an older format)."""
+        if not _PREFIX.size + _NONCE_SIZE + _TAG_SIZE < len(ticket) <= MAX_TICKET_SIZE:
             return None
-        nonce, sealed = ticket[:_NONCE_SIZE], ticket[_NONCE_SIZE:]
+        version, key_id = _PREFIX.unpack_from(ticket)
+        key = self._keyring.find(key_id) if version == _VERSION else None
+        if key is None:
+            return None
+        nonce = ticket[_PREFIX.size : _PREFIX.size + _NONCE_SIZE]
+        sealed = ticket[_PREFIX.size + _NONCE_SIZE :]
         try:
-            state = TicketState.decode(self._aead.decrypt(nonce, sealed, self._aad()))
+            plain = self._aead(key).decrypt(nonce, sealed, self._aad(key_id))
+            state = TicketState.decode(plain)
         except (InvalidTag, ValueError, struct.error, UnicodeDecodeError):
             return None
         return state if state.route == self.route else None
 
-    def _aad(self) -> bytes:
-        return b"mtlsproxy ticket v1 " + self.route.encode("utf-8")
+    def _aad(self, key_id: bytes) -> bytes:
+        return _AAD + key_id + self.route.encode("utf-8")

@@ -108,13 +108,28 @@ def test_resumption_without_a_client_certificate(pki: PkiFiles, mode: ClientAuth
 
 
 def test_ticket_from_another_route_is_ignored(require: ServerRoute, pki: PkiFiles) -> None:
+    """Every route of the process shares the keyring, each through its own derived key."""
     ctx = client_context(pki)
     session = session_of(connect(require, ctx))
-    other = build_route(pki, REQUIRE)  # same config, own key (as after a reload)
+    config = dataclasses.replace(require.config, name="other")
+    other = ServerRoute.build(config)
     out = connect(other, ctx, session)
     assert out.complete is not None and not out.complete.session_reused
     assert out.client is not None and not out.client.session_reused
     assert out.complete.identity is not None  # a full handshake with the certificate
+    # The same route in another listener is another route too.
+    elsewhere = ServerRoute.build(require.config, "another-listener")
+    out = connect(elsewhere, ctx, session)
+    assert out.complete is not None and not out.complete.session_reused
+
+
+def test_a_rebuilt_route_keeps_resuming(require: ServerRoute, pki: PkiFiles) -> None:
+    """A reload builds the routes again; the process keyring stays, and the resumed client's
+    chain is verified again with what the reload loaded."""
+    ctx = client_context(pki)
+    session = session_of(connect(require, ctx))
+    out = connect(build_route(pki, REQUIRE), ctx, session)
+    assert out.complete is not None and out.complete.session_reused
 
 
 def test_anonymous_ticket_cannot_skip_a_required_certificate(pki: PkiFiles) -> None:
@@ -212,7 +227,7 @@ def test_tampered_ticket_is_ignored(require: ServerRoute, pki: PkiFiles) -> None
 
 
 def test_ticket_key_seals_for_its_route_only() -> None:
-    state = TicketState(b"k" * 32, 0x1301, 1000, 7200, 5, "h2", "a", b"\x30\x00")
+    state = TicketState(b"k" * 32, 0x1301, 1000, 7200, 5, "h2", "a", (b"\x30\x00",), 900)
     key = TicketKey("a")
     ticket = key.seal(state)
     assert ticket is not None
@@ -221,7 +236,7 @@ def test_ticket_key_seals_for_its_route_only() -> None:
     assert TicketKey("a").open(ticket) is None
     assert key.open(ticket[:-1] + bytes((ticket[-1] ^ 1,))) is None
     assert key.open(b"") is None
-    assert key.seal(dataclasses.replace(state, leaf_der=b"x" * 20_000)) is None
+    assert key.seal(dataclasses.replace(state, chain=(b"x" * 20_000,))) is None
 
 
 def test_audit_admission_that_would_refuse_gets_no_ticket(pki: PkiFiles) -> None:
