@@ -5,6 +5,9 @@ one side's write buffer passes ``limits.buffer_size`` the other side stops being
 per connection stays bounded whatever the peers do. Reading the client also stops while the
 upstream connects and, in HTTP mode, while an Upgrade or a refusal waits for the upstream; each
 of those is a separate cause in a ``flow.ReadGate``, so one ending never undoes another.
+What the engine answers to the client's own records (KeyUpdate replies, alerts) is bounded
+the same way: a client whose records were answered into its full write buffer is not read
+until that buffer drains.
 
 Half-close travels both ways: the client's close_notify (or FIN) becomes a FIN to the upstream;
 the upstream's FIN becomes close_notify + FIN to the client; the connection ends when both
@@ -137,8 +140,23 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._engine is None or self._end is not None:
             return
+        assert self._transport is not None
         self._last_activity = self._loop.time()
+        buffered = self._transport.get_write_buffer_size()
         self._handle(self._engine.receive(data))
+        if self._end is None:
+            self._pause_if_answers_pile_up(buffered)
+
+    def _pause_if_answers_pile_up(self, buffered: int) -> None:
+        """Stop reading a client whose records were just answered (KeyUpdate replies, alerts)
+        into a write buffer past ``limits.buffer_size``: it is not reading them. What it may
+        hold past the limit is the answer to one read. Upstream bytes never count here (they
+        are bounded by ``CLIENT_FULL``): a client that sends only application data is never
+        stopped by its own write buffer."""
+        assert self._transport is not None
+        size = self._transport.get_write_buffer_size()
+        if size > buffered and size > self._runtime.limits.buffer_size:
+            self._client_reading.pause(Pause.CLIENT_WRITE_FULL)
 
     def eof_received(self) -> bool:
         if self._engine is not None and self._end is None:
@@ -169,6 +187,7 @@ class ClientConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._upstream_reading.resume(Pause.CLIENT_FULL)
+        self._client_reading.resume(Pause.CLIENT_WRITE_FULL)
 
     # Engine events
 
