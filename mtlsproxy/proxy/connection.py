@@ -55,6 +55,7 @@ class EndReason(enum.StrEnum):
     CLOSED = "closed"  # both directions done (close_notify or FIN each way)
     CLIENT_GONE = "client_gone"  # the client's socket went away, or its TLS session ended
     HANDSHAKE_FAILED = "handshake_failed"  # refused or failed before any byte went upstream
+    HANDSHAKE_SHED = "handshake_shed"  # the oldest handshake when ``max_handshakes`` was reached
     TLS_ERROR = "tls_error"  # the established session broke (bad record, the client's alert)
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"  # connecting upstream failed or timed out
     UPSTREAM_CLOSED = "upstream_closed"  # the upstream connection closed before both were done
@@ -77,6 +78,7 @@ class ListenerView(Protocol):
 
     def new_engine(self, peer: str) -> Engine: ...
     def admit_connection(self, connection: ClientConnection) -> bool: ...
+    def handshake_done(self, connection: ClientConnection) -> None: ...
     def release_connection(self, connection: ClientConnection) -> None: ...
     def observe_handshake(
         self, peer: str, hello: ClientHello | None, event: HandshakeComplete | HandshakeFailed
@@ -234,6 +236,7 @@ class ClientConnection(asyncio.Protocol):
     def _on_handshake_complete(self, event: HandshakeComplete) -> None:
         self._outcome = event
         self._cancel_handshake_timer()
+        self._runtime.handshake_done(self)
         self._runtime.observe_handshake(self._peer, self._hello, event)
         assert self._engine is not None and self._transport is not None
         # The engine was built with this listener's RouteTable: its routes are ServerRoutes.
@@ -252,6 +255,7 @@ class ClientConnection(asyncio.Protocol):
     def _on_handshake_failed(self, event: HandshakeFailed) -> None:
         self._outcome = event
         self._cancel_handshake_timer()
+        self._runtime.handshake_done(self)
         self._runtime.observe_handshake(self._peer, self._hello, event)
         self._finish(EndReason.HANDSHAKE_FAILED)
 
@@ -449,6 +453,10 @@ class ClientConnection(asyncio.Protocol):
             self._upstream.write_eof()
         else:
             self._upstream.close()
+
+    def shed(self) -> None:
+        """``max_handshakes`` reached and this is the oldest handshake: drop it at once."""
+        self._abort(EndReason.HANDSHAKE_SHED)
 
     def shutdown(self) -> None:
         """Drain timeout reached: end the connection now, with close_notify if possible."""

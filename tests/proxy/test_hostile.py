@@ -1,5 +1,6 @@
 """Hostile clients over real sockets: a client that floods records the engine answers and never
-reads. Memory stays bounded, good clients keep being served."""
+reads, a slowloris of trickling ClientHellos, too many handshakes at once. Memory stays
+bounded, good clients keep being served."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 
 from mtlsproxy.pki import PkiFiles
 from tests.engine.native.tls13_client import APPLICATION_DATA, MiniClient
-from tests.proxy.harness import Client, RunningProxy, Upstream, eventually
+from tests.proxy.harness import Client, MemoryClient, RunningProxy, Upstream, eventually
 
 BUFFER_SIZE = 64 * 1024  # conftest's limits.buffer_size
 SMALL_SOCKET_BUFFER = 4096  # the kernel doubles it; pinned, it no longer grows
@@ -147,3 +148,112 @@ def test_an_uploading_client_is_not_paused_by_the_download_it_does_not_read(
             assert eventually(lambda: busy.received == upload, timeout=10), busy.received
     finally:
         busy.stop()
+
+
+def stalled_hello(pki: PkiFiles, port: int) -> socket.socket:
+    """A connection that sent the first bytes of a ClientHello and nothing more."""
+    hello = MemoryClient(pki, port)
+    hello.sock.sendall(hello.client_hello()[:20])
+    return hello.sock
+
+
+def is_closed(sock: socket.socket, timeout: float) -> bool:
+    """Whether the proxy closed ``sock`` within ``timeout`` seconds (it sends nothing else)."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(65536) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_max_handshakes_sheds_the_oldest_handshake(
+    make_proxy, pki: PkiFiles, upstream: Upstream
+) -> None:
+    proxy = make_proxy("require", max_handshakes=3, handshake_timeout="10s", log_level="info")
+    port = proxy.port()
+    sessions = [Client(pki, port).connect() for _ in range(3)]  # admitted: not handshakes
+    stalled = []
+    for count in range(4, 7):
+        stalled.append(stalled_hello(pki, port))
+        assert eventually(lambda n=count: proxy.active_connections() == n)
+    try:
+        # A good client makes four handshakes in flight: the oldest stalled one goes.
+        assert Client(pki, port).roundtrip(b"first") == b"first"
+        assert is_closed(stalled[0], timeout=2)
+        assert not any(is_closed(sock, timeout=0.1) for sock in stalled[1:])
+        assert proxy.sample("mtlsproxy_connections_rejected_total", reason="handshake_shed") == 1
+        # Three in flight again (the good one is done), then one more: the next oldest goes.
+        stalled.append(stalled_hello(pki, port))
+        assert Client(pki, port).roundtrip(b"second") == b"second"
+        assert is_closed(stalled[1], timeout=2)
+        assert not any(is_closed(sock, timeout=0.1) for sock in stalled[2:])
+        assert proxy.sample("mtlsproxy_connections_rejected_total", reason="handshake_shed") == 2
+        # Established sessions were never candidates.
+        for session in sessions:
+            session.sendall(b"alive")
+            assert session.recv(5) == b"alive"
+    finally:
+        for sock in (*sessions, *stalled):
+            sock.close()
+
+
+def test_a_flood_of_trickling_hellos_leaves_room_for_good_clients(
+    make_proxy, pki: PkiFiles, upstream: Upstream
+) -> None:
+    """More slowloris connections than ``max_handshakes``: the handshakes in flight never
+    pass the limit and every good client gets through."""
+    proxy = make_proxy("require", max_handshakes=8, handshake_timeout="10s", log_level="info")
+    port = proxy.port()
+    attackers: list[socket.socket] = []
+    try:
+        for round_ in range(5):
+            attackers += [stalled_hello(pki, port) for _ in range(10)]
+            assert Client(pki, port).roundtrip(b"good %d" % round_) == b"good %d" % round_
+            # Open now: the attackers' handshakes, shed down to the limit.
+            assert eventually(lambda: proxy.active_connections() <= 8)
+        shed = proxy.sample("mtlsproxy_connections_rejected_total", reason="handshake_shed")
+        assert shed >= 50 - 8
+    finally:
+        for sock in attackers:
+            sock.close()
+
+
+def test_the_handshake_timeout_counts_from_accept(
+    make_proxy, pki: PkiFiles, upstream: Upstream
+) -> None:
+    """A client trickling its ClientHello, a byte every half second, is cut at
+    ``timeouts.handshake`` after accept, however recent its last byte."""
+    proxy = make_proxy("require", handshake_timeout="2s", log_level="info")
+    client = MemoryClient(pki, proxy.port())
+    hello = client.client_hello()
+    started = time.monotonic()
+    closed_after = None
+    for byte in hello:
+        with contextlib.suppress(OSError):
+            client.sock.sendall(bytes([byte]))
+        if is_closed(client.sock, timeout=0.5):
+            closed_after = time.monotonic() - started
+            break
+    client.close()
+    assert closed_after is not None and 1.8 <= closed_after <= 3.0, closed_after
+    assert proxy.handshakes(result="failed", step="client_hello", reason="timeout") == 1
+
+
+def test_max_handshakes_setting(tmp_path, pki: PkiFiles) -> None:
+    """``limits.max_handshakes``: 1024 unless set, a positive integer."""
+    from mtlsproxy.config import ConfigError, load_config
+    from tests.proxy.conftest import render_config
+
+    path = tmp_path / "proxy.yaml"
+    path.write_text(render_config(pki, "127.0.0.1:9", max_handshakes=7))
+    assert load_config(path).listeners[0].limits.max_handshakes == 7
+    path.write_text(render_config(pki, "127.0.0.1:9").replace(" max_handshakes: 100,", ""))
+    assert load_config(path).listeners[0].limits.max_handshakes == 1024
+    path.write_text(render_config(pki, "127.0.0.1:9", max_handshakes=0))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    (problem,) = caught.value.problems
+    assert problem.key_path == "listeners[0].limits.max_handshakes"
+    assert "at least 1" in problem.message
