@@ -48,6 +48,15 @@ from mtlsproxy.proxy.upstream import open_upstream
 if TYPE_CHECKING:
     from mtlsproxy.routing.routes import ServerRoute
 
+# What the engine is given of one read at a time (``ClientConnection._feed``): slices sized so
+# that one takes about FEED_BUDGET seconds of engine work, from what the last one cost per
+# byte. Application data costs nanoseconds a byte (a whole read is one slice); a KeyUpdate
+# costs the native engine ~100 us for 27 bytes, and a 256 KiB read of them would hold the
+# event loop, every other connection and /healthz included, for over a second.
+FEED_BUDGET = 0.002
+FIRST_SLICE = 16 * 1024 + 5  # one record of the largest size and its header
+MIN_SLICE, MAX_SLICE = 512, 1 << 30
+
 
 class EndReason(enum.StrEnum):
     """Why a connection ended: the access log's ``end``."""
@@ -121,6 +130,10 @@ class ClientConnection(asyncio.Protocol):
         self._bytes_in = self._bytes_out = 0
         self._upstream_address: str | None = None
         self._quickack_set = False
+        self._unfed = b""  # read from the client, not yet given to the engine (``_feed``)
+        self._slice = FIRST_SLICE
+        self._eof_pending = False
+        self._feeding: asyncio.Handle | None = None
 
     # Client side: asyncio.Protocol callbacks
 
@@ -142,26 +155,62 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._engine is None or self._end is not None:
             return
-        assert self._transport is not None
         self._last_activity = self._loop.time()
-        buffered = self._transport.get_write_buffer_size()
-        self._handle(self._engine.receive(data))
-        if self._end is None:
+        self._unfed = self._unfed + data if self._unfed else data
+        self._feed()
+
+    def _feed(self) -> None:
+        """Give the engine what was read, a slice at a time, for about ``FEED_BUDGET`` at a
+        time: the rest waits for a later turn of the event loop (the client is not read
+        meanwhile, ``Pause.FEEDING``), so that records that are costly to process delay other
+        connections by a slice, not by a read. Answers piling up stop the feeding until the
+        client drains them (``resume_writing`` feeds the rest)."""
+        self._feeding = None
+        engine, transport = self._engine, self._transport
+        assert engine is not None and transport is not None
+        started = time.perf_counter()
+        while self._unfed and self._end is None:
+            if self._client_reading.holds(Pause.CLIENT_WRITE_FULL):
+                return
+            data, size = self._unfed, self._slice
+            piece, self._unfed = (data, b"") if len(data) <= size else (data[:size], data[size:])
+            buffered = transport.get_write_buffer_size()
+            began = time.perf_counter()
+            self._handle(engine.receive(piece))
+            spent = time.perf_counter() - began
+            fitting = len(piece) * FEED_BUDGET / spent if spent > 0 else MAX_SLICE
+            self._slice = int(min(MAX_SLICE, max(MIN_SLICE, fitting)))
+            if self._end is not None:
+                return
             self._pause_if_answers_pile_up(buffered)
+            if self._unfed and time.perf_counter() - started >= FEED_BUDGET:
+                self._client_reading.pause(Pause.FEEDING)
+                self._feed_later()
+                return
+        if self._eof_pending and self._end is None:
+            self._eof_pending = False
+            self._handle(engine.receive_eof())
+        self._client_reading.resume(Pause.FEEDING)
 
     def _pause_if_answers_pile_up(self, buffered: int) -> None:
         """Stop reading a client whose records were just answered (KeyUpdate replies, alerts)
         into a write buffer past ``limits.buffer_size``: it is not reading them. What it may
-        hold past the limit is the answer to one read. Upstream bytes never count here (they
-        are bounded by ``CLIENT_FULL``): a client that sends only application data is never
-        stopped by its own write buffer."""
+        hold past the limit is the answer to one slice of a read (``_feed``). Upstream bytes
+        never count here (they are bounded by ``CLIENT_FULL``): a client that sends only
+        application data is never stopped by its own write buffer."""
         assert self._transport is not None
         size = self._transport.get_write_buffer_size()
         if size > buffered and size > self._runtime.limits.buffer_size:
             self._client_reading.pause(Pause.CLIENT_WRITE_FULL)
 
+    def _feed_later(self) -> None:
+        if self._feeding is None:
+            self._feeding = self._loop.call_soon(self._feed)
+
     def eof_received(self) -> bool:
-        if self._engine is not None and self._end is None:
+        if self._unfed:
+            self._eof_pending = True  # after what is still to be fed (``_feed``)
+        elif self._engine is not None and self._end is None:
             self._handle(self._engine.receive_eof())
         return True  # keep our side writable: the upstream may still be answering
 
@@ -190,6 +239,8 @@ class ClientConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._upstream_reading.resume(Pause.CLIENT_FULL)
         self._client_reading.resume(Pause.CLIENT_WRITE_FULL)
+        if self._unfed and self._end is None:
+            self._feed_later()
 
     # Engine events
 
@@ -492,6 +543,9 @@ class ClientConnection(asyncio.Protocol):
             return False
         self._end = end
         self._cancel_handshake_timer()
+        if self._feeding is not None:
+            self._feeding.cancel()
+        self._unfed = b""
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         if self._upstream_task is not None and not self._upstream_task.done():

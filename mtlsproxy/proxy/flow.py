@@ -39,6 +39,7 @@ class Pause(enum.Enum):
     CLIENT_FULL = "client_full"  # the upstream: the client's write buffer is full
     # the client: its records were answered (KeyUpdate, alerts) into its full write buffer
     CLIENT_WRITE_FULL = "client_write_full"
+    FEEDING = "feeding"  # the client: the engine is still being given an earlier read
 
 
 class Readable(Protocol):

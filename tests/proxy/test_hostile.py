@@ -257,3 +257,27 @@ def test_max_handshakes_setting(tmp_path, pki: PkiFiles) -> None:
     (problem,) = caught.value.problems
     assert problem.key_path == "listeners[0].limits.max_handshakes"
     assert "at least 1" in problem.message
+
+
+def test_a_burst_of_costly_records_does_not_hold_the_event_loop(
+    make_proxy, pki: PkiFiles, upstream: Upstream
+) -> None:
+    """Thousands of KeyUpdates in one read cost the native engine ~100 us each: fed a slice at
+    a time, they keep the event loop (other connections, /healthz) turning every few ms."""
+    proxy = make_proxy("require", engine="native", log_level="info")
+    client, sock = established(pki, proxy.port())
+    burst = b"".join(client.key_update(requested=True) for _ in range(6000))  # 162 KB
+    gaps: list[float] = []
+
+    def tick(last: float) -> None:
+        now = time.perf_counter()
+        gaps.append(now - last)
+        if len(gaps) < 1000:
+            proxy.loop.call_later(0.005, tick, now)
+
+    proxy.loop.call_soon_threadsafe(tick, time.perf_counter())
+    with contextlib.suppress(TimeoutError):
+        sock.sendall(burst)
+    assert eventually(lambda: client_side(proxy)[1] or len(gaps) > 300, timeout=20)
+    sock.close()
+    assert max(gaps) < 0.25, f"the event loop stood still for {max(gaps):.3f} s"
