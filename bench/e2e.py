@@ -33,7 +33,6 @@ Internal modes (used by the script on itself): ``--serve upstream|baseline ...``
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import shlex
@@ -48,7 +47,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from procs import REPO, Process, free_port, median  # bench/procs.py
+from procs import REPO, Process, free_port, median, write_samples  # bench/procs.py
 
 SERVER_CORE = 0
 CLIENT_CORE = 1
@@ -489,10 +488,7 @@ def main() -> int:
             upstream.stop()
 
     print_table(setups, systems, samples, args)
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps({"command": command, "samples": samples}, indent=2) + "\n"
-        )
+    write_samples(args.json, command, samples)
     return 0
 
 
