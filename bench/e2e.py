@@ -33,7 +33,6 @@ Internal modes (used by the script on itself): ``--serve upstream|baseline ...``
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import shutil
@@ -54,6 +53,7 @@ from procs import (  # bench/procs.py
     median,
     pin_servers,
     print_header,
+    write_samples,
 )
 
 SERVER_CORE = 0
@@ -501,10 +501,7 @@ def main() -> int:
             upstream.stop()
 
     print_table(setups, systems, samples, args)
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps({"command": command, "samples": samples}, indent=2) + "\n"
-        )
+    write_samples(args.json, command, samples)
     return 0
 
 

@@ -4,6 +4,7 @@ stopped by PID. Shared by e2e.py and http_mode.py."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shlex
@@ -51,6 +52,12 @@ def nginx_version(nginx: str) -> str:
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def write_samples(path: str | None, command: str, samples: dict) -> None:
+    """``--json FILE``: every sample and the command line."""
+    if path:
+        Path(path).write_text(json.dumps({"command": command, "samples": samples}, indent=2) + "\n")
 
 
 def free_port() -> int:

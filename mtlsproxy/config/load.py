@@ -118,7 +118,7 @@ FORWARD_IDENTITY_KEYS = (
 )
 DURATION_TIMEOUT_KEYS = ("handshake", "connect", "idle", "drain")  # above zero
 TIMEOUT_KEYS = (*DURATION_TIMEOUT_KEYS, "shutdown_delay")  # shutdown_delay may be zero
-LIMITS_KEYS = ("max_connections", "buffer_size")
+LIMITS_KEYS = ("max_connections", "max_handshakes", "buffer_size")
 METRICS_KEYS = ("listen", "enabled")
 LOG_KEYS = ("format", "level", "access")
 RELOAD_KEYS = ("watch", "interval")
@@ -698,7 +698,11 @@ class _Parser:
                 "limits": self.section(
                     Limits,
                     LIMITS_KEYS,
-                    {"max_connections": _leaf(_positive_int), "buffer_size": _leaf(_buffer_size)},
+                    {
+                        "max_connections": _leaf(_positive_int),
+                        "max_handshakes": _leaf(_positive_int),
+                        "buffer_size": _leaf(_buffer_size),
+                    },
                 ),
             },
             keys=LISTENER_KEYS,

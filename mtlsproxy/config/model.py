@@ -129,6 +129,11 @@ class Timeouts:
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_connections: int = 10_000
+    # Handshakes in flight (accepted, neither admitted nor failed) per listener; past it the
+    # oldest is closed. 1024 is more than one worker completes in a second (~300-800 mutual
+    # TLS handshakes per core) and a tenth of max_connections, so trickling ClientHellos can
+    # hold neither the handshake state nor the connection slots of everyone else.
+    max_handshakes: int = 1024
     # Bytes held per direction per connection before the other side is paused.
     buffer_size: int = 256 * 1024
 

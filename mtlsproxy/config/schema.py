@@ -119,6 +119,13 @@ def json_schema() -> Schema:
                         "type": "integer",
                         "minimum": 1,
                     },
+                    "max_handshakes": {
+                        "description": "Per listener, handshakes in flight (accepted, neither "
+                        "admitted nor failed); past it the oldest is closed and counted "
+                        "(handshake_shed).",
+                        "type": "integer",
+                        "minimum": 1,
+                    },
                     "buffer_size": {
                         "description": "Bytes held per direction before the other side is "
                         "paused: a number of bytes or 256KiB, 1MiB (16KiB to 64MiB).",

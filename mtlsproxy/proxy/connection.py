@@ -5,6 +5,9 @@ one side's write buffer passes ``limits.buffer_size`` the other side stops being
 per connection stays bounded whatever the peers do. Reading the client also stops while the
 upstream connects and, in HTTP mode, while an Upgrade or a refusal waits for the upstream; each
 of those is a separate cause in a ``flow.ReadGate``, so one ending never undoes another.
+What the engine answers to the client's own records (KeyUpdate replies, alerts) is bounded
+the same way: a client whose records were answered into its full write buffer is not read
+until that buffer drains.
 
 Half-close travels both ways: the client's close_notify (or FIN) becomes a FIN to the upstream;
 the upstream's FIN becomes close_notify + FIN to the client; the connection ends when both
@@ -46,6 +49,15 @@ from mtlsproxy.proxy.upstream import open_upstream
 if TYPE_CHECKING:
     from mtlsproxy.routing.routes import ServerRoute
 
+# What the engine is given of one read at a time (``ClientConnection._feed``): slices sized so
+# that one takes about FEED_BUDGET seconds of engine work, from what the last one cost per
+# byte. Application data costs nanoseconds a byte (a whole read is one slice); a KeyUpdate
+# costs the native engine ~100 us for 27 bytes, and a 256 KiB read of them would hold the
+# event loop, every other connection and /healthz included, for over a second.
+FEED_BUDGET = 0.002
+FIRST_SLICE = 16 * 1024 + 5  # one record of the largest size and its header
+MIN_SLICE, MAX_SLICE = 512, 1 << 30
+
 
 class EndReason(enum.StrEnum):
     """Why a connection ended: the access log's ``end``."""
@@ -53,6 +65,7 @@ class EndReason(enum.StrEnum):
     CLOSED = "closed"  # both directions done (close_notify or FIN each way)
     CLIENT_GONE = "client_gone"  # the client's socket went away, or its TLS session ended
     HANDSHAKE_FAILED = "handshake_failed"  # refused or failed before any byte went upstream
+    HANDSHAKE_SHED = "handshake_shed"  # the oldest handshake when ``max_handshakes`` was reached
     TLS_ERROR = "tls_error"  # the established session broke (bad record, the client's alert)
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"  # connecting upstream failed or timed out
     UPSTREAM_CLOSED = "upstream_closed"  # the upstream connection closed before both were done
@@ -77,6 +90,7 @@ class ListenerView(Protocol):
 
     def new_engine(self, peer: str) -> Engine: ...
     def admit_connection(self, connection: ClientConnection) -> bool: ...
+    def handshake_done(self, connection: ClientConnection) -> None: ...
     def release_connection(self, connection: ClientConnection) -> None: ...
     def observe_handshake(
         self, peer: str, hello: ClientHello | None, event: HandshakeComplete | HandshakeFailed
@@ -121,6 +135,10 @@ class ClientConnection(asyncio.Protocol):
         self._bytes_in = self._bytes_out = 0
         self._upstream_address: str | None = None
         self._quickack_set = False
+        self._unfed = b""  # read from the client, not yet given to the engine (``_feed``)
+        self._slice = FIRST_SLICE
+        self._eof_pending = False
+        self._feeding: asyncio.Handle | None = None
 
     # Client side: asyncio.Protocol callbacks
 
@@ -143,10 +161,61 @@ class ClientConnection(asyncio.Protocol):
         if self._engine is None or self._end is not None:
             return
         self._last_activity = self._loop.time()
-        self._handle(self._engine.receive(data))
+        self._unfed = self._unfed + data if self._unfed else data
+        self._feed()
+
+    def _feed(self) -> None:
+        """Give the engine what was read, a slice at a time, for about ``FEED_BUDGET`` at a
+        time: the rest waits for a later turn of the event loop (the client is not read
+        meanwhile, ``Pause.FEEDING``), so that records that are costly to process delay other
+        connections by a slice, not by a read. Answers piling up stop the feeding until the
+        client drains them (``resume_writing`` feeds the rest)."""
+        self._feeding = None
+        engine, transport = self._engine, self._transport
+        assert engine is not None and transport is not None
+        started = time.perf_counter()
+        while self._unfed and self._end is None:
+            if self._client_reading.holds(Pause.CLIENT_WRITE_FULL):
+                return
+            data, size = self._unfed, self._slice
+            piece, self._unfed = (data, b"") if len(data) <= size else (data[:size], data[size:])
+            buffered = transport.get_write_buffer_size()
+            began = time.perf_counter()
+            self._handle(engine.receive(piece))
+            spent = time.perf_counter() - began
+            fitting = len(piece) * FEED_BUDGET / spent if spent > 0 else MAX_SLICE
+            self._slice = int(min(MAX_SLICE, max(MIN_SLICE, fitting)))
+            if self._end is not None:
+                return
+            self._pause_if_answers_pile_up(buffered)
+            if self._unfed and time.perf_counter() - started >= FEED_BUDGET:
+                self._client_reading.pause(Pause.FEEDING)
+                self._feed_later()
+                return
+        if self._eof_pending and self._end is None:
+            self._eof_pending = False
+            self._handle(engine.receive_eof())
+        self._client_reading.resume(Pause.FEEDING)
+
+    def _pause_if_answers_pile_up(self, buffered: int) -> None:
+        """Stop reading a client whose records were just answered (KeyUpdate replies, alerts)
+        into a write buffer past ``limits.buffer_size``: it is not reading them. What it may
+        hold past the limit is the answer to one slice of a read (``_feed``). Upstream bytes
+        never count here (they are bounded by ``CLIENT_FULL``): a client that sends only
+        application data is never stopped by its own write buffer."""
+        assert self._transport is not None
+        size = self._transport.get_write_buffer_size()
+        if size > buffered and size > self._runtime.limits.buffer_size:
+            self._client_reading.pause(Pause.CLIENT_WRITE_FULL)
+
+    def _feed_later(self) -> None:
+        if self._feeding is None:
+            self._feeding = self._loop.call_soon(self._feed)
 
     def eof_received(self) -> bool:
-        if self._engine is not None and self._end is None:
+        if self._unfed:
+            self._eof_pending = True  # after what is still to be fed (``_feed``)
+        elif self._engine is not None and self._end is None:
             self._handle(self._engine.receive_eof())
         return True  # keep our side writable: the upstream may still be answering
 
@@ -174,6 +243,9 @@ class ClientConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._upstream_reading.resume(Pause.CLIENT_FULL)
+        self._client_reading.resume(Pause.CLIENT_WRITE_FULL)
+        if self._unfed and self._end is None:
+            self._feed_later()
 
     # Engine events
 
@@ -220,6 +292,7 @@ class ClientConnection(asyncio.Protocol):
     def _on_handshake_complete(self, event: HandshakeComplete) -> None:
         self._outcome = event
         self._cancel_handshake_timer()
+        self._runtime.handshake_done(self)
         self._runtime.observe_handshake(self._peer, self._hello, event)
         assert self._engine is not None and self._transport is not None
         # The engine was built with this listener's RouteTable: its routes are ServerRoutes.
@@ -238,6 +311,7 @@ class ClientConnection(asyncio.Protocol):
     def _on_handshake_failed(self, event: HandshakeFailed) -> None:
         self._outcome = event
         self._cancel_handshake_timer()
+        self._runtime.handshake_done(self)
         self._runtime.observe_handshake(self._peer, self._hello, event)
         self._finish(EndReason.HANDSHAKE_FAILED)
 
@@ -487,6 +561,10 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._upstream.close()
 
+    def shed(self) -> None:
+        """``max_handshakes`` reached and this is the oldest handshake: drop it at once."""
+        self._abort(EndReason.HANDSHAKE_SHED)
+
     def shutdown(self) -> None:
         """Drain timeout reached: end the connection now, with close_notify if possible."""
         self._finish(EndReason.DRAIN_TIMEOUT)
@@ -521,6 +599,9 @@ class ClientConnection(asyncio.Protocol):
             return False
         self._end = end
         self._cancel_handshake_timer()
+        if self._feeding is not None:
+            self._feeding.cancel()
+        self._unfed = b""
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         if self._upstream_task is not None and not self._upstream_task.done():

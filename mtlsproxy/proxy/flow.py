@@ -14,6 +14,13 @@ reads slower than the upstream writes). That cause does not pause the client's r
 directly: it reaches the client through the upstream (whose receive window and then our write
 buffer to it fill up: ``UPSTREAM_FULL``), so a client that is sending what the upstream needs
 before it can answer is not stopped early.
+
+What the engine writes to the client in answer to the client's own records (KeyUpdate
+replies, alerts) does not go through the upstream, so that path alone would let a client that
+never reads grow its write buffer without bound. A client whose records made the proxy write
+to it while its write buffer is past the limit stops being read (``CLIENT_WRITE_FULL``) until
+that buffer drains; a client sending only application data is never paused by its own write
+buffer.
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ class Pause(enum.Enum):
     UPGRADE_PENDING = "upgrade_pending"  # the client: HTTP bytes after an Upgrade are held
     REFUSED = "refused"  # the client: a refused request waits for the answers before it
     CLIENT_FULL = "client_full"  # the upstream: the client's write buffer is full
+    # the client: its records were answered (KeyUpdate, alerts) into its full write buffer
+    CLIENT_WRITE_FULL = "client_write_full"
+    FEEDING = "feeding"  # the client: the engine is still being given an earlier read
 
 
 class Readable(Protocol):

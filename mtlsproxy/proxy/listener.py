@@ -27,6 +27,8 @@ from mtlsproxy.routing.tickets import ticket_key_files
 
 # Pending connections the kernel queues before accept (nginx's default on Linux is 511).
 LISTEN_BACKLOG = 511
+# Seconds between two log lines about shed handshakes (a flood sheds thousands a second).
+SHED_LOG_INTERVAL = 1.0
 
 
 class ListenerRuntime:
@@ -39,6 +41,10 @@ class ListenerRuntime:
         self.access_log = access_log
         self.metrics = metrics
         self.connections: set[ClientConnection] = set()
+        # Handshakes in flight, oldest first (dicts keep insertion order): ``max_handshakes``.
+        self.handshaking: dict[ClientConnection, float] = {}
+        self._shed_unlogged = 0
+        self._shed_logged_at = -SHED_LOG_INTERVAL
         self.draining = False
         self.server: asyncio.Server | None = None
         self._active = metrics.connections_active.labels(self.name)
@@ -112,9 +118,38 @@ class ListenerRuntime:
             return False
         self.connections.add(connection)
         self._active.inc()
+        self.handshaking[connection] = time.monotonic()
+        if len(self.handshaking) > self.limits.max_handshakes:
+            self._shed_oldest_handshake()
         return True
 
+    def _shed_oldest_handshake(self) -> None:
+        """Too many handshakes in flight: drop the one accepted first. A slowloris's trickling
+        hellos are the oldest, a good client's handshake takes milliseconds: the attacker's go
+        first, and its handshake state stays bounded."""
+        oldest, accepted = next(iter(self.handshaking.items()))
+        del self.handshaking[oldest]
+        oldest.shed()
+        self.metrics.connections_rejected.labels(self.name, "handshake_shed").inc()
+        self._shed_unlogged += 1
+        now = time.monotonic()
+        if now - self._shed_logged_at >= SHED_LOG_INTERVAL:
+            logs.event(
+                logging.WARNING,
+                "max_handshakes reached: the oldest handshakes were closed",
+                listener=self.name,
+                max_handshakes=self.limits.max_handshakes,
+                shed=self._shed_unlogged,
+                oldest_age_ms=round((now - accepted) * 1000, 1),
+            )
+            self._shed_logged_at, self._shed_unlogged = now, 0
+
+    def handshake_done(self, connection: ClientConnection) -> None:
+        """The connection's handshake ended (admitted or failed): it no longer counts."""
+        self.handshaking.pop(connection, None)
+
     def release_connection(self, connection: ClientConnection) -> None:
+        self.handshaking.pop(connection, None)
         if connection in self.connections:
             self.connections.discard(connection)
             self._active.dec()

@@ -27,7 +27,8 @@ listeners:
 {client_auth}
     upstream: {upstream}
     timeouts: {{handshake: {handshake_timeout}, connect: 2s, idle: {idle_timeout}, drain: 2s}}
-    limits: {{max_connections: {max_connections}, buffer_size: 64KiB}}
+    limits:
+      {{max_connections: {max_connections}, max_handshakes: {max_handshakes}, buffer_size: 64KiB}}
 {routes}
 metrics:
   listen: 127.0.0.1:0
@@ -68,6 +69,7 @@ def render_config(
     handshake_timeout: str = "5s",
     idle_timeout: str = "60s",
     max_connections: int = 100,
+    max_handshakes: int = 100,
     name: str = "api",
     log_level: str = "debug",
     forward_identity: str | None = None,
@@ -90,6 +92,7 @@ def render_config(
         handshake_timeout=handshake_timeout,
         idle_timeout=idle_timeout,
         max_connections=max_connections,
+        max_handshakes=max_handshakes,
         routes=textwrap.indent(routes.format(pki=pki.directory), "    ") if routes else "",
     )
     if forward_identity is not None:

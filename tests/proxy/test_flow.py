@@ -70,7 +70,8 @@ def test_a_closing_transport_is_left_alone() -> None:
 
 def test_end_reasons_are_the_access_log_values() -> None:
     assert {reason.value for reason in EndReason} == {
-        "closed", "client_gone", "handshake_failed", "tls_error", "upstream_unavailable",
+        "closed", "client_gone", "handshake_failed", "handshake_shed", "tls_error",
+        "upstream_unavailable",
         "upstream_closed", "upstream_reset", "http_refused", "idle_timeout", "drain_timeout",
         "internal_error",
     }  # fmt: skip
