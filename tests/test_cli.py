@@ -130,7 +130,7 @@ def test_check_accepts_each_example(examples: Path, name: str) -> None:
     listeners = yaml.safe_load(config.read_text())["listeners"]
     assert len(lines) == len(listeners) + 1
     for line, listener in zip(lines, listeners, strict=False):
-        engine = listener.get("engine", "openssl")
+        engine = listener.get("engine", "native")
         assert line.startswith(
             f"listener {listener['name']} on {listener['listen']} (engine {engine}): default ("
         )
@@ -145,7 +145,7 @@ def test_check_summarizes_each_route(examples: Path) -> None:
     result = cli("check", "-c", examples / "routes.yaml")
     assert result.returncode == 0, result.stderr
     assert (
-        "listener edge on 127.0.0.1:8443 (engine openssl): default (require) -> 127.0.0.1:8080, "
+        "listener edge on 127.0.0.1:8443 (engine native): default (require) -> 127.0.0.1:8080, "
         "public_example_org (none) -> 127.0.0.1:8080, admin (require) -> 127.0.0.1:8081"
     ) in result.stdout
 

@@ -734,7 +734,7 @@ class _Parser:
             name=own.get("name", ""),
             host=host,
             port=port,
-            engine=own.get("engine", EngineKind.OPENSSL),
+            engine=own.get("engine", EngineKind.NATIVE),
             default_route=default,
             routes=() if routes is _Failed.FAILED else routes,
             **{k: own[k] for k in ("timeouts", "limits") if k in own},

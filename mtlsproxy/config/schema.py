@@ -61,10 +61,10 @@ def json_schema() -> Schema:
                 "port 0: any free port (tests).",
             ),
             "engine": {
-                "description": "The handshake engine: openssl (default) or native, our TLS 1.3 "
-                "server (README, Handshake engines).",
+                "description": "The handshake engine: native (default), our TLS 1.3 server "
+                "(TLS 1.2 clients go to OpenSSL), or openssl (README, Handshake engines).",
                 "enum": [kind.value for kind in EngineKind],
-                "default": EngineKind.OPENSSL.value,
+                "default": EngineKind.NATIVE.value,
             },
             "tls": _all_of(
                 "The server certificates and TLS settings.",

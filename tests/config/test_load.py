@@ -183,7 +183,7 @@ def test_a_good_config_becomes_the_expected_dataclasses(base: Path) -> None:
                 name="api",
                 host="::1",
                 port=0,
-                engine="openssl",
+                engine="native",
                 default_route=default,
                 routes=(public, admin),
                 timeouts=Timeouts(handshake=0.5, connect=2.0, idle=300.0, drain=1.5),
@@ -209,7 +209,7 @@ def test_unset_keys_take_the_defaults(base: Path) -> None:
     (listener,) = config.listeners
     assert (config.metrics, config.log) == (MetricsSettings(), LogSettings())
     assert (listener.engine, listener.timeouts, listener.limits) == (
-        "openssl",
+        "native",
         Timeouts(),
         Limits(),
     )
