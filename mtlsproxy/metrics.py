@@ -99,7 +99,8 @@ class Metrics:
         )
         self.connections_rejected = Counter(
             "mtlsproxy_connections_rejected",
-            "Client connections closed at accept (reason: max_connections, draining).",
+            "Client connections closed before admission (reason: max_connections, draining at "
+            "accept; handshake_shed: the oldest handshake in flight past max_handshakes).",
             ["listener", "reason"],
             registry=registry,
         )
