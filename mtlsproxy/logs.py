@@ -111,7 +111,7 @@ class AccessRecord:
     listener: str
     engine: str
     peer: str
-    hello: ClientHello | None
+    sni: str | None
     outcome: HandshakeComplete | HandshakeFailed | None
     bytes_in: int
     bytes_out: int
@@ -124,12 +124,12 @@ def access(record: AccessRecord) -> None:
     """One line per connection at close: who, what was negotiated, how it ended, how much."""
     if not access_log.isEnabledFor(logging.INFO):
         return
-    outcome, hello = record.outcome, record.hello
+    outcome = record.outcome
     fields: dict[str, Any] = {
         "listener": record.listener,
         "route": outcome.route if outcome is not None else None,
         "peer": record.peer,
-        "sni": hello.server_name if hello else None,
+        "sni": record.sni,
         "engine": record.engine,
     }
     if isinstance(outcome, HandshakeComplete):

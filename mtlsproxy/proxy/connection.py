@@ -114,7 +114,10 @@ class ClientConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._engine: Engine | None = None
         self._peer = "-"
+        # The parsed ClientHello (up to 64 KiB of lists) lives until the handshake's outcome is
+        # logged and planned; the access log at close needs only its server name.
         self._hello: ClientHello | None = None
+        self._sni: str | None = None
         self._upstream: asyncio.Transport | None = None
         self._upstream_task: asyncio.Task[None] | None = None
         self._early_data: list[bytes | memoryview] = []  # decrypted before upstream connected
@@ -226,7 +229,7 @@ class ClientConnection(asyncio.Protocol):
                 listener=self._runtime.name,
                 engine=self._engine.name,
                 peer=self._peer,
-                hello=self._hello,
+                sni=self._sni,
                 outcome=self._outcome,
                 bytes_in=self._bytes_in,
                 bytes_out=self._bytes_out,
@@ -255,7 +258,7 @@ class ClientConnection(asyncio.Protocol):
             if isinstance(event, ApplicationData):
                 self._to_upstream(event.data)
             elif isinstance(event, ClientHelloReceived):
-                self._hello = event.hello
+                self._hello, self._sni = event.hello, event.hello.server_name
             elif isinstance(event, HandshakeComplete):
                 self._on_handshake_complete(event)
             elif isinstance(event, HandshakeFailed):
@@ -303,6 +306,7 @@ class ClientConnection(asyncio.Protocol):
             _address(self._transport.get_extra_info("peername")),
             _address(self._transport.get_extra_info("sockname")),
         )  # fmt: skip
+        self._hello = None
         # Nothing more is read from the client until the upstream is there to take it.
         self._client_reading.pause(Pause.CONNECTING)
         self._upstream_task = self._loop.create_task(self._connect_upstream(route))
@@ -313,6 +317,7 @@ class ClientConnection(asyncio.Protocol):
         self._cancel_handshake_timer()
         self._runtime.handshake_done(self)
         self._runtime.observe_handshake(self._peer, self._hello, event)
+        self._hello = None
         self._finish(EndReason.HANDSHAKE_FAILED)
 
     def _on_handshake_timeout(self) -> None:
