@@ -266,3 +266,35 @@ def test_the_readme_configuration_reference_passes_check(checkout: Path) -> None
     result = run("mtlsproxy check -c config/reference.yaml", checkout)
     assert result.returncode == 0, result.stderr
     assert result.stdout.rstrip().endswith(": ok")
+
+
+def test_audit_example_admits_and_counts_would_refuse(checkout: Path, serve) -> None:
+    process = serve("audit.yaml")
+    ok = exchange(checkout, "client", http=True)
+    assert ok.startswith(b"HTTP/1.1 200") and b"x-ssl-client-verify: success" in ok.lower()
+    # Not on the allow-list, then expired: admitted, forwarded as unverified, counted.
+    for cert in ("client-other", "client-expired"):
+        answer = exchange(checkout, cert, http=True)
+        assert answer.startswith(b"HTTP/1.1 200"), cert
+        assert b"x-ssl-client-verify: failed" in answer.lower()
+        assert b"x-forwarded-client-cert" not in answer.lower()
+    metrics = process.get("/metrics")
+    assert 'result="would_refuse",route="default",step="authorize"' in metrics
+    assert 'reason="client_cert_expired",result="would_refuse"' in metrics
+
+
+def test_proxy_protocol_example_opens_with_a_v2_header(checkout: Path, serve) -> None:
+    serve("proxy-protocol.yaml")
+    echoed = b""
+    tls, _ = connect(checkout, "client")
+    assert tls is not None
+    with tls:
+        tls.sendall(b"ping")
+        while not echoed.endswith(b"ping"):
+            chunk = tls.recv(65536)
+            assert chunk, echoed
+            echoed += chunk
+    # The upstream echoes what it received: the PROXY v2 signature and header, then the data.
+    assert echoed.startswith(b"\r\n\r\n\x00\r\nQUIT\n\x21")
+    assert FRONTEND.encode() in echoed
+    assert exchange(checkout, "client-other") == b""  # not on the allow-list
