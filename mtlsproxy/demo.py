@@ -110,7 +110,8 @@ async def _main(directory: Path, port: int, metrics_port: int, once: bool) -> tu
     proxy = Proxy(config)
     from mtlsproxy import logs
 
-    logs.configure(LogSettings(format=LogFormat.TEXT, level="warning"))
+    # The scripted exchanges narrate themselves; access lines start when the user's do.
+    logs.configure(LogSettings(format=LogFormat.TEXT, level="warning", access=False))
     await proxy.start()
     proxy.install_signal_handlers()
 
@@ -148,7 +149,8 @@ async def _main(directory: Path, port: int, metrics_port: int, once: bool) -> tu
     _say(f"  mtlsproxy explain -c {config_path} --cert {files.client_other_cert}")
     _say(f"  curl http://127.0.0.1:{proxy.admin.port}/metrics")
     if not once:
-        _say("Serving until Ctrl-C.")
+        _say("Serving until Ctrl-C (one access log line per connection).")
+        logs.configure(LogSettings(format=LogFormat.TEXT, level="warning", access=True))
         await proxy.wait_stopped()
     else:
         await proxy.drain(timeout=1.0)
