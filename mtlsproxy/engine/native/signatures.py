@@ -61,6 +61,11 @@ _HASHES: dict[SignatureScheme, type[hashes.HashAlgorithm]] = {
     SignatureScheme.RSA_PSS_PSS_SHA384: hashes.SHA384,
     SignatureScheme.RSA_PSS_PSS_SHA512: hashes.SHA512,
 }
+# The ECDSA signature algorithm of each ECDSA scheme (immutable: built once, not per call).
+_ECDSA = {
+    SignatureScheme.ECDSA_SECP256R1_SHA256: ec.ECDSA(hashes.SHA256()),
+    SignatureScheme.ECDSA_SECP384R1_SHA384: ec.ECDSA(hashes.SHA384()),
+}
 _CURVES = {
     SignatureScheme.ECDSA_SECP256R1_SHA256: "secp256r1",
     SignatureScheme.ECDSA_SECP384R1_SHA384: "secp384r1",
@@ -122,6 +127,25 @@ def _family_rank(scheme: SignatureScheme) -> int:
     return 2
 
 
+_FAMILY_RANK = {scheme: _family_rank(scheme) for scheme in SignatureScheme}
+
+
+def usable_schemes(credentials: Sequence[C]) -> tuple[tuple[C, frozenset[SignatureScheme]], ...]:
+    """Each credential with the schemes its key can sign with (computed once per route)."""
+    return tuple(
+        (
+            credential,
+            frozenset(
+                schemes_for_key(
+                    credential.key,
+                    pss_certificate=credential.chain[0].public_key_algorithm_oid == RSASSA_PSS_OID,
+                )
+            ),
+        )
+        for credential in credentials
+    )
+
+
 def choose_credential(
     credentials: Sequence[C], client_schemes: Sequence[int]
 ) -> tuple[C, SignatureScheme] | None:
@@ -130,15 +154,20 @@ def choose_credential(
     ECDSA first, then Ed25519, then RSA-PSS; within a family, the client's order. Credentials
     keep config order among equals.
     """
-    offered = [s for s in client_schemes if s in SignatureScheme._value2member_map_]
+    return choose_usable(usable_schemes(credentials), client_schemes)
+
+
+def choose_usable(
+    usable: Sequence[tuple[C, frozenset[SignatureScheme]]], client_schemes: Sequence[int]
+) -> tuple[C, SignatureScheme] | None:
+    """:func:`choose_credential` on :func:`usable_schemes`' answer."""
+    known = SignatureScheme._value2member_map_
+    offered = [known[s] for s in client_schemes if s in known]
     best: tuple[tuple[int, int, int], C, SignatureScheme] | None = None
-    for index, credential in enumerate(credentials):
-        pss = credential.chain[0].public_key_algorithm_oid == RSASSA_PSS_OID
-        usable = schemes_for_key(credential.key, pss_certificate=pss)
-        for position, code in enumerate(offered):
-            scheme = SignatureScheme(code)
-            if scheme in usable:
-                rank = (_family_rank(scheme), index, position)
+    for index, (credential, schemes) in enumerate(usable):
+        for position, scheme in enumerate(offered):
+            if scheme in schemes:
+                rank = (_FAMILY_RANK[scheme], index, position)
                 if best is None or rank < best[0]:
                     best = (rank, credential, scheme)
     return None if best is None else (best[1], best[2])
@@ -147,7 +176,7 @@ def choose_credential(
 def sign(private_key: object, scheme: SignatureScheme, content: bytes) -> bytes:
     """Sign ``content`` (from :func:`signed_content`) with ``scheme``."""
     if isinstance(private_key, ec.EllipticCurvePrivateKey) and scheme in _CURVES:
-        return private_key.sign(content, ec.ECDSA(_HASHES[scheme]()))
+        return private_key.sign(content, _ECDSA[scheme])
     if isinstance(private_key, ed25519.Ed25519PrivateKey) and scheme is SignatureScheme.ED25519:
         return private_key.sign(content)
     if isinstance(private_key, rsa.RSAPrivateKey) and scheme in _HASHES:
@@ -179,7 +208,7 @@ def verify(certificate: x509.Certificate, scheme: int, signature: bytes, content
         )
     try:
         if isinstance(public_key, ec.EllipticCurvePublicKey):
-            public_key.verify(signature, content, ec.ECDSA(_HASHES[scheme]()))
+            public_key.verify(signature, content, _ECDSA[scheme])
         elif isinstance(public_key, ed25519.Ed25519PublicKey):
             public_key.verify(signature, content)
         elif isinstance(public_key, rsa.RSAPublicKey):
