@@ -123,8 +123,17 @@ class Buffer:
         return int.from_bytes(self._data[start : start + 4], "big")
 
     def pull_uint(self, size: int) -> int:
-        start = self._take(size)
-        return int.from_bytes(self._data[start : start + size], "big")
+        start = self._pos
+        end = start + size
+        if size < 0 or end > self._end:
+            raise DecodeError(f"read of {size} bytes at offset {start} runs past {self._end}")
+        self._pos = end
+        data = self._data
+        if size == 2:
+            return (data[start] << 8) | data[start + 1]
+        if size == 1:
+            return data[start]
+        return int.from_bytes(data[start:end], "big")
 
     @contextmanager
     def pull_block(self, length_size: int, *, minimum: int = 0) -> Iterator[int]:
@@ -150,12 +159,22 @@ class Buffer:
     def _pull_vector_span(self, length_size: int, minimum: int) -> tuple[int, int]:
         """``pull_block`` without the context manager, for vectors read in one go (the hot
         path of ClientHello parsing: a generator-based ``with`` costs microseconds)."""
-        length = self.pull_uint(length_size)
+        pos = self._pos
+        start = pos + length_size
+        limit = self._end
+        if start > limit:
+            raise DecodeError(f"read of {length_size} bytes at offset {pos} runs past {limit}")
+        data = self._data
+        if length_size == 2:
+            length = (data[pos] << 8) | data[pos + 1]
+        elif length_size == 1:
+            length = data[pos]
+        else:
+            length = int.from_bytes(data[pos:start], "big")
         if length < minimum:
             raise DecodeError(f"vector of {length} bytes is shorter than its minimum {minimum}")
-        start = self._pos
         end = start + length
-        if end > self._end:
+        if end > limit:
             raise DecodeError(f"vector of {length} bytes runs past its enclosing block")
         self._pos = end
         return start, end
