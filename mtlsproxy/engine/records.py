@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import NamedTuple
 
 from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Reason, Step
@@ -70,6 +68,27 @@ class HandshakeType(enum.IntEnum):
 
 class DecodeError(Exception):
     """A read ran past the end of the data or of its enclosing length-prefixed block."""
+
+
+class _Block:
+    """The ``with`` statement of :meth:`Buffer.pull_block` (a plain class: a generator-based
+    context manager costs microseconds, and the decoders open one per vector)."""
+
+    __slots__ = ("_buf", "_end", "_saved_end")
+
+    def __init__(self, buf: Buffer, end: int, saved_end: int) -> None:
+        self._buf, self._end, self._saved_end = buf, end, saved_end
+
+    def __enter__(self) -> int:
+        return self._end - self._buf._pos
+
+    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
+        if exc_type is not None:
+            return  # the reads inside failed: the buffer is abandoned with the error
+        buf = self._buf
+        if buf._pos != self._end:
+            raise DecodeError(f"{self._end - buf._pos} trailing bytes inside a vector")
+        buf._end = self._saved_end
 
 
 class Buffer:
@@ -135,26 +154,19 @@ class Buffer:
             return data[start]
         return int.from_bytes(data[start:end], "big")
 
-    @contextmanager
-    def pull_block(self, length_size: int, *, minimum: int = 0) -> Iterator[int]:
-        """Read a ``length_size``-byte length prefix and restrict reads to that many bytes.
+    def pull_block(self, length_size: int, *, minimum: int = 0) -> _Block:
+        """Read a ``length_size``-byte length prefix and restrict reads to that many bytes,
+        for the body of a ``with`` statement (which gets the length).
 
         RFC 8446 section 3.4 vectors: ``opaque x<minimum..2^(8*length_size)-1>``. Raises
         ``DecodeError`` if the vector is shorter than ``minimum``, runs past the enclosing
         block, or is not fully consumed by the body of the ``with`` statement.
         """
-        length = self.pull_uint(length_size)
-        if length < minimum:
-            raise DecodeError(f"vector of {length} bytes is shorter than its minimum {minimum}")
-        end = self._pos + length
-        if end > self._end:
-            raise DecodeError(f"vector of {length} bytes runs past its enclosing block")
+        start, end = self._pull_vector_span(length_size, minimum)
+        self._pos = start
         saved_end = self._end
         self._end = end
-        yield length
-        if self._pos != end:
-            raise DecodeError(f"{end - self._pos} trailing bytes inside a vector")
-        self._end = saved_end
+        return _Block(self, end, saved_end)
 
     def _pull_vector_span(self, length_size: int, minimum: int) -> tuple[int, int]:
         """``pull_block`` without the context manager, for vectors read in one go (the hot
