@@ -77,6 +77,12 @@ def _label_prefix(label: bytes, length: int) -> bytes:
     return length.to_bytes(2, "big") + bytes((full_label_length,)) + _LABEL_PREFIX + label
 
 
+@functools.lru_cache(maxsize=64)
+def _empty_context_info(label: bytes, length: int) -> bytes:
+    """HkdfLabel with an empty context, then HKDF-Expand's first counter byte."""
+    return _label_prefix(label, length) + b"\x00\x01"
+
+
 def hkdf_expand_label(
     hash_name: str, secret: bytes, label: bytes, context: bytes, length: int
 ) -> bytes:
@@ -86,7 +92,10 @@ def hkdf_expand_label(
     hash_length = _HASH_LENGTHS[hash_name]
     if length <= hash_length:
         # RFC 5869 section 2.3 with N = 1: T(1) = HMAC(PRK, info || 0x01).
-        info = _label_prefix(label, length) + bytes((len(context),)) + context + b"\x01"
+        if context:
+            info = _label_prefix(label, length) + bytes((len(context),)) + context + b"\x01"
+        else:  # keys, IVs, finished keys: the whole input is a constant of label and length
+            info = _empty_context_info(label, length)
         return _hmac(secret, info, hash_name)[:length]
     info = _label_prefix(label, length) + bytes((len(context),)) + context
     if length > 255 * hash_length:
@@ -234,6 +243,9 @@ class Phase(enum.IntEnum):
     RESUMPTION = 3  # resumption_master_secret known
 
 
+_NEXT_PHASE = {phase: Phase(phase + 1) for phase in Phase if phase < Phase.RESUMPTION}
+
+
 class _Secret:
     """A read-only secret attribute of :class:`KeySchedule`; reading it before it is derived
     raises :class:`KeyScheduleError` (naming the secret, never showing a value)."""
@@ -327,7 +339,7 @@ class KeySchedule:
     def _advance(self, expected: Phase) -> None:
         if self._phase is not expected:
             raise KeyScheduleError(f"key schedule is at {self._phase.name}, not {expected.name}")
-        self._phase = Phase(expected + 1)
+        self._phase = _NEXT_PHASE[expected]
 
     def _derive(self, secret: bytes, label: bytes, transcript_hash: bytes) -> bytes:
         return derive_secret(self.suite.hash_name, secret, label, transcript_hash)

@@ -14,6 +14,7 @@ does not verify is ``decrypt_error``, a scheme that does not fit the key ``illeg
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
@@ -93,17 +94,35 @@ def signed_content(transcript_hash: bytes, *, server: bool) -> bytes:
     return b" " * 64 + (SERVER_CONTEXT if server else CLIENT_CONTEXT) + b"\x00" + transcript_hash
 
 
+_EC, _ED25519, _RSA = "ec", "ed25519", "rsa"
+
+
+@functools.cache
+def _family_of_type(key_type: type) -> str | None:
+    """The key family of a key class (private or public), or None; per class, not per call
+    (an ABC isinstance costs a microsecond each)."""
+    if issubclass(key_type, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+        return _EC
+    if issubclass(key_type, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+        return _ED25519
+    if issubclass(key_type, rsa.RSAPrivateKey | rsa.RSAPublicKey):
+        return _RSA
+    return None
+
+
 def schemes_for_key(key: object, *, pss_certificate: bool = False) -> tuple[SignatureScheme, ...]:
     """The schemes a key (private or public) can sign or verify with, in our preference.
 
     ``pss_certificate``: the certificate's key is RSASSA-PSS (rsa_pss_pss_*), not
     rsaEncryption (rsa_pss_rsae_*) - section 4.2.3.
     """
-    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
-        return tuple(s for s, curve in _CURVES.items() if curve == key.curve.name)
-    if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+    family = _family_of_type(type(key))
+    if family is _EC:
+        curve = key.curve.name  # type: ignore[attr-defined]
+        return tuple(s for s, name in _CURVES.items() if name == curve)
+    if family is _ED25519:
         return (SignatureScheme.ED25519,)
-    if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
+    if family is _RSA:
         return _PSS if pss_certificate else _RSAE
     return ()
 
@@ -175,7 +194,7 @@ def choose_usable(
 
 def sign(private_key: object, scheme: SignatureScheme, content: bytes) -> bytes:
     """Sign ``content`` (from :func:`signed_content`) with ``scheme``."""
-    if isinstance(private_key, ec.EllipticCurvePrivateKey) and scheme in _CURVES:
+    if scheme in _CURVES and isinstance(private_key, ec.EllipticCurvePrivateKey):
         return private_key.sign(content, _ECDSA[scheme])
     if isinstance(private_key, ed25519.Ed25519PrivateKey) and scheme is SignatureScheme.ED25519:
         return private_key.sign(content)
@@ -201,22 +220,24 @@ def verify(certificate: x509.Certificate, scheme: int, signature: bytes, content
         public_key = certificate.public_key()
     except (ValueError, UnsupportedAlgorithm):
         raise TLSAlert(Alert.BAD_CERTIFICATE, "the certificate's public key is unusable") from None
-    pss = certificate.public_key_algorithm_oid == RSASSA_PSS_OID
+    family = _family_of_type(type(public_key))
+    # Only an RSA key has two kinds of certificate (section 4.2.3).
+    pss = family is _RSA and certificate.public_key_algorithm_oid == RSASSA_PSS_OID
     if scheme not in schemes_for_key(public_key, pss_certificate=pss):
         raise TLSAlert(
             Alert.ILLEGAL_PARAMETER, f"signature scheme {scheme.name.lower()} does not fit the key"
         )
     try:
-        if isinstance(public_key, ec.EllipticCurvePublicKey):
-            public_key.verify(signature, content, _ECDSA[scheme])
-        elif isinstance(public_key, ed25519.Ed25519PublicKey):
-            public_key.verify(signature, content)
-        elif isinstance(public_key, rsa.RSAPublicKey):
+        if family is _EC:
+            public_key.verify(signature, content, _ECDSA[scheme])  # type: ignore[call-arg]
+        elif family is _ED25519:
+            public_key.verify(signature, content)  # type: ignore[call-arg]
+        elif family is _RSA:
             algorithm = _HASHES[scheme]()
             pss_padding = padding.PSS(
                 mgf=padding.MGF1(algorithm), salt_length=algorithm.digest_size
             )
-            public_key.verify(signature, content, pss_padding, algorithm)
+            public_key.verify(signature, content, pss_padding, algorithm)  # type: ignore[call-arg]
         else:  # pragma: no cover - schemes_for_key returned nothing for other key types
             raise TLSAlert(Alert.ILLEGAL_PARAMETER, "unsupported key type")
     except InvalidSignature:
