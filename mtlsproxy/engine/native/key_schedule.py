@@ -330,11 +330,11 @@ class KeySchedule:
         return self._phase
 
     def update_transcript(self, message: bytes) -> None:
-        """Add one complete handshake message (header included) to the transcript."""
-        self.transcript.update(message)
+        """Add one or more complete handshake messages (headers included) to the transcript."""
+        self.transcript._hash.update(message)  # Transcript.update, one call fewer
 
     def transcript_hash(self) -> bytes:
-        return self.transcript.digest()
+        return self.transcript._hash.copy().digest()  # Transcript.digest, one call fewer
 
     def _advance(self, expected: Phase) -> None:
         if self._phase is not expected:

@@ -259,8 +259,7 @@ def _flight(
     chain_der = credential.chain_der
     if resumption is None:  # a resumed session authenticates with the PSK (section 2.2)
         flight.append(cache.certificate_messages[id(credential)])
-    for message in flight:
-        schedule.update_transcript(message)
+    schedule.update_transcript(b"".join(flight))  # the same hash as one update per message
     if resumption is None:
         content = sigs.signed_content(schedule.transcript_hash(), server=True)
         verify = msgs.certificate_verify(scheme, sigs.sign(credential.key, scheme, content))
