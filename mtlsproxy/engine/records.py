@@ -214,11 +214,10 @@ class RecordHeader(NamedTuple):
 
 def parse_record_header(data: bytes | bytearray, offset: int = 0) -> RecordHeader:
     """Decode the 5-byte record header at ``offset``; ``data`` must hold at least 5 bytes there."""
-    return RecordHeader(
-        data[offset],
-        int.from_bytes(data[offset + 1 : offset + 3], "big"),
-        int.from_bytes(data[offset + 3 : offset + 5], "big"),
-    )
+    return RecordHeader._make(_RECORD_HEADER.unpack_from(data, offset))
+
+
+_RECORD_HEADER = struct.Struct(">BHH")  # content type, legacy_record_version, length
 
 
 class Message(NamedTuple):
