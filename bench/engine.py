@@ -15,11 +15,20 @@ the transcript hashes, AES-128-GCM over our flight, the client's flight and one 
 native engine's cost over it is its own Python.
 
     python bench/engine.py --handshakes 300 --runs 5 [--no-verify-cache]
+
+``--loop N`` runs N native mutual-TLS 1.3 handshakes and nothing else, for a profiler or an
+instruction count, with ``--pki DIR`` keeping the PKI in DIR (made on first use) so that runs
+are comparable (fresh keys change what the client's crypto costs). Instructions per handshake,
+repeatable on a noisy machine: the difference of two callgrind totals over 20::
+
+    for n in 10 30; do valgrind --tool=callgrind --callgrind-out-file=cg.$n \
+        python bench/engine.py --loop $n --pki /tmp/bench-pki; done
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import hmac
 import ssl
@@ -156,6 +165,24 @@ def bare_server(context: ssl.SSLContext) -> Callable[[], ServerStep]:
     return new
 
 
+def loop(count: int, directory: Path | None) -> None:
+    """``count`` native mTLS 1.3 handshakes after one warm-up (module docstring)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        where = directory or Path(scratch)
+        files = pki.PkiFiles.at(where)
+        if not files.crl_bundle.exists():  # pki.init's files, made once per directory
+            where.mkdir(parents=True, exist_ok=True)
+            files = pki.init(where)
+        table = RouteTable(route(files, ClientAuthMode.REQUIRE, allow=True))
+        client_ctx = client_context(files, True, ssl.TLSVersion.TLSv1_3)
+        new_server = engine_server(table, SelectingEngine)
+        handshake(client_ctx, new_server())
+        gc.collect()
+        gc.freeze()  # the warm-up's objects: collections then cost the same in every run
+        for _ in range(count):
+            handshake(client_ctx, new_server())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--handshakes", type=int, default=300)
@@ -165,9 +192,14 @@ def main() -> None:
         action="store_true",
         help="verify every client chain afresh (the native engine reuses identical chains)",
     )
+    parser.add_argument("--loop", type=int, help="only N native mTLS 1.3 handshakes")
+    parser.add_argument("--pki", type=Path, help="with --loop: keep the PKI in this directory")
     args = parser.parse_args()
     if args.no_verify_cache:
         verify.VERIFY_CACHE_SIZE = 0
+    if args.loop is not None:
+        loop(args.loop, args.pki)
+        return
     with tempfile.TemporaryDirectory() as directory:
         files = pki.init(Path(directory))
         cases: dict[str, tuple[ssl.SSLContext, Callable[[], ServerStep]]] = {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mtlsproxy.engine import fingerprints
@@ -197,6 +198,58 @@ def parse_client_hello(body: bytes) -> ClientHello:
     return hello
 
 
+_UINT16 = struct.Struct(">H")
+_EXTENSION_HEADER = struct.Struct(">HH")
+
+
+def _split_extensions(body: bytes, start: int) -> list[tuple[int, int, int]]:
+    """``Extension extensions<8..2^16-1>`` from ``start`` to the end of ``body``, as
+    ``(type, start, end)`` of each extension's raw bytes (type and length included); the
+    framing checks of ``Buffer.pull_block`` and ``pull_vector_bytes``, inline (this loop is
+    the hot path of every handshake)."""
+    size = len(body)
+    if size - start < 2:
+        raise DecodeError(f"read of 2 bytes at offset {start} runs past {size}")
+    (length,) = _UNPACK_UINT16(body, start)
+    pos = start + 2
+    end = pos + length
+    if end > size:
+        raise DecodeError(f"vector of {length} bytes runs past its enclosing block")
+    spans: list[tuple[int, int, int]] = []
+    while pos < end:
+        if end - pos < 4:
+            raise DecodeError(f"read of 2 bytes at offset {pos + 2} runs past {end}")
+        ext_type, ext_length = _UNPACK_EXTENSION_HEADER(body, pos)
+        stop = pos + 4 + ext_length
+        if stop > end:
+            raise DecodeError(f"vector of {ext_length} bytes runs past its enclosing block")
+        spans.append((ext_type, pos, stop))
+        pos = stop
+    if end != size:
+        raise DecodeError(f"{size - end} trailing bytes after the extensions")
+    return spans
+
+
+_UNPACK_UINT16 = _UINT16.unpack_from
+_UNPACK_EXTENSION_HEADER = _EXTENSION_HEADER.unpack_from
+
+
+def _check_extension_order(types: list[int]) -> None:
+    """RFC 8446 section 4.2: "There MUST NOT be more than one extension of the same type in a
+    given extension block"; section 4.2.11: pre_shared_key "MUST be the last extension"."""
+    if len(set(types)) == len(types) and (
+        ExtensionType.PRE_SHARED_KEY not in types or types[-1] == ExtensionType.PRE_SHARED_KEY
+    ):
+        return
+    seen: set[int] = set()
+    for index, ext_type in enumerate(types):
+        if ext_type in seen:
+            raise malformed(f"duplicate extension 0x{ext_type:04x}", Alert.ILLEGAL_PARAMETER)
+        seen.add(ext_type)
+        if ext_type == ExtensionType.PRE_SHARED_KEY and index != len(types) - 1:
+            raise malformed("pre_shared_key is not the last extension", Alert.ILLEGAL_PARAMETER)
+
+
 def _parse_client_hello(body: bytes) -> ClientHello:
     buf = Buffer(body)
     legacy_version = buf.pull_uint16()
@@ -211,64 +264,22 @@ def _parse_client_hello(body: bytes) -> ClientHello:
     compression_methods = buf.pull_vector_bytes(1, minimum=1)
     if 0 not in compression_methods:
         raise malformed("compression methods do not include null", Alert.ILLEGAL_PARAMETER)
-    retry_digest = hashlib.sha256(body[: buf.tell()])
+    fixed_end = buf.tell()
+    retry_digest = hashlib.sha256(body[:fixed_end])
 
-    extensions: list[tuple[int, bytes]] = []
-    if not buf.eof():
-        # Extension extensions<8..2^16-1>; RFC 5246 allows the block to be absent entirely.
-        with buf.pull_block(2):
-            while not buf.eof():
-                ext_type = buf.pull_uint16()
-                extensions.append((ext_type, buf.pull_vector_bytes(2)))
-    if not buf.eof():
-        raise DecodeError(f"{buf.remaining()} trailing bytes after the extensions")
-
-    seen: set[int] = set()
-    for index, (ext_type, _) in enumerate(extensions):
-        if ext_type in seen:
-            # RFC 8446 section 4.2: "There MUST NOT be more than one extension of the same
-            # type in a given extension block."
-            raise malformed(f"duplicate extension 0x{ext_type:04x}", Alert.ILLEGAL_PARAMETER)
-        seen.add(ext_type)
-        if ext_type == ExtensionType.PRE_SHARED_KEY and index != len(extensions) - 1:
-            # RFC 8446 section 4.2.11: pre_shared_key "MUST be the last extension".
-            raise malformed("pre_shared_key is not the last extension", Alert.ILLEGAL_PARAMETER)
+    # RFC 5246 allows the extensions block to be absent entirely.
+    spans = _split_extensions(body, fixed_end) if not buf.eof() else []
+    types = [ext_type for ext_type, _, _ in spans]
+    _check_extension_order(types)
 
     fields: dict[str, object] = {}
-    for ext_type, ext_body in extensions:
+    for ext_type, ext_start, ext_end in spans:
         if ext_type not in RETRY_MAY_CHANGE:
-            retry_digest.update(
-                b"%b%b%b" % (ext_type.to_bytes(2), len(ext_body).to_bytes(2), ext_body)
-            )
-        if ext_type == ExtensionType.SERVER_NAME:
-            fields["server_name"] = parse_server_name(ext_body)
-        elif ext_type == ExtensionType.ALPN:
-            fields["alpn_protocols"] = parse_alpn(ext_body)
-        elif ext_type == ExtensionType.SUPPORTED_VERSIONS:
-            # ProtocolVersion versions<2..254>
-            fields["supported_versions"] = whole(ext_body, 1, 2)
-        elif ext_type == ExtensionType.SUPPORTED_GROUPS:
-            # NamedGroup named_group_list<2..2^16-1>
-            fields["supported_groups"] = whole(ext_body, 2, 2)
-        elif ext_type == ExtensionType.SIGNATURE_ALGORITHMS:
-            # SignatureScheme supported_signature_algorithms<2..2^16-2>
-            fields["signature_algorithms"] = whole(ext_body, 2, 2)
-        elif ext_type == ExtensionType.KEY_SHARE:
-            fields["key_shares"] = parse_key_share(ext_body)
-            fields["has_key_share"] = True
-        elif ext_type == ExtensionType.PSK_KEY_EXCHANGE_MODES:
-            # PskKeyExchangeMode ke_modes<1..255>
-            fields["psk_key_exchange_modes"] = tuple(parse_uint8_list(ext_body, 1))
-        elif ext_type == ExtensionType.PRE_SHARED_KEY:
-            fields["offered_psks"] = parse_pre_shared_key(ext_body)
-        elif ext_type == ExtensionType.EARLY_DATA:
-            # RFC 8446 section 4.2.10: empty in the ClientHello.
-            if ext_body:
-                raise DecodeError("early_data extension is not empty")
-            fields["has_early_data"] = True
-        elif ext_type == ExtensionType.EC_POINT_FORMATS:
-            # ECPointFormat ec_point_format_list<1..2^8-1>
-            fields["ec_point_formats"] = parse_uint8_list(ext_body, 1)
+            # The extension's raw bytes: its type, its length and its body.
+            retry_digest.update(body[ext_start:ext_end])
+        parse = _FIELD_PARSERS.get(ext_type)
+        if parse is not None:
+            parse(body[ext_start + 4 : ext_end], fields)
 
     return ClientHello(
         legacy_version=legacy_version,
@@ -276,10 +287,54 @@ def _parse_client_hello(body: bytes) -> ClientHello:
         session_id=session_id,
         cipher_suites=cipher_suites,
         compression_methods=compression_methods,
-        extension_type_codes=b"".join(ext_type.to_bytes(2) for ext_type, _ in extensions),
+        extension_type_codes=b"".join([_UINT16.pack(ext_type) for ext_type in types]),
         retry_digest=retry_digest.digest(),
         **fields,  # type: ignore[arg-type]
     )
+
+
+def _key_share(body: bytes, fields: dict[str, object]) -> None:
+    fields["key_shares"] = parse_key_share(body)
+    fields["has_key_share"] = True
+
+
+def _early_data(body: bytes, fields: dict[str, object]) -> None:
+    # RFC 8446 section 4.2.10: empty in the ClientHello.
+    if body:
+        raise DecodeError("early_data extension is not empty")
+    fields["has_early_data"] = True
+
+
+_FieldParser = Callable[[bytes, dict[str, object]], None]
+
+
+def _field(name: str, parse: Callable[[bytes], object]) -> _FieldParser:
+    def parse_field(body: bytes, fields: dict[str, object]) -> None:
+        fields[name] = parse(body)
+
+    return parse_field
+
+
+# The extensions the ClientHello keeps a field of, and how each body is parsed.
+_FIELD_PARSERS: dict[int, _FieldParser] = {
+    ExtensionType.SERVER_NAME: _field("server_name", parse_server_name),
+    ExtensionType.ALPN: _field("alpn_protocols", parse_alpn),
+    # ProtocolVersion versions<2..254>
+    ExtensionType.SUPPORTED_VERSIONS: _field("supported_versions", lambda b: whole(b, 1, 2)),
+    # NamedGroup named_group_list<2..2^16-1>
+    ExtensionType.SUPPORTED_GROUPS: _field("supported_groups", lambda b: whole(b, 2, 2)),
+    # SignatureScheme supported_signature_algorithms<2..2^16-2>
+    ExtensionType.SIGNATURE_ALGORITHMS: _field("signature_algorithms", lambda b: whole(b, 2, 2)),
+    ExtensionType.KEY_SHARE: _key_share,
+    # PskKeyExchangeMode ke_modes<1..255>
+    ExtensionType.PSK_KEY_EXCHANGE_MODES: _field(
+        "psk_key_exchange_modes", lambda b: tuple(parse_uint8_list(b, 1))
+    ),
+    ExtensionType.PRE_SHARED_KEY: _field("offered_psks", parse_pre_shared_key),
+    ExtensionType.EARLY_DATA: _early_data,
+    # ECPointFormat ec_point_format_list<1..2^8-1>
+    ExtensionType.EC_POINT_FORMATS: _field("ec_point_formats", lambda b: parse_uint8_list(b, 1)),
+}
 
 
 def _refuse_legacy_version(version: int, detail: str) -> HandshakeError:

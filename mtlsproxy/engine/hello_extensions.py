@@ -18,7 +18,9 @@ from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Reason, Step
 # octets on the wire minus the length octets), labels of 1..63 characters.
 MAX_HOST_NAME_SIZE = 253
 MAX_LABEL_SIZE = 63
-_LABEL_RE = re.compile(rb"[A-Za-z0-9-]{1,%d}" % MAX_LABEL_SIZE)
+_LABEL = rb"[A-Za-z0-9-]{1,%d}" % MAX_LABEL_SIZE
+# Dot-separated labels, no empty label and no trailing dot: one match for the whole name.
+_HOST_NAME_RE = re.compile(rb"(?:%s\.)*%s" % (_LABEL, _LABEL))
 
 
 class ExtensionType:
@@ -77,9 +79,8 @@ def _validate_host_name(raw: bytes) -> str:
     """RFC 6066 section 3: an ASCII DNS host name without a trailing dot; returned lowercased."""
     if not raw or len(raw) > MAX_HOST_NAME_SIZE:
         raise malformed(f"server_name of {len(raw)} bytes is not a valid host name")
-    for label in raw.split(b"."):
-        if not _LABEL_RE.fullmatch(label):
-            raise malformed("server_name is not a valid DNS host name")
+    if not _HOST_NAME_RE.fullmatch(raw):
+        raise malformed("server_name is not a valid DNS host name")
     return raw.decode("ascii").lower()
 
 

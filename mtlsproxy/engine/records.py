@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import NamedTuple
 
 from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Reason, Step
@@ -72,6 +70,27 @@ class DecodeError(Exception):
     """A read ran past the end of the data or of its enclosing length-prefixed block."""
 
 
+class _Block:
+    """The ``with`` statement of :meth:`Buffer.pull_block` (a plain class: a generator-based
+    context manager costs microseconds, and the decoders open one per vector)."""
+
+    __slots__ = ("_buf", "_end", "_saved_end")
+
+    def __init__(self, buf: Buffer, end: int, saved_end: int) -> None:
+        self._buf, self._end, self._saved_end = buf, end, saved_end
+
+    def __enter__(self) -> int:
+        return self._end - self._buf._pos
+
+    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
+        if exc_type is not None:
+            return  # the reads inside failed: the buffer is abandoned with the error
+        buf = self._buf
+        if buf._pos != self._end:
+            raise DecodeError(f"{self._end - buf._pos} trailing bytes inside a vector")
+        buf._end = self._saved_end
+
+
 class Buffer:
     """A read cursor over ``bytes`` (aioquic ``tls.Buffer`` style, read side only).
 
@@ -123,39 +142,51 @@ class Buffer:
         return int.from_bytes(self._data[start : start + 4], "big")
 
     def pull_uint(self, size: int) -> int:
-        start = self._take(size)
-        return int.from_bytes(self._data[start : start + size], "big")
+        start = self._pos
+        end = start + size
+        if size < 0 or end > self._end:
+            raise DecodeError(f"read of {size} bytes at offset {start} runs past {self._end}")
+        self._pos = end
+        data = self._data
+        if size == 2:
+            return (data[start] << 8) | data[start + 1]
+        if size == 1:
+            return data[start]
+        return int.from_bytes(data[start:end], "big")
 
-    @contextmanager
-    def pull_block(self, length_size: int, *, minimum: int = 0) -> Iterator[int]:
-        """Read a ``length_size``-byte length prefix and restrict reads to that many bytes.
+    def pull_block(self, length_size: int, *, minimum: int = 0) -> _Block:
+        """Read a ``length_size``-byte length prefix and restrict reads to that many bytes,
+        for the body of a ``with`` statement (which gets the length).
 
         RFC 8446 section 3.4 vectors: ``opaque x<minimum..2^(8*length_size)-1>``. Raises
         ``DecodeError`` if the vector is shorter than ``minimum``, runs past the enclosing
         block, or is not fully consumed by the body of the ``with`` statement.
         """
-        length = self.pull_uint(length_size)
-        if length < minimum:
-            raise DecodeError(f"vector of {length} bytes is shorter than its minimum {minimum}")
-        end = self._pos + length
-        if end > self._end:
-            raise DecodeError(f"vector of {length} bytes runs past its enclosing block")
+        start, end = self._pull_vector_span(length_size, minimum)
+        self._pos = start
         saved_end = self._end
         self._end = end
-        yield length
-        if self._pos != end:
-            raise DecodeError(f"{end - self._pos} trailing bytes inside a vector")
-        self._end = saved_end
+        return _Block(self, end, saved_end)
 
     def _pull_vector_span(self, length_size: int, minimum: int) -> tuple[int, int]:
         """``pull_block`` without the context manager, for vectors read in one go (the hot
         path of ClientHello parsing: a generator-based ``with`` costs microseconds)."""
-        length = self.pull_uint(length_size)
+        pos = self._pos
+        start = pos + length_size
+        limit = self._end
+        if start > limit:
+            raise DecodeError(f"read of {length_size} bytes at offset {pos} runs past {limit}")
+        data = self._data
+        if length_size == 2:
+            length = (data[pos] << 8) | data[pos + 1]
+        elif length_size == 1:
+            length = data[pos]
+        else:
+            length = int.from_bytes(data[pos:start], "big")
         if length < minimum:
             raise DecodeError(f"vector of {length} bytes is shorter than its minimum {minimum}")
-        start = self._pos
         end = start + length
-        if end > self._end:
+        if end > limit:
             raise DecodeError(f"vector of {length} bytes runs past its enclosing block")
         self._pos = end
         return start, end
@@ -183,11 +214,10 @@ class RecordHeader(NamedTuple):
 
 def parse_record_header(data: bytes | bytearray, offset: int = 0) -> RecordHeader:
     """Decode the 5-byte record header at ``offset``; ``data`` must hold at least 5 bytes there."""
-    return RecordHeader(
-        data[offset],
-        int.from_bytes(data[offset + 1 : offset + 3], "big"),
-        int.from_bytes(data[offset + 3 : offset + 5], "big"),
-    )
+    return RecordHeader._make(_RECORD_HEADER.unpack_from(data, offset))
+
+
+_RECORD_HEADER = struct.Struct(">BHH")  # content type, legacy_record_version, length
 
 
 class Message(NamedTuple):

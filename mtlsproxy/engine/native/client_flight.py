@@ -27,11 +27,10 @@ false, where OpenSSL would fail the handshake (a deliberate difference, see the 
 
 from __future__ import annotations
 
-from cryptography import x509
-
 from mtlsproxy.engine.events import HandshakeComplete, HandshakeTimings, Tracer, note
 from mtlsproxy.engine.interface import NativeRoute
 from mtlsproxy.engine.native import messages as msgs
+from mtlsproxy.engine.native import route_cache
 from mtlsproxy.engine.native import signatures as sigs
 from mtlsproxy.engine.native.alerts import TLSAlert
 from mtlsproxy.engine.native.states import (
@@ -108,7 +107,7 @@ def certificate(
         decision = act_on(route.decide((), Evidence.UNCHECKED))
         return ExpectFinished(negotiated, decision=decision)
     try:
-        leaf = x509.load_der_x509_certificate(decoded.chain[0])
+        leaf = route_cache.for_route(route).peer_certificate(decoded.chain[0])
     except ValueError:
         raise HandshakeError(
             Step.CLIENT_CERTIFICATE,

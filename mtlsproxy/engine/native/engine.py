@@ -49,6 +49,7 @@ details never carry key material.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Sequence
 
 from mtlsproxy.engine.clienthello import ClientHello
@@ -90,7 +91,12 @@ from mtlsproxy.engine.native.states import (
     RetryRequested,
     State,
 )
-from mtlsproxy.engine.native.suites import CIPHER_SUITES, CipherSuiteId, NamedGroup
+from mtlsproxy.engine.native.suites import (
+    CIPHER_SUITES,
+    CipherSuite,
+    CipherSuiteId,
+    NamedGroup,
+)
 from mtlsproxy.engine.progress import (
     PhaseMarks,
     handshake_failed,
@@ -112,6 +118,14 @@ DEFAULT_GROUPS = (NamedGroup.X25519, NamedGroup.SECP256R1, NamedGroup.SECP384R1)
 
 RECORD_VERSION = 0x0303
 _WARNING, _FATAL = 1, 2
+
+
+@functools.lru_cache(maxsize=16)
+def _negotiable(
+    cipher_suites: tuple[int, ...], groups: tuple[int, ...]
+) -> tuple[tuple[CipherSuite, ...], tuple[NamedGroup, ...]]:
+    """The suites and groups of a configuration, looked up once (not per connection)."""
+    return tuple(CIPHER_SUITES[code] for code in cipher_suites), tuple(map(NamedGroup, groups))
 
 
 class NativeEngine:
@@ -137,8 +151,7 @@ class NativeEngine:
         self._client_random = hello.random
         self._marks = marks
         self._trace = trace
-        self._suites = tuple(CIPHER_SUITES[code] for code in cipher_suites)
-        self._groups = tuple(NamedGroup(group) for group in groups)
+        self._suites, self._groups = _negotiable(tuple(cipher_suites), tuple(groups))
         self._state: State = Negotiating()
         self._records = RecordReader()
         self._messages = msgs.HandshakeAssembler()

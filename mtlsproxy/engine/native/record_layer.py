@@ -27,6 +27,7 @@ Misuse by the caller (content too long to fit one record, unknown content type t
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -75,6 +76,9 @@ _OUTER_TYPES = frozenset(
 _CIPHERTEXT_HEADER_PREFIX = bytes((_PROTECTED_TYPE, 0x03, 0x03))
 
 
+_RECORD_HEADER = struct.Struct(">BHH")
+
+
 class Record(NamedTuple):
     """One TLSPlaintext or TLSCiphertext record (RFC 8446 sections 5.1, 5.2)."""
 
@@ -84,14 +88,8 @@ class Record(NamedTuple):
 
     def header(self) -> bytes:
         """The 5-byte record header, the AEAD additional data of section 5.2."""
-        return bytes(
-            (
-                self.content_type,
-                self.legacy_record_version >> 8,
-                self.legacy_record_version & 0xFF,
-                len(self.fragment) >> 8,
-                len(self.fragment) & 0xFF,
-            )
+        return _RECORD_HEADER.pack(
+            self.content_type, self.legacy_record_version, len(self.fragment)
         )
 
 

@@ -33,14 +33,11 @@ from mtlsproxy.engine.clienthello import ClientHello, KeyShareEntry, parse_clien
 from mtlsproxy.engine.events import Tracer, note
 from mtlsproxy.engine.interface import Credential, NativeRoute
 from mtlsproxy.engine.native import messages as msgs
+from mtlsproxy.engine.native import route_cache
 from mtlsproxy.engine.native import signatures as sigs
 from mtlsproxy.engine.native.alerts import TLSAlert
 from mtlsproxy.engine.native.key_schedule import KeySchedule, Transcript
-from mtlsproxy.engine.native.record_layer import (
-    RecordProtection,
-    encode_record,
-    pad_to_multiple,
-)
+from mtlsproxy.engine.native.record_layer import RecordProtection, encode_record
 from mtlsproxy.engine.native.resumption import Resumption, accept_psk
 from mtlsproxy.engine.native.states import (
     ExpectCertificate,
@@ -96,7 +93,8 @@ def answer(
     suite = _choose_suite(hello, suites, retry)
     if not hello.signature_algorithms:
         raise TLSAlert(Alert.MISSING_EXTENSION, "ClientHello without signature_algorithms")
-    chosen = sigs.choose_credential(route.credentials, hello.signature_algorithms)
+    cache = route_cache.for_route(route)
+    chosen = sigs.choose_usable(cache.credential_schemes, hello.signature_algorithms)
     if chosen is None:
         raise HandshakeError(
             Step.SERVER_HELLO,
@@ -138,7 +136,7 @@ def answer(
     transcript.update(message)
     credential, scheme = chosen
     return _flight(
-        hello, route, suite, share, credential, scheme, transcript, alpn, resumption,
+        hello, route, cache, suite, share, credential, scheme, transcript, alpn, resumption,
         after_retry=retry is not None, trace=trace,
     )  # fmt: skip
 
@@ -221,6 +219,7 @@ def _retry_request(
 def _flight(
     hello: ClientHello,
     route: NativeRoute,
+    cache: route_cache.RouteFlightCache,
     suite: CipherSuite,
     client_share: KeyShareEntry,
     credential: Credential,
@@ -247,22 +246,20 @@ def _flight(
     )
     schedule.update_transcript(hello_message)
     schedule.derive_handshake_secrets(shared_secret)
-    padding = pad_to_multiple(route.record_padding)
+    padding = cache.padding
     write = RecordProtection.from_secret(
         suite, schedule.server_handshake_traffic_secret, padding=padding
     )
 
-    flight = [msgs.encrypted_extensions(alpn)]
-    requests_certificate = route.requests_client_certificate and resumption is None
-    authorities: list[bytes] = []
+    # The messages that depend on the route alone come encoded from its cache.
+    flight = [cache.encrypted_extensions(alpn)]
+    requests_certificate = cache.certificate_request is not None and resumption is None
     if requests_certificate:
-        authorities = list(route.client_ca_names)
-        flight.append(msgs.certificate_request(sigs.SUPPORTED_SCHEMES, authorities))
+        flight.append(cache.certificate_request)
     chain_der = credential.chain_der
     if resumption is None:  # a resumed session authenticates with the PSK (section 2.2)
-        flight.append(msgs.certificate(chain_der))
-    for message in flight:
-        schedule.update_transcript(message)
+        flight.append(cache.certificate_messages[id(credential)])
+    schedule.update_transcript(b"".join(flight))  # the same hash as one update per message
     if resumption is None:
         content = sigs.signed_content(schedule.transcript_hash(), server=True)
         verify = msgs.certificate_verify(scheme, sigs.sign(credential.key, scheme, content))
@@ -279,7 +276,8 @@ def _flight(
              group=f"0x{client_share.group:04x}", resumed=resumption is not None)  # fmt: skip
         note(trace, "->", "EncryptedExtensions", alpn=alpn)
         if requests_certificate:
-            note(trace, "->", "CertificateRequest", certificate_authorities=len(authorities))
+            note(trace, "->", "CertificateRequest",
+                 certificate_authorities=len(route.client_ca_names))  # fmt: skip
         if resumption is None:
             note(trace, "->", "Certificate", subject=credential.leaf.subject.rfc4514_string(),
                  chain_length=len(chain_der))  # fmt: skip

@@ -14,6 +14,7 @@ does not verify is ``decrypt_error``, a scheme that does not fit the key ``illeg
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
@@ -61,6 +62,11 @@ _HASHES: dict[SignatureScheme, type[hashes.HashAlgorithm]] = {
     SignatureScheme.RSA_PSS_PSS_SHA384: hashes.SHA384,
     SignatureScheme.RSA_PSS_PSS_SHA512: hashes.SHA512,
 }
+# The ECDSA signature algorithm of each ECDSA scheme (immutable: built once, not per call).
+_ECDSA = {
+    SignatureScheme.ECDSA_SECP256R1_SHA256: ec.ECDSA(hashes.SHA256()),
+    SignatureScheme.ECDSA_SECP384R1_SHA384: ec.ECDSA(hashes.SHA384()),
+}
 _CURVES = {
     SignatureScheme.ECDSA_SECP256R1_SHA256: "secp256r1",
     SignatureScheme.ECDSA_SECP384R1_SHA384: "secp384r1",
@@ -88,17 +94,35 @@ def signed_content(transcript_hash: bytes, *, server: bool) -> bytes:
     return b" " * 64 + (SERVER_CONTEXT if server else CLIENT_CONTEXT) + b"\x00" + transcript_hash
 
 
+_EC, _ED25519, _RSA = "ec", "ed25519", "rsa"
+
+
+@functools.cache
+def _family_of_type(key_type: type) -> str | None:
+    """The key family of a key class (private or public), or None; per class, not per call
+    (an ABC isinstance costs a microsecond each)."""
+    if issubclass(key_type, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+        return _EC
+    if issubclass(key_type, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+        return _ED25519
+    if issubclass(key_type, rsa.RSAPrivateKey | rsa.RSAPublicKey):
+        return _RSA
+    return None
+
+
 def schemes_for_key(key: object, *, pss_certificate: bool = False) -> tuple[SignatureScheme, ...]:
     """The schemes a key (private or public) can sign or verify with, in our preference.
 
     ``pss_certificate``: the certificate's key is RSASSA-PSS (rsa_pss_pss_*), not
     rsaEncryption (rsa_pss_rsae_*) - section 4.2.3.
     """
-    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
-        return tuple(s for s, curve in _CURVES.items() if curve == key.curve.name)
-    if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+    family = _family_of_type(type(key))
+    if family is _EC:
+        curve = key.curve.name  # type: ignore[attr-defined]
+        return tuple(s for s, name in _CURVES.items() if name == curve)
+    if family is _ED25519:
         return (SignatureScheme.ED25519,)
-    if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
+    if family is _RSA:
         return _PSS if pss_certificate else _RSAE
     return ()
 
@@ -122,6 +146,25 @@ def _family_rank(scheme: SignatureScheme) -> int:
     return 2
 
 
+_FAMILY_RANK = {scheme: _family_rank(scheme) for scheme in SignatureScheme}
+
+
+def usable_schemes(credentials: Sequence[C]) -> tuple[tuple[C, frozenset[SignatureScheme]], ...]:
+    """Each credential with the schemes its key can sign with (computed once per route)."""
+    return tuple(
+        (
+            credential,
+            frozenset(
+                schemes_for_key(
+                    credential.key,
+                    pss_certificate=credential.chain[0].public_key_algorithm_oid == RSASSA_PSS_OID,
+                )
+            ),
+        )
+        for credential in credentials
+    )
+
+
 def choose_credential(
     credentials: Sequence[C], client_schemes: Sequence[int]
 ) -> tuple[C, SignatureScheme] | None:
@@ -130,15 +173,20 @@ def choose_credential(
     ECDSA first, then Ed25519, then RSA-PSS; within a family, the client's order. Credentials
     keep config order among equals.
     """
-    offered = [s for s in client_schemes if s in SignatureScheme._value2member_map_]
+    return choose_usable(usable_schemes(credentials), client_schemes)
+
+
+def choose_usable(
+    usable: Sequence[tuple[C, frozenset[SignatureScheme]]], client_schemes: Sequence[int]
+) -> tuple[C, SignatureScheme] | None:
+    """:func:`choose_credential` on :func:`usable_schemes`' answer."""
+    known = SignatureScheme._value2member_map_
+    offered = [known[s] for s in client_schemes if s in known]
     best: tuple[tuple[int, int, int], C, SignatureScheme] | None = None
-    for index, credential in enumerate(credentials):
-        pss = credential.chain[0].public_key_algorithm_oid == RSASSA_PSS_OID
-        usable = schemes_for_key(credential.key, pss_certificate=pss)
-        for position, code in enumerate(offered):
-            scheme = SignatureScheme(code)
-            if scheme in usable:
-                rank = (_family_rank(scheme), index, position)
+    for index, (credential, schemes) in enumerate(usable):
+        for position, scheme in enumerate(offered):
+            if scheme in schemes:
+                rank = (_FAMILY_RANK[scheme], index, position)
                 if best is None or rank < best[0]:
                     best = (rank, credential, scheme)
     return None if best is None else (best[1], best[2])
@@ -146,8 +194,8 @@ def choose_credential(
 
 def sign(private_key: object, scheme: SignatureScheme, content: bytes) -> bytes:
     """Sign ``content`` (from :func:`signed_content`) with ``scheme``."""
-    if isinstance(private_key, ec.EllipticCurvePrivateKey) and scheme in _CURVES:
-        return private_key.sign(content, ec.ECDSA(_HASHES[scheme]()))
+    if scheme in _CURVES and isinstance(private_key, ec.EllipticCurvePrivateKey):
+        return private_key.sign(content, _ECDSA[scheme])
     if isinstance(private_key, ed25519.Ed25519PrivateKey) and scheme is SignatureScheme.ED25519:
         return private_key.sign(content)
     if isinstance(private_key, rsa.RSAPrivateKey) and scheme in _HASHES:
@@ -172,22 +220,24 @@ def verify(certificate: x509.Certificate, scheme: int, signature: bytes, content
         public_key = certificate.public_key()
     except (ValueError, UnsupportedAlgorithm):
         raise TLSAlert(Alert.BAD_CERTIFICATE, "the certificate's public key is unusable") from None
-    pss = certificate.public_key_algorithm_oid == RSASSA_PSS_OID
+    family = _family_of_type(type(public_key))
+    # Only an RSA key has two kinds of certificate (section 4.2.3).
+    pss = family is _RSA and certificate.public_key_algorithm_oid == RSASSA_PSS_OID
     if scheme not in schemes_for_key(public_key, pss_certificate=pss):
         raise TLSAlert(
             Alert.ILLEGAL_PARAMETER, f"signature scheme {scheme.name.lower()} does not fit the key"
         )
     try:
-        if isinstance(public_key, ec.EllipticCurvePublicKey):
-            public_key.verify(signature, content, ec.ECDSA(_HASHES[scheme]()))
-        elif isinstance(public_key, ed25519.Ed25519PublicKey):
-            public_key.verify(signature, content)
-        elif isinstance(public_key, rsa.RSAPublicKey):
+        if family is _EC:
+            public_key.verify(signature, content, _ECDSA[scheme])  # type: ignore[call-arg]
+        elif family is _ED25519:
+            public_key.verify(signature, content)  # type: ignore[call-arg]
+        elif family is _RSA:
             algorithm = _HASHES[scheme]()
             pss_padding = padding.PSS(
                 mgf=padding.MGF1(algorithm), salt_length=algorithm.digest_size
             )
-            public_key.verify(signature, content, pss_padding, algorithm)
+            public_key.verify(signature, content, pss_padding, algorithm)  # type: ignore[call-arg]
         else:  # pragma: no cover - schemes_for_key returned nothing for other key types
             raise TLSAlert(Alert.ILLEGAL_PARAMETER, "unsupported key type")
     except InvalidSignature:

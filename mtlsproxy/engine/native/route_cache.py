@@ -1,0 +1,94 @@
+"""What every handshake on a route repeats, computed once per route.
+
+A route's Certificate message (per credential), CertificateRequest, EncryptedExtensions (per
+ALPN answer), padding policy and each credential's usable signature schemes depend only on the
+route object, which is immutable (a reload builds new routes). :func:`for_route` keeps them in
+a :class:`RouteFlightCache` per route *object*: the cache is keyed by the route's identity and
+holds the route itself, so an entry is only ever returned for that very object (never for an
+equal-looking route, never across routes). The one thing in it that comes from clients is
+the parsed leaf certificates of the route's recent clients (:meth:`RouteFlightCache.
+peer_certificate`): an immutable ``x509.Certificate`` keyed by its exact DER bytes, so what it
+returns is what parsing those bytes would return (cryptography keeps the certificate's parsed
+public key on the object, which is what a repeat client saves); it decides nothing (the policy
+still decides on every chain and the CertificateVerify is still checked).
+
+Routes are frozen, slotted dataclasses without a weakref slot, so the cache holds them
+strongly; it is bounded (``MAX_ROUTES``, oldest dropped first), which bounds how long a
+replaced route stays alive after a reload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cryptography import x509
+
+from mtlsproxy.engine.interface import Credential, NativeRoute
+from mtlsproxy.engine.native import messages as msgs
+from mtlsproxy.engine.native import signatures as sigs
+from mtlsproxy.engine.native.record_layer import PaddingPolicy, pad_to_multiple
+
+MAX_ROUTES = 256
+MAX_PEER_CERTIFICATES = 256  # per route: distinct client leaves, a fleet presents few
+
+
+class RouteFlightCache:
+    """One route's precomputed flight pieces (see the module docstring)."""
+
+    __slots__ = (
+        "_encrypted_extensions",
+        "_peer_certificates",
+        "certificate_messages",
+        "certificate_request",
+        "credential_schemes",
+        "padding",
+    )
+
+    def __init__(self, route: NativeRoute) -> None:
+        credentials: Sequence[Credential] = route.credentials
+        self.credential_schemes = sigs.usable_schemes(credentials)
+        # Keyed by credential identity: the credential objects are the route's own.
+        self.certificate_messages = {
+            id(credential): msgs.certificate(credential.chain_der) for credential in credentials
+        }
+        self.certificate_request = (
+            msgs.certificate_request(sigs.SUPPORTED_SCHEMES, list(route.client_ca_names))
+            if route.requests_client_certificate
+            else None
+        )
+        self.padding: PaddingPolicy = pad_to_multiple(route.record_padding)
+        self._encrypted_extensions: dict[str | None, bytes] = {}
+        self._peer_certificates: dict[bytes, x509.Certificate] = {}
+
+    def encrypted_extensions(self, alpn: str | None) -> bytes:
+        """EncryptedExtensions for ``alpn`` (one of the route's protocols, or None)."""
+        message = self._encrypted_extensions.get(alpn)
+        if message is None:
+            message = self._encrypted_extensions[alpn] = msgs.encrypted_extensions(alpn)
+        return message
+
+    def peer_certificate(self, der: bytes) -> x509.Certificate:
+        """``x509.load_der_x509_certificate(der)`` (``ValueError`` included), remembered for
+        the route's last ``MAX_PEER_CERTIFICATES`` distinct leaves."""
+        certificate = self._peer_certificates.get(der)
+        if certificate is None:
+            certificate = x509.load_der_x509_certificate(der)
+            if len(self._peer_certificates) >= MAX_PEER_CERTIFICATES:
+                del self._peer_certificates[next(iter(self._peer_certificates))]
+            self._peer_certificates[der] = certificate
+        return certificate
+
+
+_CACHES: dict[int, tuple[NativeRoute, RouteFlightCache]] = {}
+
+
+def for_route(route: NativeRoute) -> RouteFlightCache:
+    """The cache of this route object (built on first use)."""
+    entry = _CACHES.get(id(route))
+    if entry is not None and entry[0] is route:
+        return entry[1]
+    cache = RouteFlightCache(route)
+    if len(_CACHES) >= MAX_ROUTES:
+        del _CACHES[next(iter(_CACHES))]
+    _CACHES[id(route)] = (route, cache)
+    return cache
