@@ -12,7 +12,7 @@ from mtlsproxy.vocabulary.identity import PeerIdentity
 
 @dataclass(frozen=True, slots=True)
 class HandshakeTimings:
-    """Seconds spent in each handshake phase (DESIGN.md, "Phases timed per handshake").
+    """Seconds spent in each handshake phase (the handshake phases of docs/handshake.md).
 
     ``client_hello``: accept to complete ClientHello. ``server_flight``: ClientHello to our
     flight written. ``client_flight``: our flight to the client's answer (a network round trip
@@ -101,7 +101,7 @@ class HandshakeFailed:
     """The handshake ended without admitting the client; nothing reaches the upstream.
 
     ``refused`` is true when the TLS handshake itself succeeded but the verified identity is
-    not allowed (DESIGN.md: result ``refused``); otherwise the result is ``failed``.
+    not allowed (result ``refused``); otherwise the result is ``failed``.
     """
 
     step: Step

@@ -1,4 +1,4 @@
-"""The client-certificate policy as typed data (DESIGN.md, "Policy semantics")."""
+"""The client-certificate policy as typed data (the policy table of docs/handshake.md)."""
 
 from __future__ import annotations
 
