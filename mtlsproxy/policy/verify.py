@@ -136,7 +136,8 @@ _MALFORMED = (
     UnsupportedAlgorithm,
 )
 
-# The alert "for the cause" (the policy table of docs/handshake.md), as OpenSSL maps X509 verify errors.
+# The alert "for the cause" (the policy table of docs/handshake.md), as OpenSSL maps X509
+# verify errors.
 _ALERTS = {
     Reason.CLIENT_CERT_UNTRUSTED: Alert.UNKNOWN_CA,
     Reason.CLIENT_CERT_EXPIRED: Alert.CERTIFICATE_EXPIRED,
