@@ -53,6 +53,8 @@ class ListenerRuntime:
         self.server: asyncio.Server | None = None
         self._active = metrics.connections_active.labels(self.name)
         self._accepted = metrics.connections.labels(self.name)
+        # Looked up once: a flood of refused sources reaches it thousands of times a second.
+        self._source_refused = metrics.connections_rejected.labels(self.name, "source_budget")
         self._bytes = {
             direction: metrics.bytes.labels(self.name, direction)
             for direction in ("client_to_upstream", "upstream_to_client")
@@ -190,7 +192,7 @@ class ListenerRuntime:
     def _refuse_source(self, refusal: Refusal) -> None:
         """A source out of budget: counted every time, logged at most once per source every
         ``source_budget.REPORT_INTERVAL`` seconds (with the refusals since its last line)."""
-        self.metrics.connections_rejected.labels(self.name, "source_budget").inc()
+        self._source_refused.inc()
         if refusal.report:
             budget = self.limits.failed_handshakes_per_source
             logs.event(
