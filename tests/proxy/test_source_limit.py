@@ -19,7 +19,7 @@ from mtlsproxy.config import ConfigError, load_config
 from mtlsproxy.config.model import FailedHandshakeBudget
 from mtlsproxy.pki import PkiFiles
 from tests.proxy.conftest import render_config
-from tests.proxy.harness import Client, ProxyProcess, Upstream, eventually
+from tests.proxy.harness import Client, ProxyProcess, RunningProxy, Upstream, eventually
 from tests.proxy.test_hostile import mini_client
 
 ATTACKER = "127.0.0.2"  # all of 127.0.0.0/8 is loopback on Linux
@@ -170,3 +170,27 @@ def test_wrong_settings_are_named(
     path = "listeners[0].limits.failed_handshakes_per_source"
     assert problem.key_path == (f"{path}.{key}" if key else path)
     assert message in problem.message
+
+
+def test_a_reload_keeps_the_debts_and_can_turn_the_budget_off(
+    tmp_path: Path, pki: PkiFiles, upstream: Upstream
+) -> None:
+    """SIGHUP's reload: the same settings do not refill a flood's buckets; ``false`` lets
+    the source in again."""
+    text = render_config(pki, f"127.0.0.1:{upstream.port}", log_level="info", engine="native")
+    path = tmp_path / "proxy.yaml"
+    path.write_text(with_limits(text, BUDGET.replace("rate: 1", "rate: 0.01")))
+    proxy = RunningProxy(path)
+    try:
+        port = proxy.port()
+        for _ in range(BURST):
+            assert abandon(pki, port)
+        assert eventually(lambda: not abandon(pki, port))
+        assert proxy._call(proxy.proxy.reload_config())
+        assert not abandon(pki, port)
+        path.write_text(with_limits(text, "failed_handshakes_per_source: false"))
+        assert proxy._call(proxy.proxy.reload_config())
+        assert abandon(pki, port)
+        assert Client(pki, port).roundtrip(b"after") == b"after"
+    finally:
+        proxy.stop()
