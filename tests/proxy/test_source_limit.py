@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,9 @@ from tests.proxy.test_hostile import mini_client
 
 ATTACKER = "127.0.0.2"  # all of 127.0.0.0/8 is loopback on Linux
 BURST = 4
-BUDGET = f"failed_handshakes_per_source: {{rate: 1, burst: {BURST}}}"
+# A token every 100 s: no refill within a test, however slow the machine (the refill is timed
+# exactly in test_source_budget.py).
+BUDGET = f"failed_handshakes_per_source: {{rate: 0.01, burst: {BURST}}}"
 MESSAGE = "failed_handshakes_per_source"
 
 
@@ -89,8 +90,9 @@ def test_a_source_that_abandons_its_handshakes_is_refused_at_accept(
     for round_ in range(BURST):
         assert abandon(pki, proxy.port)
         assert good.roundtrip(b"good %d" % round_) == b"good %d" % round_
-    # The flights were all paid for: the next connection from 127.0.0.2 gets none.
-    assert eventually(lambda: sample(proxy, "mtlsproxy_handshakes_total") >= 2 * BURST)
+    # Once the proxy has seen every close, the flights are all paid for: the next connection
+    # from 127.0.0.2 gets none.
+    assert eventually(lambda: sample(proxy, "mtlsproxy_connections_active") == 0)
     handshakes = sample(proxy, "mtlsproxy_handshakes_total")
     refused = 0
     for round_ in range(5):
@@ -106,12 +108,6 @@ def test_a_source_that_abandons_its_handshakes_is_refused_at_accept(
     assert eventually(lambda: len(budget_lines(proxy)) == 1)
     (line,) = budget_lines(proxy)
     assert line["source"] == ATTACKER and line["refused"] == 1 and line["level"] == "warning"
-    # A token a second: the source gets one more flight a second later, then is refused again.
-    time.sleep(1.1)
-    assert abandon(pki, proxy.port)
-    assert not abandon(pki, proxy.port)
-    assert sample(proxy, rejected, reason="source_budget") == refused + 1
-    assert len(budget_lines(proxy)) == 1
 
 
 def test_a_source_that_completes_its_handshakes_is_never_refused(
@@ -179,7 +175,7 @@ def test_a_reload_keeps_the_debts_and_can_turn_the_budget_off(
     the source in again."""
     text = render_config(pki, f"127.0.0.1:{upstream.port}", log_level="info", engine="native")
     path = tmp_path / "proxy.yaml"
-    path.write_text(with_limits(text, BUDGET.replace("rate: 1", "rate: 0.01")))
+    path.write_text(with_limits(text, BUDGET))
     proxy = RunningProxy(path)
     try:
         port = proxy.port()
