@@ -100,7 +100,8 @@ class Metrics:
         self.connections_rejected = Counter(
             "mtlsproxy_connections_rejected",
             "Client connections closed before admission (reason: max_connections, draining at "
-            "accept; handshake_shed: the oldest handshake in flight past max_handshakes).",
+            "accept; source_budget: at accept, a source past failed_handshakes_per_source; "
+            "handshake_shed: the oldest handshake in flight past max_handshakes).",
             ["listener", "reason"],
             registry=registry,
         )

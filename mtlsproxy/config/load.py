@@ -30,6 +30,7 @@ from mtlsproxy.config.model import (
     CertificateKeyPair,
     Config,
     EngineKind,
+    FailedHandshakeBudget,
     ForwardIdentity,
     IdentityForwarding,
     Limits,
@@ -118,7 +119,8 @@ FORWARD_IDENTITY_KEYS = (
 )
 DURATION_TIMEOUT_KEYS = ("handshake", "connect", "idle", "drain")  # above zero
 TIMEOUT_KEYS = (*DURATION_TIMEOUT_KEYS, "shutdown_delay")  # shutdown_delay may be zero
-LIMITS_KEYS = ("max_connections", "max_handshakes", "buffer_size")
+LIMITS_KEYS = ("max_connections", "max_handshakes", "buffer_size", "failed_handshakes_per_source")
+FAILED_HANDSHAKES_KEYS = ("rate", "burst")
 METRICS_KEYS = ("listen", "enabled")
 LOG_KEYS = ("format", "level", "access")
 RELOAD_KEYS = ("watch", "interval")
@@ -402,6 +404,17 @@ def _seconds(node: Node) -> float:
             raise _Invalid(f"{text!r} is not a duration like 500ms, 10s, 5m or 1h")
         seconds = float(match[1]) * _DURATION_UNITS[match[2]]
     return seconds
+
+
+def _rate(node: Node) -> float:
+    """Events a second: a number above zero."""
+    if not (isinstance(node, ScalarNode) and node.tag in (_INT, _FLOAT)):
+        raise _expected("a number (per second)", node)
+    number = _SCALARS.construct_yaml_float if node.tag == _FLOAT else _SCALARS.construct_yaml_int
+    rate = float(number(node))
+    if not 0 < rate < float("inf"):
+        raise _Invalid(f"{node.value!r} must be a number above zero")
+    return rate
 
 
 def _buffer_size(node: Node) -> int:
@@ -702,6 +715,7 @@ class _Parser:
                         "max_connections": _leaf(_positive_int),
                         "max_handshakes": _leaf(_positive_int),
                         "buffer_size": _leaf(_buffer_size),
+                        "failed_handshakes_per_source": self.failed_handshake_budget,
                     },
                 ),
             },
@@ -741,6 +755,19 @@ class _Parser:
         )
         self.audit_on_openssl(listener, node, path)
         return listener
+
+    def failed_handshake_budget(self, node: Node, path: str) -> FailedHandshakeBudget | None:
+        """``{rate, burst}`` (each optional), ``true`` for the defaults or ``false``: off."""
+        if isinstance(node, ScalarNode) and node.tag == _BOOL:
+            return FailedHandshakeBudget() if _boolean(node) else None
+        if not isinstance(node, MappingNode):
+            raise _expected("a mapping of rate and burst, or false (off)", node)
+        read = self.section(
+            FailedHandshakeBudget,
+            FAILED_HANDSHAKES_KEYS,
+            {"rate": _leaf(_rate), "burst": _leaf(_positive_int)},
+        )
+        return read(node, path)
 
     def audit_on_openssl(self, listener: Listener, node: Node, path: str) -> None:
         """Audit mode cannot admit what OpenSSL refuses inside its handshake: say so once."""

@@ -127,6 +127,19 @@ class Timeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class FailedHandshakeBudget:
+    """Per source address (IPv4, or IPv6 /64), per listener and worker: handshakes that may
+    end without completing, as a token bucket of ``burst`` refilled at ``rate`` a second; each
+    completed handshake gives one back. A source with nothing left has its new connections
+    closed at accept (``proxy.source_budget``). 100 at once and 10 a second beyond what a
+    source completes: a browser or a NAT gateway of well-behaved clients never fails that
+    often for long, an abandoning flood from one address gets ~10 flights a second."""
+
+    rate: float = 10.0
+    burst: int = 100
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
     max_connections: int = 10_000
     # Handshakes in flight (accepted, neither admitted nor failed) per listener; past it the
@@ -136,6 +149,8 @@ class Limits:
     max_handshakes: int = 1024
     # Bytes held per direction per connection before the other side is paused.
     buffer_size: int = 256 * 1024
+    # None: off (``failed_handshakes_per_source: false``).
+    failed_handshakes_per_source: FailedHandshakeBudget | None = FailedHandshakeBudget()
 
 
 @dataclass(frozen=True, slots=True)

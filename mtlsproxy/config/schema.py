@@ -24,6 +24,7 @@ from mtlsproxy.config.model import (
     XFCC_FIELDS,
     Config,
     EngineKind,
+    FailedHandshakeBudget,
     ForwardIdentity,
     IdentityForwarding,
     Limits,
@@ -136,6 +137,33 @@ def json_schema() -> Schema:
                                 "maximum": load._BUFFER_MAX,
                             },
                             {"type": "string", "pattern": _full(load._SIZE)},
+                        ],
+                    },
+                    "failed_handshakes_per_source": {
+                        "description": "Per source address (IPv4, IPv6 /64): handshakes that "
+                        "may end without completing (abandoned, timed out, failed), a token "
+                        "bucket; each completed handshake gives one back. A source with none "
+                        "left has its new connections closed at accept (source_budget). "
+                        "true: the defaults; false: off.",
+                        "oneOf": [
+                            {"type": "boolean"},
+                            _section(
+                                load.FAILED_HANDSHAKES_KEYS,
+                                {
+                                    "rate": {
+                                        "description": "Tokens back per second.",
+                                        "type": "number",
+                                        "exclusiveMinimum": 0,
+                                    },
+                                    "burst": {
+                                        "description": "Tokens of a source never seen.",
+                                        "type": "integer",
+                                        "minimum": 1,
+                                    },
+                                },
+                                description="The bucket: rate per second, burst.",
+                                defaults=_defaults(FailedHandshakeBudget),
+                            ),
                         ],
                     },
                 },
@@ -639,6 +667,8 @@ def _defaults(cls: type) -> dict[str, Any]:
 
 
 def _json(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _json(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, enum.Enum):
         return _json(value.value)
     if isinstance(value, tuple):

@@ -89,8 +89,8 @@ class ListenerView(Protocol):
     limits: Limits
 
     def new_engine(self, peer: str) -> Engine: ...
-    def admit_connection(self, connection: ClientConnection) -> bool: ...
-    def handshake_done(self, connection: ClientConnection) -> None: ...
+    def admit_connection(self, connection: ClientConnection, peer: object) -> bool: ...
+    def handshake_done(self, connection: ClientConnection, completed: bool) -> None: ...
     def release_connection(self, connection: ClientConnection) -> None: ...
     def observe_handshake(
         self, peer: str, hello: ClientHello | None, event: HandshakeComplete | HandshakeFailed
@@ -150,7 +150,7 @@ class ClientConnection(asyncio.Protocol):
         self._transport = transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self._peer = _format_address(peer)
-        if not self._runtime.admit_connection(self):
+        if not self._runtime.admit_connection(self, peer):
             transport.abort()
             return
         self._client_reading.attach(transport)
@@ -295,7 +295,7 @@ class ClientConnection(asyncio.Protocol):
     def _on_handshake_complete(self, event: HandshakeComplete) -> None:
         self._outcome = event
         self._cancel_handshake_timer()
-        self._runtime.handshake_done(self)
+        self._runtime.handshake_done(self, completed=True)
         self._runtime.observe_handshake(self._peer, self._hello, event)
         assert self._engine is not None and self._transport is not None
         # The engine was built with this listener's RouteTable: its routes are ServerRoutes.
@@ -315,7 +315,7 @@ class ClientConnection(asyncio.Protocol):
     def _on_handshake_failed(self, event: HandshakeFailed) -> None:
         self._outcome = event
         self._cancel_handshake_timer()
-        self._runtime.handshake_done(self)
+        self._runtime.handshake_done(self, completed=False)
         self._runtime.observe_handshake(self._peer, self._hello, event)
         self._hello = None
         self._finish(EndReason.HANDSHAKE_FAILED)
