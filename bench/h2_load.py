@@ -97,6 +97,18 @@ GRPC_FRONT_SERVER = (
 # HTTP/2 client
 
 
+def mtls_socket(pki: Path, port: int, alpn: str) -> ssl.SSLSocket:
+    """A mutual-TLS 1.3 connection with the PKI's client certificate, ``TCP_NODELAY`` on."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_verify_locations(cafile=pki / "ca.crt")
+    context.load_cert_chain(pki / "client.crt", pki / "client.key")
+    context.set_alpn_protocols([alpn])
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return context.wrap_socket(raw, server_hostname="localhost")
+
+
 class H2Client:
     """One HTTP/2 connection over mutual TLS 1.3 with ``streams`` GET requests in flight."""
 
@@ -104,14 +116,7 @@ class H2Client:
         import h2.config
         import h2.connection
 
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.minimum_version = ssl.TLSVersion.TLSv1_3
-        context.load_verify_locations(cafile=pki / "ca.crt")
-        context.load_cert_chain(pki / "client.crt", pki / "client.key")
-        context.set_alpn_protocols(["h2"])
-        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.tls = context.wrap_socket(raw, server_hostname="localhost")
+        self.tls = mtls_socket(pki, port, "h2")
         if self.tls.selected_alpn_protocol() != "h2":
             raise ConnectionError(f"ALPN gave {self.tls.selected_alpn_protocol()!r}, not h2")
         self.h2 = h2.connection.H2Connection(

@@ -41,7 +41,6 @@ import multiprocessing as mp
 import os
 import shlex
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -192,14 +191,7 @@ class HTTPConnection:
     """One keep-alive HTTP/1.1 connection over mutual TLS; one request at a time."""
 
     def __init__(self, pki: Path, port: int) -> None:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.minimum_version = ssl.TLSVersion.TLSv1_3
-        context.load_verify_locations(cafile=pki / "ca.crt")
-        context.load_cert_chain(pki / "client.crt", pki / "client.key")
-        context.set_alpn_protocols(["http/1.1"])
-        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.tls = context.wrap_socket(raw, server_hostname="localhost")
+        self.tls = h2_load.mtls_socket(pki, port, "http/1.1")
         self.buffer = b""
 
     def request(self, request: bytes) -> bytes:
