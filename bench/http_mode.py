@@ -175,6 +175,8 @@ def proxy_config(pki: Path, front: str, protocol: str, upstream_port: int) -> Pa
             "        X-SSL-Client-S-DN: subject",
             "        X-SSL-Client-Verify: verify",
         ]
+        if protocol != "h1":  # h2 offered, the client's h2 forwarded as h2c
+            lines += ["      upstream_protocol: auto"]
     else:
         lines += ["    forward_identity: none"]
     lines += ["metrics:", "  enabled: false", "log:", "  format: text", "  level: info"]
