@@ -31,6 +31,7 @@ from mtlsproxy.config.model import (
     Config,
     EngineKind,
     ForwardIdentity,
+    Http2Settings,
     IdentityForwarding,
     Limits,
     Listener,
@@ -44,6 +45,7 @@ from mtlsproxy.config.model import (
     TLSSettings,
     TLSVersion,
     Upstream,
+    UpstreamProtocol,
 )
 from mtlsproxy.config.problems import ConfigError, ConfigProblem, Location, Role, sort_problems
 from mtlsproxy.policy.authorize import AllowList, compile_rule
@@ -115,7 +117,19 @@ FORWARD_IDENTITY_KEYS = (
     "crc32c",
     "forwarded",
     "trust_forwarded",
+    "upstream_protocol",
+    "http2",
 )
+HTTP2_KEYS = (
+    "max_concurrent_streams",
+    "max_header_list_size",
+    "initial_window_size",
+    "max_resets",
+    "reset_interval",
+)
+MAX_HTTP2_WINDOW = 64 * 1024 * 1024
+MAX_HTTP2_STREAMS = 10_000
+MIN_HEADER_LIST, MAX_HEADER_LIST = 1024, 1024 * 1024
 DURATION_TIMEOUT_KEYS = ("handshake", "connect", "idle", "drain")  # above zero
 TIMEOUT_KEYS = (*DURATION_TIMEOUT_KEYS, "shutdown_delay")  # shutdown_delay may be zero
 LIMITS_KEYS = ("max_connections", "max_handshakes", "buffer_size")
@@ -416,6 +430,24 @@ def _buffer_size(node: Node) -> int:
     return size
 
 
+def _bounded_int(low: int, high: int, unit: str = "") -> Callable[[Node], int]:
+    def convert(node: Node) -> int:
+        value = _int_value(node)
+        if not low <= value <= high:
+            raise _Invalid(f"{value} is not between {low} and {high}{unit}")
+        return value
+
+    return convert
+
+
+_max_concurrent_streams = _bounded_int(1, MAX_HTTP2_STREAMS)
+_max_header_list_size = _bounded_int(MIN_HEADER_LIST, MAX_HEADER_LIST, " bytes")
+# RFC 9113 section 6.9.2: at least one byte, at most 2^31-1; past 64 MiB the memory bound is
+# limits.buffer_size anyway
+_initial_window_size = _bounded_int(1, MAX_HTTP2_WINDOW, " bytes")
+_max_resets = _bounded_int(1, 1_000_000)
+
+
 def _alpn(node: Node) -> str:
     value = _string(node)
     if not (value.isascii() and len(value) <= 255):
@@ -477,6 +509,7 @@ def _method(node: Node) -> str:
 _listen_address = partial(_address, zero_port=True)
 _engine = _one_of(EngineKind)
 _forward_identity_mode = _one_of(ForwardIdentity)
+_upstream_protocol = _one_of(UpstreamProtocol)
 
 
 def _forwarded_field(node: Node) -> str:
@@ -1026,6 +1059,8 @@ class _Parser:
                 "crc32c": _leaf(_boolean),
                 "forwarded": lambda n, p: self.sequence(n, p, _leaf(_forwarded_field)),
                 "trust_forwarded": _leaf(_boolean),
+                "upstream_protocol": _leaf(_upstream_protocol),
+                "http2": self.http2,
             },
             keys=FORWARD_IDENTITY_KEYS,
             required=("mode",),
@@ -1034,7 +1069,9 @@ class _Parser:
             raise _Reported
         if "xfcc" in own:
             own["xfcc_fields"] = own.pop("xfcc")
-        http_only = ("xfcc_fields", "headers", "forwarded", "trust_forwarded")
+        http_only = (
+            "xfcc_fields", "headers", "forwarded", "trust_forwarded", "upstream_protocol", "http2",
+        )  # fmt: skip
         pp2_only = ("include_certificate", "crc32c")
         ignored = pp2_only if own["mode"] is ForwardIdentity.HTTP else http_only
         if own["mode"] is ForwardIdentity.NONE:
@@ -1046,6 +1083,22 @@ class _Parser:
                     m.keys[name], _join(path, name), f"has no effect with mode {own['mode']}"
                 )
         return IdentityForwarding(**own)
+
+    def http2(self, node: Node, path: str) -> Http2Settings:
+        """``forward_identity.http2``: the HTTP/2 limits (``Http2Settings``)."""
+        own, _ = self.read(
+            node,
+            path,
+            {
+                "max_concurrent_streams": _leaf(_max_concurrent_streams),
+                "max_header_list_size": _leaf(_max_header_list_size),
+                "initial_window_size": _leaf(_initial_window_size),
+                "max_resets": _leaf(_max_resets),
+                "reset_interval": _leaf(_duration),
+            },
+            keys=HTTP2_KEYS,
+        )
+        return Http2Settings(**own)
 
     def identity_headers(self, node: Node, path: str) -> tuple[tuple[str, str], ...]:
         """``{X-SSL-Client-Verify: verify, ...}``: header name -> identity field."""
