@@ -380,6 +380,8 @@ class ClientConnection(asyncio.Protocol):
         for data in self._early_data:
             self._write_upstream(data)
         self._early_data.clear()
+        if self._forwarding.http2 is not None:  # it may have answered the upstream already
+            self._exchange_http2(self._forwarding.http2)
         if self._client_done:
             self._end_upstream_writing()  # and the client, done, is not read again
         else:
@@ -515,9 +517,10 @@ class ClientConnection(asyncio.Protocol):
         if to_client and engine is not None and self._end is None and engine.handshake_complete:
             engine.send(to_client)
             self._flush()
-        to_upstream = bridge.data_for_upstream()
-        if to_upstream and self._upstream is not None:
-            self._upstream.write(to_upstream)
+        if self._upstream is not None:  # else kept until connected (the first exchange there)
+            to_upstream = bridge.data_for_upstream()
+            if to_upstream:
+                self._upstream.write(to_upstream)
         if bridge.closed:
             self._finish(EndReason.HTTP2_ERROR)
         elif bridge.idle:
