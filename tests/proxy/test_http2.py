@@ -5,6 +5,7 @@ both engines."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import socket
@@ -187,3 +188,20 @@ def test_curl_http2_with_a_client_certificate(start: Start, pki: PkiFiles) -> No
     assert seen[":path"] == ["/via-curl"]
     assert len(seen["x-forwarded-client-cert"]) == 1
     assert f"URI={FRONTEND}" in seen["x-forwarded-client-cert"][0]
+
+
+def test_draining_sends_goaway_to_http2_clients(start: Start, pki: PkiFiles) -> None:
+    proxy = start()
+    client = H2Client(pki, proxy.port())
+    try:
+        assert client.get("/before").status == 200
+        draining = asyncio.run_coroutine_threadsafe(proxy.proxy.drain(timeout=5), proxy.loop)
+        client.sock.settimeout(5)
+        while client.goaway is None and not client.closed:
+            client.read_once()
+        assert client.goaway is not None
+        assert client.goaway.error_code == 0 and client.goaway.last_stream_id == 1
+        client.read_until_closed()  # no stream open: the proxy closes at once
+        draining.result(timeout=10)
+    finally:
+        client.close()

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -127,6 +127,8 @@ class Http2Bridge:
         self._to_client = b""  # frames of ours written outside h2's state machine (go_away)
         self._last_stream: int | None = None  # set by go_away: streams above it are refused
         self._upstream_gone = False
+        # each side's h2 state before its last read: restored after a graceful GOAWAY
+        self._open_state = {side: ConnectionState.IDLE for side in Side}
         self.closed = False  # a connection error: write what is pending, then end both
 
     # What the proxy calls
@@ -187,6 +189,8 @@ class Http2Bridge:
         if self.closed:
             return
         connection = self._connection(side)
+        if connection.state_machine.state is not ConnectionState.CLOSED:
+            self._open_state[side] = connection.state_machine.state
         try:
             events = connection.receive_data(data)
         except ProtocolError as error:  # h2 queued its GOAWAY
@@ -328,6 +332,12 @@ class Http2Bridge:
                 detail += f": {event.additional_data[:100]!r}"
             self._fail(Http2Fault(side, FaultReason.PEER_GOAWAY, detail, code))
             return
+        # A graceful GOAWAY (RFC 9113 section 6.8) ends no stream up to last_stream_id; h2
+        # closes its connection state on it, which would refuse their remaining frames.
+        open_state = (
+            ConnectionState.SERVER_OPEN if side is Side.CLIENT else ConnectionState.CLIENT_OPEN
+        )
+        self._connection(side).state_machine.state = open_state
         if side is Side.UPSTREAM:  # streams it did not take may be retried (section 6.8)
             last = event.last_stream_id or 0
             for stream in list(self._streams[Side.UPSTREAM].values()):
