@@ -598,8 +598,8 @@ class ClientConnection(asyncio.Protocol):
         self._client_done = True
         if not clean:
             logs.event(logging.DEBUG, "client closed without close_notify", peer=self._peer)
-        if self._upstream_done:
-            self._finish(EndReason.CLOSED)
+        if self._upstream_done or self._forwarding.http2 is not None:
+            self._finish(EndReason.CLOSED)  # HTTP/2 has no half-close: the connection is over
         elif self._upstream is not None:
             self._end_upstream_writing()
 

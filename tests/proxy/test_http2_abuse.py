@@ -92,9 +92,10 @@ def continuation_flood(frames: int, size: int) -> Attack:
 
     def attack(client: H2Client) -> None:
         block = Encoder().encode(REQUEST)
-        client.send_raw(HeadersFrame(1, block).serialize())  # no END_HEADERS
-        for _ in range(frames):
-            client.send_raw(ContinuationFrame(1, b"\x40" * size).serialize())
+        continuation = ContinuationFrame(1, b"\x40" * size).serialize()
+        # in one write: the proxy closes after the frame it refuses, and frames still on
+        # their way then would make the client's kernel discard the GOAWAY (a reset)
+        client.send_raw(HeadersFrame(1, block).serialize() + continuation * frames)
 
     return attack
 
@@ -137,7 +138,7 @@ def test_rapid_reset_gets_enhance_your_calm(
 
 
 @pytest.mark.parametrize(
-    ("frames", "size"), [(3, 16_384), (100, 1)], ids=["large-block", "endless-block"]
+    ("frames", "size"), [(3, 16_384), (65, 1)], ids=["large-block", "endless-block"]
 )
 def test_a_continuation_flood_is_refused(
     proxy: RunningProxy, pki: PkiFiles, h2_upstream: H2Upstream, frames: int, size: int

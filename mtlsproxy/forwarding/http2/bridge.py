@@ -33,7 +33,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from h2.config import H2Configuration
-from h2.connection import ConnectionState, H2Connection
+from h2.connection import (
+    ConnectionInputs,
+    ConnectionState,
+    H2Connection,
+    H2ConnectionStateMachine,
+)
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -127,8 +132,6 @@ class Http2Bridge:
         self._to_client = b""  # frames of ours written outside h2's state machine (go_away)
         self._last_stream: int | None = None  # set by go_away: streams above it are refused
         self._upstream_gone = False
-        # each side's h2 state before its last read: restored after a graceful GOAWAY
-        self._open_state = {side: ConnectionState.IDLE for side in Side}
         self.closed = False  # a connection error: write what is pending, then end both
 
     # What the proxy calls
@@ -189,8 +192,6 @@ class Http2Bridge:
         if self.closed:
             return
         connection = self._connection(side)
-        if connection.state_machine.state is not ConnectionState.CLOSED:
-            self._open_state[side] = connection.state_machine.state
         try:
             events = connection.receive_data(data)
         except ProtocolError as error:  # h2 queued its GOAWAY
@@ -332,12 +333,6 @@ class Http2Bridge:
                 detail += f": {event.additional_data[:100]!r}"
             self._fail(Http2Fault(side, FaultReason.PEER_GOAWAY, detail, code))
             return
-        # A graceful GOAWAY (RFC 9113 section 6.8) ends no stream up to last_stream_id; h2
-        # closes its connection state on it, which would refuse their remaining frames.
-        open_state = (
-            ConnectionState.SERVER_OPEN if side is Side.CLIENT else ConnectionState.CLIENT_OPEN
-        )
-        self._connection(side).state_machine.state = open_state
         if side is Side.UPSTREAM:  # streams it did not take may be retried (section 6.8)
             last = event.last_stream_id or 0
             for stream in list(self._streams[Side.UPSTREAM].values()):
@@ -426,6 +421,17 @@ class Http2Bridge:
         return self._client if side is Side.CLIENT else self._upstream
 
 
+class _GoawayKeepsStreams(H2ConnectionStateMachine):
+    """h2's connection states, except that a GOAWAY received leaves the connection open: a
+    graceful GOAWAY (RFC 9113 section 6.8) ends no stream up to its last_stream_id, and h2
+    would refuse their remaining frames. New streams are refused by the bridge itself."""
+
+    def process_input(self, input_: ConnectionInputs) -> list[Event]:
+        if input_ is ConnectionInputs.RECV_GOAWAY and self.state is not ConnectionState.CLOSED:
+            return []
+        return super().process_input(input_)
+
+
 def _connection(settings: Http2Settings, window: int, buffer: int, server: bool) -> H2Connection:
     """One side's ``h2`` connection with our SETTINGS (RFC 9113 section 6.5.2), the header
     list bound enforced from the first frame, and a connection window of ``buffer``."""
@@ -437,6 +443,7 @@ def _connection(settings: Http2Settings, window: int, buffer: int, server: bool)
         validate_outbound_headers=False,
     )
     connection = H2Connection(config)
+    connection.state_machine = _GoawayKeepsStreams()
     connection.incoming_buffer = BoundedFrameBuffer(
         2 * settings.max_header_list_size, server=server
     )
