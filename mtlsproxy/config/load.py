@@ -751,6 +751,7 @@ class _Parser:
         default = replace(_PLACEHOLDER_ROUTE, **{k: own[k] for k in inherited if k in own})
         if "http_authorization" in own:
             self.check_http_authorization(default, m.values["http_authorization"], path)
+        self.check_h2_upstream(default, m.values.get("tls", node), path)
         # A listener policy that did not load (already reported) gives its routes nothing to
         # inherit: their own client_auth is checked, not the rules that depend on the base.
         auth_failed = "client_auth" in m.values and "client_auth" not in own
@@ -842,6 +843,8 @@ class _Parser:
             raise _Reported  # no SNI: reported by read()
         self.claim(names, name, named_by, _join(path, "name"), what)
         route = replace(default, **{**own, "name": name})
+        if "tls" in own or "forward_identity" in own:
+            self.check_h2_upstream(route, m.values.get("tls", node), path)
         settings = (route.client_auth, route.forward_identity)
         if "http_authorization" in own:
             self.check_http_authorization(route, m.values["http_authorization"], path)
@@ -851,6 +854,25 @@ class _Parser:
         ):  # the listener's rules (checked there) with this route's own settings
             self.check_http_authorization(route, node, path, inherited=True)
         return route
+
+    def check_h2_upstream(self, route: Route, where: Node, path: str) -> None:
+        """HTTP mode offers ALPN by ``upstream_protocol``; ``h2`` asked for in ``tls.alpn``
+        with an HTTP/1.1 upstream would need HTTP/2 -> HTTP/1.1 translation, which this
+        version does not do: refused rather than silently not offered."""
+        identity = route.forward_identity
+        if (
+            identity.mode is ForwardIdentity.HTTP
+            and identity.upstream_protocol is UpstreamProtocol.HTTP1
+            and "h2" in route.tls.alpn
+        ):
+            self.problem(
+                where,
+                _join(path, "tls.alpn"),
+                "h2 with forward_identity mode http and upstream_protocol http/1.1: HTTP/2 "
+                "clients cannot be forwarded to an HTTP/1.1 upstream yet; set "
+                "forward_identity.upstream_protocol to auto or h2c if the upstream speaks h2c, "
+                "or remove h2",
+            )
 
     def check_http_authorization(
         self, route: Route, where: Node, path: str, *, inherited: bool = False

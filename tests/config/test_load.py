@@ -600,3 +600,23 @@ def test_a_stale_crl_is_an_error(base: Path, tmp_path: Path) -> None:
     _, key_path, message = only_problem(client_auth_config(base, "certs/ca.crt", "certs/stale.crl"))
     assert key_path == "listeners[0].client_auth.crl"
     assert "past its next update" in message
+
+
+H2_TO_HTTP1 = (
+    "\nlisteners:\n  - name: api\n    listen: 127.0.0.1:8443\n"
+    "    tls:\n      certificates: [{certificate: certs/server.crt, key: certs/server.key}]\n"
+    "      alpn: [h2, http/1.1]\n"
+    "    upstream: 127.0.0.1:8080\n    forward_identity: {mode: http{protocol}}\n"
+)
+
+
+def test_h2_for_an_http1_upstream_is_refused_with_what_to_do(base: Path) -> None:
+    line, key, message = only_problem(write(base, H2_TO_HTTP1.replace("{protocol}", "")))
+    assert (line, key) == (5, "listeners[0].tls.alpn")
+    assert "HTTP/2 clients cannot be forwarded to an HTTP/1.1 upstream yet" in message
+    assert "upstream_protocol to auto or h2c" in message
+    fixed = H2_TO_HTTP1.replace("{protocol}", ", upstream_protocol: auto")
+    assert load_config(write(base, fixed)).listeners[0].default_route.tls.alpn == (
+        "h2",
+        "http/1.1",
+    )
