@@ -17,12 +17,13 @@ bounded by the windows we advertise: ``http2.initial_window_size`` per stream, a
 ``limits.buffer_size`` per connection and direction.
 
 Resets (section 6.4) cross over: a client's RST_STREAM resets the upstream stream and the other
-way round, with the same error code. More than ``http2.max_resets`` client resets within
-``http2.reset_interval`` seconds end the connection with GOAWAY ENHANCE_YOUR_CALM (the rapid
-reset attack, CVE-2023-44487). A connection error of either side (section 5.4.1: ``h2`` has
-queued the GOAWAY) ends both, with a ``faults.Http2Fault``. ``go_away`` (the proxy draining)
-sends GOAWAY NO_ERROR to the client, refuses streams it opens after that (REFUSED_STREAM, safe to
-retry: section 8.7) and lets the open ones finish.
+way round, with the same error code. More than ``http2.max_resets`` client streams reset (by the
+client, or by us for its stream errors) within ``http2.reset_interval`` seconds end the
+connection with GOAWAY ENHANCE_YOUR_CALM (the rapid reset attack, CVE-2023-44487). A connection
+error of either side (section 5.4.1: ``h2`` has queued the GOAWAY) ends both, with a
+``faults.Http2Fault``. ``go_away`` (the proxy draining) sends GOAWAY NO_ERROR to the client,
+refuses streams it opens after that (REFUSED_STREAM, safe to retry: section 8.7) and lets the
+open ones finish.
 """
 
 from __future__ import annotations
@@ -198,7 +199,12 @@ class Http2Bridge:
             self._fail(classify(side, error))
             return
         for event in events:
-            self._dispatch(side, event)
+            try:
+                self._dispatch(side, event)
+            except ProtocolError as error:  # passing it on broke a rule of the other side
+                with contextlib.suppress(ProtocolError):
+                    connection.close_connection(ErrorCodes.INTERNAL_ERROR)
+                self._fail(classify(side, error))
             if self.closed:
                 return
 
@@ -297,7 +303,9 @@ class Http2Bridge:
             self._pump(stream, _other(side))
 
     def _on_reset(self, side: Side, event: StreamReset) -> None:
-        if side is Side.CLIENT and event.remote_reset and self._too_many_resets():
+        # The client's own resets, and those h2 made for its stream errors ("MadeYouReset",
+        # CVE-2025-8671: malformed frames that make the server reset), count alike.
+        if side is Side.CLIENT and self._too_many_resets():
             return
         stream = self._streams[side].pop(event.stream_id, None)
         if stream is None:
