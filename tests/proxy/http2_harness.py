@@ -30,7 +30,9 @@ Headers = list[tuple[bytes, bytes]]
 class H2Upstream(Upstream):
     """An h2c (prior knowledge) server on 127.0.0.1, answering as the module says."""
 
-    def __init__(self) -> None:
+    def __init__(self, acknowledge: bool = True) -> None:
+        self.acknowledge = acknowledge  # False: never grants window back (a stalled app)
+        self.received = 0  # DATA bytes, all streams
         self.requests: list[Headers] = []
         self.resets: list[int] = []  # error codes of RST_STREAM frames received
         self.lock = threading.Lock()
@@ -62,7 +64,10 @@ class _H2Handler:
                 server.requests.append(list(event.headers))
         elif isinstance(event, h2.events.DataReceived):
             streams[event.stream_id]["size"] += len(event.data)
-            conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            with server.lock:
+                server.received += len(event.data)
+            if server.acknowledge:
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         elif isinstance(event, h2.events.TrailersReceived):
             streams[event.stream_id]["trailers"] = event.headers
         elif isinstance(event, h2.events.StreamEnded):
@@ -144,6 +149,28 @@ class H2Client:
         """Send bytes as they are; a proxy that already closed is what hostile tests expect."""
         with contextlib.suppress(OSError):
             self.sock.sendall(data)
+
+    def send_while_window(self, stream_id: int, data: bytes, wait: float = 0.5) -> int:
+        """Send what the windows allow, reading WINDOW_UPDATEs, until none came for ``wait``
+        seconds; returns how much was sent."""
+        sent = 0
+        self.sock.settimeout(wait)
+        while sent < len(data):
+            size = min(
+                len(data) - sent,
+                self.conn.local_flow_control_window(stream_id),
+                self.conn.max_outbound_frame_size,
+            )
+            if size > 0:
+                self.conn.send_data(stream_id, data[sent : sent + size])
+                self.flush()
+                sent += size
+                continue
+            try:
+                self.read_once()
+            except TimeoutError:
+                break
+        return sent
 
     def request(
         self,

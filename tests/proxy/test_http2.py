@@ -205,3 +205,30 @@ def test_draining_sends_goaway_to_http2_clients(start: Start, pki: PkiFiles) -> 
         draining.result(timeout=10)
     finally:
         client.close()
+
+
+def test_a_stalled_upstream_holds_the_client_at_the_advertised_windows(
+    tmp_path: Path, pki: PkiFiles
+) -> None:
+    """The upstream never grants window back: the client can send the upstream's window plus
+    at most ours (the stream's 64 KiB), and no WINDOW_UPDATE comes for more."""
+    stalled = H2Upstream(acknowledge=False)
+    path = tmp_path / "stalled.yaml"
+    path.write_text(http2_config(pki, stalled))
+    proxy = RunningProxy(path)
+    client = H2Client(pki, proxy.port())
+    try:
+        head = [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"localhost"),
+                (b":path", b"/upload")]  # fmt: skip
+        client.conn.send_headers(1, head)
+        client.flush()
+        sent = client.send_while_window(1, b"x" * (4 << 20))
+        assert eventually(lambda: stalled.received == 65_535)  # the upstream's stream window
+        # and what waits in the proxy: at most our stream window (h2 grants window back in
+        # steps of half a window, so it may be less)
+        assert 65_535 < sent <= 65_535 + 65_535
+        assert client.conn.local_flow_control_window(1) == 0
+    finally:
+        client.close()
+        proxy.stop()
+        stalled.stop()
