@@ -150,6 +150,15 @@ def test_check_summarizes_each_route(examples: Path) -> None:
     ) in result.stdout
 
 
+def test_check_says_which_clients_get_http2(examples: Path) -> None:
+    result = cli("check", "-c", examples / "grpc.yaml")
+    assert result.returncode == 0, result.stderr
+    assert (
+        "default (require) -> 127.0.0.1:50051 [HTTP/2 -> h2c, HTTP/1.1 -> HTTP/1.1] "
+        "[http_authorization: 3 rules, default deny]"
+    ) in result.stdout
+
+
 # --- check: broken configs ----------------------------------------------------------------
 
 

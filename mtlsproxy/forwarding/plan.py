@@ -6,8 +6,10 @@ record of the connection, so the PROXY v2 header and the HTTP headers can never 
 returns a ``Forwarding`` the proxy consults on its data path: a preamble to write first (PROXY
 v2), or the HTTP request rewriter wired to the response tracker and, when the route has
 ``http_authorization``, to its compiled path rules with this connection's client (requests
-they refuse are answered by the proxy: ``http.local``). ``none`` costs nothing on the data
-path: the shared ``PASSTHROUGH``, no rewriter, no preamble.
+they refuse are answered by the proxy: ``http.local``); or, when the client negotiated
+HTTP/2 (``upstream_protocol``), the ``http2.Http2Bridge`` with the same identity headers and
+rules, its upstream preface as the preamble. ``none`` costs nothing on the data path: the
+shared ``PASSTHROUGH``, no rewriter, no preamble.
 
 Sans-I/O like the rest of ``forwarding``: bytes in, bytes out; the proxy does the writing.
 """
