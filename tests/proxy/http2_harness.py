@@ -141,9 +141,13 @@ class H2Client:
         self.closed = False
 
     def flush(self) -> None:
+        """Send what h2 has; a proxy that closed already makes ``closed`` true instead."""
         out = self.conn.data_to_send()
         if out:
-            self.sock.sendall(out)
+            try:
+                self.sock.sendall(out)
+            except OSError:
+                self.closed = True
 
     def send_raw(self, data: bytes) -> None:
         """Send bytes as they are; a proxy that already closed is what hostile tests expect."""

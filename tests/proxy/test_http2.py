@@ -14,10 +14,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from h2.errors import ErrorCodes
 
 from mtlsproxy.pki import PkiFiles
 from tests.proxy.conftest import render_config
-from tests.proxy.harness import Client, RunningProxy, eventually
+from tests.proxy.harness import Client, RunningProxy, Upstream, eventually
 from tests.proxy.http2_harness import H2Client, H2Upstream
 
 FRONTEND = "spiffe://example.org/ns/prod/sa/frontend"
@@ -232,3 +233,52 @@ def test_a_stalled_upstream_holds_the_client_at_the_advertised_windows(
         client.close()
         proxy.stop()
         stalled.stop()
+
+
+def test_an_upstream_that_breaks_http2_is_counted_and_the_client_told(
+    tmp_path: Path, pki: PkiFiles
+) -> None:
+    def not_http2(sock: socket.socket, server: Upstream) -> None:
+        sock.recv(65536)
+        sock.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")  # no h2c here
+        sock.recv(65536)
+
+    broken = Upstream(not_http2)
+    path = tmp_path / "broken.yaml"
+    path.write_text(http2_config(pki, broken))  # type: ignore[arg-type]
+    proxy = RunningProxy(path)
+    client = H2Client(pki, proxy.port())
+    try:
+        client.request("/")
+        client.read_until_closed()
+        assert client.goaway is not None
+        assert client.goaway.error_code == ErrorCodes.INTERNAL_ERROR
+        # "HTT" read as a frame length: 4.7 MB, refused at the header
+        counted = {"side": "upstream", "reason": "frame_too_large"}
+        assert eventually(
+            lambda: proxy.sample("mtlsproxy_http2_connection_errors_total", **counted) == 1
+        )
+    finally:
+        client.close()
+        proxy.stop()
+        broken.stop()
+
+
+def test_an_unreachable_upstream_closes_the_http2_connection(tmp_path: Path, pki: PkiFiles) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    path = tmp_path / "unreachable.yaml"
+    text = render_config(pki, f"127.0.0.1:{port}", forward_identity=(
+        "\n      mode: http\n      upstream_protocol: auto"
+    ))  # fmt: skip
+    path.write_text(text)
+    proxy = RunningProxy(path)
+    client = H2Client(pki, proxy.port())
+    try:
+        client.request("/")
+        client.read_until_closed(timeout=10)
+        assert client.closed
+    finally:
+        client.close()
+        proxy.stop()
