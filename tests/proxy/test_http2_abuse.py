@@ -5,17 +5,19 @@ never sees the request. Frames are built with ``h2``'s own frame and HPACK libra
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from h2.errors import ErrorCodes
 from hpack import Encoder
-from hyperframe.frame import ContinuationFrame, HeadersFrame
+from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame
 
 from mtlsproxy.pki import PkiFiles
 from tests.proxy.harness import RunningProxy, eventually
 from tests.proxy.http2_harness import H2Client, H2Upstream
+from tests.proxy.test_hostile import BUFFER_SIZE, client_side, small_kernel_buffers
 from tests.proxy.test_http2 import http2_config
 
 LIMITS = (
@@ -209,5 +211,33 @@ def test_a_well_behaved_client_is_unaffected(proxy: RunningProxy, pki: PkiFiles)
             client.conn.reset_stream(stream_id, ErrorCodes.CANCEL)
             client.flush()
         assert client.get("/after").status == 200
+    finally:
+        client.close()
+
+
+def test_a_ping_flood_from_a_client_that_never_reads_is_paused(
+    proxy: RunningProxy, pki: PkiFiles
+) -> None:
+    """h2 answers every PING (and SETTINGS) itself: a client that sends them by the thousand
+    and reads nothing is paused once the answers pass ``limits.buffer_size`` (the engine's
+    ``Pause.CLIENT_WRITE_FULL``), so they cannot pile up in memory."""
+    small_kernel_buffers(proxy)
+    client = H2Client(pki, proxy.port())
+    try:
+        assert eventually(lambda: len(proxy.proxy.listeners[0].connections) == 1)
+        pings = b"".join(PingFrame(0, n.to_bytes(8, "big")).serialize() for n in range(1000))
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # stalls soon
+        client.sock.settimeout(1)
+        largest, stalled = 0, False
+        for _ in range(100):  # 100,000 PINGs at most
+            try:
+                client.sock.sendall(pings)
+            except TimeoutError:
+                stalled = True  # the proxy stopped reading us
+                break
+            largest = max(largest, client_side(proxy)[0])
+        buffered, paused = client_side(proxy)
+        assert max(largest, buffered) <= BUFFER_SIZE + 64 * 1024
+        assert stalled and paused, (stalled, paused, largest, buffered)
     finally:
         client.close()
