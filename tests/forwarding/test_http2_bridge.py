@@ -127,6 +127,18 @@ def test_identity_headers_replace_the_clients_on_every_stream() -> None:
         ]
 
 
+def test_a_reset_stream_gives_back_the_connection_window_of_what_waited() -> None:
+    pipe = Pipe()
+    pipe.client.send_headers(1, REQUEST)
+    pipe.move()
+    sent = pipe.send_all_the_client_can(1, 10 * BUFFER)  # 64 KiB passed on, 16 KiB waiting
+    assert pipe.client.outbound_flow_control_window < BUFFER - sent + 65_535
+    pipe.upstream.reset_stream(1, ErrorCodes.CANCEL)
+    pipe.move()
+    # all of it is given back: passed on (the upstream took it) or dropped (waited in us)
+    assert pipe.client.outbound_flow_control_window == BUFFER
+
+
 def test_an_upstream_reset_reaches_the_client_with_its_code() -> None:
     pipe = Pipe()
     pipe.client.send_headers(1, REQUEST)

@@ -307,13 +307,13 @@ class Http2Bridge:
         # CVE-2025-8671: malformed frames that make the server reset), count alike.
         if side is Side.CLIENT and self._too_many_resets():
             return
-        stream = self._streams[side].pop(event.stream_id, None)
+        stream = self._streams[side].get(event.stream_id)
         if stream is None:
             return
+        self._drop(stream)
         other = _other(side)
         other_id = stream.stream_id(other)
         if other_id is not None:
-            self._streams[other].pop(other_id, None)
             code = event.error_code if event.remote_reset else ErrorCodes.CANCEL
             self._reset_quietly(other, other_id, code)
 
@@ -385,7 +385,7 @@ class Http2Bridge:
             else:
                 return
         except StreamClosedError:  # ``to`` reset it meanwhile: its reset event cleans up
-            pending.data.clear()
+            self._give_back(stream, to)
         pending.done = True
         self._forget_if_finished(stream)
 
@@ -398,9 +398,7 @@ class Http2Bridge:
 
     def _reset(self, side: Side, stream: _Stream, code: ErrorCodes) -> None:
         """Reset ``stream`` on ``side`` and forget it on both."""
-        self._streams[Side.CLIENT].pop(stream.client_id, None)
-        if stream.upstream_id is not None:
-            self._streams[Side.UPSTREAM].pop(stream.upstream_id, None)
+        self._drop(stream)
         stream_id = stream.stream_id(side)
         if stream_id is not None:
             self._reset_quietly(side, stream_id, code)
@@ -411,9 +409,27 @@ class Http2Bridge:
 
     def _forget_if_finished(self, stream: _Stream) -> None:
         if stream.finished:
-            self._streams[Side.CLIENT].pop(stream.client_id, None)
-            if stream.upstream_id is not None:
-                self._streams[Side.UPSTREAM].pop(stream.upstream_id, None)
+            self._drop(stream)
+
+    def _drop(self, stream: _Stream) -> None:
+        """Forget ``stream`` on both sides, giving back what waited in it."""
+        self._streams[Side.CLIENT].pop(stream.client_id, None)
+        if stream.upstream_id is not None:
+            self._streams[Side.UPSTREAM].pop(stream.upstream_id, None)
+        for to in Side:
+            self._give_back(stream, to)
+
+    def _give_back(self, stream: _Stream, to: Side) -> None:
+        """Drop what waits for ``to`` and return its window to the sender's connection: DATA
+        counts against the connection window even on a stream that is gone (RFC 9113
+        section 6.9), so without this every reset with data waiting would shrink it for good."""
+        pending = stream.pending(to)
+        sender = _other(to)
+        from_id = stream.stream_id(sender)
+        if pending.data and from_id is not None:
+            with contextlib.suppress(ProtocolError):
+                self._connection(sender).acknowledge_received_data(len(pending.data), from_id)
+        pending.data.clear()
 
     def _fail(self, fault: Http2Fault) -> None:
         """A connection error: GOAWAY to the side that made it (h2 queued it, or we did),
