@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from mtlsproxy.pki import PkiFiles
-from tests.proxy.harness import RunningProxy, eventually
+from tests.proxy.harness import RunningProxy
 from tests.proxy.test_http2 import FRONTEND
 
 SERVICE = "echo.Echo"
@@ -25,6 +25,7 @@ class EchoService:
     """Unary, server-streaming, bidi and a call that waits until it is cancelled."""
 
     def __init__(self) -> None:
+        self.started = threading.Event()  # a Wait call reached the server
         self.cancelled = threading.Event()
 
     @staticmethod
@@ -44,7 +45,11 @@ class EchoService:
             yield self.identity(context) + b"|" + request
 
     def wait(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        context.add_callback(self.cancelled.set)  # a cancelled RPC (RST_STREAM) runs callbacks
+        # a cancelled RPC (RST_STREAM, or its deadline) runs its callbacks; one that ended
+        # before this line gets none added
+        if not context.add_callback(self.cancelled.set):
+            self.cancelled.set()
+        self.started.set()
         self.cancelled.wait(10)
         return b"late"
 
@@ -138,7 +143,7 @@ def test_a_deadline_expires_and_the_upstream_sees_the_cancellation(
     channel: grpc.Channel, service: tuple[EchoService, int]
 ) -> None:
     with pytest.raises(grpc.RpcError) as raised:
-        channel.unary_unary(method("Wait"))(b"", timeout=0.5)
+        channel.unary_unary(method("Wait"))(b"", timeout=1.0)
     assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     assert service[0].cancelled.wait(5)
 
@@ -147,8 +152,7 @@ def test_a_client_cancellation_reaches_the_upstream(
     channel: grpc.Channel, service: tuple[EchoService, int]
 ) -> None:
     future = channel.unary_unary(method("Wait")).future(b"", timeout=10)
-    assert eventually(lambda: future.running())
-    threading.Event().wait(0.3)  # the call reaches the server
+    assert service[0].started.wait(5)  # the call reached the server
     future.cancel()
     assert service[0].cancelled.wait(5)
     # the channel's connection is still good
