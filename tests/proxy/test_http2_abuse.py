@@ -227,7 +227,7 @@ def test_a_ping_flood_from_a_client_that_never_reads_is_paused(
         assert eventually(lambda: len(proxy.proxy.listeners[0].connections) == 1)
         pings = b"".join(PingFrame(0, n.to_bytes(8, "big")).serialize() for n in range(1000))
         client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # stalls soon
-        client.sock.settimeout(1)
+        client.sock.settimeout(3)  # stalled: not read for 3 s (a slow proxy reads sooner)
         largest, stalled = 0, False
         for _ in range(100):  # 100,000 PINGs at most
             try:
