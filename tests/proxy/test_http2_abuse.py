@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from h2.errors import ErrorCodes
 from hpack import Encoder
-from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame
+from hyperframe.frame import ContinuationFrame, DataFrame, HeadersFrame, PingFrame
 
 from mtlsproxy.pki import PkiFiles
 from tests.proxy.harness import RunningProxy, eventually
@@ -201,6 +201,28 @@ def test_a_frame_longer_than_max_frame_size_is_refused_at_its_header(
 ) -> None:
     refused(proxy, pki, h2_upstream, oversized_frame, "frame_too_large",
             ErrorCodes.FRAME_SIZE_ERROR)  # fmt: skip
+
+
+def past_the_window(client: H2Client) -> None:
+    """DATA past the windows, as raw frames: 160 KiB where a stalled upstream (64 KiB) and
+    our stream window (64 KiB) leave room for 128 KiB whatever the proxy reads at a time."""
+    post = [(b":method", b"POST"), *REQUEST[1:]]
+    client.conn.send_headers(1, post)
+    client.flush()
+    client.send_raw(DataFrame(1, b"x" * 16_384).serialize() * 10)
+
+
+def test_data_past_the_flow_control_window_is_refused(tmp_path: Path, pki: PkiFiles) -> None:
+    stalled = H2Upstream(acknowledge=False)
+    path = tmp_path / "stalled.yaml"
+    path.write_text(http2_config(pki, stalled))
+    proxy = RunningProxy(path)
+    try:
+        refused(proxy, pki, stalled, past_the_window, "flow_control",
+                ErrorCodes.FLOW_CONTROL_ERROR, reaches_upstream=True)  # fmt: skip
+    finally:
+        proxy.stop()
+        stalled.stop()
 
 
 def test_a_well_behaved_client_is_unaffected(proxy: RunningProxy, pki: PkiFiles) -> None:
