@@ -115,3 +115,13 @@ def test_a_refused_request_is_logged_with_the_identity(
     assert fields.get("target") == "/echo.Admin/Drop" and fields.get("method") == "GET"
     assert fields.get("rule") == "admin-service"
     assert fields.get("client_subject") == "CN=intruder"
+
+
+def test_a_refused_head_request_gets_no_content(proxy: RunningProxy, pki: PkiFiles) -> None:
+    client = H2Client(pki, proxy.port(), cert=None)
+    try:
+        response = client.get("/echo.Admin/Drop", method="HEAD")
+        assert response.status == 403 and response.body == b""
+        assert client.get("/public/after").status == 200  # the connection goes on
+    finally:
+        client.close()

@@ -89,12 +89,11 @@ def refusal_headers(head: RequestHead, refusal: RequestRefusal) -> tuple[list[He
             (b"grpc-status", str(status).encode()),
             (b"grpc-message", message.encode("ascii")),
         ], b""
-    body = b"" if head.method == b"HEAD" else refusal_body(refusal)
-    return [
-        (b":status", str(refusal.status).encode()),
-        (b"content-type", b"text/plain"),
-        (b"content-length", str(len(refusal_body(refusal))).encode()),
-    ], body
+    headers = [(b":status", str(refusal.status).encode()), (b"content-type", b"text/plain")]
+    if head.method == b"HEAD":  # no content (RFC 9110 section 9.3.2)
+        return headers, b""
+    body = refusal_body(refusal)
+    return [*headers, (b"content-length", str(len(body)).encode())], body
 
 
 def _pseudo_count(headers: Sequence[Header]) -> int:
