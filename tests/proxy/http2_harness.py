@@ -117,10 +117,16 @@ class H2Client:
     """An HTTP/2 client over TLS with a client certificate; raw access for hostile tests."""
 
     def __init__(
-        self, pki: PkiFiles, port: int, cert: str | None = "client", strict: bool = True
+        self,
+        pki: PkiFiles,
+        port: int,
+        cert: str | None = "client",
+        strict: bool = True,
+        alpn: bool = True,
     ) -> None:
         context = ssl.create_default_context(cafile=str(pki.ca_cert))
-        context.set_alpn_protocols(["h2"])
+        if alpn:  # else HTTP/2 with prior knowledge
+            context.set_alpn_protocols(["h2"])
         if cert is not None:
             context.load_cert_chain(pki.directory / f"{cert}.crt", pki.directory / f"{cert}.key")
         raw = socket.create_connection(("127.0.0.1", port), timeout=10)

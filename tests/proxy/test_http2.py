@@ -151,6 +151,18 @@ def test_a_client_reset_resets_the_upstream_stream(
         client.close()
 
 
+def test_h2c_serves_http2_to_a_client_without_alpn(start: Start, pki: PkiFiles) -> None:
+    proxy = start(protocol="h2c")
+    client = H2Client(pki, proxy.port(), alpn=False)
+    try:
+        assert client.alpn is None
+        response = client.get("/prior-knowledge")
+        assert response.status == 200
+        assert f"URI={FRONTEND}" in headers_seen(response.json())["x-forwarded-client-cert"][0]
+    finally:
+        client.close()
+
+
 def test_http1_clients_still_get_http1_on_auto(start: Start, pki: PkiFiles) -> None:
     proxy = start()
     with Client(pki, proxy.port()).connect() as tls:
