@@ -8,6 +8,7 @@ from __future__ import annotations
 import h2.config
 import h2.connection
 import h2.events
+import pytest
 from h2.errors import ErrorCodes
 from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
 
@@ -216,3 +217,17 @@ def test_streams_go_on_after_a_graceful_goaway_from_the_upstream() -> None:
     assert ("RstStreamFrame", 3) in kinds and ("GoAwayFrame", 0) in kinds
     assert ("HeadersFrame", 1) in kinds
     assert not pipe.bridge.take_faults()
+
+
+@pytest.mark.parametrize(("code", "name"), [(ErrorCodes.ENHANCE_YOUR_CALM, "ENHANCE_YOUR_CALM"),
+                                            (0x99, "153")])  # fmt: skip
+def test_an_upstream_goaway_with_an_error_ends_the_connection(code: int, name: str) -> None:
+    pipe = Pipe()
+    pipe.client.send_headers(1, REQUEST, end_stream=True)
+    pipe.move()
+    pipe.bridge.receive_upstream(GoAwayFrame(0, last_stream_id=1, error_code=code).serialize())
+    assert pipe.bridge.closed
+    (fault,) = pipe.bridge.take_faults()
+    assert (fault.side, fault.reason, fault.detail) == ("upstream", "peer_goaway", f"GOAWAY {name}")
+    (goaway,) = frames(pipe.bridge.data_for_client())
+    assert isinstance(goaway, GoAwayFrame) and goaway.error_code == ErrorCodes.INTERNAL_ERROR

@@ -104,6 +104,14 @@ class _Stream:
         return self.to_client.done and (self.to_upstream.done or self.upstream_id is None)
 
 
+def _code_name(code: int) -> str:
+    """An error code's name (RFC 9113 section 7), or its number when it has none."""
+    try:
+        return ErrorCodes(code).name
+    except ValueError:
+        return str(code)
+
+
 def _other(side: Side) -> Side:
     return Side.UPSTREAM if side is Side.CLIENT else Side.CLIENT
 
@@ -336,7 +344,7 @@ class Http2Bridge:
     def _on_goaway(self, side: Side, event: ConnectionTerminated) -> None:
         code = int(event.error_code or 0)
         if code != ErrorCodes.NO_ERROR:
-            detail = f"GOAWAY {ErrorCodes(code).name if code in ErrorCodes else code}"
+            detail = f"GOAWAY {_code_name(code)}"
             if event.additional_data:
                 detail += f": {event.additional_data[:100]!r}"
             self._fail(Http2Fault(side, FaultReason.PEER_GOAWAY, detail, code))
