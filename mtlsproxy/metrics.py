@@ -134,6 +134,15 @@ class Metrics:
             ["listener", "route", "rule", "reason"],
             registry=registry,
         )
+        self.http2_errors = Counter(
+            "mtlsproxy_http2_connection_errors",
+            "HTTP/2 connections of HTTP mode ended by a connection error (GOAWAY), by the side "
+            "that made it (client, upstream) and reason: rapid_reset, header_block_too_large, "
+            "header_list_too_large, frame_too_large, too_many_streams, flow_control, "
+            "content_length, malformed_headers, bad_preface, protocol_error, peer_goaway.",
+            ["listener", "route", "side", "reason"],
+            registry=registry,
+        )
         self.certificate_expiry = Gauge(
             "mtlsproxy_certificate_expiry_timestamp_seconds",
             "notAfter of configured certificates (role: server, client_ca), Unix time; the "

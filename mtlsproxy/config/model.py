@@ -28,6 +28,33 @@ class ForwardIdentity(enum.StrEnum):
     HTTP = "http"
 
 
+class UpstreamProtocol(enum.StrEnum):
+    """What HTTP mode speaks to the upstream (``forward_identity.upstream_protocol``), and so
+    what it offers the client in ALPN."""
+
+    HTTP1 = "http/1.1"  # ALPN http/1.1 only: every client is HTTP/1.1, so is the upstream
+    H2C = "h2c"  # ALPN h2 only: every client is HTTP/2, the upstream h2c with prior knowledge
+    AUTO = "auto"  # ALPN h2 and http/1.1: the upstream speaks what the client negotiated
+
+
+@dataclass(frozen=True, slots=True)
+class Http2Settings:
+    """HTTP/2 limits of HTTP mode (``forward_identity.http2``), per connection.
+
+    ``max_concurrent_streams``, ``max_header_list_size`` and ``initial_window_size`` are our
+    SETTINGS to the client (RFC 9113 section 6.5.2) and are enforced, the window further bounded
+    by ``limits.buffer_size`` (the connection window is ``limits.buffer_size``).
+    ``max_resets``: client RST_STREAM frames accepted within ``reset_interval`` seconds; one
+    more ends the connection with GOAWAY ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487).
+    """
+
+    max_concurrent_streams: int = 100
+    max_header_list_size: int = 32 * 1024
+    initial_window_size: int = 65_535
+    max_resets: int = 200
+    reset_interval: float = 10.0
+
+
 # Envoy's X-Forwarded-Client-Cert elements (SetCurrentClientCertDetails), in its order.
 XFCC_FIELDS = ("by", "hash", "subject", "uri", "dns", "cert")
 DEFAULT_XFCC_FIELDS = ("by", "hash", "subject", "uri", "dns")
@@ -48,7 +75,8 @@ class IdentityForwarding:
     client are removed first. ``forwarded`` adds X-Forwarded-For / X-Forwarded-Proto /
     Forwarded (RFC 7239) with the client's address; the client's own copies are removed unless
     ``trust_forwarded`` is set and the client presented a verified certificate (a trusted
-    gateway in front), when ours are appended to its list.
+    gateway in front), when ours are appended to its list. ``upstream_protocol`` and
+    ``http2``: HTTP/2 on the client side (``UpstreamProtocol``, ``Http2Settings``).
     """
 
     mode: ForwardIdentity = ForwardIdentity.NONE
@@ -56,6 +84,8 @@ class IdentityForwarding:
     headers: tuple[tuple[str, str], ...] = ()
     forwarded: tuple[str, ...] = ()
     trust_forwarded: bool = False
+    upstream_protocol: UpstreamProtocol = UpstreamProtocol.HTTP1
+    http2: Http2Settings = field(default_factory=Http2Settings)
     include_certificate: bool = False
     crc32c: bool = False
 

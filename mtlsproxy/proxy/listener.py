@@ -20,6 +20,7 @@ from mtlsproxy.engine.interface import Engine
 from mtlsproxy.engine.openssl import OpenSSLEngine
 from mtlsproxy.engine.selecting import SelectingEngine
 from mtlsproxy.forwarding.http.local import RequestRefusal
+from mtlsproxy.forwarding.http2.faults import Http2Fault
 from mtlsproxy.metrics import Metrics
 from mtlsproxy.proxy.connection import ClientConnection
 from mtlsproxy.proxy.source_budget import Refusal, SourceBudget, source_of
@@ -117,6 +118,8 @@ class ListenerRuntime:
         self.draining = True
         if self.server is not None:
             self.server.close()
+        for connection in list(self.connections):
+            connection.go_away()
 
     # Connection bookkeeping
 
@@ -227,6 +230,10 @@ class ListenerRuntime:
     ) -> None:
         self.metrics.http_refused.labels(self.name, route, refusal.rule, refusal.reason).inc()
         logs.refused_request(self.name, route, peer, refusal, outcome)
+
+    def observe_http2_error(self, route: str, peer: str, fault: Http2Fault) -> None:
+        self.metrics.http2_errors.labels(self.name, route, fault.side, fault.reason).inc()
+        logs.http2_error(self.name, route, peer, fault)
 
     def observe_upstream_error(self, route: str, reason: str) -> None:
         self.metrics.upstream_errors.labels(self.name, route, reason).inc()
