@@ -932,7 +932,8 @@ class _Parser:
                 where, key,
                 f"{', '.join(name for name, _ in verified)} require a verified client, but "
                 "client_auth.mode is none: no client is ever asked for a certificate, so they "
-                "refuse every request they decide; use mode request",
+                f"{'' if authorization.enforce else 'would '}refuse every request they decide; "
+                "use mode request",
             )  # fmt: skip
         redundant = [name for name, rule in verified if rule is None or not rule.allow]
         if auth.mode is ClientAuthMode.REQUIRE and auth.enforce and redundant:

@@ -197,6 +197,11 @@ def test_verified_rules_on_mode_none_can_never_be_met(base: Path) -> None:
     assert path == "listeners[0].http_authorization"
     assert message.startswith("rules[0] (admin), default require a verified client, but ")
     assert "use mode request" in message
+    assert "so they refuse every request they decide" in message
+    ((_, audit),) = warnings_of(
+        base, text.replace("      rules:", "      enforce: false\n      rules:")
+    )
+    assert "so they would refuse every request they decide" in audit
 
 
 def test_verified_without_allow_on_mode_require_is_redundant(base: Path) -> None:

@@ -7,6 +7,7 @@ is still refused with 400; with ``enforce: true`` nothing changes."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -165,9 +166,11 @@ def h2_proxy(tmp_path: Path, pki: PkiFiles, upstream: H2Upstream, switch: str) -
 
 
 def test_http2_streams_the_rules_would_refuse_reach_the_upstream(
-    tmp_path: Path, pki: PkiFiles, h2_upstream: H2Upstream
+    tmp_path: Path, pki: PkiFiles, h2_upstream: H2Upstream, caplog: pytest.LogCaptureFixture
 ) -> None:
     proxy = h2_proxy(tmp_path, pki, h2_upstream, AUDIT)
+    logger = logging.getLogger("mtlsproxy")  # whether or not it propagates (logs.configure)
+    logger.addHandler(caplog.handler)
     client = H2Client(pki, proxy.port(), cert="client-other")
     try:
         plain = client.get("/echo.Admin/Drop", method="POST", body=b"secret")
@@ -181,7 +184,16 @@ def test_http2_streams_the_rules_would_refuse_reach_the_upstream(
         assert proxy.sample(WOULD, rule="admin-service", reason="identity_not_allowed") == 1
         assert proxy.sample(WOULD, rule="default", reason="denied") == 1
         assert proxy.sample(REFUSED) == 0
+        lines = [r for r in caplog.records if "would be refused" in r.getMessage()]
+        fields = [line.__dict__.get("fields", {}) for line in lines]
+        assert [(f["rule"], f["reason"], f["target"]) for f in fields] == [
+            ("admin-service", "identity_not_allowed", "/echo.Admin/Drop"),
+            ("default", "denied", "/elsewhere"),
+        ]
+        assert all(f["result"] == "would_refuse" for f in fields)
+        assert all(f["client_subject"] == "CN=intruder" for f in fields)
     finally:
+        logger.removeHandler(caplog.handler)
         client.close()
         proxy.stop()
 
