@@ -209,7 +209,8 @@ def _paths(route: Route) -> str:
         return ""
     count = len(authorization.rules)
     rules = f"{count} rule{'s' if count != 1 else ''}"
-    return f" [http_authorization: {rules}, default {authorization.default}]"
+    audit = "" if authorization.enforce else ", audit mode (enforce: false)"
+    return f" [http_authorization: {rules}, default {authorization.default}{audit}]"
 
 
 def _explain(args: argparse.Namespace) -> int:

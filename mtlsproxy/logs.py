@@ -174,12 +174,21 @@ def refused_request(
 ) -> None:
     """One line per request the proxy answered itself: a refusal by ``http_authorization``
     (403, or 400 for an unsafe path) at info, with the request as sent (shortened) and who
-    sent it; a 400 for the framing at warning (a client trying to smuggle, or a broken one)."""
+    sent it; a 400 for the framing at warning (a client trying to smuggle, or a broken one).
+    In audit mode (not ``enforced``) one line per forwarded request the rules would refuse, at
+    info, with ``result=would_refuse``: the rollout reads these to fix clients or rules."""
     level = logging.INFO if refusal.method else logging.WARNING  # framing: no method known
     identity = outcome.identity if outcome is not None else None
+    message = (
+        f"HTTP request refused with {refusal.status}: {refusal.detail}"
+        if refusal.enforced
+        else f"HTTP request would be refused with {refusal.status} (audit mode, forwarded): "
+        f"{refusal.detail}"
+    )
     event(
         level,
-        f"HTTP request refused with {refusal.status}: {refusal.detail}",
+        message,
+        result=None if refusal.enforced else "would_refuse",
         listener=listener,
         route=route,
         peer=peer,

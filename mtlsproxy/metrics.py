@@ -134,6 +134,14 @@ class Metrics:
             ["listener", "route", "rule", "reason"],
             registry=registry,
         )
+        self.http_would_refuse = Counter(
+            "mtlsproxy_http_requests_would_refuse",
+            "HTTP requests forwarded in audit mode (http_authorization.enforce: false) that the "
+            "rules would refuse, by the deciding rule (name or index; default) and reason "
+            "(not_verified, identity_not_allowed, denied): what enforcing would answer with 403.",
+            ["listener", "route", "rule", "reason"],
+            registry=registry,
+        )
         self.http2_errors = Counter(
             "mtlsproxy_http2_connection_errors",
             "HTTP/2 connections of HTTP mode ended by a connection error (GOAWAY), by the side "

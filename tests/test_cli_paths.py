@@ -83,3 +83,32 @@ def test_check_summarizes_the_rules(example: Path) -> None:
         "default (request) -> 127.0.0.1:8080 [http_authorization: 4 rules, default deny]"
         in result.stdout
     )
+
+
+@pytest.fixture(scope="module")
+def audit_example(example: Path) -> Path:
+    """The example with its commented ``enforce: false`` line switched on."""
+    text = (example / "http-paths.yaml").read_text()
+    assert "      # enforce: false" in text
+    audit = example / "http-paths-audit.yaml"
+    audit.write_text(text.replace("      # enforce: false", "      enforce: false"))
+    return audit
+
+
+def test_explain_says_would_refuse_in_audit_mode(audit_example: Path, example: Path) -> None:
+    result = cli("explain", "-c", audit_example, "--cert", example / "certs" / "client-other.crt",
+                 "--path", "/admin/users")  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == (
+        "ADMITTED in audit mode (http_authorization.enforce: false): would refuse (audit mode) "
+        "with 403 Forbidden by rule admin (identity_not_allowed); the request is forwarded"
+    )
+
+
+def test_check_names_a_route_in_audit_mode(audit_example: Path) -> None:
+    result = cli("check", "-c", audit_example)
+    assert result.returncode == 0 and result.stderr == ""
+    assert (
+        "default (request) -> 127.0.0.1:8080 [http_authorization: 4 rules, default deny, "
+        "audit mode (enforce: false)]" in result.stdout
+    )

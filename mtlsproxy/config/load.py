@@ -103,7 +103,7 @@ LISTENER_KEYS = (
 ROUTE_KEYS = (
     "name", "sni", "tls", "client_auth", "upstream", "forward_identity", "http_authorization",
 )  # fmt: skip
-HTTP_AUTHORIZATION_KEYS = ("rules", "default")
+HTTP_AUTHORIZATION_KEYS = ("rules", "default", "enforce")
 PATH_RULE_KEYS = ("name", "prefix", "exact", "methods", "require", "allow")
 TLS_KEYS = ("certificates", "min_version", "alpn", "record_padding", "session_tickets")
 SESSION_TICKETS_KEYS = ("keys", "max_age")
@@ -932,7 +932,8 @@ class _Parser:
                 where, key,
                 f"{', '.join(name for name, _ in verified)} require a verified client, but "
                 "client_auth.mode is none: no client is ever asked for a certificate, so they "
-                "refuse every request they decide; use mode request",
+                f"{'' if authorization.enforce else 'would '}refuse every request they decide; "
+                "use mode request",
             )  # fmt: skip
         redundant = [name for name, rule in verified if rule is None or not rule.allow]
         if auth.mode is ClientAuthMode.REQUIRE and auth.enforce and redundant:
@@ -945,8 +946,9 @@ class _Parser:
             )  # fmt: skip
 
     def http_authorization(self, node: Node, path: str) -> PathAuthorization:
-        """``http_authorization``: ``rules`` tried in order, ``default`` for the rest. A route's
-        replaces the listener's as a whole."""
+        """``http_authorization``: ``rules`` tried in order, ``default`` for the rest;
+        ``enforce: false`` for audit mode (``policy.paths``). A route's replaces the listener's
+        as a whole, ``enforce`` included: a route's own rules are enforced unless it says so."""
         labels: _Registry = {}
         own, m = self.read(
             node,
@@ -954,6 +956,7 @@ class _Parser:
             {
                 "rules": lambda n, p: self.sequence(n, p, partial(self.path_rule, labels=labels)),
                 "default": _leaf(_one_of(Requirement)),
+                "enforce": _leaf(_boolean),
             },
             keys=HTTP_AUTHORIZATION_KEYS,
         )

@@ -401,6 +401,9 @@ def _definitions() -> dict[str, Schema]:
                     Requirement,
                     "For a request no rule matches: any (every client), verified or deny.",
                 ),
+                "enforce": "false: audit mode; a request the rules would refuse is forwarded, "
+                "counted (http_requests_would_refuse_total) and logged as would_refuse. A path "
+                "that is not normalized is still refused with 400.",
             },
             description="Per-path authorization of HTTP requests (forward_identity http); "
             "with client_auth mode request, clients without a certificate are admitted at "

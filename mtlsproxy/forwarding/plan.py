@@ -199,7 +199,8 @@ def speaks_http2(settings: IdentityForwarding, alpn: str | None) -> bool:
 def _authorize(
     authorization: PathAuthorization, identity: PeerIdentity | None, verified: bool
 ) -> Authorize | None:
-    """The route's path rules bound to this connection's client; None when there are none."""
+    """The route's path rules bound to this connection's client; None when there are none.
+    In audit mode what they would refuse comes back not ``enforced``: forwarded, reported."""
     if not authorization.active:
         return None
     policy = compiled(authorization)
@@ -211,7 +212,10 @@ def _authorize(
         if decision.admitted:
             return None
         assert decision.reason is not None
-        return RequestRefusal(decision.status, decision.reason, decision.rule, decision.detail)
+        return RequestRefusal(
+            decision.status, decision.reason, decision.rule, decision.detail,
+            enforced=decision.enforced,
+        )  # fmt: skip
 
     return authorize
 

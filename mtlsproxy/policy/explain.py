@@ -76,6 +76,17 @@ class Explanation:
         self.lines.append(f"REFUSED with {status} {phrase} {by} ({reason})")
         return self
 
+    def would_refuse_request(self, status: int, rule: str, reason: PathReason) -> Explanation:
+        """Audit mode of the path rules: the request is forwarded; say what enforcing would do."""
+        self.admitted, self.verdict, self.request_reason = True, Verdict.WOULD_REFUSE, reason
+        phrase = "Bad Request" if status == 400 else "Forbidden"
+        by = {"none": "before any rule", "default": "by the default"}.get(rule, f"by rule {rule}")
+        self.lines.append(
+            f"ADMITTED in audit mode (http_authorization.enforce: false): would refuse (audit "
+            f"mode) with {status} {phrase} {by} ({reason}); the request is forwarded"
+        )
+        return self
+
     def would_refuse(self, step: Step, reason: Reason) -> Explanation:
         self.admitted, self.verdict = True, Verdict.WOULD_REFUSE
         self.step, self.reason = step, reason
@@ -210,6 +221,8 @@ def explain_request(
     decision = policy.decide(method, target, out.identity, out.verified)
     if decision.reason is PathReason.UNSAFE_PATH:
         out.lines.append(f"the request-target is refused before any rule: {decision.detail}")
+        if not authorization.enforce:
+            out.lines.append("an unsafe path is enforced in audit mode too (enforce: false)")
         return out.refuse_request(decision.status, decision.rule, decision.reason)
     rule = decision.matched
     if rule is None:
@@ -227,6 +240,8 @@ def explain_request(
         out.lines += [f"  allow {allow}" for allow in rule.allow]
     if not decision.admitted:
         assert decision.reason is not None
+        if not decision.enforced:
+            return out.would_refuse_request(decision.status, decision.rule, decision.reason)
         return out.refuse_request(decision.status, decision.rule, decision.reason)
     return out.admit()
 

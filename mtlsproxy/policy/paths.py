@@ -22,12 +22,22 @@ does not imply ``HEAD``. ``prefix`` is a string prefix, as in Envoy and nginx: `
 matches ``/admin``, ``/admin/users`` and ``/administrator`` (write ``/admin/`` and an ``exact``
 ``/admin`` to stop at the segment).
 
+Audit mode (``enforce: false``), for rolling rules out the way ``client_auth.enforce: false``
+rolls out the handshake policy: every decision is made as when enforcing, but a refusal is
+marked not ``enforced``, and the request is forwarded, counted as would-refuse and logged.
+An unsafe path stays enforced (400) in audit mode: it is refused for what the target is, not
+for who sent it, so no rule is being rolled out there; a target the proxy cannot read one way
+cannot be attributed to the rule it would meet either (the upstream may decode ``/%61dmin``
+to ``/admin``), and letting it through would hide exactly the requests that aim past a rule.
+Clients get the 400 they will get when enforcing, counted as refused (``unsafe_path``).
+
 Sans-I/O and clock-free: ``PathPolicy.decide`` is called by ``forwarding`` for every request
 head and narrated by ``mtlsproxy explain --path``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import re
@@ -83,10 +93,12 @@ class PathRule:
 
 @dataclass(frozen=True, slots=True)
 class PathAuthorization:
-    """A route's ``http_authorization``: no rules and default ``any`` is no authorization."""
+    """A route's ``http_authorization``: no rules and default ``any`` is no authorization.
+    ``enforce`` False: audit mode (module docstring); the rules are still checked."""
 
     rules: tuple[PathRule, ...] = ()
     default: Requirement = Requirement.ANY
+    enforce: bool = True
 
     @property
     def active(self) -> bool:
@@ -145,7 +157,9 @@ def check_target(target: str) -> str:
 class PathDecision:
     """The decision on one request. ``rule``: the deciding rule's label (``default`` when none
     matched, ``none`` when the target was refused first); ``matched``: that rule, if any;
-    ``allowed_by``: the allow rule that admitted the identity."""
+    ``allowed_by``: the allow rule that admitted the identity. ``enforced``: a refusal is
+    answered by the proxy; False in audit mode, where the request is forwarded (module
+    docstring; never for an unsafe path)."""
 
     admitted: bool
     rule: str
@@ -153,6 +167,7 @@ class PathDecision:
     detail: str = ""
     matched: PathRule | None = None
     allowed_by: AllowRule | None = None
+    enforced: bool = True
 
     @property
     def status(self) -> int:
@@ -193,11 +208,20 @@ class PathPolicy:
         self, method: str, target: str, identity: PeerIdentity | None, verified: bool
     ) -> PathDecision:
         """The decision on ``method target`` (as sent; latin-1) from a client with ``identity``
-        (None: anonymous), ``verified`` as the handshake decided it. Never raises."""
+        (None: anonymous), ``verified`` as the handshake decided it. Never raises. In audit
+        mode a refusal by a rule or the default comes back not ``enforced``."""
         try:
             path = check_target(target)
         except UnsafePath as unsafe:
             return PathDecision(False, NO_RULE_LABEL, PathReason.UNSAFE_PATH, str(unsafe))
+        decision = self._decide(method, path, identity, verified)
+        if decision.admitted or self.authorization.enforce:
+            return decision
+        return dataclasses.replace(decision, enforced=False)
+
+    def _decide(
+        self, method: str, path: str, identity: PeerIdentity | None, verified: bool
+    ) -> PathDecision:
         label, rule, allow = self.match(method, path)
         require = rule.require if rule is not None else self.authorization.default
         which = f"rule {label} ({rule.describe()})" if rule is not None else "the default"

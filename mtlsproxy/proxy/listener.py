@@ -228,7 +228,10 @@ class ListenerRuntime:
     def observe_refused_request(
         self, route: str, peer: str, refusal: RequestRefusal, outcome: HandshakeComplete | None
     ) -> None:
-        self.metrics.http_refused.labels(self.name, route, refusal.rule, refusal.reason).inc()
+        """A request the proxy answered itself, or, in audit mode (not ``enforced``), one it
+        forwarded that the rules would have refused: counted apart, logged as would-refuse."""
+        counter = self.metrics.http_refused if refusal.enforced else self.metrics.http_would_refuse
+        counter.labels(self.name, route, refusal.rule, refusal.reason).inc()
         logs.refused_request(self.name, route, peer, refusal, outcome)
 
     def observe_http2_error(self, route: str, peer: str, fault: Http2Fault) -> None:

@@ -95,6 +95,15 @@ def test_rules_are_parsed_and_inherited(base: Path) -> None:
     assert not none.http_authorization.active
 
 
+def test_enforce_false_is_audit_mode_and_true_is_the_default(base: Path) -> None:
+    text = rules("      enforce: false\n      rules: [{prefix: /a, require: deny}]\n")
+    config, warnings = load_config_with_warnings(write(base, text))
+    assert warnings == []
+    authorization = config.listeners[0].default_route.http_authorization
+    assert authorization.enforce is False and authorization.active
+    assert LISTENER_RULES.enforce is True  # CONFIG says nothing: enforced
+
+
 def rules(text: str, *, mode: str = "request", forward: str = "http") -> str:
     """CONFIG's listener with ``text`` as its http_authorization, no routes."""
     head = CONFIG.split("    http_authorization:")[0]
@@ -140,6 +149,10 @@ def rules(text: str, *, mode: str = "request", forward: str = "http") -> str:
          "rules[1].name", "rule 'a' is already used"),
         ("      rules: [{prefix: /a, require: any, priority: 1}]", "rules[0].priority",
          "unknown key"),
+        ("      enforce: 'no'\n      rules: [{prefix: /a, require: deny}]", "enforce",
+         "expected true or false"),
+        ("      enforce: 0\n      rules: [{prefix: /a, require: deny}]", "enforce",
+         "expected true or false"),
     ],
 )  # fmt: skip
 def test_mistakes_are_named(base: Path, text: str, key_path: str, message: str) -> None:
@@ -184,6 +197,11 @@ def test_verified_rules_on_mode_none_can_never_be_met(base: Path) -> None:
     assert path == "listeners[0].http_authorization"
     assert message.startswith("rules[0] (admin), default require a verified client, but ")
     assert "use mode request" in message
+    assert "so they refuse every request they decide" in message
+    ((_, audit),) = warnings_of(
+        base, text.replace("      rules:", "      enforce: false\n      rules:")
+    )
+    assert "so they would refuse every request they decide" in audit
 
 
 def test_verified_without_allow_on_mode_require_is_redundant(base: Path) -> None:
@@ -223,6 +241,7 @@ def test_a_route_with_its_own_policy_is_checked_with_the_inherited_rules(base: P
         "      rules: [{prefix: /a, require: any, priority: 1}]",
         "      default: allow",
         "      other: 1",
+        "      enforce: 'no'",
     ],
 )
 def test_the_schema_refuses_these_shapes_too(
@@ -239,3 +258,7 @@ def test_the_schema_accepts_the_good_config(
     validator: jsonschema.Draft202012Validator,
 ) -> None:
     assert [e.message for e in schema_errors(validator, yaml.safe_load(CONFIG))] == []
+    audit = CONFIG.replace(
+        "\n    http_authorization:\n", "\n    http_authorization:\n      enforce: false\n", 1
+    )
+    assert [e.message for e in schema_errors(validator, yaml.safe_load(audit))] == []

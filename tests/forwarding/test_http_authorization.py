@@ -183,3 +183,25 @@ def test_an_answer_waits_for_a_response_delimited_by_the_close() -> None:
     plan.to_upstream(GET + ADMIN)
     plan.from_upstream(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")
     assert plan.due_answer() is None and plan.answer is not None
+
+
+WOULD = RequestRefusal(403, "denied", "admin", "rule admin denies every client", enforced=False)
+
+
+def test_a_request_refused_in_audit_mode_is_forwarded_and_reported_once() -> None:
+    """Audit mode: the head and content go on unchanged, no answer is queued, and the
+    would-refusal comes out of ``take_refusals`` (the one path to counting and logging)."""
+    calls: list[tuple[bytes, bool]] = []
+    r = RequestRewriter(
+        [("X-Client", "c")], on_request=lambda m, u: calls.append((m, u)),
+        authorize=lambda m, t: WOULD if t.startswith(b"/admin") else None,
+    )  # fmt: skip
+    out = r.feed(GET + ADMIN_POST + GET)
+    assert out.count(b"X-Client: c\r\n") == 3
+    admin = ADMIN_POST.replace(b"\r\n\r\n", b"\r\nX-Client: c\r\n\r\n")
+    assert admin in out and out.endswith(b"hello world" + GET[:-2] + b"X-Client: c\r\n\r\n")
+    assert r.answer is None and calls == [(b"GET", False), (b"POST", False), (b"GET", False)]
+    (refusal,) = r.take_refusals()
+    assert not refusal.enforced and refusal.method == "POST" and refusal.target == "/admin"
+    assert refusal.rule == "admin" and refusal.reason == "denied"
+    assert r.take_refusals() == []

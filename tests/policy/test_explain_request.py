@@ -108,3 +108,38 @@ def test_a_refused_handshake_reads_no_request(pki: PkiFiles) -> None:
     out = account(pki, "client-expired", "GET", "/public/x")
     assert out.lines[-1] == "the request is never read: the handshake does not admit the client"
     assert not out.admitted
+
+
+AUDIT = dataclasses.replace(RULES, enforce=False)
+
+
+@pytest.mark.parametrize(
+    ("cert", "target", "last"),
+    [
+        ("client-other", "/admin/x",
+         "ADMITTED in audit mode (http_authorization.enforce: false): would refuse (audit mode) "
+         "with 403 Forbidden by rule admin (identity_not_allowed); the request is forwarded"),
+        (None, "/elsewhere",
+         "ADMITTED in audit mode (http_authorization.enforce: false): would refuse (audit mode) "
+         "with 403 Forbidden by the default (denied); the request is forwarded"),
+    ],
+)  # fmt: skip
+def test_audit_mode_admits_what_the_rules_would_refuse(
+    pki: PkiFiles, cert: str | None, target: str, last: str
+) -> None:
+    out = account(pki, cert, "GET", target, rules=AUDIT)
+    assert out.lines[-1] == last
+    assert out.admitted and out.verdict is Verdict.WOULD_REFUSE
+    assert out.request_reason in (PathReason.IDENTITY_NOT_ALLOWED, PathReason.DENIED)
+
+
+def test_audit_mode_admits_what_the_rules_admit_plainly(pki: PkiFiles) -> None:
+    out = account(pki, "client", "GET", "/admin/x", rules=AUDIT)
+    assert out.lines[-1] == "ADMITTED" and out.verdict is Verdict.ADMITTED
+
+
+def test_audit_mode_still_refuses_an_unsafe_path(pki: PkiFiles) -> None:
+    out = account(pki, "client", "GET", "/public/../admin", rules=AUDIT)
+    assert out.lines[-1] == "REFUSED with 400 Bad Request before any rule (unsafe_path)"
+    assert not out.admitted
+    assert any("enforced in audit mode too" in line for line in out.lines)

@@ -182,3 +182,21 @@ def test_a_bad_allow_pattern_is_a_value_error() -> None:
     )
     with pytest.raises(ValueError, match="wildcard"):
         PathPolicy(PathAuthorization(rules=(bad,)))
+
+
+def test_audit_mode_decides_the_same_and_marks_refusals_unenforced(
+    identities: dict[str, PeerIdentity],
+) -> None:
+    """``enforce: false`` changes no decision, only whether a refusal is enforced; an unsafe
+    path stays enforced (it is refused for what it is, not for who sent it)."""
+    audit = PathPolicy(PathAuthorization(default=Requirement.DENY, enforce=False))
+    assert audit.active
+    decision = audit.decide("GET", "/", identities["frontend"], True)
+    assert (decision.admitted, decision.rule, decision.reason) == (False, "default", "denied")
+    assert not decision.enforced and decision.status == 403
+    unsafe = audit.decide("GET", "/%61dmin", identities["frontend"], True)
+    assert unsafe.reason is PathReason.UNSAFE_PATH and unsafe.enforced
+    enforced = PathPolicy(PathAuthorization(default=Requirement.DENY)).decide(
+        "GET", "/", None, False
+    )
+    assert enforced.enforced

@@ -7,11 +7,14 @@ connection with a 400: nothing after it can be delimited. A request refused by t
 next request, unless that request asked to close or could leave its content unsent (``Expect:
 100-continue``). The answer takes the refused request's place in the response stream: it is
 sent once the upstream has answered every request before it, and what the client sent after it
-waits until then (``request.RequestRewriter`` keeps it; the proxy stops reading).
+waits until then (``request.RequestRewriter`` keeps it; the proxy stops reading). In audit
+mode (``http_authorization.enforce: false``) such a request gets no answer: it is forwarded,
+and its ``RequestRefusal`` (not ``enforced``) is only counted and logged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 MAX_LOGGED_TARGET = 256  # characters of a refused request-target kept for the log line
@@ -30,7 +33,12 @@ _BODIES = {
 class RequestRefusal:
     """One refused request, for the metric (``rule`` and ``reason`` are bounded labels: a rule
     name or index from the config, ``default``, ``none``; a fixed reason) and the log line
-    (``detail``, and the request's ``method`` and ``target`` as sent, shortened)."""
+    (``detail``, and the request's ``method`` and ``target`` as sent, shortened).
+
+    ``enforced`` False: the route's rules are in audit mode (``http_authorization.enforce:
+    false``); the request was forwarded, and this travels the same way as a refusal
+    (``take_refusals``) to be counted and logged as would-refuse, with the ``status`` the
+    proxy would have answered."""
 
     status: int
     reason: str
@@ -38,6 +46,11 @@ class RequestRefusal:
     detail: str
     method: str = ""
     target: str = ""
+    enforced: bool = True
+
+    def of_request(self, method: bytes, target: bytes) -> RequestRefusal:
+        """This refusal with the request's method and target (shortened) for the log line."""
+        return dataclasses.replace(self, method=method.decode("latin-1"), target=shortened(target))
 
 
 @dataclass(frozen=True, slots=True)

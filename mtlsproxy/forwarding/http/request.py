@@ -36,7 +36,9 @@ refuses is well framed, so it is not an ``HTTPRefused``. Its head is not forward
 content is read and dropped; the rewriter queues a ``local.LocalAnswer`` (``answer``) in the
 refused request's place and keeps everything it produces after it until the proxy has sent the
 answer and called ``answered`` (module ``local`` says when that is). The connection goes on
-unless the answer closes it; after one that does, nothing more is read.
+unless the answer closes it; after one that does, nothing more is read. A refusal that is not
+``enforced`` (audit mode) is forwarded like an admitted request and only reported, through
+``take_refusals`` like the others, so the proxy counts and logs both in one place.
 
 Bodies: Content-Length bodies pass unchanged. Chunked bodies are re-chunked: the content passes
 unchanged, in chunks as it arrives; chunk extensions and trailer fields are dropped (a trailer
@@ -68,7 +70,7 @@ from typing import TypeVar
 import httptools
 
 from mtlsproxy.forwarding.http.headers import SANITIZED_HEADERS
-from mtlsproxy.forwarding.http.local import LocalAnswer, RequestRefusal, local_answer, shortened
+from mtlsproxy.forwarding.http.local import LocalAnswer, RequestRefusal, local_answer
 
 MAX_HEAD_BYTES = 64 * 1024
 """Request line plus header fields, and any run of chunk framing or trailers without content.
@@ -379,10 +381,7 @@ class RequestRewriter:
         # A client waiting for 100 Continue may never send the content it announced: the
         # next request could not be found, so that answer closes (RFC 9110 section 10.1.1).
         close = not self._parser.should_keep_alive() or (has_content and expects_continue)
-        refusal = RequestRefusal(
-            refusal.status, refusal.reason, refusal.rule, refusal.detail,
-            method.decode("latin-1"), shortened(self._url),
-        )  # fmt: skip
+        refusal = refusal.of_request(method, self._url)
         answer = local_answer(refusal, close=close, head_only=method == b"HEAD")
         self._answers.append(_Pending(answer))
         self._refusals.append(refusal)
@@ -436,9 +435,11 @@ class RequestRewriter:
         method = self._parser.get_method()
         if self._authorize is not None:
             refusal = self._authorize(method, self._url)
-            if refusal is not None:
+            if refusal is not None and refusal.enforced:
                 self._answer_locally(refusal, method, has_content)
                 return
+            if refusal is not None:  # audit mode: forwarded below, only reported
+                self._refusals.append(refusal.of_request(method, self._url))
         head = bytearray(b"%s %s HTTP/%s\r\n" % (method, self._url, version.encode()))
         for name, value in self._fields:
             if name.lower() not in self._remove:

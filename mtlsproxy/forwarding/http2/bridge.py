@@ -8,7 +8,8 @@ and the connection errors (``take_faults``), and ends the connection once ``clos
 The client side is an ``h2`` server connection, the upstream side an ``h2`` client connection
 speaking h2c with prior knowledge (RFC 9113 section 3.3). Each client stream that passes the
 path rules opens one upstream stream; a refused one gets the proxy's answer (``requests``) and
-never reaches the upstream.
+never reaches the upstream (in audit mode, a refusal not ``enforced``, it is forwarded and only
+reported through ``take_refusals``).
 
 Flow control (RFC 9113 section 5.2): DATA received from one side is handed to the other side's
 connection only as far as that side's window allows; the rest waits in the stream, and the
@@ -240,9 +241,11 @@ class Http2Bridge:
             return
         head = RequestHead.of(headers)
         refusal = self._authorize(head.method, head.target) if self._authorize else None
-        if refusal is not None:
+        if refusal is not None and refusal.enforced:
             self._refuse(client_id, head, head.refusal(refusal))
             return
+        if refusal is not None:  # audit mode: forwarded below, only reported
+            self._refusals.append(head.refusal(refusal))
         try:
             upstream_id = self._upstream.get_next_available_stream_id()
             self._upstream.send_headers(upstream_id, self._rewriter.request(headers))

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from mtlsproxy.forwarding.http.local import RequestRefusal, refusal_body, shortened
+from mtlsproxy.forwarding.http.local import RequestRefusal, refusal_body
 
 Header = tuple[bytes, bytes]
 
@@ -46,10 +46,7 @@ class RequestHead:
 
     def refusal(self, refusal: RequestRefusal) -> RequestRefusal:
         """``refusal`` with this request's method and target for the log line."""
-        return RequestRefusal(
-            refusal.status, refusal.reason, refusal.rule, refusal.detail,
-            self.method.decode("latin-1"), shortened(self.target),
-        )  # fmt: skip
+        return refusal.of_request(self.method, self.target)
 
 
 class HeaderRewriter:
