@@ -50,7 +50,9 @@ from procs import (  # bench/procs.py
     REPO,
     Process,
     free_port,
+    keep_sample,
     median,
+    pass_ratios,
     pin_servers,
     print_header,
     write_samples,
@@ -89,6 +91,7 @@ SETUPS = (
 # Servers: the upstream (plain TCP) and the baseline (TLS), one protocol for both.
 #   b"E"                    -> answer b"E" (handshake probe)
 #   b"B" + 8-byte length n  -> read and discard n bytes, then answer b"K" (bulk)
+#   b"R"                    -> echo every byte after it (keep-alive requests, keepalive.py)
 
 
 def _serve(kind: str, directory: str, mode: str, version: str) -> None:
@@ -99,10 +102,19 @@ def _serve(kind: str, directory: str, mode: str, version: str) -> None:
             self.transport = transport
             self.head = b""
             self.remaining = -1
+            self.echo = False
 
         def data_received(self, data: bytes) -> None:
+            if self.echo:
+                self.transport.write(data)  # type: ignore[attr-defined]
+                return
             if self.remaining < 0:
                 self.head += data
+                if self.head[:1] == b"R":
+                    self.echo = True
+                    if len(self.head) > 1:
+                        self.transport.write(self.head[1:])  # type: ignore[attr-defined]
+                    return
                 if self.head[:1] == b"E":
                     self.transport.write(b"E")  # type: ignore[attr-defined]
                     self.remaining = 0
@@ -204,7 +216,8 @@ NGINX_STREAM = """\
 {load_module}worker_processes 1;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
-events {{ worker_connections 4096; }}
+worker_rlimit_nofile 20000;
+events {{ worker_connections 16384; }}
 stream {{
     upstream app {{ server 127.0.0.1:{upstream}; }}
     server {{
@@ -224,6 +237,25 @@ NGINX_CLIENT_AUTH = """\
         ssl_verify_depth 2;
         ssl_crl {pki}/crls.pem;
 """
+
+
+def find_nginx() -> tuple[str, str]:
+    """nginx's path, and the directive loading its stream module where it is dynamic."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists():
+        raise SystemExit("nginx not found: apt-get install -y nginx libnginx-mod-stream")
+    return nginx, stream_module_directive(nginx)
+
+
+def pki_and_upstream(directory: Path) -> Process:
+    """The development PKI written to ``directory`` and the upstream started on it (the
+    caller stops it): what every bench script's servers need."""
+    sys.path.insert(0, str(REPO))
+    from mtlsproxy import pki
+
+    pki.init(directory)
+    argv = [sys.executable, str(Path(__file__).resolve()), "--serve", "upstream"]
+    return Process([*argv, str(directory), "none", "1.3"], directory / "up.log", None, None)
 
 
 def stream_module_directive(nginx: str) -> str:
@@ -421,7 +453,10 @@ def main() -> int:
     parser.add_argument(
         "--systems",
         default=",".join(SYSTEMS),
-        help="comma-separated subset of " + ", ".join(SYSTEMS) + " (ratios need openssl)",
+        help="comma-separated subset of " + ", ".join(SYSTEMS) + " (ratios need the --baseline)",
+    )
+    parser.add_argument(
+        "--baseline", default="openssl", choices=SYSTEMS, help="the system ratios are to"
     )
     parser.add_argument("--json", metavar="FILE", help="also write every sample as JSON")
     args = parser.parse_args()
@@ -432,12 +467,7 @@ def main() -> int:
         parser.error(f"unknown system(s) {unknown}" if unknown else "no known setup in --setups")
     systems = [s for s in SYSTEMS if s in wanted]
 
-    nginx = load_module = ""
-    if "nginx" in systems:
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        if not Path(nginx).exists():
-            raise SystemExit("nginx not found: apt-get install -y nginx libnginx-mod-stream")
-        load_module = stream_module_directive(nginx)
+    nginx, load_module = find_nginx() if "nginx" in systems else ("", "")
 
     server_pin = pin_servers(SERVER_CORE, CLIENT_CORE)
     command = print_header(server_pin, nginx, f"CLK_TCK {os.sysconf('SC_CLK_TCK')}")
@@ -447,16 +477,7 @@ def main() -> int:
     samples: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="mtlsproxy-bench-") as tmp:
         directory = Path(tmp)
-        sys.path.insert(0, str(REPO))
-        from mtlsproxy import pki
-
-        pki.init(directory)
-        upstream = Process(
-            [python, me, "--serve", "upstream", tmp, "none", "1.3"],
-            directory / "up.log",
-            None,
-            None,
-        )
+        upstream = pki_and_upstream(directory)
         try:
             configs = {
                 (engine, s.key): proxy_config(directory, s, upstream.port, engine)
@@ -490,13 +511,9 @@ def main() -> int:
                                 result = measure(server, directory, setup, args)
                             finally:
                                 server.stop()
-                            result["run"] = run
-                            samples.setdefault(f"{setup.key}/{test}/{system}", []).append(result)
-                            shown = ", ".join(
-                                f"{k} {v:.4g}" for k, v in result.items() if k != "run"
-                            )
-                            print(f"run {run + 1} {setup.key:9} {test:4} {system:7} {shown}")
-                            sys.stdout.flush()
+                            key = f"{setup.key}/{test}/{system}"
+                            label = f"{setup.key:9} {test:4} {system:7}"
+                            keep_sample(samples, key, run, result, label)
         finally:
             upstream.stop()
 
@@ -512,13 +529,8 @@ def print_table(
         return median([s[field] for s in samples.get(key, [])])
 
     def ratios(key: str, system: str, field: str) -> list[float]:
-        # per pass: system / openssl, the two measured in the same pass
-        base = {s["run"]: s[field] for s in samples.get(f"{key}/openssl", [])}
-        return [
-            s[field] / base[s["run"]]
-            for s in samples.get(f"{key}/{system}", [])
-            if base.get(s["run"])
-        ]
+        # per pass: system / baseline, the two measured in the same pass
+        return pass_ratios(samples, f"{key}/{system}", f"{key}/{args.baseline}", field)
 
     def ratio(key: str, system: str, field: str) -> float:
         return median(ratios(key, system, field))
@@ -528,7 +540,7 @@ def print_table(
     print(
         f"Handshakes: new connection, full handshake, 1 byte echoed, close; {args.workers} "
         f"client processes, {args.seconds:g} s per sample; medians of {args.runs}; "
-        "ratios to openssl per pass, then median"
+        f"ratios to {args.baseline} per pass, then median"
     )
     header = (
         f"{'setup':17} {'system':{width}} {'handshakes':>10} {'hs/s':>7} "
@@ -550,7 +562,7 @@ def print_table(
     print()
     print(
         f"Bulk: one connection, {args.mib} MiB client -> upstream (discarded); medians; "
-        "ratios to openssl per pass, then median"
+        f"ratios to {args.baseline} per pass, then median"
     )
     header = (
         f"{'setup':17} {'system':{width}} {'MiB/s':>7} {'server CPU s/GiB':>16} "
@@ -568,10 +580,10 @@ def print_table(
                 f"{ratio(f'{setup.key}/bulk', system, 'cpu_s_per_gib'):9.2f}"
             )
     print()
-    print("Per-pass server CPU ratios to openssl (handshake | bulk):")
+    print(f"Per-pass server CPU ratios to {args.baseline} (handshake | bulk):")
     for setup in setups:
         for system in systems:
-            if system == "openssl":
+            if system == args.baseline:
                 continue
             hs = " ".join(f"{r:.2f}" for r in ratios(f"{setup.key}/hs", system, "cpu_us"))
             bulk = " ".join(

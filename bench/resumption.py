@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -43,16 +42,18 @@ from e2e import (  # bench/e2e.py
     CLIENT_CORE,
     SERVER_CORE,
     SETUPS,
+    find_nginx,
     measure_handshakes,
+    pki_and_upstream,
     proxy_config,
     start_nginx_stream,
-    stream_module_directive,
 )
 from procs import (  # bench/procs.py
-    REPO,
     Process,
     free_port,
+    keep_sample,
     median,
+    pass_ratios,
     pin_servers,
     print_header,
 )
@@ -128,30 +129,17 @@ def main() -> int:
     if not systems or "native" not in systems:
         parser.error("--systems needs native")
 
-    nginx = load_module = ""
-    if "nginx" in systems:
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        if not Path(nginx).exists():
-            raise SystemExit("nginx not found: apt-get install -y nginx libnginx-mod-stream")
-        load_module = stream_module_directive(nginx)
+    nginx, load_module = find_nginx() if "nginx" in systems else ("", "")
 
     server_pin = pin_servers(SERVER_CORE, CLIENT_CORE)
     tail = f"{args.clients} client processes, {args.seconds:g} s per sample"
     command = print_header(server_pin, nginx, tail)
 
     python = sys.executable
-    e2e = str(Path(__file__).resolve().with_name("e2e.py"))
     samples: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="mtlsproxy-bench-resumption-") as tmp:
         directory = Path(tmp)
-        sys.path.insert(0, str(REPO))
-        from mtlsproxy import pki
-
-        pki.init(directory)
-        upstream = Process(
-            [python, e2e, "--serve", "upstream", tmp, "none", "1.3"], directory / "up.log",
-            None, None,
-        )  # fmt: skip
+        upstream = pki_and_upstream(directory)
         try:
             for run in range(args.runs):
                 shift = run % len(systems)
@@ -174,12 +162,8 @@ def main() -> int:
                         tests = TESTS if run % 2 == 0 else TESTS[::-1]
                         for test in tests:
                             result = measure(server, directory, test == "resumed", args, metrics)
-                            result["run"] = run
-                            samples.setdefault(f"{test}/{system}", []).append(result)
-                            shown = ", ".join(
-                                f"{k} {v:.4g}" for k, v in result.items() if k != "run"
-                            )
-                            print(f"run {run + 1} {system:6} {test:7} {shown}", flush=True)
+                            label = f"{system:6} {test:7}"
+                            keep_sample(samples, f"{test}/{system}", run, result, label)
                     finally:
                         server.stop()
         finally:
@@ -198,10 +182,7 @@ def print_table(systems: list[str], samples: dict[str, list[dict]], args) -> Non
         return median([s[field] for s in samples.get(key, [])])
 
     def ratios(numerator: str, denominator: str) -> list[float]:
-        base = {s["run"]: s["cpu_us"] for s in samples.get(denominator, [])}
-        return [
-            s["cpu_us"] / base[s["run"]] for s in samples.get(numerator, []) if base.get(s["run"])
-        ]
+        return pass_ratios(samples, numerator, denominator, "cpu_us")
 
     width = max(len(LABELS[s]) for s in systems)
     print()
