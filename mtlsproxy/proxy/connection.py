@@ -57,6 +57,10 @@ if TYPE_CHECKING:
 FEED_BUDGET = 0.002
 FIRST_SLICE = 16 * 1024 + 5  # one record of the largest size and its header
 MIN_SLICE, MAX_SLICE = 512, 1 << 30
+# Bytes forwarded are added to the listener's counter once this many are unreported, and at
+# close: a counter increment (a lock, a label lookup) per chunk cost more than the chunk's
+# write on a keep-alive connection; a long transfer still shows in the counter as it goes.
+COUNT_EVERY = 1 << 20
 
 
 class EndReason(enum.StrEnum):
@@ -136,6 +140,8 @@ class ClientConnection(asyncio.Protocol):
         # For the access log line at close.
         self._outcome: HandshakeComplete | HandshakeFailed | None = None
         self._bytes_in = self._bytes_out = 0
+        self._counted_in = self._counted_out = 0  # what the listener's counter has of them
+        self._answered = 0  # bytes the engine wrote to the client (``_flush``)
         self._upstream_address: str | None = None
         self._quickack_set = False
         self._unfed = b""  # read from the client, not yet given to the engine (``_feed``)
@@ -174,41 +180,44 @@ class ClientConnection(asyncio.Protocol):
         connections by a slice, not by a read. Answers piling up stop the feeding until the
         client drains them (``resume_writing`` feeds the rest)."""
         self._feeding = None
-        engine, transport = self._engine, self._transport
-        assert engine is not None and transport is not None
-        started = time.perf_counter()
+        engine = self._engine
+        assert engine is not None
+        clock = time.perf_counter
+        started = began = clock()
         while self._unfed and self._end is None:
             if self._client_reading.holds(Pause.CLIENT_WRITE_FULL):
                 return
             data, size = self._unfed, self._slice
             piece, self._unfed = (data, b"") if len(data) <= size else (data[:size], data[size:])
-            buffered = transport.get_write_buffer_size()
-            began = time.perf_counter()
+            answered = self._answered
             self._handle(engine.receive(piece))
-            spent = time.perf_counter() - began
+            now = clock()
+            spent = now - began
             fitting = len(piece) * FEED_BUDGET / spent if spent > 0 else MAX_SLICE
             self._slice = int(min(MAX_SLICE, max(MIN_SLICE, fitting)))
             if self._end is not None:
                 return
-            self._pause_if_answers_pile_up(buffered)
-            if self._unfed and time.perf_counter() - started >= FEED_BUDGET:
+            if self._answered != answered:
+                self._pause_if_answers_pile_up()
+            if self._unfed and now - started >= FEED_BUDGET:
                 self._client_reading.pause(Pause.FEEDING)
                 self._feed_later()
                 return
+            began = now
         if self._eof_pending and self._end is None:
             self._eof_pending = False
             self._handle(engine.receive_eof())
         self._client_reading.resume(Pause.FEEDING)
 
-    def _pause_if_answers_pile_up(self, buffered: int) -> None:
+    def _pause_if_answers_pile_up(self) -> None:
         """Stop reading a client whose records were just answered (KeyUpdate replies, alerts)
         into a write buffer past ``limits.buffer_size``: it is not reading them. What it may
-        hold past the limit is the answer to one slice of a read (``_feed``). Upstream bytes
-        never count here (they are bounded by ``CLIENT_FULL``): a client that sends only
-        application data is never stopped by its own write buffer."""
+        hold past the limit is the answer to one slice of a read (``_feed``). Called only
+        when that slice was answered: upstream bytes never count here (they are bounded by
+        ``CLIENT_FULL``), so a client that sends only application data is never stopped by
+        its own write buffer, and its reads cost no write-buffer query."""
         assert self._transport is not None
-        size = self._transport.get_write_buffer_size()
-        if size > buffered and size > self._runtime.limits.buffer_size:
+        if self._transport.get_write_buffer_size() > self._runtime.limits.buffer_size:
             self._client_reading.pause(Pause.CLIENT_WRITE_FULL)
 
     def _feed_later(self) -> None:
@@ -224,6 +233,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._abort(EndReason.CLIENT_GONE)  # unless it already ended
+        self._count_bytes()
         if self._engine is not None and self._end is not None:  # admitted: its access log line
             record = logs.AccessRecord(
                 listener=self._runtime.name,
@@ -273,6 +283,7 @@ class ClientConnection(asyncio.Protocol):
         assert self._engine is not None and self._transport is not None
         out = self._engine.data_to_send()
         if out and not self._transport.is_closing():
+            self._answered += len(out)
             self._transport.write(out)
             if not self._quickack_set and not self._engine.handshake_complete:
                 self._ack_the_client_flight_at_once()
@@ -382,7 +393,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _to_upstream(self, data: bytes | memoryview) -> None:
         self._bytes_in += len(data)
-        self._runtime.count_bytes("client_to_upstream", len(data))
+        if self._bytes_in - self._counted_in >= COUNT_EVERY:
+            self._count_bytes()
         if self._upstream is None:
             self._early_data.append(data)
         else:
@@ -482,7 +494,8 @@ class ClientConnection(asyncio.Protocol):
             return
         self._last_activity = self._loop.time()
         self._bytes_out += len(data)
-        self._runtime.count_bytes("upstream_to_client", len(data))
+        if self._bytes_out - self._counted_out >= COUNT_EVERY:
+            self._count_bytes()
         self._engine.send(data)
         self._flush()
         if not self._forwarding.passthrough:
@@ -502,6 +515,16 @@ class ClientConnection(asyncio.Protocol):
         self._answer_requests()
         if was_holding and not forwarding.holding:
             self._client_reading.resume(Pause.UPGRADE_PENDING)
+
+    def _count_bytes(self) -> None:
+        """Add the bytes forwarded since the last call to the listener's counters."""
+        runtime = self._runtime
+        if self._bytes_in > self._counted_in:
+            runtime.count_bytes("client_to_upstream", self._bytes_in - self._counted_in)
+            self._counted_in = self._bytes_in
+        if self._bytes_out > self._counted_out:
+            runtime.count_bytes("upstream_to_client", self._bytes_out - self._counted_out)
+            self._counted_out = self._bytes_out
 
     def upstream_eof(self) -> None:
         """UpstreamOwner: the upstream will send no more; tell the client, keep reading it."""

@@ -72,6 +72,7 @@ from mtlsproxy.engine.native.key_schedule import nss_key_log
 from mtlsproxy.engine.native.limits import UselessRecords
 from mtlsproxy.engine.native.record_layer import (
     MAX_PLAINTEXT_LENGTH,
+    InnerPlaintext,
     Record,
     RecordProtection,
     RecordReader,
@@ -309,15 +310,27 @@ class NativeEngine:
 
     def _process_records(self) -> list[Event]:
         """Drain the record reader; every record is handled before the next is read."""
-        app_data: list[bytes] = []
+        app_data: list[bytes | memoryview] = []
 
         def drain(events: list[Event]) -> None:
             while not isinstance(self._state, Closed) and not self._peer_closed:
+                if isinstance(self._state, Established) and not self._messages.pending:
+                    # Every complete application-data record in one call (the data path);
+                    # what is not one comes back decrypted, or is left to the one-record way.
+                    assert self._read is not None
+                    found = len(app_data)
+                    inner = self._records.open_application_data(self._read, app_data)
+                    if len(app_data) > found:
+                        self._useless.progress()
+                    if inner is not None:
+                        events += self._established_inner(inner, app_data)
+                        continue
                 record = self._records.next_record()
                 if record is None:
                     break
                 if isinstance(self._state, Established):
-                    events += self._established_record(record, app_data)
+                    assert self._read is not None
+                    events += self._established_inner(self._read.decrypt(record), app_data)
                 else:
                     events += self._handshake_record(record)
 
@@ -426,9 +439,11 @@ class NativeEngine:
                 f"a record of type {content_type} between the fragments of a handshake message",
             )
 
-    def _established_record(self, record: Record, app_data: list[bytes]) -> list[Event]:
+    def _established_inner(
+        self, inner: InnerPlaintext, app_data: list[bytes | memoryview]
+    ) -> list[Event]:
+        """One decrypted record of the established session."""
         assert self._read is not None
-        inner = self._read.decrypt(record)
         if inner.content_type != ContentType.HANDSHAKE:
             self._not_inside_a_message(inner.content_type)
         if inner.content_type == ContentType.APPLICATION_DATA:
