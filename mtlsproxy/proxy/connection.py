@@ -112,6 +112,45 @@ class ClientConnection(asyncio.Protocol):
     """The downstream (client) side of one proxied connection; the ``UpstreamOwner`` of its
     upstream connection."""
 
+    # Slots: an idle connection is mostly this object (a dict of ~35 entries was ~1.2 KiB).
+    __slots__ = (
+        "_answered",
+        "_bytes_in",
+        "_bytes_out",
+        "_client_done",
+        "_client_reading",
+        "_connect_expired",
+        "_counted_in",
+        "_counted_out",
+        "_early_data",
+        "_end",
+        "_engine",
+        "_eof_pending",
+        "_feeding",
+        "_forwarding",
+        "_hello",
+        "_last_activity",
+        "_loop",
+        "_opened",
+        "_outcome",
+        "_peer",
+        "_peer_address",
+        "_quickack_set",
+        "_refusal_timer",
+        "_refused_request",
+        "_runtime",
+        "_slice",
+        "_sni",
+        "_timer",
+        "_transport",
+        "_unfed",
+        "_upstream",
+        "_upstream_address",
+        "_upstream_done",
+        "_upstream_reading",
+        "_upstream_task",
+    )
+
     def __init__(self, runtime: ListenerView) -> None:
         self._runtime = runtime
         self._loop = asyncio.get_running_loop()
@@ -133,8 +172,11 @@ class ClientConnection(asyncio.Protocol):
         self._client_done = False  # the client sent close_notify or FIN
         self._upstream_done = False  # the upstream sent FIN
         self._end: EndReason | None = None  # why the connection ended; None while it is open
-        self._handshake_timer: asyncio.TimerHandle | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
+        # The one deadline of the connection at a time: the handshake's, then the upstream
+        # connect's, then the idle check's (``_timer_fired`` knows which by the state).
+        self._timer: asyncio.TimerHandle | None = None
+        self._connect_expired = False
+        self._peer_address: object = None  # as the transport gave it, for ``plan()``
         self._last_activity = self._loop.time()
         self._opened = time.monotonic()
         # For the access log line at close.
@@ -154,7 +196,7 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
+        self._peer_address = peer = transport.get_extra_info("peername")
         self._peer = _format_address(peer)
         if not self._runtime.admit_connection(self):
             transport.abort()
@@ -162,9 +204,7 @@ class ClientConnection(asyncio.Protocol):
         self._client_reading.attach(transport)
         transport.set_write_buffer_limits(high=self._runtime.limits.buffer_size)
         self._engine = self._runtime.new_engine(self._peer)
-        self._handshake_timer = self._loop.call_later(
-            self._runtime.timeouts.handshake, self._on_handshake_timeout
-        )
+        self._timer = self._loop.call_later(self._runtime.timeouts.handshake, self._timer_fired)
 
     def data_received(self, data: bytes) -> None:
         if self._engine is None or self._end is not None:
@@ -305,7 +345,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _on_handshake_complete(self, event: HandshakeComplete) -> None:
         self._outcome = event
-        self._cancel_handshake_timer()
+        self._cancel_timer()
         self._runtime.handshake_done(self)
         self._runtime.observe_handshake(self._peer, self._hello, event)
         assert self._engine is not None and self._transport is not None
@@ -314,32 +354,42 @@ class ClientConnection(asyncio.Protocol):
         self._upstream_address = str(route.config.upstream)
         self._forwarding = plan(
             route.config.forward_identity, route, event, self._hello,
-            _address(self._transport.get_extra_info("peername")),
+            _address(self._peer_address),
             _address(self._transport.get_extra_info("sockname")),
         )  # fmt: skip
         self._hello = None
         # Nothing more is read from the client until the upstream is there to take it.
         self._client_reading.pause(Pause.CONNECTING)
         self._upstream_task = self._loop.create_task(self._connect_upstream(route))
-        self._schedule_idle_check()
+        self._timer = self._loop.call_later(self._runtime.timeouts.connect, self._timer_fired)
 
     def _on_handshake_failed(self, event: HandshakeFailed) -> None:
         self._outcome = event
-        self._cancel_handshake_timer()
+        self._cancel_timer()
         self._runtime.handshake_done(self)
         self._runtime.observe_handshake(self._peer, self._hello, event)
         self._hello = None
         self._finish(EndReason.HANDSHAKE_FAILED)
 
-    def _on_handshake_timeout(self) -> None:
-        self._handshake_timer = None
-        if self._engine is not None and self._end is None:
+    def _timer_fired(self) -> None:
+        """The connection's deadline passed: the handshake's (no outcome yet), the upstream
+        connect's (handshake done, no upstream yet), or it is time to check for idleness."""
+        self._timer = None
+        if self._engine is None or self._end is not None:
+            return
+        task = self._upstream_task
+        if self._outcome is None:
             self._handle(self._engine.handle_timeout())
+        elif self._upstream is None and task is not None and not task.done():
+            self._connect_expired = True  # _do_connect_upstream reports a timeout
+            task.cancel()
+        else:
+            self._check_idle()
 
-    def _cancel_handshake_timer(self) -> None:
-        if self._handshake_timer is not None:
-            self._handshake_timer.cancel()
-            self._handshake_timer = None
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     # Upstream side
 
@@ -354,9 +404,15 @@ class ClientConnection(asyncio.Protocol):
         runtime = self._runtime
         started = self._loop.time()
         try:
-            transport = await open_upstream(
-                self._loop, route.config.upstream, self, runtime.timeouts.connect
-            )
+            try:
+                # The deadline is the connection's timer (``_timer_fired``), not a timeout
+                # context of its own: one timer per connection.
+                transport = await open_upstream(self._loop, route.config.upstream, self)
+            except asyncio.CancelledError:
+                if not self._connect_expired:
+                    raise  # the connection ended
+                cast("asyncio.Task[None]", asyncio.current_task()).uncancel()
+                raise TimeoutError(f"no connection within {runtime.timeouts.connect:g} s") from None
         except (OSError, TimeoutError) as exc:
             reason = _upstream_error_reason(exc)
             runtime.observe_upstream_error(route.name, reason)
@@ -377,6 +433,9 @@ class ClientConnection(asyncio.Protocol):
         if self._end is not None:
             transport.close()
             return
+        self._cancel_timer()
+        self._schedule_idle_check()
+        self._upstream_task = None  # done: an idle connection does not keep the task
         runtime.observe_upstream_connect(route.name, self._loop.time() - started)
         transport.set_write_buffer_limits(high=runtime.limits.buffer_size)
         self._upstream = transport
@@ -626,19 +685,17 @@ class ClientConnection(asyncio.Protocol):
         if self._end is not None:
             return False
         self._end = end
-        self._cancel_handshake_timer()
+        self._cancel_timer()
         if self._feeding is not None:
             self._feeding.cancel()
         self._unfed = b""
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
         if self._upstream_task is not None and not self._upstream_task.done():
             self._upstream_task.cancel()
         return True
 
     def _schedule_idle_check(self) -> None:
         deadline = self._last_activity + self._runtime.timeouts.idle
-        self._idle_timer = self._loop.call_at(deadline, self._check_idle)
+        self._timer = self._loop.call_at(deadline, self._timer_fired)
 
     def _check_idle(self) -> None:
         if self._end is not None:

@@ -196,6 +196,10 @@ class RecordReader:
         data = self._data
         pos = self._pos
         if len(data) - pos < RECORD_HEADER_SIZE:
+            if pos == len(data) and data:
+                # All read: let the read go (an idle connection would keep its last one,
+                # up to 256 KiB after a bulk transfer).
+                self._data, self._pos = b"", 0
             return None
         header = parse_record_header(data, pos)
         _check_header(header.content_type, header.length)
@@ -235,7 +239,12 @@ class RecordReader:
         try:
             return protection.open_records(data, spans, contents)
         finally:  # a record that failed is consumed too, as by next_record and decrypt
-            self._pos = spans[-1][0] if spans else end
+            if spans:
+                self._pos = spans[-1][0]
+            elif end == len(data):
+                self._data, self._pos = b"", 0  # all read: the read is let go
+            else:
+                self._pos = end
 
 
 def _completing(head: bytes, data: bytes) -> int:
