@@ -28,7 +28,7 @@ import time
 from typing import TYPE_CHECKING, Protocol, cast
 
 from mtlsproxy import logs
-from mtlsproxy.config.model import Limits, Timeouts
+from mtlsproxy.config.model import ForwardIdentity, Limits, Timeouts
 from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.events import (
     ApplicationData,
@@ -352,11 +352,12 @@ class ClientConnection(asyncio.Protocol):
         # The engine was built with this listener's RouteTable: its routes are ServerRoutes.
         route = cast("ServerRoute", self._engine.route)
         self._upstream_address = str(route.config.upstream)
-        self._forwarding = plan(
-            route.config.forward_identity, route, event, self._hello,
-            _address(self._peer_address),
-            _address(self._transport.get_extra_info("sockname")),
-        )  # fmt: skip
+        settings = route.config.forward_identity
+        if settings.mode is not ForwardIdentity.NONE:  # else passthrough: no addresses needed
+            self._forwarding = plan(
+                settings, route, event, self._hello, _address(self._peer_address),
+                _address(self._transport.get_extra_info("sockname")),
+            )  # fmt: skip
         self._hello = None
         # Nothing more is read from the client until the upstream is there to take it.
         self._client_reading.pause(Pause.CONNECTING)

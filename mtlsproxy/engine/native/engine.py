@@ -232,13 +232,15 @@ class NativeEngine:
             raise RuntimeError("send() before the handshake completed or after close")
         if not data:
             return
-        assert self._write is not None
-        view = memoryview(data)
-        for start in range(0, len(view), MAX_PLAINTEXT_LENGTH):
-            if self._key_update_owed or self._write.needs_key_update:
+        write = self._write
+        assert write is not None
+        for start in range(0, len(data), MAX_PLAINTEXT_LENGTH):
+            if self._key_update_owed or write.needs_key_update:
                 self._send_key_update()
-            chunk = bytes(view[start : start + MAX_PLAINTEXT_LENGTH])
-            self._out += self._write.encrypt(ContentType.APPLICATION_DATA, chunk)
+                write = self._write
+                assert write is not None
+            # A whole-bytes slice is the object itself: one record's content is not copied.
+            self._out += write.seal_application_data(data[start : start + MAX_PLAINTEXT_LENGTH])
 
     def close(self) -> None:
         """Send close_notify. Reading goes on: the client may still have data in flight."""
@@ -337,6 +339,8 @@ class NativeEngine:
         events = self._guarded(drain)
         if app_data:
             data = app_data[0] if len(app_data) == 1 else b"".join(app_data)
+            if not events:  # the data path: nothing else happened
+                return [ApplicationData(data)]
             # Application data comes first: it was read before whatever ended the session.
             index = next(
                 (i for i, e in enumerate(events) if not isinstance(e, HandshakeComplete)),

@@ -74,6 +74,7 @@ _OUTER_TYPES = frozenset(
     )
 )
 _CIPHERTEXT_HEADER_PREFIX = bytes((_PROTECTED_TYPE, 0x03, 0x03))
+_APPLICATION_DATA_TYPE = bytes((ContentType.APPLICATION_DATA,))  # the inner type octet
 
 
 _RECORD_HEADER = struct.Struct(">BHH")
@@ -418,6 +419,19 @@ class RecordProtection:
         self._sequence += 1
         return header + sealed
 
+    def seal_application_data(self, content: bytes | memoryview) -> bytes:
+        """``encrypt(APPLICATION_DATA, content)`` for the data path (``content`` of at most
+        2^14 bytes, the caller's slice): the same record, with the checks that cannot fail
+        for application data left out, and no call per step (a keep-alive request's answer
+        is one record: this is most of what the engine does for it)."""
+        if self._sequence >= self._encrypt_limit or self.padding.block_size > 1:
+            return self.encrypt(ContentType.APPLICATION_DATA, bytes(content))
+        inner = b"".join((content, _APPLICATION_DATA_TYPE))
+        header = _CIPHERTEXT_HEADER_PREFIX + (len(inner) + self.suite.tag_length).to_bytes(2, "big")
+        sealed = self._aead.encrypt((self._iv ^ self._sequence).to_bytes(12, "big"), inner, header)
+        self._sequence += 1
+        return header + sealed
+
     def encrypt_fragmented(
         self, content_type: int, data: bytes, max_fragment: int = MAX_PLAINTEXT_LENGTH
     ) -> bytes:
@@ -473,9 +487,8 @@ class RecordProtection:
         type). Each record is decrypted in place behind the one before, its content type
         octet overwritten by the next: one allocation per call, not three per record."""
         tag = self.suite.tag_length
-        buffer = bytearray(
-            sum(end - start for start, end in spans) - (RECORD_HEADER_SIZE + tag) * len(spans)
-        )
+        # The spans are contiguous, last first: their records' plaintexts fit in this.
+        buffer = bytearray(spans[0][1] - spans[-1][0] - (RECORD_HEADER_SIZE + tag) * len(spans))
         view, source = memoryview(buffer), memoryview(data)
         decrypt_into, iv, sequence = self._aead.decrypt_into, self._iv, self._sequence
         filled = 0

@@ -553,3 +553,23 @@ def test_reader_copies_only_the_straddling_record() -> None:
     assert reader.open_application_data(receiver, contents) is None
     assert b"".join(bytes(c) for c in contents) == bytes(3000) + b"\x01" * 3000 + b"\x02" * 3000
     assert reader.buffered == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, MAX_PLAINTEXT_LENGTH), min_size=1, max_size=4),
+    st.sampled_from([0, 1, 64]),
+    st.sampled_from(range(len(SUITES))),
+    st.booleans(),
+)
+def test_seal_application_data_is_encrypt(
+    sizes: list[int], block: int, suite_index: int, as_view: bool
+) -> None:
+    """The data path's record is ``encrypt``'s, byte for byte, record after record."""
+    suite = SUITES[suite_index]
+    one, other = pair(suite, pad_to_multiple(block))[0], pair(suite, pad_to_multiple(block))[0]
+    for size in sizes:
+        content = bytes([size % 251]) * size
+        sealed = one.seal_application_data(memoryview(content) if as_view else content)
+        assert sealed == other.encrypt(APPLICATION_DATA, content)
+    assert one.sequence_number == other.sequence_number == len(sizes)
