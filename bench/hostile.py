@@ -11,7 +11,12 @@ For each engine (``--engines openssl,native``), each attack and each run, a fres
    and the hostile connections the proxy holds (``mtlsproxy_connections_active``).
 
 Good clients are ``--workers`` processes doing full mutual-TLS handshakes with Python ``ssl``
-in a loop (connect, handshake, 1 byte echoed through the upstream, close), as in e2e.py.
+in a loop (connect, handshake, 1 byte echoed through the upstream, close), as in e2e.py, from
+127.0.0.1. Attackers come from other addresses: ``--sources`` of them, 127.0.0.2, 127.0.0.3,
+... (all of 127.0.0.0/8 is loopback on Linux), their connections spread over them in turn, as
+an attacker is not on the good clients' address. What the proxy refused at accept because a
+source spent its ``limits.failed_handshakes_per_source`` (default: 10 a second, burst 100) is
+reported as ``rejected``.
 
 Attacks (each bounded in connections, records and time; every loop stops by itself):
 
@@ -19,6 +24,7 @@ Attacks (each bounded in connections, records and time; every loop stops by itse
   (every ``--trickle`` seconds); one closed by the proxy is opened again;
 * ``flood``: ``--flood`` connections in a closed loop, each sending a (replayed) ClientHello,
   reading the server's flight and closing: full server handshake cost, none for the client;
+  a connection the proxy refuses at accept is opened again at once;
 * ``keyupdate``: ``--established`` mutual-TLS 1.3 sessions (the project's raw TLS 1.3 test
   client), each sending KeyUpdate(update_requested) records as fast as it can, never reading;
 * ``empty``: the same sessions sending empty application-data records, never reading;
@@ -66,6 +72,17 @@ REQUIRE13 = next(s for s in SETUPS if s.key == "require13")
 ATTACKS = ("slowloris", "flood", "keyupdate", "empty", "neverread")
 METRICS = re.compile(rb"metrics on (http://\S+)/metrics")
 BATCH = 200  # records built per send in the record floods
+GOOD_SOURCE = "127.0.0.1"  # the good clients' address (e2e.py connects from it)
+
+
+def attacker_source(index: int, sources: int) -> str:
+    """The address of an attacker's ``index``-th connection: 127.0.0.2 onwards, in turn."""
+    return f"127.0.0.{2 + index % sources}"
+
+
+def connect_from(source: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection to the proxy from ``source`` (bound before connect)."""
+    return socket.create_connection(("127.0.0.1", port), timeout, source_address=(source, 0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,10 +183,16 @@ def slowloris(port: int, directory: Path, args, running, conn) -> None:
     hello = client_hello(directory)
     sel = selectors.DefaultSelector()
     sent: dict[socket.socket, int] = {}
-    reopened = 0
+    reopened = refused = 0
 
     def open_one() -> None:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        nonlocal refused
+        source = attacker_source(len(sent) + reopened, args.sources)
+        try:
+            sock = connect_from(source, port, timeout=5)
+        except OSError:  # the proxy refused an earlier one at once, the backlog is full
+            refused += 1
+            return
         sock.setblocking(False)
         sel.register(sock, selectors.EVENT_READ)
         sent[sock] = 0
@@ -187,7 +210,9 @@ def slowloris(port: int, directory: Path, args, running, conn) -> None:
             sock.close()  # type: ignore[union-attr]
         if tick % ticks == 0:
             order = list(sent)
-            while len(sent) < args.slowloris and reopened < 1_000_000 and running():
+            for _ in range(args.slowloris - len(sent)):
+                if reopened >= 1_000_000 or not running():
+                    break
                 open_one()
                 reopened += 1
         share = order[tick % ticks :: ticks]
@@ -197,15 +222,15 @@ def slowloris(port: int, directory: Path, args, running, conn) -> None:
                     sock.send(hello[sent[sock] : sent[sock] + 1])
                     sent[sock] += 1
         tick += 1
-    conn.send({"reopened": reopened, "open": len(sent)})
+    conn.send({"reopened": reopened, "open": len(sent), "connect_failed": refused})
     for sock in list(sent):
         sock.close()
 
 
-def flight_size(port: int, hello: bytes) -> int:
+def flight_size(port: int, hello: bytes, source: str) -> int:
     """Bytes of the server's flight to this ClientHello (read until 0.3 s of quiet), less a
     few: an ECDSA signature's length varies by a byte or two."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+    with connect_from(source, port, timeout=5) as sock:
         sock.sendall(hello)
         sock.settimeout(0.3)
         total = 0
@@ -217,20 +242,22 @@ def flight_size(port: int, hello: bytes) -> int:
 
 def flood(port: int, directory: Path, args, running, conn) -> None:
     hello = client_hello(directory)
-    size = flight_size(port, hello)
-    counts = [0] * args.flood
+    size = flight_size(port, hello, attacker_source(0, args.sources))
+    counts = [0] * args.flood  # whole flights taken, then abandoned
+    refusals = [0] * args.flood  # connections closed (or reset) before a whole flight
 
     def loop(index: int) -> None:
-        while running() and counts[index] < 1_000_000:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
-            ):
+        source = attacker_source(index, args.sources)
+        while running() and counts[index] + refusals[index] < 1_000_000:
+            got = 0
+            with contextlib.suppress(OSError), connect_from(source, port, timeout=5) as sock:
                 sock.sendall(hello)
-                got = 0
                 while got < size and (chunk := sock.recv(65536)):
                     got += len(chunk)
+            if got >= size:
                 counts[index] += 1
+            else:
+                refusals[index] += 1
 
     threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(args.flood)]
     for thread in threads:
@@ -238,10 +265,16 @@ def flood(port: int, directory: Path, args, running, conn) -> None:
     conn.send("ready")
     for thread in threads:
         thread.join(70)
-    conn.send({"abandoned_handshakes": sum(counts), "flight_bytes": size})
+    conn.send(
+        {
+            "abandoned_handshakes": sum(counts),
+            "refused_before_flight": sum(refusals),
+            "flight_bytes": size,
+        }
+    )
 
 
-def raw_session(port: int, directory: Path):
+def raw_session(port: int, directory: Path, source: str):
     """A mutual-TLS 1.3 session on the project's raw test client (any record can be built)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
@@ -251,7 +284,7 @@ def raw_session(port: int, directory: Path):
     certs = x509.load_pem_x509_certificates((directory / "client.crt").read_bytes())
     key = serialization.load_pem_private_key((directory / "client.key").read_bytes(), None)
     client = MiniClient(chain=[c.public_bytes(serialization.Encoding.DER) for c in certs], key=key)
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock = connect_from(source, port, timeout=10)
     sock.sendall(client.client_hello())
     while not client.server_finished:
         data = sock.recv(65536)
@@ -265,7 +298,8 @@ def raw_session(port: int, directory: Path):
 
 def record_flood(kind: str, port: int, directory: Path, args, running, conn) -> None:
     """KeyUpdate(update_requested) or empty application-data records, never reading."""
-    sessions = [raw_session(port, directory) for _ in range(args.established)]
+    sources = [attacker_source(i, args.sources) for i in range(args.established)]
+    sessions = [raw_session(port, directory, source) for source in sources]
     pending = [b""] * len(sessions)
     records = closed = 0
     conn.send("ready")
@@ -284,7 +318,7 @@ def record_flood(kind: str, port: int, directory: Path, args, running, conn) -> 
                 pending[index] = pending[index][sock.send(pending[index]) :]
             except OSError:  # the proxy closed it
                 closed += 1
-                sessions[index] = raw_session(port, directory)
+                sessions[index] = raw_session(port, directory, sources[index])
                 pending[index] = b""
     conn.send({"records": records, "sessions_closed_by_proxy": closed})
     for _, sock in sessions:
@@ -294,8 +328,8 @@ def record_flood(kind: str, port: int, directory: Path, args, running, conn) -> 
 def neverread(port: int, directory: Path, args, running, conn) -> None:
     context = client_context(directory, REQUIRE13)
     sessions = []
-    for _ in range(args.established):
-        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    for index in range(args.established):
+        raw = connect_from(attacker_source(index, args.sources), port, timeout=10)
         tls = context.wrap_socket(raw, server_hostname="localhost")
         tls.sendall(b"D")
         sessions.append(tls)
@@ -363,7 +397,9 @@ def sample(engine: str, attack: str, config: Path, directory: Path, args) -> dic
             under = measure_handshakes(proxy, directory, REQUIRE13, good)
             rss_during = vm_rss_kib(proxy.proc.pid)
             held = metric(url, "mtlsproxy_connections_active{")
-            shed = metric(url, "mtlsproxy_connections_rejected_total{", 'reason="handshake_shed"')
+            rejected_total = "mtlsproxy_connections_rejected_total{"
+            shed = metric(url, rejected_total, 'reason="handshake_shed"')
+            rejected = metric(url, rejected_total, 'reason="source_budget"')
         finally:
             stop.set()
             report = parent.recv() if parent.poll(30) else {}
@@ -385,6 +421,7 @@ def sample(engine: str, attack: str, config: Path, directory: Path, args) -> dic
         "hostile_held": held,
         "rss_kib_per_hostile": (rss_during - rss_before) / hostile if hostile else float("nan"),
         "shed": shed,
+        "rejected": rejected,
         "attacker": report,
     }
 
@@ -404,12 +441,17 @@ def main() -> int:
     parser.add_argument("--trickle", type=float, default=1.0, help="seconds between bytes")
     parser.add_argument("--flood", type=int, default=3, help="abandoning connections in flight")
     parser.add_argument("--established", type=int, default=20, help="sessions per record flood")
+    parser.add_argument(
+        "--sources", type=int, default=3, help="attacker addresses: 127.0.0.2 onwards"
+    )
     parser.add_argument("--json", metavar="FILE", help="also write every sample as JSON")
     args = parser.parse_args()
     engines = args.engines.split(",")
     attacks = [a for a in args.attacks.split(",") if a in ATTACKS]
     if not attacks or set(engines) - {"openssl", "native"}:
         parser.error("unknown engine or attack")
+    if not 1 <= args.sources <= 250:
+        parser.error("--sources: 1 to 250 (127.0.0.2 to 127.0.0.251)")
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if args.slowloris + 100 > hard:
@@ -450,7 +492,8 @@ def main() -> int:
                             f" ({result['fraction']:.2f}), proxy core "
                             f"{100 * result['proxy_core_under']:3.0f} %, RSS "
                             f"+{result['rss_growth_kib']} KiB over {result['hostile_held']:.0f}"
-                            f" held, shed {result['shed']:.0f}; attacker {result['attacker']}",
+                            f" held, shed {result['shed']:.0f}, rejected "
+                            f"{result['rejected']:.0f}; attacker {result['attacker']}",
                             flush=True,
                         )
         finally:
@@ -477,11 +520,13 @@ def print_table(engines: list[str], attacks: list[str], samples: dict, args) -> 
     print(
         f"Good clients: {args.workers} processes, full mutual-TLS 1.3 handshakes, "
         f"{args.seconds:g} s windows; medians of {args.runs} runs (fresh proxy each); "
-        "fraction = rate under attack / rate alone, per run"
+        "fraction = rate under attack / rate alone, per run; attackers from "
+        f"{args.sources} addresses (127.0.0.2 on); rejected: refused at accept "
+        "(failed_handshakes_per_source) by the end of the window"
     )
     header = (
         f"{'attack':42} {'engine':7} {'alone hs/s':>10} {'under hs/s':>10} {'fraction':>8} "
-        f"{'held':>5} {'RSS +KiB':>8} {'KiB/hostile':>11} {'shed':>6}"
+        f"{'held':>5} {'RSS +KiB':>8} {'KiB/hostile':>11} {'shed':>6} {'rejected':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -493,7 +538,8 @@ def print_table(engines: list[str], attacks: list[str], samples: dict, args) -> 
                 f"{label:42} {engine:7} {med(key, 'alone_hs_s'):10.0f} "
                 f"{med(key, 'under_hs_s'):10.0f} {med(key, 'fraction'):8.2f} "
                 f"{med(key, 'hostile_held'):5.0f} {med(key, 'rss_growth_kib'):8.0f} "
-                f"{med(key, 'rss_kib_per_hostile'):11.1f} {med(key, 'shed'):6.0f}"
+                f"{med(key, 'rss_kib_per_hostile'):11.1f} {med(key, 'shed'):6.0f} "
+                f"{med(key, 'rejected'):8.0f}"
             )
     print()
     print("Per-run fractions:")

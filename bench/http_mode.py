@@ -1,4 +1,5 @@
-"""HTTP keep-alive benchmark: mtlsproxy L4, mtlsproxy ``forward_identity: http``, nginx.
+"""HTTP keep-alive benchmark (HTTP/1.1, HTTP/2, gRPC): mtlsproxy L4, mtlsproxy
+``forward_identity: http``, nginx.
 
 Three fronts terminate mutual TLS 1.3 (ECDSA P-256 client certificate from the development
 PKI) in front of the same upstream, and are measured side by side, interleaved, each started
@@ -20,18 +21,26 @@ Content-Length) for ``--seconds``. The front's CPU (utime + stime of its PID and
 from ``/proc``) is read before and after. Fronts are pinned to core 0; the driver, the
 clients and the upstream to core 1.
 
+``--protocols h2,grpc`` adds the HTTP/2 cases (``bench/h2_load.py``): each client process
+keeps ``--streams`` requests in flight on its one connection (ALPN ``h2``): GETs through the
+``h2`` package, or gRPC unary calls through grpcio to a grpcio upstream. The HTTP front
+forwards h2 as h2c (``upstream_protocol: auto``), L4 passes the client's h2 to an h2c
+upstream (nginx ``listen ... http2``), nginx's front speaks HTTP/1.1 to its upstream for GETs
+(``proxy_pass`` has no h2) and h2c for gRPC (``grpc_pass``).
+
     /work/venv/bin/python bench/http_mode.py --seconds 5 --runs 3 --connections 4
+    /work/venv/bin/python bench/http_mode.py --protocols h2,grpc --streams 1,16
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing as mp
 import os
 import shlex
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -39,6 +48,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import h2_load  # bench/h2_load.py
 from procs import REPO, Process, free_port, median  # bench/procs.py
 
 FRONT_CORE = 0
@@ -47,11 +57,25 @@ FRONTS = ("l4", "http", "nginx")
 LABELS = {
     "l4": "mtlsproxy L4 (forward_identity: none)",
     "http": "mtlsproxy forward_identity: http",
-    "nginx": "nginx 1 worker, proxy_pass",
+    "nginx": "nginx 1 worker, proxy/grpc_pass",
 }
 REQUEST = b"GET / HTTP/1.1\r\nHost: localhost\r\nUser-Agent: bench\r\n\r\n"
 CHECK = b"GET /check HTTP/1.1\r\nHost: localhost\r\nUser-Agent: bench\r\n\r\n"
 CLIENT_DN = "CN=frontend"  # the subject of the PKI's client.crt
+PROTOCOLS = ("h1", "h2", "grpc")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """What the clients speak (``h1``, ``h2``, ``grpc``) and how many requests each
+    connection keeps in flight (always 1 for ``h1``: no pipelining)."""
+
+    protocol: str
+    streams: int
+
+    @property
+    def name(self) -> str:
+        return self.protocol if self.protocol == "h1" else f"{self.protocol} x{self.streams}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,7 +151,7 @@ def start_nginx(nginx: str, directory: Path, body: str, pin: int | None, port: i
     return Process(argv, directory / "stderr.log", pin, port)
 
 
-def proxy_config(pki: Path, front: str, upstream_port: int) -> Path:
+def proxy_config(pki: Path, front: str, protocol: str, upstream_port: int) -> Path:
     lines = [
         "listeners:",
         f"  - name: {front}",
@@ -136,6 +160,8 @@ def proxy_config(pki: Path, front: str, upstream_port: int) -> Path:
         "      certificates:",
         f"        - {{certificate: {pki}/server.crt, key: {pki}/server.key}}",
         '      min_version: "1.3"',
+        # L4 passes the decrypted bytes on: the upstream speaks what the client offered.
+        *(["      alpn: [h2]"] if front == "l4" and protocol != "h1" else []),
         "    client_auth:",
         "      mode: require",
         f"      ca: {pki}/client-ca.pem",
@@ -149,10 +175,12 @@ def proxy_config(pki: Path, front: str, upstream_port: int) -> Path:
             "        X-SSL-Client-S-DN: subject",
             "        X-SSL-Client-Verify: verify",
         ]
+        if protocol != "h1":  # h2 offered, the client's h2 forwarded as h2c
+            lines += ["      upstream_protocol: auto"]
     else:
         lines += ["    forward_identity: none"]
     lines += ["metrics:", "  enabled: false", "log:", "  format: text", "  level: info"]
-    path = pki.parent / f"proxy-{front}.yaml"
+    path = pki.parent / f"proxy-{front}-{protocol}.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -165,14 +193,7 @@ class HTTPConnection:
     """One keep-alive HTTP/1.1 connection over mutual TLS; one request at a time."""
 
     def __init__(self, pki: Path, port: int) -> None:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.minimum_version = ssl.TLSVersion.TLSv1_3
-        context.load_verify_locations(cafile=pki / "ca.crt")
-        context.load_cert_chain(pki / "client.crt", pki / "client.key")
-        context.set_alpn_protocols(["http/1.1"])
-        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.tls = context.wrap_socket(raw, server_hostname="localhost")
+        self.tls = h2_load.mtls_socket(pki, port, "http/1.1")
         self.buffer = b""
 
     def request(self, request: bytes) -> bytes:
@@ -205,6 +226,66 @@ class HTTPConnection:
         self.tls.close()
 
 
+class H1Load:
+    """``--connections`` x one HTTP/1.1 connection, one request at a time."""
+
+    def __init__(self, pki: Path, port: int, streams: int) -> None:
+        self.http = HTTPConnection(pki, port)  # the handshake, before the clock starts
+        self.http.request(REQUEST)
+
+    def check(self) -> bytes:
+        return self.http.request(CHECK)
+
+    def run(self, end: float) -> int:
+        ok = 0
+        request = self.http.request
+        while time.time() < end:
+            request(REQUEST)
+            ok += 1
+        return ok
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class H2Load:
+    """One HTTP/2 connection per client process with ``streams`` GETs in flight."""
+
+    def __init__(self, pki: Path, port: int, streams: int) -> None:
+        self.h2 = h2_load.H2Client(pki, port)
+        self.h2.get("/")
+        self.streams = streams
+
+    def check(self) -> bytes:
+        return self.h2.get("/check")
+
+    def run(self, end: float) -> int:
+        return self.h2.load(self.streams, end)
+
+    def close(self) -> None:
+        self.h2.close()
+
+
+class GRPCLoad:
+    """One gRPC channel per client process with ``streams`` unary calls in flight."""
+
+    def __init__(self, pki: Path, port: int, streams: int) -> None:
+        self.channel = h2_load.grpc_channel(pki, port)
+        self.streams = streams
+
+    def check(self) -> bytes:
+        return h2_load.grpc_check(self.channel)
+
+    def run(self, end: float) -> int:
+        return h2_load.grpc_load(self.channel, self.streams, end)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+LOADS = {"h1": H1Load, "h2": H2Load, "grpc": GRPCLoad}
+
+
 def check_identity(front: str, body: bytes) -> str:
     """The upstream's /check body: what it was told about the client. Raises if wrong."""
     fields = dict(line.split("=", 1) for line in body.decode().splitlines() if "=" in line)
@@ -220,34 +301,31 @@ def check_identity(front: str, body: bytes) -> str:
     return f"dn={dn!r} verify={verify!r} xfcc={'yes' if xfcc else 'no'}"
 
 
-def _client(pki: str, port: int, start: float, end: float, check: str, conn) -> None:
+def _client(case: Case, pki: str, port: int, start: float, end: float, check: str,
+            conn) -> None:  # fmt: skip
     ok = errors = 0
     first_error = seen = ""
+    cpu = 0.0
     try:
-        http = HTTPConnection(Path(pki), port)  # handshake before the clock starts
+        load = LOADS[case.protocol](Path(pki), port, case.streams)
         try:
-            http.request(REQUEST)
             if check:
-                seen = check_identity(check, http.request(CHECK))
+                seen = check_identity(check, load.check())
             while time.time() < start:
                 time.sleep(0.0005)
             cpu0 = time.process_time()
-            request = http.request
-            while time.time() < end:
-                request(REQUEST)
-                ok += 1
+            ok = load.run(end)
             cpu = time.process_time() - cpu0
         finally:
-            http.close()
+            load.close()
     except Exception as exc:  # reported by the driver
         errors += 1
         first_error = repr(exc)
-        cpu = 0.0
     conn.send((ok, errors, first_error, cpu, seen))
     conn.close()
 
 
-def measure(front: Process, upstream: Process, pki: Path, name: str, args) -> dict:
+def measure(front: Process, upstream: Process, pki: Path, name: str, case: Case, args) -> dict:
     ctx = mp.get_context("fork")
     start = time.time() + 1.0
     end = start + args.seconds
@@ -255,7 +333,9 @@ def measure(front: Process, upstream: Process, pki: Path, name: str, args) -> di
     for i in range(args.connections):
         parent, child = ctx.Pipe(duplex=False)
         check = name if i == 0 else ""
-        proc = ctx.Process(target=_client, args=(str(pki), front.port, start, end, check, child))
+        proc = ctx.Process(
+            target=_client, args=(case, str(pki), front.port, start, end, check, child)
+        )
         proc.start()
         child.close()
         clients.append((proc, parent))
@@ -298,6 +378,59 @@ def measure(front: Process, upstream: Process, pki: Path, name: str, args) -> di
 # Driver
 
 
+def parse_cases(protocols: str, streams: str) -> list[Case]:
+    cases = []
+    for protocol in protocols.split(","):
+        if protocol not in PROTOCOLS:
+            raise SystemExit(f"unknown protocol {protocol!r}: one of {', '.join(PROTOCOLS)}")
+        counts = [1] if protocol == "h1" else [int(n) for n in streams.split(",")]
+        cases += [Case(protocol, n) for n in counts]
+    return cases
+
+
+class Upstreams:
+    """The upstream each front forwards to, per protocol: nginx answering HTTP/1.1 (and h2c
+    with prior knowledge, for the L4 front whose client speaks h2) or a grpcio server."""
+
+    def __init__(self, nginx: str, root: Path, pin: int | None) -> None:
+        self.h1_port, self.h2c_port, self.grpc_port = free_port(), free_port(), free_port()
+        body = (
+            UPSTREAM_SERVER.format(port=self.h1_port)
+            + "\n"
+            + (h2_load.H2C_UPSTREAM_SERVER.format(port=self.h2c_port))
+        )
+        self.nginx = start_nginx(nginx, root / "upstream", body, pin, self.h1_port)
+        self.grpc: Process | None = None
+        self.root, self.pin = root, pin
+
+    def port(self, front: str, protocol: str) -> int:
+        if protocol == "grpc":
+            if self.grpc is None:
+                argv = [sys.executable, str(REPO / "bench" / "h2_load.py"), "grpc-upstream",
+                        str(self.grpc_port)]  # fmt: skip
+                self.grpc = Process(argv, self.root / "grpc-upstream.log", self.pin,
+                                    self.grpc_port)  # fmt: skip
+            return self.grpc_port
+        # nginx's h2 front speaks HTTP/1.1 to its upstream; mtlsproxy's L4 front passes the
+        # client's h2 on; its HTTP front follows the client (upstream_protocol: auto).
+        return self.h2c_port if protocol == "h2" and front != "nginx" else self.h1_port
+
+    def process(self, protocol: str) -> Process:
+        return self.grpc if protocol == "grpc" and self.grpc is not None else self.nginx
+
+    def stop(self) -> None:
+        for process in (self.grpc, self.nginx):
+            if process is not None:
+                process.stop()
+
+
+NGINX_FRONTS = {
+    "h1": FRONT_SERVER,
+    "h2": h2_load.H2_FRONT_SERVER,
+    "grpc": h2_load.GRPC_FRONT_SERVER,
+}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="load per sample")
@@ -305,8 +438,15 @@ def main() -> int:
     parser.add_argument(
         "--connections", type=int, default=4, help="client processes, one connection each"
     )
+    parser.add_argument("--protocols", default="h1", help="comma-separated: h1 (default), h2, grpc")
+    parser.add_argument(
+        "--streams", default="1,16", help="h2/grpc: requests in flight per connection"
+    )
+    parser.add_argument("--fronts", default=",".join(FRONTS), help="comma-separated subset")
     parser.add_argument("--json", metavar="FILE", help="also write every sample as JSON")
     args = parser.parse_args()
+    cases = parse_cases(args.protocols, args.streams)
+    fronts = tuple(front for front in FRONTS if front in args.fronts.split(","))
 
     nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "")
     if not nginx:
@@ -329,7 +469,9 @@ def main() -> int:
     )
 
     python = sys.executable
-    samples: dict[str, list[dict]] = {front: [] for front in FRONTS}
+    samples: dict[str, dict[str, list[dict]]] = {
+        case.name: {front: [] for front in fronts} for case in cases
+    }
     with tempfile.TemporaryDirectory(prefix="mtlsproxy-http-bench-") as tmp:
         root = Path(tmp)
         pki_dir = root / "pki"
@@ -337,43 +479,47 @@ def main() -> int:
         from mtlsproxy import pki
 
         pki.init(pki_dir)
-        up_port = free_port()
-        upstream = start_nginx(
-            nginx, root / "upstream", UPSTREAM_SERVER.format(port=up_port), client_pin, up_port
-        )
+        upstreams = Upstreams(nginx, root, client_pin)
         try:
-            configs = {f: proxy_config(pki_dir, f, up_port) for f in ("l4", "http")}
 
-            def start(front: str, run: int) -> Process:
+            def start(front: str, protocol: str, run: int) -> Process:
+                upstream_port = upstreams.port(front, protocol)
                 if front == "nginx":
                     port = free_port()
-                    body = FRONT_SERVER.format(port=port, upstream=up_port, pki=pki_dir)
+                    body = NGINX_FRONTS[protocol].format(
+                        port=port, upstream=upstream_port, pki=pki_dir
+                    )
                     return start_nginx(nginx, root / f"front-{run}", body, front_pin, port)
-                argv = [python, "-m", "mtlsproxy", "run", "-c", str(configs[front])]
+                config = proxy_config(pki_dir, front, protocol, upstream_port)
+                argv = [python, "-m", "mtlsproxy", "run", "-c", str(config)]
                 return Process(argv, root / f"{front}-{run}.log", front_pin, None)
 
             for run in range(args.runs):
-                order = FRONTS[run % 3 :] + FRONTS[: run % 3]  # a b c, b c a, c a b, ...
-                for front in order:
-                    server = start(front, run)
-                    try:
-                        result = measure(server, upstream, pki_dir, front, args)
-                    finally:
-                        server.stop()
-                    samples[front].append(result)
-                    print(
-                        f"run {run + 1} {front:5} {result['requests']:8d} req "
-                        f"{result['per_s']:8.0f} req/s {result['cpu_us']:7.1f} us/req "
-                        f"front {100 * result['cpu_util']:3.0f} % "
-                        f"upstream {100 * result['upstream_util']:3.0f} % "
-                        f"client {result['client_us']:5.1f} us/req; "
-                        f"upstream saw {result['upstream_saw']}",
-                        flush=True,
-                    )
+                turn = run % len(fronts)
+                order = fronts[turn:] + fronts[:turn]  # a b c, b c a, c a b, ...
+                for case in cases:
+                    for front in order:
+                        server = start(front, case.protocol, run)
+                        try:
+                            upstream = upstreams.process(case.protocol)
+                            result = measure(server, upstream, pki_dir, front, case, args)
+                        finally:
+                            server.stop()
+                        samples[case.name][front].append(result)
+                        print(
+                            f"run {run + 1} {case.name:8} {front:5} {result['requests']:8d} req "
+                            f"{result['per_s']:8.0f} req/s {result['cpu_us']:7.1f} us/req "
+                            f"front {100 * result['cpu_util']:3.0f} % "
+                            f"upstream {100 * result['upstream_util']:3.0f} % "
+                            f"client {result['client_us']:5.1f} us/req; "
+                            f"upstream saw {result['upstream_saw']}",
+                            flush=True,
+                        )
         finally:
-            upstream.stop()
+            upstreams.stop()
 
-    print_table(samples, args)
+    for case in cases:
+        print_table(case, samples[case.name], args)
     if args.json:
         Path(args.json).write_text(
             json.dumps({"command": command, "samples": samples}, indent=2) + "\n"
@@ -381,20 +527,25 @@ def main() -> int:
     return 0
 
 
-def print_table(samples: dict[str, list[dict]], args) -> None:
+def print_table(case: Case, samples: dict[str, list[dict]], args) -> None:
     def med(front: str, field: str) -> float:
         return median([s[field] for s in samples[front]])
 
     def ratio(front: str, field: str) -> float:
         # per pass (same pass, started back to back) against l4, then the median
-        pairs = zip(samples[front], samples["l4"], strict=False)
+        base_front = "l4" if "l4" in samples else next(iter(samples))
+        pairs = zip(samples[front], samples[base_front], strict=False)
         return median([s[field] / base[field] for s, base in pairs if base[field]])
 
+    what = {
+        "h1": "Keep-alive HTTP/1.1 GET",
+        "h2": f"HTTP/2 GET, {case.streams} in flight per connection,",
+        "grpc": f"gRPC unary calls, {case.streams} in flight per connection,",
+    }[case.protocol]
     print()
     print(
-        f"Keep-alive HTTP/1.1 GET over mutual TLS 1.3 (ECDSA P-256), {args.connections} "
-        f"connections, one request at a time each, {args.seconds:g} s per sample; "
-        f"medians of {args.runs}; ratios per pass to l4"
+        f"{what} over mutual TLS 1.3 (ECDSA P-256), {args.connections} connections, "
+        f"{args.seconds:g} s per sample; medians of {args.runs}; ratios per pass to l4"
     )
     header = (
         f"{'front':40} {'req/s':>8} {'front CPU us/req':>16} {'front core %':>12} "
@@ -402,7 +553,7 @@ def print_table(samples: dict[str, list[dict]], args) -> None:
     )
     print(header)
     print("-" * len(header))
-    for front in FRONTS:
+    for front in samples:
         print(
             f"{LABELS[front]:40} {med(front, 'per_s'):8.0f} {med(front, 'cpu_us'):16.1f} "
             f"{100 * med(front, 'cpu_util'):12.0f} {med(front, 'client_us'):13.1f} "

@@ -19,7 +19,9 @@ from mtlsproxy.config import (
     Config,
     ConfigError,
     ConfigProblem,
+    ForwardIdentity,
     Route,
+    UpstreamProtocol,
     load_config_with_warnings,
 )
 
@@ -177,7 +179,8 @@ def _check(args: argparse.Namespace) -> int:
     for listener in config.listeners:
         routes = [listener.default_route, *listener.routes]
         summary = ", ".join(
-            f"{route.name} ({route.client_auth.mode}) -> {route.upstream}{_paths(route)}"
+            f"{route.name} ({route.client_auth.mode}) -> {route.upstream}"
+            f"{_http2(route)}{_paths(route)}"
             for route in routes
         )
         print(
@@ -186,6 +189,18 @@ def _check(args: argparse.Namespace) -> int:
         )
     print(f"{args.config}: ok")
     return EXIT_OK
+
+
+def _http2(route: Route) -> str:
+    """Which clients an HTTP-mode route serves over HTTP/2 (none by default)."""
+    identity = route.forward_identity
+    if identity.mode is not ForwardIdentity.HTTP:
+        return ""
+    if identity.upstream_protocol is UpstreamProtocol.H2C:
+        return " [HTTP/2 -> h2c]"
+    if identity.upstream_protocol is UpstreamProtocol.AUTO:
+        return " [HTTP/2 -> h2c, HTTP/1.1 -> HTTP/1.1]"
+    return ""
 
 
 def _paths(route: Route) -> str:

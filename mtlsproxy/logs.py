@@ -17,6 +17,7 @@ from mtlsproxy.config.model import LogFormat, LogSettings
 from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.events import HandshakeComplete, HandshakeFailed, Tracer, TraceRecord
 from mtlsproxy.forwarding.http.local import RequestRefusal
+from mtlsproxy.forwarding.http2.faults import Http2Fault
 from mtlsproxy.vocabulary.identity import PeerIdentity
 
 log = logging.getLogger("mtlsproxy")
@@ -211,6 +212,22 @@ def refused_request(
         target=refusal.target or None,
         verified=outcome.verified if outcome is not None else None,
         **_identity_fields(identity),
+    )
+
+
+def http2_error(listener: str, route: str, peer: str, fault: Http2Fault) -> None:
+    """One line per HTTP/2 connection ended by a connection error: at warning when the client
+    made it (hostile or broken), at error when the upstream did."""
+    level = logging.WARNING if fault.side == "client" else logging.ERROR
+    event(
+        level,
+        f"HTTP/2 connection error by the {fault.side}: {fault.reason}: {fault.detail}",
+        listener=listener,
+        route=route,
+        peer=peer,
+        side=str(fault.side),
+        reason=str(fault.reason),
+        error_code=fault.error_code,
     )
 
 

@@ -106,7 +106,8 @@ class Metrics:
         self.connections_rejected = Counter(
             "mtlsproxy_connections_rejected",
             "Client connections closed before admission (reason: max_connections, draining at "
-            "accept; handshake_shed: the oldest handshake in flight past max_handshakes).",
+            "accept; source_budget: at accept, a source past failed_handshakes_per_source; "
+            "handshake_shed: the oldest handshake in flight past max_handshakes).",
             ["listener", "reason"],
             registry=registry,
         )
@@ -137,6 +138,15 @@ class Metrics:
             "unsafe_path, and, closing the connection, ambiguous_framing (request smuggling), "
             "malformed, too_large.",
             ["listener", "route", "rule", "reason"],
+            registry=registry,
+        )
+        self.http2_errors = Counter(
+            "mtlsproxy_http2_connection_errors",
+            "HTTP/2 connections of HTTP mode ended by a connection error (GOAWAY), by the side "
+            "that made it (client, upstream) and reason: rapid_reset, header_block_too_large, "
+            "header_list_too_large, frame_too_large, too_many_streams, flow_control, "
+            "content_length, malformed_headers, bad_preface, protocol_error, peer_goaway.",
+            ["listener", "route", "side", "reason"],
             registry=registry,
         )
         self.certificate_expiry = Gauge(

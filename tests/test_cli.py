@@ -141,13 +141,26 @@ def test_check_accepts_each_example(examples: Path, name: str) -> None:
     assert lines[-1] == f"{config}: ok"
 
 
-def test_check_summarizes_each_route(examples: Path) -> None:
-    result = cli("check", "-c", examples / "routes.yaml")
+@pytest.mark.parametrize(
+    ("example", "summary"),
+    [
+        (
+            "routes.yaml",
+            "listener edge on 127.0.0.1:8443 (engine native): default (require) -> "
+            "127.0.0.1:8080, public_example_org (none) -> 127.0.0.1:8080, admin (require) -> "
+            "127.0.0.1:8081",
+        ),
+        (  # which clients an HTTP-mode route serves over HTTP/2
+            "grpc.yaml",
+            "default (require) -> 127.0.0.1:50051 [HTTP/2 -> h2c, HTTP/1.1 -> HTTP/1.1] "
+            "[http_authorization: 3 rules, default deny]",
+        ),
+    ],
+)
+def test_check_summarizes_each_route(examples: Path, example: str, summary: str) -> None:
+    result = cli("check", "-c", examples / example)
     assert result.returncode == 0, result.stderr
-    assert (
-        "listener edge on 127.0.0.1:8443 (engine native): default (require) -> 127.0.0.1:8080, "
-        "public_example_org (none) -> 127.0.0.1:8080, admin (require) -> 127.0.0.1:8081"
-    ) in result.stdout
+    assert summary in result.stdout
 
 
 # --- check: broken configs ----------------------------------------------------------------

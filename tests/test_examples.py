@@ -298,3 +298,46 @@ def test_proxy_protocol_example_opens_with_a_v2_header(checkout: Path, serve) ->
     assert echoed.startswith(b"\r\n\r\n\x00\r\nQUIT\n\x21")
     assert FRONTEND.encode() in echoed
     assert exchange(checkout, "client-other") == b""  # not on the allow-list
+
+
+def test_grpc_example_forwards_the_identity_and_refuses_by_method(checkout: Path, serve) -> None:
+    """A grpcio client through the example to a grpcio server on h2c at 127.0.0.1:50051."""
+    from concurrent import futures
+
+    import grpc
+
+    def unary(request: bytes, context: grpc.ServicerContext) -> bytes:
+        return str(dict(context.invocation_metadata()).get("x-forwarded-client-cert")).encode()
+
+    raw = {"request_deserializer": None, "response_serializer": None}
+    handler = grpc.unary_unary_rpc_method_handler(unary, **raw)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((
+        grpc.method_handlers_generic_handler("echo.Echo", {"Unary": handler}),
+        grpc.method_handlers_generic_handler("echo.Admin", {"Drop": handler}),
+    ))  # fmt: skip
+    assert server.add_insecure_port("127.0.0.1:50051") == 50051
+    server.start()
+    try:
+        serve("grpc.yaml")
+        certs = checkout / "config" / "certs"
+
+        def call(cert: str, method: str) -> bytes | grpc.StatusCode:
+            credentials = grpc.ssl_channel_credentials(
+                (certs / "ca.crt").read_bytes(),
+                (certs / f"{cert}.key").read_bytes(),
+                (certs / f"{cert}.crt").read_bytes(),
+            )
+            with grpc.secure_channel("localhost:8443", credentials) as channel:
+                try:
+                    return bytes(channel.unary_unary(method)(b"hi", timeout=10))
+                except grpc.RpcError as error:
+                    return error.code()
+
+        assert f"URI={FRONTEND}".encode() in call("client", "/echo.Echo/Unary")  # type: ignore[operator]
+        assert f"URI={FRONTEND}".encode() in call("client", "/echo.Admin/Drop")  # type: ignore[operator]
+        assert b"CN=intruder" in call("client-other", "/echo.Echo/Unary")  # type: ignore[operator]
+        assert call("client-other", "/echo.Admin/Drop") == grpc.StatusCode.PERMISSION_DENIED
+        assert call("client", "/other.Service/Call") == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        server.stop(grace=None)

@@ -16,6 +16,7 @@ from mtlsproxy.config.model import (
     TLSSettings,
     TLSVersion,
     Upstream,
+    UpstreamProtocol,
 )
 from mtlsproxy.config.problems import ConfigError, ConfigProblem, Location
 
@@ -36,6 +37,7 @@ __all__ = [
     "TLSVersion",
     "Timeouts",
     "Upstream",
+    "UpstreamProtocol",
     "check_files",
     "load_config",
     "load_config_with_warnings",

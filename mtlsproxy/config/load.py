@@ -30,7 +30,9 @@ from mtlsproxy.config.model import (
     CertificateKeyPair,
     Config,
     EngineKind,
+    FailedHandshakeBudget,
     ForwardIdentity,
+    Http2Settings,
     IdentityForwarding,
     Limits,
     Listener,
@@ -44,6 +46,7 @@ from mtlsproxy.config.model import (
     TLSSettings,
     TLSVersion,
     Upstream,
+    UpstreamProtocol,
 )
 from mtlsproxy.config.problems import ConfigError, ConfigProblem, Location, Role, sort_problems
 from mtlsproxy.policy.authorize import AllowList, compile_rule
@@ -115,10 +118,23 @@ FORWARD_IDENTITY_KEYS = (
     "crc32c",
     "forwarded",
     "trust_forwarded",
+    "upstream_protocol",
+    "http2",
 )
+HTTP2_KEYS = (
+    "max_concurrent_streams",
+    "max_header_list_size",
+    "initial_window_size",
+    "max_resets",
+    "reset_interval",
+)
+MAX_HTTP2_WINDOW = 64 * 1024 * 1024
+MAX_HTTP2_STREAMS = 10_000
+MIN_HEADER_LIST, MAX_HEADER_LIST = 1024, 1024 * 1024
 DURATION_TIMEOUT_KEYS = ("handshake", "connect", "idle", "drain")  # above zero
 TIMEOUT_KEYS = (*DURATION_TIMEOUT_KEYS, "shutdown_delay")  # shutdown_delay may be zero
-LIMITS_KEYS = ("max_connections", "max_handshakes", "buffer_size")
+LIMITS_KEYS = ("max_connections", "max_handshakes", "buffer_size", "failed_handshakes_per_source")
+FAILED_HANDSHAKES_KEYS = ("rate", "burst")
 METRICS_KEYS = ("listen", "enabled")
 LOG_KEYS = ("format", "level", "access")
 RELOAD_KEYS = ("watch", "interval")
@@ -404,6 +420,17 @@ def _seconds(node: Node) -> float:
     return seconds
 
 
+def _rate(node: Node) -> float:
+    """Events a second: a number above zero."""
+    if not (isinstance(node, ScalarNode) and node.tag in (_INT, _FLOAT)):
+        raise _expected("a number (per second)", node)
+    number = _SCALARS.construct_yaml_float if node.tag == _FLOAT else _SCALARS.construct_yaml_int
+    rate = float(number(node))
+    if not 0 < rate < float("inf"):
+        raise _Invalid(f"{node.value!r} must be a number above zero")
+    return rate
+
+
 def _buffer_size(node: Node) -> int:
     """Bytes, from ``256KiB``, ``1MiB`` or a plain number of bytes."""
     text = _string(node)
@@ -414,6 +441,24 @@ def _buffer_size(node: Node) -> int:
     if not _BUFFER_MIN <= size <= _BUFFER_MAX:
         raise _Invalid(f"{text!r} is not between 16KiB and 64MiB")
     return size
+
+
+def _bounded_int(low: int, high: int, unit: str = "") -> Callable[[Node], int]:
+    def convert(node: Node) -> int:
+        value = _int_value(node)
+        if not low <= value <= high:
+            raise _Invalid(f"{value} is not between {low} and {high}{unit}")
+        return value
+
+    return convert
+
+
+_max_concurrent_streams = _bounded_int(1, MAX_HTTP2_STREAMS)
+_max_header_list_size = _bounded_int(MIN_HEADER_LIST, MAX_HEADER_LIST, " bytes")
+# RFC 9113 section 6.9.2: at least one byte, at most 2^31-1; past 64 MiB the memory bound is
+# limits.buffer_size anyway
+_initial_window_size = _bounded_int(1, MAX_HTTP2_WINDOW, " bytes")
+_max_resets = _bounded_int(1, 1_000_000)
 
 
 def _alpn(node: Node) -> str:
@@ -477,6 +522,7 @@ def _method(node: Node) -> str:
 _listen_address = partial(_address, zero_port=True)
 _engine = _one_of(EngineKind)
 _forward_identity_mode = _one_of(ForwardIdentity)
+_upstream_protocol = _one_of(UpstreamProtocol)
 
 
 def _forwarded_field(node: Node) -> str:
@@ -702,6 +748,7 @@ class _Parser:
                         "max_connections": _leaf(_positive_int),
                         "max_handshakes": _leaf(_positive_int),
                         "buffer_size": _leaf(_buffer_size),
+                        "failed_handshakes_per_source": self.failed_handshake_budget,
                     },
                 ),
             },
@@ -718,6 +765,7 @@ class _Parser:
         default = replace(_PLACEHOLDER_ROUTE, **{k: own[k] for k in inherited if k in own})
         if "http_authorization" in own:
             self.check_http_authorization(default, m.values["http_authorization"], path)
+        self.check_h2_upstream(default, m.values.get("tls", node), path)
         # A listener policy that did not load (already reported) gives its routes nothing to
         # inherit: their own client_auth is checked, not the rules that depend on the base.
         auth_failed = "client_auth" in m.values and "client_auth" not in own
@@ -741,6 +789,19 @@ class _Parser:
         )
         self.audit_on_openssl(listener, node, path)
         return listener
+
+    def failed_handshake_budget(self, node: Node, path: str) -> FailedHandshakeBudget | None:
+        """``{rate, burst}`` (each optional), ``true`` for the defaults or ``false``: off."""
+        if isinstance(node, ScalarNode) and node.tag == _BOOL:
+            return FailedHandshakeBudget() if _boolean(node) else None
+        if not isinstance(node, MappingNode):
+            raise _expected("a mapping of rate and burst, or false (off)", node)
+        read = self.section(
+            FailedHandshakeBudget,
+            FAILED_HANDSHAKES_KEYS,
+            {"rate": _leaf(_rate), "burst": _leaf(_positive_int)},
+        )
+        return read(node, path)
 
     def audit_on_openssl(self, listener: Listener, node: Node, path: str) -> None:
         """Audit mode cannot admit what OpenSSL refuses inside its handshake: say so once."""
@@ -809,6 +870,8 @@ class _Parser:
             raise _Reported  # no SNI: reported by read()
         self.claim(names, name, named_by, _join(path, "name"), what)
         route = replace(default, **{**own, "name": name})
+        if "tls" in own or "forward_identity" in own:
+            self.check_h2_upstream(route, m.values.get("tls", node), path)
         settings = (route.client_auth, route.forward_identity)
         if "http_authorization" in own:
             self.check_http_authorization(route, m.values["http_authorization"], path)
@@ -818,6 +881,25 @@ class _Parser:
         ):  # the listener's rules (checked there) with this route's own settings
             self.check_http_authorization(route, node, path, inherited=True)
         return route
+
+    def check_h2_upstream(self, route: Route, where: Node, path: str) -> None:
+        """HTTP mode offers ALPN by ``upstream_protocol``; ``h2`` asked for in ``tls.alpn``
+        with an HTTP/1.1 upstream would need HTTP/2 -> HTTP/1.1 translation, which this
+        version does not do: refused rather than silently not offered."""
+        identity = route.forward_identity
+        if (
+            identity.mode is ForwardIdentity.HTTP
+            and identity.upstream_protocol is UpstreamProtocol.HTTP1
+            and "h2" in route.tls.alpn
+        ):
+            self.problem(
+                where,
+                _join(path, "tls.alpn"),
+                "h2 with forward_identity mode http and upstream_protocol http/1.1: HTTP/2 "
+                "clients cannot be forwarded to an HTTP/1.1 upstream yet; set "
+                "forward_identity.upstream_protocol to auto or h2c if the upstream speaks h2c, "
+                "or remove h2",
+            )
 
     def check_http_authorization(
         self, route: Route, where: Node, path: str, *, inherited: bool = False
@@ -1026,6 +1108,8 @@ class _Parser:
                 "crc32c": _leaf(_boolean),
                 "forwarded": lambda n, p: self.sequence(n, p, _leaf(_forwarded_field)),
                 "trust_forwarded": _leaf(_boolean),
+                "upstream_protocol": _leaf(_upstream_protocol),
+                "http2": self.http2,
             },
             keys=FORWARD_IDENTITY_KEYS,
             required=("mode",),
@@ -1034,7 +1118,9 @@ class _Parser:
             raise _Reported
         if "xfcc" in own:
             own["xfcc_fields"] = own.pop("xfcc")
-        http_only = ("xfcc_fields", "headers", "forwarded", "trust_forwarded")
+        http_only = (
+            "xfcc_fields", "headers", "forwarded", "trust_forwarded", "upstream_protocol", "http2",
+        )  # fmt: skip
         pp2_only = ("include_certificate", "crc32c")
         ignored = pp2_only if own["mode"] is ForwardIdentity.HTTP else http_only
         if own["mode"] is ForwardIdentity.NONE:
@@ -1046,6 +1132,22 @@ class _Parser:
                     m.keys[name], _join(path, name), f"has no effect with mode {own['mode']}"
                 )
         return IdentityForwarding(**own)
+
+    def http2(self, node: Node, path: str) -> Http2Settings:
+        """``forward_identity.http2``: the HTTP/2 limits (``Http2Settings``)."""
+        own, _ = self.read(
+            node,
+            path,
+            {
+                "max_concurrent_streams": _leaf(_max_concurrent_streams),
+                "max_header_list_size": _leaf(_max_header_list_size),
+                "initial_window_size": _leaf(_initial_window_size),
+                "max_resets": _leaf(_max_resets),
+                "reset_interval": _leaf(_duration),
+            },
+            keys=HTTP2_KEYS,
+        )
+        return Http2Settings(**own)
 
     def identity_headers(self, node: Node, path: str) -> tuple[tuple[str, str], ...]:
         """``{X-SSL-Client-Verify: verify, ...}``: header name -> identity field."""

@@ -28,6 +28,33 @@ class ForwardIdentity(enum.StrEnum):
     HTTP = "http"
 
 
+class UpstreamProtocol(enum.StrEnum):
+    """What HTTP mode speaks to the upstream (``forward_identity.upstream_protocol``), and so
+    what it offers the client in ALPN."""
+
+    HTTP1 = "http/1.1"  # ALPN http/1.1 only: every client is HTTP/1.1, so is the upstream
+    H2C = "h2c"  # ALPN h2 only: every client is HTTP/2, the upstream h2c with prior knowledge
+    AUTO = "auto"  # ALPN h2 and http/1.1: the upstream speaks what the client negotiated
+
+
+@dataclass(frozen=True, slots=True)
+class Http2Settings:
+    """HTTP/2 limits of HTTP mode (``forward_identity.http2``), per connection.
+
+    ``max_concurrent_streams``, ``max_header_list_size`` and ``initial_window_size`` are our
+    SETTINGS to the client (RFC 9113 section 6.5.2) and are enforced, the window further bounded
+    by ``limits.buffer_size`` (the connection window is ``limits.buffer_size``).
+    ``max_resets``: client RST_STREAM frames accepted within ``reset_interval`` seconds; one
+    more ends the connection with GOAWAY ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487).
+    """
+
+    max_concurrent_streams: int = 100
+    max_header_list_size: int = 32 * 1024
+    initial_window_size: int = 65_535
+    max_resets: int = 200
+    reset_interval: float = 10.0
+
+
 # Envoy's X-Forwarded-Client-Cert elements (SetCurrentClientCertDetails), in its order.
 XFCC_FIELDS = ("by", "hash", "subject", "uri", "dns", "cert")
 DEFAULT_XFCC_FIELDS = ("by", "hash", "subject", "uri", "dns")
@@ -48,7 +75,8 @@ class IdentityForwarding:
     client are removed first. ``forwarded`` adds X-Forwarded-For / X-Forwarded-Proto /
     Forwarded (RFC 7239) with the client's address; the client's own copies are removed unless
     ``trust_forwarded`` is set and the client presented a verified certificate (a trusted
-    gateway in front), when ours are appended to its list.
+    gateway in front), when ours are appended to its list. ``upstream_protocol`` and
+    ``http2``: HTTP/2 on the client side (``UpstreamProtocol``, ``Http2Settings``).
     """
 
     mode: ForwardIdentity = ForwardIdentity.NONE
@@ -56,6 +84,8 @@ class IdentityForwarding:
     headers: tuple[tuple[str, str], ...] = ()
     forwarded: tuple[str, ...] = ()
     trust_forwarded: bool = False
+    upstream_protocol: UpstreamProtocol = UpstreamProtocol.HTTP1
+    http2: Http2Settings = field(default_factory=Http2Settings)
     include_certificate: bool = False
     crc32c: bool = False
 
@@ -127,6 +157,19 @@ class Timeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class FailedHandshakeBudget:
+    """Per source address (IPv4, or IPv6 /64), per listener and worker: handshakes that may
+    end without completing, as a token bucket of ``burst`` refilled at ``rate`` a second; each
+    completed handshake gives one back. A source with nothing left has its new connections
+    closed at accept (``proxy.source_budget``). 100 at once and 10 a second beyond what a
+    source completes: a browser or a NAT gateway of well-behaved clients never fails that
+    often for long, an abandoning flood from one address gets ~10 flights a second."""
+
+    rate: float = 10.0
+    burst: int = 100
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
     max_connections: int = 10_000
     # Handshakes in flight (accepted, neither admitted nor failed) per listener; past it the
@@ -136,6 +179,8 @@ class Limits:
     max_handshakes: int = 1024
     # Bytes held per direction per connection before the other side is paused.
     buffer_size: int = 256 * 1024
+    # None: off (``failed_handshakes_per_source: false``).
+    failed_handshakes_per_source: FailedHandshakeBudget | None = FailedHandshakeBudget()
 
 
 @dataclass(frozen=True, slots=True)

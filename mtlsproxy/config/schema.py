@@ -24,7 +24,9 @@ from mtlsproxy.config.model import (
     XFCC_FIELDS,
     Config,
     EngineKind,
+    FailedHandshakeBudget,
     ForwardIdentity,
+    Http2Settings,
     IdentityForwarding,
     Limits,
     LogFormat,
@@ -35,6 +37,7 @@ from mtlsproxy.config.model import (
     Timeouts,
     TLSSettings,
     TLSVersion,
+    UpstreamProtocol,
 )
 from mtlsproxy.policy.model import AllowKind, ClientAuth, ClientAuthMode
 from mtlsproxy.policy.paths import RESERVED_LABELS, PathAuthorization, Requirement
@@ -45,7 +48,7 @@ SCHEMA_FILE = "config/mtlsproxy.schema.json"  # in the repository, next to the e
 REGENERATE = f"python -m mtlsproxy schema > {SCHEMA_FILE}"
 
 # Which forward_identity options each mode uses (the loader says "has no effect" otherwise).
-HTTP_OPTIONS = ("xfcc", "headers", "forwarded", "trust_forwarded")
+HTTP_OPTIONS = ("xfcc", "headers", "forwarded", "trust_forwarded", "upstream_protocol", "http2")
 PROXY_PROTOCOL_OPTIONS = ("include_certificate", "crc32c")
 
 
@@ -136,6 +139,33 @@ def json_schema() -> Schema:
                                 "maximum": load._BUFFER_MAX,
                             },
                             {"type": "string", "pattern": _full(load._SIZE)},
+                        ],
+                    },
+                    "failed_handshakes_per_source": {
+                        "description": "Per source address (IPv4, IPv6 /64): handshakes that "
+                        "may end without completing (abandoned, timed out, failed), a token "
+                        "bucket; each completed handshake gives one back. A source with none "
+                        "left has its new connections closed at accept (source_budget). "
+                        "true: the defaults; false: off.",
+                        "oneOf": [
+                            {"type": "boolean"},
+                            _section(
+                                load.FAILED_HANDSHAKES_KEYS,
+                                {
+                                    "rate": {
+                                        "description": "Tokens back per second.",
+                                        "type": "number",
+                                        "exclusiveMinimum": 0,
+                                    },
+                                    "burst": {
+                                        "description": "Tokens of a source never seen.",
+                                        "type": "integer",
+                                        "minimum": 1,
+                                    },
+                                },
+                                description="The bucket: rate per second, burst.",
+                                defaults=_defaults(FailedHandshakeBudget),
+                            ),
                         ],
                     },
                 },
@@ -407,6 +437,14 @@ def _definitions() -> dict[str, Schema]:
                         },
                         "trust_forwarded": "http: keep a verified client's own X-Forwarded-For "
                         "and Forwarded lists (a trusted gateway), ours appended.",
+                        "upstream_protocol": _enum(
+                            UpstreamProtocol,
+                            "http: http/1.1 (ALPN http/1.1 only, the default), h2c (ALPN h2 "
+                            "only: every client HTTP/2, the upstream h2c with prior knowledge) "
+                            "or auto (ALPN h2 and http/1.1: the upstream speaks what the client "
+                            "negotiated).",
+                        ),
+                        "http2": _http2_section(),
                         "include_certificate": "proxy_protocol_v2: add the client's leaf "
                         "certificate (DER, sub-TLV 0x28).",
                         "crc32c": "proxy_protocol_v2: add a PP2_TYPE_CRC32C checksum.",
@@ -567,6 +605,42 @@ def _mode_none_sets_nothing_else() -> Schema:
     }
 
 
+def _http2_section() -> Schema:
+    count = {"type": "integer", "minimum": 1}
+    return _section(
+        load.HTTP2_KEYS,
+        {
+            "max_concurrent_streams": {
+                **count,
+                "maximum": load.MAX_HTTP2_STREAMS,
+                "description": "SETTINGS_MAX_CONCURRENT_STREAMS to the client; one more "
+                "stream is a connection error (too_many_streams).",
+            },
+            "max_header_list_size": {
+                "type": "integer",
+                "minimum": load.MIN_HEADER_LIST,
+                "maximum": load.MAX_HEADER_LIST,
+                "description": "SETTINGS_MAX_HEADER_LIST_SIZE, bytes decoded (RFC 9113 "
+                "section 6.5.2); a larger header block is a connection error.",
+            },
+            "initial_window_size": {
+                **count,
+                "maximum": load.MAX_HTTP2_WINDOW,
+                "description": "SETTINGS_INITIAL_WINDOW_SIZE, bytes per stream, at most "
+                "limits.buffer_size in effect (the connection window).",
+            },
+            "max_resets": {
+                **count,
+                "description": "Client stream resets accepted within reset_interval; one "
+                "more is GOAWAY ENHANCE_YOUR_CALM (rapid reset).",
+            },
+            "reset_interval": _ref("duration", "The window max_resets counts over."),
+        },
+        description="http: HTTP/2 limits per client connection.",
+        defaults=_defaults(Http2Settings),
+    )
+
+
 def _forward_identity_rules() -> list[Schema]:
     unused = {
         ForwardIdentity.NONE: HTTP_OPTIONS + PROXY_PROTOCOL_OPTIONS,
@@ -639,6 +713,8 @@ def _defaults(cls: type) -> dict[str, Any]:
 
 
 def _json(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _json(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, enum.Enum):
         return _json(value.value)
     if isinstance(value, tuple):

@@ -395,6 +395,7 @@ class ClientHelloReader:
         self._hello: ClientHello | None = None
         self._message = b""
         self._error: HandshakeError | None = None
+        self._refused_version: int | None = None  # the client's version, when refused for it
 
     @property
     def buffered(self) -> bytes:
@@ -410,6 +411,16 @@ class ClientHelloReader:
         """The ClientHello handshake message, 4-byte header included, as the transcript hash
         of RFC 8446 section 4.4.1 needs it (empty until it is complete)."""
         return self._message
+
+    @property
+    def alert_record_version(self) -> int:
+        """The record version of the alert that refuses these bytes, as ``openssl s_server``
+        writes it. A refused version is echoed (the hello's legacy_version, or an SSL 2.0
+        hello's TLS version), so that an old client reads the alert in its own terms;
+        TLS 1.3's 0x0304 is 0x0303 on the wire, as in every TLS 1.3 record. Any other alert
+        says 0x0303 (RFC 8446 section 5.1: 0x0301 is for an initial ClientHello only)."""
+        version = self._refused_version
+        return TLS1_2 if version is None or version == TLS1_3 else version
 
     @property
     def looks_like_http(self) -> bool:
@@ -456,7 +467,12 @@ class ClientHelloReader:
             # RFC 8446 section 5.1: handshake messages MUST NOT span key changes; nothing may
             # follow the ClientHello in its record (the next client flight waits for ours).
             raise malformed("bytes follow the ClientHello in its last record")
-        self._hello = parse_client_hello(message.body)
+        try:
+            self._hello = parse_client_hello(message.body)
+        except HandshakeError as error:
+            if error.reason is Reason.UNSUPPORTED_VERSION:  # legacy_version opens the body
+                self._refused_version = int.from_bytes(message.body[:2], "big")
+            raise
         self._message = message.raw
         return self._hello
 
@@ -498,6 +514,8 @@ class ClientHelloReader:
         if len(head) < SSL2_HEADER_SIZE:
             return False
         version = int.from_bytes(head[3:5], "big")
+        if version >> 8 == TLS_MAJOR_VERSION:  # OpenSSL refuses SSL 2.0 itself unechoed
+            self._refused_version = version
         raise _refuse_legacy_version(
             version, f"SSLv2-format ClientHello (version 0x{version:04x}); TLS 1.2 and 1.3 only"
         )

@@ -61,7 +61,6 @@ from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Reason, Step
 from mtlsproxy.vocabulary.identity import PeerIdentity
 
 MAX_RECORD_PLAINTEXT = 2**14  # RFC 8446 section 5.1, RFC 5246 section 6.2.1
-INITIAL_RECORD_VERSION = 0x0301  # RFC 8446 section 5.1, before a version is agreed
 TLS12_RECORD_VERSION = 0x0303
 
 _PLAIN_HTTP_BODY = b"This port speaks TLS only: use https:// and a client certificate\n"
@@ -212,8 +211,9 @@ class OpenSSLEngine:
         if error.reason is Reason.NOT_TLS and reader is not None and reader.looks_like_http:
             self._to_send += PLAIN_HTTP_RESPONSE
         elif error.alert is not None:
-            # No version is negotiated yet: the record says TLS 1.0, as ClientHellos do.
-            self._to_send += _fatal_alert_record(error.alert, INITIAL_RECORD_VERSION)
+            # No version is agreed: the record version is the one OpenSSL writes here.
+            version = reader.alert_record_version if reader is not None else TLS12_RECORD_VERSION
+            self._to_send += _fatal_alert_record(error.alert, version)
         return [self._fail(error)]
 
     def serve(self, hello: ClientHello, route: TLSRoute) -> list[Event]:

@@ -2,8 +2,9 @@
 
 ``tls_info.ForwardedTLS`` is the one record both forwarders read; ``proxy_protocol`` encodes it
 as a PROXY protocol v2 header, ``http`` injects it into every HTTP/1.1 request after removing
-whatever the client claimed under the same names. ``plan`` decides, once per connection, which
-of them the route asked for and hands the proxy the result.
+whatever the client claimed under the same names, ``http2`` into every HTTP/2 stream. ``plan``
+decides, once per connection, which of them the route asked for and hands the proxy the
+result.
 """
 
 from mtlsproxy.forwarding.tls_info import ForwardedTLS

@@ -6,17 +6,22 @@ record of the connection, so the PROXY v2 header and the HTTP headers can never 
 returns a ``Forwarding`` the proxy consults on its data path: a preamble to write first (PROXY
 v2), or the HTTP request rewriter wired to the response tracker and, when the route has
 ``http_authorization``, to its compiled path rules with this connection's client (requests
-they refuse are answered by the proxy: ``http.local``). ``none`` costs nothing on the data
-path: the shared ``PASSTHROUGH``, no rewriter, no preamble.
+they refuse are answered by the proxy: ``http.local``); or, when the client negotiated
+HTTP/2 (``upstream_protocol``), the ``http2.Http2Bridge`` with the same identity headers and
+rules, its upstream preface as the preamble. ``none`` costs nothing on the data path: the
+shared ``PASSTHROUGH``, no rewriter, no preamble.
 
 Sans-I/O like the rest of ``forwarding``: bytes in, bytes out; the proxy does the writing.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from cryptography import x509
 
-from mtlsproxy.config.model import ForwardIdentity, IdentityForwarding
+from mtlsproxy.config.model import ForwardIdentity, IdentityForwarding, Limits, UpstreamProtocol
 from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.events import HandshakeComplete
 from mtlsproxy.forwarding.http.headers import (
@@ -27,6 +32,8 @@ from mtlsproxy.forwarding.http.headers import (
 from mtlsproxy.forwarding.http.local import LocalAnswer, RequestRefusal
 from mtlsproxy.forwarding.http.request import Authorize, RequestRewriter
 from mtlsproxy.forwarding.http.response import ResponseTracker, UpgradeDecision
+from mtlsproxy.forwarding.http2.bridge import Http2Bridge
+from mtlsproxy.forwarding.http2.requests import HeaderRewriter
 from mtlsproxy.forwarding.proxy_protocol import encode_v2
 from mtlsproxy.forwarding.tls_info import Address, ForwardedTLS
 from mtlsproxy.policy.paths import PathAuthorization, compiled
@@ -42,14 +49,19 @@ class Forwarding:
     Requests refused by ``authorize`` (the route's ``http_authorization``) are answered by the
     proxy: after each ``to_upstream`` or ``from_upstream`` it counts ``take_refusals()`` and
     sends ``due_answer()`` while there is one, forwarding what ``answered()`` returns after
-    each; while ``answer_pending`` it stops reading the client."""
+    each; while ``answer_pending`` it stops reading the client.
+
+    ``http2``: the client negotiated HTTP/2; its bytes go through this bridge instead of the
+    HTTP/1.1 rewriter, both ways (``forwarding.http2``)."""
 
     def __init__(self, preamble: bytes = b"", rewriter_inject: list[tuple[str, str]] | None = None,
                  remove: frozenset[str] = SANITIZED_HEADERS,
                  keep: frozenset[str] = frozenset(),
-                 authorize: Authorize | None = None) -> None:  # fmt: skip
+                 authorize: Authorize | None = None,
+                 http2: Http2Bridge | None = None) -> None:  # fmt: skip
         self.preamble = preamble
-        self.passthrough = rewriter_inject is None
+        self.passthrough = rewriter_inject is None and http2 is None
+        self.http2 = http2
         self._decided: list[UpgradeDecision] = []  # decisions made before any response
         self._tracker = ResponseTracker()
         self._rewriter = RequestRewriter(
@@ -59,8 +71,8 @@ class Forwarding:
 
     @property
     def speaks_http(self) -> bool:
-        """The client's stream is parsed as HTTP/1.1: errors can be answered in HTTP."""
-        return not self.passthrough
+        """The client's stream is parsed as HTTP/1.1: errors can be answered in HTTP/1.1."""
+        return not self.passthrough and self.http2 is None
 
     def _on_request(self, method: bytes, upgrade: bool) -> None:
         decision = self._tracker.request_sent(method, upgrade)
@@ -133,7 +145,11 @@ def plan(
     hello: ClientHello | None,
     client_address: Address,
     server_address: Address,
+    limits: Limits | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Forwarding:
+    """``limits`` bounds an HTTP/2 bridge's windows (``buffer_size``); ``clock`` times its
+    reset rate (``http2.max_resets``)."""
     if settings.mode is ForwardIdentity.NONE:
         return PASSTHROUGH
     info = ForwardedTLS(
@@ -164,7 +180,20 @@ def plan(
     trusted = settings.trust_forwarded and event.verified
     keep = frozenset({"x-forwarded-for", "forwarded"} if trusted else ())
     authorize = _authorize(route.config.http_authorization, event.identity, event.verified)
+    if speaks_http2(settings, event.alpn):
+        buffer_size = (limits or Limits()).buffer_size
+        rewriter = HeaderRewriter(inject, remove, keep)
+        bridge = Http2Bridge(settings.http2, buffer_size, rewriter, authorize, clock)
+        return Forwarding(preamble=bridge.preamble, http2=bridge)
     return Forwarding(rewriter_inject=inject, remove=remove, keep=keep, authorize=authorize)
+
+
+def speaks_http2(settings: IdentityForwarding, alpn: str | None) -> bool:
+    """HTTP mode serves the client HTTP/2 when it negotiated ``h2`` (``auto``), or always
+    (``h2c``: ALPN offers ``h2`` alone; a client without ALPN is expected to know)."""
+    if settings.upstream_protocol is UpstreamProtocol.H2C:
+        return True
+    return settings.upstream_protocol is UpstreamProtocol.AUTO and alpn == "h2"
 
 
 def _authorize(

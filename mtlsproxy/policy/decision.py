@@ -122,7 +122,7 @@ def _verify(
             detail = f"resumed session: {detail}"
         refusal = Refusal(Step.CLIENT_VERIFY, rejected.reason, detail, rejected.alert)
         return _identity_or_none(chain_der[0]), refusal
-    identity = _identity_or_none(chain_der[0])  # CHECKED_BY_OPENSSL
+    identity = verifier.identity_of(chain_der[0])  # CHECKED_BY_OPENSSL
     if identity is None:
         refusal = Refusal(
             Step.CLIENT_VERIFY,

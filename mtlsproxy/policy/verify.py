@@ -257,6 +257,8 @@ class ClientVerifier:
         self._signature_ok: dict[tuple[int, bytes], bool] = {}
         # Exact chain DER -> (verified, usable until); see verify_der.
         self._cache: OrderedDict[tuple[bytes, ...], tuple[VerifiedClient, datetime]] = OrderedDict()
+        # Leaf DER -> its identity, for chains OpenSSL verified; see identity_of.
+        self._identities: OrderedDict[bytes, PeerIdentity] = OrderedDict()
 
     @classmethod
     def from_policy(cls, client_auth: ClientAuth) -> ClientVerifier:
@@ -332,6 +334,24 @@ class ClientVerifier:
         if len(self._cache) > VERIFY_CACHE_SIZE:
             self._cache.popitem(last=False)
         return verified
+
+    def identity_of(self, leaf_der: bytes) -> PeerIdentity | None:
+        """The identity in a leaf another verifier (OpenSSL) accepted; None if it does not
+        parse. Parsing a certificate's names costs about as much as a fifth of an OpenSSL
+        handshake, and it is a pure function of the DER bytes, so each leaf is parsed once
+        per verifier (bounded like the chain cache; nothing else is remembered)."""
+        identity = self._identities.get(leaf_der)
+        if identity is not None:
+            self._identities.move_to_end(leaf_der)
+            return identity
+        try:
+            identity = PeerIdentity.from_der(leaf_der)
+        except (ValueError, TypeError):
+            return None
+        self._identities[leaf_der] = identity
+        if len(self._identities) > VERIFY_CACHE_SIZE:
+            self._identities.popitem(last=False)
+        return identity
 
     def verify_resumed(self, chain_der: Sequence[bytes], now: datetime) -> PeerIdentity:
         """The client of a resumed session, checked again at ``now`` (module docstring,

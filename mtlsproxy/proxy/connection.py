@@ -42,6 +42,8 @@ from mtlsproxy.engine.events import (
 from mtlsproxy.engine.interface import Engine
 from mtlsproxy.forwarding.http.local import RequestRefusal
 from mtlsproxy.forwarding.http.request import HTTPRefused
+from mtlsproxy.forwarding.http2.bridge import Http2Bridge
+from mtlsproxy.forwarding.http2.faults import Http2Fault
 from mtlsproxy.forwarding.plan import PASSTHROUGH, plan
 from mtlsproxy.proxy.flow import Pause, ReadGate
 from mtlsproxy.proxy.upstream import open_upstream
@@ -77,6 +79,7 @@ class EndReason(enum.StrEnum):
     # HTTP mode: a request with ambiguous framing, answered 400; or a request refused by
     # http_authorization whose answer closes (it asked to, or its content may never come)
     HTTP_REFUSED = "http_refused"
+    HTTP2_ERROR = "http2_error"  # HTTP mode over HTTP/2: a connection error (GOAWAY)
     IDLE_TIMEOUT = "idle_timeout"  # no byte either way for ``timeouts.idle``
     DRAIN_TIMEOUT = "drain_timeout"  # still open when the shutdown's drain time ran out
     INTERNAL_ERROR = "internal_error"  # a bug while connecting upstream
@@ -93,8 +96,8 @@ class ListenerView(Protocol):
     limits: Limits
 
     def new_engine(self, peer: str) -> Engine: ...
-    def admit_connection(self, connection: ClientConnection) -> bool: ...
-    def handshake_done(self, connection: ClientConnection) -> None: ...
+    def admit_connection(self, connection: ClientConnection, peer: object) -> bool: ...
+    def handshake_done(self, connection: ClientConnection, completed: bool) -> None: ...
     def release_connection(self, connection: ClientConnection) -> None: ...
     def observe_handshake(
         self, peer: str, hello: ClientHello | None, event: HandshakeComplete | HandshakeFailed
@@ -105,6 +108,7 @@ class ListenerView(Protocol):
     def observe_refused_request(
         self, route: str, peer: str, refusal: RequestRefusal, outcome: HandshakeComplete | None
     ) -> None: ...
+    def observe_http2_error(self, route: str, peer: str, fault: Http2Fault) -> None: ...
     def count_bytes(self, direction: str, count: int) -> None: ...
 
 
@@ -198,7 +202,7 @@ class ClientConnection(asyncio.Protocol):
         self._transport = transport = cast(asyncio.Transport, transport)
         self._peer_address = peer = transport.get_extra_info("peername")
         self._peer = _format_address(peer)
-        if not self._runtime.admit_connection(self):
+        if not self._runtime.admit_connection(self, peer):
             transport.abort()
             return
         self._client_reading.attach(transport)
@@ -346,7 +350,7 @@ class ClientConnection(asyncio.Protocol):
     def _on_handshake_complete(self, event: HandshakeComplete) -> None:
         self._outcome = event
         self._cancel_timer()
-        self._runtime.handshake_done(self)
+        self._runtime.handshake_done(self, completed=True)
         self._runtime.observe_handshake(self._peer, self._hello, event)
         assert self._engine is not None and self._transport is not None
         # The engine was built with this listener's RouteTable: its routes are ServerRoutes.
@@ -357,6 +361,7 @@ class ClientConnection(asyncio.Protocol):
             self._forwarding = plan(
                 settings, route, event, self._hello, _address(self._peer_address),
                 _address(self._transport.get_extra_info("sockname")),
+                self._runtime.limits, time.monotonic,
             )  # fmt: skip
         self._hello = None
         # Nothing more is read from the client until the upstream is there to take it.
@@ -367,7 +372,7 @@ class ClientConnection(asyncio.Protocol):
     def _on_handshake_failed(self, event: HandshakeFailed) -> None:
         self._outcome = event
         self._cancel_timer()
-        self._runtime.handshake_done(self)
+        self._runtime.handshake_done(self, completed=False)
         self._runtime.observe_handshake(self._peer, self._hello, event)
         self._hello = None
         self._finish(EndReason.HANDSHAKE_FAILED)
@@ -446,6 +451,8 @@ class ClientConnection(asyncio.Protocol):
         for data in self._early_data:
             self._write_upstream(data)
         self._early_data.clear()
+        if self._forwarding.http2 is not None:  # it may have answered the upstream already
+            self._exchange_http2(self._forwarding.http2)
         if self._client_done:
             self._end_upstream_writing()  # and the client, done, is not read again
         else:
@@ -465,6 +472,10 @@ class ClientConnection(asyncio.Protocol):
         forwarding = self._forwarding
         if forwarding.passthrough:
             self._upstream.write(data)
+            return
+        if forwarding.http2 is not None:
+            forwarding.http2.receive_client(data)
+            self._exchange_http2(forwarding.http2)
             return
         if self._refused_request is not None:
             return  # nothing after a refused request reaches the upstream
@@ -556,10 +567,44 @@ class ClientConnection(asyncio.Protocol):
         self._bytes_out += len(data)
         if self._bytes_out - self._counted_out >= COUNT_EVERY:
             self._count_bytes()
+        if self._forwarding.http2 is not None:
+            self._forwarding.http2.receive_upstream(data)
+            self._exchange_http2(self._forwarding.http2)
+            return
         self._engine.send(data)
         self._flush()
         if not self._forwarding.passthrough:
             self._observe_response(data)
+
+    def _exchange_http2(self, bridge: Http2Bridge) -> None:
+        """HTTP/2 (the bridge's seam): write what it has for each side, count and log the
+        requests it refused and its connection errors; end the connection after an error,
+        or once its last stream finished after a GOAWAY."""
+        for refusal in bridge.take_refusals():
+            self._observe_refused(refusal)
+        for fault in bridge.take_faults():
+            route = self._engine.route if self._engine else None
+            self._runtime.observe_http2_error(route.name if route else "none", self._peer, fault)
+        to_client = bridge.data_for_client()
+        engine = self._engine
+        if to_client and engine is not None and self._end is None and engine.handshake_complete:
+            engine.send(to_client)
+            self._flush()
+        if self._upstream is not None:  # else kept until connected (the first exchange there)
+            to_upstream = bridge.data_for_upstream()
+            if to_upstream:
+                self._upstream.write(to_upstream)
+        if bridge.closed:
+            self._finish(EndReason.HTTP2_ERROR)
+        elif bridge.idle:
+            self._finish(EndReason.CLOSED)
+
+    def go_away(self) -> None:
+        """Draining: an HTTP/2 client is told to open no more streams (GOAWAY)."""
+        bridge = self._forwarding.http2
+        if bridge is not None and self._end is None and self._upstream is not None:
+            bridge.go_away()
+            self._exchange_http2(bridge)
 
     def _observe_response(self, data: bytes) -> None:
         """HTTP mode: an Upgrade answered releases (or re-parses) the client's held bytes."""
@@ -593,6 +638,11 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._refused_request is not None:
             self._send_refusal()
+            return
+        if self._forwarding.http2 is not None:
+            self._forwarding.http2.upstream_closed()
+            self._exchange_http2(self._forwarding.http2)
+            self._finish(EndReason.UPSTREAM_CLOSED)
             return
         answer = self._forwarding.answer  # it waited for content delimited by the close
         if answer is not None:
@@ -631,8 +681,8 @@ class ClientConnection(asyncio.Protocol):
         self._client_done = True
         if not clean:
             logs.event(logging.DEBUG, "client closed without close_notify", peer=self._peer)
-        if self._upstream_done:
-            self._finish(EndReason.CLOSED)
+        if self._upstream_done or self._forwarding.http2 is not None:
+            self._finish(EndReason.CLOSED)  # HTTP/2 has no half-close: the connection is over
         elif self._upstream is not None:
             self._end_upstream_writing()
 

@@ -20,8 +20,10 @@ from mtlsproxy.engine.interface import Engine
 from mtlsproxy.engine.openssl import OpenSSLEngine
 from mtlsproxy.engine.selecting import SelectingEngine
 from mtlsproxy.forwarding.http.local import RequestRefusal
+from mtlsproxy.forwarding.http2.faults import Http2Fault
 from mtlsproxy.metrics import Metrics
 from mtlsproxy.proxy.connection import ClientConnection
+from mtlsproxy.proxy.source_budget import Refusal, SourceBudget, source_of
 from mtlsproxy.routing.routes import RouteTable
 from mtlsproxy.routing.tickets import ticket_key_files
 
@@ -41,14 +43,19 @@ class ListenerRuntime:
         self.access_log = access_log
         self.metrics = metrics
         self.connections: set[ClientConnection] = set()
-        # Handshakes in flight, oldest first (dicts keep insertion order): ``max_handshakes``.
-        self.handshaking: dict[ClientConnection, float] = {}
+        # Handshakes in flight, oldest first (dicts keep insertion order): ``max_handshakes``;
+        # when each was accepted and its source (``failed_handshakes_per_source``).
+        self.handshaking: dict[ClientConnection, tuple[float, str]] = {}
+        # Kept across reloads (a reload must not refill the buckets of a flood's sources).
+        self.source_budget: SourceBudget | None = None
         self._shed_unlogged = 0
         self._shed_logged_at = -SHED_LOG_INTERVAL
         self.draining = False
         self.server: asyncio.Server | None = None
         self._active = metrics.connections_active.labels(self.name)
         self._accepted = metrics.connections.labels(self.name)
+        # Looked up once: a flood of refused sources reaches it thousands of times a second.
+        self._source_refused = metrics.connections_rejected.labels(self.name, "source_budget")
         self._bytes = {
             direction: metrics.bytes.labels(self.name, direction)
             for direction in ("client_to_upstream", "upstream_to_client")
@@ -63,6 +70,13 @@ class ListenerRuntime:
         self.timeouts = listener.timeouts
         self.limits = listener.limits
         self.routes = routes
+        budget = listener.limits.failed_handshakes_per_source
+        if budget is None:
+            self.source_budget = None
+        elif self.source_budget is None:
+            self.source_budget = SourceBudget(budget.rate, budget.burst)
+        else:
+            self.source_budget.configure(budget.rate, budget.burst)
         self._export_material()
 
     def new_engine(self, peer: str) -> Engine:
@@ -104,21 +118,32 @@ class ListenerRuntime:
         self.draining = True
         if self.server is not None:
             self.server.close()
+        for connection in list(self.connections):
+            connection.go_away()
 
     # Connection bookkeeping
 
-    def admit_connection(self, connection: ClientConnection) -> bool:
+    def admit_connection(self, connection: ClientConnection, peer: object) -> bool:
+        """Whether to serve a connection just accepted from ``peer`` (its socket address);
+        one refused is closed at once by the caller, before any engine work."""
         self._accepted.inc()
         if self.draining:
             self.metrics.connections_rejected.labels(self.name, "draining").inc()
             return False
+        now = time.monotonic()
+        source = source_of(str(peer[0])) if isinstance(peer, tuple) and peer else "-"
+        if self.source_budget is not None:
+            refusal = self.source_budget.admit(source, now)
+            if refusal is not None:
+                self._refuse_source(refusal)
+                return False
         if len(self.connections) >= self.limits.max_connections:
             self.metrics.connections_rejected.labels(self.name, "max_connections").inc()
             logs.event(logging.WARNING, "max_connections reached", listener=self.name)
             return False
         self.connections.add(connection)
         self._active.inc()
-        self.handshaking[connection] = time.monotonic()
+        self.handshaking[connection] = (now, source)
         if len(self.handshaking) > self.limits.max_handshakes:
             self._shed_oldest_handshake()
         return True
@@ -127,9 +152,10 @@ class ListenerRuntime:
         """Too many handshakes in flight: drop the one accepted first. A slowloris's trickling
         hellos are the oldest, a good client's handshake takes milliseconds: the attacker's go
         first, and its handshake state stays bounded."""
-        oldest, accepted = next(iter(self.handshaking.items()))
+        oldest, (accepted, source) = next(iter(self.handshaking.items()))
         del self.handshaking[oldest]
         oldest.shed()
+        self._settle(source, completed=False)
         self.metrics.connections_rejected.labels(self.name, "handshake_shed").inc()
         self._shed_unlogged += 1
         now = time.monotonic()
@@ -144,15 +170,44 @@ class ListenerRuntime:
             )
             self._shed_logged_at, self._shed_unlogged = now, 0
 
-    def handshake_done(self, connection: ClientConnection) -> None:
-        """The connection's handshake ended (admitted or failed): it no longer counts."""
-        self.handshaking.pop(connection, None)
+    def handshake_done(self, connection: ClientConnection, completed: bool) -> None:
+        """The connection's handshake ended, admitted (``completed``) or failed: it no longer
+        counts, and its source pays for a failure or is paid back for a completion."""
+        if (entry := self.handshaking.pop(connection, None)) is not None:
+            self._settle(entry[1], completed)
 
     def release_connection(self, connection: ClientConnection) -> None:
-        self.handshaking.pop(connection, None)
+        if (entry := self.handshaking.pop(connection, None)) is not None:
+            self._settle(entry[1], completed=False)  # closed before its handshake ended
         if connection in self.connections:
             self.connections.discard(connection)
             self._active.dec()
+
+    def _settle(self, source: str, completed: bool) -> None:
+        """``failed_handshakes_per_source``: how a handshake from ``source`` ended."""
+        if self.source_budget is None:
+            return
+        if completed:
+            self.source_budget.complete(source, time.monotonic())
+        else:
+            self.source_budget.charge(source, time.monotonic())
+
+    def _refuse_source(self, refusal: Refusal) -> None:
+        """A source out of budget: counted every time, logged at most once per source every
+        ``source_budget.REPORT_INTERVAL`` seconds (with the refusals since its last line)."""
+        self._source_refused.inc()
+        if refusal.report:
+            budget = self.limits.failed_handshakes_per_source
+            logs.event(
+                logging.WARNING,
+                "failed_handshakes_per_source: too many handshakes from this source ended "
+                "without completing; its new connections are closed at accept",
+                listener=self.name,
+                source=refusal.source,
+                refused=refusal.report,
+                rate=budget.rate if budget else None,
+                burst=budget.burst if budget else None,
+            )
 
     # Observations (metrics and log lines come from here only)
 
@@ -175,6 +230,10 @@ class ListenerRuntime:
     ) -> None:
         self.metrics.http_refused.labels(self.name, route, refusal.rule, refusal.reason).inc()
         logs.refused_request(self.name, route, peer, refusal, outcome)
+
+    def observe_http2_error(self, route: str, peer: str, fault: Http2Fault) -> None:
+        self.metrics.http2_errors.labels(self.name, route, fault.side, fault.reason).inc()
+        logs.http2_error(self.name, route, peer, fault)
 
     def observe_upstream_error(self, route: str, reason: str) -> None:
         self.metrics.upstream_errors.labels(self.name, route, reason).inc()

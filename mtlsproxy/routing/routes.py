@@ -17,7 +17,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from mtlsproxy.config.model import CertificateKeyPair, ForwardIdentity, Listener, Route
+from mtlsproxy.config.model import (
+    CertificateKeyPair,
+    ForwardIdentity,
+    Listener,
+    Route,
+    UpstreamProtocol,
+)
 from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.native.tickets import TicketKey
 from mtlsproxy.policy.decision import ClientPolicy, decide
@@ -148,11 +154,19 @@ class ServerRoute:
 
 
 def route_alpn(route: Route) -> tuple[str, ...]:
-    """The ALPN protocols a route accepts, in preference order. An HTTP-aware route parses
-    HTTP/1.1 only (RFC 7301: offer what we speak)."""
+    """The ALPN protocols a route accepts, in preference order. An HTTP-aware route offers
+    what its ``upstream_protocol`` makes it speak (RFC 7301: offer what we speak): HTTP/1.1,
+    HTTP/2, or both with ``h2`` first (RFC 9113 section 3.2)."""
     if route.forward_identity.mode is ForwardIdentity.HTTP:
-        return ("http/1.1",)
+        return HTTP_MODE_ALPN[route.forward_identity.upstream_protocol]
     return route.tls.alpn
+
+
+HTTP_MODE_ALPN = {
+    UpstreamProtocol.HTTP1: ("http/1.1",),
+    UpstreamProtocol.H2C: ("h2",),
+    UpstreamProtocol.AUTO: ("h2", "http/1.1"),
+}
 
 
 class RouteTable:

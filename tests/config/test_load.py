@@ -34,6 +34,7 @@ from mtlsproxy.config import (
     load_config_with_warnings,
 )
 from mtlsproxy.config.load import MAX_CONFIG_BYTES
+from mtlsproxy.config.model import Http2Settings, UpstreamProtocol
 from mtlsproxy.policy.model import AllowKind, AllowRule, ClientAuth, ClientAuthMode
 
 EXAMPLES = Path(__file__).parents[2] / "config"
@@ -332,6 +333,41 @@ BROKEN = {
             "'password' is not one of verify, subject, sha256, spiffe_id, serial, cn, uri, dns",
         ),
     ),
+    "unknown upstream protocol": (
+        "    upstream: 127.0.0.1:8080\n    forward_identity: {mode: http, upstream_protocol: h3}\n",
+        (
+            6,
+            "listeners[0].forward_identity.upstream_protocol",
+            "'h3' is not one of http/1.1, h2c, auto",
+        ),
+    ),
+    "upstream protocol without http mode": (
+        "    upstream: 127.0.0.1:8080\n"
+        "    forward_identity: {mode: proxy_protocol_v2, upstream_protocol: h2c}\n",
+        (
+            6,
+            "listeners[0].forward_identity.upstream_protocol",
+            "has no effect with mode proxy_protocol_v2",
+        ),
+    ),
+    "http2 stream limit out of range": (
+        "    upstream: 127.0.0.1:8080\n"
+        "    forward_identity: {mode: http, http2: {max_concurrent_streams: 0}}\n",
+        (
+            6,
+            "listeners[0].forward_identity.http2.max_concurrent_streams",
+            "0 is not between 1 and 10000",
+        ),
+    ),
+    "http2 header list too small": (
+        "    upstream: 127.0.0.1:8080\n"
+        "    forward_identity: {mode: http, http2: {max_header_list_size: 100}}\n",
+        (
+            6,
+            "listeners[0].forward_identity.http2.max_header_list_size",
+            "100 is not between 1024 and 1048576 bytes",
+        ),
+    ),
     "bad fingerprint": (
         "    upstream: 127.0.0.1:8080\n    client_auth:\n      mode: require\n"
         "      ca: certs/client-ca.pem\n      allow:\n        - sha256: abc\n",
@@ -375,6 +411,21 @@ BROKEN = {
 def test_a_broken_config_names_line_and_key(base: Path, case: str) -> None:
     tail, expected = BROKEN[case]
     assert only_problem(write(base, LISTENER_HEAD + tail)) == expected
+
+
+def test_http2_settings_load_with_their_defaults(base: Path) -> None:
+    tail = (
+        "    upstream: 127.0.0.1:8080\n    forward_identity:\n      mode: http\n"
+        "      upstream_protocol: auto\n      http2: {max_resets: 50, reset_interval: 2s}\n"
+    )
+    identity = load_config(write(base, LISTENER_HEAD + tail)).listeners[0].default_route
+    forward = identity.forward_identity
+    assert forward.upstream_protocol is UpstreamProtocol.AUTO
+    assert forward.http2 == Http2Settings(max_resets=50, reset_interval=2.0)
+    default = load_config(write(base, LISTENER_HEAD + "    upstream: 127.0.0.1:8080\n"))
+    assert default.listeners[0].default_route.forward_identity.upstream_protocol is (
+        UpstreamProtocol.HTTP1
+    )
 
 
 def test_a_missing_required_key_points_at_its_mapping(base: Path) -> None:
@@ -549,3 +600,23 @@ def test_a_stale_crl_is_an_error(base: Path, tmp_path: Path) -> None:
     _, key_path, message = only_problem(client_auth_config(base, "certs/ca.crt", "certs/stale.crl"))
     assert key_path == "listeners[0].client_auth.crl"
     assert "past its next update" in message
+
+
+H2_TO_HTTP1 = (
+    "\nlisteners:\n  - name: api\n    listen: 127.0.0.1:8443\n"
+    "    tls:\n      certificates: [{certificate: certs/server.crt, key: certs/server.key}]\n"
+    "      alpn: [h2, http/1.1]\n"
+    "    upstream: 127.0.0.1:8080\n    forward_identity: {mode: http{protocol}}\n"
+)
+
+
+def test_h2_for_an_http1_upstream_is_refused_with_what_to_do(base: Path) -> None:
+    line, key, message = only_problem(write(base, H2_TO_HTTP1.replace("{protocol}", "")))
+    assert (line, key) == (5, "listeners[0].tls.alpn")
+    assert "HTTP/2 clients cannot be forwarded to an HTTP/1.1 upstream yet" in message
+    assert "upstream_protocol to auto or h2c" in message
+    fixed = H2_TO_HTTP1.replace("{protocol}", ", upstream_protocol: auto")
+    assert load_config(write(base, fixed)).listeners[0].default_route.tls.alpn == (
+        "h2",
+        "http/1.1",
+    )

@@ -584,6 +584,33 @@ def test_unsupported_versions() -> None:
         assert expect_error(old, Reason.UNSUPPORTED_VERSION) is alert
 
 
+def refused_record_version(data: bytes) -> int:
+    """The record version of the alert refusing ``data`` (``alert_record_version``)."""
+    reader = ClientHelloReader()
+    with pytest.raises(HandshakeError):
+        reader.feed(data)
+    return reader.alert_record_version
+
+
+def test_the_alert_record_version_echoes_a_refused_version() -> None:
+    """As openssl s_server writes it (tests/proxy/test_native_conformance.py compares the
+    bytes): a refused version in the client's own terms, anything else in TLS 1.2's."""
+    modern = [ext(0x002B, vec8(u16(0x0304)))]
+    for version in (0x0000, 0x0103, 0x0300):
+        assert refused_record_version(frame(build_body(version=version, extensions=modern))) == (
+            version
+        )
+    assert refused_record_version(frame(build_body(version=0x0302, extensions=[]))) == 0x0302
+    only_old = [ext(0x002B, vec8(u16(0x0302) + u16(0x0301)))]
+    assert refused_record_version(frame(build_body(extensions=only_old))) == 0x0303
+    sslv2 = b"\x80\x2e\x01%b\x00\x15\x00\x00\x00\x10"
+    for version, echoed in ((0x0300, 0x0300), (0x0301, 0x0301), (0x0304, 0x0303), (2, 0x0303)):
+        assert refused_record_version(sslv2 % version.to_bytes(2, "big")) == echoed
+    malformed = b"\x16\x03\x01\x00\x26\x01\x00\x00\x22\x03\x03" + b"r" * 32 + b"\xff"
+    assert refused_record_version(malformed) == 0x0303
+    assert ClientHelloReader().alert_record_version == 0x0303
+
+
 def test_tls12_without_extensions() -> None:
     hello = read(frame(build_body(extensions=[])))
     assert hello.extension_types == ()

@@ -138,3 +138,28 @@ def test_garbage_is_a_named_refusal_not_an_exception(pki: PkiFiles) -> None:
         decision = decide(policy(pki, ClientAuthMode.REQUIRE), (b"\x30\x03garbage",), NOW, evidence)
         assert decision.verdict is Verdict.REFUSED
         assert decision.refusal is not None and decision.refusal.step is Step.CLIENT_VERIFY
+
+
+def test_checked_by_openssl_parses_each_leaf_once(pki: PkiFiles) -> None:
+    """OpenSSL verified the chain; the identity is a pure function of the leaf's DER, parsed
+    once per verifier (a fleet presents the same few leaves) and never shared across leaves."""
+    strict = policy(pki, ClientAuthMode.REQUIRE)
+    first = decide(strict, chain(pki.client_cert), NOW, Evidence.CHECKED_BY_OPENSSL)
+    again = decide(strict, chain(pki.client_cert), NOW, Evidence.CHECKED_BY_OPENSSL)
+    other = decide(strict, chain(pki.client_other_cert), NOW, Evidence.CHECKED_BY_OPENSSL)
+    assert first.identity is not None and again.identity is first.identity
+    assert other.identity is not None and other.identity.sha256 != first.identity.sha256
+
+
+def test_the_identity_cache_is_bounded(pki: PkiFiles, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mtlsproxy.policy import verify
+
+    monkeypatch.setattr(verify, "VERIFY_CACHE_SIZE", 1)
+    strict = policy(pki, ClientAuthMode.REQUIRE)
+    verifier = strict.verifier
+    assert verifier is not None
+    leaf, other = chain(pki.client_cert)[0], chain(pki.client_other_cert)[0]
+    first = verifier.identity_of(leaf)
+    verifier.identity_of(other)
+    assert verifier.identity_of(leaf) is not first  # evicted, parsed again
+    assert verifier.identity_of(b"\x30\x03garbage") is None

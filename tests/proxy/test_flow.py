@@ -72,6 +72,7 @@ def test_end_reasons_are_the_access_log_values() -> None:
     assert {reason.value for reason in EndReason} == {
         "closed", "client_gone", "handshake_failed", "handshake_shed", "tls_error",
         "upstream_unavailable",
-        "upstream_closed", "upstream_reset", "http_refused", "idle_timeout", "drain_timeout",
+        "upstream_closed", "upstream_reset", "http_refused", "http2_error", "idle_timeout",
+        "drain_timeout",
         "internal_error",
     }  # fmt: skip

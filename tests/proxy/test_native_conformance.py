@@ -60,8 +60,8 @@ def s_server(pki: PkiFiles) -> Iterator[int]:
 
 
 def first_answer(port: int, data: bytes, timeout: float = 3) -> str:
-    """What a server answers to ``data`` first: ``server_hello``, ``alert <description>``
-    (plaintext), ``close`` (no byte before the close) or ``timeout``."""
+    """What a server answers to ``data`` first: ``server_hello``, ``alert <description> in
+    <record version>`` (plaintext), ``close`` (no byte before the close) or ``timeout``."""
     received = b""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(data)
@@ -79,7 +79,7 @@ def first_answer(port: int, data: bytes, timeout: float = 3) -> str:
     if not received:
         return "close"
     if received[0] == 21 and len(received) >= 7:
-        return f"alert {received[6]}"
+        return f"alert {received[6]} in {received[1:3].hex()}"
     if received[0] == 22 and len(received) > 5 and received[5] == 2:
         return "server_hello"
     return f"bytes {received[:8].hex()}"
@@ -229,7 +229,7 @@ def test_legacy_version_with_supported_versions(native, s_server, pki, version: 
     is how it says protocol_version in SSL 3.0 terms) and serves the rest: so do we."""
     hello = client_of(pki, legacy_version=version).client_hello()
     expected = first_answer(s_server, hello)
-    assert expected in ("server_hello", "alert 70", "alert 40")
+    assert expected == "server_hello" or expected.startswith(("alert 70 ", "alert 40 "))
     assert first_answer(native.port(), hello) == expected
 
 
@@ -238,6 +238,37 @@ def test_sslv2_client_hello(native: RunningProxy, s_server: int, version: int) -
     """An SSL 2.0-format ClientHello cannot carry supported_versions: OpenSSL refuses it with
     an alert, not a bare close, and so do we."""
     hello = sslv2_client_hello(version)
+    expected = first_answer(s_server, hello)
+    assert expected.startswith("alert")
+    assert first_answer(native.port(), hello) == expected
+
+
+def old_client_hello(version: int) -> bytes:
+    """A ClientHello without supported_versions: ``version`` is all the client speaks."""
+    suites = b"\x00\x04\xc0\x2b\xc0\x2f"
+    extensions = b"\x00\x0a\x00\x04\x00\x02\x00\x17"  # supported_groups: P-256
+    body = version.to_bytes(2, "big") + b"r" * 32 + b"\x00" + suites + b"\x01\x00"
+    body += len(extensions).to_bytes(2, "big") + extensions
+    return encode_record(22, b"\x01" + len(body).to_bytes(3, "big") + body, 0x0301)
+
+
+REFUSED_HELLOS = {
+    "tls1.1 client": old_client_hello(0x0302),
+    "tls1.0 client": old_client_hello(0x0301),
+    "session_id length past the end": encode_record(
+        22, b"\x01\x00\x00\x22\x03\x03" + b"r" * 32 + b"\xff", 0x0301
+    ),
+    "a ServerHello first": encode_record(22, b"\x02\x00\x00\x04abcd", 0x0303),
+}
+
+
+@pytest.mark.parametrize("hello", REFUSED_HELLOS.values(), ids=REFUSED_HELLOS.keys())
+def test_the_alert_refusing_a_hello_has_openssls_record_version(
+    native, s_server, hello: bytes
+) -> None:
+    """No version is agreed when the first flight is refused: OpenSSL says a refused version
+    in the client's own terms (0x0302 to a TLS 1.1 client) and anything else in TLS 1.2's
+    (RFC 8446 section 5.1: 0x0301 is for the initial ClientHello), and so do we."""
     expected = first_answer(s_server, hello)
     assert expected.startswith("alert")
     assert first_answer(native.port(), hello) == expected

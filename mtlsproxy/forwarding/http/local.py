@@ -50,9 +50,14 @@ class LocalAnswer:
     close: bool
 
 
+def refusal_body(refusal: RequestRefusal) -> bytes:
+    """The short text that explains a refusal to the client (HTTP/1.1 and HTTP/2 alike)."""
+    return _BODIES.get(refusal.reason, _PHRASES[refusal.status] + b"\n")
+
+
 def local_answer(refusal: RequestRefusal, *, close: bool, head_only: bool) -> LocalAnswer:
     """A complete response (a short text body, none to HEAD: RFC 9110 section 9.3.2)."""
-    body = _BODIES.get(refusal.reason, _PHRASES[refusal.status] + b"\n")
+    body = refusal_body(refusal)
     head = b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n%s\r\n" % (
         refusal.status,
         _PHRASES[refusal.status],

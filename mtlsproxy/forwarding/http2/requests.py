@@ -1,0 +1,105 @@
+"""One HTTP/2 request's header block on its way upstream, and the proxy's own answers.
+
+``HeaderRewriter`` does to every request stream what ``http.request.RequestRewriter`` does to
+an HTTP/1.1 head: fields the client sent under a name we own are removed (the sanitized
+identity headers and whatever we inject, except the ``keep`` list fields of a trusted gateway),
+then ours are appended, lower-cased (RFC 9113 section 8.2.1: field names are lower case on
+HTTP/2). Trailers lose the same names and get nothing: a trailer is where a client would put a
+field we own after the head was checked. Connection-specific fields and pseudo-header rules
+(RFC 9113 sections 8.2.2, 8.3) are enforced by ``h2`` before a block reaches us.
+
+A request refused by ``http_authorization`` gets ``refusal_headers``: a 403 (or 400 for an unsafe
+path) with a short text body, or for a gRPC request (``content-type: application/grpc...``) a
+trailers-only response with ``grpc-status: 7`` PERMISSION_DENIED (3 INVALID_ARGUMENT for an unsafe
+path), as gRPC clients read the status from trailers, not from ``:status``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from mtlsproxy.forwarding.http.local import RequestRefusal, refusal_body, shortened
+
+Header = tuple[bytes, bytes]
+
+GRPC_PERMISSION_DENIED = 7  # grpc/doc/statuscodes.md
+GRPC_INVALID_ARGUMENT = 3
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """What the path rules and the log need of a request's pseudo-headers."""
+
+    method: bytes
+    target: bytes  # :path, or :authority for CONNECT (which has no :path)
+    grpc: bool
+
+    @classmethod
+    def of(cls, headers: Sequence[Header]) -> RequestHead:
+        fields = dict(headers[: _pseudo_count(headers)])
+        content_type = next((v for n, v in headers if n == b"content-type"), b"")
+        target = fields.get(b":path", fields.get(b":authority", b""))
+        grpc = content_type.startswith(b"application/grpc")
+        return cls(fields.get(b":method", b""), target, grpc)
+
+    def refusal(self, refusal: RequestRefusal) -> RequestRefusal:
+        """``refusal`` with this request's method and target for the log line."""
+        return RequestRefusal(
+            refusal.status, refusal.reason, refusal.rule, refusal.detail,
+            self.method.decode("latin-1"), shortened(self.target),
+        )  # fmt: skip
+
+
+class HeaderRewriter:
+    """Rewrites request header blocks: ``inject`` computed once per connection."""
+
+    def __init__(
+        self, inject: Iterable[tuple[str, str]], remove: Iterable[str], keep: Iterable[str]
+    ) -> None:
+        self._inject = tuple(
+            (name.lower().encode("ascii"), value.strip().encode("latin-1"))
+            for name, value in inject
+        )
+        kept = {name.lower().encode("ascii") for name in keep}
+        owned = {name.lower().encode("ascii") for name in remove}
+        self._remove = frozenset(owned | {name for name, _ in self._inject}) - kept
+        self._trailer_remove = frozenset(owned | {name for name, _ in self._inject})
+
+    def request(self, headers: Sequence[Header]) -> list[Header]:
+        """A request's header block for the upstream: pseudo-headers first, as sent."""
+        out = [(name, value) for name, value in headers if name not in self._remove]
+        out.extend(self._inject)
+        return out
+
+    def trailers(self, headers: Sequence[Header]) -> list[Header]:
+        return [(name, value) for name, value in headers if name not in self._trailer_remove]
+
+
+def refusal_headers(head: RequestHead, refusal: RequestRefusal) -> tuple[list[Header], bytes]:
+    """The proxy's answer to a refused request: response headers and body (b"": the headers
+    end the stream; for gRPC a trailers-only response, gRPC over HTTP/2's "Trailers-Only")."""
+    if head.grpc:
+        status = GRPC_INVALID_ARGUMENT if refusal.status == 400 else GRPC_PERMISSION_DENIED
+        message = quote(refusal_body(refusal).decode().strip(), safe=" :/.,")
+        return [
+            (b":status", b"200"),
+            (b"content-type", b"application/grpc"),
+            (b"grpc-status", str(status).encode()),
+            (b"grpc-message", message.encode("ascii")),
+        ], b""
+    headers = [(b":status", str(refusal.status).encode()), (b"content-type", b"text/plain")]
+    if head.method == b"HEAD":  # no content (RFC 9110 section 9.3.2)
+        return headers, b""
+    body = refusal_body(refusal)
+    return [*headers, (b"content-length", str(len(body)).encode())], body
+
+
+def _pseudo_count(headers: Sequence[Header]) -> int:
+    count = 0
+    for name, _ in headers:
+        if not name.startswith(b":"):
+            break
+        count += 1
+    return count
