@@ -178,8 +178,12 @@ class RecordReader:
         # read copied every byte once more, in a fresh allocation of the read's size: the
         # native engine's bulk path spent an eighth of its time there.
         data = bytes(data)  # the same object when it is bytes already
-        head = self._head or self._data[self._pos :]
+        rest = self._data[self._pos :]
+        head = self._head + rest if self._head else rest
         taken = _completing(head, data) if head else 0
+        if taken < 0:  # records left unread (the engine drains them all): keep it simple
+            self._head, self._data, self._pos = b"", head + data, 0
+            return
         self._head = head + data[:taken] if head else b""
         self._data, self._pos = data, taken
 
@@ -250,8 +254,9 @@ class RecordReader:
 
 def _completing(head: bytes, data: bytes) -> int:
     """How many bytes of ``data`` complete the record ``head`` starts (all of ``data`` when
-    it does not). A header announcing more than any record may hold takes no more than the
-    limit plus one: ``next_record`` rejects it from the header alone."""
+    it does not; -1 when ``head`` holds more than that record). A header announcing more
+    than any record may hold takes no more than the limit plus one: ``next_record`` rejects
+    it from the header alone."""
     if len(head) < RECORD_HEADER_SIZE:
         header = head + data[: RECORD_HEADER_SIZE - len(head)]
         if len(header) < RECORD_HEADER_SIZE:
@@ -259,7 +264,8 @@ def _completing(head: bytes, data: bytes) -> int:
     else:
         header = head
     length = min((header[3] << 8) | header[4], MAX_CIPHERTEXT_LENGTH + 1)
-    return min(RECORD_HEADER_SIZE + length - len(head), len(data))
+    missing = RECORD_HEADER_SIZE + length - len(head)
+    return -1 if missing < 0 else min(missing, len(data))
 
 
 def _protected_spans(data: bytes, pos: int, tag_length: int) -> list[tuple[int, int]]:

@@ -573,3 +573,22 @@ def test_seal_application_data_is_encrypt(
         sealed = one.seal_application_data(memoryview(content) if as_view else content)
         assert sealed == other.encrypt(APPLICATION_DATA, content)
     assert one.sequence_number == other.sequence_number == len(sizes)
+
+
+def test_reader_fed_again_before_it_was_drained() -> None:
+    """Records left unread when more comes (the engine drains every read, a caller need
+    not): nothing is lost or reordered, whatever was straddling."""
+    records = [encode_record(HANDSHAKE, bytes([i]) * (100 + i)) for i in range(6)]
+    stream = b"".join(records)
+    for first in range(1, len(stream)):
+        for second in (first + 1, first + 150, len(stream)):
+            reader = RecordReader()
+            reader.feed(stream[:first])
+            got = [reader.next_record()]  # one taken, the rest left in the reader
+            reader.feed(stream[first:second])
+            reader.feed(stream[second:])
+            while (record := reader.next_record()) is not None:
+                got.append(record)
+            got = [r for r in got if r is not None]
+            assert [r.header() + r.fragment for r in got] == records, (first, second)
+            assert reader.buffered == 0
