@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -89,19 +90,22 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` and all its live descendants (nginx: master + worker)."""
-    total = 0
+def _tree(pid: int) -> Iterator[int]:
+    """``pid`` and its live descendants, parents first."""
     todo = [pid]
     while todo:
         current = todo.pop()
-        try:
-            stat = Path(f"/proc/{current}/stat").read_text()
-        except FileNotFoundError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime (14), stime (15)
+        yield current
         todo += _children(current)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and all its live descendants (nginx: master + worker)."""
+    total = 0
+    for current in _tree(pid):
+        with contextlib.suppress(FileNotFoundError):
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime (14), stime (15)
     return total / os.sysconf("SC_CLK_TCK")
 
 
@@ -167,15 +171,10 @@ class Process:
 def tree_rss_kib(pid: int) -> int:
     """VmRSS of ``pid`` and all its live descendants (nginx: master + worker), in KiB."""
     total = 0
-    todo = [pid]
-    while todo:
-        current = todo.pop()
+    for current in _tree(pid):
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-                    break
-        todo += _children(current)
+            status = Path(f"/proc/{current}/status").read_text()
+            total += int(status.split("VmRSS:", 1)[1].split()[0]) if "VmRSS:" in status else 0
     return total
 
 
