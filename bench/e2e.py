@@ -55,6 +55,7 @@ from procs import (  # bench/procs.py
     pass_ratios,
     pin_servers,
     print_header,
+    print_table,
     write_samples,
 )
 
@@ -517,14 +518,12 @@ def main() -> int:
         finally:
             upstream.stop()
 
-    print_table(setups, systems, samples, args)
+    report(setups, systems, samples, args)
     write_samples(args.json, command, samples)
     return 0
 
 
-def print_table(
-    setups: list[Setup], systems: list[str], samples: dict[str, list[dict]], args
-) -> None:
+def report(setups: list[Setup], systems: list[str], samples: dict[str, list[dict]], args) -> None:
     def med(key: str, field: str) -> float:
         return median([s[field] for s in samples.get(key, [])])
 
@@ -535,61 +534,59 @@ def print_table(
     def ratio(key: str, system: str, field: str) -> float:
         return median(ratios(key, system, field))
 
-    width = max(len(LABELS[s]) for s in systems)
-    print()
-    print(
+    pairs = [(setup, system) for setup in setups for system in systems]
+    print_table(
         f"Handshakes: new connection, full handshake, 1 byte echoed, close; {args.workers} "
         f"client processes, {args.seconds:g} s per sample; medians of {args.runs}; "
-        f"ratios to {args.baseline} per pass, then median"
-    )
-    header = (
-        f"{'setup':17} {'system':{width}} {'handshakes':>10} {'hs/s':>7} "
-        f"{'server CPU us/hs':>16} {'server core %':>13} {'client CPU us/hs':>16} "
-        f"{'hs/s ratio':>10} {'CPU ratio':>9}"
-    )
-    print(header)
-    print("-" * len(header))
-    for setup in setups:
-        for system in systems:
-            key = f"{setup.key}/hs/{system}"
-            print(
-                f"{setup.label:17} {LABELS[system]:{width}} {med(key, 'handshakes'):10.0f} "
-                f"{med(key, 'per_s'):7.0f} {med(key, 'cpu_us'):16.0f} "
-                f"{100 * med(key, 'cpu_util'):13.0f} {med(key, 'client_us'):16.0f} "
-                f"{ratio(f'{setup.key}/hs', system, 'per_s'):10.2f} "
-                f"{ratio(f'{setup.key}/hs', system, 'cpu_us'):9.2f}"
-            )
-    print()
-    print(
+        f"ratios to {args.baseline} per pass, then median",
+        [
+            ("setup", "s"), ("system", "s"), ("handshakes", ".0f"), ("hs/s", ".0f"),
+            ("server CPU us/hs", ".0f"), ("server core %", ".0f"), ("client CPU us/hs", ".0f"),
+            ("hs/s ratio", ".2f"), ("CPU ratio", ".2f"),
+        ],
+        [
+            [
+                setup.label, LABELS[system], med(f"{setup.key}/hs/{system}", "handshakes"),
+                med(f"{setup.key}/hs/{system}", "per_s"),
+                med(f"{setup.key}/hs/{system}", "cpu_us"),
+                100 * med(f"{setup.key}/hs/{system}", "cpu_util"),
+                med(f"{setup.key}/hs/{system}", "client_us"),
+                ratio(f"{setup.key}/hs", system, "per_s"),
+                ratio(f"{setup.key}/hs", system, "cpu_us"),
+            ]
+            for setup, system in pairs
+        ],
+    )  # fmt: skip
+    print_table(
         f"Bulk: one connection, {args.mib} MiB client -> upstream (discarded); medians; "
-        f"ratios to {args.baseline} per pass, then median"
-    )
-    header = (
-        f"{'setup':17} {'system':{width}} {'MiB/s':>7} {'server CPU s/GiB':>16} "
-        f"{'MiB/s ratio':>11} {'CPU ratio':>9}"
-    )
-    print(header)
-    print("-" * len(header))
-    for setup in setups:
-        for system in systems:
-            key = f"{setup.key}/bulk/{system}"
-            print(
-                f"{setup.label:17} {LABELS[system]:{width}} {med(key, 'mib_s'):7.0f} "
-                f"{med(key, 'cpu_s_per_gib'):16.3f} "
-                f"{ratio(f'{setup.key}/bulk', system, 'mib_s'):11.2f} "
-                f"{ratio(f'{setup.key}/bulk', system, 'cpu_s_per_gib'):9.2f}"
-            )
-    print()
-    print(f"Per-pass server CPU ratios to {args.baseline} (handshake | bulk):")
-    for setup in setups:
-        for system in systems:
-            if system == args.baseline:
-                continue
-            hs = " ".join(f"{r:.2f}" for r in ratios(f"{setup.key}/hs", system, "cpu_us"))
-            bulk = " ".join(
-                f"{r:.2f}" for r in ratios(f"{setup.key}/bulk", system, "cpu_s_per_gib")
-            )
-            print(f"  {setup.label:17} {LABELS[system]:{width}} {hs} | {bulk}")
+        f"ratios to {args.baseline} per pass, then median",
+        [
+            ("setup", "s"), ("system", "s"), ("MiB/s", ".0f"), ("server CPU s/GiB", ".3f"),
+            ("MiB/s ratio", ".2f"), ("CPU ratio", ".2f"),
+        ],
+        [
+            [
+                setup.label, LABELS[system], med(f"{setup.key}/bulk/{system}", "mib_s"),
+                med(f"{setup.key}/bulk/{system}", "cpu_s_per_gib"),
+                ratio(f"{setup.key}/bulk", system, "mib_s"),
+                ratio(f"{setup.key}/bulk", system, "cpu_s_per_gib"),
+            ]
+            for setup, system in pairs
+        ],
+    )  # fmt: skip
+    print_table(
+        f"Per-pass server CPU ratios to {args.baseline}",
+        [("setup", "s"), ("system", "s"), ("handshake", "s"), ("bulk", "s")],
+        [
+            [
+                setup.label, LABELS[system],
+                " ".join(f"{r:.2f}" for r in ratios(f"{setup.key}/hs", system, "cpu_us")),
+                " ".join(f"{r:.2f}" for r in ratios(f"{setup.key}/bulk", system, "cpu_s_per_gib")),
+            ]
+            for setup, system in pairs
+            if system != args.baseline
+        ],
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ from procs import (  # bench/procs.py
     pass_ratios,
     pin_servers,
     print_header,
+    print_table,
 )
 
 SYSTEMS = ("native", "nginx")
@@ -169,7 +170,7 @@ def main() -> int:
         finally:
             upstream.stop()
 
-    print_table(systems, samples, args)
+    report(systems, samples, args)
     if args.json:
         Path(args.json).write_text(
             json.dumps({"command": command, "samples": samples}, indent=2) + "\n"
@@ -177,38 +178,33 @@ def main() -> int:
     return 0
 
 
-def print_table(systems: list[str], samples: dict[str, list[dict]], args) -> None:
+def report(systems: list[str], samples: dict[str, list[dict]], args) -> None:
     def med(key: str, field: str) -> float:
         return median([s[field] for s in samples.get(key, [])])
 
     def ratios(numerator: str, denominator: str) -> list[float]:
         return pass_ratios(samples, numerator, denominator, "cpu_us")
 
-    width = max(len(LABELS[s]) for s in systems)
-    print()
-    print(
+    print_table(
         f"Mutual TLS 1.3 (require, CRLs), new connection, 1 byte echoed, close; {args.clients} "
-        f"client processes, {args.seconds:g} s per sample; medians of {args.runs} passes"
-    )
-    header = (
-        f"{'system':{width}} {'test':7} {'conn/s':>7} {'server CPU us/conn':>18} "
-        f"{'client CPU us/conn':>18} {'resumed (client)':>16} {'resumed (server)':>16} "
-        f"{'CPU vs full':>11}"
-    )
-    print(header)
-    print("-" * len(header))
-    for system in systems:
-        for test in TESTS:
-            key = f"{test}/{system}"
-            vs_full = median(ratios(key, f"full/{system}"))
-            server_pct = med(key, "server_resumed_pct")
-            print(
-                f"{LABELS[system]:{width}} {test:7} {med(key, 'per_s'):7.0f} "
-                f"{med(key, 'cpu_us'):18.0f} {med(key, 'client_us'):18.0f} "
-                f"{med(key, 'reused_pct'):15.1f}% "
-                + (f"{server_pct:15.1f}%" if server_pct == server_pct else f"{'-':>16}")
-                + f" {vs_full:11.2f}"
-            )
+        f"client processes, {args.seconds:g} s per sample; medians of {args.runs} passes",
+        [
+            ("system", "s"), ("test", "s"), ("conn/s", ".0f"), ("server CPU us/conn", ".0f"),
+            ("client CPU us/conn", ".0f"), ("resumed (client) %", ".1f"),
+            ("resumed (server) %", ".1f"), ("CPU vs full", ".2f"),
+        ],
+        [
+            [
+                LABELS[system], test, med(f"{test}/{system}", "per_s"),
+                med(f"{test}/{system}", "cpu_us"), med(f"{test}/{system}", "client_us"),
+                med(f"{test}/{system}", "reused_pct"),
+                med(f"{test}/{system}", "server_resumed_pct"),
+                median(ratios(f"{test}/{system}", f"full/{system}")),
+            ]
+            for system in systems
+            for test in TESTS
+        ],
+    )  # fmt: skip
     print()
     native_vs_full = ratios("resumed/native", "full/native")
     print(
