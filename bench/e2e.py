@@ -535,6 +535,20 @@ def report(setups: list[Setup], systems: list[str], samples: dict[str, list[dict
         return median(ratios(key, system, field))
 
     pairs = [(setup, system) for setup in setups for system in systems]
+
+    def rows(test: str, fields: tuple[str, ...], ratio_fields: tuple[str, ...]) -> list:
+        """Per setup and system: the medians of ``fields`` (``cpu_util`` as a percentage),
+        then the median per-pass ratios of ``ratio_fields``."""
+        return [
+            [setup.label, LABELS[system]]
+            + [
+                med(f"{setup.key}/{test}/{system}", field) * (100 if field == "cpu_util" else 1)
+                for field in fields
+            ]
+            + [ratio(f"{setup.key}/{test}", system, field) for field in ratio_fields]
+            for setup, system in pairs
+        ]
+
     print_table(
         f"Handshakes: new connection, full handshake, 1 byte echoed, close; {args.workers} "
         f"client processes, {args.seconds:g} s per sample; medians of {args.runs}; "
@@ -544,18 +558,8 @@ def report(setups: list[Setup], systems: list[str], samples: dict[str, list[dict
             ("server CPU us/hs", ".0f"), ("server core %", ".0f"), ("client CPU us/hs", ".0f"),
             ("hs/s ratio", ".2f"), ("CPU ratio", ".2f"),
         ],
-        [
-            [
-                setup.label, LABELS[system], med(f"{setup.key}/hs/{system}", "handshakes"),
-                med(f"{setup.key}/hs/{system}", "per_s"),
-                med(f"{setup.key}/hs/{system}", "cpu_us"),
-                100 * med(f"{setup.key}/hs/{system}", "cpu_util"),
-                med(f"{setup.key}/hs/{system}", "client_us"),
-                ratio(f"{setup.key}/hs", system, "per_s"),
-                ratio(f"{setup.key}/hs", system, "cpu_us"),
-            ]
-            for setup, system in pairs
-        ],
+        rows("hs", ("handshakes", "per_s", "cpu_us", "cpu_util", "client_us"),
+             ("per_s", "cpu_us")),
     )  # fmt: skip
     print_table(
         f"Bulk: one connection, {args.mib} MiB client -> upstream (discarded); medians; "
@@ -564,15 +568,7 @@ def report(setups: list[Setup], systems: list[str], samples: dict[str, list[dict
             ("setup", "s"), ("system", "s"), ("MiB/s", ".0f"), ("server CPU s/GiB", ".3f"),
             ("MiB/s ratio", ".2f"), ("CPU ratio", ".2f"),
         ],
-        [
-            [
-                setup.label, LABELS[system], med(f"{setup.key}/bulk/{system}", "mib_s"),
-                med(f"{setup.key}/bulk/{system}", "cpu_s_per_gib"),
-                ratio(f"{setup.key}/bulk", system, "mib_s"),
-                ratio(f"{setup.key}/bulk", system, "cpu_s_per_gib"),
-            ]
-            for setup, system in pairs
-        ],
+        rows("bulk", ("mib_s", "cpu_s_per_gib"), ("mib_s", "cpu_s_per_gib")),
     )  # fmt: skip
     print_table(
         f"Per-pass server CPU ratios to {args.baseline}",
