@@ -50,9 +50,12 @@ from procs import (  # bench/procs.py
     REPO,
     Process,
     free_port,
+    keep_sample,
     median,
+    pass_ratios,
     pin_servers,
     print_header,
+    print_table,
     write_samples,
 )
 
@@ -89,6 +92,7 @@ SETUPS = (
 # Servers: the upstream (plain TCP) and the baseline (TLS), one protocol for both.
 #   b"E"                    -> answer b"E" (handshake probe)
 #   b"B" + 8-byte length n  -> read and discard n bytes, then answer b"K" (bulk)
+#   b"R"                    -> echo every byte after it (keep-alive requests, keepalive.py)
 
 
 def _serve(kind: str, directory: str, mode: str, version: str) -> None:
@@ -99,10 +103,19 @@ def _serve(kind: str, directory: str, mode: str, version: str) -> None:
             self.transport = transport
             self.head = b""
             self.remaining = -1
+            self.echo = False
 
         def data_received(self, data: bytes) -> None:
+            if self.echo:
+                self.transport.write(data)  # type: ignore[attr-defined]
+                return
             if self.remaining < 0:
                 self.head += data
+                if self.head[:1] == b"R":
+                    self.echo = True
+                    if len(self.head) > 1:
+                        self.transport.write(self.head[1:])  # type: ignore[attr-defined]
+                    return
                 if self.head[:1] == b"E":
                     self.transport.write(b"E")  # type: ignore[attr-defined]
                     self.remaining = 0
@@ -204,7 +217,8 @@ NGINX_STREAM = """\
 {load_module}worker_processes 1;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
-events {{ worker_connections 4096; }}
+worker_rlimit_nofile 20000;
+events {{ worker_connections 16384; }}
 stream {{
     upstream app {{ server 127.0.0.1:{upstream}; }}
     server {{
@@ -224,6 +238,25 @@ NGINX_CLIENT_AUTH = """\
         ssl_verify_depth 2;
         ssl_crl {pki}/crls.pem;
 """
+
+
+def find_nginx() -> tuple[str, str]:
+    """nginx's path, and the directive loading its stream module where it is dynamic."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists():
+        raise SystemExit("nginx not found: apt-get install -y nginx libnginx-mod-stream")
+    return nginx, stream_module_directive(nginx)
+
+
+def pki_and_upstream(directory: Path) -> Process:
+    """The development PKI written to ``directory`` and the upstream started on it (the
+    caller stops it): what every bench script's servers need."""
+    sys.path.insert(0, str(REPO))
+    from mtlsproxy import pki
+
+    pki.init(directory)
+    argv = [sys.executable, str(Path(__file__).resolve()), "--serve", "upstream"]
+    return Process([*argv, str(directory), "none", "1.3"], directory / "up.log", None, None)
 
 
 def stream_module_directive(nginx: str) -> str:
@@ -421,7 +454,10 @@ def main() -> int:
     parser.add_argument(
         "--systems",
         default=",".join(SYSTEMS),
-        help="comma-separated subset of " + ", ".join(SYSTEMS) + " (ratios need openssl)",
+        help="comma-separated subset of " + ", ".join(SYSTEMS) + " (ratios need the --baseline)",
+    )
+    parser.add_argument(
+        "--baseline", default="openssl", choices=SYSTEMS, help="the system ratios are to"
     )
     parser.add_argument("--json", metavar="FILE", help="also write every sample as JSON")
     args = parser.parse_args()
@@ -432,12 +468,7 @@ def main() -> int:
         parser.error(f"unknown system(s) {unknown}" if unknown else "no known setup in --setups")
     systems = [s for s in SYSTEMS if s in wanted]
 
-    nginx = load_module = ""
-    if "nginx" in systems:
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        if not Path(nginx).exists():
-            raise SystemExit("nginx not found: apt-get install -y nginx libnginx-mod-stream")
-        load_module = stream_module_directive(nginx)
+    nginx, load_module = find_nginx() if "nginx" in systems else ("", "")
 
     server_pin = pin_servers(SERVER_CORE, CLIENT_CORE)
     command = print_header(server_pin, nginx, f"CLK_TCK {os.sysconf('SC_CLK_TCK')}")
@@ -447,16 +478,7 @@ def main() -> int:
     samples: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="mtlsproxy-bench-") as tmp:
         directory = Path(tmp)
-        sys.path.insert(0, str(REPO))
-        from mtlsproxy import pki
-
-        pki.init(directory)
-        upstream = Process(
-            [python, me, "--serve", "upstream", tmp, "none", "1.3"],
-            directory / "up.log",
-            None,
-            None,
-        )
+        upstream = pki_and_upstream(directory)
         try:
             configs = {
                 (engine, s.key): proxy_config(directory, s, upstream.port, engine)
@@ -490,94 +512,77 @@ def main() -> int:
                                 result = measure(server, directory, setup, args)
                             finally:
                                 server.stop()
-                            result["run"] = run
-                            samples.setdefault(f"{setup.key}/{test}/{system}", []).append(result)
-                            shown = ", ".join(
-                                f"{k} {v:.4g}" for k, v in result.items() if k != "run"
-                            )
-                            print(f"run {run + 1} {setup.key:9} {test:4} {system:7} {shown}")
-                            sys.stdout.flush()
+                            key = f"{setup.key}/{test}/{system}"
+                            label = f"{setup.key:9} {test:4} {system:7}"
+                            keep_sample(samples, key, run, result, label)
         finally:
             upstream.stop()
 
-    print_table(setups, systems, samples, args)
+    report(setups, systems, samples, args)
     write_samples(args.json, command, samples)
     return 0
 
 
-def print_table(
-    setups: list[Setup], systems: list[str], samples: dict[str, list[dict]], args
-) -> None:
+def report(setups: list[Setup], systems: list[str], samples: dict[str, list[dict]], args) -> None:
     def med(key: str, field: str) -> float:
         return median([s[field] for s in samples.get(key, [])])
 
     def ratios(key: str, system: str, field: str) -> list[float]:
-        # per pass: system / openssl, the two measured in the same pass
-        base = {s["run"]: s[field] for s in samples.get(f"{key}/openssl", [])}
-        return [
-            s[field] / base[s["run"]]
-            for s in samples.get(f"{key}/{system}", [])
-            if base.get(s["run"])
-        ]
+        # per pass: system / baseline, the two measured in the same pass
+        return pass_ratios(samples, f"{key}/{system}", f"{key}/{args.baseline}", field)
 
     def ratio(key: str, system: str, field: str) -> float:
         return median(ratios(key, system, field))
 
-    width = max(len(LABELS[s]) for s in systems)
-    print()
-    print(
+    pairs = [(setup, system) for setup in setups for system in systems]
+
+    def rows(test: str, fields: tuple[str, ...], ratio_fields: tuple[str, ...]) -> list:
+        """Per setup and system: the medians of ``fields`` (``cpu_util`` as a percentage),
+        then the median per-pass ratios of ``ratio_fields``."""
+        return [
+            [setup.label, LABELS[system]]
+            + [
+                med(f"{setup.key}/{test}/{system}", field) * (100 if field == "cpu_util" else 1)
+                for field in fields
+            ]
+            + [ratio(f"{setup.key}/{test}", system, field) for field in ratio_fields]
+            for setup, system in pairs
+        ]
+
+    print_table(
         f"Handshakes: new connection, full handshake, 1 byte echoed, close; {args.workers} "
         f"client processes, {args.seconds:g} s per sample; medians of {args.runs}; "
-        "ratios to openssl per pass, then median"
-    )
-    header = (
-        f"{'setup':17} {'system':{width}} {'handshakes':>10} {'hs/s':>7} "
-        f"{'server CPU us/hs':>16} {'server core %':>13} {'client CPU us/hs':>16} "
-        f"{'hs/s ratio':>10} {'CPU ratio':>9}"
-    )
-    print(header)
-    print("-" * len(header))
-    for setup in setups:
-        for system in systems:
-            key = f"{setup.key}/hs/{system}"
-            print(
-                f"{setup.label:17} {LABELS[system]:{width}} {med(key, 'handshakes'):10.0f} "
-                f"{med(key, 'per_s'):7.0f} {med(key, 'cpu_us'):16.0f} "
-                f"{100 * med(key, 'cpu_util'):13.0f} {med(key, 'client_us'):16.0f} "
-                f"{ratio(f'{setup.key}/hs', system, 'per_s'):10.2f} "
-                f"{ratio(f'{setup.key}/hs', system, 'cpu_us'):9.2f}"
-            )
-    print()
-    print(
+        f"ratios to {args.baseline} per pass, then median",
+        [
+            ("setup", "s"), ("system", "s"), ("handshakes", ".0f"), ("hs/s", ".0f"),
+            ("server CPU us/hs", ".0f"), ("server core %", ".0f"), ("client CPU us/hs", ".0f"),
+            ("hs/s ratio", ".2f"), ("CPU ratio", ".2f"),
+        ],
+        rows("hs", ("handshakes", "per_s", "cpu_us", "cpu_util", "client_us"),
+             ("per_s", "cpu_us")),
+    )  # fmt: skip
+    print_table(
         f"Bulk: one connection, {args.mib} MiB client -> upstream (discarded); medians; "
-        "ratios to openssl per pass, then median"
-    )
-    header = (
-        f"{'setup':17} {'system':{width}} {'MiB/s':>7} {'server CPU s/GiB':>16} "
-        f"{'MiB/s ratio':>11} {'CPU ratio':>9}"
-    )
-    print(header)
-    print("-" * len(header))
-    for setup in setups:
-        for system in systems:
-            key = f"{setup.key}/bulk/{system}"
-            print(
-                f"{setup.label:17} {LABELS[system]:{width}} {med(key, 'mib_s'):7.0f} "
-                f"{med(key, 'cpu_s_per_gib'):16.3f} "
-                f"{ratio(f'{setup.key}/bulk', system, 'mib_s'):11.2f} "
-                f"{ratio(f'{setup.key}/bulk', system, 'cpu_s_per_gib'):9.2f}"
-            )
-    print()
-    print("Per-pass server CPU ratios to openssl (handshake | bulk):")
-    for setup in setups:
-        for system in systems:
-            if system == "openssl":
-                continue
-            hs = " ".join(f"{r:.2f}" for r in ratios(f"{setup.key}/hs", system, "cpu_us"))
-            bulk = " ".join(
-                f"{r:.2f}" for r in ratios(f"{setup.key}/bulk", system, "cpu_s_per_gib")
-            )
-            print(f"  {setup.label:17} {LABELS[system]:{width}} {hs} | {bulk}")
+        f"ratios to {args.baseline} per pass, then median",
+        [
+            ("setup", "s"), ("system", "s"), ("MiB/s", ".0f"), ("server CPU s/GiB", ".3f"),
+            ("MiB/s ratio", ".2f"), ("CPU ratio", ".2f"),
+        ],
+        rows("bulk", ("mib_s", "cpu_s_per_gib"), ("mib_s", "cpu_s_per_gib")),
+    )  # fmt: skip
+    print_table(
+        f"Per-pass server CPU ratios to {args.baseline}",
+        [("setup", "s"), ("system", "s"), ("handshake", "s"), ("bulk", "s")],
+        [
+            [
+                setup.label, LABELS[system],
+                " ".join(f"{r:.2f}" for r in ratios(f"{setup.key}/hs", system, "cpu_us")),
+                " ".join(f"{r:.2f}" for r in ratios(f"{setup.key}/bulk", system, "cpu_s_per_gib")),
+            ]
+            for setup, system in pairs
+            if system != args.baseline
+        ],
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

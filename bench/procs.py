@@ -1,5 +1,5 @@
 """Processes for the benchmarks: started pinned, their port found, their CPU read from /proc,
-stopped by PID. Shared by e2e.py and http_mode.py."""
+stopped by PID, their memory read from /proc; the tables. Shared by the bench scripts."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,6 +55,16 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def keep_sample(
+    samples: dict[str, list[dict]], key: str, run: int, result: dict, label: str
+) -> None:
+    """File one measurement under ``key`` with its pass number, and print it as one line."""
+    result["run"] = run
+    samples.setdefault(key, []).append(result)
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in result.items() if k != "run")
+    print(f"run {run + 1} {label} {shown}", flush=True)
+
+
 def write_samples(path: str | None, command: str, samples: dict) -> None:
     """``--json FILE``: every sample and the command line."""
     if path:
@@ -79,19 +90,22 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` and all its live descendants (nginx: master + worker)."""
-    total = 0
+def _tree(pid: int) -> Iterator[int]:
+    """``pid`` and its live descendants, parents first."""
     todo = [pid]
     while todo:
         current = todo.pop()
-        try:
-            stat = Path(f"/proc/{current}/stat").read_text()
-        except FileNotFoundError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime (14), stime (15)
+        yield current
         todo += _children(current)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and all its live descendants (nginx: master + worker)."""
+    total = 0
+    for current in _tree(pid):
+        with contextlib.suppress(FileNotFoundError):
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime (14), stime (15)
     return total / os.sysconf("SC_CLK_TCK")
 
 
@@ -139,6 +153,9 @@ class Process:
     def cpu_seconds(self) -> float:
         return tree_cpu_seconds(self.proc.pid)
 
+    def rss_kib(self) -> int:
+        return tree_rss_kib(self.proc.pid)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             # nginx: SIGTERM to the master is a fast shutdown that also stops its worker.
@@ -149,3 +166,50 @@ class Process:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
         self.stderr.close()
+
+
+def tree_rss_kib(pid: int) -> int:
+    """VmRSS of ``pid`` and all its live descendants (nginx: master + worker), in KiB."""
+    total = 0
+    for current in _tree(pid):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            status = Path(f"/proc/{current}/status").read_text()
+            total += int(status.split("VmRSS:", 1)[1].split()[0]) if "VmRSS:" in status else 0
+    return total
+
+
+def pass_ratios(samples: dict[str, list[dict]], key: str, base: str, field: str) -> list[float]:
+    """``field`` of ``key`` over ``field`` of ``base``, per pass (samples of the same pass were
+    taken back to back on the same machine state): the figures to take the median of."""
+    by_run = {s["run"]: s[field] for s in samples.get(base, [])}
+    return [s[field] / by_run[s["run"]] for s in samples.get(key, []) if by_run.get(s["run"])]
+
+
+def print_table(title: str, columns: list[tuple[str, str]], rows: list[list[object]]) -> None:
+    """One results table: ``columns`` are ``(heading, format)`` pairs (``"s"`` left-aligned
+    text; a number format such as ``".0f"`` right-aligned), each as wide as its widest cell."""
+    cells = [
+        [
+            format(value, fmt) if value == value else "-"
+            for value, (_, fmt) in zip(row, columns, strict=True)
+        ]
+        for row in rows
+    ]
+    widths = [
+        max([len(heading)] + [len(row[i]) for row in cells])
+        for i, (heading, _) in enumerate(columns)
+    ]
+
+    def line(values: list[str]) -> str:
+        return " ".join(
+            value.ljust(width) if fmt == "s" else value.rjust(width)
+            for value, width, (_, fmt) in zip(values, widths, columns, strict=True)
+        ).rstrip()
+
+    print()
+    print(title)
+    header = line([heading for heading, _ in columns])
+    print(header)
+    print("-" * len(header))
+    for row in cells:
+        print(line(row))

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -43,18 +42,21 @@ from e2e import (  # bench/e2e.py
     CLIENT_CORE,
     SERVER_CORE,
     SETUPS,
+    find_nginx,
     measure_handshakes,
+    pki_and_upstream,
     proxy_config,
     start_nginx_stream,
-    stream_module_directive,
 )
 from procs import (  # bench/procs.py
-    REPO,
     Process,
     free_port,
+    keep_sample,
     median,
+    pass_ratios,
     pin_servers,
     print_header,
+    print_table,
 )
 
 SYSTEMS = ("native", "nginx")
@@ -128,30 +130,17 @@ def main() -> int:
     if not systems or "native" not in systems:
         parser.error("--systems needs native")
 
-    nginx = load_module = ""
-    if "nginx" in systems:
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        if not Path(nginx).exists():
-            raise SystemExit("nginx not found: apt-get install -y nginx libnginx-mod-stream")
-        load_module = stream_module_directive(nginx)
+    nginx, load_module = find_nginx() if "nginx" in systems else ("", "")
 
     server_pin = pin_servers(SERVER_CORE, CLIENT_CORE)
     tail = f"{args.clients} client processes, {args.seconds:g} s per sample"
     command = print_header(server_pin, nginx, tail)
 
     python = sys.executable
-    e2e = str(Path(__file__).resolve().with_name("e2e.py"))
     samples: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="mtlsproxy-bench-resumption-") as tmp:
         directory = Path(tmp)
-        sys.path.insert(0, str(REPO))
-        from mtlsproxy import pki
-
-        pki.init(directory)
-        upstream = Process(
-            [python, e2e, "--serve", "upstream", tmp, "none", "1.3"], directory / "up.log",
-            None, None,
-        )  # fmt: skip
+        upstream = pki_and_upstream(directory)
         try:
             for run in range(args.runs):
                 shift = run % len(systems)
@@ -174,18 +163,14 @@ def main() -> int:
                         tests = TESTS if run % 2 == 0 else TESTS[::-1]
                         for test in tests:
                             result = measure(server, directory, test == "resumed", args, metrics)
-                            result["run"] = run
-                            samples.setdefault(f"{test}/{system}", []).append(result)
-                            shown = ", ".join(
-                                f"{k} {v:.4g}" for k, v in result.items() if k != "run"
-                            )
-                            print(f"run {run + 1} {system:6} {test:7} {shown}", flush=True)
+                            label = f"{system:6} {test:7}"
+                            keep_sample(samples, f"{test}/{system}", run, result, label)
                     finally:
                         server.stop()
         finally:
             upstream.stop()
 
-    print_table(systems, samples, args)
+    report(systems, samples, args)
     if args.json:
         Path(args.json).write_text(
             json.dumps({"command": command, "samples": samples}, indent=2) + "\n"
@@ -193,41 +178,33 @@ def main() -> int:
     return 0
 
 
-def print_table(systems: list[str], samples: dict[str, list[dict]], args) -> None:
+def report(systems: list[str], samples: dict[str, list[dict]], args) -> None:
     def med(key: str, field: str) -> float:
         return median([s[field] for s in samples.get(key, [])])
 
     def ratios(numerator: str, denominator: str) -> list[float]:
-        base = {s["run"]: s["cpu_us"] for s in samples.get(denominator, [])}
-        return [
-            s["cpu_us"] / base[s["run"]] for s in samples.get(numerator, []) if base.get(s["run"])
-        ]
+        return pass_ratios(samples, numerator, denominator, "cpu_us")
 
-    width = max(len(LABELS[s]) for s in systems)
-    print()
-    print(
+    print_table(
         f"Mutual TLS 1.3 (require, CRLs), new connection, 1 byte echoed, close; {args.clients} "
-        f"client processes, {args.seconds:g} s per sample; medians of {args.runs} passes"
-    )
-    header = (
-        f"{'system':{width}} {'test':7} {'conn/s':>7} {'server CPU us/conn':>18} "
-        f"{'client CPU us/conn':>18} {'resumed (client)':>16} {'resumed (server)':>16} "
-        f"{'CPU vs full':>11}"
-    )
-    print(header)
-    print("-" * len(header))
-    for system in systems:
-        for test in TESTS:
-            key = f"{test}/{system}"
-            vs_full = median(ratios(key, f"full/{system}"))
-            server_pct = med(key, "server_resumed_pct")
-            print(
-                f"{LABELS[system]:{width}} {test:7} {med(key, 'per_s'):7.0f} "
-                f"{med(key, 'cpu_us'):18.0f} {med(key, 'client_us'):18.0f} "
-                f"{med(key, 'reused_pct'):15.1f}% "
-                + (f"{server_pct:15.1f}%" if server_pct == server_pct else f"{'-':>16}")
-                + f" {vs_full:11.2f}"
-            )
+        f"client processes, {args.seconds:g} s per sample; medians of {args.runs} passes",
+        [
+            ("system", "s"), ("test", "s"), ("conn/s", ".0f"), ("server CPU us/conn", ".0f"),
+            ("client CPU us/conn", ".0f"), ("resumed (client) %", ".1f"),
+            ("resumed (server) %", ".1f"), ("CPU vs full", ".2f"),
+        ],
+        [
+            [
+                LABELS[system], test, med(f"{test}/{system}", "per_s"),
+                med(f"{test}/{system}", "cpu_us"), med(f"{test}/{system}", "client_us"),
+                med(f"{test}/{system}", "reused_pct"),
+                med(f"{test}/{system}", "server_resumed_pct"),
+                median(ratios(f"{test}/{system}", f"full/{system}")),
+            ]
+            for system in systems
+            for test in TESTS
+        ],
+    )  # fmt: skip
     print()
     native_vs_full = ratios("resumed/native", "full/native")
     print(

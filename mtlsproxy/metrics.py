@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import platform
 import ssl
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -43,6 +44,11 @@ class Metrics:
     so that tests running several proxies in one process do not add up)."""
 
     def __init__(self, engine: str = "openssl") -> None:
+        # The labelled series observe_handshake touches, by metric and label values: a
+        # ``labels()`` call validates and converts its values and takes the metric's lock (a
+        # dozen of them per handshake were ~5 % of the proxy's CPU per connection). The values
+        # are bounded (see the module docstring), and these series are never removed.
+        self._series: dict[tuple[object, ...], Any] = {}
         self.registry = registry = CollectorRegistry()
         # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds...
         ProcessCollector(registry=registry)
@@ -199,31 +205,40 @@ class Metrics:
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
+    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once per label values."""
+        key = (metric, *labels)
+        child = self._series.get(key)
+        if child is None:
+            child = self._series[key] = metric.labels(*labels)
+        return child
+
     def observe_handshake(
         self, listener: str, event: HandshakeComplete | HandshakeFailed, now: float
     ) -> None:
         """Count one finished handshake. ``now`` is Unix time, for remaining validity."""
+        child = self._child
         for phase, seconds in event.timings.as_dict().items():
-            self.handshake_duration.labels(listener, phase).observe(seconds)
+            child(self.handshake_duration, listener, phase).observe(seconds)
         route = event.route or "none"
         if isinstance(event, HandshakeComplete):
             refusal = event.would_refuse
             step, reason = (refusal.step, refusal.reason) if refusal else (OK, OK)
-            self.handshakes.labels(listener, route, event.result, step, reason).inc()
-            self.tls_sessions.labels(listener, event.version, event.cipher).inc()
+            child(self.handshakes, listener, route, event.result, step, reason).inc()
+            child(self.tls_sessions, listener, event.version, event.cipher).inc()
             if event.session_reused:
-                self.resumed_sessions.labels(listener).inc()
+                child(self.resumed_sessions, listener).inc()
             presented = event.client_certificate_presented
-            self.client_auth.labels(listener, _bool(presented), _bool(event.verified)).inc()
+            child(self.client_auth, listener, _bool(presented), _bool(event.verified)).inc()
             if event.identity is not None:
                 remaining = event.identity.not_after.timestamp() - now
-                self.client_certificate_remaining.labels(listener).observe(remaining)
+                child(self.client_certificate_remaining, listener).observe(remaining)
             return
-        self.handshakes.labels(listener, route, event.result, event.step, event.reason).inc()
+        child(self.handshakes, listener, route, event.result, event.step, event.reason).inc()
         if event.step in ("client_certificate", "client_verify", "authorize"):
             presented = event.reason != "client_cert_missing"
             verified = event.step == "authorize"
-            self.client_auth.labels(listener, _bool(presented), _bool(verified)).inc()
+            child(self.client_auth, listener, _bool(presented), _bool(verified)).inc()
 
 
 def _bool(value: bool) -> str:

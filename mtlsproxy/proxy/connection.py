@@ -28,7 +28,7 @@ import time
 from typing import TYPE_CHECKING, Protocol, cast
 
 from mtlsproxy import logs
-from mtlsproxy.config.model import Limits, Timeouts
+from mtlsproxy.config.model import ForwardIdentity, Limits, Timeouts
 from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.events import (
     ApplicationData,
@@ -59,6 +59,10 @@ if TYPE_CHECKING:
 FEED_BUDGET = 0.002
 FIRST_SLICE = 16 * 1024 + 5  # one record of the largest size and its header
 MIN_SLICE, MAX_SLICE = 512, 1 << 30
+# Bytes forwarded are added to the listener's counter once this many are unreported, and at
+# close: a counter increment (a lock, a label lookup) per chunk cost more than the chunk's
+# write on a keep-alive connection; a long transfer still shows in the counter as it goes.
+COUNT_EVERY = 1 << 20
 
 
 class EndReason(enum.StrEnum):
@@ -112,6 +116,45 @@ class ClientConnection(asyncio.Protocol):
     """The downstream (client) side of one proxied connection; the ``UpstreamOwner`` of its
     upstream connection."""
 
+    # Slots: an idle connection is mostly this object (a dict of ~35 entries was ~1.2 KiB).
+    __slots__ = (
+        "_answered",
+        "_bytes_in",
+        "_bytes_out",
+        "_client_done",
+        "_client_reading",
+        "_connect_expired",
+        "_counted_in",
+        "_counted_out",
+        "_early_data",
+        "_end",
+        "_engine",
+        "_eof_pending",
+        "_feeding",
+        "_forwarding",
+        "_hello",
+        "_last_activity",
+        "_loop",
+        "_opened",
+        "_outcome",
+        "_peer",
+        "_peer_address",
+        "_quickack_set",
+        "_refusal_timer",
+        "_refused_request",
+        "_runtime",
+        "_slice",
+        "_sni",
+        "_timer",
+        "_transport",
+        "_unfed",
+        "_upstream",
+        "_upstream_address",
+        "_upstream_done",
+        "_upstream_reading",
+        "_upstream_task",
+    )
+
     def __init__(self, runtime: ListenerView) -> None:
         self._runtime = runtime
         self._loop = asyncio.get_running_loop()
@@ -133,13 +176,18 @@ class ClientConnection(asyncio.Protocol):
         self._client_done = False  # the client sent close_notify or FIN
         self._upstream_done = False  # the upstream sent FIN
         self._end: EndReason | None = None  # why the connection ended; None while it is open
-        self._handshake_timer: asyncio.TimerHandle | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
+        # The one deadline of the connection at a time: the handshake's, then the upstream
+        # connect's, then the idle check's (``_timer_fired`` knows which by the state).
+        self._timer: asyncio.TimerHandle | None = None
+        self._connect_expired = False
+        self._peer_address: object = None  # as the transport gave it, for ``plan()``
         self._last_activity = self._loop.time()
         self._opened = time.monotonic()
         # For the access log line at close.
         self._outcome: HandshakeComplete | HandshakeFailed | None = None
         self._bytes_in = self._bytes_out = 0
+        self._counted_in = self._counted_out = 0  # what the listener's counter has of them
+        self._answered = 0  # bytes the engine wrote to the client (``_flush``)
         self._upstream_address: str | None = None
         self._quickack_set = False
         self._unfed = b""  # read from the client, not yet given to the engine (``_feed``)
@@ -152,7 +200,7 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
+        self._peer_address = peer = transport.get_extra_info("peername")
         self._peer = _format_address(peer)
         if not self._runtime.admit_connection(self, peer):
             transport.abort()
@@ -160,9 +208,7 @@ class ClientConnection(asyncio.Protocol):
         self._client_reading.attach(transport)
         transport.set_write_buffer_limits(high=self._runtime.limits.buffer_size)
         self._engine = self._runtime.new_engine(self._peer)
-        self._handshake_timer = self._loop.call_later(
-            self._runtime.timeouts.handshake, self._on_handshake_timeout
-        )
+        self._timer = self._loop.call_later(self._runtime.timeouts.handshake, self._timer_fired)
 
     def data_received(self, data: bytes) -> None:
         if self._engine is None or self._end is not None:
@@ -178,41 +224,44 @@ class ClientConnection(asyncio.Protocol):
         connections by a slice, not by a read. Answers piling up stop the feeding until the
         client drains them (``resume_writing`` feeds the rest)."""
         self._feeding = None
-        engine, transport = self._engine, self._transport
-        assert engine is not None and transport is not None
-        started = time.perf_counter()
+        engine = self._engine
+        assert engine is not None
+        clock = time.perf_counter
+        started = began = clock()
         while self._unfed and self._end is None:
             if self._client_reading.holds(Pause.CLIENT_WRITE_FULL):
                 return
             data, size = self._unfed, self._slice
             piece, self._unfed = (data, b"") if len(data) <= size else (data[:size], data[size:])
-            buffered = transport.get_write_buffer_size()
-            began = time.perf_counter()
+            answered = self._answered
             self._handle(engine.receive(piece))
-            spent = time.perf_counter() - began
+            now = clock()
+            spent = now - began
             fitting = len(piece) * FEED_BUDGET / spent if spent > 0 else MAX_SLICE
             self._slice = int(min(MAX_SLICE, max(MIN_SLICE, fitting)))
             if self._end is not None:
                 return
-            self._pause_if_answers_pile_up(buffered)
-            if self._unfed and time.perf_counter() - started >= FEED_BUDGET:
+            if self._answered != answered:
+                self._pause_if_answers_pile_up()
+            if self._unfed and now - started >= FEED_BUDGET:
                 self._client_reading.pause(Pause.FEEDING)
                 self._feed_later()
                 return
+            began = now
         if self._eof_pending and self._end is None:
             self._eof_pending = False
             self._handle(engine.receive_eof())
         self._client_reading.resume(Pause.FEEDING)
 
-    def _pause_if_answers_pile_up(self, buffered: int) -> None:
+    def _pause_if_answers_pile_up(self) -> None:
         """Stop reading a client whose records were just answered (KeyUpdate replies, alerts)
         into a write buffer past ``limits.buffer_size``: it is not reading them. What it may
-        hold past the limit is the answer to one slice of a read (``_feed``). Upstream bytes
-        never count here (they are bounded by ``CLIENT_FULL``): a client that sends only
-        application data is never stopped by its own write buffer."""
+        hold past the limit is the answer to one slice of a read (``_feed``). Called only
+        when that slice was answered: upstream bytes never count here (they are bounded by
+        ``CLIENT_FULL``), so a client that sends only application data is never stopped by
+        its own write buffer, and its reads cost no write-buffer query."""
         assert self._transport is not None
-        size = self._transport.get_write_buffer_size()
-        if size > buffered and size > self._runtime.limits.buffer_size:
+        if self._transport.get_write_buffer_size() > self._runtime.limits.buffer_size:
             self._client_reading.pause(Pause.CLIENT_WRITE_FULL)
 
     def _feed_later(self) -> None:
@@ -228,6 +277,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._abort(EndReason.CLIENT_GONE)  # unless it already ended
+        self._count_bytes()
         if self._engine is not None and self._end is not None:  # admitted: its access log line
             record = logs.AccessRecord(
                 listener=self._runtime.name,
@@ -277,6 +327,7 @@ class ClientConnection(asyncio.Protocol):
         assert self._engine is not None and self._transport is not None
         out = self._engine.data_to_send()
         if out and not self._transport.is_closing():
+            self._answered += len(out)
             self._transport.write(out)
             if not self._quickack_set and not self._engine.handshake_complete:
                 self._ack_the_client_flight_at_once()
@@ -298,42 +349,53 @@ class ClientConnection(asyncio.Protocol):
 
     def _on_handshake_complete(self, event: HandshakeComplete) -> None:
         self._outcome = event
-        self._cancel_handshake_timer()
+        self._cancel_timer()
         self._runtime.handshake_done(self, completed=True)
         self._runtime.observe_handshake(self._peer, self._hello, event)
         assert self._engine is not None and self._transport is not None
         # The engine was built with this listener's RouteTable: its routes are ServerRoutes.
         route = cast("ServerRoute", self._engine.route)
         self._upstream_address = str(route.config.upstream)
-        self._forwarding = plan(
-            route.config.forward_identity, route, event, self._hello,
-            _address(self._transport.get_extra_info("peername")),
-            _address(self._transport.get_extra_info("sockname")),
-            self._runtime.limits, time.monotonic,
-        )  # fmt: skip
+        settings = route.config.forward_identity
+        if settings.mode is not ForwardIdentity.NONE:  # else passthrough: no addresses needed
+            self._forwarding = plan(
+                settings, route, event, self._hello, _address(self._peer_address),
+                _address(self._transport.get_extra_info("sockname")),
+                self._runtime.limits, time.monotonic,
+            )  # fmt: skip
         self._hello = None
         # Nothing more is read from the client until the upstream is there to take it.
         self._client_reading.pause(Pause.CONNECTING)
         self._upstream_task = self._loop.create_task(self._connect_upstream(route))
-        self._schedule_idle_check()
+        self._timer = self._loop.call_later(self._runtime.timeouts.connect, self._timer_fired)
 
     def _on_handshake_failed(self, event: HandshakeFailed) -> None:
         self._outcome = event
-        self._cancel_handshake_timer()
+        self._cancel_timer()
         self._runtime.handshake_done(self, completed=False)
         self._runtime.observe_handshake(self._peer, self._hello, event)
         self._hello = None
         self._finish(EndReason.HANDSHAKE_FAILED)
 
-    def _on_handshake_timeout(self) -> None:
-        self._handshake_timer = None
-        if self._engine is not None and self._end is None:
+    def _timer_fired(self) -> None:
+        """The connection's deadline passed: the handshake's (no outcome yet), the upstream
+        connect's (handshake done, no upstream yet), or it is time to check for idleness."""
+        self._timer = None
+        if self._engine is None or self._end is not None:
+            return
+        task = self._upstream_task
+        if self._outcome is None:
             self._handle(self._engine.handle_timeout())
+        elif self._upstream is None and task is not None and not task.done():
+            self._connect_expired = True  # _do_connect_upstream reports a timeout
+            task.cancel()
+        else:
+            self._check_idle()
 
-    def _cancel_handshake_timer(self) -> None:
-        if self._handshake_timer is not None:
-            self._handshake_timer.cancel()
-            self._handshake_timer = None
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     # Upstream side
 
@@ -348,9 +410,15 @@ class ClientConnection(asyncio.Protocol):
         runtime = self._runtime
         started = self._loop.time()
         try:
-            transport = await open_upstream(
-                self._loop, route.config.upstream, self, runtime.timeouts.connect
-            )
+            try:
+                # The deadline is the connection's timer (``_timer_fired``), not a timeout
+                # context of its own: one timer per connection.
+                transport = await open_upstream(self._loop, route.config.upstream, self)
+            except asyncio.CancelledError:
+                if not self._connect_expired:
+                    raise  # the connection ended
+                cast("asyncio.Task[None]", asyncio.current_task()).uncancel()
+                raise TimeoutError(f"no connection within {runtime.timeouts.connect:g} s") from None
         except (OSError, TimeoutError) as exc:
             reason = _upstream_error_reason(exc)
             runtime.observe_upstream_error(route.name, reason)
@@ -371,6 +439,9 @@ class ClientConnection(asyncio.Protocol):
         if self._end is not None:
             transport.close()
             return
+        self._cancel_timer()
+        self._schedule_idle_check()
+        self._upstream_task = None  # done: an idle connection does not keep the task
         runtime.observe_upstream_connect(route.name, self._loop.time() - started)
         transport.set_write_buffer_limits(high=runtime.limits.buffer_size)
         self._upstream = transport
@@ -389,7 +460,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _to_upstream(self, data: bytes | memoryview) -> None:
         self._bytes_in += len(data)
-        self._runtime.count_bytes("client_to_upstream", len(data))
+        if self._bytes_in - self._counted_in >= COUNT_EVERY:
+            self._count_bytes()
         if self._upstream is None:
             self._early_data.append(data)
         else:
@@ -493,7 +565,8 @@ class ClientConnection(asyncio.Protocol):
             return
         self._last_activity = self._loop.time()
         self._bytes_out += len(data)
-        self._runtime.count_bytes("upstream_to_client", len(data))
+        if self._bytes_out - self._counted_out >= COUNT_EVERY:
+            self._count_bytes()
         if self._forwarding.http2 is not None:
             self._forwarding.http2.receive_upstream(data)
             self._exchange_http2(self._forwarding.http2)
@@ -547,6 +620,16 @@ class ClientConnection(asyncio.Protocol):
         self._answer_requests()
         if was_holding and not forwarding.holding:
             self._client_reading.resume(Pause.UPGRADE_PENDING)
+
+    def _count_bytes(self) -> None:
+        """Add the bytes forwarded since the last call to the listener's counters."""
+        runtime = self._runtime
+        if self._bytes_in > self._counted_in:
+            runtime.count_bytes("client_to_upstream", self._bytes_in - self._counted_in)
+            self._counted_in = self._bytes_in
+        if self._bytes_out > self._counted_out:
+            runtime.count_bytes("upstream_to_client", self._bytes_out - self._counted_out)
+            self._counted_out = self._bytes_out
 
     def upstream_eof(self) -> None:
         """UpstreamOwner: the upstream will send no more; tell the client, keep reading it."""
@@ -653,19 +736,17 @@ class ClientConnection(asyncio.Protocol):
         if self._end is not None:
             return False
         self._end = end
-        self._cancel_handshake_timer()
+        self._cancel_timer()
         if self._feeding is not None:
             self._feeding.cancel()
         self._unfed = b""
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
         if self._upstream_task is not None and not self._upstream_task.done():
             self._upstream_task.cancel()
         return True
 
     def _schedule_idle_check(self) -> None:
         deadline = self._last_activity + self._runtime.timeouts.idle
-        self._idle_timer = self._loop.call_at(deadline, self._check_idle)
+        self._timer = self._loop.call_at(deadline, self._timer_fired)
 
     def _check_idle(self) -> None:
         if self._end is not None:

@@ -61,7 +61,10 @@ class ReadGate:
 
     def __init__(self) -> None:
         self._transport: Readable | None = None
-        self._causes: set[Pause] = set()
+        # A tuple, not a set: at most a few causes hold at once, an empty set is 216 bytes
+        # (two gates a connection) where the empty tuple is shared, and ``in`` on a tuple
+        # compares identities before it would hash an Enum (a Python-level __hash__).
+        self._causes: tuple[Pause, ...] = ()
 
     def attach(self, transport: Readable) -> None:
         self._transport = transport
@@ -78,7 +81,7 @@ class ReadGate:
     def pause(self, cause: Pause) -> None:
         if cause in self._causes:
             return
-        self._causes.add(cause)
+        self._causes += (cause,)
         if len(self._causes) == 1:
             self._set(paused=True)
 
@@ -86,7 +89,7 @@ class ReadGate:
         """``cause`` no longer holds; reading resumes only if no other does."""
         if cause not in self._causes:
             return
-        self._causes.remove(cause)
+        self._causes = tuple(held for held in self._causes if held is not cause)
         if not self._causes:
             self._set(paused=False)
 

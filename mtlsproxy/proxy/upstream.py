@@ -8,7 +8,6 @@ connection that implements it, so this module needs nothing from the rest of the
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Protocol, cast
 
 from mtlsproxy.config.model import Upstream
@@ -32,6 +31,8 @@ class UpstreamOwner(Protocol):
 
 class UpstreamProtocol(asyncio.Protocol):
     """Hands everything to the client connection that owns it."""
+
+    __slots__ = ("_owner",)
 
     def __init__(self, owner: UpstreamOwner) -> None:
         self._owner = owner
@@ -58,9 +59,14 @@ async def open_upstream(
     loop: asyncio.AbstractEventLoop,
     upstream: Upstream,
     owner: UpstreamOwner,
-    timeout: float,
+    timeout: float | None = None,
 ) -> asyncio.Transport:
-    """Connect within ``timeout`` seconds; raises ``OSError`` or ``TimeoutError``."""
+    """Connect (within ``timeout`` seconds, if given: the proxy's connections cancel the
+    connect from their own timer instead); raises ``OSError`` or ``TimeoutError``.
+
+    A TCP upstream gets ``TCP_NODELAY`` from the loop (uvloop and asyncio both set it on the
+    TCP transports they create): the proxy forwards what it has at once, and asking for the
+    transport's socket to set it again cost ~30 us a connection."""
     async with asyncio.timeout(timeout):
         if upstream.unix_path is not None:
             transport, _ = await loop.create_unix_connection(
@@ -70,7 +76,4 @@ async def open_upstream(
             transport, _ = await loop.create_connection(
                 lambda: UpstreamProtocol(owner), upstream.host, upstream.port
             )
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it

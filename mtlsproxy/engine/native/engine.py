@@ -72,6 +72,7 @@ from mtlsproxy.engine.native.key_schedule import nss_key_log
 from mtlsproxy.engine.native.limits import UselessRecords
 from mtlsproxy.engine.native.record_layer import (
     MAX_PLAINTEXT_LENGTH,
+    InnerPlaintext,
     Record,
     RecordProtection,
     RecordReader,
@@ -231,13 +232,15 @@ class NativeEngine:
             raise RuntimeError("send() before the handshake completed or after close")
         if not data:
             return
-        assert self._write is not None
-        view = memoryview(data)
-        for start in range(0, len(view), MAX_PLAINTEXT_LENGTH):
-            if self._key_update_owed or self._write.needs_key_update:
+        write = self._write
+        assert write is not None
+        for start in range(0, len(data), MAX_PLAINTEXT_LENGTH):
+            if self._key_update_owed or write.needs_key_update:
                 self._send_key_update()
-            chunk = bytes(view[start : start + MAX_PLAINTEXT_LENGTH])
-            self._out += self._write.encrypt(ContentType.APPLICATION_DATA, chunk)
+                write = self._write
+                assert write is not None
+            # A whole-bytes slice is the object itself: one record's content is not copied.
+            self._out += write.seal_application_data(data[start : start + MAX_PLAINTEXT_LENGTH])
 
     def close(self) -> None:
         """Send close_notify. Reading goes on: the client may still have data in flight."""
@@ -309,21 +312,35 @@ class NativeEngine:
 
     def _process_records(self) -> list[Event]:
         """Drain the record reader; every record is handled before the next is read."""
-        app_data: list[bytes] = []
+        app_data: list[bytes | memoryview] = []
 
         def drain(events: list[Event]) -> None:
             while not isinstance(self._state, Closed) and not self._peer_closed:
+                if isinstance(self._state, Established) and not self._messages.pending:
+                    # Every complete application-data record in one call (the data path);
+                    # what is not one comes back decrypted, or is left to the one-record way.
+                    assert self._read is not None
+                    found = len(app_data)
+                    inner = self._records.open_application_data(self._read, app_data)
+                    if len(app_data) > found:
+                        self._useless.progress()
+                    if inner is not None:
+                        events += self._established_inner(inner, app_data)
+                        continue
                 record = self._records.next_record()
                 if record is None:
                     break
                 if isinstance(self._state, Established):
-                    events += self._established_record(record, app_data)
+                    assert self._read is not None
+                    events += self._established_inner(self._read.decrypt(record), app_data)
                 else:
                     events += self._handshake_record(record)
 
         events = self._guarded(drain)
         if app_data:
             data = app_data[0] if len(app_data) == 1 else b"".join(app_data)
+            if not events:  # the data path: nothing else happened
+                return [ApplicationData(data)]
             # Application data comes first: it was read before whatever ended the session.
             index = next(
                 (i for i, e in enumerate(events) if not isinstance(e, HandshakeComplete)),
@@ -426,9 +443,11 @@ class NativeEngine:
                 f"a record of type {content_type} between the fragments of a handshake message",
             )
 
-    def _established_record(self, record: Record, app_data: list[bytes]) -> list[Event]:
+    def _established_inner(
+        self, inner: InnerPlaintext, app_data: list[bytes | memoryview]
+    ) -> list[Event]:
+        """One decrypted record of the established session."""
         assert self._read is not None
-        inner = self._read.decrypt(record)
         if inner.content_type != ContentType.HANDSHAKE:
             self._not_inside_a_message(inner.content_type)
         if inner.content_type == ContentType.APPLICATION_DATA:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -431,3 +433,162 @@ def test_fuzz_sealed_inner_plaintext(inner: bytes, data: st.DataObject) -> None:
         assert error.alert is Alert.UNEXPECTED_MESSAGE
     else:
         assert inner.rstrip(b"\x00") == content + bytes((content_type,))
+
+
+# --- the established data path: every complete record in one call ---------------------------
+
+
+def _drain_one_by_one(reader: RecordReader, receiver: RecordProtection, out: list) -> None:
+    while (record := reader.next_record()) is not None:
+        _note(out, receiver.decrypt(record))
+
+
+def _drain_batched(reader: RecordReader, receiver: RecordProtection, out: list) -> None:
+    """As the engine's established loop: the batch, then the one-record way when it stops."""
+    while True:
+        contents: list[bytes | memoryview] = []
+        try:
+            inner = reader.open_application_data(receiver, contents)
+        finally:
+            for content in contents:
+                _note(out, InnerPlaintext(APPLICATION_DATA, bytes(content)))
+        if inner is not None:
+            _note(out, inner)
+            continue
+        record = reader.next_record()
+        if record is None:
+            return
+        _note(out, receiver.decrypt(record))
+
+
+def _note(out: list, inner: InnerPlaintext) -> None:
+    """Application data with bytes in it as one growing run; anything else as it came."""
+    if inner.content_type == APPLICATION_DATA and inner.content:
+        if out and out[-1][0] == "data":
+            out[-1] = ("data", out[-1][1] + inner.content)
+        else:
+            out.append(("data", inner.content))
+    else:
+        out.append(("record", inner.content_type, bytes(inner.content)))
+
+
+def _received(stream: bytes, cuts: list[int], suite: CipherSuite, drain: object) -> list:
+    _, receiver = pair(suite)
+    reader = RecordReader()
+    out: list = []
+    bounds = [0, *sorted(cuts), len(stream)]
+    try:
+        for start, end in itertools.pairwise(bounds):
+            reader.feed(stream[start:end])
+            drain(reader, receiver, out)  # type: ignore[operator]
+    except TLSAlert as error:
+        out.append(("alert", error.alert))
+    out.append(("sequence", receiver.sequence_number, "buffered", reader.buffered))
+    return out
+
+
+RECORD_KINDS = st.one_of(
+    st.tuples(st.just("data"), st.integers(0, MAX_PLAINTEXT_LENGTH)),
+    st.tuples(st.just("data"), st.integers(1, 40)),
+    st.tuples(st.just("alert"), st.just(0)),
+    st.tuples(st.just("handshake"), st.integers(1, 8)),
+    st.tuples(st.just("plaintext"), st.integers(1, 8)),  # a record that is not protected
+    st.tuples(st.just("tampered"), st.integers(1, 100)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(RECORD_KINDS, max_size=12), st.data())
+def test_batched_records_read_as_one_by_one(kinds: list[tuple[str, int]], data) -> None:
+    """Differential: the batch path gives the same contents, records, alert and sequence
+    number as the one-record path, for any records (padded or not) fed in any split."""
+    suite = data.draw(st.sampled_from(SUITES))
+    block = data.draw(st.sampled_from([0, 0, 16, 256]))
+    sender, _ = pair(suite, pad_to_multiple(block))
+    stream = b""
+    for kind, size in kinds:
+        if kind == "data":
+            stream += sender.encrypt(APPLICATION_DATA, bytes([size % 251]) * size)
+        elif kind == "alert":
+            stream += sender.encrypt(ALERT, b"\x01\x00")
+        elif kind == "handshake":
+            stream += sender.encrypt(HANDSHAKE, b"\x18" * size)
+        elif kind == "plaintext":
+            stream += encode_record(HANDSHAKE, b"\x01" * size)
+        else:
+            record = bytearray(sender.encrypt(APPLICATION_DATA, b"t" * size))
+            record[-1] ^= 1
+            stream += bytes(record)
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=6))
+    one_by_one = _received(stream, cuts, suite, _drain_one_by_one)
+    assert _received(stream, cuts, suite, _drain_batched) == one_by_one
+
+
+def test_batched_read_is_one_buffer_and_keeps_data_before_a_bad_record() -> None:
+    sender, receiver = pair(TLS_AES_128_GCM_SHA256)
+    good = b"".join(sender.encrypt(APPLICATION_DATA, bytes([i]) * 5000) for i in range(4))
+    bad = bytearray(sender.encrypt(APPLICATION_DATA, b"x" * 10))
+    bad[-1] ^= 1
+    reader = RecordReader()
+    reader.feed(good + bytes(bad))
+    contents: list[bytes | memoryview] = []
+    assert alert_of(reader.open_application_data, receiver, contents) is Alert.BAD_RECORD_MAC
+    assert len(contents) == 1  # four records, one buffer
+    assert bytes(contents[0]) == b"".join(bytes([i]) * 5000 for i in range(4))
+    assert receiver.sequence_number == 4
+
+
+def test_reader_copies_only_the_straddling_record() -> None:
+    """A read that completes a record and brings more keeps the rest in place."""
+    sender, receiver = pair(TLS_AES_128_GCM_SHA256)
+    records = [sender.encrypt(APPLICATION_DATA, bytes([i]) * 3000) for i in range(3)]
+    stream = b"".join(records)
+    reader = RecordReader()
+    reader.feed(stream[:100])
+    read = stream[100:]
+    reader.feed(read)
+    assert reader._data is read  # not copied: only the first record's 3000-odd bytes were
+    assert len(reader._head) == len(records[0])
+    contents: list[bytes | memoryview] = []
+    assert reader.open_application_data(receiver, contents) is None
+    assert b"".join(bytes(c) for c in contents) == bytes(3000) + b"\x01" * 3000 + b"\x02" * 3000
+    assert reader.buffered == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, MAX_PLAINTEXT_LENGTH), min_size=1, max_size=4),
+    st.sampled_from([0, 1, 64]),
+    st.sampled_from(range(len(SUITES))),
+    st.booleans(),
+)
+def test_seal_application_data_is_encrypt(
+    sizes: list[int], block: int, suite_index: int, as_view: bool
+) -> None:
+    """The data path's record is ``encrypt``'s, byte for byte, record after record."""
+    suite = SUITES[suite_index]
+    one, other = pair(suite, pad_to_multiple(block))[0], pair(suite, pad_to_multiple(block))[0]
+    for size in sizes:
+        content = bytes([size % 251]) * size
+        sealed = one.seal_application_data(memoryview(content) if as_view else content)
+        assert sealed == other.encrypt(APPLICATION_DATA, content)
+    assert one.sequence_number == other.sequence_number == len(sizes)
+
+
+def test_reader_fed_again_before_it_was_drained() -> None:
+    """Records left unread when more comes (the engine drains every read, a caller need
+    not): nothing is lost or reordered, whatever was straddling."""
+    records = [encode_record(HANDSHAKE, bytes([i]) * (100 + i)) for i in range(6)]
+    stream = b"".join(records)
+    for first in range(1, len(stream)):
+        for second in (first + 1, first + 150, len(stream)):
+            reader = RecordReader()
+            reader.feed(stream[:first])
+            got = [reader.next_record()]  # one taken, the rest left in the reader
+            reader.feed(stream[first:second])
+            reader.feed(stream[second:])
+            while (record := reader.next_record()) is not None:
+                got.append(record)
+            got = [r for r in got if r is not None]
+            assert [r.header() + r.fragment for r in got] == records, (first, second)
+            assert reader.buffered == 0
