@@ -133,15 +133,35 @@ def server_hello(
     selected_identity: int | None = None,
 ) -> bytes:
     """ServerHello for TLS 1.3: supported_versions (0x0304), our key_share entry and, when a
-    PSK was accepted, pre_shared_key with its selected_identity (section 4.2.11)."""
-    key_share = group.to_bytes(2, "big") + vector(key_exchange, 2)
+    PSK was accepted, pre_shared_key with its selected_identity (section 4.2.11).
+
+    Written on every handshake, so encoded in one pass (``_server_hello`` is the same layout
+    through the generic helpers, for the HelloRetryRequest)."""
+    if len(random) != 32 or len(session_id) > 32:
+        raise ValueError("bad random or legacy_session_id")
     extensions = [
-        (ExtensionType.SUPPORTED_VERSIONS, TLS13.to_bytes(2, "big")),
-        (ExtensionType.KEY_SHARE, key_share),
+        _SUPPORTED_VERSIONS_TLS13,
+        # KeyShareServerHello (4.2.8): extension type and length, group, key_exchange<1..>
+        _KEY_SHARE_HEADER.pack(
+            ExtensionType.KEY_SHARE, 4 + len(key_exchange), group, len(key_exchange)
+        ),
+        key_exchange,
     ]
     if selected_identity is not None:
-        extensions.append((ExtensionType.PRE_SHARED_KEY, selected_identity.to_bytes(2, "big")))
-    return _server_hello(random, session_id, cipher_suite, extensions)
+        extensions.append(_PRE_SHARED_KEY.pack(ExtensionType.PRE_SHARED_KEY, 2, selected_identity))
+    block = b"".join(extensions)
+    body = b"".join((
+        _LEGACY_VERSION_BYTES, random, bytes((len(session_id),)), session_id,
+        _SUITE_COMPRESSION_LENGTH.pack(cipher_suite, 0, len(block)), block,
+    ))  # fmt: skip
+    return handshake(HandshakeType.SERVER_HELLO, body)
+
+
+_SUPPORTED_VERSIONS_TLS13 = struct.pack(">HHH", ExtensionType.SUPPORTED_VERSIONS, 2, TLS13)
+_KEY_SHARE_HEADER = struct.Struct(">HHHH")
+_PRE_SHARED_KEY = struct.Struct(">HHH")
+_LEGACY_VERSION_BYTES = LEGACY_VERSION.to_bytes(2, "big")
+_SUITE_COMPRESSION_LENGTH = struct.Struct(">HBH")  # cipher_suite, legacy_compression, length
 
 
 def hello_retry_request(
