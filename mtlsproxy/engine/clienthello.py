@@ -292,7 +292,7 @@ def _parse_client_hello(body: bytes) -> ClientHello:
         session_id=session_id,
         cipher_suites=cipher_suites,
         compression_methods=compression_methods,
-        extension_type_codes=b"".join([_UINT16.pack(ext_type) for ext_type in types]),
+        extension_type_codes=struct.pack(f">{len(types)}H", *types),
         retry_digest=retry_digest.digest(),
         **fields,  # type: ignore[arg-type]
     )
@@ -351,8 +351,11 @@ def _check_version(hello: ClientHello) -> None:
         raise _refuse_legacy_version(
             hello.legacy_version, f"legacy_version 0x{hello.legacy_version:04x} is SSL 3.0 or older"
         )
-    if hello.supported_versions:
-        if not any(v >= TLS1_2 and not is_grease(v) for v in hello.supported_versions):
+    versions = hello.supported_versions
+    if versions:
+        if TLS1_3 in versions or TLS1_2 in versions:
+            return  # the common case, without a look at each version
+        if not any(v >= TLS1_2 and not is_grease(v) for v in versions):
             raise HandshakeError(
                 Step.CLIENT_HELLO,
                 Reason.UNSUPPORTED_VERSION,

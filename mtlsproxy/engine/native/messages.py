@@ -345,6 +345,12 @@ def decode_certificate(body: bytes, max_certificates: int = MAX_CERTIFICATES) ->
     beyond); the body itself is bounded by the reassembly cap. We request no extension a
     CertificateEntry may answer (section 4.4.2: they "MUST correspond to ones from the
     server's CertificateRequest"), so any is unsolicited: ``unsupported_extension`` (4.2)."""
+    usual = _usual_certificate(body, max_certificates)
+    return usual if usual is not None else _read_certificate(body, max_certificates)
+
+
+def _read_certificate(body: bytes, max_certificates: int) -> CertificateMessage:
+    """``decode_certificate``'s strict reading, which names what is wrong."""
     chain: list[bytes] = []
     with _decoding("Certificate"):
         buf = Buffer(body)
@@ -364,6 +370,32 @@ def decode_certificate(body: bytes, max_certificates: int = MAX_CERTIFICATES) ->
                     )
         _end(buf, "Certificate")
     return CertificateMessage(context, tuple(chain))
+
+
+def _usual_certificate(body: bytes, max_certificates: int) -> CertificateMessage | None:
+    """``decode_certificate`` for a well-formed Certificate whose entries carry no extension,
+    read by offsets (this message comes with every mutual-TLS handshake); None for anything
+    else, left to the strict reading."""
+    size = len(body)
+    start = 1 + body[0] if body else size
+    pos = start + 3
+    if pos > size or pos + int.from_bytes(body[start:pos], "big") != size:
+        return None
+    chain: list[bytes] = []
+    while pos < size:
+        length = int.from_bytes(body[pos : pos + 3], "big")
+        end = pos + 3 + length
+        # cert_data<1..2^24-1>, then extensions<0..2^16-1>, which must be empty here
+        if (
+            len(chain) >= max_certificates
+            or not length
+            or end + 2 > size
+            or body[end : end + 2] != b"\x00\x00"
+        ):
+            return None
+        chain.append(body[pos + 3 : end])
+        pos = end + 2
+    return CertificateMessage(body[1:start], tuple(chain))
 
 
 # CertificateVerify (section 4.4.3)
@@ -406,12 +438,9 @@ def decode_finished(body: bytes, hash_length: int) -> bytes:
 
 def new_session_ticket(lifetime: int, age_add: int, nonce: bytes, ticket: bytes) -> bytes:
     """NewSessionTicket without extensions (no early_data: 0-RTT is never offered)."""
-    body = (
-        struct.pack("!II", lifetime, age_add)
-        + vector(nonce, 1)
-        + vector(ticket, 2)
-        + extensions_block([])
-    )
+    body = b"".join(
+        (struct.pack("!II", lifetime, age_add), vector(nonce, 1), vector(ticket, 2), b"\x00\x00")
+    )  # b"\x00\x00": the empty extensions block, written out
     return handshake(HandshakeType.NEW_SESSION_TICKET, body)
 
 
