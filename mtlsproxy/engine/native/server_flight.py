@@ -95,7 +95,7 @@ def answer(
     if not hello.signature_algorithms:
         raise TLSAlert(Alert.MISSING_EXTENSION, "ClientHello without signature_algorithms")
     cache = route_cache.for_route(route)
-    chosen = sigs.choose_usable(cache.credential_schemes, hello.signature_algorithms)
+    chosen = cache.choose(hello.signature_algorithms)
     if chosen is None:
         raise HandshakeError(
             Step.SERVER_HELLO,
