@@ -16,10 +16,11 @@ native engine's cost over it is its own Python.
 
     python bench/engine.py --handshakes 300 --runs 5 [--no-verify-cache]
 
-``--loop N`` runs N native mutual-TLS 1.3 handshakes and nothing else, for a profiler or an
-instruction count, with ``--pki DIR`` keeping the PKI in DIR (made on first use) so that runs
-are comparable (fresh keys change what the client's crypto costs). Instructions per handshake,
-repeatable on a noisy machine: the difference of two callgrind totals over 20::
+``--loop N`` runs N native mutual-TLS 1.3 handshakes (``--one-way``: one-way TLS 1.3) and
+nothing else, for a profiler or an instruction count, with ``--pki DIR`` keeping the PKI in
+DIR (made on first use) so that runs are comparable (fresh keys change what the client's
+crypto costs). Instructions per handshake, repeatable on a noisy machine: the difference of
+two callgrind totals over 20::
 
     for n in 10 30; do valgrind --tool=callgrind --callgrind-out-file=cg.$n \
         python bench/engine.py --loop $n --pki /tmp/bench-pki; done
@@ -165,16 +166,18 @@ def bare_server(context: ssl.SSLContext) -> Callable[[], ServerStep]:
     return new
 
 
-def loop(count: int, directory: Path | None) -> None:
-    """``count`` native mTLS 1.3 handshakes after one warm-up (module docstring)."""
+def loop(count: int, directory: Path | None, *, one_way: bool = False) -> None:
+    """``count`` native TLS 1.3 handshakes after one warm-up (module docstring): mutual TLS,
+    or with ``one_way`` no CertificateRequest and no client certificate."""
     with tempfile.TemporaryDirectory() as scratch:
         where = directory or Path(scratch)
         files = pki.PkiFiles.at(where)
         if not files.crl_bundle.exists():  # pki.init's files, made once per directory
             where.mkdir(parents=True, exist_ok=True)
             files = pki.init(where)
-        table = RouteTable(route(files, ClientAuthMode.REQUIRE, allow=True))
-        client_ctx = client_context(files, True, ssl.TLSVersion.TLSv1_3)
+        mode = ClientAuthMode.NONE if one_way else ClientAuthMode.REQUIRE
+        table = RouteTable(route(files, mode, allow=not one_way))
+        client_ctx = client_context(files, not one_way, ssl.TLSVersion.TLSv1_3)
         new_server = engine_server(table, SelectingEngine)
         handshake(client_ctx, new_server())
         gc.collect()
@@ -194,11 +197,14 @@ def main() -> None:
     )
     parser.add_argument("--loop", type=int, help="only N native mTLS 1.3 handshakes")
     parser.add_argument("--pki", type=Path, help="with --loop: keep the PKI in this directory")
+    parser.add_argument(
+        "--one-way", action="store_true", help="with --loop: one-way TLS 1.3 (no client cert)"
+    )
     args = parser.parse_args()
     if args.no_verify_cache:
         verify.VERIFY_CACHE_SIZE = 0
     if args.loop is not None:
-        loop(args.loop, args.pki)
+        loop(args.loop, args.pki, one_way=args.one_way)
         return
     with tempfile.TemporaryDirectory() as directory:
         files = pki.init(Path(directory))

@@ -14,6 +14,7 @@ import hashlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from mtlsproxy.engine import fingerprints
 from mtlsproxy.engine.hello_extensions import (
@@ -31,6 +32,7 @@ from mtlsproxy.engine.hello_extensions import (
 )
 from mtlsproxy.engine.records import (
     HANDSHAKE_HEADER_SIZE,
+    MAX_PLAINTEXT_RECORD,
     RECORD_HEADER_SIZE,
     TLS_MAJOR_VERSION,
     Buffer,
@@ -277,9 +279,12 @@ def _parse_client_hello(body: bytes) -> ClientHello:
         if ext_type not in RETRY_MAY_CHANGE:
             # The extension's raw bytes: its type, its length and its body.
             retry_digest.update(body[ext_start:ext_end])
-        parse = _FIELD_PARSERS.get(ext_type)
-        if parse is not None:
-            parse(body[ext_start + 4 : ext_end], fields)
+        field = _FIELD_PARSERS.get(ext_type)
+        if field is not None:
+            name, parse = field
+            fields[name] = parse(body[ext_start + 4 : ext_end])
+    if "key_shares" in fields:
+        fields["has_key_share"] = True  # the extension is there, even listing no share
 
     return ClientHello(
         legacy_version=legacy_version,
@@ -287,53 +292,46 @@ def _parse_client_hello(body: bytes) -> ClientHello:
         session_id=session_id,
         cipher_suites=cipher_suites,
         compression_methods=compression_methods,
-        extension_type_codes=b"".join([_UINT16.pack(ext_type) for ext_type in types]),
+        extension_type_codes=struct.pack(f">{len(types)}H", *types),
         retry_digest=retry_digest.digest(),
         **fields,  # type: ignore[arg-type]
     )
 
 
-def _key_share(body: bytes, fields: dict[str, object]) -> None:
-    fields["key_shares"] = parse_key_share(body)
-    fields["has_key_share"] = True
-
-
-def _early_data(body: bytes, fields: dict[str, object]) -> None:
+def _early_data(body: bytes) -> bool:
     # RFC 8446 section 4.2.10: empty in the ClientHello.
     if body:
         raise DecodeError("early_data extension is not empty")
-    fields["has_early_data"] = True
+    return True
 
 
-_FieldParser = Callable[[bytes, dict[str, object]], None]
-
-
-def _field(name: str, parse: Callable[[bytes], object]) -> _FieldParser:
-    def parse_field(body: bytes, fields: dict[str, object]) -> None:
-        fields[name] = parse(body)
-
-    return parse_field
-
-
-# The extensions the ClientHello keeps a field of, and how each body is parsed.
-_FIELD_PARSERS: dict[int, _FieldParser] = {
-    ExtensionType.SERVER_NAME: _field("server_name", parse_server_name),
-    ExtensionType.ALPN: _field("alpn_protocols", parse_alpn),
+# The extensions the ClientHello keeps a field of: the field's name and how the body is parsed
+# (functools.partial rather than lambdas: one Python call fewer per extension).
+_FIELD_PARSERS: dict[int, tuple[str, Callable[[bytes], object]]] = {
+    ExtensionType.SERVER_NAME: ("server_name", parse_server_name),
+    ExtensionType.ALPN: ("alpn_protocols", parse_alpn),
     # ProtocolVersion versions<2..254>
-    ExtensionType.SUPPORTED_VERSIONS: _field("supported_versions", lambda b: whole(b, 1, 2)),
-    # NamedGroup named_group_list<2..2^16-1>
-    ExtensionType.SUPPORTED_GROUPS: _field("supported_groups", lambda b: whole(b, 2, 2)),
-    # SignatureScheme supported_signature_algorithms<2..2^16-2>
-    ExtensionType.SIGNATURE_ALGORITHMS: _field("signature_algorithms", lambda b: whole(b, 2, 2)),
-    ExtensionType.KEY_SHARE: _key_share,
-    # PskKeyExchangeMode ke_modes<1..255>
-    ExtensionType.PSK_KEY_EXCHANGE_MODES: _field(
-        "psk_key_exchange_modes", lambda b: tuple(parse_uint8_list(b, 1))
+    ExtensionType.SUPPORTED_VERSIONS: (
+        "supported_versions",
+        partial(whole, length_size=1, minimum=2),
     ),
-    ExtensionType.PRE_SHARED_KEY: _field("offered_psks", parse_pre_shared_key),
-    ExtensionType.EARLY_DATA: _early_data,
+    # NamedGroup named_group_list<2..2^16-1>
+    ExtensionType.SUPPORTED_GROUPS: ("supported_groups", partial(whole, length_size=2, minimum=2)),
+    # SignatureScheme supported_signature_algorithms<2..2^16-2>
+    ExtensionType.SIGNATURE_ALGORITHMS: (
+        "signature_algorithms",
+        partial(whole, length_size=2, minimum=2),
+    ),
+    ExtensionType.KEY_SHARE: ("key_shares", parse_key_share),
+    # PskKeyExchangeMode ke_modes<1..255>
+    ExtensionType.PSK_KEY_EXCHANGE_MODES: (
+        "psk_key_exchange_modes",
+        lambda b: tuple(parse_uint8_list(b, 1)),
+    ),
+    ExtensionType.PRE_SHARED_KEY: ("offered_psks", parse_pre_shared_key),
+    ExtensionType.EARLY_DATA: ("has_early_data", _early_data),
     # ECPointFormat ec_point_format_list<1..2^8-1>
-    ExtensionType.EC_POINT_FORMATS: _field("ec_point_formats", lambda b: parse_uint8_list(b, 1)),
+    ExtensionType.EC_POINT_FORMATS: ("ec_point_formats", partial(parse_uint8_list, minimum=1)),
 }
 
 
@@ -353,8 +351,11 @@ def _check_version(hello: ClientHello) -> None:
         raise _refuse_legacy_version(
             hello.legacy_version, f"legacy_version 0x{hello.legacy_version:04x} is SSL 3.0 or older"
         )
-    if hello.supported_versions:
-        if not any(v >= TLS1_2 and not is_grease(v) for v in hello.supported_versions):
+    versions = hello.supported_versions
+    if versions:
+        if TLS1_3 in versions or TLS1_2 in versions:
+            return  # the common case, without a look at each version
+        if not any(v >= TLS1_2 and not is_grease(v) for v in versions):
             raise HandshakeError(
                 Step.CLIENT_HELLO,
                 Reason.UNSUPPORTED_VERSION,
@@ -368,6 +369,30 @@ def _check_version(hello: ClientHello) -> None:
             f"client offers at most version 0x{hello.legacy_version:04x}",
             Alert.PROTOCOL_VERSION,
         )
+
+
+def _lone_client_hello(data: bytes, max_size: int) -> bytes | None:
+    """The ClientHello message (header included) when ``data`` opens with a handshake record
+    holding exactly one whole ClientHello, as nearly every client sends it: the common case,
+    without the record reader. None for anything else (more records, fragments, a bad header),
+    which the record reader handles and names (RFC 8446 section 5.1)."""
+    if (
+        len(data) < RECORD_HEADER_SIZE + HANDSHAKE_HEADER_SIZE
+        or data[0] != ContentType.HANDSHAKE
+        or data[1] != TLS_MAJOR_VERSION
+        or data[RECORD_HEADER_SIZE] != HandshakeType.CLIENT_HELLO
+    ):
+        return None
+    length = (data[3] << 8) | data[4]
+    end = RECORD_HEADER_SIZE + length
+    message_length = int.from_bytes(data[6:9], "big")
+    if (
+        length > MAX_PLAINTEXT_RECORD
+        or end > min(len(data), max_size)
+        or HANDSHAKE_HEADER_SIZE + message_length != length
+    ):
+        return None
+    return data[RECORD_HEADER_SIZE:end]
 
 
 class ClientHelloReader:
@@ -394,6 +419,7 @@ class ClientHelloReader:
         )
         self._hello: ClientHello | None = None
         self._message = b""
+        self._hello_size = 0
         self._error: HandshakeError | None = None
         self._refused_version: int | None = None  # the client's version, when refused for it
 
@@ -404,7 +430,7 @@ class ClientHelloReader:
     @property
     def hello_size(self) -> int:
         """Bytes of ``buffered`` that are the ClientHello's records (0 until it is complete)."""
-        return self._records.consumed if self._hello is not None else 0
+        return self._hello_size
 
     @property
     def message(self) -> bytes:
@@ -442,6 +468,8 @@ class ClientHelloReader:
     def _feed(self, data: bytes) -> ClientHello | None:
         before = len(self._buffered)
         self._buffered += data
+        if not before and (lone := _lone_client_hello(data, self._max_size)) is not None:
+            return self._parse(lone, RECORD_HEADER_SIZE + len(lone))
         if before < SSL2_HEADER_SIZE and not self._check_first_bytes():
             return None  # an SSL 2.0 header is not whole yet
         room = max(0, self._max_size - before)
@@ -467,13 +495,20 @@ class ClientHelloReader:
             # RFC 8446 section 5.1: handshake messages MUST NOT span key changes; nothing may
             # follow the ClientHello in its record (the next client flight waits for ours).
             raise malformed("bytes follow the ClientHello in its last record")
+        return self._parse(message.raw, self._records.consumed)
+
+    def _parse(self, message: bytes, hello_size: int) -> ClientHello:
+        """Parse the whole ClientHello ``message`` (header included), whose records are the
+        first ``hello_size`` bytes."""
+        body = message[HANDSHAKE_HEADER_SIZE:]
         try:
-            self._hello = parse_client_hello(message.body)
+            self._hello = parse_client_hello(body)
         except HandshakeError as error:
             if error.reason is Reason.UNSUPPORTED_VERSION:  # legacy_version opens the body
-                self._refused_version = int.from_bytes(message.body[:2], "big")
+                self._refused_version = int.from_bytes(body[:2], "big")
             raise
-        self._message = message.raw
+        self._message = message
+        self._hello_size = hello_size
         return self._hello
 
     def _wrong_type(self, msg_type: int) -> HandshakeError:

@@ -9,6 +9,7 @@ parser (:mod:`mtlsproxy.engine.clienthello`) turns a ``DecodeError`` into ``deco
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass
 
 from mtlsproxy.engine.records import Buffer, DecodeError
@@ -71,6 +72,9 @@ class OfferedPsks:
         return f"OfferedPsks({len(self.identities)} identities)"
 
 
+_unpack_two_uint16 = struct.Struct(">HH").unpack
+
+
 def malformed(detail: str, alert: Alert = Alert.DECODE_ERROR) -> HandshakeError:
     return HandshakeError(Step.CLIENT_HELLO, Reason.MALFORMED, detail, alert)
 
@@ -86,7 +90,15 @@ def _validate_host_name(raw: bytes) -> str:
 
 def parse_server_name(body: bytes) -> str | None:
     """RFC 6066 section 3: ServerNameList server_name_list<1..2^16-1>; at most one host_name."""
-    buf = Buffer(body)
+    size = len(body)
+    if (
+        size > 5
+        and body[2] == 0
+        and _unpack_two_uint16(body[:2] + body[3:5]) == (size - 2, size - 5)
+    ):
+        # The usual list: one host_name filling it, read without a Buffer.
+        return _validate_host_name(body[5:])
+    buf = Buffer(body)  # the strict reading: several names, or what is wrong
     host_name: str | None = None
     with buf.pull_block(2, minimum=1):
         while not buf.eof():
@@ -115,6 +127,20 @@ def parse_alpn(body: bytes) -> tuple[str, ...]:
 
 def parse_key_share(body: bytes) -> tuple[KeyShareEntry, ...]:
     """RFC 8446 section 4.2.8: KeyShareEntry client_shares<0..2^16-1>, key_exchange<1..>."""
+    size = len(body)
+    if size >= 2 and int.from_bytes(body[:2], "big") == size - 2:
+        # Well-formed shares are read without a Buffer; anything else by the strict reading.
+        shares: list[KeyShareEntry] = []
+        pos = 2
+        while pos + 4 <= size:
+            group, length = _unpack_two_uint16(body[pos : pos + 4])
+            end = pos + 4 + length
+            if not length or end > size:
+                break
+            shares.append(KeyShareEntry(group, body[pos + 4 : end]))
+            pos = end
+        if pos == size:
+            return tuple(shares)
     buf = Buffer(body)
     entries: list[KeyShareEntry] = []
     with buf.pull_block(2):
@@ -150,7 +176,12 @@ def parse_pre_shared_key(body: bytes) -> OfferedPsks:
 
 
 def whole(body: bytes, length_size: int, minimum: int) -> tuple[int, ...]:
-    buf = Buffer(body)
+    """A list extension's uint16 values: the vector is the whole body (RFC 8446 section 3.4)."""
+    length = int.from_bytes(body[:length_size], "big")
+    if len(body) == length_size + length and length >= minimum and not length % 2:
+        # The well-formed case without a Buffer (every ClientHello has three of these).
+        return struct.unpack(f">{length // 2}H", body[length_size:])
+    buf = Buffer(body)  # the strict reading, which names what is wrong
     values = buf.pull_uint16_list(length_size, minimum=minimum)
     if not buf.eof():
         raise DecodeError("trailing bytes after a list extension")
@@ -158,7 +189,10 @@ def whole(body: bytes, length_size: int, minimum: int) -> tuple[int, ...]:
 
 
 def parse_uint8_list(body: bytes, minimum: int) -> bytes:
-    buf = Buffer(body)
+    """An ``opaque x<minimum..2^8-1>`` extension body holding only that vector."""
+    if body and len(body) == body[0] + 1 and body[0] >= minimum:
+        return body[1:]  # well-formed, without a Buffer
+    buf = Buffer(body)  # the strict reading, which names what is wrong
     values = buf.pull_vector_bytes(1, minimum=minimum)
     if not buf.eof():
         raise DecodeError("trailing bytes after a list extension")

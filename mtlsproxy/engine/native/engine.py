@@ -287,7 +287,7 @@ class NativeEngine:
     ) -> server_flight.Retry | server_flight.Flight:
         return server_flight.answer(
             hello, message, self._route, self._suites, self._groups,
-            now=self._wall_seconds(), retry=retry, trace=self._trace,
+            now=self._wall_seconds, retry=retry, trace=self._trace,
         )  # fmt: skip
 
     def _apply(self, answer: server_flight.Retry | server_flight.Flight) -> None:

@@ -30,7 +30,7 @@ import enum
 import functools
 import hashlib
 import hmac
-from typing import NamedTuple, overload
+from typing import NamedTuple
 
 from mtlsproxy.engine.native.alerts import TLSAlert
 from mtlsproxy.engine.native.suites import CipherSuite, HashObject
@@ -47,6 +47,10 @@ except ImportError:  # pragma: no cover - a Python built without OpenSSL's hashl
     _openssl_hmac_new = None
 
 
+# hmac.new's signature, OpenSSL's object: the hot paths below call it inline (one call fewer).
+_hmac_new = _openssl_hmac_new if _openssl_hmac_new is not None else hmac.new
+
+
 def _hmac(key: bytes, message: bytes, hash_name: str) -> bytes:
     # OpenSSL's HMAC with a digest *name*: the fastest of the constant-time options measured on
     # Python 3.11 (bench/native_crypto.py: hmac.digest and cryptography's HKDFExpand were
@@ -54,9 +58,7 @@ def _hmac(key: bytes, message: bytes, hash_name: str) -> bytes:
     # (the same OpenSSL HMAC_CTX): calling that directly saves ~0.8 us of ~2 per call, and a
     # handshake makes two dozen. A pure-Python HMAC over bytes.translate is faster still but
     # indexes a table with key bytes, so it is not used.
-    if _openssl_hmac_new is not None:
-        return _openssl_hmac_new(key, message, hash_name).digest()
-    return hmac.new(key, message, hash_name).digest()  # pragma: no cover
+    return _hmac_new(key, message, hash_name).digest()
 
 
 def hkdf_extract(hash_name: str, salt: bytes, ikm: bytes) -> bytes:
@@ -96,7 +98,7 @@ def hkdf_expand_label(
             info = _label_prefix(label, length) + bytes((len(context),)) + context + b"\x01"
         else:  # keys, IVs, finished keys: the whole input is a constant of label and length
             info = _empty_context_info(label, length)
-        return _hmac(secret, info, hash_name)[:length]
+        return _hmac_new(secret, info, hash_name).digest()[:length]
     info = _label_prefix(label, length) + bytes((len(context),)) + context
     if length > 255 * hash_length:
         raise ValueError("HKDF-Expand output too long")
@@ -140,10 +142,13 @@ class TrafficKeys(NamedTuple):
 
 def derive_traffic_keys(suite: CipherSuite, traffic_secret: bytes) -> TrafficKeys:
     """RFC 8446 section 7.3: ``[sender]_write_key`` and ``[sender]_write_iv`` of a secret."""
-    return TrafficKeys(
-        hkdf_expand_label(suite.hash_name, traffic_secret, b"key", b"", suite.key_length),
-        hkdf_expand_label(suite.hash_name, traffic_secret, b"iv", b"", suite.iv_length),
-    )
+    # HKDF-Expand-Label inline (four protections per handshake): with an empty context and an
+    # output no longer than the hash (every suite's key and IV), it is one HMAC over a
+    # constant, truncated (see hkdf_expand_label).
+    name, key_length, iv_length = suite.hash_name, suite.key_length, suite.iv_length
+    key = _hmac_new(traffic_secret, _empty_context_info(b"key", key_length), name).digest()
+    iv = _hmac_new(traffic_secret, _empty_context_info(b"iv", iv_length), name).digest()
+    return TrafficKeys(key[:key_length], iv[:iv_length])
 
 
 def next_traffic_secret(suite: CipherSuite, traffic_secret: bytes) -> bytes:
@@ -164,7 +169,9 @@ def finished_verify_data(suite: CipherSuite, base_key: bytes, transcript_hash: b
     ``base_key`` is the sender's handshake traffic secret (or, for post-handshake
     authentication, its application traffic secret).
     """
-    return _hmac(finished_key(suite, base_key), transcript_hash, suite.hash_name)
+    name = suite.hash_name
+    key = _hmac_new(base_key, _empty_context_info(b"finished", suite.hash_length), name).digest()
+    return _hmac_new(key, transcript_hash, name).digest()  # finished_key inline: calls fewer
 
 
 def verify_finished(
@@ -246,28 +253,20 @@ class Phase(enum.IntEnum):
 _NEXT_PHASE = {phase: Phase(phase + 1) for phase in Phase if phase < Phase.RESUMPTION}
 
 
-class _Secret:
-    """A read-only secret attribute of :class:`KeySchedule`; reading it before it is derived
-    raises :class:`KeyScheduleError` (naming the secret, never showing a value)."""
-
-    __slots__ = ("_name",)
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self._name = name
-
-    @overload
-    def __get__(self, instance: None, owner: type | None = None) -> _Secret: ...
-
-    @overload
-    def __get__(self, instance: KeySchedule, owner: type | None = None) -> bytes: ...
-
-    def __get__(self, instance: KeySchedule | None, owner: type | None = None) -> bytes | _Secret:
-        if instance is None:
-            return self
-        try:
-            return instance._secrets[self._name]
-        except KeyError:
-            raise KeyScheduleError(f"{self._name} is not derived yet") from None
+# The secrets a KeySchedule derives, in the order of the section 7.1 diagram: each is a slot,
+# unset until derived (reading it earlier raises KeyScheduleError, see KeySchedule.__getattr__).
+_SECRET_NAMES = (
+    "early_secret",
+    "derived_early_secret",
+    "handshake_secret",
+    "client_handshake_traffic_secret",
+    "server_handshake_traffic_secret",
+    "derived_handshake_secret",
+    "master_secret",
+    "client_application_traffic_secret",
+    "server_application_traffic_secret",
+    "resumption_master_secret",
+)
 
 
 class KeySchedule:
@@ -282,7 +281,7 @@ class KeySchedule:
         ... EncryptedExtensions, CertificateRequest, Certificate, CertificateVerify
         verify_data = ks.server_finished_verify_data()
         ks.update_transcript(server_finished)
-        ks.derive_application_secrets()               # [cs] ap traffic secret 0, exporter
+        ks.derive_application_secrets()               # [cs] ap traffic secret 0
         ... client Certificate, CertificateVerify
         ks.verify_client_finished(received_verify_data)
         ks.update_transcript(client_finished)
@@ -291,36 +290,42 @@ class KeySchedule:
     Each traffic secret feeds :func:`derive_traffic_keys` (section 7.3) or directly
     ``RecordProtection.from_secret``. :meth:`next_client_application_secret` and
     :meth:`next_server_application_secret` advance the application secrets on KeyUpdate
-    (section 7.2).
+    (section 7.2). ``exporter_master_secret`` is derived when first read: a handshake never
+    needs it (no exporter is offered), so it costs nothing unless asked for.
+
+    The secrets are slots, read at C speed on the handshake's path; one not derived yet is an
+    unset slot, which :meth:`__getattr__` turns into :class:`KeyScheduleError` (naming the
+    secret, never showing a value).
     """
 
-    __slots__ = ("_derived_early", "_phase", "_secrets", "suite", "transcript")
-
-    early_secret = _Secret()
-    derived_early_secret = _Secret()
-    handshake_secret = _Secret()
-    client_handshake_traffic_secret = _Secret()
-    server_handshake_traffic_secret = _Secret()
-    derived_handshake_secret = _Secret()
-    master_secret = _Secret()
-    client_application_traffic_secret = _Secret()
-    server_application_traffic_secret = _Secret()
-    exporter_master_secret = _Secret()
-    resumption_master_secret = _Secret()
+    __slots__ = (
+        *_SECRET_NAMES,
+        "_application_hash",
+        "_exporter_master_secret",
+        "_hash_name",
+        "_phase",
+        "suite",
+        "transcript",
+    )
 
     def __init__(
         self, suite: CipherSuite, psk: bytes | None = None, transcript: Transcript | None = None
     ) -> None:
         self.suite = suite
+        self._hash_name = suite.hash_name
         self.transcript = transcript if transcript is not None else Transcript(suite)
         if not psk:  # no PSK: the zeros of section 7.1
-            early, self._derived_early = _no_psk_early_secrets(suite.hash_name)
+            self.early_secret, self.derived_early_secret = _no_psk_early_secrets(suite.hash_name)
         else:
             zeros = bytes(suite.hash_length)
-            early = hkdf_extract(suite.hash_name, zeros, psk)
-            self._derived_early = None
-        self._secrets: dict[str, bytes] = {"early_secret": early}
+            self.early_secret = hkdf_extract(suite.hash_name, zeros, psk)
         self._phase = Phase.EARLY
+
+    def __getattr__(self, name: str) -> bytes:
+        # Only called when normal lookup fails: an unset slot, i.e. a secret not derived yet.
+        if name in _SECRET_NAMES:
+            raise KeyScheduleError(f"{name} is not derived yet")
+        raise AttributeError(name)
 
     def __repr__(self) -> str:
         return f"KeySchedule({self.suite.name}, phase={self._phase.name})"
@@ -328,6 +333,19 @@ class KeySchedule:
     @property
     def phase(self) -> Phase:
         return self._phase
+
+    @property
+    def exporter_master_secret(self) -> bytes:
+        """``exp master`` over ClientHello...server Finished (section 7.1), derived on first
+        read from the transcript hash kept at :meth:`derive_application_secrets`."""
+        if self._phase < Phase.APPLICATION:
+            raise KeyScheduleError("exporter_master_secret is not derived yet")
+        try:
+            return self._exporter_master_secret
+        except AttributeError:
+            secret = self._derive(self.master_secret, b"exp master", self._application_hash)
+            self._exporter_master_secret = secret
+            return secret
 
     def update_transcript(self, message: bytes) -> None:
         """Add one or more complete handshake messages (headers included) to the transcript."""
@@ -342,56 +360,49 @@ class KeySchedule:
         self._phase = _NEXT_PHASE[expected]
 
     def _derive(self, secret: bytes, label: bytes, transcript_hash: bytes) -> bytes:
-        return derive_secret(self.suite.hash_name, secret, label, transcript_hash)
-
-    def _empty_hash(self) -> bytes:
-        return _empty_hash(self.suite.hash_name)
+        """Derive-Secret (section 7.1): HKDF-Expand-Label with a Hash.length output."""
+        name = self._hash_name
+        return hkdf_expand_label(name, secret, label, transcript_hash, _HASH_LENGTHS[name])
 
     def derive_handshake_secrets(self, shared_secret: bytes) -> None:
         """Handshake Secret and ``[cs] hs traffic`` over ClientHello...ServerHello (7.1)."""
         self._advance(Phase.EARLY)
-        s = self._secrets
-        name = self.suite.hash_name
-        derived = self._derived_early
-        if derived is None:
-            derived = self._derive(s["early_secret"], b"derived", self._empty_hash())
-        s["derived_early_secret"] = derived
-        s["handshake_secret"] = hkdf_extract(name, s["derived_early_secret"], shared_secret)
-        transcript_hash = self.transcript.digest()
-        s["client_handshake_traffic_secret"] = self._derive(
-            s["handshake_secret"], b"c hs traffic", transcript_hash
+        try:
+            derived = self.derived_early_secret  # a constant without a PSK
+        except KeyScheduleError:
+            derived = self._derive(self.early_secret, b"derived", _empty_hash(self._hash_name))
+            self.derived_early_secret = derived
+        secret = self.handshake_secret = hkdf_extract(self._hash_name, derived, shared_secret)
+        transcript_hash = self.transcript_hash()
+        self.client_handshake_traffic_secret = self._derive(
+            secret, b"c hs traffic", transcript_hash
         )
-        s["server_handshake_traffic_secret"] = self._derive(
-            s["handshake_secret"], b"s hs traffic", transcript_hash
+        self.server_handshake_traffic_secret = self._derive(
+            secret, b"s hs traffic", transcript_hash
         )
 
     def derive_application_secrets(self) -> None:
-        """Master Secret, ``[cs] ap traffic`` and ``exp master`` over ClientHello...server
-        Finished (section 7.1). Call after adding the server Finished to the transcript."""
+        """Master Secret and ``[cs] ap traffic`` over ClientHello...server Finished (section
+        7.1; ``exp master`` on first read). Call after adding the server Finished."""
         self._advance(Phase.HANDSHAKE)
-        s = self._secrets
-        zeros = bytes(self.suite.hash_length)
-        s["derived_handshake_secret"] = self._derive(
-            s["handshake_secret"], b"derived", self._empty_hash()
+        name = self._hash_name
+        derived = self.derived_handshake_secret = self._derive(
+            self.handshake_secret, b"derived", _empty_hash(name)
         )
-        s["master_secret"] = hkdf_extract(
-            self.suite.hash_name, s["derived_handshake_secret"], zeros
-        )
-        transcript_hash = self.transcript.digest()
-        master = s["master_secret"]
-        s["client_application_traffic_secret"] = self._derive(
+        master = self.master_secret = hkdf_extract(name, derived, bytes(_HASH_LENGTHS[name]))
+        transcript_hash = self._application_hash = self.transcript_hash()
+        self.client_application_traffic_secret = self._derive(
             master, b"c ap traffic", transcript_hash
         )
-        s["server_application_traffic_secret"] = self._derive(
+        self.server_application_traffic_secret = self._derive(
             master, b"s ap traffic", transcript_hash
         )
-        s["exporter_master_secret"] = self._derive(master, b"exp master", transcript_hash)
 
     def derive_resumption_master_secret(self) -> None:
         """``res master`` over ClientHello...client Finished (section 7.1)."""
         self._advance(Phase.APPLICATION)
-        self._secrets["resumption_master_secret"] = self._derive(
-            self._secrets["master_secret"], b"res master", self.transcript.digest()
+        self.resumption_master_secret = self._derive(
+            self.master_secret, b"res master", self.transcript_hash()
         )
 
     def _require(self, phase: Phase) -> None:
@@ -402,21 +413,21 @@ class KeySchedule:
         """The server Finished.verify_data over the transcript so far (section 4.4.4)."""
         self._require(Phase.HANDSHAKE)
         return finished_verify_data(
-            self.suite, self.server_handshake_traffic_secret, self.transcript.digest()
+            self.suite, self.server_handshake_traffic_secret, self.transcript_hash()
         )
 
     def client_finished_verify_data(self) -> bytes:
         """The client Finished.verify_data over the transcript so far (section 4.4.4)."""
         self._require(Phase.APPLICATION)
         return finished_verify_data(
-            self.suite, self.client_handshake_traffic_secret, self.transcript.digest()
+            self.suite, self.client_handshake_traffic_secret, self.transcript_hash()
         )
 
     def verify_server_finished(self, verify_data: bytes) -> None:
         """Constant-time check of a received server Finished (client role; section 4.4.4)."""
         self._require(Phase.HANDSHAKE)
         verify_finished(
-            self.suite, self.server_handshake_traffic_secret, self.transcript.digest(), verify_data
+            self.suite, self.server_handshake_traffic_secret, self.transcript_hash(), verify_data
         )
 
     def verify_client_finished(self, verify_data: bytes) -> None:
@@ -427,22 +438,23 @@ class KeySchedule:
         """
         self._require(Phase.APPLICATION)
         verify_finished(
-            self.suite, self.client_handshake_traffic_secret, self.transcript.digest(), verify_data
+            self.suite, self.client_handshake_traffic_secret, self.transcript_hash(), verify_data
         )
 
     def next_client_application_secret(self) -> bytes:
         """Advance and return client_application_traffic_secret_N+1 (section 7.2)."""
-        return self._next_application_secret("client_application_traffic_secret")
+        if self._phase < Phase.APPLICATION:
+            raise KeyScheduleError("application traffic secrets are not derived yet")
+        secret = next_traffic_secret(self.suite, self.client_application_traffic_secret)
+        self.client_application_traffic_secret = secret
+        return secret
 
     def next_server_application_secret(self) -> bytes:
         """Advance and return server_application_traffic_secret_N+1 (section 7.2)."""
-        return self._next_application_secret("server_application_traffic_secret")
-
-    def _next_application_secret(self, name: str) -> bytes:
         if self._phase < Phase.APPLICATION:
             raise KeyScheduleError("application traffic secrets are not derived yet")
-        secret = next_traffic_secret(self.suite, self._secrets[name])
-        self._secrets[name] = secret
+        secret = next_traffic_secret(self.suite, self.server_application_traffic_secret)
+        self.server_application_traffic_secret = secret
         return secret
 
 

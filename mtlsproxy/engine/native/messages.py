@@ -133,15 +133,35 @@ def server_hello(
     selected_identity: int | None = None,
 ) -> bytes:
     """ServerHello for TLS 1.3: supported_versions (0x0304), our key_share entry and, when a
-    PSK was accepted, pre_shared_key with its selected_identity (section 4.2.11)."""
-    key_share = group.to_bytes(2, "big") + vector(key_exchange, 2)
+    PSK was accepted, pre_shared_key with its selected_identity (section 4.2.11).
+
+    Written on every handshake, so encoded in one pass (``_server_hello`` is the same layout
+    through the generic helpers, for the HelloRetryRequest)."""
+    if len(random) != 32 or len(session_id) > 32:
+        raise ValueError("bad random or legacy_session_id")
     extensions = [
-        (ExtensionType.SUPPORTED_VERSIONS, TLS13.to_bytes(2, "big")),
-        (ExtensionType.KEY_SHARE, key_share),
+        _SUPPORTED_VERSIONS_TLS13,
+        # KeyShareServerHello (4.2.8): extension type and length, group, key_exchange<1..>
+        _KEY_SHARE_HEADER.pack(
+            ExtensionType.KEY_SHARE, 4 + len(key_exchange), group, len(key_exchange)
+        ),
+        key_exchange,
     ]
     if selected_identity is not None:
-        extensions.append((ExtensionType.PRE_SHARED_KEY, selected_identity.to_bytes(2, "big")))
-    return _server_hello(random, session_id, cipher_suite, extensions)
+        extensions.append(_PRE_SHARED_KEY.pack(ExtensionType.PRE_SHARED_KEY, 2, selected_identity))
+    block = b"".join(extensions)
+    body = b"".join((
+        _LEGACY_VERSION_BYTES, random, bytes((len(session_id),)), session_id,
+        _SUITE_COMPRESSION_LENGTH.pack(cipher_suite, 0, len(block)), block,
+    ))  # fmt: skip
+    return handshake(HandshakeType.SERVER_HELLO, body)
+
+
+_SUPPORTED_VERSIONS_TLS13 = struct.pack(">HHH", ExtensionType.SUPPORTED_VERSIONS, 2, TLS13)
+_KEY_SHARE_HEADER = struct.Struct(">HHHH")
+_PRE_SHARED_KEY = struct.Struct(">HHH")
+_LEGACY_VERSION_BYTES = LEGACY_VERSION.to_bytes(2, "big")
+_SUITE_COMPRESSION_LENGTH = struct.Struct(">HBH")  # cipher_suite, legacy_compression, length
 
 
 def hello_retry_request(
@@ -325,6 +345,12 @@ def decode_certificate(body: bytes, max_certificates: int = MAX_CERTIFICATES) ->
     beyond); the body itself is bounded by the reassembly cap. We request no extension a
     CertificateEntry may answer (section 4.4.2: they "MUST correspond to ones from the
     server's CertificateRequest"), so any is unsolicited: ``unsupported_extension`` (4.2)."""
+    usual = _usual_certificate(body, max_certificates)
+    return usual if usual is not None else _read_certificate(body, max_certificates)
+
+
+def _read_certificate(body: bytes, max_certificates: int) -> CertificateMessage:
+    """``decode_certificate``'s strict reading, which names what is wrong."""
     chain: list[bytes] = []
     with _decoding("Certificate"):
         buf = Buffer(body)
@@ -344,6 +370,32 @@ def decode_certificate(body: bytes, max_certificates: int = MAX_CERTIFICATES) ->
                     )
         _end(buf, "Certificate")
     return CertificateMessage(context, tuple(chain))
+
+
+def _usual_certificate(body: bytes, max_certificates: int) -> CertificateMessage | None:
+    """``decode_certificate`` for a well-formed Certificate whose entries carry no extension,
+    read by offsets (this message comes with every mutual-TLS handshake); None for anything
+    else, left to the strict reading."""
+    size = len(body)
+    start = 1 + body[0] if body else size
+    pos = start + 3
+    if pos > size or pos + int.from_bytes(body[start:pos], "big") != size:
+        return None
+    chain: list[bytes] = []
+    while pos < size:
+        length = int.from_bytes(body[pos : pos + 3], "big")
+        end = pos + 3 + length
+        # cert_data<1..2^24-1>, then extensions<0..2^16-1>, which must be empty here
+        if (
+            len(chain) >= max_certificates
+            or not length
+            or end + 2 > size
+            or body[end : end + 2] != b"\x00\x00"
+        ):
+            return None
+        chain.append(body[pos + 3 : end])
+        pos = end + 2
+    return CertificateMessage(body[1:start], tuple(chain))
 
 
 # CertificateVerify (section 4.4.3)
@@ -386,12 +438,9 @@ def decode_finished(body: bytes, hash_length: int) -> bytes:
 
 def new_session_ticket(lifetime: int, age_add: int, nonce: bytes, ticket: bytes) -> bytes:
     """NewSessionTicket without extensions (no early_data: 0-RTT is never offered)."""
-    body = (
-        struct.pack("!II", lifetime, age_add)
-        + vector(nonce, 1)
-        + vector(ticket, 2)
-        + extensions_block([])
-    )
+    body = b"".join(
+        (struct.pack("!II", lifetime, age_add), vector(nonce, 1), vector(ticket, 2), b"\x00\x00")
+    )  # b"\x00\x00": the empty extensions block, written out
     return handshake(HandshakeType.NEW_SESSION_TICKET, body)
 
 

@@ -10,7 +10,10 @@ the parsed leaf certificates of the route's recent clients (:meth:`RouteFlightCa
 peer_certificate`): an immutable ``x509.Certificate`` keyed by its exact DER bytes, so what it
 returns is what parsing those bytes would return (cryptography keeps the certificate's parsed
 public key on the object, which is what a repeat client saves); it decides nothing (the policy
-still decides on every chain and the CertificateVerify is still checked).
+still decides on every chain and the CertificateVerify is still checked). Likewise the
+credential and signature scheme chosen for a client's signature_algorithms list
+(:meth:`RouteFlightCache.choose`), keyed by the exact list: a function of the route's
+credentials and that list only.
 
 Routes are frozen, slotted dataclasses without a weakref slot, so the cache holds them
 strongly; it is bounded (``MAX_ROUTES``, oldest dropped first), which bounds how long a
@@ -30,12 +33,14 @@ from mtlsproxy.engine.native.record_layer import PaddingPolicy, pad_to_multiple
 
 MAX_ROUTES = 256
 MAX_PEER_CERTIFICATES = 256  # per route: distinct client leaves, a fleet presents few
+MAX_SCHEME_LISTS = 64  # per route: distinct signature_algorithms lists, one per client stack
 
 
 class RouteFlightCache:
     """One route's precomputed flight pieces (see the module docstring)."""
 
     __slots__ = (
+        "_chosen",
         "_encrypted_extensions",
         "_peer_certificates",
         "certificate_messages",
@@ -59,6 +64,23 @@ class RouteFlightCache:
         self.padding: PaddingPolicy = pad_to_multiple(route.record_padding)
         self._encrypted_extensions: dict[str | None, bytes] = {}
         self._peer_certificates: dict[bytes, x509.Certificate] = {}
+        self._chosen: dict[tuple[int, ...], tuple[Credential, sigs.SignatureScheme] | None] = {}
+
+    def choose(
+        self, client_schemes: tuple[int, ...]
+    ) -> tuple[Credential, sigs.SignatureScheme] | None:
+        """``sigs.choose_usable`` on this route's credentials for the client's
+        signature_algorithms, remembered for the route's last ``MAX_SCHEME_LISTS`` distinct
+        lists (the answer depends on nothing else)."""
+        try:
+            return self._chosen[client_schemes]
+        except KeyError:
+            pass
+        chosen = sigs.choose_usable(self.credential_schemes, client_schemes)
+        if len(self._chosen) >= MAX_SCHEME_LISTS:
+            del self._chosen[next(iter(self._chosen))]
+        self._chosen[client_schemes] = chosen
+        return chosen
 
     def encrypted_extensions(self, alpn: str | None) -> bytes:
         """EncryptedExtensions for ``alpn`` (one of the route's protocols, or None)."""

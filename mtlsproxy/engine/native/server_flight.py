@@ -26,7 +26,7 @@ the PSK is ignored (a full handshake), which section 4.2.11 allows.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mtlsproxy.engine.clienthello import ClientHello, KeyShareEntry, parse_client_hello
@@ -79,12 +79,13 @@ def answer(
     suites: Sequence[CipherSuite],
     groups: Sequence[NamedGroup],
     *,
-    now: int,
+    now: Callable[[], int],
     retry: RetryRequested | None = None,
     trace: Tracer | None = None,
 ) -> Retry | Flight:
     """Negotiate for ``hello`` (``message``: its bytes, header included, for the transcript);
-    ``retry``: the state of our HelloRetryRequest when this is the second ClientHello.
+    ``retry``: the state of our HelloRetryRequest when this is the second ClientHello;
+    ``now``: the wall clock in seconds, for an offered ticket's age.
 
     Raises ``TLSAlert`` for a hello we cannot accept and ``HandshakeError`` (at
     ``server_hello``) when nothing is in common with the client."""
@@ -94,7 +95,7 @@ def answer(
     if not hello.signature_algorithms:
         raise TLSAlert(Alert.MISSING_EXTENSION, "ClientHello without signature_algorithms")
     cache = route_cache.for_route(route)
-    chosen = sigs.choose_usable(cache.credential_schemes, hello.signature_algorithms)
+    chosen = cache.choose(hello.signature_algorithms)
     if chosen is None:
         raise HandshakeError(
             Step.SERVER_HELLO,
@@ -132,7 +133,9 @@ def answer(
             return _retry_request(hello, message, suite, group, transcript, trace)
         share = found
     alpn = _choose_alpn(hello, route)
-    resumption = None if retry is not None else accept_psk(hello, message, suite, route, now)
+    resumption = None
+    if retry is None and hello.offered_psks is not None:  # the clock is read only for a PSK
+        resumption = accept_psk(hello, message, suite, route, now())
     transcript.update(message)
     credential, scheme = chosen
     return _flight(

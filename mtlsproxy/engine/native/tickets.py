@@ -39,6 +39,7 @@ import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -276,6 +277,14 @@ def new_ticket_key() -> bytes:
     return os.urandom(32)
 
 
+class _Sealer(NamedTuple):
+    """What sealing under one master key on one route needs, all constant for the pair."""
+
+    aead: AESGCM
+    prefix: bytes
+    aad: bytes
+
+
 class TicketKey:
     """One route's ticket protection: a keyring seen under the route's ``scope``.
 
@@ -294,28 +303,35 @@ class TicketKey:
         self.route = route
         self.max_age = max_age
         self._keyring = keyring if keyring is not None else TicketKeyring.random()
-        self._aeads: dict[bytes, AESGCM] = {}
+        self._aeads: dict[bytes, _Sealer] = {}
 
     def __repr__(self) -> str:
         return f"TicketKey(route={self.route!r})"
 
-    def _aead(self, key: MasterKey) -> AESGCM:
-        aead = self._aeads.get(key.key_id)
-        if aead is None:
+    def _sealer(self, key: MasterKey) -> _Sealer:
+        """The AEAD, ticket prefix and AAD of ``key`` on this route, made once per key."""
+        sealer = self._aeads.get(key.key_id)
+        if sealer is None:
             if len(self._aeads) >= 2 * MAX_KEYS:  # rotated keys: forget the old ones
                 self._aeads.clear()
-            aead = self._aeads[key.key_id] = AESGCM(key.route_key(self.route))
-        return aead
+            sealer = self._aeads[key.key_id] = _Sealer(
+                AESGCM(key.route_key(self.route)),
+                _PREFIX.pack(_VERSION, key.key_id),
+                self._aad(key.key_id),
+            )
+        return sealer
+
+    def _aead(self, key: MasterKey) -> AESGCM:
+        return self._sealer(key).aead
 
     def seal(self, state: TicketState) -> bytes | None:
         """The ticket for ``state``, or None when it would be too large to issue."""
         if len(state.chain) > MAX_CHAIN_LENGTH or chain_size(state.chain) > MAX_CHAIN_SIZE:
             return None
-        key = self._keyring.issuing(state.issued)
+        sealer = self._sealer(self._keyring.issuing(state.issued))
         nonce = os.urandom(_NONCE_SIZE)
-        prefix = _PREFIX.pack(_VERSION, key.key_id)
-        sealed = self._aead(key).encrypt(nonce, state.encode(), self._aad(key.key_id))
-        ticket = prefix + nonce + sealed
+        sealed = sealer.aead.encrypt(nonce, state.encode(), sealer.aad)
+        ticket = sealer.prefix + nonce + sealed
         return ticket if len(ticket) <= MAX_TICKET_SIZE else None
 
     def open(self, ticket: bytes) -> TicketState | None:

@@ -73,3 +73,15 @@ def test_peer_certificates_parse_once_and_are_bounded(
     other = x509.load_pem_x509_certificate(pki.server_cert.read_bytes())
     cache.peer_certificate(other.public_bytes(Encoding.DER))
     assert cache.peer_certificate(der) is not first  # dropped, parsed again
+
+
+def test_choose_remembers_per_scheme_list_and_answers_as_choose_usable(pki: PkiFiles) -> None:
+    route = build_route(pki)
+    cache = route_cache.for_route(route)
+    for offered in ((0x0403,), (0x0804, 0x0403), (0x0807,), ()):
+        expected = sigs.choose_usable(cache.credential_schemes, offered)
+        assert cache.choose(offered) == expected
+        assert cache.choose(offered) == expected  # from the cache
+    for n in range(route_cache.MAX_SCHEME_LISTS + 5):
+        cache.choose((0x0403, 0x0A0A + n))
+    assert len(cache._chosen) <= route_cache.MAX_SCHEME_LISTS
