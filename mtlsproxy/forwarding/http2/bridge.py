@@ -230,6 +230,8 @@ class Http2Bridge:
             self._on_end(side, event.stream_id)
         elif isinstance(event, StreamReset):
             self._on_reset(side, event)
+        elif isinstance(event, WindowUpdated) and event.stream_id:
+            self._pump_stream(side, event.stream_id)  # more window on that stream only
         elif isinstance(event, WindowUpdated | RemoteSettingsChanged):
             self._pump_all(side)  # more window to send to ``side``
         elif isinstance(event, ConnectionTerminated):
@@ -372,12 +374,19 @@ class Http2Bridge:
         for stream in list(self._streams[to].values()):
             self._pump(stream, to)
 
+    def _pump_stream(self, to: Side, stream_id: int) -> None:
+        stream = self._streams[to].get(stream_id)
+        if stream is not None:
+            self._pump(stream, to)
+
     def _pump(self, stream: _Stream, to: Side) -> None:
         """Pass on what waits for ``to`` as far as its windows allow, then END_STREAM or the
         trailers; the sender gets back the window of what was passed on."""
         pending = stream.pending(to)
+        if pending.done or not (pending.data or pending.end):  # nothing waits: the usual case
+            return
         send_id = stream.stream_id(to)
-        if pending.done or send_id is None:
+        if send_id is None:
             return
         sender, receiver = self._connection(to), self._connection(_other(to))
         from_id = stream.stream_id(_other(to))

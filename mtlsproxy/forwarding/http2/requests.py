@@ -47,11 +47,19 @@ class RequestHead:
 
     @classmethod
     def of(cls, headers: Sequence[Header]) -> RequestHead:
-        fields = dict(headers[: _pseudo_count(headers)])
-        content_type = next((v for n, v in headers if n == b"content-type"), b"")
-        target = fields.get(b":path", fields.get(b":authority", b""))
-        grpc = content_type.startswith(b"application/grpc")
-        return cls(fields.get(b":method", b""), target, grpc)
+        method = path = authority = content_type = b""
+        for name, value in headers:  # one pass, on every request
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                path = value
+            elif name == b":authority":
+                authority = value
+            elif name == b"content-type":
+                content_type = value
+                break  # h2 validated the block: pseudo-headers come first
+        target = path or authority
+        return cls(method, target, content_type.startswith(b"application/grpc"))
 
     def refusal(self, refusal: RequestRefusal) -> RequestRefusal:
         """``refusal`` with this request's method and target for the log line."""
@@ -128,12 +136,3 @@ def refusal_headers(head: RequestHead, refusal: RequestRefusal) -> tuple[list[He
         return headers, b""
     body = refusal_body(refusal)
     return [*headers, (b"content-length", str(len(body)).encode())], body
-
-
-def _pseudo_count(headers: Sequence[Header]) -> int:
-    count = 0
-    for name, _ in headers:
-        if not name.startswith(b":"):
-            break
-        count += 1
-    return count
