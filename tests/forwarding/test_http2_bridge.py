@@ -10,6 +10,7 @@ import h2.connection
 import h2.events
 import pytest
 from h2.errors import ErrorCodes
+from hpack import NeverIndexedHeaderTuple
 from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
 
 from mtlsproxy.config.model import Http2Settings
@@ -126,6 +127,29 @@ def test_identity_headers_replace_the_clients_on_every_stream() -> None:
         assert [(n, v) for n, v in request.headers if not n.startswith(b":")] == [
             (b"x-forwarded-client-cert", b"Hash=abc")
         ]
+
+
+def test_credentials_go_upstream_never_indexed_and_end_stream_rides_on_the_last_frame() -> None:
+    """The bridge sends without h2's outbound normalization: it keeps authorization and short
+    cookies out of the HPACK tables itself, and passes END_STREAM on the frame that carried it
+    instead of adding an empty DATA frame."""
+    pipe = Pipe()
+    secrets = [(b"authorization", b"Bearer t"), (b"cookie", b"s=1"), (b"x-other", b"v")]
+    pipe.client.send_headers(1, REQUEST + secrets, end_stream=True)
+    pipe.move()
+    (request,) = [e for e in pipe.upstream_events if isinstance(e, h2.events.RequestReceived)]
+    assert request.stream_ended is not None  # HEADERS with END_STREAM, no DATA frame
+    fields = {name: header for name, header in ((h[0], h) for h in request.headers)}
+    assert isinstance(fields[b"authorization"], NeverIndexedHeaderTuple)
+    assert isinstance(fields[b"cookie"], NeverIndexedHeaderTuple)
+    assert not isinstance(fields[b"x-other"], NeverIndexedHeaderTuple)
+    pipe.upstream.send_headers(1, [(b":status", b"200"), (b"authorization", b"x")])
+    pipe.upstream.send_data(1, b"ok", end_stream=True)
+    pipe.move()
+    (response,) = [e for e in pipe.client_events if isinstance(e, h2.events.ResponseReceived)]
+    assert isinstance(response.headers[1], NeverIndexedHeaderTuple)
+    data = [e for e in pipe.client_events if isinstance(e, h2.events.DataReceived)]
+    assert [(e.data, e.stream_ended is not None) for e in data] == [(b"ok", True)]
 
 
 def test_a_reset_stream_gives_back_the_connection_window_of_what_waited() -> None:

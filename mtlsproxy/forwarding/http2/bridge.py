@@ -68,6 +68,7 @@ from mtlsproxy.forwarding.http2.requests import (
     HeaderRewriter,
     RequestHead,
     refusal_headers,
+    sensitive,
 )
 
 DEFAULT_WINDOW = 65_535  # RFC 9113 section 6.9.2: every window starts here
@@ -219,7 +220,7 @@ class Http2Bridge:
 
     def _dispatch(self, side: Side, event: Event) -> None:
         if isinstance(event, RequestReceived) and side is Side.CLIENT:
-            self._on_request(event.stream_id, event.headers)
+            self._on_request(event)
         elif isinstance(event, ResponseReceived | InformationalResponseReceived):
             self._on_response(event.stream_id, event.headers, event)
         elif isinstance(event, DataReceived):
@@ -230,12 +231,15 @@ class Http2Bridge:
             self._on_end(side, event.stream_id)
         elif isinstance(event, StreamReset):
             self._on_reset(side, event)
+        elif isinstance(event, WindowUpdated) and event.stream_id:
+            self._pump_stream(side, event.stream_id)  # more window on that stream only
         elif isinstance(event, WindowUpdated | RemoteSettingsChanged):
             self._pump_all(side)  # more window to send to ``side``
         elif isinstance(event, ConnectionTerminated):
             self._on_goaway(side, event)
 
-    def _on_request(self, client_id: int, headers: list[Header]) -> None:
+    def _on_request(self, event: RequestReceived) -> None:
+        client_id, headers = event.stream_id, event.headers
         if self._last_stream is not None and client_id > self._last_stream:
             self._client.reset_stream(client_id, ErrorCodes.REFUSED_STREAM)
             return
@@ -246,13 +250,15 @@ class Http2Bridge:
             return
         if refusal is not None:  # audit mode: forwarded below, only reported
             self._refusals.append(head.refusal(refusal))
+        end = event.stream_ended is not None  # END_STREAM on the HEADERS: one frame, not two
         try:
             upstream_id = self._upstream.get_next_available_stream_id()
-            self._upstream.send_headers(upstream_id, self._rewriter.request(headers))
+            self._upstream.send_headers(upstream_id, self._rewriter.request(headers), end)
         except (ProtocolError, NoAvailableStreamIDError):  # the upstream's stream limit
             self._client.reset_stream(client_id, ErrorCodes.REFUSED_STREAM)
             return
         stream = _Stream(client_id, upstream_id)
+        stream.to_upstream.done = end  # the StreamEnded that follows finds it passed on
         self._streams[Side.CLIENT][client_id] = stream
         self._streams[Side.UPSTREAM][upstream_id] = stream
 
@@ -280,6 +286,7 @@ class Http2Bridge:
         if stream is None:
             return
         end = isinstance(event, ResponseReceived) and event.stream_ended is not None
+        headers = sensitive(headers)
         self._send(stream, Side.CLIENT, lambda c, i: c.send_headers(i, headers, end_stream=end))
         if end:
             stream.to_client.done = True
@@ -295,13 +302,17 @@ class Http2Bridge:
             return
         if size > len(data):  # padding: nothing to pass on, so its window comes back now
             source.acknowledge_received_data(size - len(data), event.stream_id)
-        stream.pending(_other(side)).data += data
+        pending = stream.pending(_other(side))
+        pending.data += data
+        if event.stream_ended is not None:  # END_STREAM goes on the last DATA frame passed on
+            pending.end = True
         self._pump(stream, _other(side))
 
     def _on_trailers(self, side: Side, stream_id: int, headers: list[Header]) -> None:
         stream = self._streams[side].get(stream_id)
         if stream is not None:
-            trailers = self._rewriter.trailers(headers) if side is Side.CLIENT else headers
+            rewriter = self._rewriter
+            trailers = rewriter.trailers(headers) if side is Side.CLIENT else sensitive(headers)
             stream.pending(_other(side)).trailers = trailers
 
     def _on_end(self, side: Side, stream_id: int) -> None:
@@ -366,15 +377,23 @@ class Http2Bridge:
         for stream in list(self._streams[to].values()):
             self._pump(stream, to)
 
+    def _pump_stream(self, to: Side, stream_id: int) -> None:
+        stream = self._streams[to].get(stream_id)
+        if stream is not None:
+            self._pump(stream, to)
+
     def _pump(self, stream: _Stream, to: Side) -> None:
         """Pass on what waits for ``to`` as far as its windows allow, then END_STREAM or the
         trailers; the sender gets back the window of what was passed on."""
         pending = stream.pending(to)
+        if pending.done or not (pending.data or pending.end):  # nothing waits: the usual case
+            return
         send_id = stream.stream_id(to)
-        if pending.done or send_id is None:
+        if send_id is None:
             return
         sender, receiver = self._connection(to), self._connection(_other(to))
         from_id = stream.stream_id(_other(to))
+        ended = False
         try:
             while pending.data:
                 size = min(
@@ -386,10 +405,13 @@ class Http2Bridge:
                     return
                 chunk = bytes(pending.data[:size])
                 del pending.data[:size]
-                sender.send_data(send_id, chunk)
+                ended = pending.end and pending.trailers is None and not pending.data
+                sender.send_data(send_id, chunk, end_stream=ended)
                 if from_id is not None:
                     receiver.acknowledge_received_data(size, from_id)
-            if pending.trailers is not None and pending.end:
+            if ended:
+                pass
+            elif pending.trailers is not None and pending.end:
                 sender.send_headers(send_id, pending.trailers, end_stream=True)
             elif pending.end:
                 sender.end_stream(send_id)
@@ -476,6 +498,8 @@ def _connection(settings: Http2Settings, window: int, buffer: int, server: bool)
         validate_inbound_headers=True,
         normalize_inbound_headers=False,
         validate_outbound_headers=False,
+        # what we send was validated on the way in, or is ours: see ``requests.sensitive``
+        normalize_outbound_headers=False,
     )
     connection = H2Connection(config)
     connection.state_machine = _GoawayKeepsStreams()

@@ -45,6 +45,8 @@ class BoundedFrameBuffer(FrameBuffer):
 
     def _update_header_buffer(self, f: Frame | None) -> Frame | None:
         out = super()._update_header_buffer(f)
+        if not self._headers_buffer:  # no block open: the usual case, nothing to add up
+            return out
         pending = sum(len(fragment.data) for fragment in self._headers_buffer)
         if pending > self.max_block:
             msg = f"header block over {self.max_block} bytes without END_HEADERS"

@@ -8,6 +8,13 @@ HTTP/2). Trailers lose the same names and get nothing: a trailer is where a clie
 field we own after the head was checked. Connection-specific fields and pseudo-header rules
 (RFC 9113 sections 8.2.2, 8.3) are enforced by ``h2`` before a block reaches us.
 
+The bridge's connections send header blocks without ``h2``'s outbound normalization (which
+lower-cases names, strips whitespace and connection fields: all refused on the way in, and our
+own fields are written normalized), so ``sensitive`` keeps its one rule that matters: fields
+carrying credentials are sent never-indexed (RFC 7541 section 7.1.3), kept out of the HPACK
+tables, as ``h2`` would (its ``_secure_headers``: authorization, proxy-authorization and a
+cookie under 20 bytes).
+
 A request refused by ``http_authorization`` gets ``refusal_headers``: a 403 (or 400 for an unsafe
 path) with a short text body, or for a gRPC request (``content-type: application/grpc...``) a
 trailers-only response with ``grpc-status: 7`` PERMISSION_DENIED (3 INVALID_ARGUMENT for an unsafe
@@ -19,6 +26,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
+
+from hpack import NeverIndexedHeaderTuple
 
 from mtlsproxy.forwarding.http.local import RequestRefusal, refusal_body
 
@@ -38,11 +47,19 @@ class RequestHead:
 
     @classmethod
     def of(cls, headers: Sequence[Header]) -> RequestHead:
-        fields = dict(headers[: _pseudo_count(headers)])
-        content_type = next((v for n, v in headers if n == b"content-type"), b"")
-        target = fields.get(b":path", fields.get(b":authority", b""))
-        grpc = content_type.startswith(b"application/grpc")
-        return cls(fields.get(b":method", b""), target, grpc)
+        method = path = authority = content_type = b""
+        for name, value in headers:  # one pass, on every request
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                path = value
+            elif name == b":authority":
+                authority = value
+            elif name == b"content-type":
+                content_type = value
+                break  # h2 validated the block: pseudo-headers come first
+        target = path or authority
+        return cls(method, target, content_type.startswith(b"application/grpc"))
 
     def refusal(self, refusal: RequestRefusal) -> RequestRefusal:
         """``refusal`` with this request's method and target for the log line."""
@@ -65,13 +82,38 @@ class HeaderRewriter:
         self._trailer_remove = frozenset(owned | {name for name, _ in self._inject})
 
     def request(self, headers: Sequence[Header]) -> list[Header]:
-        """A request's header block for the upstream: pseudo-headers first, as sent."""
-        out = [(name, value) for name, value in headers if name not in self._remove]
+        """A request's header block for the upstream: pseudo-headers first, as sent (a field
+        the client sent never-indexed stays so), the credentials never-indexed, in one pass."""
+        remove = self._remove
+        out = [
+            (_never_indexed(header) if header[0] in _SENSITIVE else header)
+            for header in headers
+            if header[0] not in remove
+        ]
         out.extend(self._inject)
         return out
 
     def trailers(self, headers: Sequence[Header]) -> list[Header]:
-        return [(name, value) for name, value in headers if name not in self._trailer_remove]
+        remove = self._trailer_remove
+        return sensitive([header for header in headers if header[0] not in remove])
+
+
+_SENSITIVE = frozenset((b"authorization", b"proxy-authorization", b"cookie"))
+
+
+def _never_indexed(header: Header) -> Header:
+    name, value = header
+    if name == b"cookie" and len(value) >= 20:  # h2's rule: a long cookie is hard to guess
+        return header
+    return NeverIndexedHeaderTuple(name, value)
+
+
+def sensitive(headers: list[Header]) -> list[Header]:
+    """``headers`` with the credentials never-indexed (see the module); the same list when
+    there are none, the usual case."""
+    if not any(name in _SENSITIVE for name, _ in headers):
+        return headers
+    return [_never_indexed(header) if header[0] in _SENSITIVE else header for header in headers]
 
 
 def refusal_headers(head: RequestHead, refusal: RequestRefusal) -> tuple[list[Header], bytes]:
@@ -91,12 +133,3 @@ def refusal_headers(head: RequestHead, refusal: RequestRefusal) -> tuple[list[He
         return headers, b""
     body = refusal_body(refusal)
     return [*headers, (b"content-length", str(len(body)).encode())], body
-
-
-def _pseudo_count(headers: Sequence[Header]) -> int:
-    count = 0
-    for name, _ in headers:
-        if not name.startswith(b":"):
-            break
-        count += 1
-    return count
