@@ -132,7 +132,8 @@ MAX_HTTP2_WINDOW = 64 * 1024 * 1024
 MAX_HTTP2_STREAMS = 10_000
 MIN_HEADER_LIST, MAX_HEADER_LIST = 1024, 1024 * 1024
 DURATION_TIMEOUT_KEYS = ("handshake", "connect", "idle", "drain")  # above zero
-TIMEOUT_KEYS = (*DURATION_TIMEOUT_KEYS, "shutdown_delay")  # shutdown_delay may be zero
+# shutdown_delay and lingering may be zero (off)
+TIMEOUT_KEYS = (*DURATION_TIMEOUT_KEYS, "shutdown_delay", "lingering")
 LIMITS_KEYS = ("max_connections", "max_handshakes", "buffer_size", "failed_handshakes_per_source")
 FAILED_HANDSHAKES_KEYS = ("rate", "burst")
 METRICS_KEYS = ("listen", "enabled")
@@ -739,6 +740,7 @@ class _Parser:
                     {
                         **dict.fromkeys(DURATION_TIMEOUT_KEYS, _leaf(_duration)),
                         "shutdown_delay": _leaf(_delay),
+                        "lingering": _leaf(_delay),
                     },
                 ),
                 "limits": self.section(

@@ -154,6 +154,12 @@ class Timeouts:
     # After SIGTERM: keep accepting (with /readyz 503) this long before draining, so that
     # load balancers and Kubernetes endpoints stop sending new connections first.
     shutdown_delay: float = 0.0
+    # After a final answer to a client (an alert, a GOAWAY, a closing 400/403): half-close and
+    # discard what it still sends for up to this long before closing, so that unread bytes do
+    # not turn the close into a reset that drops the answer at the client (nginx's
+    # ``lingering_close``, whose ``lingering_timeout`` is 5 s; a refused client's in-flight
+    # request arrives within a round trip). 0: close at once.
+    lingering: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -109,6 +109,13 @@ def json_schema() -> Schema:
                         "After SIGTERM, keep accepting (with /readyz 503) for this long before "
                         "draining, so endpoints stop sending here first; 0: at once.",
                     ),
+                    "lingering": _ref(
+                        "delay",
+                        "After a final answer to a refused client (alert, GOAWAY, closing "
+                        "400/403), half-close and discard what it still sends for up to this "
+                        "long, so its close is not a reset that loses the answer; 0: close at "
+                        "once.",
+                    ),
                 },
                 description="Durations: seconds, or 500ms, 10s, 5m, 1h.",
                 item=lambda description: _ref("duration", description),

@@ -14,6 +14,11 @@ the upstream's FIN becomes close_notify + FIN to the client; the connection ends
 directions are done. It ends once, with an ``EndReason`` for the access log, either by
 ``_finish`` (what is buffered is still written, the client gets close_notify) or by ``_abort``
 (both sockets dropped at once: a reset, a protocol error, a bug).
+
+A connection ended with a final answer to a client that may still be sending (an alert after
+its flight, a GOAWAY, a closing 400/403) lingers before it closes (``_close_client``): a close
+with unread bytes would be a TCP reset, and a reset makes the client's kernel drop what it
+had received but not read, the answer included.
 """
 
 from __future__ import annotations
@@ -63,6 +68,12 @@ MIN_SLICE, MAX_SLICE = 512, 1 << 30
 # close: a counter increment (a lock, a label lookup) per chunk cost more than the chunk's
 # write on a keep-alive connection; a long transfer still shows in the counter as it goes.
 COUNT_EVERY = 1 << 20
+# A lingering connection (``_close_client``) discards at most this much of what the client
+# still sends, within ``timeouts.lingering``: a TLS 1.3 client's request sent with its Finished,
+# the frames an HTTP/2 client had in flight, a request body. One that sends more is not owed
+# more of our time; its connection is dropped (Go's net/http discards 256 KiB of an unread
+# request body, nginx bounds only the time).
+LINGER_BYTES = 4 << 20
 
 
 class EndReason(enum.StrEnum):
@@ -128,12 +139,14 @@ class ClientConnection(asyncio.Protocol):
         "_counted_out",
         "_early_data",
         "_end",
+        "_ended_at",
         "_engine",
         "_eof_pending",
         "_feeding",
         "_forwarding",
         "_hello",
         "_last_activity",
+        "_linger_left",
         "_loop",
         "_opened",
         "_outcome",
@@ -176,8 +189,11 @@ class ClientConnection(asyncio.Protocol):
         self._client_done = False  # the client sent close_notify or FIN
         self._upstream_done = False  # the upstream sent FIN
         self._end: EndReason | None = None  # why the connection ended; None while it is open
+        self._ended_at = 0.0  # when (monotonic): the access log's duration leaves out lingering
+        self._linger_left = 0  # bytes the lingering connection still discards; 0: not lingering
         # The one deadline of the connection at a time: the handshake's, then the upstream
-        # connect's, then the idle check's (``_timer_fired`` knows which by the state).
+        # connect's, then the idle check's (``_timer_fired`` knows which by the state); once
+        # ended, the lingering's (``_close_client``).
         self._timer: asyncio.TimerHandle | None = None
         self._connect_expired = False
         self._peer_address: object = None  # as the transport gave it, for ``plan()``
@@ -212,6 +228,8 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._engine is None or self._end is not None:
+            if self._linger_left:
+                self._discard(len(data))
             return
         self._last_activity = self._loop.time()
         self._unfed = self._unfed + data if self._unfed else data
@@ -269,6 +287,8 @@ class ClientConnection(asyncio.Protocol):
             self._feeding = self._loop.call_soon(self._feed)
 
     def eof_received(self) -> bool:
+        if self._linger_left:
+            return False  # the client read our FIN and closed: close (the transport does)
         if self._unfed:
             self._eof_pending = True  # after what is still to be fed (``_feed``)
         elif self._engine is not None and self._end is None:
@@ -277,6 +297,8 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._abort(EndReason.CLIENT_GONE)  # unless it already ended
+        self._linger_left = 0
+        self._cancel_timer()  # the lingering's deadline
         self._count_bytes()
         if self._engine is not None and self._end is not None:  # admitted: its access log line
             record = logs.AccessRecord(
@@ -287,7 +309,7 @@ class ClientConnection(asyncio.Protocol):
                 outcome=self._outcome,
                 bytes_in=self._bytes_in,
                 bytes_out=self._bytes_out,
-                duration=time.monotonic() - self._opened,
+                duration=self._ended_at - self._opened,
                 end=self._end.value,
                 upstream=self._upstream_address,
             )
@@ -704,8 +726,12 @@ class ClientConnection(asyncio.Protocol):
         self._abort(EndReason.HANDSHAKE_SHED)
 
     def shutdown(self) -> None:
-        """Drain timeout reached: end the connection now, with close_notify if possible."""
-        self._finish(EndReason.DRAIN_TIMEOUT)
+        """Drain timeout reached: end the connection now, with close_notify if possible; one
+        still lingering is dropped (the proxy is stopping)."""
+        if self._linger_left:
+            self._stop_lingering()
+        else:
+            self._finish(EndReason.DRAIN_TIMEOUT)
 
     def _finish(self, end: EndReason) -> None:
         """End gracefully: close_notify to the client if its session is up, and both sockets
@@ -719,7 +745,50 @@ class ClientConnection(asyncio.Protocol):
                 if self._engine.handshake_complete:
                     self._engine.close()
                 self._flush()
-            self._transport.close()
+            self._close_client(end)
+
+    def _close_client(self, end: EndReason) -> None:
+        """Close the client's socket after its last bytes, lingering when it is owed an answer
+        and may still be sending: FIN (``write_eof``, once the buffer is written), then read
+        and discard what it sends, so that the close is not a reset that drops the answer at
+        the client, until it closes too, ``timeouts.lingering`` passes or ``LINGER_BYTES``
+        were discarded (nginx ``lingering_close``, Go net/http). Not for a client that is
+        gone or done sending, nor when nothing is owed to it: timeouts (a silent client) and
+        the end of a drain close at once. The connection keeps its place in the listener's
+        count (``max_connections``) until ``connection_lost``."""
+        transport = self._transport
+        assert transport is not None
+        seconds = self._runtime.timeouts.lingering
+        if (
+            seconds <= 0
+            or end in _NOTHING_OWED
+            or self._client_done
+            or transport.is_closing()
+            or not transport.can_write_eof()
+        ):
+            transport.close()
+            return
+        transport.write_eof()
+        self._linger_left = LINGER_BYTES
+        self._timer = self._loop.call_later(seconds, self._stop_lingering)
+        # Whatever paused the reading (the upstream's connect, a refusal pending) is moot now.
+        self._client_reading = ReadGate()
+        transport.resume_reading()
+
+    def _discard(self, size: int) -> None:
+        """Lingering: ``size`` bytes the client sent are dropped (never fed to the engine)."""
+        self._linger_left = max(0, self._linger_left - size)
+        if not self._linger_left:
+            self._stop_lingering()
+
+    def _stop_lingering(self) -> None:
+        """Lingering is over (time, bytes, shutdown): drop the socket, whatever is buffered.
+        Its answer had the lingering time to arrive; a client still sending that much is not
+        waiting for it."""
+        self._timer = None
+        self._linger_left = 0
+        if self._transport is not None:
+            self._transport.abort()
 
     def _abort(self, end: EndReason) -> None:
         """End at once: both sockets dropped with whatever is buffered for them."""
@@ -736,6 +805,7 @@ class ClientConnection(asyncio.Protocol):
         if self._end is not None:
             return False
         self._end = end
+        self._ended_at = time.monotonic()
         self._cancel_timer()
         if self._feeding is not None:
             self._feeding.cancel()
@@ -756,6 +826,11 @@ class ClientConnection(asyncio.Protocol):
             self._finish(EndReason.IDLE_TIMEOUT)
         else:
             self._schedule_idle_check()
+
+
+# Ends after which the client is not owed a lingering close: it is gone, it was silent for
+# ``timeouts.idle``, or the proxy is stopping.
+_NOTHING_OWED = frozenset((EndReason.CLIENT_GONE, EndReason.IDLE_TIMEOUT, EndReason.DRAIN_TIMEOUT))
 
 
 def _format_address(address: object) -> str:

@@ -126,11 +126,12 @@ def test_audit_mode_on_openssl_says_what_it_cannot_admit(
         assert "engine: native" in warnings[0]
 
 
-def test_shutdown_delay_may_be_zero_but_not_negative(base: Path) -> None:
-    zero = HEAD + "    timeouts: {shutdown_delay: 0s}\n"
+@pytest.mark.parametrize("key", ["shutdown_delay", "lingering"])
+def test_delays_may_be_zero_but_not_negative(base: Path, key: str) -> None:
+    zero = HEAD + f"    timeouts: {{{key}: 0s}}\n"
     assert load(base, zero) == ([], [])
-    (error,) = load(base, HEAD + "    timeouts: {shutdown_delay: -1}\n")[0]
-    assert "timeouts.shutdown_delay" in error and "zero or more" in error
+    (error,) = load(base, HEAD + f"    timeouts: {{{key}: -1}}\n")[0]
+    assert f"timeouts.{key}" in error and "zero or more" in error
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,8 @@ listeners:
     client_auth:
 {client_auth}
     upstream: {upstream}
-    timeouts: {{handshake: {handshake_timeout}, connect: 2s, idle: {idle_timeout}, drain: 2s}}
+    timeouts: {{handshake: {handshake_timeout}, connect: 2s, idle: {idle_timeout},
+      lingering: {lingering}, drain: 2s}}
     limits:
       {{max_connections: {max_connections}, max_handshakes: {max_handshakes}, buffer_size: 64KiB}}
 {routes}
@@ -68,6 +69,7 @@ def render_config(
     min_version: str = "1.2",
     handshake_timeout: str = "5s",
     idle_timeout: str = "60s",
+    lingering: str = "2s",
     max_connections: int = 100,
     max_handshakes: int = 100,
     name: str = "api",
@@ -91,6 +93,7 @@ def render_config(
         upstream=upstream,
         handshake_timeout=handshake_timeout,
         idle_timeout=idle_timeout,
+        lingering=lingering,
         max_connections=max_connections,
         max_handshakes=max_handshakes,
         routes=textwrap.indent(routes.format(pki=pki.directory), "    ") if routes else "",
