@@ -52,6 +52,7 @@ from mtlsproxy.forwarding.http2.faults import Http2Fault
 from mtlsproxy.forwarding.plan import PASSTHROUGH, plan
 from mtlsproxy.proxy.flow import Pause, ReadGate
 from mtlsproxy.proxy.upstream import open_upstream
+from mtlsproxy.vocabulary.failures import Reason
 
 if TYPE_CHECKING:
     from mtlsproxy.routing.routes import ServerRoute
@@ -753,15 +754,20 @@ class ClientConnection(asyncio.Protocol):
         and discard what it sends, so that the close is not a reset that drops the answer at
         the client, until it closes too, ``timeouts.lingering`` passes or ``LINGER_BYTES``
         were discarded (nginx ``lingering_close``, Go net/http). Not for a client that is
-        gone or done sending, nor when nothing is owed to it: timeouts (a silent client) and
-        the end of a drain close at once. The connection keeps its place in the listener's
-        count (``max_connections``) until ``connection_lost``."""
+        gone or done sending, nor when nothing is owed to it: timeouts (a silent or too slow
+        client, idle or in its handshake) and the end of a drain close at once. The
+        connection keeps its place in the listener's count (``max_connections``) until
+        ``connection_lost``."""
         transport = self._transport
         assert transport is not None
         seconds = self._runtime.timeouts.lingering
         if (
             seconds <= 0
             or end in _NOTHING_OWED
+            or (
+                isinstance(self._outcome, HandshakeFailed)
+                and self._outcome.reason is Reason.TIMEOUT
+            )
             or self._client_done
             or transport.is_closing()
             or not transport.can_write_eof()

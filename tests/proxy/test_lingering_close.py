@@ -147,3 +147,17 @@ def test_a_client_sending_past_the_bound_is_dropped(
     assert eventually(lambda: proxy.active_connections() == 0, timeout=5)
     assert time.monotonic() - started < 10
     assert upstream.connections == 0 and upstream.received == 0
+
+
+def test_a_handshake_that_timed_out_closes_at_once(make_proxy: ProxyFactory, pki: PkiFiles) -> None:
+    """A client too slow to finish its ClientHello is a silent peer, not one owed an answer
+    it might miss: its connection ends when the handshake times out, without lingering."""
+    proxy = make_proxy(engine="native", handshake_timeout="0.5s", lingering="30s")
+    client = MemoryClient(pki, proxy.port())
+    try:
+        client.sock.sendall(client.client_hello()[:20])  # part of a hello, then nothing
+        started = time.monotonic()
+        assert eventually(lambda: proxy.active_connections() == 0, timeout=10)
+        assert time.monotonic() - started < 5
+    finally:
+        client.sock.close()
