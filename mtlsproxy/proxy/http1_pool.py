@@ -11,7 +11,8 @@ closed once its exchange is over.
 
 Per upstream connection: its connect is bounded by ``timeouts.connect`` (a timeout is a 504
 on that stream, any other failure a 502, counted as ``upstream_errors_total`` like the other
-modes'); its write buffer full stops taking the stream's request content from the gateway,
+modes', a response that does not parse or is cut short as ``bad_response``); its write
+buffer full stops taking the stream's request content from the gateway,
 so its window is not given back to the client (RFC 9113 section 5.2); a response waiting
 past ``limits.buffer_size`` for the client's window stops reading it.
 """
@@ -145,6 +146,8 @@ class Http1Pool:
         if self._closing:
             return
         gateway = self.gateway
+        for _ in range(gateway.take_bad_responses()):
+            self._runtime.observe_upstream_error(self._route.name, "bad_response")
         for stream_id in gateway.take_opens():
             leg = self._legs[stream_id] = _Leg(self, stream_id)
             leg.task = self._loop.create_task(self._connect(leg))

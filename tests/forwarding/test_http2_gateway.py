@@ -78,6 +78,7 @@ def test_an_unparsable_response_is_a_502_and_a_short_one_a_reset() -> None:
     }
     assert statuses == {first: b"502", second: b"200"}
     assert [e.stream_id for e in seen if isinstance(e, h2.events.StreamReset)] == [second]
+    assert gateway.take_bad_responses() == 2
 
 
 def test_an_unreachable_upstream_is_a_502_or_504_on_its_stream_only() -> None:

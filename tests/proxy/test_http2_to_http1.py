@@ -13,7 +13,7 @@ import pytest
 
 from mtlsproxy.pki import PkiFiles
 from tests.proxy.conftest import render_config
-from tests.proxy.harness import Client, RunningProxy
+from tests.proxy.harness import Client, RunningProxy, Upstream, eventually
 from tests.proxy.http1_upstream import H1Upstream
 from tests.proxy.http2_harness import H2Client
 from tests.proxy.test_http2 import curl_http2
@@ -162,3 +162,25 @@ def test_curl_http2_with_a_client_certificate(start: Start, pki: PkiFiles) -> No
     headers = fields(seen)
     assert len(headers["x-forwarded-client-cert"]) == 1
     assert f"URI={FRONTEND}" in headers["x-forwarded-client-cert"][0]
+
+
+def test_a_response_that_does_not_parse_is_a_502_and_counted(start: Start, pki: PkiFiles) -> None:
+    def garbage(sock: socket.socket, server: Upstream) -> None:
+        sock.recv(65536)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\n")
+
+    broken = Upstream(garbage)
+    try:
+        proxy = start(port=broken.port)
+        client = H2Client(pki, proxy.port())
+        try:
+            assert client.get("/").status == 502
+            assert client.get("/again").status == 502
+            assert not client.closed
+        finally:
+            client.close()
+        assert eventually(
+            lambda: proxy.sample("mtlsproxy_upstream_errors_total", reason="bad_response") == 2
+        )
+    finally:
+        broken.stop()

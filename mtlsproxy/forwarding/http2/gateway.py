@@ -151,6 +151,7 @@ class Http1Gateway:
         self._exchanges: dict[int, _Exchange] = {}
         self._opens: list[int] = []
         self._closed: list[int] = []
+        self._bad_responses = 0  # counted by the proxy (``take_bad_responses``)
         self.broken = False  # the bridge broke HTTP/2: it ends the connection itself
 
     # From and to the bridge
@@ -180,6 +181,11 @@ class Http1Gateway:
         """Streams whose upstream connection has nothing more to do: close it."""
         closed, self._closed = self._closed, []
         return closed
+
+    def take_bad_responses(self) -> int:
+        """Responses given up on since the last call (unparsable, or cut short)."""
+        count, self._bad_responses = self._bad_responses, 0
+        return count
 
     def request_data(self, stream_id: int) -> bytes:
         """What to write to ``stream_id``'s upstream; its window goes back to the bridge."""
@@ -282,6 +288,7 @@ class Http1Gateway:
     # Answers
 
     def _unreadable(self, exchange: _Exchange) -> None:
+        self._bad_responses += 1
         if exchange.head_sent:
             self._reset(exchange, ErrorCodes.INTERNAL_ERROR)
         else:
