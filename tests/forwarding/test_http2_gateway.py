@@ -91,3 +91,37 @@ def test_an_unreachable_upstream_is_a_502_or_504_on_its_stream_only() -> None:
     response = next(e for e in seen if isinstance(e, h2.events.ResponseReceived))
     assert dict(response.headers)[b":status"] == b"504"
     assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in seen)
+
+
+def test_a_response_head_that_never_ends_is_bounded() -> None:
+    """One header line that never ends is refused once the head passes MAX_HEAD_BYTES (plus a
+    slice), however it is split: the parser never holds more (502, counted)."""
+    from mtlsproxy.forwarding.http.request import MAX_HEAD_BYTES
+
+    gateway, client = pair()
+    stream = client.get_next_available_stream_id()
+    client.send_headers(stream, GET, end_stream=True)
+    gateway.receive(client.data_to_send())
+    gateway.response(stream, b"HTTP/1.1 200 OK\r\nX-Endless: ")
+    fed = 0
+    while fed < 4 * MAX_HEAD_BYTES and gateway.take_bad_responses() == 0:
+        gateway.response(stream, b"a" * 1000)
+        fed += 1000
+    assert fed <= MAX_HEAD_BYTES + 8192
+    seen = events(gateway, client)
+    response = next(e for e in seen if isinstance(e, h2.events.ResponseReceived))
+    assert dict(response.headers)[b":status"] == b"502"
+
+
+def test_a_whole_response_in_one_read_is_not_counted_as_head() -> None:
+    """The head bound counts head bytes only: a small head and a large body in one read pass."""
+    gateway, client = pair()
+    stream = client.get_next_available_stream_id()
+    client.send_headers(stream, GET, end_stream=True)
+    gateway.receive(client.data_to_send())
+    body = b"b" * 200_000
+    gateway.response(stream, b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n" + body)
+    assert gateway.take_bad_responses() == 0
+    seen = events(gateway, client)
+    response = next(e for e in seen if isinstance(e, h2.events.ResponseReceived))
+    assert dict(response.headers)[b":status"] == b"200"

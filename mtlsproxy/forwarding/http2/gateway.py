@@ -63,6 +63,7 @@ CONNECTION_FIELDS = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te")
 )
 _EXPECTS_CONTENT = frozenset((b"POST", b"PUT", b"PATCH"))
+_HEAD_SLICE = 4096  # bytes fed to llhttp at a time until a response head is complete
 
 
 class _Unreadable(Exception):
@@ -110,6 +111,7 @@ class _Exchange:
     complete: bool = False  # the response ended (END_STREAM follows the content)
     framed: bool = True  # content-length or chunked: else the content ends with the connection
     response_done: bool = False  # END_STREAM sent, or the stream reset: nothing more to do
+    head_fed: int = 0  # bytes fed to the parser before the response head was complete
 
     def on_head(self, response: _Response) -> None:
         assert self.parser is not None
@@ -216,7 +218,18 @@ class Http1Gateway:
             return
         assert exchange.parser is not None
         try:
-            exchange.parser.feed_data(data)
+            # llhttp holds a header line until it ends: until the head is complete, feed it in
+            # slices and count them, so one endless line cannot grow past MAX_HEAD_BYTES.
+            at = 0
+            while exchange.head is None and at < len(data):
+                if exchange.head_fed > MAX_HEAD_BYTES:
+                    raise _Unreadable("response head too large")
+                piece = data[at : at + _HEAD_SLICE]
+                exchange.head_fed += len(piece)
+                at += len(piece)
+                exchange.parser.feed_data(piece)
+            if at < len(data):
+                exchange.parser.feed_data(data[at:] if at else data)
         except (httptools.HttpParserError, _Unreadable):
             self._unreadable(exchange)
             return
