@@ -200,6 +200,8 @@ def _http2(route: Route) -> str:
         return " [HTTP/2 -> h2c]"
     if identity.upstream_protocol is UpstreamProtocol.AUTO:
         return " [HTTP/2 -> h2c, HTTP/1.1 -> HTTP/1.1]"
+    if identity.upstream_protocol is UpstreamProtocol.H2_TO_HTTP1:
+        return " [HTTP/2 -> HTTP/1.1 (a connection per stream), HTTP/1.1 -> HTTP/1.1]"
     return ""
 
 

@@ -126,7 +126,8 @@ class Metrics:
         )
         self.upstream_errors = Counter(
             "mtlsproxy_upstream_errors",
-            "Upstream failures (connect_refused, connect_timeout, connect_error, reset).",
+            "Upstream failures (connect_refused, connect_timeout, connect_error, reset, "
+            "bad_response).",
             ["listener", "route", "reason"],
             registry=registry,
         )

@@ -551,3 +551,13 @@ def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
     result = cli(*args)
     assert result.returncode == 2
     assert "usage: mtlsproxy" in result.stdout + result.stderr
+
+
+def test_check_says_an_h2_to_http1_route_translates(examples: Path) -> None:
+    """``upstream_protocol: h2-to-http/1.1`` is accepted, and ``check`` says what it serves."""
+    text = (examples / "grpc.yaml").read_text()
+    assert "upstream_protocol: auto" in text
+    translated = text.replace("upstream_protocol: auto", "upstream_protocol: h2-to-http/1.1")
+    result = cli("check", "-c", variant(examples, "h2-to-h1.yaml", translated))
+    assert result.returncode == 0, result.stderr
+    assert "[HTTP/2 -> HTTP/1.1 (a connection per stream), HTTP/1.1 -> HTTP/1.1]" in result.stdout

@@ -886,8 +886,8 @@ class _Parser:
 
     def check_h2_upstream(self, route: Route, where: Node, path: str) -> None:
         """HTTP mode offers ALPN by ``upstream_protocol``; ``h2`` asked for in ``tls.alpn``
-        with an HTTP/1.1 upstream would need HTTP/2 -> HTTP/1.1 translation, which this
-        version does not do: refused rather than silently not offered."""
+        with ``upstream_protocol: http/1.1`` (ALPN http/1.1 only) is refused rather than
+        silently not offered: translation is asked for with ``h2-to-http/1.1``."""
         identity = route.forward_identity
         if (
             identity.mode is ForwardIdentity.HTTP
@@ -897,10 +897,10 @@ class _Parser:
             self.problem(
                 where,
                 _join(path, "tls.alpn"),
-                "h2 with forward_identity mode http and upstream_protocol http/1.1: HTTP/2 "
-                "clients cannot be forwarded to an HTTP/1.1 upstream yet; set "
-                "forward_identity.upstream_protocol to auto or h2c if the upstream speaks h2c, "
-                "or remove h2",
+                "h2 with forward_identity mode http and upstream_protocol http/1.1: HTTP mode "
+                "offers ALPN by upstream_protocol; set forward_identity.upstream_protocol to "
+                "h2-to-http/1.1 to serve HTTP/2 clients to an HTTP/1.1 upstream, to auto or "
+                "h2c if the upstream speaks h2c, or remove h2",
             )
 
     def check_http_authorization(

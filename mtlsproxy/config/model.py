@@ -35,6 +35,9 @@ class UpstreamProtocol(enum.StrEnum):
     HTTP1 = "http/1.1"  # ALPN http/1.1 only: every client is HTTP/1.1, so is the upstream
     H2C = "h2c"  # ALPN h2 only: every client is HTTP/2, the upstream h2c with prior knowledge
     AUTO = "auto"  # ALPN h2 and http/1.1: the upstream speaks what the client negotiated
+    # ALPN h2 and http/1.1, the upstream HTTP/1.1 only: an HTTP/2 client's streams are
+    # translated, each to an HTTP/1.1 request of its own (``forwarding.http2.gateway``)
+    H2_TO_HTTP1 = "h2-to-http/1.1"
 
 
 @dataclass(frozen=True, slots=True)

@@ -451,8 +451,9 @@ def _definitions() -> dict[str, Schema]:
                             UpstreamProtocol,
                             "http: http/1.1 (ALPN http/1.1 only, the default), h2c (ALPN h2 "
                             "only: every client HTTP/2, the upstream h2c with prior knowledge) "
-                            "or auto (ALPN h2 and http/1.1: the upstream speaks what the client "
-                            "negotiated).",
+                            "auto (ALPN h2 and http/1.1: the upstream speaks what the client "
+                            "negotiated) or h2-to-http/1.1 (ALPN h2 and http/1.1, the upstream "
+                            "HTTP/1.1 only: each HTTP/2 stream becomes an HTTP/1.1 request).",
                         ),
                         "http2": _http2_section(),
                         "include_certificate": "proxy_protocol_v2: add the client's leaf "

@@ -33,6 +33,7 @@ from mtlsproxy.forwarding.http.local import LocalAnswer, RequestRefusal
 from mtlsproxy.forwarding.http.request import Authorize, RequestRewriter
 from mtlsproxy.forwarding.http.response import ResponseTracker, UpgradeDecision
 from mtlsproxy.forwarding.http2.bridge import Http2Bridge
+from mtlsproxy.forwarding.http2.gateway import Http1Gateway
 from mtlsproxy.forwarding.http2.requests import HeaderRewriter
 from mtlsproxy.forwarding.proxy_protocol import encode_v2
 from mtlsproxy.forwarding.tls_info import Address, ForwardedTLS
@@ -52,16 +53,20 @@ class Forwarding:
     each; while ``answer_pending`` it stops reading the client.
 
     ``http2``: the client negotiated HTTP/2; its bytes go through this bridge instead of the
-    HTTP/1.1 rewriter, both ways (``forwarding.http2``)."""
+    HTTP/1.1 rewriter, both ways (``forwarding.http2``); ``gateway``: its upstream side is
+    served by this ``Http1Gateway`` (HTTP/1.1 upstream connections, one per stream) instead of
+    an h2c connection."""
 
     def __init__(self, preamble: bytes = b"", rewriter_inject: list[tuple[str, str]] | None = None,
                  remove: frozenset[str] = SANITIZED_HEADERS,
                  keep: frozenset[str] = frozenset(),
                  authorize: Authorize | None = None,
-                 http2: Http2Bridge | None = None) -> None:  # fmt: skip
+                 http2: Http2Bridge | None = None,
+                 gateway: Http1Gateway | None = None) -> None:  # fmt: skip
         self.preamble = preamble
         self.passthrough = rewriter_inject is None and http2 is None
         self.http2 = http2
+        self.gateway = gateway
         self._decided: list[UpgradeDecision] = []  # decisions made before any response
         self._tracker = ResponseTracker()
         self._rewriter = RequestRewriter(
@@ -184,7 +189,10 @@ def plan(
         buffer_size = (limits or Limits()).buffer_size
         rewriter = HeaderRewriter(inject, remove, keep)
         bridge = Http2Bridge(settings.http2, buffer_size, rewriter, authorize, clock)
-        return Forwarding(preamble=bridge.preamble, http2=bridge)
+        gateway = None
+        if settings.upstream_protocol is UpstreamProtocol.H2_TO_HTTP1:
+            gateway = Http1Gateway(settings.http2, buffer_size)
+        return Forwarding(preamble=bridge.preamble, http2=bridge, gateway=gateway)
     return Forwarding(rewriter_inject=inject, remove=remove, keep=keep, authorize=authorize)
 
 
@@ -193,7 +201,8 @@ def speaks_http2(settings: IdentityForwarding, alpn: str | None) -> bool:
     (``h2c``: ALPN offers ``h2`` alone; a client without ALPN is expected to know)."""
     if settings.upstream_protocol is UpstreamProtocol.H2C:
         return True
-    return settings.upstream_protocol is UpstreamProtocol.AUTO and alpn == "h2"
+    both = (UpstreamProtocol.AUTO, UpstreamProtocol.H2_TO_HTTP1)
+    return settings.upstream_protocol in both and alpn == "h2"
 
 
 def _authorize(

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import errno
 import logging
 import socket
 import time
@@ -51,7 +50,9 @@ from mtlsproxy.forwarding.http2.bridge import Http2Bridge
 from mtlsproxy.forwarding.http2.faults import Http2Fault
 from mtlsproxy.forwarding.plan import PASSTHROUGH, plan
 from mtlsproxy.proxy.flow import Pause, ReadGate
+from mtlsproxy.proxy.http1_pool import Http1Pool
 from mtlsproxy.proxy.upstream import open_upstream
+from mtlsproxy.proxy.upstream import upstream_error_reason as _upstream_error_reason
 from mtlsproxy.vocabulary.failures import Reason
 
 if TYPE_CHECKING:
@@ -436,7 +437,14 @@ class ClientConnection(asyncio.Protocol):
             try:
                 # The deadline is the connection's timer (``_timer_fired``), not a timeout
                 # context of its own: one timer per connection.
-                transport = await open_upstream(self._loop, route.config.upstream, self)
+                gateway = self._forwarding.gateway
+                if gateway is not None:  # h2-to-http/1.1: a connection per stream, later
+                    transport = cast(
+                        asyncio.Transport,
+                        Http1Pool(self._loop, route, gateway, self, runtime),
+                    )
+                else:
+                    transport = await open_upstream(self._loop, route.config.upstream, self)
             except asyncio.CancelledError:
                 if not self._connect_expired:
                     raise  # the connection ended
@@ -875,11 +883,3 @@ def _http_error(status: int, phrase: bytes, body: bytes) -> bytes:
         b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nConnection: close\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (status, phrase, len(body), body)
     )
-
-
-def _upstream_error_reason(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "connect_timeout"
-    if isinstance(exc, ConnectionRefusedError) or getattr(exc, "errno", None) == errno.ENOENT:
-        return "connect_refused"
-    return "connect_error"

@@ -8,6 +8,7 @@ connection that implements it, so this module needs nothing from the rest of the
 from __future__ import annotations
 
 import asyncio
+import errno
 from typing import Protocol, cast
 
 from mtlsproxy.config.model import Upstream
@@ -77,3 +78,12 @@ async def open_upstream(
                 lambda: UpstreamProtocol(owner), upstream.host, upstream.port
             )
     return cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+
+
+def upstream_error_reason(exc: BaseException) -> str:
+    """The ``reason`` label of a failed upstream connect."""
+    if isinstance(exc, TimeoutError):
+        return "connect_timeout"
+    if isinstance(exc, ConnectionRefusedError) or getattr(exc, "errno", None) == errno.ENOENT:
+        return "connect_refused"
+    return "connect_error"

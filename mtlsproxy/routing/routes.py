@@ -166,6 +166,7 @@ HTTP_MODE_ALPN = {
     UpstreamProtocol.HTTP1: ("http/1.1",),
     UpstreamProtocol.H2C: ("h2",),
     UpstreamProtocol.AUTO: ("h2", "http/1.1"),
+    UpstreamProtocol.H2_TO_HTTP1: ("h2", "http/1.1"),
 }
 
 

@@ -338,7 +338,7 @@ BROKEN = {
         (
             6,
             "listeners[0].forward_identity.upstream_protocol",
-            "'h3' is not one of http/1.1, h2c, auto",
+            "'h3' is not one of http/1.1, h2c, auto, h2-to-http/1.1",
         ),
     ),
     "upstream protocol without http mode": (
@@ -613,10 +613,11 @@ H2_TO_HTTP1 = (
 def test_h2_for_an_http1_upstream_is_refused_with_what_to_do(base: Path) -> None:
     line, key, message = only_problem(write(base, H2_TO_HTTP1.replace("{protocol}", "")))
     assert (line, key) == (5, "listeners[0].tls.alpn")
-    assert "HTTP/2 clients cannot be forwarded to an HTTP/1.1 upstream yet" in message
-    assert "upstream_protocol to auto or h2c" in message
-    fixed = H2_TO_HTTP1.replace("{protocol}", ", upstream_protocol: auto")
-    assert load_config(write(base, fixed)).listeners[0].default_route.tls.alpn == (
-        "h2",
-        "http/1.1",
-    )
+    assert "upstream_protocol to h2-to-http/1.1" in message
+    assert "to auto or h2c" in message
+    for protocol in ("auto", "h2-to-http/1.1"):
+        fixed = H2_TO_HTTP1.replace("{protocol}", f", upstream_protocol: {protocol}")
+        assert load_config(write(base, fixed)).listeners[0].default_route.tls.alpn == (
+            "h2",
+            "http/1.1",
+        )

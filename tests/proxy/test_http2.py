@@ -169,7 +169,9 @@ def test_http1_clients_still_get_http1_on_auto(start: Start, pki: PkiFiles) -> N
         assert tls.selected_alpn_protocol() is None  # offered none: served as HTTP/1.1
 
 
-@pytest.mark.parametrize(("protocol", "offered"), [("auto", "h2"), ("http/1.1", "http/1.1")])
+@pytest.mark.parametrize(
+    ("protocol", "offered"), [("auto", "h2"), ("http/1.1", "http/1.1"), ("h2-to-http/1.1", "h2")]
+)
 def test_alpn_follows_upstream_protocol(
     start: Start, pki: PkiFiles, protocol: str, offered: str
 ) -> None:
@@ -182,22 +184,27 @@ def test_alpn_follows_upstream_protocol(
         assert tls.selected_alpn_protocol() == offered
 
 
-def test_curl_http2_with_a_client_certificate(start: Start, pki: PkiFiles) -> None:
+def curl_http2(pki: PkiFiles, port: int, path: str) -> dict:
+    """``curl --http2`` with the client certificate and a forged XFCC: the JSON body."""
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
-    proxy = start(engine="native")
     directory = pki.directory
     result = subprocess.run(
         ["curl", "-sS", "--http2", "--cacert", str(pki.ca_cert),
          "--cert", str(directory / "client.crt"), "--key", str(directory / "client.key"),
          "-H", "X-Forwarded-Client-Cert: forged", "-w", "\n%{http_version}",
-         f"https://localhost:{proxy.port()}/via-curl"],
+         f"https://localhost:{port}{path}"],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     body, version = result.stdout.rsplit("\n", 1)
     assert version == "2"
-    seen = headers_seen(json.loads(body))
+    return json.loads(body)
+
+
+def test_curl_http2_with_a_client_certificate(start: Start, pki: PkiFiles) -> None:
+    proxy = start(engine="native")
+    seen = headers_seen(curl_http2(pki, proxy.port(), "/via-curl"))
     assert seen[":path"] == ["/via-curl"]
     assert len(seen["x-forwarded-client-cert"]) == 1
     assert f"URI={FRONTEND}" in seen["x-forwarded-client-cert"][0]

@@ -16,6 +16,7 @@ from hyperframe.frame import ContinuationFrame, DataFrame, HeadersFrame, PingFra
 
 from mtlsproxy.pki import PkiFiles
 from tests.proxy.harness import RunningProxy, eventually
+from tests.proxy.http1_upstream import H1Upstream
 from tests.proxy.http2_harness import H2Client, H2Upstream
 from tests.proxy.test_hostile import BUFFER_SIZE, client_side, small_kernel_buffers
 from tests.proxy.test_http2 import http2_config
@@ -28,10 +29,12 @@ REQUEST = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"local
            (b":path", b"/")]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def h2_upstream() -> Iterator[H2Upstream]:
-    server = H2Upstream()
-    yield server
+# The client side is the bridge's in both modes: an h2c upstream, or HTTP/1.1 through the gateway.
+@pytest.fixture(scope="module", params=["auto", "h2-to-http/1.1"])
+def h2_upstream(request: pytest.FixtureRequest) -> Iterator[H2Upstream]:
+    server = H2Upstream() if request.param == "auto" else H1Upstream()
+    server.protocol = request.param  # type: ignore[attr-defined]
+    yield server  # type: ignore[misc]
     server.stop()
 
 
@@ -40,7 +43,9 @@ def proxy(
     tmp_path_factory: pytest.TempPathFactory, pki: PkiFiles, h2_upstream: H2Upstream
 ) -> Iterator[RunningProxy]:
     path: Path = tmp_path_factory.mktemp("abuse") / "h2-abuse.yaml"
-    path.write_text(http2_config(pki, h2_upstream, engine="native", extra=LIMITS))
+    protocol = h2_upstream.protocol  # type: ignore[attr-defined]
+    text = http2_config(pki, h2_upstream, engine="native", protocol=protocol, extra=LIMITS)
+    path.write_text(text)
     running = RunningProxy(path)
     yield running
     running.stop()

@@ -134,8 +134,8 @@ class Http2Bridge:
         self._authorize = authorize
         self._clock = clock
         window = min(settings.initial_window_size, buffer_size)
-        self._client = _connection(settings, window, buffer_size, server=True)
-        self._upstream = _connection(settings, window, buffer_size, server=False)
+        self._client = new_connection(settings, window, buffer_size, server=True)
+        self._upstream = new_connection(settings, window, buffer_size, server=False)
         self._streams: dict[Side, dict[int, _Stream]] = {Side.CLIENT: {}, Side.UPSTREAM: {}}
         self._resets: collections.deque[float] = collections.deque()
         self._refusals: list[RequestRefusal] = []
@@ -489,7 +489,7 @@ class _GoawayKeepsStreams(H2ConnectionStateMachine):
         return super().process_input(input_)
 
 
-def _connection(settings: Http2Settings, window: int, buffer: int, server: bool) -> H2Connection:
+def new_connection(settings: Http2Settings, window: int, buffer: int, server: bool) -> H2Connection:
     """One side's ``h2`` connection with our SETTINGS (RFC 9113 section 6.5.2), the header
     list bound enforced from the first frame, and a connection window of ``buffer``."""
     config = H2Configuration(
