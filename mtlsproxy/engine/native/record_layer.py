@@ -64,6 +64,7 @@ SEQUENCE_KEY_UPDATE_THRESHOLD = 2**63
 LEGACY_RECORD_VERSION = 0x0303
 
 _PROTECTED_TYPE = ContentType.APPLICATION_DATA
+_PROTECTED_OCTET = int(_PROTECTED_TYPE)  # a plain int: no IntEnum __index__ per pack
 _INNER_TYPES = frozenset((ContentType.ALERT, ContentType.HANDSHAKE, ContentType.APPLICATION_DATA))
 _OUTER_TYPES = frozenset(
     (
@@ -206,14 +207,17 @@ class RecordReader:
                 # up to 256 KiB after a bulk transfer).
                 self._data, self._pos = b"", 0
             return None
-        header = parse_record_header(data, pos)
-        _check_header(header.content_type, header.length)
+        # The header as a plain tuple, and _check_header only off the common case (a protected
+        # record within its limit): two calls per handshake record fewer.
+        content_type, version, length = _RECORD_HEADER.unpack_from(data, pos)
+        if content_type != _PROTECTED_OCTET or length > MAX_CIPHERTEXT_LENGTH:
+            _check_header(content_type, length)
         start = pos + RECORD_HEADER_SIZE
-        end = start + header.length
+        end = start + length
         if end > len(data):
             return None
         self._pos = end
-        return Record(header.content_type, header.legacy_record_version, data[start:end])
+        return Record(content_type, version, data[start:end])
 
     def open_application_data(
         self, protection: RecordProtection, contents: list[bytes | memoryview]
@@ -357,9 +361,22 @@ class RecordProtection:
     ) -> None:
         if len(iv) != suite.iv_length:
             raise ValueError(f"{suite.name} needs a {suite.iv_length}-byte IV, got {len(iv)}")
+        if len(key) != suite.key_length:
+            raise ValueError(f"{suite.name} needs a {suite.key_length}-byte key, got {len(key)}")
+        self._keyed(suite, key, iv, traffic_secret, padding)
+
+    def _keyed(
+        self,
+        suite: CipherSuite,
+        key: bytes,
+        iv: bytes,
+        traffic_secret: bytes | None,
+        padding: PaddingPolicy,
+    ) -> None:
+        """Set the slots for a key and IV of the suite's lengths (section 7.3)."""
         self.suite = suite
         self.padding = padding
-        self._aead = suite.new_aead(key)
+        self._aead = suite.aead_factory(key)
         self._iv = int.from_bytes(iv, "big")
         self._sequence = 0
         self._traffic_secret = traffic_secret
@@ -376,7 +393,11 @@ class RecordProtection:
     ) -> RecordProtection:
         """Protection keyed from a traffic secret (``[sender]_write_key``/``_iv``, 7.3)."""
         key, iv = derive_traffic_keys(suite, traffic_secret)
-        return cls(suite, key, iv, traffic_secret=traffic_secret, padding=padding)
+        # Four per handshake: not through __init__ and its length checks (the key and IV have
+        # the suite's own lengths by construction) nor new_aead's: two calls fewer.
+        self = object.__new__(cls)
+        self._keyed(suite, key, iv, traffic_secret, padding)
+        return self
 
     def __repr__(self) -> str:
         return f"RecordProtection({self.suite.name}, sequence_number={self._sequence})"
@@ -417,11 +438,15 @@ class RecordProtection:
                 Alert.INTERNAL_ERROR,
                 f"write key exhausted after {self._sequence} records without a key update",
             )
-        padding = self.padding.padding_length(len(content))
-        inner = b"".join((content, bytes((content_type,)), bytes(padding)))
+        if self.padding.block_size > 1:
+            padding = self.padding.padding_length(len(content))
+            inner = b"".join((content, bytes((content_type,)), bytes(padding)))
+        else:  # no padding (section 5.4 makes it optional): no call for its length
+            inner = content + bytes((content_type,))
         length = len(inner) + self.suite.tag_length
         header = _CIPHERTEXT_HEADER_PREFIX + length.to_bytes(2, "big")
-        sealed = self._aead.encrypt(self._nonce(), inner, header)
+        # Section 5.3's nonce inline (the IV XOR the sequence number, left-padded).
+        sealed = self._aead.encrypt((self._iv ^ self._sequence).to_bytes(12, "big"), inner, header)
         self._sequence += 1
         return header + sealed
 
@@ -444,7 +469,7 @@ class RecordProtection:
         """``data`` split into records of at most ``max_fragment`` content bytes (5.1)."""
         if not 0 < max_fragment <= MAX_PLAINTEXT_LENGTH:
             raise ValueError(f"fragment size {max_fragment} out of range")
-        if not data:
+        if len(data) <= max_fragment:  # a handshake flight is one record: no generator, join
             return self.encrypt(content_type, data)
         return b"".join(
             self.encrypt(content_type, data[start : start + max_fragment])
@@ -469,8 +494,13 @@ class RecordProtection:
             raise TLSAlert(Alert.INTERNAL_ERROR, "read sequence number exhausted")
         if len(fragment) < self.suite.tag_length:
             raise TLSAlert(Alert.BAD_RECORD_MAC, "protected record too short")
+        # Section 5.2's additional data (the record header) and 5.3's nonce, inline: one call
+        # per handshake record fewer each.
+        header = _RECORD_HEADER.pack(_PROTECTED_OCTET, record.legacy_record_version, len(fragment))
         try:
-            inner = self._aead.decrypt(self._nonce(), fragment, record.header())
+            inner = self._aead.decrypt(
+                (self._iv ^ self._sequence).to_bytes(12, "big"), fragment, header
+            )
         except InvalidTag:
             raise TLSAlert(Alert.BAD_RECORD_MAC, "record authentication failed") from None
         self._sequence += 1

@@ -28,6 +28,7 @@ from mtlsproxy.engine.native import (
     pad_to_multiple,
     parse_record,
 )
+from mtlsproxy.engine.native.key_schedule import derive_traffic_keys
 from mtlsproxy.vocabulary.failures import Alert
 
 SUITES = [TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384, TLS_CHACHA20_POLY1305_SHA256]
@@ -184,6 +185,29 @@ def test_encrypt_fragmented() -> None:
     assert sender.encrypt_fragmented(APPLICATION_DATA, b"")  # one empty record
     with pytest.raises(ValueError):
         sender.encrypt_fragmented(APPLICATION_DATA, data, max_fragment=MAX_PLAINTEXT_LENGTH + 1)
+
+
+@pytest.mark.parametrize("suite", SUITES, ids=SUITE_IDS)
+def test_from_secret_is_the_constructor_on_the_derived_key_and_iv(suite: CipherSuite) -> None:
+    secret = bytes(range(suite.hash_length))
+    built = RecordProtection.from_secret(suite, secret)
+    key, iv = derive_traffic_keys(suite, secret)
+    direct = RecordProtection(suite, key, iv, traffic_secret=secret)
+    for content in (b"one", b"two" * 100):
+        assert built.encrypt(HANDSHAKE, content) == direct.encrypt(HANDSHAKE, content)
+    assert built.needs_key_update is direct.needs_key_update is False
+    with pytest.raises(ValueError):
+        RecordProtection(suite, key[:-1], iv)
+
+
+def test_encrypt_fragmented_one_record_is_encrypt() -> None:
+    sender, _ = pair(TLS_AES_128_GCM_SHA256)
+    other, _ = pair(TLS_AES_128_GCM_SHA256)
+    for size in (1, 2500, MAX_PLAINTEXT_LENGTH):  # a handshake flight: one record
+        data = bytes(size)
+        assert sender.encrypt_fragmented(HANDSHAKE, data) == other.encrypt(HANDSHAKE, data)
+    two = sender.encrypt_fragmented(HANDSHAKE, bytes(3), max_fragment=2)
+    assert len(two) == (5 + 2 + 1 + 16) + (5 + 1 + 1 + 16)  # two records
 
 
 def test_encrypt_rejects_caller_errors() -> None:
