@@ -53,12 +53,21 @@ from procs import REPO, Process, free_port, median  # bench/procs.py
 
 FRONT_CORE = 0
 CLIENT_CORE = 1
-FRONTS = ("l4", "http", "nginx")
+FRONTS = ("l4", "http", "h2h1", "nginx")
 LABELS = {
     "l4": "mtlsproxy L4 (forward_identity: none)",
     "http": "mtlsproxy forward_identity: http",
+    "h2h1": "mtlsproxy http, h2-to-http/1.1",
     "nginx": "nginx 1 worker, proxy/grpc_pass",
 }
+IDENTITY_FRONTS = ("http", "h2h1")  # the mtlsproxy fronts that forward identity headers
+
+
+def serves(front: str, protocol: str) -> bool:
+    """h2h1 translates HTTP/2 GETs to an HTTP/1.1 upstream: the h2 cases only."""
+    return front != "h2h1" or protocol == "h2"
+
+
 REQUEST = b"GET / HTTP/1.1\r\nHost: localhost\r\nUser-Agent: bench\r\n\r\n"
 CHECK = b"GET /check HTTP/1.1\r\nHost: localhost\r\nUser-Agent: bench\r\n\r\n"
 CLIENT_DN = "CN=frontend"  # the subject of the PKI's client.crt
@@ -167,7 +176,7 @@ def proxy_config(pki: Path, front: str, protocol: str, upstream_port: int) -> Pa
         f"      ca: {pki}/client-ca.pem",
         f"    upstream: 127.0.0.1:{upstream_port}",
     ]
-    if front == "http":
+    if front in IDENTITY_FRONTS:
         lines += [
             "    forward_identity:",
             "      mode: http",
@@ -175,7 +184,9 @@ def proxy_config(pki: Path, front: str, protocol: str, upstream_port: int) -> Pa
             "        X-SSL-Client-S-DN: subject",
             "        X-SSL-Client-Verify: verify",
         ]
-        if protocol != "h1":  # h2 offered, the client's h2 forwarded as h2c
+        if front == "h2h1":  # each h2 stream an HTTP/1.1 request
+            lines += ["      upstream_protocol: h2-to-http/1.1"]
+        elif protocol != "h1":  # h2 offered, the client's h2 forwarded as h2c
             lines += ["      upstream_protocol: auto"]
     else:
         lines += ["    forward_identity: none"]
@@ -292,7 +303,7 @@ def check_identity(front: str, body: bytes) -> str:
     dn, verify, xfcc = fields.get("dn", ""), fields.get("verify", ""), fields.get("xfcc", "")
     if front == "l4":
         ok = not dn and not verify and not xfcc
-    elif front == "http":
+    elif front in IDENTITY_FRONTS:
         ok = CLIENT_DN in dn and verify == "SUCCESS" and "Hash=" in xfcc
     else:
         ok = CLIENT_DN in dn and verify == "SUCCESS"
@@ -413,7 +424,8 @@ class Upstreams:
             return self.grpc_port
         # nginx's h2 front speaks HTTP/1.1 to its upstream; mtlsproxy's L4 front passes the
         # client's h2 on; its HTTP front follows the client (upstream_protocol: auto).
-        return self.h2c_port if protocol == "h2" and front != "nginx" else self.h1_port
+        # h2h1 translates to HTTP/1.1 itself.
+        return self.h2c_port if protocol == "h2" and front in ("l4", "http") else self.h1_port
 
     def process(self, protocol: str) -> Process:
         return self.grpc if protocol == "grpc" and self.grpc is not None else self.nginx
@@ -470,7 +482,7 @@ def main() -> int:
 
     python = sys.executable
     samples: dict[str, dict[str, list[dict]]] = {
-        case.name: {front: [] for front in fronts} for case in cases
+        case.name: {front: [] for front in fronts if serves(front, case.protocol)} for case in cases
     }
     with tempfile.TemporaryDirectory(prefix="mtlsproxy-http-bench-") as tmp:
         root = Path(tmp)
@@ -498,7 +510,7 @@ def main() -> int:
                 turn = run % len(fronts)
                 order = fronts[turn:] + fronts[:turn]  # a b c, b c a, c a b, ...
                 for case in cases:
-                    for front in order:
+                    for front in (f for f in order if serves(f, case.protocol)):
                         server = start(front, case.protocol, run)
                         try:
                             upstream = upstreams.process(case.protocol)
