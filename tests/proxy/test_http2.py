@@ -6,6 +6,7 @@ both engines."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import socket
@@ -29,7 +30,7 @@ Start = Callable[..., RunningProxy]
 
 def http2_config(
     pki: PkiFiles,
-    upstream: H2Upstream,
+    upstream_port: int,
     engine: str = "openssl",
     protocol: str = "auto",
     extra: str = "",
@@ -40,7 +41,7 @@ def http2_config(
         f"\n      upstream_protocol: {protocol}{extra}"
     )
     return render_config(
-        pki, f"127.0.0.1:{upstream.port}", mode, forward_identity=forward, engine=engine
+        pki, f"127.0.0.1:{upstream_port}", mode, forward_identity=forward, engine=engine
     )
 
 
@@ -51,25 +52,38 @@ def h2_upstream() -> Iterator[H2Upstream]:
     server.stop()
 
 
-@pytest.fixture
-def start(tmp_path: Path, pki: PkiFiles, h2_upstream: H2Upstream) -> Iterator[Start]:
+@contextlib.contextmanager
+def proxies(directory: Path, prefix: str) -> Iterator[Callable[[str], RunningProxy]]:
+    """Run proxies from config texts (files ``prefix-N.yaml`` in ``directory``); all stopped
+    at the end."""
     running: list[RunningProxy] = []
 
-    def factory(text: str | None = None, **options: str) -> RunningProxy:
-        path = tmp_path / f"h2-{len(running)}.yaml"
-        path.write_text(text or http2_config(pki, h2_upstream, **options))
+    def run(text: str) -> RunningProxy:
+        path = directory / f"{prefix}-{len(running)}.yaml"
+        path.write_text(text)
         running.append(RunningProxy(path))
         return running[-1]
 
-    yield factory
-    for proxy in running:
-        proxy.stop()
+    try:
+        yield run
+    finally:
+        for proxy in running:
+            proxy.stop()
+
+
+@pytest.fixture
+def start(tmp_path: Path, pki: PkiFiles, h2_upstream: H2Upstream) -> Iterator[Start]:
+    with proxies(tmp_path, "h2") as run:
+        yield lambda text=None, **options: run(
+            text or http2_config(pki, h2_upstream.port, **options)
+        )
 
 
 def headers_seen(body: dict) -> dict[str, list[str]]:
+    """The upstream's echo of the headers it received, by lower-case name."""
     seen: dict[str, list[str]] = {}
     for name, value in body["headers"]:
-        seen.setdefault(name, []).append(value)
+        seen.setdefault(name.lower(), []).append(value)
     return seen
 
 
@@ -234,7 +248,7 @@ def test_a_stalled_upstream_holds_the_client_at_the_advertised_windows(
     at most ours (the stream's 64 KiB), and no WINDOW_UPDATE comes for more."""
     stalled = H2Upstream(acknowledge=False)
     path = tmp_path / "stalled.yaml"
-    path.write_text(http2_config(pki, stalled))
+    path.write_text(http2_config(pki, stalled.port))
     proxy = RunningProxy(path)
     client = H2Client(pki, proxy.port())
     try:
@@ -264,7 +278,7 @@ def test_an_upstream_that_breaks_http2_is_counted_and_the_client_told(
 
     broken = Upstream(not_http2)
     path = tmp_path / "broken.yaml"
-    path.write_text(http2_config(pki, broken))  # type: ignore[arg-type]
+    path.write_text(http2_config(pki, broken.port))  # type: ignore[arg-type]
     proxy = RunningProxy(path)
     client = H2Client(pki, proxy.port())
     try:

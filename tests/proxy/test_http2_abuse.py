@@ -44,7 +44,7 @@ def proxy(
 ) -> Iterator[RunningProxy]:
     path: Path = tmp_path_factory.mktemp("abuse") / "h2-abuse.yaml"
     protocol = h2_upstream.protocol  # type: ignore[attr-defined]
-    text = http2_config(pki, h2_upstream, engine="native", protocol=protocol, extra=LIMITS)
+    text = http2_config(pki, h2_upstream.port, engine="native", protocol=protocol, extra=LIMITS)
     path.write_text(text)
     running = RunningProxy(path)
     yield running
@@ -224,7 +224,7 @@ def past_the_window(client: H2Client) -> None:
 def test_data_past_the_flow_control_window_is_refused(tmp_path: Path, pki: PkiFiles) -> None:
     stalled = H2Upstream(acknowledge=False)
     path = tmp_path / "stalled.yaml"
-    path.write_text(http2_config(pki, stalled))
+    path.write_text(http2_config(pki, stalled.port))
     proxy = RunningProxy(path)
     try:
         refused(proxy, pki, stalled, past_the_window, "flow_control",

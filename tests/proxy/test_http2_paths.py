@@ -44,7 +44,7 @@ def h2_upstream() -> Iterator[H2Upstream]:
 
 @pytest.fixture
 def proxy(tmp_path: Path, pki: PkiFiles, h2_upstream: H2Upstream) -> Iterator[RunningProxy]:
-    text = http2_config(pki, h2_upstream, mode="request", extra="\n" + RULES.rstrip())
+    text = http2_config(pki, h2_upstream.port, mode="request", extra="\n" + RULES.rstrip())
     path = tmp_path / "h2-paths.yaml"
     path.write_text(text)
     running = RunningProxy(path)

@@ -12,26 +12,15 @@ from pathlib import Path
 import pytest
 
 from mtlsproxy.pki import PkiFiles
-from tests.proxy.conftest import render_config
 from tests.proxy.harness import Client, RunningProxy, Upstream, eventually
 from tests.proxy.http1_upstream import H1Upstream
 from tests.proxy.http2_harness import H2Client
-from tests.proxy.test_http2 import curl_http2
+from tests.proxy.test_http2 import curl_http2, headers_seen, http2_config, proxies
 
 FRONTEND = "spiffe://example.org/ns/prod/sa/frontend"
 PROTOCOL = "h2-to-http/1.1"
 
 Start = Callable[..., RunningProxy]
-
-
-def config(pki: PkiFiles, port: int, engine: str = "openssl", extra: str = "") -> str:
-    forward = (
-        "\n      mode: http\n      headers: {X-SSL-Client-SPIFFE-ID: spiffe_id}"
-        f"\n      upstream_protocol: {PROTOCOL}{extra}"
-    )
-    return render_config(
-        pki, f"127.0.0.1:{port}", "require", forward_identity=forward, engine=engine
-    )
 
 
 @pytest.fixture
@@ -43,24 +32,10 @@ def h1_upstream() -> Iterator[H1Upstream]:
 
 @pytest.fixture
 def start(tmp_path: Path, pki: PkiFiles, h1_upstream: H1Upstream) -> Iterator[Start]:
-    running: list[RunningProxy] = []
-
-    def factory(port: int | None = None, **options: str) -> RunningProxy:
-        path = tmp_path / f"h2h1-{len(running)}.yaml"
-        path.write_text(config(pki, port or h1_upstream.port, **options))
-        running.append(RunningProxy(path))
-        return running[-1]
-
-    yield factory
-    for proxy in running:
-        proxy.stop()
-
-
-def fields(seen: dict) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for name, value in seen["headers"]:
-        out.setdefault(name.lower(), []).append(value)
-    return out
+    with proxies(tmp_path, "h2h1") as run:
+        yield lambda port=None, **options: run(
+            http2_config(pki, port or h1_upstream.port, protocol=PROTOCOL, **options)
+        )
 
 
 @pytest.mark.parametrize("engine", ["openssl", "native"])
@@ -78,7 +53,7 @@ def test_concurrent_streams_each_get_their_answer_with_the_identity(
             assert response.status == 200
             seen = response.json()
             assert seen["target"] == f"/item/{n}"
-            headers = fields(seen)
+            headers = headers_seen(seen)
             assert headers["host"] == ["localhost"]
             assert headers["x-ssl-client-spiffe-id"] == [FRONTEND]
             assert len(headers["x-forwarded-client-cert"]) == 1
@@ -159,7 +134,7 @@ def test_curl_http2_with_a_client_certificate(start: Start, pki: PkiFiles) -> No
     proxy = start(engine="native")
     seen = curl_http2(pki, proxy.port(), "/via-curl")
     assert seen["target"] == "/via-curl"
-    headers = fields(seen)
+    headers = headers_seen(seen)
     assert len(headers["x-forwarded-client-cert"]) == 1
     assert f"URI={FRONTEND}" in headers["x-forwarded-client-cert"][0]
 

@@ -161,7 +161,7 @@ def test_a_would_refuse_request_is_logged_once_with_the_identity_rule_and_reason
 def h2_proxy(tmp_path: Path, pki: PkiFiles, upstream: H2Upstream, switch: str) -> RunningProxy:
     rules = RULES.replace("    http_authorization:\n", switch)
     path = tmp_path / "h2-audit.yaml"
-    path.write_text(http2_config(pki, upstream, mode="request", extra="\n" + rules.rstrip()))
+    path.write_text(http2_config(pki, upstream.port, mode="request", extra="\n" + rules.rstrip()))
     return RunningProxy(path)
 
 
