@@ -49,6 +49,7 @@ from pathlib import Path
 from procs import (  # bench/procs.py
     REPO,
     Process,
+    field_median,
     free_port,
     keep_sample,
     median,
@@ -525,7 +526,7 @@ def main() -> int:
 
 def report(setups: list[Setup], systems: list[str], samples: dict[str, list[dict]], args) -> None:
     def med(key: str, field: str) -> float:
-        return median([s[field] for s in samples.get(key, [])])
+        return field_median(samples, key, field)
 
     def ratios(key: str, system: str, field: str) -> list[float]:
         # per pass: system / baseline, the two measured in the same pass

@@ -64,7 +64,7 @@ from types import SimpleNamespace
 
 from e2e import SETUPS, client_context, measure_handshakes  # bench/e2e.py
 from e2e import proxy_config as e2e_proxy_config
-from procs import REPO, Process, median, write_samples  # bench/procs.py
+from procs import REPO, Process, field_median, write_samples  # bench/procs.py
 
 SERVER_CORE = 0
 CLIENT_CORE = 1
@@ -514,7 +514,7 @@ DESCRIPTIONS = {
 
 def print_table(engines: list[str], attacks: list[str], samples: dict, args) -> None:
     def med(key: str, field: str) -> float:
-        return median([s[field] for s in samples.get(key, [])])
+        return field_median(samples, key, field)
 
     print()
     print(

@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 
 import h2_load  # bench/h2_load.py
-from procs import REPO, Process, free_port, median  # bench/procs.py
+from procs import REPO, Process, field_median, free_port, median  # bench/procs.py
 
 FRONT_CORE = 0
 CLIENT_CORE = 1
@@ -541,7 +541,7 @@ def main() -> int:
 
 def print_table(case: Case, samples: dict[str, list[dict]], args) -> None:
     def med(front: str, field: str) -> float:
-        return median([s[field] for s in samples[front]])
+        return field_median(samples, front, field)
 
     def ratio(front: str, field: str) -> float:
         # per pass (same pass, started back to back) against l4, then the median

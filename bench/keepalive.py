@@ -55,6 +55,7 @@ from e2e import (  # bench/e2e.py
 )
 from procs import (  # bench/procs.py
     Process,
+    field_median,
     free_port,
     keep_sample,
     median,
@@ -271,7 +272,7 @@ def report(systems: list[str], tests: list[str], samples: dict[str, list[dict]],
     base = args.baseline if args.baseline in systems else systems[0]
 
     def med(key: str, field: str) -> float:
-        return median([s[field] for s in samples.get(key, [])])
+        return field_median(samples, key, field)
 
     def spread(key: str, field: str, fmt: str = ".0f") -> str:
         values = [s[field] for s in samples.get(key, [])]

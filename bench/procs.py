@@ -55,6 +55,11 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def field_median(samples: dict[str, list[dict]], key: str, field: str) -> float:
+    """The median of ``field`` over the samples kept under ``key`` (nan when none)."""
+    return median([s[field] for s in samples.get(key, [])])
+
+
 def keep_sample(
     samples: dict[str, list[dict]], key: str, run: int, result: dict, label: str
 ) -> None:

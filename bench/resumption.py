@@ -50,6 +50,7 @@ from e2e import (  # bench/e2e.py
 )
 from procs import (  # bench/procs.py
     Process,
+    field_median,
     free_port,
     keep_sample,
     median,
@@ -180,7 +181,7 @@ def main() -> int:
 
 def report(systems: list[str], samples: dict[str, list[dict]], args) -> None:
     def med(key: str, field: str) -> float:
-        return median([s[field] for s in samples.get(key, [])])
+        return field_median(samples, key, field)
 
     def ratios(numerator: str, denominator: str) -> list[float]:
         return pass_ratios(samples, numerator, denominator, "cpu_us")
