@@ -186,13 +186,24 @@ class Supervisor:
         return process
 
     async def _await_ready(self, slot: int, process: asyncio.subprocess.Process) -> None:
-        """A worker writes one line, ``ready``, on stdout once its listeners are open."""
+        """A worker writes one line, ``ready``, on stdout once its listeners are open.
+
+        One slower than ``READY_TIMEOUT`` (a loaded node, large CRL files) is warned about and
+        still waited for: giving up would leave /readyz at 503 while the worker serves."""
         assert process.stdout is not None
-        with contextlib.suppress(TimeoutError, ConnectionError):
-            async with asyncio.timeout(READY_TIMEOUT):
-                line = await process.stdout.readline()
-            if line.strip() == b"ready" and process.returncode is None:
-                self._ready.add(slot)
+        line = asyncio.ensure_future(process.stdout.readline())
+        try:
+            if not (await asyncio.wait({line}, timeout=READY_TIMEOUT))[0]:
+                logs.event(
+                    logging.WARNING,
+                    f"worker {slot} not ready after {READY_TIMEOUT:g} s; still waiting",
+                    worker=slot,
+                )
+            with contextlib.suppress(ConnectionError):
+                if (await line).strip() == b"ready" and process.returncode is None:
+                    self._ready.add(slot)
+        finally:
+            line.cancel()  # the supervisor stopping: no read left behind
 
     def _forget(self, pid: int) -> None:
         from prometheus_client import multiprocess
