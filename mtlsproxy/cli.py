@@ -8,6 +8,7 @@ Exit status: 0 success, 1 a runtime failure (the demo's exchanges did not go as 
 from __future__ import annotations
 
 import argparse
+import os
 import ssl
 import sys
 from collections.abc import Sequence
@@ -157,6 +158,11 @@ def _worker(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
+    from mtlsproxy import worker_metrics
+
+    # Before the proxy makes its metrics, in the directory the supervisor named.
+    if directory := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        worker_metrics.install(Path(directory))
     return _serve(config, worker=True)
 
 

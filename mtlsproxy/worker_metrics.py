@@ -1,0 +1,75 @@
+"""How a worker's metric values reach the supervisor's ``/metrics``, at a counter's cost.
+
+With ``workers: N`` every worker writes its values to files in ``PROMETHEUS_MULTIPROC_DIR``,
+which the supervisor sums when scraped (prometheus-client's multiprocess mode, its file format
+and its ``MultiProcessCollector``). prometheus-client's own writer takes a lock and asks the
+kernel for the process ID on every increment (to notice a ``fork``), ~2.8 us an increment and
+~6 us a histogram observation against ~0.7 and ~2.2 in one process: with ~15 updates per
+connection, the cost of a second worker. A worker is started by ``exec``, never forked after
+its metrics exist, and updates them from its one event-loop thread, so :class:`WorkerValue`
+writes the same files without either: an increment is an addition and a 16-byte store into
+the file's mapping.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import values
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+
+def install(directory: Path) -> None:
+    """Make every metric created from now on in this process write to ``directory``, in the
+    files and format that ``prometheus_client.multiprocess.MultiProcessCollector`` reads.
+    Call it before the first metric exists (a metric keeps the value class it was made with)."""
+    files: dict[str, MmapedDict] = {}
+    pid = os.getpid()
+
+    class WorkerValue:
+        """One series' value: kept here, stored to this worker's file on every change."""
+
+        _multiprocess = True  # prometheus-client: no exemplars, read back from the files
+
+        __slots__ = ("_file", "_key", "_value")
+
+        def __init__(
+            self,
+            typ: str,
+            metric_name: str,
+            name: str,
+            labelnames: Any,
+            labelvalues: Any,
+            help_text: str,
+            multiprocess_mode: str = "",
+            **_: Any,
+        ) -> None:
+            # The file names prometheus-client's collector and ``mark_process_dead`` expect.
+            prefix = f"{typ}_{multiprocess_mode}" if typ == "gauge" else typ
+            file = files.get(prefix)
+            if file is None:
+                file = files[prefix] = MmapedDict(str(directory / f"{prefix}_{pid}.db"))
+            self._file = file
+            self._key = mmap_key(metric_name, name, labelnames, labelvalues, help_text)
+            self._value: float = file.read_value(self._key)[0]
+
+        def inc(self, amount: float) -> None:
+            self._value += amount
+            self._file.write_value(self._key, self._value, 0.0)
+
+        def set(self, value: float, timestamp: float | None = None) -> None:
+            self._value = value
+            self._file.write_value(self._key, value, timestamp or 0.0)
+
+        def set_exemplar(self, exemplar: object) -> None:
+            """Exemplars are not kept in multiprocess mode (as prometheus-client's own)."""
+
+        def get(self) -> float:
+            return self._value
+
+        def get_exemplar(self) -> None:
+            return None
+
+    values.ValueClass = WorkerValue  # type: ignore[assignment,misc]
