@@ -160,8 +160,10 @@ def main() -> int:
                 def run(count: int, workers: int = workers) -> tuple[int, float]:
                     return instructions(directory, workers, args.test, count, upstream.port)
 
-                idle = run(0)
-                per = per_operation(idle, (run(args.few), args.few), (run(args.many), args.many))
+                idle, few, many = run(0), run(args.few), run(args.many)
+                for count, (total, seconds) in ((0, idle), (args.few, few), (args.many, many)):
+                    print(f"  workers {workers}, {count} operations: {total} in {seconds:.1f} s")
+                per = per_operation(idle, (few, args.few), (many, args.many))
                 unit = "connection" if args.test == "hs" else "request"
                 print(f"workers {workers}: {per / 1e6:.3f} M instructions per {unit}", flush=True)
         finally:
