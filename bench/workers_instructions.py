@@ -4,19 +4,19 @@ CPU time per operation on this 2-core machine rises when a second worker shares 
 the load generator (caches, migrations, fewer events per wakeup), which says nothing about what
 the workers' own code costs. This script counts it: the proxy (``engine: native``, e2e.py's
 require/TLS 1.3 settings, metrics on, access log on) runs under ``valgrind --tool=callgrind
---trace-children=yes``, so the supervisor and every worker are counted, and a client makes a
-fixed number of operations one after another. Three runs per setting, over every process of
-the tree: idle for 30 s, ``--few`` and ``--many`` operations; start-up and shutdown cancel out,
-and so does the background (timers of the workers and the supervisor) in proportion to each
-run's length (``per_operation``): what is left is each operation's user-space instructions
-wherever it ran. Kernel work is not counted (callgrind sees user space only).
+--trace-children=yes``, so the supervisor and every worker are counted. Once it is ready and
+warmed up (``--warmup`` operations: first runs of code paths, caches), every process's counters
+are zeroed (``callgrind_control --zero PID``), a client makes ``--count`` operations one after
+another, the counters are dumped; then zeroed again for as long idle, and dumped. Per operation
+= (operations - idle) / count: the user-space instructions of an operation wherever it ran,
+the background (file watchers, the supervisor) taken out. Kernel work is not counted
+(callgrind sees user space only).
 
-    .venv/bin/python bench/workers_instructions.py --workers 1,2 --test hs --few 20 --many 80
-    .venv/bin/python bench/workers_instructions.py --workers 1,2 --test ka --few 200 --many 1000
+    .venv/bin/python bench/workers_instructions.py --workers 1,2 --test hs --count 100
+    .venv/bin/python bench/workers_instructions.py --workers 1,2 --test ka --count 2000
 
 ``hs``: full mutual-TLS 1.3 connections (handshake, 1 byte echoed through the upstream, close);
-``ka``: 1 KiB requests echoed through the upstream on 4 connections opened beforehand (their
-handshakes are in both totals, so they cancel).
+``ka``: 1 KiB requests echoed through the upstream over 4 connections opened beforehand.
 """
 
 from __future__ import annotations
@@ -36,9 +36,8 @@ from procs import REPO, free_port
 
 SETUP = next(s for s in SETUPS if s.key == "require13")
 START_TIMEOUT = 300.0  # Python and its imports under callgrind: ~50x slower than native
-TOTAL = re.compile(rb"^summary: (\d+)", re.MULTILINE)
-IDLE_SECONDS = 30.0
-Run = tuple[tuple[int, float], int]  # (instructions, seconds), operations
+TOTAL = re.compile(rb"^totals: (\d+)", re.MULTILINE)
+WORKER_PID = re.compile(rb"worker \d+ started \(pid (\d+)\)")
 
 
 def config(directory: Path, upstream: int, port: int, admin: int, workers: int) -> Path:
@@ -65,43 +64,72 @@ def wait_ready(admin: int, proc: subprocess.Popen, log: Path) -> None:
     raise SystemExit(f"the proxy did not become ready:\n{log.read_text()[-3000:]}")
 
 
-def handshakes(port: int, context: ssl.SSLContext, count: int) -> None:
-    for _ in range(count):
-        with (
-            connect(port, timeout=60) as raw,
-            context.wrap_socket(raw, server_hostname="localhost") as tls,
-        ):
-            tls.sendall(b"E")
-            if tls.recv(1) != b"E":
-                raise SystemExit("no echo")
+class Client:
+    """The operations of a test; ``ka``'s 4 connections are opened once, before the warm-up."""
+
+    def __init__(self, test: str, port: int, context: ssl.SSLContext) -> None:
+        self.test, self.port, self.context = test, port, context
+        self.sockets: list[ssl.SSLSocket] = []
+        if test == "ka":
+            for _ in range(4):
+                tls = context.wrap_socket(connect(port, timeout=60), server_hostname="localhost")
+                tls.sendall(b"R")  # the upstream echoes every byte after it
+                self.sockets.append(tls)
+
+    def run(self, count: int) -> None:
+        (self._handshakes if self.test == "hs" else self._requests)(count)
+
+    def close(self) -> None:
+        for tls in self.sockets:
+            tls.close()
+
+    def _handshakes(self, count: int) -> None:
+        for _ in range(count):
+            with (
+                connect(self.port, timeout=60) as raw,
+                self.context.wrap_socket(raw, server_hostname="localhost") as tls,
+            ):
+                tls.sendall(b"E")
+                if tls.recv(1) != b"E":
+                    raise SystemExit("no echo")
+
+    def _requests(self, count: int) -> None:
+        """``count`` 1 KiB requests, round robin over the connections."""
+        payload = b"x" * 1024
+        for index in range(count):
+            tls = self.sockets[index % len(self.sockets)]
+            tls.sendall(payload)
+            received = 0
+            while received < len(payload):
+                received += len(tls.recv(65536))
 
 
-def requests(port: int, context: ssl.SSLContext, count: int, connections: int = 4) -> None:
-    """``count`` 1 KiB requests over ``connections`` connections, round robin."""
-    sockets = []
-    for _ in range(connections):
-        tls = context.wrap_socket(connect(port, timeout=60), server_hostname="localhost")
-        tls.sendall(b"R")  # the upstream echoes every byte after it
-        sockets.append(tls)
-    payload = b"x" * 1024
-    for index in range(count):
-        tls = sockets[index % connections]
-        tls.sendall(payload)
-        received = 0
-        while received < len(payload):
-            received += len(tls.recv(65536))
-    for tls in sockets:
-        tls.close()
+def dump_totals(pids: list[int], out: Path, part: int) -> int:
+    """Dump every process's counters (file ``cg.PID.part``) and add up their totals."""
+    for pid in pids:
+        subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True)
+    total = 0
+    for pid in pids:
+        dump = out / f"cg.{pid}.{part}"
+        end = time.monotonic() + 60
+        while not (dump.exists() and TOTAL.search(dump.read_bytes())):
+            if time.monotonic() > end:
+                raise SystemExit(f"no callgrind dump {dump}")
+            time.sleep(0.2)
+        total += int(TOTAL.search(dump.read_bytes())[1])
+    return total
 
 
-def instructions(
-    directory: Path, workers: int, test: str, count: int, upstream: int
-) -> tuple[int, float]:
-    """The whole tree's instructions with ``count`` operations (none: ``IDLE_SECONDS`` idle),
-    and how long the operations took."""
+def zero(pids: list[int]) -> None:
+    for pid in pids:
+        subprocess.run(["callgrind_control", "--zero", str(pid)], check=True, capture_output=True)
+
+
+def per_operation(directory: Path, workers: int, args: argparse.Namespace, upstream: int) -> float:
+    """Instructions per operation over the proxy's process tree (see the module docstring)."""
     port, admin = free_port(), free_port()
     path = config(directory, upstream, port, admin, workers)
-    out = directory / f"cg-{workers}-{test}-{count}"
+    out = directory / f"cg-{workers}-{args.test}"
     out.mkdir()
     argv = [
         "valgrind",
@@ -115,55 +143,46 @@ def instructions(
         "-c",
         str(path),
     ]
-    log_path = directory / f"proxy-{workers}-{test}-{count}.log"
+    log_path = directory / f"proxy-{workers}-{args.test}.log"
     log = log_path.open("wb")
     proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=log, start_new_session=True)
     try:
         wait_ready(admin, proc, log_path)
-        context = client_context(directory, SETUP)
+        pids = [proc.pid, *map(int, WORKER_PID.findall(log_path.read_bytes()))]
+        client = Client(args.test, port, client_context(directory, SETUP))
+        client.run(args.warmup)
+        zero(pids)
         started = time.monotonic()
-        if count == 0:
-            time.sleep(IDLE_SECONDS)
-        else:
-            (handshakes if test == "hs" else requests)(port, context, count)
+        client.run(args.count)
         elapsed = time.monotonic() - started
+        busy = dump_totals(pids, out, 1)
+        zero(pids)
+        time.sleep(elapsed)
+        idle = dump_totals(pids, out, 2)
+        client.close()
     finally:
         proc.terminate()
         proc.wait(timeout=120)
         log.close()
-    return sum(int(TOTAL.search(f.read_bytes())[1]) for f in out.glob("cg.*")), elapsed
-
-
-def per_operation(idle: tuple[int, float], few: Run, many: Run) -> float:
-    """Solve ``total = start-up + seconds * background + operations * per_operation`` for the
-    last from three runs: idle (no operations) and two counts of operations. The background
-    (the workers' and the supervisor's timers: file watchers, the event loops) grows with
-    the run's length, which is longer under callgrind for more operations."""
-    (i0, t0), ((i1, t1), n1), ((i2, t2), n2) = idle, few, many
-    a1, a2, y1, y2 = t1 - t0, t2 - t0, i1 - i0, i2 - i0
-    return (a1 * y2 - a2 * y1) / (a1 * n2 - a2 * n1)
+    print(
+        f"  workers {workers}: {busy} with {args.count} operations in {elapsed:.1f} s, {idle} idle"
+    )
+    return (busy - idle) / args.count
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--test", choices=("hs", "ka"), default="hs")
-    parser.add_argument("--few", type=int, default=20)
-    parser.add_argument("--many", type=int, default=80)
+    parser.add_argument("--count", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=20)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mtlsproxy-wi-") as name:
         directory = Path(name)
         upstream = pki_and_upstream(directory)
         try:
             for workers in (int(w) for w in args.workers.split(",")):
-
-                def run(count: int, workers: int = workers) -> tuple[int, float]:
-                    return instructions(directory, workers, args.test, count, upstream.port)
-
-                idle, few, many = run(0), run(args.few), run(args.many)
-                for count, (total, seconds) in ((0, idle), (args.few, few), (args.many, many)):
-                    print(f"  workers {workers}, {count} operations: {total} in {seconds:.1f} s")
-                per = per_operation(idle, (few, args.few), (many, args.many))
+                per = per_operation(directory, workers, args, upstream.port)
                 unit = "connection" if args.test == "hs" else "request"
                 print(f"workers {workers}: {per / 1e6:.3f} M instructions per {unit}", flush=True)
         finally:
