@@ -36,7 +36,7 @@ from procs import REPO, free_port
 
 SETUP = next(s for s in SETUPS if s.key == "require13")
 START_TIMEOUT = 300.0  # Python and its imports under callgrind: ~50x slower than native
-TOTAL = re.compile(rb"^totals: (\d+)", re.MULTILINE)
+TOTAL = re.compile(rb"^summary: (\d+)", re.MULTILINE)  # what callgrind_annotate totals
 WORKER_PID = re.compile(rb"worker \d+ started \(pid (\d+)\)")
 
 
@@ -108,7 +108,7 @@ def dump_totals(pids: list[int], out: Path, part: int) -> int:
     """Dump every process's counters (file ``cg.PID.part``) and add up their totals."""
     for pid in pids:
         subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True)
-    total = 0
+    totals = []
     for pid in pids:
         dump = out / f"cg.{pid}.{part}"
         end = time.monotonic() + 60
@@ -116,8 +116,9 @@ def dump_totals(pids: list[int], out: Path, part: int) -> int:
             if time.monotonic() > end:
                 raise SystemExit(f"no callgrind dump {dump}")
             time.sleep(0.2)
-        total += int(TOTAL.search(dump.read_bytes())[1])
-    return total
+        totals.append(int(TOTAL.search(dump.read_bytes())[1]))
+    print(f"  part {part}, per process: {totals}")
+    return sum(totals)
 
 
 def zero(pids: list[int]) -> None:
@@ -129,8 +130,7 @@ def per_operation(directory: Path, workers: int, args: argparse.Namespace, upstr
     """Instructions per operation over the proxy's process tree (see the module docstring)."""
     port, admin = free_port(), free_port()
     path = config(directory, upstream, port, admin, workers)
-    out = directory / f"cg-{workers}-{args.test}"
-    out.mkdir()
+    out = Path(tempfile.mkdtemp(prefix=f"cg-{workers}-{args.test}-", dir=directory))
     argv = [
         "valgrind",
         "--tool=callgrind",
@@ -176,9 +176,11 @@ def main() -> int:
     parser.add_argument("--test", choices=("hs", "ka"), default="hs")
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--keep", type=Path, help="a directory to keep the callgrind files in")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mtlsproxy-wi-") as name:
-        directory = Path(name)
+        directory = Path(args.keep or name)  # --keep: the callgrind files, for callgrind_annotate
+        directory.mkdir(parents=True, exist_ok=True)
         upstream = pki_and_upstream(directory)
         try:
             for workers in (int(w) for w in args.workers.split(",")):
