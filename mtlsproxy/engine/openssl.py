@@ -133,10 +133,9 @@ class OpenSSLEngine:
         return self._route
 
     def data_to_send(self) -> bytes:
-        pending = self._outgoing.pending
-        if not self._to_send and not pending:
-            return b""
-        out = bytes(self._to_send) + (self._outgoing.read() if pending else b"")
+        if not self._to_send:  # the usual case: only what OpenSSL wrote, taken without a copy
+            return self._outgoing.read()
+        out = bytes(self._to_send) + self._outgoing.read()
         self._to_send.clear()
         return out
 
@@ -229,15 +228,17 @@ class OpenSSLEngine:
         return [ClientHelloReceived(hello, route.name), *self._do_handshake()]
 
     def _do_handshake(self) -> list[Event]:
-        assert self._sslobj is not None and self._route is not None
+        sslobj, route = self._sslobj, self._route
+        assert sslobj is not None and route is not None
         started = self._marks.clock()
         try:
-            self._sslobj.do_handshake()
+            sslobj.do_handshake()
         except ssl.SSLWantReadError:
             if self._marks.flight is None and self._outgoing.pending:
                 self._marks.mark_flight()
-                # OpenSSL writes the flight itself; past ServerHello it is encrypted.
-                self._note("->", "server flight", bytes=self._outgoing.pending)
+                if self._trace is not None:
+                    # OpenSSL writes the flight itself; past ServerHello it is encrypted.
+                    self._note("->", "server flight", bytes=self._outgoing.pending)
             return []
         except ssl.SSLError as exc:
             error = classify(
@@ -245,9 +246,9 @@ class OpenSSLEngine:
                 flight_sent=self._marks.flight is not None,
             )  # fmt: skip
             return [self._fail(error)]
-        leaf = self._peer_certificate()
-        reused = self._sslobj.session_reused
-        decision = self._route.decide(
+        leaf = sslobj.getpeercert(binary_form=True) if route.requests_client_certificate else None
+        reused = sslobj.session_reused
+        decision = route.decide(
             (leaf,) if leaf else (), Evidence.RESUMED if reused else Evidence.CHECKED_BY_OPENSSL
         )
         if decision.refusal is not None and not decision.admitted:
@@ -255,35 +256,29 @@ class OpenSSLEngine:
         identity = decision.identity
         self._marks.mark_end(work_since=started)
         self._state = _State.ESTABLISHED
-        self._note(
-            "--", "handshake complete", version=self._sslobj.version(),
-            cipher=(self._sslobj.cipher() or ("?",))[0],
-            client=identity.describe() if identity else None,
-        )  # fmt: skip
-        cipher = (self._sslobj.cipher() or ("unknown",))[0]
+        # Both are set once the handshake is done; the fallbacks only keep the types honest.
+        version = sslobj.version() or "unknown"
+        cipher = (sslobj.cipher() or ("unknown",))[0]
+        if self._trace is not None:  # describe() builds a string: only when tracing
+            self._note("--", "handshake complete", version=version, cipher=cipher,
+                       client=identity.describe() if identity else None)  # fmt: skip
         complete = HandshakeComplete(
-            route=self._route.name,
-            version=self._sslobj.version() or "unknown",
+            route=route.name,
+            version=version,
             cipher=cipher,
-            alpn=self._sslobj.selected_alpn_protocol(),
+            alpn=sslobj.selected_alpn_protocol(),
             client_certificate_presented=leaf is not None,
             identity=identity,
-            session_reused=self._sslobj.session_reused,
+            session_reused=reused,
             timings=self._marks.timings(),
             client_certificate=leaf,
             verified=decision.verified,
             would_refuse=decision.would_refuse,
-            server_certificate=server_certificate(self._route, self._hello, cipher),
+            server_certificate=server_certificate(route, self._hello, cipher),
         )
         self._hello = None
         # Application data may have arrived in the same read as the client's Finished.
         return [complete, *self._read_application_data()]
-
-    def _peer_certificate(self) -> bytes | None:
-        assert self._sslobj is not None
-        if not self._route or not self._route.requests_client_certificate:
-            return None
-        return self._sslobj.getpeercert(binary_form=True)
 
     def _refuse(self, error: HandshakeError, identity: PeerIdentity | None) -> HandshakeFailed:
         """The TLS handshake succeeded but the policy refuses the client (seed step 6)."""
