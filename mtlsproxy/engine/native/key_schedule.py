@@ -85,6 +85,13 @@ def _empty_context_info(label: bytes, length: int) -> bytes:
     return _label_prefix(label, length) + b"\x00\x01"
 
 
+@functools.lru_cache(maxsize=64)
+def _secret_info_head(label: bytes, hash_length: int) -> bytes:
+    """Derive-Secret's HkdfLabel up to its context: the length and label, then the length of
+    a Transcript-Hash (Hash.length) as the context's length octet (section 7.1)."""
+    return _label_prefix(label, hash_length) + bytes((hash_length,))
+
+
 def hkdf_expand_label(
     hash_name: str, secret: bytes, label: bytes, context: bytes, length: int
 ) -> bytes:
@@ -125,9 +132,28 @@ def _no_psk_early_secrets(hash_name: str) -> tuple[bytes, bytes]:
     return early, derive_secret(hash_name, early, b"derived", _empty_hash(hash_name))
 
 
+def psk_early_secret(suite: CipherSuite, psk: bytes) -> bytes:
+    """Early Secret = HKDF-Extract(0, PSK) (section 7.1), the root of a resumption's schedule
+    and of its binder key (section 4.2.11.2)."""
+    return hkdf_extract(suite.hash_name, bytes(suite.hash_length), psk)
+
+
+def binder_key(suite: CipherSuite, psk: bytes) -> bytes:
+    """``res binder`` key: Derive-Secret(Early Secret, "res binder", "") (section 7.1)."""
+    name = suite.hash_name
+    return derive_secret(name, psk_early_secret(suite, psk), b"res binder", _empty_hash(name))
+
+
 def derive_secret(hash_name: str, secret: bytes, label: bytes, transcript_hash: bytes) -> bytes:
-    """Derive-Secret (RFC 8446 section 7.1), given Transcript-Hash(Messages) already computed."""
-    return hkdf_expand_label(hash_name, secret, label, transcript_hash, _HASH_LENGTHS[hash_name])
+    """Derive-Secret (RFC 8446 section 7.1), given Transcript-Hash(Messages) already computed.
+
+    The output is Hash.length, so HKDF-Expand is one HMAC over HkdfLabel and the counter 0x01
+    (RFC 5869 section 2.3, N = 1), as in ``hkdf_expand_label``, in one call."""
+    hash_length = len(transcript_hash)
+    if hash_length != _HASH_LENGTHS[hash_name]:
+        raise ValueError("Derive-Secret context is not a Transcript-Hash of this hash")
+    info = _secret_info_head(label, hash_length) + transcript_hash + b"\x01"
+    return _hmac_new(secret, info, hash_name).digest()
 
 
 class TrafficKeys(NamedTuple):
@@ -316,9 +342,11 @@ class KeySchedule:
         self.transcript = transcript if transcript is not None else Transcript(suite)
         if not psk:  # no PSK: the zeros of section 7.1
             self.early_secret, self.derived_early_secret = _no_psk_early_secrets(suite.hash_name)
-        else:
-            zeros = bytes(suite.hash_length)
-            self.early_secret = hkdf_extract(suite.hash_name, zeros, psk)
+        else:  # its "derived" secret too: the handshake secrets always come next
+            self.early_secret = early = psk_early_secret(suite, psk)
+            self.derived_early_secret = self._derive(
+                early, b"derived", _empty_hash(suite.hash_name)
+            )
         self._phase = Phase.EARLY
 
     def __getattr__(self, name: str) -> bytes:
@@ -360,19 +388,17 @@ class KeySchedule:
         self._phase = _NEXT_PHASE[expected]
 
     def _derive(self, secret: bytes, label: bytes, transcript_hash: bytes) -> bytes:
-        """Derive-Secret (section 7.1): HKDF-Expand-Label with a Hash.length output."""
-        name = self._hash_name
-        return hkdf_expand_label(name, secret, label, transcript_hash, _HASH_LENGTHS[name])
+        """Derive-Secret (section 7.1) over a transcript hash of this schedule's own hash:
+        ``derive_secret`` without its length check (seven per handshake)."""
+        info = _secret_info_head(label, len(transcript_hash)) + transcript_hash + b"\x01"
+        return _hmac_new(secret, info, self._hash_name).digest()
 
     def derive_handshake_secrets(self, shared_secret: bytes) -> None:
         """Handshake Secret and ``[cs] hs traffic`` over ClientHello...ServerHello (7.1)."""
         self._advance(Phase.EARLY)
-        try:
-            derived = self.derived_early_secret  # a constant without a PSK
-        except KeyScheduleError:
-            derived = self._derive(self.early_secret, b"derived", _empty_hash(self._hash_name))
-            self.derived_early_secret = derived
-        secret = self.handshake_secret = hkdf_extract(self._hash_name, derived, shared_secret)
+        secret = self.handshake_secret = hkdf_extract(
+            self._hash_name, self.derived_early_secret, shared_secret
+        )
         transcript_hash = self.transcript_hash()
         self.client_handshake_traffic_secret = self._derive(
             secret, b"c hs traffic", transcript_hash

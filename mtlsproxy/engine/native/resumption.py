@@ -43,8 +43,7 @@ from mtlsproxy.engine.interface import NativeRoute
 from mtlsproxy.engine.native import messages as msgs
 from mtlsproxy.engine.native.alerts import TLSAlert
 from mtlsproxy.engine.native.key_schedule import (
-    KeySchedule,
-    derive_secret,
+    binder_key,
     finished_verify_data,
     hkdf_expand_label,
 )
@@ -99,13 +98,9 @@ def accept_psk(
 
 def check_binder(suite: CipherSuite, psk: bytes, truncated: bytes, binder: bytes) -> None:
     """Section 4.2.11.2: HMAC(finished_key(binder_key), Transcript-Hash(truncated CH))."""
-    early_secret = KeySchedule(suite, psk=psk).early_secret
-    binder_key = derive_secret(
-        suite.hash_name, early_secret, b"res binder", suite.new_hash().digest()
-    )
     digest = suite.new_hash()
     digest.update(truncated)
-    expected = finished_verify_data(suite, binder_key, digest.digest())
+    expected = finished_verify_data(suite, binder_key(suite, psk), digest.digest())
     if not hmac.compare_digest(expected, binder):
         raise TLSAlert(Alert.DECRYPT_ERROR, "the PSK binder does not verify")
 
