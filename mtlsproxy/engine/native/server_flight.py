@@ -265,7 +265,7 @@ def _flight(
     schedule.update_transcript(b"".join(flight))  # the same hash as one update per message
     if resumption is None:
         content = sigs.signed_content(schedule.transcript_hash(), server=True)
-        verify = msgs.certificate_verify(scheme, sigs.sign(credential.key, scheme, content))
+        verify = msgs.certificate_verify(scheme, cache.signers[id(credential), scheme](content))
         schedule.update_transcript(verify)
         flight.append(verify)
     server_finished = msgs.finished(schedule.server_finished_verify_data())

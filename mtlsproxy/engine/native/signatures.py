@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Protocol, TypeVar
 
 from cryptography import x509
@@ -89,9 +90,14 @@ SERVER_CONTEXT = b"TLS 1.3, server CertificateVerify"
 CLIENT_CONTEXT = b"TLS 1.3, client CertificateVerify"
 
 
+# Section 4.4.3: what precedes the transcript hash in the signed content, per side.
+_SERVER_PREFIX = b" " * 64 + SERVER_CONTEXT + b"\x00"
+_CLIENT_PREFIX = b" " * 64 + CLIENT_CONTEXT + b"\x00"
+
+
 def signed_content(transcript_hash: bytes, *, server: bool) -> bytes:
     """Section 4.4.3: 64 spaces, the context string, a zero byte, then the transcript hash."""
-    return b" " * 64 + (SERVER_CONTEXT if server else CLIENT_CONTEXT) + b"\x00" + transcript_hash
+    return (_SERVER_PREFIX if server else _CLIENT_PREFIX) + transcript_hash
 
 
 _EC, _ED25519, _RSA = "ec", "ed25519", "rsa"
@@ -194,16 +200,23 @@ def choose_usable(
 
 def sign(private_key: object, scheme: SignatureScheme, content: bytes) -> bytes:
     """Sign ``content`` (from :func:`signed_content`) with ``scheme``."""
+    return signer(private_key, scheme)(content)
+
+
+def signer(private_key: object, scheme: SignatureScheme) -> Callable[[bytes], bytes]:
+    """``sign`` with this key and scheme, as one call taking the content: the key's own
+    ``sign`` with the scheme's algorithm bound (the route cache keeps one per credential and
+    scheme, so a handshake neither checks the key's type nor builds the algorithm)."""
     if scheme in _CURVES and isinstance(private_key, ec.EllipticCurvePrivateKey):
-        return private_key.sign(content, _ECDSA[scheme])
+        return partial(private_key.sign, signature_algorithm=_ECDSA[scheme])
     if isinstance(private_key, ed25519.Ed25519PrivateKey) and scheme is SignatureScheme.ED25519:
-        return private_key.sign(content)
+        return private_key.sign
     if isinstance(private_key, rsa.RSAPrivateKey) and scheme in _HASHES:
         algorithm = _HASHES[scheme]()
         # Section 4.2.3: "The length of the Salt MUST be equal to the length of the output of
         # the digest algorithm."
         pss = padding.PSS(mgf=padding.MGF1(algorithm), salt_length=algorithm.digest_size)
-        return private_key.sign(content, pss, algorithm)
+        return partial(private_key.sign, padding=pss, algorithm=algorithm)
     raise ValueError(f"{scheme!r} does not fit a {type(private_key).__name__}")
 
 
