@@ -252,15 +252,16 @@ class MessageAssembler:
     connection, the native engine the decrypted contents of protected ones. ``feed`` appends
     one record's content; ``next_message`` returns the next whole message or ``None``. A
     declared length above ``max_size`` raises ``DecodeError`` as soon as the 4-byte header is
-    known (each caller names the alert), so the buffer never holds more than one maximum
-    message plus one record.
+    known (each caller names the alert, ``error`` makes the exception from its detail), so the
+    buffer never holds more than one maximum message plus one record.
     """
 
-    __slots__ = ("_data", "_max_size")
+    __slots__ = ("_data", "_error", "_max_size")
 
-    def __init__(self, max_size: int) -> None:
+    def __init__(self, max_size: int, error: Callable[[str], Exception] = DecodeError) -> None:
         self._data = bytearray()
         self._max_size = max_size
+        self._error = error
 
     def __len__(self) -> int:
         return len(self._data)
@@ -290,12 +291,14 @@ class MessageAssembler:
             return HANDSHAKE_HEADER_SIZE
         length = int.from_bytes(data[1:4], "big")
         if length > self._max_size:
-            raise DecodeError(
+            raise self._error(
                 f"handshake message of {length} bytes exceeds the limit of {self._max_size}"
             )
         return HANDSHAKE_HEADER_SIZE + length
 
     def next_message(self) -> Message | None:
+        if not self._data:  # nothing buffered: how every flight's last call ends
+            return None
         end = self.wanted()
         if len(self._data) < end:  # also while the header itself is incomplete
             return None

@@ -106,7 +106,7 @@ from mtlsproxy.engine.progress import (
     peer_closed,
     timed_out,
 )
-from mtlsproxy.engine.records import ALERT, APPLICATION_DATA, HANDSHAKE
+from mtlsproxy.engine.records import ALERT, APPLICATION_DATA, HANDSHAKE, Message
 from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Step
 from mtlsproxy.vocabulary.identity import PeerIdentity
 
@@ -414,7 +414,7 @@ class NativeEngine:
                 events.append(self._finish(state, message))
         return events
 
-    def _finish(self, state: ExpectFinished, message: msgs.Message) -> HandshakeComplete:
+    def _finish(self, state: ExpectFinished, message: Message) -> HandshakeComplete:
         established, decision = client_flight.finished(
             state, message, self._route, self._trace, more_buffered=self._messages.pending
         )

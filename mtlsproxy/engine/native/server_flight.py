@@ -46,7 +46,7 @@ from mtlsproxy.engine.native.states import (
     RetryRequested,
 )
 from mtlsproxy.engine.native.suites import CipherSuite, NamedGroup, generate_key_share
-from mtlsproxy.engine.records import ContentType, HandshakeType, Message
+from mtlsproxy.engine.records import HANDSHAKE, ContentType, HandshakeType, Message
 from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Reason, Step
 
 _CCS = encode_record(ContentType.CHANGE_CIPHER_SPEC, b"\x01")
@@ -273,7 +273,7 @@ def _flight(
     schedule.derive_application_secrets()
     flight.append(server_finished)
 
-    records = encode_record(ContentType.HANDSHAKE, hello_message)
+    records = encode_record(HANDSHAKE, hello_message)
     if trace is not None:
         note(trace, "->", "ServerHello", cipher_suite=suite.name,
              group=f"0x{client_share.group:04x}", resumed=resumption is not None)  # fmt: skip
@@ -288,7 +288,7 @@ def _flight(
         note(trace, "->", "Finished")
     if hello.session_id and not after_retry:
         records += _CCS
-    records += write.encrypt_fragmented(ContentType.HANDSHAKE, b"".join(flight))
+    records += write.encrypt_fragmented(HANDSHAKE, b"".join(flight))
 
     negotiated = Negotiated(suite, schedule, alpn, chain_der[0])
     state: ExpectCertificate | ExpectFinished
