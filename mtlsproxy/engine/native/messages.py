@@ -415,6 +415,10 @@ def certificate_verify(scheme: int, signature: bytes) -> bytes:
 
 def decode_certificate_verify(body: bytes) -> tuple[int, bytes]:
     """``(SignatureScheme, signature)``."""
+    if len(body) > 4 and int.from_bytes(body[2:4], "big") == len(body) - 4:
+        # Well-formed (a scheme, then signature<1..2^16-1> filling the body), read by offsets:
+        # this message comes with every mutual-TLS handshake. Anything else: the strict reading.
+        return int.from_bytes(body[:2], "big"), body[4:]
     with _decoding("CertificateVerify"):
         buf = Buffer(body)
         scheme = buf.pull_uint16()

@@ -72,6 +72,12 @@ _CURVES = {
     SignatureScheme.ECDSA_SECP256R1_SHA256: "secp256r1",
     SignatureScheme.ECDSA_SECP384R1_SHA384: "secp384r1",
 }
+# Each curve's schemes, from _CURVES (a client's key is looked up once per handshake).
+_EC_SCHEMES = {
+    curve: tuple(s for s, name in _CURVES.items() if name == curve) for curve in _CURVES.values()
+}
+# The schemes by code point: a dict lookup, where SignatureScheme(code) is an enum call.
+_SCHEMES_BY_CODE: dict[int, SignatureScheme] = {int(scheme): scheme for scheme in SignatureScheme}
 _RSAE = (
     SignatureScheme.RSA_PSS_RSAE_SHA256,
     SignatureScheme.RSA_PSS_RSAE_SHA384,
@@ -124,8 +130,7 @@ def schemes_for_key(key: object, *, pss_certificate: bool = False) -> tuple[Sign
     """
     family = _family_of_type(type(key))
     if family is _EC:
-        curve = key.curve.name  # type: ignore[attr-defined]
-        return tuple(s for s, name in _CURVES.items() if name == curve)
+        return _EC_SCHEMES.get(key.curve.name, ())  # type: ignore[attr-defined]
     if family is _ED25519:
         return (SignatureScheme.ED25519,)
     if family is _RSA:
@@ -186,7 +191,7 @@ def choose_usable(
     usable: Sequence[tuple[C, frozenset[SignatureScheme]]], client_schemes: Sequence[int]
 ) -> tuple[C, SignatureScheme] | None:
     """:func:`choose_credential` on :func:`usable_schemes`' answer."""
-    known = SignatureScheme._value2member_map_
+    known = _SCHEMES_BY_CODE
     offered = [known[s] for s in client_schemes if s in known]
     best: tuple[tuple[int, int, int], C, SignatureScheme] | None = None
     for index, (credential, schemes) in enumerate(usable):
@@ -226,9 +231,10 @@ def verify(certificate: x509.Certificate, scheme: int, signature: bytes, content
     ``illegal_parameter`` for a scheme we do not support or that does not fit the key;
     ``decrypt_error`` for a signature that does not verify (section 4.4.3).
     """
-    if scheme not in SignatureScheme._value2member_map_:
+    known = _SCHEMES_BY_CODE.get(scheme)
+    if known is None:
         raise TLSAlert(Alert.ILLEGAL_PARAMETER, f"unsupported signature scheme 0x{scheme:04x}")
-    scheme = SignatureScheme(scheme)
+    scheme = known
     try:
         public_key = certificate.public_key()
     except (ValueError, UnsupportedAlgorithm):
