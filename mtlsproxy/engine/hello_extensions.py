@@ -155,9 +155,12 @@ def parse_key_share(body: bytes) -> tuple[KeyShareEntry, ...]:
 def parse_pre_shared_key(body: bytes) -> OfferedPsks:
     """RFC 8446 section 4.2.11: OfferedPsks, identities<7..2^16-1>, binders<33..2^16-1>."""
     usual = _one_psk(body)
-    if usual is not None:
-        return usual
-    buf = Buffer(body)  # the strict reading: several offers, or what is wrong
+    return usual if usual is not None else _read_pre_shared_key(body)
+
+
+def _read_pre_shared_key(body: bytes) -> OfferedPsks:
+    """``parse_pre_shared_key``'s strict reading: several offers, or what is wrong."""
+    buf = Buffer(body)
     identities: list[tuple[bytes, int]] = []
     with buf.pull_block(2, minimum=7):
         while not buf.eof():

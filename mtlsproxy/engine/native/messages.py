@@ -419,6 +419,11 @@ def decode_certificate_verify(body: bytes) -> tuple[int, bytes]:
         # Well-formed (a scheme, then signature<1..2^16-1> filling the body), read by offsets:
         # this message comes with every mutual-TLS handshake. Anything else: the strict reading.
         return int.from_bytes(body[:2], "big"), body[4:]
+    return _read_certificate_verify(body)
+
+
+def _read_certificate_verify(body: bytes) -> tuple[int, bytes]:
+    """``decode_certificate_verify``'s strict reading, which names what is wrong."""
     with _decoding("CertificateVerify"):
         buf = Buffer(body)
         scheme = buf.pull_uint16()
