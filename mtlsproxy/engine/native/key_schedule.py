@@ -140,10 +140,10 @@ def psk_early_secret(suite: CipherSuite, psk: bytes) -> bytes:
     return hkdf_extract(suite.hash_name, bytes(suite.hash_length), psk)
 
 
-def binder_key(suite: CipherSuite, psk: bytes) -> bytes:
+def binder_key(suite: CipherSuite, early_secret: bytes) -> bytes:
     """``res binder`` key: Derive-Secret(Early Secret, "res binder", "") (section 7.1)."""
     name = suite.hash_name
-    return derive_secret(name, psk_early_secret(suite, psk), b"res binder", _empty_hash(name))
+    return derive_secret(name, early_secret, b"res binder", _empty_hash(name))
 
 
 def derive_secret(hash_name: str, secret: bytes, label: bytes, transcript_hash: bytes) -> bytes:
@@ -347,17 +347,26 @@ class KeySchedule:
     )
 
     def __init__(
-        self, suite: CipherSuite, psk: bytes | None = None, transcript: Transcript | None = None
+        self,
+        suite: CipherSuite,
+        psk: bytes | None = None,
+        transcript: Transcript | None = None,
+        *,
+        early_secret: bytes | None = None,
     ) -> None:
+        """``early_secret``: ``psk_early_secret(suite, psk)`` when the caller has it already
+        (a resumption checked its binder with it), in place of ``psk``."""
         self.suite = suite
         self._hash_name = suite.hash_name
         self.transcript = transcript if transcript is not None else Transcript(suite)
-        if not psk:  # no PSK: the zeros of section 7.1
+        if early_secret is None and psk:
+            early_secret = psk_early_secret(suite, psk)
+        if early_secret is None:  # no PSK: the zeros of section 7.1
             self.early_secret, self.derived_early_secret = _no_psk_early_secrets(suite.hash_name)
         else:  # its "derived" secret too: the handshake secrets always come next
-            self.early_secret = early = psk_early_secret(suite, psk)
+            self.early_secret = early_secret
             self.derived_early_secret = self._derive(
-                early, b"derived", _empty_hash(suite.hash_name)
+                early_secret, b"derived", _empty_hash(suite.hash_name)
             )
         self._phase = _EARLY
 

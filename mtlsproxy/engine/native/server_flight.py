@@ -245,7 +245,9 @@ def _flight(
         selected_identity=resumption.index if resumption is not None else None,
     )
     schedule = KeySchedule(
-        suite, psk=resumption.state.psk if resumption is not None else None, transcript=transcript
+        suite,
+        transcript=transcript,
+        early_secret=resumption.early_secret if resumption is not None else None,
     )
     schedule.update_transcript(hello_message)
     schedule.derive_handshake_secrets(shared_secret)
