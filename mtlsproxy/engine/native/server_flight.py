@@ -105,7 +105,9 @@ def answer(
         )
     if not hello.has_key_share or not hello.supported_groups:
         raise TLSAlert(Alert.MISSING_EXTENSION, "ClientHello without key_share/supported_groups")
-    shares = {entry.group: entry for entry in hello.key_shares}
+    shares: dict[int, KeyShareEntry] = {}
+    for entry in hello.key_shares:  # a loop, not a comprehension: one frame fewer
+        shares[entry.group] = entry
     if len(shares) != len(hello.key_shares):
         # Section 4.2.8: "Clients MUST NOT offer multiple KeyShareEntry values for the same
         # group."
