@@ -31,7 +31,6 @@ import functools
 import hashlib
 import hmac
 from collections.abc import Callable
-from functools import partial
 from typing import NamedTuple
 
 from mtlsproxy.engine.native.alerts import TLSAlert
@@ -170,7 +169,7 @@ class TrafficKeys(NamedTuple):
 
 # NamedTuple's own constructor is a Python function: tuple.__new__ builds the same object in C
 # (four per handshake).
-_new_traffic_keys: Callable[[tuple[bytes, bytes]], TrafficKeys] = partial(
+_new_traffic_keys: Callable[[tuple[bytes, bytes]], TrafficKeys] = functools.partial(
     tuple.__new__, TrafficKeys
 )
 
