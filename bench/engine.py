@@ -16,11 +16,15 @@ native engine's cost over it is its own Python.
 
     python bench/engine.py --handshakes 300 --runs 5 [--no-verify-cache]
 
-``--loop N`` runs N native mutual-TLS 1.3 handshakes (``--one-way``: one-way TLS 1.3) and
-nothing else, for a profiler or an instruction count, with ``--pki DIR`` keeping the PKI in
-DIR (made on first use) so that runs are comparable (fresh keys change what the client's
-crypto costs). Instructions per handshake, repeatable on a noisy machine: the difference of
-two callgrind totals over 20::
+``mTLS 1.3 native resumed`` is the same client resuming, every time, the session of one full
+handshake (a PSK from its ticket, RFC 8446 section 2.2: no certificate messages, no signature;
+the ticket's chain is decided on again).
+
+``--loop N`` runs N native mutual-TLS 1.3 handshakes (``--one-way``: one-way TLS 1.3;
+``--resumed``: resumed) and nothing else, for a profiler or an instruction count, with
+``--pki DIR`` keeping the PKI in DIR (made on first use) so that runs are comparable (fresh
+keys change what the client's crypto costs). Instructions per handshake, repeatable on a
+noisy machine: the difference of two callgrind totals over 20::
 
     for n in 10 30; do valgrind --tool=callgrind --callgrind-out-file=cg.$n \
         python bench/engine.py --loop $n --pki /tmp/bench-pki; done
@@ -29,6 +33,7 @@ two callgrind totals over 20::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import hashlib
 import hmac
@@ -75,10 +80,29 @@ def client_context(files: pki.PkiFiles, with_cert: bool, version: ssl.TLSVersion
     return context
 
 
-def handshake(client_ctx: ssl.SSLContext, server: ServerStep) -> float:
-    """One full handshake; returns the server's CPU seconds."""
+def handshake(
+    client_ctx: ssl.SSLContext, server: ServerStep, session: ssl.SSLSession | None = None
+) -> float:
+    """One handshake (resuming ``session`` when given); returns the server's CPU seconds."""
+    return _run(client_ctx, server, session)[0]
+
+
+def first_session(client_ctx: ssl.SSLContext, server: ServerStep) -> ssl.SSLSession:
+    """A full handshake's session, its ticket read by the client (for ``--resumed``)."""
+    _, client = _run(client_ctx, server, None)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        client.read()  # takes the NewSessionTicket that came with the server's last answer
+    session = client.session
+    if session is None or not session.has_ticket:
+        raise RuntimeError("no session ticket")
+    return session
+
+
+def _run(
+    client_ctx: ssl.SSLContext, server: ServerStep, session: ssl.SSLSession | None
+) -> tuple[float, ssl.SSLObject]:
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = client_ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    client = client_ctx.wrap_bio(incoming, outgoing, server_hostname="localhost", session=session)
     spent = 0.0
     for _ in range(10):
         try:
@@ -93,7 +117,9 @@ def handshake(client_ctx: ssl.SSLContext, server: ServerStep) -> float:
             spent += time.process_time() - started
             incoming.write(answer)
         elif done:
-            return spent
+            if session is not None and not client.session_reused:
+                raise RuntimeError("the session was not resumed")
+            return spent, client
     raise RuntimeError("handshake did not complete")
 
 
@@ -147,7 +173,10 @@ def crypto_floor(files: pki.PkiFiles) -> Callable[[], float]:
     return once
 
 
-def bare_server(context: ssl.SSLContext) -> Callable[[], ServerStep]:
+def bare(server_route: ServerRoute) -> Callable[[], ServerStep]:
+    """A bare SSLObject server on the route's own context (the OpenSSL floor)."""
+    context = server_route.ssl_context
+
     def new() -> ServerStep:
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         server = context.wrap_bio(incoming, outgoing, server_side=True)
@@ -166,9 +195,12 @@ def bare_server(context: ssl.SSLContext) -> Callable[[], ServerStep]:
     return new
 
 
-def loop(count: int, directory: Path | None, *, one_way: bool = False) -> None:
+def loop(
+    count: int, directory: Path | None, *, one_way: bool = False, resumed: bool = False
+) -> None:
     """``count`` native TLS 1.3 handshakes after one warm-up (module docstring): mutual TLS,
-    or with ``one_way`` no CertificateRequest and no client certificate."""
+    or with ``one_way`` no CertificateRequest and no client certificate; ``resumed``: each
+    resuming the session of the warm-up (a PSK from its ticket, section 2.2)."""
     with tempfile.TemporaryDirectory() as scratch:
         where = directory or Path(scratch)
         files = pki.PkiFiles.at(where)
@@ -179,11 +211,13 @@ def loop(count: int, directory: Path | None, *, one_way: bool = False) -> None:
         table = RouteTable(route(files, mode, allow=not one_way))
         client_ctx = client_context(files, not one_way, ssl.TLSVersion.TLSv1_3)
         new_server = engine_server(table, SelectingEngine)
-        handshake(client_ctx, new_server())
+        session = first_session(client_ctx, new_server())
+        if resumed:
+            handshake(client_ctx, new_server(), session)  # the resumed path's warm-up
         gc.collect()
         gc.freeze()  # the warm-up's objects: collections then cost the same in every run
         for _ in range(count):
-            handshake(client_ctx, new_server())
+            handshake(client_ctx, new_server(), session if resumed else None)
 
 
 def main() -> None:
@@ -200,40 +234,48 @@ def main() -> None:
     parser.add_argument(
         "--one-way", action="store_true", help="with --loop: one-way TLS 1.3 (no client cert)"
     )
+    parser.add_argument(
+        "--resumed", action="store_true", help="with --loop: resumed (PSK from a ticket)"
+    )
     args = parser.parse_args()
     if args.no_verify_cache:
         verify.VERIFY_CACHE_SIZE = 0
     if args.loop is not None:
-        loop(args.loop, args.pki, one_way=args.one_way)
+        loop(args.loop, args.pki, one_way=args.one_way, resumed=args.resumed)
         return
     with tempfile.TemporaryDirectory() as directory:
         files = pki.init(Path(directory))
-        cases: dict[str, tuple[ssl.SSLContext, Callable[[], ServerStep]]] = {}
+        # name -> the client's context, a new server, and the session it resumes (or None)
+        cases: dict[str, tuple[ssl.SSLContext, Callable[[], ServerStep], ssl.SSLSession | None]]
+        cases = {}
         for version, name in ((ssl.TLSVersion.TLSv1_3, "1.3"), (ssl.TLSVersion.TLSv1_2, "1.2")):
             mutual = route(files, ClientAuthMode.REQUIRE, allow=True)
             oneway = route(files, ClientAuthMode.NONE, allow=False)
             with_cert = client_context(files, True, version)
             without = client_context(files, False, version)
             mutual_table, oneway_table = RouteTable(mutual), RouteTable(oneway)
-            cases[f"mTLS {name} engine"] = (with_cert, engine_server(mutual_table))
-            cases[f"mTLS {name} bare SSLObject"] = (with_cert, bare_server(mutual.ssl_context))
-            cases[f"one-way {name} engine"] = (without, engine_server(oneway_table))
-            cases[f"one-way {name} bare SSLObject"] = (without, bare_server(oneway.ssl_context))
+            cases[f"mTLS {name} engine"] = (with_cert, engine_server(mutual_table), None)
+            cases[f"mTLS {name} bare SSLObject"] = (with_cert, bare(mutual), None)
+            cases[f"one-way {name} engine"] = (without, engine_server(oneway_table), None)
+            cases[f"one-way {name} bare SSLObject"] = (without, bare(oneway), None)
             if version is ssl.TLSVersion.TLSv1_3:
-                cases[f"mTLS {name} native"] = (
-                    with_cert,
-                    engine_server(mutual_table, SelectingEngine),
-                )
+                native = engine_server(mutual_table, SelectingEngine)
+                cases[f"mTLS {name} native"] = (with_cert, native, None)
+                session = first_session(with_cert, native())
+                cases[f"mTLS {name} native resumed"] = (with_cert, native, session)
                 cases[f"one-way {name} native"] = (
                     without,
                     engine_server(oneway_table, SelectingEngine),
+                    None,
                 )
         results: dict[str, list[float]] = {name: [] for name in cases}
         floor = crypto_floor(files)
         results["mTLS 1.3 crypto floor"] = []
         for _ in range(args.runs):
-            for name, (client_ctx, new_server) in cases.items():
-                total = sum(handshake(client_ctx, new_server()) for _ in range(args.handshakes))
+            for name, (client_ctx, new_server, session) in cases.items():
+                total = sum(
+                    handshake(client_ctx, new_server(), session) for _ in range(args.handshakes)
+                )
                 results[name].append(total / args.handshakes * 1e6)
             total = sum(floor() for _ in range(args.handshakes))
             results["mTLS 1.3 crypto floor"].append(total / args.handshakes * 1e6)
@@ -244,6 +286,8 @@ def main() -> None:
             openssl = medians["mTLS 1.3 engine"]
             floor_ratio = median / medians["mTLS 1.3 crypto floor"]
             ratio = f"  x{median / openssl:.2f} of the OpenSSL engine, x{floor_ratio:.2f} the floor"
+        elif name == "mTLS 1.3 native resumed":
+            ratio = f"  x{median / medians['mTLS 1.3 native']:.2f} of the full handshake"
         elif "native" in name:
             openssl = medians[name.replace("native", "engine")]
             ratio = f"  x{median / openssl:.2f} of the OpenSSL engine"

@@ -271,18 +271,25 @@ def _parse_client_hello(body: bytes) -> ClientHello:
 
     # RFC 5246 allows the extensions block to be absent entirely.
     spans = _split_extensions(body, fixed_end) if not buf.eof() else []
-    types = [ext_type for ext_type, _, _ in spans]
+    types = [span[0] for span in spans]
     _check_extension_order(types)
 
     fields: dict[str, object] = {}
+    # The retry digest takes each extension's raw bytes (type, length, body) but those a second
+    # hello may change; adjacent extensions are hashed as one run of bytes (one update per run
+    # rather than per extension: the same digest).
+    run_start = run_end = 0
     for ext_type, ext_start, ext_end in spans:
         if ext_type not in RETRY_MAY_CHANGE:
-            # The extension's raw bytes: its type, its length and its body.
-            retry_digest.update(body[ext_start:ext_end])
+            if ext_start != run_end:
+                retry_digest.update(body[run_start:run_end])
+                run_start = ext_start
+            run_end = ext_end
         field = _FIELD_PARSERS.get(ext_type)
         if field is not None:
             name, parse = field
             fields[name] = parse(body[ext_start + 4 : ext_end])
+    retry_digest.update(body[run_start:run_end])
     if "key_shares" in fields:
         fields["has_key_share"] = True  # the extension is there, even listing no share
 

@@ -154,6 +154,12 @@ def parse_key_share(body: bytes) -> tuple[KeyShareEntry, ...]:
 
 def parse_pre_shared_key(body: bytes) -> OfferedPsks:
     """RFC 8446 section 4.2.11: OfferedPsks, identities<7..2^16-1>, binders<33..2^16-1>."""
+    usual = _one_psk(body)
+    return usual if usual is not None else _read_pre_shared_key(body)
+
+
+def _read_pre_shared_key(body: bytes) -> OfferedPsks:
+    """``parse_pre_shared_key``'s strict reading: several offers, or what is wrong."""
     buf = Buffer(body)
     identities: list[tuple[bytes, int]] = []
     with buf.pull_block(2, minimum=7):
@@ -173,6 +179,31 @@ def parse_pre_shared_key(body: bytes) -> OfferedPsks:
             Alert.ILLEGAL_PARAMETER,
         )
     return OfferedPsks(tuple(identities), tuple(binders), len(body) - binders_start)
+
+
+def _one_psk(body: bytes) -> OfferedPsks | None:
+    """``parse_pre_shared_key`` for the usual offer, read by offsets: one identity (a ticket)
+    and its binder, each filling its list; None for anything else."""
+    size = len(body)
+    if size < 2:
+        return None
+    binders_start = 2 + int.from_bytes(body[:2], "big")  # after identities<7..2^16-1>
+    # PskIdentity: identity<1..2^16-1>, then uint32 obfuscated_ticket_age
+    identity_end = 4 + int.from_bytes(body[2:4], "big")
+    if identity_end == 4 or identity_end + 4 != binders_start or binders_start + 3 > size:
+        return None
+    # binders<33..2^16-1> holding one PskBinderEntry<32..255>
+    binder_length = body[binders_start + 2]
+    if (
+        binder_length < 32
+        or int.from_bytes(body[binders_start : binders_start + 2], "big") != 1 + binder_length
+        or binders_start + 3 + binder_length != size
+    ):
+        return None
+    age = int.from_bytes(body[identity_end:binders_start], "big")
+    return OfferedPsks(
+        ((body[4:identity_end], age),), (body[binders_start + 3 :],), size - binders_start
+    )
 
 
 def whole(body: bytes, length_size: int, minimum: int) -> tuple[int, ...]:

@@ -4,6 +4,8 @@ stand in front of: the same result, or (for anything unusual) the strict reading
 - ``ClientHelloReader``: a hello whole in its first record (read without the record reader)
   against the same bytes fed one at a time (the record reader);
 - ``messages.decode_certificate``: ``_usual_certificate`` against ``_read_certificate``;
+- ``messages.decode_certificate_verify`` against ``_read_certificate_verify``;
+- ``hello_extensions.parse_pre_shared_key``: ``_one_psk`` against ``_read_pre_shared_key``;
 - ``messages.server_hello`` against the generic ``_server_hello`` layout.
 """
 
@@ -15,10 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mtlsproxy.engine import hello_extensions
 from mtlsproxy.engine.clienthello import ClientHello, ClientHelloReader
 from mtlsproxy.engine.hello_extensions import ExtensionType
 from mtlsproxy.engine.native import messages as msgs
 from mtlsproxy.engine.native.alerts import TLSAlert
+from mtlsproxy.engine.records import DecodeError
 from mtlsproxy.vocabulary.failures import HandshakeError
 
 from .test_clienthello import python_hello
@@ -101,6 +105,76 @@ def test_certificate_with_an_entry_extension_is_left_to_the_strict_reading() -> 
     assert msgs._usual_certificate(body, msgs.MAX_CERTIFICATES) is None
     with pytest.raises(TLSAlert):
         msgs.decode_certificate(body)
+
+
+# How the tests below damage a well-formed encoding: bytes changed, the end cut, bytes added.
+_DAMAGE = {
+    "flips": st.lists(st.tuples(st.integers(0, 300), st.integers(0, 255)), max_size=2),
+    "cut": st.integers(0, 3),
+    "extra": st.binary(max_size=2),
+}
+
+
+def _damaged(data: bytes, flips: list[tuple[int, int]], cut: int, extra: bytes) -> bytes:
+    changed = bytearray(data)
+    for position, value in flips:
+        if changed:
+            changed[position % len(changed)] = value
+    return bytes(changed[: len(changed) - cut]) + extra
+
+
+def _assert_agree(fast: object, strict: object, body: bytes) -> None:
+    """The same result, or the same error (type and words)."""
+
+    def outcome(read: object) -> object:
+        try:
+            return read(body)  # type: ignore[operator]
+        except (TLSAlert, DecodeError, HandshakeError) as error:
+            return type(error).__name__, str(error)
+
+    assert outcome(fast) == outcome(strict)
+
+
+@given(scheme=st.integers(0, 0xFFFF), signature=st.binary(max_size=80), **_DAMAGE)
+def test_certificate_verify_usual_and_strict_agree(
+    scheme: int, signature: bytes, flips: list, cut: int, extra: bytes
+) -> None:
+    body = _damaged(scheme.to_bytes(2, "big") + msgs.vector(signature, 2), flips, cut, extra)
+    _assert_agree(msgs.decode_certificate_verify, msgs._read_certificate_verify, body)
+    if signature and not flips and not cut and not extra:
+        assert msgs.decode_certificate_verify(body) == (scheme, signature)
+
+
+def _offered_psks(identities: list[tuple[bytes, int]], binders: list[bytes]) -> bytes:
+    listed = b"".join(msgs.vector(i, 2) + age.to_bytes(4, "big") for i, age in identities)
+    return msgs.vector(listed, 2) + msgs.vector(b"".join(msgs.vector(b, 1) for b in binders), 2)
+
+
+@given(
+    identities=st.lists(
+        st.tuples(st.binary(max_size=60), st.integers(0, 2**32 - 1)), min_size=1, max_size=2
+    ),
+    binders=st.lists(st.binary(min_size=30, max_size=50), min_size=1, max_size=2),
+    **_DAMAGE,
+)
+def test_pre_shared_key_usual_and_strict_agree(
+    identities: list, binders: list, flips: list, cut: int, extra: bytes
+) -> None:
+    body = _damaged(_offered_psks(identities, binders), flips, cut, extra)
+    _assert_agree(
+        hello_extensions.parse_pre_shared_key, hello_extensions._read_pre_shared_key, body
+    )
+
+
+def test_pre_shared_key_fast_reading_is_used() -> None:
+    body = _offered_psks([(b"ticket", 7)], [b"b" * 32])
+    usual = hello_extensions._one_psk(body)
+    assert usual is not None
+    assert (usual.identities, usual.binders, usual.binders_size) == (
+        ((b"ticket", 7),),
+        (b"b" * 32,),
+        35,
+    )
 
 
 @pytest.mark.parametrize("session_id", [b"", os.urandom(32)])

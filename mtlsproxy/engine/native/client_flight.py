@@ -145,7 +145,8 @@ def certificate_verify(
             Step.CLIENT_VERIFY, reason or Reason.CLIENT_CERT_INVALID
         ) from None
     schedule.update_transcript(message.raw)
-    note(trace, "<-", "CertificateVerify", scheme=f"0x{scheme:04x}")
+    if trace is not None:  # the field is formatted only for a trace
+        note(trace, "<-", "CertificateVerify", scheme=f"0x{scheme:04x}")
     act_on(state.decision)
     return ExpectFinished(
         state.negotiated, state.client_leaf_der, state.decision,

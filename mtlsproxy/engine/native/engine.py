@@ -106,7 +106,7 @@ from mtlsproxy.engine.progress import (
     peer_closed,
     timed_out,
 )
-from mtlsproxy.engine.records import ContentType
+from mtlsproxy.engine.records import ALERT, APPLICATION_DATA, HANDSHAKE, Message
 from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Step
 from mtlsproxy.vocabulary.identity import PeerIdentity
 
@@ -376,13 +376,13 @@ class NativeEngine:
 
     def _handshake_record(self, record: Record) -> list[Event]:
         opened = self._handshake_records.open(record, self._read)
-        if opened is None or opened[0] == ContentType.ALERT:
+        if opened is None or opened[0] == ALERT:
             self._not_inside_a_message(record.content_type)
         if opened is None:
             self._useless.nothing(f"record of type {record.content_type}")
             return []
         content_type, content = opened
-        if content_type == ContentType.ALERT:
+        if content_type == ALERT:
             return self._peer_alert(content)
         self._useless.progress()
         self._messages.feed(content)
@@ -414,7 +414,7 @@ class NativeEngine:
                 events.append(self._finish(state, message))
         return events
 
-    def _finish(self, state: ExpectFinished, message: msgs.Message) -> HandshakeComplete:
+    def _finish(self, state: ExpectFinished, message: Message) -> HandshakeComplete:
         established, decision = client_flight.finished(
             state, message, self._route, self._trace, more_buffered=self._messages.pending
         )
@@ -427,7 +427,7 @@ class NativeEngine:
         if decision.would_refuse is None and self._write is not None:  # a ticket, section 4.6.1
             now = self._wall_seconds()
             if ticket := issue_ticket(self._route, established, decision, now, self._trace):
-                self._out += self._write.encrypt(ContentType.HANDSHAKE, ticket)
+                self._out += self._write.encrypt(HANDSHAKE, ticket)
         return client_flight.completed(
             self._route.name, established, decision, self._marks.timings(),
             resumed=state.resumed is not None,
@@ -448,16 +448,16 @@ class NativeEngine:
     ) -> list[Event]:
         """One decrypted record of the established session."""
         assert self._read is not None
-        if inner.content_type != ContentType.HANDSHAKE:
+        if inner.content_type != HANDSHAKE:
             self._not_inside_a_message(inner.content_type)
-        if inner.content_type == ContentType.APPLICATION_DATA:
+        if inner.content_type == APPLICATION_DATA:
             if inner.content:
                 app_data.append(inner.content)
                 self._useless.progress()
             else:
                 self._useless.nothing("empty application data")
             return []
-        if inner.content_type == ContentType.ALERT:
+        if inner.content_type == ALERT:
             return self._peer_alert(inner.content)
         self._read, requested = post_handshake.receive(
             inner.content, self._messages, self._read, self._useless, self._trace
@@ -492,9 +492,9 @@ class NativeEngine:
         note(self._trace, "->", "alert", alert=alert.name.lower())
         content = bytes((level, alert))
         if self._write is not None:
-            self._out += self._write.encrypt(ContentType.ALERT, content)
+            self._out += self._write.encrypt(ALERT, content)
         else:
-            self._out += encode_record(ContentType.ALERT, content, RECORD_VERSION)
+            self._out += encode_record(ALERT, content, RECORD_VERSION)
 
     def _protocol_error(self, alert: Alert, detail: str) -> ProtocolError:
         self._set_state(CLOSED)

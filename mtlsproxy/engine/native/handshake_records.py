@@ -23,7 +23,13 @@ from __future__ import annotations
 
 from mtlsproxy.engine.native.alerts import TLSAlert
 from mtlsproxy.engine.native.record_layer import Record, RecordProtection
-from mtlsproxy.engine.records import ContentType
+from mtlsproxy.engine.records import (
+    ALERT,
+    APPLICATION_DATA,
+    CHANGE_CIPHER_SPEC,
+    HANDSHAKE,
+    ContentType,
+)
 from mtlsproxy.vocabulary.failures import Alert
 
 # Section 4.2.10: a server that rejects 0-RTT skips the client's early data "up to the
@@ -52,26 +58,26 @@ class HandshakeRecords:
         ``read``: the client's handshake traffic protection once our flight is out; None while
         a HelloRetryRequest waits for its answer (everything is plaintext then)."""
         content_type = record.content_type
-        if content_type == ContentType.CHANGE_CIPHER_SPEC:
+        if content_type == CHANGE_CIPHER_SPEC:
             # Section 5: an unencrypted CCS of value 0x01 is dropped before the client's
             # Finished; anything else is unexpected_message.
             if record.fragment != b"\x01":
                 raise TLSAlert(Alert.UNEXPECTED_MESSAGE, "unexpected change_cipher_spec record")
             return None
-        if content_type == ContentType.ALERT and not self._decrypted_any:
+        if content_type == ALERT and not self._decrypted_any:
             # A client that could not process our ServerHello alerts in plaintext.
-            return ContentType.ALERT, record.fragment
+            return ALERT, record.fragment
         if read is None:
-            if content_type == ContentType.HANDSHAKE:
+            if content_type == HANDSHAKE:
                 if not record.fragment:
                     # Section 5.1: "Implementations MUST NOT send zero-length fragments of
                     # Handshake types"; Go answers unexpected_message, as we do.
                     raise TLSAlert(Alert.UNEXPECTED_MESSAGE, "zero-length handshake record")
-                return ContentType.HANDSHAKE, record.fragment
-            if content_type == ContentType.APPLICATION_DATA:
+                return HANDSHAKE, record.fragment
+            if content_type == APPLICATION_DATA:
                 self._skip_early_data(record, keyed=False)
                 return None
-        elif content_type == ContentType.APPLICATION_DATA:
+        elif content_type == APPLICATION_DATA:
             try:
                 inner = read.decrypt(record)
             except TLSAlert as alert:
@@ -80,11 +86,11 @@ class HandshakeRecords:
                     return None
                 raise
             self._decrypted_any = True
-            if inner.content_type == ContentType.ALERT:
-                return ContentType.ALERT, inner.content
-            if inner.content_type != ContentType.HANDSHAKE:
+            if inner.content_type == ALERT:
+                return ALERT, inner.content
+            if inner.content_type != HANDSHAKE:
                 raise TLSAlert(Alert.UNEXPECTED_MESSAGE, "application data before the Finished")
-            return ContentType.HANDSHAKE, inner.content
+            return HANDSHAKE, inner.content
         raise TLSAlert(
             Alert.UNEXPECTED_MESSAGE, f"unexpected record of content type {content_type}"
         )

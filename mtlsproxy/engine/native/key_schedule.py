@@ -30,6 +30,7 @@ import enum
 import functools
 import hashlib
 import hmac
+from collections.abc import Callable
 from typing import NamedTuple
 
 from mtlsproxy.engine.native.alerts import TLSAlert
@@ -85,6 +86,13 @@ def _empty_context_info(label: bytes, length: int) -> bytes:
     return _label_prefix(label, length) + b"\x00\x01"
 
 
+@functools.lru_cache(maxsize=64)
+def _secret_info_head(label: bytes, hash_length: int) -> bytes:
+    """Derive-Secret's HkdfLabel up to its context: the length and label, then the length of
+    a Transcript-Hash (Hash.length) as the context's length octet (section 7.1)."""
+    return _label_prefix(label, hash_length) + bytes((hash_length,))
+
+
 def hkdf_expand_label(
     hash_name: str, secret: bytes, label: bytes, context: bytes, length: int
 ) -> bytes:
@@ -125,9 +133,28 @@ def _no_psk_early_secrets(hash_name: str) -> tuple[bytes, bytes]:
     return early, derive_secret(hash_name, early, b"derived", _empty_hash(hash_name))
 
 
+def psk_early_secret(suite: CipherSuite, psk: bytes) -> bytes:
+    """Early Secret = HKDF-Extract(0, PSK) (section 7.1), the root of a resumption's schedule
+    and of its binder key (section 4.2.11.2)."""
+    return hkdf_extract(suite.hash_name, bytes(suite.hash_length), psk)
+
+
+def binder_key(suite: CipherSuite, early_secret: bytes) -> bytes:
+    """``res binder`` key: Derive-Secret(Early Secret, "res binder", "") (section 7.1)."""
+    name = suite.hash_name
+    return derive_secret(name, early_secret, b"res binder", _empty_hash(name))
+
+
 def derive_secret(hash_name: str, secret: bytes, label: bytes, transcript_hash: bytes) -> bytes:
-    """Derive-Secret (RFC 8446 section 7.1), given Transcript-Hash(Messages) already computed."""
-    return hkdf_expand_label(hash_name, secret, label, transcript_hash, _HASH_LENGTHS[hash_name])
+    """Derive-Secret (RFC 8446 section 7.1), given Transcript-Hash(Messages) already computed.
+
+    The output is Hash.length, so HKDF-Expand is one HMAC over HkdfLabel and the counter 0x01
+    (RFC 5869 section 2.3, N = 1), as in ``hkdf_expand_label``, in one call."""
+    hash_length = len(transcript_hash)
+    if hash_length != _HASH_LENGTHS[hash_name]:
+        raise ValueError("Derive-Secret context is not a Transcript-Hash of this hash")
+    info = _secret_info_head(label, hash_length) + transcript_hash + b"\x01"
+    return _hmac_new(secret, info, hash_name).digest()
 
 
 class TrafficKeys(NamedTuple):
@@ -140,6 +167,13 @@ class TrafficKeys(NamedTuple):
         return f"TrafficKeys(key=<{len(self.key)} bytes>, iv=<{len(self.iv)} bytes>)"
 
 
+# NamedTuple's own constructor is a Python function: tuple.__new__ builds the same object in C
+# (four per handshake).
+_new_traffic_keys: Callable[[tuple[bytes, bytes]], TrafficKeys] = functools.partial(
+    tuple.__new__, TrafficKeys
+)
+
+
 def derive_traffic_keys(suite: CipherSuite, traffic_secret: bytes) -> TrafficKeys:
     """RFC 8446 section 7.3: ``[sender]_write_key`` and ``[sender]_write_iv`` of a secret."""
     # HKDF-Expand-Label inline (four protections per handshake): with an empty context and an
@@ -148,7 +182,7 @@ def derive_traffic_keys(suite: CipherSuite, traffic_secret: bytes) -> TrafficKey
     name, key_length, iv_length = suite.hash_name, suite.key_length, suite.iv_length
     key = _hmac_new(traffic_secret, _empty_context_info(b"key", key_length), name).digest()
     iv = _hmac_new(traffic_secret, _empty_context_info(b"iv", iv_length), name).digest()
-    return TrafficKeys(key[:key_length], iv[:iv_length])
+    return _new_traffic_keys((key[:key_length], iv[:iv_length]))
 
 
 def next_traffic_secret(suite: CipherSuite, traffic_secret: bytes) -> bytes:
@@ -250,7 +284,10 @@ class Phase(enum.IntEnum):
     RESUMPTION = 3  # resumption_master_secret known
 
 
-_NEXT_PHASE = {phase: Phase(phase + 1) for phase in Phase if phase < Phase.RESUMPTION}
+# The members as module names for the methods below: a member looked up on its enum class costs
+# ~0.2 us on Python 3.11, and a handshake checks the phase a dozen times.
+_EARLY, _HANDSHAKE, _APPLICATION, _RESUMPTION = Phase
+_NEXT_PHASE = {phase: Phase(phase + 1) for phase in Phase if phase < _RESUMPTION}
 
 
 # The secrets a KeySchedule derives, in the order of the section 7.1 diagram: each is a slot,
@@ -309,17 +346,28 @@ class KeySchedule:
     )
 
     def __init__(
-        self, suite: CipherSuite, psk: bytes | None = None, transcript: Transcript | None = None
+        self,
+        suite: CipherSuite,
+        psk: bytes | None = None,
+        transcript: Transcript | None = None,
+        *,
+        early_secret: bytes | None = None,
     ) -> None:
+        """``early_secret``: ``psk_early_secret(suite, psk)`` when the caller has it already
+        (a resumption checked its binder with it), in place of ``psk``."""
         self.suite = suite
         self._hash_name = suite.hash_name
         self.transcript = transcript if transcript is not None else Transcript(suite)
-        if not psk:  # no PSK: the zeros of section 7.1
+        if early_secret is None and psk:
+            early_secret = psk_early_secret(suite, psk)
+        if early_secret is None:  # no PSK: the zeros of section 7.1
             self.early_secret, self.derived_early_secret = _no_psk_early_secrets(suite.hash_name)
-        else:
-            zeros = bytes(suite.hash_length)
-            self.early_secret = hkdf_extract(suite.hash_name, zeros, psk)
-        self._phase = Phase.EARLY
+        else:  # its "derived" secret too: the handshake secrets always come next
+            self.early_secret = early_secret
+            self.derived_early_secret = self._derive(
+                early_secret, b"derived", _empty_hash(suite.hash_name)
+            )
+        self._phase = _EARLY
 
     def __getattr__(self, name: str) -> bytes:
         # Only called when normal lookup fails: an unset slot, i.e. a secret not derived yet.
@@ -338,7 +386,7 @@ class KeySchedule:
     def exporter_master_secret(self) -> bytes:
         """``exp master`` over ClientHello...server Finished (section 7.1), derived on first
         read from the transcript hash kept at :meth:`derive_application_secrets`."""
-        if self._phase < Phase.APPLICATION:
+        if self._phase < _APPLICATION:
             raise KeyScheduleError("exporter_master_secret is not derived yet")
         try:
             return self._exporter_master_secret
@@ -360,19 +408,17 @@ class KeySchedule:
         self._phase = _NEXT_PHASE[expected]
 
     def _derive(self, secret: bytes, label: bytes, transcript_hash: bytes) -> bytes:
-        """Derive-Secret (section 7.1): HKDF-Expand-Label with a Hash.length output."""
-        name = self._hash_name
-        return hkdf_expand_label(name, secret, label, transcript_hash, _HASH_LENGTHS[name])
+        """Derive-Secret (section 7.1) over a transcript hash of this schedule's own hash:
+        ``derive_secret`` without its length check (seven per handshake)."""
+        info = _secret_info_head(label, len(transcript_hash)) + transcript_hash + b"\x01"
+        return _hmac_new(secret, info, self._hash_name).digest()
 
     def derive_handshake_secrets(self, shared_secret: bytes) -> None:
         """Handshake Secret and ``[cs] hs traffic`` over ClientHello...ServerHello (7.1)."""
-        self._advance(Phase.EARLY)
-        try:
-            derived = self.derived_early_secret  # a constant without a PSK
-        except KeyScheduleError:
-            derived = self._derive(self.early_secret, b"derived", _empty_hash(self._hash_name))
-            self.derived_early_secret = derived
-        secret = self.handshake_secret = hkdf_extract(self._hash_name, derived, shared_secret)
+        self._advance(_EARLY)
+        secret = self.handshake_secret = hkdf_extract(
+            self._hash_name, self.derived_early_secret, shared_secret
+        )
         transcript_hash = self.transcript_hash()
         self.client_handshake_traffic_secret = self._derive(
             secret, b"c hs traffic", transcript_hash
@@ -384,7 +430,7 @@ class KeySchedule:
     def derive_application_secrets(self) -> None:
         """Master Secret and ``[cs] ap traffic`` over ClientHello...server Finished (section
         7.1; ``exp master`` on first read). Call after adding the server Finished."""
-        self._advance(Phase.HANDSHAKE)
+        self._advance(_HANDSHAKE)
         name = self._hash_name
         derived = self.derived_handshake_secret = self._derive(
             self.handshake_secret, b"derived", _empty_hash(name)
@@ -400,7 +446,7 @@ class KeySchedule:
 
     def derive_resumption_master_secret(self) -> None:
         """``res master`` over ClientHello...client Finished (section 7.1)."""
-        self._advance(Phase.APPLICATION)
+        self._advance(_APPLICATION)
         self.resumption_master_secret = self._derive(
             self.master_secret, b"res master", self.transcript_hash()
         )
@@ -411,21 +457,21 @@ class KeySchedule:
 
     def server_finished_verify_data(self) -> bytes:
         """The server Finished.verify_data over the transcript so far (section 4.4.4)."""
-        self._require(Phase.HANDSHAKE)
+        self._require(_HANDSHAKE)
         return finished_verify_data(
             self.suite, self.server_handshake_traffic_secret, self.transcript_hash()
         )
 
     def client_finished_verify_data(self) -> bytes:
         """The client Finished.verify_data over the transcript so far (section 4.4.4)."""
-        self._require(Phase.APPLICATION)
+        self._require(_APPLICATION)
         return finished_verify_data(
             self.suite, self.client_handshake_traffic_secret, self.transcript_hash()
         )
 
     def verify_server_finished(self, verify_data: bytes) -> None:
         """Constant-time check of a received server Finished (client role; section 4.4.4)."""
-        self._require(Phase.HANDSHAKE)
+        self._require(_HANDSHAKE)
         verify_finished(
             self.suite, self.server_handshake_traffic_secret, self.transcript_hash(), verify_data
         )
@@ -436,14 +482,14 @@ class KeySchedule:
         Raises ``TLSAlert(DECRYPT_ERROR)`` on a mismatch, ``TLSAlert(DECODE_ERROR)`` on a
         wrong length.
         """
-        self._require(Phase.APPLICATION)
+        self._require(_APPLICATION)
         verify_finished(
             self.suite, self.client_handshake_traffic_secret, self.transcript_hash(), verify_data
         )
 
     def next_client_application_secret(self) -> bytes:
         """Advance and return client_application_traffic_secret_N+1 (section 7.2)."""
-        if self._phase < Phase.APPLICATION:
+        if self._phase < _APPLICATION:
             raise KeyScheduleError("application traffic secrets are not derived yet")
         secret = next_traffic_secret(self.suite, self.client_application_traffic_secret)
         self.client_application_traffic_secret = secret
@@ -451,7 +497,7 @@ class KeySchedule:
 
     def next_server_application_secret(self) -> bytes:
         """Advance and return server_application_traffic_secret_N+1 (section 7.2)."""
-        if self._phase < Phase.APPLICATION:
+        if self._phase < _APPLICATION:
             raise KeyScheduleError("application traffic secrets are not derived yet")
         secret = next_traffic_secret(self.suite, self.server_application_traffic_secret)
         self.server_application_traffic_secret = secret

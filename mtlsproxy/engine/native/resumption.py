@@ -43,10 +43,10 @@ from mtlsproxy.engine.interface import NativeRoute
 from mtlsproxy.engine.native import messages as msgs
 from mtlsproxy.engine.native.alerts import TLSAlert
 from mtlsproxy.engine.native.key_schedule import (
-    KeySchedule,
-    derive_secret,
+    binder_key,
     finished_verify_data,
     hkdf_expand_label,
+    psk_early_secret,
 )
 from mtlsproxy.engine.native.states import Established
 from mtlsproxy.engine.native.suites import CipherSuite, get_cipher_suite
@@ -58,12 +58,18 @@ PSK_DHE_KE = 1  # section 4.2.9; psk_ke (0) is never accepted
 TICKET_NONCE = b"\x00"  # one ticket per connection: the nonce only has to be unique in it
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Resumption:
-    """The offered PSK we accept: its position in the client's list and the ticket state."""
+    """The offered PSK we accept: its position in the client's list, the ticket state and the
+    PSK's Early Secret (section 7.1: the binder was checked with it, the schedule starts
+    from it). The repr hides the secret."""
 
     index: int
     state: TicketState
+    early_secret: bytes
+
+    def __repr__(self) -> str:
+        return f"Resumption(index={self.index}, {self.state!r})"
 
 
 def accept_psk(
@@ -92,20 +98,18 @@ def accept_psk(
         ):
             continue
         truncated = message[: len(message) - offered.binders_size]
-        check_binder(suite, state.psk, truncated, offered.binders[index])
-        return Resumption(index, state)
+        early_secret = psk_early_secret(suite, state.psk)
+        check_binder(suite, early_secret, truncated, offered.binders[index])
+        return Resumption(index, state, early_secret)
     return None
 
 
-def check_binder(suite: CipherSuite, psk: bytes, truncated: bytes, binder: bytes) -> None:
-    """Section 4.2.11.2: HMAC(finished_key(binder_key), Transcript-Hash(truncated CH))."""
-    early_secret = KeySchedule(suite, psk=psk).early_secret
-    binder_key = derive_secret(
-        suite.hash_name, early_secret, b"res binder", suite.new_hash().digest()
-    )
+def check_binder(suite: CipherSuite, early_secret: bytes, truncated: bytes, binder: bytes) -> None:
+    """Section 4.2.11.2: HMAC(finished_key(binder_key), Transcript-Hash(truncated CH)), the
+    binder key from the PSK's ``early_secret``."""
     digest = suite.new_hash()
     digest.update(truncated)
-    expected = finished_verify_data(suite, binder_key, digest.digest())
+    expected = finished_verify_data(suite, binder_key(suite, early_secret), digest.digest())
     if not hmac.compare_digest(expected, binder):
         raise TLSAlert(Alert.DECRYPT_ERROR, "the PSK binder does not verify")
 

@@ -1,19 +1,19 @@
 """What every handshake on a route repeats, computed once per route.
 
 A route's Certificate message (per credential), CertificateRequest, EncryptedExtensions (per
-ALPN answer), padding policy and each credential's usable signature schemes depend only on the
-route object, which is immutable (a reload builds new routes). :func:`for_route` keeps them in
-a :class:`RouteFlightCache` per route *object*: the cache is keyed by the route's identity and
-holds the route itself, so an entry is only ever returned for that very object (never for an
-equal-looking route, never across routes). The one thing in it that comes from clients is
-the parsed leaf certificates of the route's recent clients (:meth:`RouteFlightCache.
-peer_certificate`): an immutable ``x509.Certificate`` keyed by its exact DER bytes, so what it
-returns is what parsing those bytes would return (cryptography keeps the certificate's parsed
-public key on the object, which is what a repeat client saves); it decides nothing (the policy
-still decides on every chain and the CertificateVerify is still checked). Likewise the
-credential and signature scheme chosen for a client's signature_algorithms list
-(:meth:`RouteFlightCache.choose`), keyed by the exact list: a function of the route's
-credentials and that list only.
+ALPN answer), padding policy, each credential's usable signature schemes and its signer per
+scheme depend only on the route object, which is immutable (a reload builds new routes).
+:func:`for_route` keeps them in a :class:`RouteFlightCache` per route *object*: the cache is
+keyed by the route's identity and holds the route itself, so an entry is only ever returned for
+that very object (never for an equal-looking route, never across routes). The one thing in it
+that comes from clients is the parsed leaf certificates of the route's recent clients
+(:meth:`RouteFlightCache.peer_certificate`): an immutable ``x509.Certificate`` keyed by its
+exact DER bytes, so what it returns is what parsing those bytes would return (cryptography
+keeps the certificate's parsed public key on the object, which is what a repeat client saves);
+it decides nothing (the policy still decides on every chain and the CertificateVerify is still
+checked). Likewise the credential and signature scheme chosen for a client's
+signature_algorithms list (:meth:`RouteFlightCache.choose`), keyed by the exact list: a
+function of the route's credentials and that list only.
 
 Routes are frozen, slotted dataclasses without a weakref slot, so the cache holds them
 strongly; it is bounded (``MAX_ROUTES``, oldest dropped first), which bounds how long a
@@ -47,6 +47,7 @@ class RouteFlightCache:
         "certificate_request",
         "credential_schemes",
         "padding",
+        "signers",
     )
 
     def __init__(self, route: NativeRoute) -> None:
@@ -55,6 +56,13 @@ class RouteFlightCache:
         # Keyed by credential identity: the credential objects are the route's own.
         self.certificate_messages = {
             id(credential): msgs.certificate(credential.chain_der) for credential in credentials
+        }
+        # Each credential's signer per scheme it can sign with, keyed as certificate_messages
+        # and the scheme: what CertificateVerify calls (section 4.4.3).
+        self.signers = {
+            (id(credential), scheme): sigs.signer(credential.key, scheme)
+            for credential, schemes in self.credential_schemes
+            for scheme in schemes
         }
         self.certificate_request = (
             msgs.certificate_request(sigs.SUPPORTED_SCHEMES, list(route.client_ca_names))

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Protocol, TypeVar
 
 from cryptography import x509
@@ -71,6 +72,12 @@ _CURVES = {
     SignatureScheme.ECDSA_SECP256R1_SHA256: "secp256r1",
     SignatureScheme.ECDSA_SECP384R1_SHA384: "secp384r1",
 }
+# Each curve's schemes, from _CURVES (a client's key is looked up once per handshake).
+_EC_SCHEMES = {
+    curve: tuple(s for s, name in _CURVES.items() if name == curve) for curve in _CURVES.values()
+}
+# The schemes by code point: a dict lookup, where SignatureScheme(code) is an enum call.
+_SCHEMES_BY_CODE: dict[int, SignatureScheme] = {int(scheme): scheme for scheme in SignatureScheme}
 _RSAE = (
     SignatureScheme.RSA_PSS_RSAE_SHA256,
     SignatureScheme.RSA_PSS_RSAE_SHA384,
@@ -89,9 +96,14 @@ SERVER_CONTEXT = b"TLS 1.3, server CertificateVerify"
 CLIENT_CONTEXT = b"TLS 1.3, client CertificateVerify"
 
 
+# Section 4.4.3: what precedes the transcript hash in the signed content, per side.
+_SERVER_PREFIX = b" " * 64 + SERVER_CONTEXT + b"\x00"
+_CLIENT_PREFIX = b" " * 64 + CLIENT_CONTEXT + b"\x00"
+
+
 def signed_content(transcript_hash: bytes, *, server: bool) -> bytes:
     """Section 4.4.3: 64 spaces, the context string, a zero byte, then the transcript hash."""
-    return b" " * 64 + (SERVER_CONTEXT if server else CLIENT_CONTEXT) + b"\x00" + transcript_hash
+    return (_SERVER_PREFIX if server else _CLIENT_PREFIX) + transcript_hash
 
 
 _EC, _ED25519, _RSA = "ec", "ed25519", "rsa"
@@ -118,8 +130,7 @@ def schemes_for_key(key: object, *, pss_certificate: bool = False) -> tuple[Sign
     """
     family = _family_of_type(type(key))
     if family is _EC:
-        curve = key.curve.name  # type: ignore[attr-defined]
-        return tuple(s for s, name in _CURVES.items() if name == curve)
+        return _EC_SCHEMES.get(key.curve.name, ())  # type: ignore[attr-defined]
     if family is _ED25519:
         return (SignatureScheme.ED25519,)
     if family is _RSA:
@@ -180,7 +191,7 @@ def choose_usable(
     usable: Sequence[tuple[C, frozenset[SignatureScheme]]], client_schemes: Sequence[int]
 ) -> tuple[C, SignatureScheme] | None:
     """:func:`choose_credential` on :func:`usable_schemes`' answer."""
-    known = SignatureScheme._value2member_map_
+    known = _SCHEMES_BY_CODE
     offered = [known[s] for s in client_schemes if s in known]
     best: tuple[tuple[int, int, int], C, SignatureScheme] | None = None
     for index, (credential, schemes) in enumerate(usable):
@@ -194,16 +205,23 @@ def choose_usable(
 
 def sign(private_key: object, scheme: SignatureScheme, content: bytes) -> bytes:
     """Sign ``content`` (from :func:`signed_content`) with ``scheme``."""
+    return signer(private_key, scheme)(content)
+
+
+def signer(private_key: object, scheme: SignatureScheme) -> Callable[[bytes], bytes]:
+    """``sign`` with this key and scheme, as one call taking the content: the key's own
+    ``sign`` with the scheme's algorithm bound (the route cache keeps one per credential and
+    scheme, so a handshake neither checks the key's type nor builds the algorithm)."""
     if scheme in _CURVES and isinstance(private_key, ec.EllipticCurvePrivateKey):
-        return private_key.sign(content, _ECDSA[scheme])
+        return partial(private_key.sign, signature_algorithm=_ECDSA[scheme])
     if isinstance(private_key, ed25519.Ed25519PrivateKey) and scheme is SignatureScheme.ED25519:
-        return private_key.sign(content)
+        return private_key.sign
     if isinstance(private_key, rsa.RSAPrivateKey) and scheme in _HASHES:
         algorithm = _HASHES[scheme]()
         # Section 4.2.3: "The length of the Salt MUST be equal to the length of the output of
         # the digest algorithm."
         pss = padding.PSS(mgf=padding.MGF1(algorithm), salt_length=algorithm.digest_size)
-        return private_key.sign(content, pss, algorithm)
+        return partial(private_key.sign, padding=pss, algorithm=algorithm)
     raise ValueError(f"{scheme!r} does not fit a {type(private_key).__name__}")
 
 
@@ -213,9 +231,10 @@ def verify(certificate: x509.Certificate, scheme: int, signature: bytes, content
     ``illegal_parameter`` for a scheme we do not support or that does not fit the key;
     ``decrypt_error`` for a signature that does not verify (section 4.4.3).
     """
-    if scheme not in SignatureScheme._value2member_map_:
+    known = _SCHEMES_BY_CODE.get(scheme)
+    if known is None:
         raise TLSAlert(Alert.ILLEGAL_PARAMETER, f"unsupported signature scheme 0x{scheme:04x}")
-    scheme = SignatureScheme(scheme)
+    scheme = known
     try:
         public_key = certificate.public_key()
     except (ValueError, UnsupportedAlgorithm):

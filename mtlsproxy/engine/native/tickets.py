@@ -101,17 +101,21 @@ class TicketState:
     def encode(self) -> bytes:
         alpn = (self.alpn or "").encode("latin-1")
         route = self.route.encode("utf-8")
-        header = _HEADER.pack(
-            self.suite, self.issued, self.lifetime, self.age_add, self.authenticated_at
-        )
+        chain = self.chain
         parts = [
-            header,
-            bytes((len(self.psk),)) + self.psk,
-            bytes((len(alpn),)) + alpn,
-            struct.pack("!H", len(route)) + route,
-            bytes((len(self.chain),)),
+            _HEADER.pack(
+                self.suite, self.issued, self.lifetime, self.age_add, self.authenticated_at
+            ),
+            bytes((len(self.psk),)),
+            self.psk,
+            bytes((len(alpn),)),
+            alpn,
+            len(route).to_bytes(2, "big"),
+            route,
+            bytes((len(chain),)),
         ]
-        parts += [struct.pack("!H", len(der)) + der for der in self.chain]
+        for der in chain:
+            parts += (len(der).to_bytes(2, "big"), der)
         return b"".join(parts)
 
     @classmethod
@@ -119,47 +123,39 @@ class TicketState:
         """Raises ValueError (or struct.error) on anything malformed (only ever our own
         sealed bytes)."""
         suite, issued, lifetime, age_add, authenticated_at = _HEADER.unpack_from(data)
-        reader = _Reader(data, _HEADER.size)
-        psk, alpn, route = reader.vector(1), reader.vector(1), reader.vector(2)
-        chain = tuple(reader.vector(2) for _ in range(reader.byte()))
-        if reader.offset != len(data):
+        size = len(data)
+        # The vectors by offsets, each checked against the end (a ticket opens once per
+        # resumption: no reader object, no call per field).
+        pos = _HEADER.size
+        fields: list[bytes] = []
+        for length_size in (1, 1, 2):  # psk, alpn, route
+            start = pos + length_size
+            pos = start + int.from_bytes(data[pos:start], "big")
+            if pos > size:  # a short length prefix too: its vector would end past start
+                raise ValueError("truncated ticket")
+            fields.append(data[start:pos])
+        if pos >= size:
+            raise ValueError("truncated ticket")
+        count = data[pos]
+        pos += 1
+        chain = []
+        for _ in range(count):
+            start = pos + 2
+            pos = start + int.from_bytes(data[pos:start], "big")
+            if pos > size:
+                raise ValueError("truncated ticket")
+            chain.append(data[start:pos])
+        if pos != size:
             raise ValueError("trailing bytes in ticket")
+        psk, alpn, route = fields
         return cls(
-            psk=psk,
-            suite=suite,
-            issued=issued,
-            lifetime=lifetime,
-            age_add=age_add,
-            alpn=alpn.decode("latin-1") or None,
-            route=route.decode("utf-8"),
-            chain=chain,
-            authenticated_at=authenticated_at,
-        )
-
-
-class _Reader:
-    __slots__ = ("data", "offset")
-
-    def __init__(self, data: bytes, offset: int) -> None:
-        self.data, self.offset = data, offset
-
-    def byte(self) -> int:
-        if self.offset >= len(self.data):
-            raise ValueError("truncated ticket")
-        self.offset += 1
-        return self.data[self.offset - 1]
-
-    def vector(self, size: int) -> bytes:
-        (length,) = struct.unpack_from("!B" if size == 1 else "!H", self.data, self.offset)
-        start = self.offset + size
-        if start + length > len(self.data):
-            raise ValueError("truncated ticket")
-        self.offset = start + length
-        return self.data[start : self.offset]
+            psk, suite, issued, lifetime, age_add, alpn.decode("latin-1") or None,
+            route.decode("utf-8"), tuple(chain), authenticated_at,
+        )  # fmt: skip
 
 
 def chain_size(chain: Sequence[bytes]) -> int:
-    return sum(len(der) for der in chain)
+    return sum(map(len, chain))
 
 
 # --- keys -----------------------------------------------------------------------------------
@@ -321,9 +317,6 @@ class TicketKey:
             )
         return sealer
 
-    def _aead(self, key: MasterKey) -> AESGCM:
-        return self._sealer(key).aead
-
     def seal(self, state: TicketState) -> bytes | None:
         """The ticket for ``state``, or None when it would be too large to issue."""
         if len(state.chain) > MAX_CHAIN_LENGTH or chain_size(state.chain) > MAX_CHAIN_SIZE:
@@ -345,8 +338,9 @@ class TicketKey:
             return None
         nonce = ticket[_PREFIX.size : _PREFIX.size + _NONCE_SIZE]
         sealed = ticket[_PREFIX.size + _NONCE_SIZE :]
+        sealer = self._sealer(key)
         try:
-            plain = self._aead(key).decrypt(nonce, sealed, self._aad(key_id))
+            plain = sealer.aead.decrypt(nonce, sealed, sealer.aad)
             state = TicketState.decode(plain)
         except (InvalidTag, ValueError, struct.error, UnicodeDecodeError):
             return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+import struct
 
 import pytest
 
@@ -136,3 +137,19 @@ def test_no_secret_in_a_repr() -> None:
     for form in (secret.hex(), base64.b64encode(secret).decode(), repr(secret)):
         assert form not in shown
     assert "p" * 8 not in repr(state("l/r"))  # the PSK
+
+
+@pytest.mark.parametrize("chain", [(), (b"leaf",), (b"l" * 300, b"ca")])
+@pytest.mark.parametrize("alpn", [None, "h2"])
+def test_ticket_state_decodes_what_it_encodes_and_nothing_shorter_or_longer(
+    chain: Chain, alpn: str | None
+) -> None:
+    encoded = TicketState(b"p" * 32, 0x1301, NOW, 7200, 7, alpn, "route", chain, NOW).encode()
+    assert TicketState.decode(encoded) == TicketState(
+        b"p" * 32, 0x1301, NOW, 7200, 7, alpn, "route", chain, NOW
+    )
+    for size in range(len(encoded)):  # every truncation is refused, none read past its end
+        with pytest.raises((ValueError, struct.error)):
+            TicketState.decode(encoded[:size])
+    with pytest.raises(ValueError, match="trailing"):
+        TicketState.decode(encoded + b"\x00")

@@ -25,7 +25,7 @@ from mtlsproxy.engine.native.record_layer import (
     encode_record,
 )
 from mtlsproxy.engine.native.suites import NamedGroup, generate_key_share, get_cipher_suite
-from mtlsproxy.engine.records import HandshakeType
+from mtlsproxy.engine.records import HandshakeType, Message
 
 HANDSHAKE, ALERT, APPLICATION_DATA, CCS = 22, 21, 23, 20
 
@@ -145,7 +145,7 @@ class MiniClient:
                     while (message := self._assembler.next_message()) is not None:
                         self._encrypted_message(message)
 
-    def _server_hello(self, message: msgs.Message) -> None:
+    def _server_hello(self, message: Message) -> None:
         hello = msgs.decode_server_hello(message.body)
         suite = get_cipher_suite(hello.cipher_suite)
         assert suite is not None
@@ -183,7 +183,7 @@ class MiniClient:
             suite, self.schedule.client_handshake_traffic_secret, padding=self._padding()
         )
 
-    def _encrypted_message(self, message: msgs.Message) -> None:
+    def _encrypted_message(self, message: Message) -> None:
         schedule = self.schedule
         assert schedule is not None
         if message.msg_type == HandshakeType.ENCRYPTED_EXTENSIONS:
