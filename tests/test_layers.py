@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "routing": 3,
     "forwarding": 4,
     "metrics": 5,
+    "worker_metrics": 5,
     "logs": 5,
     "proxy": 6,
     "supervisor": 7,
