@@ -44,10 +44,11 @@ class Metrics:
     so that tests running several proxies in one process do not add up)."""
 
     def __init__(self, engine: str = "openssl") -> None:
-        # The labelled series observe_handshake touches, by metric and label values: a
-        # ``labels()`` call validates and converts its values and takes the metric's lock (a
-        # dozen of them per handshake were ~5 % of the proxy's CPU per connection). The values
-        # are bounded (see the module docstring), and these series are never removed.
+        # The labelled series observe_handshake and observe_upstream_connect touch, by metric and
+        # label values: a ``labels()`` call validates and converts its values and takes the
+        # metric's lock (a dozen of them per handshake were ~5 % of the proxy's CPU per
+        # connection). The values are bounded (see the module docstring), and these series are
+        # never removed.
         self._series: dict[tuple[object, ...], Any] = {}
         self.registry = registry = CollectorRegistry()
         # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds...
@@ -213,6 +214,9 @@ class Metrics:
         if child is None:
             child = self._series[key] = metric.labels(*labels)
         return child
+
+    def observe_upstream_connect(self, listener: str, route: str, seconds: float) -> None:
+        self._child(self.upstream_connect_duration, listener, route).observe(seconds)
 
     def observe_handshake(
         self, listener: str, event: HandshakeComplete | HandshakeFailed, now: float

@@ -51,7 +51,7 @@ from mtlsproxy.forwarding.http2.faults import Http2Fault
 from mtlsproxy.forwarding.plan import PASSTHROUGH, plan
 from mtlsproxy.proxy.flow import Pause, ReadGate
 from mtlsproxy.proxy.http1_pool import Http1Pool
-from mtlsproxy.proxy.upstream import open_upstream
+from mtlsproxy.proxy.upstream import connecting
 from mtlsproxy.proxy.upstream import upstream_error_reason as _upstream_error_reason
 from mtlsproxy.vocabulary.failures import Reason
 
@@ -170,9 +170,9 @@ class ClientConnection(asyncio.Protocol):
         "_upstream_task",
     )
 
-    def __init__(self, runtime: ListenerView) -> None:
+    def __init__(self, runtime: ListenerView, loop: asyncio.AbstractEventLoop) -> None:
         self._runtime = runtime
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop
         self._transport: asyncio.Transport | None = None
         self._engine: Engine | None = None
         self._peer = "-"
@@ -424,52 +424,62 @@ class ClientConnection(asyncio.Protocol):
     # Upstream side
 
     async def _connect_upstream(self, route: ServerRoute) -> None:
-        try:
-            await self._do_connect_upstream(route)
-        except Exception:  # a bug must end this connection, not leave it hanging
-            logs.log.exception("internal error while connecting upstream", extra={"fields": {}})
-            self._abort(EndReason.INTERNAL_ERROR)
-
-    async def _do_connect_upstream(self, route: ServerRoute) -> None:
-        runtime = self._runtime
+        """The upstream connect (the connection's one task), and what follows its outcome.
+        The deadline is the connection's timer (``_timer_fired``), not a timeout context of
+        its own: one timer per connection."""
         started = self._loop.time()
         try:
             try:
-                # The deadline is the connection's timer (``_timer_fired``), not a timeout
-                # context of its own: one timer per connection.
                 gateway = self._forwarding.gateway
                 if gateway is not None:  # h2-to-http/1.1: a connection per stream, later
                     transport = cast(
                         asyncio.Transport,
-                        Http1Pool(self._loop, route, gateway, self, runtime),
+                        Http1Pool(self._loop, route, gateway, self, self._runtime),
                     )
                 else:
-                    transport = await open_upstream(self._loop, route.config.upstream, self)
+                    connected, _ = await connecting(self._loop, route.config.upstream, self)
+                    transport = cast(asyncio.Transport, connected)  # uvloop's: no subclass
             except asyncio.CancelledError:
                 if not self._connect_expired:
                     raise  # the connection ended
                 cast("asyncio.Task[None]", asyncio.current_task()).uncancel()
-                raise TimeoutError(f"no connection within {runtime.timeouts.connect:g} s") from None
-        except (OSError, TimeoutError) as exc:
-            reason = _upstream_error_reason(exc)
-            runtime.observe_upstream_error(route.name, reason)
-            logs.event(
-                logging.WARNING,
-                f"upstream {route.config.upstream} unavailable: {reason}",
-                listener=runtime.name,
-                route=route.name,
-                peer=self._peer,
-                error=str(exc),
-            )
-            if self._forwarding.speaks_http and self._engine is not None:
-                # As an HTTP proxy answers: 504 when the connect timed out, else 502.
-                timeout = reason == "connect_timeout"
-                self._engine.send(_gateway_error(504 if timeout else 502))
-            self._finish(EndReason.UPSTREAM_UNAVAILABLE)
-            return
+                seconds = self._runtime.timeouts.connect
+                self._upstream_unavailable(
+                    route, TimeoutError(f"no connection within {seconds:g} s")
+                )
+            except OSError as exc:
+                self._upstream_unavailable(route, exc)
+            else:
+                self._upstream_connected(route, transport, started)
+        except Exception:  # a bug must end this connection, not leave it hanging
+            logs.log.exception("internal error while connecting upstream", extra={"fields": {}})
+            self._abort(EndReason.INTERNAL_ERROR)
+
+    def _upstream_unavailable(self, route: ServerRoute, exc: OSError) -> None:
+        runtime = self._runtime
+        reason = _upstream_error_reason(exc)
+        runtime.observe_upstream_error(route.name, reason)
+        logs.event(
+            logging.WARNING,
+            f"upstream {route.config.upstream} unavailable: {reason}",
+            listener=runtime.name,
+            route=route.name,
+            peer=self._peer,
+            error=str(exc),
+        )
+        if self._forwarding.speaks_http and self._engine is not None:
+            # As an HTTP proxy answers: 504 when the connect timed out, else 502.
+            timeout = reason == "connect_timeout"
+            self._engine.send(_gateway_error(504 if timeout else 502))
+        self._finish(EndReason.UPSTREAM_UNAVAILABLE)
+
+    def _upstream_connected(
+        self, route: ServerRoute, transport: asyncio.Transport, started: float
+    ) -> None:
         if self._end is not None:
             transport.close()
             return
+        runtime = self._runtime
         self._cancel_timer()
         self._schedule_idle_check()
         self._upstream_task = None  # done: an idle connection does not keep the task
