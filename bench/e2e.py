@@ -331,8 +331,9 @@ def connect(port: int, timeout: float) -> socket.socket:
 def _handshake_worker(
     directory: str, setup: Setup, port: int, start: float, end: float, conn, resume: bool = False
 ):
-    """``resume``: each connection offers the session (ticket) of the one before it."""
-    context = client_context(Path(directory), setup)
+    """``resume``: each connection offers the session (ticket) of the one before it. A setup
+    of mode ``plain`` (bench/l4_floor.py) opens plain TCP connections: no TLS at all."""
+    context = None if setup.mode == "plain" else client_context(Path(directory), setup)
     ok = errors = reused = 0
     first_error = ""
     session = None
@@ -341,15 +342,20 @@ def _handshake_worker(
     cpu0 = time.process_time()
     while time.time() < end:
         try:
-            with (
-                connect(port, timeout=10) as raw,
-                context.wrap_socket(raw, server_hostname="localhost", session=session) as tls,
-            ):
-                tls.sendall(b"E")
-                if tls.recv(1) != b"E":
-                    raise ConnectionError("no echo")
-                reused += tls.session_reused
-                session = tls.session if resume else None
+            with connect(port, timeout=10) as raw:
+                if context is None:
+                    raw.sendall(b"E")
+                    if raw.recv(1) != b"E":
+                        raise ConnectionError("no echo")
+                else:
+                    with context.wrap_socket(
+                        raw, server_hostname="localhost", session=session
+                    ) as tls:
+                        tls.sendall(b"E")
+                        if tls.recv(1) != b"E":
+                            raise ConnectionError("no echo")
+                        reused += tls.session_reused
+                        session = tls.session if resume else None
             ok += 1
         except (OSError, ssl.SSLError) as exc:
             errors += 1
