@@ -44,6 +44,7 @@ from mtlsproxy.engine.events import (
     ProtocolError,
 )
 from mtlsproxy.engine.interface import Engine
+from mtlsproxy.engine.selecting import SelectingEngine
 from mtlsproxy.forwarding.http.local import RequestRefusal
 from mtlsproxy.forwarding.http.request import HTTPRefused
 from mtlsproxy.forwarding.http2.bridge import Http2Bridge
@@ -257,8 +258,10 @@ class ClientConnection(asyncio.Protocol):
             self._handle(engine.receive(piece))
             now = clock()
             spent = now - began
-            fitting = len(piece) * FEED_BUDGET / spent if spent > 0 else MAX_SLICE
-            self._slice = int(min(MAX_SLICE, max(MIN_SLICE, fitting)))
+            fitting = int(len(piece) * FEED_BUDGET / spent) if spent > 0 else MAX_SLICE
+            self._slice = (
+                MIN_SLICE if fitting < MIN_SLICE else MAX_SLICE if fitting > MAX_SLICE else fitting
+            )
             if self._end is not None:
                 return
             if self._answered != answered:
@@ -373,6 +376,10 @@ class ClientConnection(asyncio.Protocol):
 
     def _on_handshake_complete(self, event: HandshakeComplete) -> None:
         self._outcome = event
+        if isinstance(self._engine, SelectingEngine) and self._engine.chosen is not None:
+            # From here on the selecting engine only passes every call through to the engine
+            # it chose: the data path calls that one, two calls fewer a record each way.
+            self._engine = self._engine.chosen
         self._cancel_timer()
         self._runtime.handshake_done(self, completed=True)
         self._runtime.observe_handshake(self._peer, self._hello, event)
@@ -503,8 +510,11 @@ class ClientConnection(asyncio.Protocol):
         self._bytes_in += len(data)
         if self._bytes_in - self._counted_in >= COUNT_EVERY:
             self._count_bytes()
-        if self._upstream is None:
+        upstream = self._upstream
+        if upstream is None:
             self._early_data.append(data)
+        elif self._forwarding.passthrough:  # the common case, without a call more
+            upstream.write(data)
         else:
             self._write_upstream(data)
 
@@ -597,9 +607,10 @@ class ClientConnection(asyncio.Protocol):
 
     def upstream_data(self, data: bytes) -> None:
         """UpstreamOwner: the upstream sent ``data`` for the client."""
-        if self._end is not None or self._engine is None:
+        engine = self._engine
+        if self._end is not None or engine is None:
             return
-        if not self._engine.handshake_complete:
+        if not engine.handshake_complete:
             # The TLS session ended under us (the client's EOF without close_notify is fatal
             # to OpenSSL 3, an alert, a protocol error): nothing more can reach the client.
             self._finish(EndReason.CLIENT_GONE)
@@ -608,13 +619,14 @@ class ClientConnection(asyncio.Protocol):
         self._bytes_out += len(data)
         if self._bytes_out - self._counted_out >= COUNT_EVERY:
             self._count_bytes()
-        if self._forwarding.http2 is not None:
-            self._forwarding.http2.receive_upstream(data)
-            self._exchange_http2(self._forwarding.http2)
+        forwarding = self._forwarding
+        if forwarding.http2 is not None:
+            forwarding.http2.receive_upstream(data)
+            self._exchange_http2(forwarding.http2)
             return
-        self._engine.send(data)
+        engine.send(data)
         self._flush()
-        if not self._forwarding.passthrough:
+        if not forwarding.passthrough:
             self._observe_response(data)
 
     def _exchange_http2(self, bridge: Http2Bridge) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any, Protocol, cast
 
@@ -35,13 +35,14 @@ class UpstreamOwner(Protocol):
 class UpstreamProtocol(asyncio.Protocol):
     """Hands everything to the client connection that owns it."""
 
-    __slots__ = ("_owner",)
+    # ``data_received`` is the owner's ``upstream_data`` itself, an instance attribute (the
+    # loops look it up on the instance; uvloop keeps the bound method): no frame of ours in
+    # between, once for every read of the upstream.
+    __slots__ = ("_owner", "data_received")
 
     def __init__(self, owner: UpstreamOwner) -> None:
         self._owner = owner
-
-    def data_received(self, data: bytes) -> None:
-        self._owner.upstream_data(data)
+        self.data_received: Callable[[bytes], None] = owner.upstream_data
 
     def eof_received(self) -> bool:
         self._owner.upstream_eof()
