@@ -2,9 +2,10 @@
 
 Flow control couples the two sides (uvicorn ``FlowControl``, mitmproxy ``drain_writers``): when
 one side's write buffer passes ``limits.buffer_size`` the other side stops being read, so memory
-per connection stays bounded whatever the peers do. Reading the client also stops while the
-upstream connects and, in HTTP mode, while an Upgrade or a refusal waits for the upstream; each
-of those is a separate cause in a ``flow.ReadGate``, so one ending never undoes another.
+per connection stays bounded whatever the peers do. Reading the client also stops once what it
+sent while the upstream connects passes ``limits.buffer_size`` and, in HTTP mode, while an
+Upgrade or a refusal waits for the upstream; each of those is a separate cause in a
+``flow.ReadGate``, so one ending never undoes another.
 What the engine answers to the client's own records (KeyUpdate replies, alerts) is bounded
 the same way: a client whose records were answered into its full write buffer is not read
 until that buffer drains.
@@ -315,7 +316,7 @@ class ClientConnection(asyncio.Protocol):
                 bytes_in=self._bytes_in,
                 bytes_out=self._bytes_out,
                 duration=self._ended_at - self._opened,
-                end=self._end.value,
+                end=self._end,  # a StrEnum: its value, without the enum's property call
                 upstream=self._upstream_address,
             )
             self._runtime.observe_connection(record)
@@ -395,8 +396,9 @@ class ClientConnection(asyncio.Protocol):
                 self._runtime.limits, time.monotonic,
             )  # fmt: skip
         self._hello = None
-        # Nothing more is read from the client until the upstream is there to take it.
-        self._client_reading.pause(Pause.CONNECTING)
+        # What the client sends meanwhile waits for the upstream (``_to_upstream``); the
+        # client is not paused up front: a pause and a resume per connection cost two
+        # event-loop calls and two epoll changes, and most clients send one request first.
         self._upstream_task = self._loop.create_task(self._connect_upstream(route))
         self._timer = self._loop.call_later(self._runtime.timeouts.connect, self._timer_fired)
 
@@ -513,6 +515,9 @@ class ClientConnection(asyncio.Protocol):
         upstream = self._upstream
         if upstream is None:
             self._early_data.append(data)
+            # All it sent so far waits here: at most buffer_size and one read.
+            if self._bytes_in > self._runtime.limits.buffer_size:
+                self._client_reading.pause(Pause.CONNECTING)
         elif self._forwarding.passthrough:  # the common case, without a call more
             upstream.write(data)
         else:

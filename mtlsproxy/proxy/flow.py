@@ -1,11 +1,12 @@
 """Flow control for one proxied connection: reading a side stops while any reason to stop holds.
 
-Several independent causes stop the proxy reading the client. The upstream is not connected
-yet; the upstream's write buffer is full (backpressure, as uvicorn's ``FlowControl``); in HTTP
-mode, an Upgrade request waits for the upstream's answer while the rewriter holds what follows
-it; a refused request waits for the upstream to answer the requests before it. Each cause
-starts and ends on its own schedule, so with one paused flag the end of one would undo another:
-the upstream draining its buffer would resume reading a client whose Upgrade is unanswered.
+Several independent causes stop the proxy reading the client. What it sent before the upstream
+connected passed the buffer size; the upstream's write buffer is full (backpressure, as
+uvicorn's ``FlowControl``); in HTTP mode, an Upgrade request waits for the upstream's answer
+while the rewriter holds what follows it; a refused request waits for the upstream to answer
+the requests before it. Each cause starts and ends on its own schedule, so with one paused
+flag the end of one would undo another: the upstream draining its buffer would resume reading
+a client whose Upgrade is unanswered.
 ``ReadGate`` keeps the set of causes and touches the transport only when the set goes from
 empty to not empty and back.
 
@@ -32,7 +33,8 @@ from typing import Protocol
 class Pause(enum.Enum):
     """Why a side is not being read."""
 
-    CONNECTING = "connecting"  # the client: the upstream is not connected yet
+    # the client: what it sent before the upstream connected passed limits.buffer_size
+    CONNECTING = "connecting"
     UPSTREAM_FULL = "upstream_full"  # the client: the upstream's write buffer is full
     UPGRADE_PENDING = "upgrade_pending"  # the client: HTTP bytes after an Upgrade are held
     REFUSED = "refused"  # the client: a refused request waits for the answers before it
