@@ -489,8 +489,13 @@ class ClientConnection(asyncio.Protocol):
             transport.close()
             return
         runtime = self._runtime
-        self._cancel_timer()
-        self._schedule_idle_check()
+        # The connect's deadline stays the connection's one timer: when it passes,
+        # ``_timer_fired`` checks for idleness and sets the next deadline from the last
+        # activity (a timer fewer per connection). Only an idle timeout shorter than the
+        # connect's needs its deadline now.
+        if runtime.timeouts.idle < runtime.timeouts.connect:
+            self._cancel_timer()
+            self._schedule_idle_check()
         self._upstream_task = None  # done: an idle connection does not keep the task
         runtime.observe_upstream_connect(route.name, self._loop.time() - started)
         transport.set_write_buffer_limits(high=runtime.limits.buffer_size)
