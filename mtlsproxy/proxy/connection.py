@@ -251,7 +251,8 @@ class ClientConnection(asyncio.Protocol):
         clock = time.perf_counter
         started = began = clock()
         while self._unfed and self._end is None:
-            if self._client_reading.holds(Pause.CLIENT_WRITE_FULL):
+            gate = self._client_reading
+            if gate.causes and gate.holds(Pause.CLIENT_WRITE_FULL):
                 return
             data, size = self._unfed, self._slice
             piece, self._unfed = (data, b"") if len(data) <= size else (data[:size], data[size:])
@@ -275,7 +276,8 @@ class ClientConnection(asyncio.Protocol):
         if self._eof_pending and self._end is None:
             self._eof_pending = False
             self._handle(engine.receive_eof())
-        self._client_reading.resume(Pause.FEEDING)
+        if self._client_reading.causes:
+            self._client_reading.resume(Pause.FEEDING)
 
     def _pause_if_answers_pile_up(self) -> None:
         """Stop reading a client whose records were just answered (KeyUpdate replies, alerts)
