@@ -36,7 +36,6 @@ import argparse
 import multiprocessing as mp
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -57,6 +56,7 @@ from procs import (  # bench/procs.py
     pin_servers,
     print_header,
     print_table,
+    serve_until_stopped,
     write_samples,
 )
 
@@ -160,13 +160,7 @@ def _serve(kind: str, directory: str, mode: str, version: str) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(Sink, "127.0.0.1", 0, ssl=context, backlog=1024)
-        port = server.sockets[0].getsockname()[1]
-        print(f"listening on 127.0.0.1:{port}", file=sys.stderr, flush=True)
-        stop = asyncio.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
-        server.close()
+        await serve_until_stopped(server)
 
     try:
         import uvloop

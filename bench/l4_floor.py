@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 import tempfile
 from functools import partial
@@ -50,6 +49,7 @@ from procs import (  # bench/procs.py
     pin_servers,
     print_header,
     print_table,
+    serve_until_stopped,
     write_samples,
 )
 
@@ -147,13 +147,7 @@ def _serve(upstream_port: int) -> None:
         server = await loop.create_server(
             partial(_Client, loop, upstream_port), "127.0.0.1", 0, backlog=1024
         )
-        port = server.sockets[0].getsockname()[1]
-        print(f"listening on 127.0.0.1:{port}", file=sys.stderr, flush=True)
-        stop = asyncio.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
-        server.close()
+        await serve_until_stopped(server)
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())

@@ -47,7 +47,9 @@ def _timestamp(created: float) -> str:
 _json = json.JSONEncoder(default=str)
 
 
-class JSONFormatter(logging.Formatter):
+class _LineFormatter(logging.Formatter):
+    """A record's line from its values (``line``), which ``access`` also calls without one."""
+
     def format(self, record: logging.LogRecord) -> str:
         exception = self.formatException(record.exc_info) if record.exc_info else None
         return self.line(
@@ -55,6 +57,14 @@ class JSONFormatter(logging.Formatter):
             getattr(record, "fields", {}), exception,
         )  # fmt: skip
 
+    @staticmethod
+    def line(
+        created: float, level: str, msg: str, fields: dict[str, Any], exception: str | None = None
+    ) -> str:
+        raise NotImplementedError
+
+
+class JSONFormatter(_LineFormatter):
     @staticmethod
     def line(
         created: float, level: str, msg: str, fields: dict[str, Any], exception: str | None = None
@@ -126,16 +136,9 @@ def _bare_pairs(fields: dict[str, Any]) -> list[str] | None:
     return None
 
 
-class TextFormatter(logging.Formatter):
+class TextFormatter(_LineFormatter):
     """logfmt (``key=value``, the format Loki, Vector and Grafana parse): time, level and msg
     first, then the event's fields; fields without a value are left out."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        exception = self.formatException(record.exc_info) if record.exc_info else None
-        return self.line(
-            record.created, record.levelname.lower(), record.getMessage(),
-            getattr(record, "fields", {}), exception,
-        )  # fmt: skip
 
     @staticmethod
     def line(
