@@ -103,39 +103,6 @@ def logfmt_value(value: object) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def _bare_pairs(fields: dict[str, Any]) -> list[str] | None:
-    """``key=value`` for each field that has a value, when every value is bare (numbers,
-    booleans, and text that ``logfmt_value`` leaves as it is: an access line's usual case),
-    with the text checked all at once rather than a value at a time; None (and nothing
-    checked further) at the first value of another kind, or when some text needs quoting."""
-    pairs: list[str] = []
-    texts: list[str] = []
-    for key, value in fields.items():
-        kind = type(value)
-        if kind is str or isinstance(value, str):
-            value = value if kind is str else str(value)  # a StrEnum: its value
-            if not value:
-                return None
-            texts.append(value)
-        elif kind is bool:
-            value = "true" if value else "false"
-        elif value is None:
-            continue
-        elif kind is not int and kind is not float:
-            return None
-        pairs.append(f"{key}={value}")
-    text = "".join(texts)
-    if (
-        text.isprintable()
-        and " " not in text
-        and "=" not in text
-        and '"' not in text
-        and "\\" not in text
-    ):
-        return pairs
-    return None
-
-
 class TextFormatter(_LineFormatter):
     """logfmt (``key=value``, the format Loki, Vector and Grafana parse): time, level and msg
     first, then the event's fields; fields without a value are left out."""
@@ -150,7 +117,7 @@ class TextFormatter(_LineFormatter):
             f"level={logfmt_value(level)}",
             f"msg={logfmt_value(msg)}",
         ]
-        pairs += _bare_pairs(fields) or [
+        pairs += [
             f"{key}={logfmt_value(value)}" for key, value in fields.items() if value is not None
         ]
         if exception is not None:

@@ -14,7 +14,6 @@ from mtlsproxy import logs
 from mtlsproxy.config.model import LogFormat, LogSettings
 from mtlsproxy.engine.events import HandshakeComplete, HandshakeTimings
 from mtlsproxy.logs import JSONFormatter, TextFormatter, logfmt_value
-from mtlsproxy.vocabulary.failures import Step
 
 # A logfmt pair: key=bare or key="quoted with \\ escapes".
 PAIR = re.compile(r'([a-z_0-9]+)=("(?:[^"\\]|\\.)*"|[^ "=]+)')
@@ -109,16 +108,3 @@ def test_the_access_line_written_directly_is_the_logged_line(
     assert first == second == logged.getvalue().rstrip("\n")
     assert "time=2023-11-14T22:13:20.250Z" in first or '"2023-11-14T22:13:20.250Z"' in first
     assert "duration_ms" in first and "1.234" in first
-
-
-def test_bare_values_are_formatted_as_logfmt_value_formats_them() -> None:
-    """The access line's shortcut (every value checked at once) writes what ``logfmt_value``
-    writes, and gives way to it whenever one value is not bare."""
-    fields = {
-        "a": "127.0.0.1:443", "b": True, "c": False, "d": 0, "e": 12.5, "f": None,
-        "g": Step.CLIENT_VERIFY, "h": "spiffe://example.org/ns/a", "i": 1e-07,
-    }  # fmt: skip
-    expected = [f"{k}={logfmt_value(v)}" for k, v in fields.items() if v is not None]
-    assert logs._bare_pairs(fields) == expected
-    for other in ("", "a b", "x=y", 'a"b', "back\\slash", "tab\there", ("l", "t"), object()):
-        assert logs._bare_pairs({**fields, "z": other}) is None
