@@ -36,7 +36,6 @@ import argparse
 import multiprocessing as mp
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -57,6 +56,7 @@ from procs import (  # bench/procs.py
     pin_servers,
     print_header,
     print_table,
+    serve_until_stopped,
     write_samples,
 )
 
@@ -160,13 +160,7 @@ def _serve(kind: str, directory: str, mode: str, version: str) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(Sink, "127.0.0.1", 0, ssl=context, backlog=1024)
-        port = server.sockets[0].getsockname()[1]
-        print(f"listening on 127.0.0.1:{port}", file=sys.stderr, flush=True)
-        stop = asyncio.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
-        server.close()
+        await serve_until_stopped(server)
 
     try:
         import uvloop
@@ -331,8 +325,9 @@ def connect(port: int, timeout: float) -> socket.socket:
 def _handshake_worker(
     directory: str, setup: Setup, port: int, start: float, end: float, conn, resume: bool = False
 ):
-    """``resume``: each connection offers the session (ticket) of the one before it."""
-    context = client_context(Path(directory), setup)
+    """``resume``: each connection offers the session (ticket) of the one before it. A setup
+    of mode ``plain`` (bench/l4_floor.py) opens plain TCP connections: no TLS at all."""
+    context = None if setup.mode == "plain" else client_context(Path(directory), setup)
     ok = errors = reused = 0
     first_error = ""
     session = None
@@ -341,15 +336,20 @@ def _handshake_worker(
     cpu0 = time.process_time()
     while time.time() < end:
         try:
-            with (
-                connect(port, timeout=10) as raw,
-                context.wrap_socket(raw, server_hostname="localhost", session=session) as tls,
-            ):
-                tls.sendall(b"E")
-                if tls.recv(1) != b"E":
-                    raise ConnectionError("no echo")
-                reused += tls.session_reused
-                session = tls.session if resume else None
+            with connect(port, timeout=10) as raw:
+                if context is None:
+                    raw.sendall(b"E")
+                    if raw.recv(1) != b"E":
+                        raise ConnectionError("no echo")
+                else:
+                    with context.wrap_socket(
+                        raw, server_hostname="localhost", session=session
+                    ) as tls:
+                        tls.sendall(b"E")
+                        if tls.recv(1) != b"E":
+                            raise ConnectionError("no echo")
+                        reused += tls.session_reused
+                        session = tls.session if resume else None
             ok += 1
         except (OSError, ssl.SSLError) as exc:
             errors += 1

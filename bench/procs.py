@@ -3,6 +3,7 @@ stopped by PID, their memory read from /proc; the tables. Shared by the bench sc
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -74,6 +75,19 @@ def write_samples(path: str | None, command: str, samples: dict) -> None:
     """``--json FILE``: every sample and the command line."""
     if path:
         Path(path).write_text(json.dumps({"command": command, "samples": samples}, indent=2) + "\n")
+
+
+async def serve_until_stopped(server: asyncio.Server) -> None:
+    """A bench server started by ``Process``: says its port (the line ``Process`` waits for),
+    serves until SIGTERM or SIGINT, then closes."""
+    port = server.sockets[0].getsockname()[1]
+    print(f"listening on 127.0.0.1:{port}", file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    server.close()
 
 
 def free_port() -> int:

@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,41 +28,67 @@ access_log = logging.getLogger("mtlsproxy.access")  # propagates to the "mtlspro
 _second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
 
 
-def _timestamp(record: logging.LogRecord) -> str:
-    """RFC 3339 UTC with milliseconds, the form collectors parse without configuration. The
-    seconds' text is formatted once a second, not once a line (an access line a connection);
-    the pair is replaced whole, so a thread never reads one second's text for another."""
+def _timestamp(created: float) -> str:
+    """RFC 3339 UTC with milliseconds, the form collectors parse without configuration, of
+    ``created`` (``LogRecord.created``: Unix time; the milliseconds truncated, as the record's
+    ``msecs``). The seconds' text is formatted once a second, not once a line (an access line a
+    connection); the pair is replaced whole, so a thread never reads one second's text for
+    another."""
     global _second
     whole, text = _second
-    if whole != int(record.created):
-        whole = int(record.created)
+    if whole != int(created):
+        whole = int(created)
         text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
         _second = (whole, text)
-    return f"{text}.{int(record.msecs):03d}Z"
+    return f"{text}.{int((created - whole) * 1000):03d}Z"
 
 
-class JSONFormatter(logging.Formatter):
+# One encoder for every line: ``json.dumps(..., default=str)`` builds a new one per call.
+_json = json.JSONEncoder(default=str)
+
+
+class _LineFormatter(logging.Formatter):
+    """A record's line from its values (``line``), which ``access`` also calls without one."""
+
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "time": _timestamp(record),
-            "level": record.levelname.lower(),
-            "msg": record.getMessage(),
-        }
-        line.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        exception = self.formatException(record.exc_info) if record.exc_info else None
+        return self.line(
+            record.created, record.levelname.lower(), record.getMessage(),
+            getattr(record, "fields", {}), exception,
+        )  # fmt: skip
+
+    @staticmethod
+    def line(
+        created: float, level: str, msg: str, fields: dict[str, Any], exception: str | None = None
+    ) -> str:
+        raise NotImplementedError
+
+
+class JSONFormatter(_LineFormatter):
+    @staticmethod
+    def line(
+        created: float, level: str, msg: str, fields: dict[str, Any], exception: str | None = None
+    ) -> str:
+        """The line of a record with these values (``format``; ``access`` without a record)."""
+        line: dict[str, Any] = {"time": _timestamp(created), "level": level, "msg": msg}
+        line.update(fields)
+        if exception is not None:
+            line["exception"] = exception
+        return _json.encode(line)
 
 
 def logfmt_value(value: object) -> str:
     r"""One logfmt value: bare when it is a plain token, else double-quoted with ``\``, ``"``
     and control characters escaped, so a value can never forge another key or line. A
     sequence is comma-joined, a boolean is ``true``/``false``."""
-    if isinstance(value, bool):
+    kind = type(value)
+    if kind is int or kind is float:  # most fields of an access line; never quoted
+        return str(value)
+    if kind is bool:
         return "true" if value else "false"
     if isinstance(value, (list, tuple, set, frozenset)):
         value = ",".join(str(item) for item in value)
-    text = str(value)
+    text = value if kind is str else str(value)
     # str.isprintable is all(c.isprintable() for c in text), in C: the four `in` tests and it
     # cost a fraction of a generator over the characters, for each field of each line.
     if (
@@ -76,23 +103,35 @@ def logfmt_value(value: object) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-class TextFormatter(logging.Formatter):
+class TextFormatter(_LineFormatter):
     """logfmt (``key=value``, the format Loki, Vector and Grafana parse): time, level and msg
     first, then the event's fields; fields without a value are left out."""
 
-    def format(self, record: logging.LogRecord) -> str:
+    @staticmethod
+    def line(
+        created: float, level: str, msg: str, fields: dict[str, Any], exception: str | None = None
+    ) -> str:
+        """The line of a record with these values (``format``; ``access`` without a record)."""
         pairs = [
-            ("time", _timestamp(record)),
-            ("level", record.levelname.lower()),
-            ("msg", record.getMessage()),
+            f"time={_timestamp(created)}",
+            f"level={logfmt_value(level)}",
+            f"msg={logfmt_value(msg)}",
         ]
-        pairs += [(k, v) for k, v in getattr(record, "fields", {}).items() if v is not None]
-        if record.exc_info:
-            pairs.append(("exception", self.formatException(record.exc_info)))
-        return " ".join(f"{key}={logfmt_value(value)}" for key, value in pairs)
+        pairs += [
+            f"{key}={logfmt_value(value)}" for key, value in fields.items() if value is not None
+        ]
+        if exception is not None:
+            pairs.append(f"exception={logfmt_value(exception)}")
+        return " ".join(pairs)
+
+
+# The handler ``configure`` installed and its formatter's ``line``: the access line is written
+# to it without a LogRecord, the Logger's and the Handler's calls (``access``).
+_direct: tuple[logging.StreamHandler[Any], Callable[..., str]] | None = None
 
 
 def configure(settings: LogSettings) -> None:
+    global _direct
     # Our lines carry no process, thread or process-name fields: not looking them up saves a
     # third of the cost of a LogRecord (an access line per connection).
     logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
@@ -104,6 +143,7 @@ def configure(settings: LogSettings) -> None:
     log.propagate = False
     # The access log is info-level facts: on with log.access whatever log.level says.
     access_log.setLevel(logging.INFO if settings.access else logging.CRITICAL)
+    _direct = (handler, formatter.line)
 
 
 def event(level: int, message: str, **fields: Any) -> None:
@@ -123,11 +163,18 @@ def _identity_fields(identity: PeerIdentity | None) -> dict[str, Any]:
     }
 
 
+# ``_timing_fields``' keys, made once rather than per line.
+_TIMING_KEYS = {
+    name: f"{name}_ms"
+    for name in ("client_hello", "server_flight", "client_flight", "verify", "total")
+}
+
+
 def _timing_fields(outcome: HandshakeComplete | HandshakeFailed) -> dict[str, float]:
-    return {f"{k}_ms": round(v * 1000, 3) for k, v in outcome.timings.as_dict().items()}
+    return {_TIMING_KEYS[k]: round(v * 1000, 3) for k, v in outcome.timings.as_dict().items()}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AccessRecord:
     """What the access log says about one connection, at close."""
 
@@ -166,12 +213,47 @@ def access(record: AccessRecord) -> None:
             version=outcome.version,
         )  # fmt: skip
     if outcome is not None:
-        fields.update(_identity_fields(outcome.identity), **_timing_fields(outcome))
+        if outcome.identity is not None:
+            fields.update(_identity_fields(outcome.identity))
+        fields.update(_timing_fields(outcome))
     fields.update(
         bytes_in=record.bytes_in, bytes_out=record.bytes_out,
         duration_ms=round(record.duration * 1000, 3), end=record.end, upstream=record.upstream,
     )  # fmt: skip
-    access_log.info("access", extra={"fields": fields})
+    if not _write_direct(fields):
+        access_log.info("access", extra={"fields": fields})
+
+
+def _write_direct(fields: dict[str, Any]) -> bool:
+    """Write the access line straight to the handler ``configure`` installed, as it would
+    have written it: the same line from the same formatter, under the handler's lock. Only
+    while that handler is the one place the line would go and nothing filters it (a test's
+    capture handler, a filter: false, and the caller logs it the usual way). A LogRecord and
+    the calls through Logger and Handler were most of the line's cost, once a connection."""
+    if _direct is None:
+        return False
+    handler, line = _direct
+    handlers = log.handlers
+    if (
+        len(handlers) != 1
+        or handlers[0] is not handler
+        or access_log.handlers
+        or access_log.filters
+        or access_log.disabled
+        or log.filters
+        or log.disabled
+        or handler.filters
+        or handler.level > logging.INFO
+    ):
+        return False
+    text = line(time.time(), "info", "access", fields) + handler.terminator
+    with handler.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+        try:
+            handler.stream.write(text)
+            handler.flush()
+        except Exception:  # as Handler.emit: a failing stream is reported, never raised
+            handler.handleError(logging.makeLogRecord({"msg": "access", "fields": fields}))
+    return True
 
 
 def tracer(listener: str, peer: str) -> Tracer | None:

@@ -44,11 +44,16 @@ class Metrics:
     so that tests running several proxies in one process do not add up)."""
 
     def __init__(self, engine: str = "openssl") -> None:
-        # The labelled series observe_handshake touches, by metric and label values: a
-        # ``labels()`` call validates and converts its values and takes the metric's lock (a
-        # dozen of them per handshake were ~5 % of the proxy's CPU per connection). The values
-        # are bounded (see the module docstring), and these series are never removed.
+        # The labelled series observe_handshake and observe_upstream_connect touch, by metric and
+        # label values: a ``labels()`` call validates and converts its values and takes the
+        # metric's lock (a dozen of them per handshake were ~5 % of the proxy's CPU per
+        # connection). The values are bounded (see the module docstring), and these series are
+        # never removed.
         self._series: dict[tuple[object, ...], Any] = {}
+        # The same, a lookup for all the series one admitted handshake counts (by its labels'
+        # values), and the phase histograms by listener and phase: no key tuple per series.
+        self._admitted: dict[tuple[object, ...], tuple[Any, ...]] = {}
+        self._phases: dict[str, dict[str, Any]] = {}
         self.registry = registry = CollectorRegistry()
         # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds...
         ProcessCollector(registry=registry)
@@ -214,23 +219,40 @@ class Metrics:
             child = self._series[key] = metric.labels(*labels)
         return child
 
+    def observe_upstream_connect(self, listener: str, route: str, seconds: float) -> None:
+        self._child(self.upstream_connect_duration, listener, route).observe(seconds)
+
     def observe_handshake(
         self, listener: str, event: HandshakeComplete | HandshakeFailed, now: float
     ) -> None:
         """Count one finished handshake. ``now`` is Unix time, for remaining validity."""
         child = self._child
+        phases = self._phases.get(listener)
+        if phases is None:
+            phases = self._phases[listener] = {}
         for phase, seconds in event.timings.as_dict().items():
-            child(self.handshake_duration, listener, phase).observe(seconds)
+            series = phases.get(phase)
+            if series is None:
+                series = phases[phase] = child(self.handshake_duration, listener, phase)
+            series.observe(seconds)
         route = event.route or "none"
         if isinstance(event, HandshakeComplete):
             refusal = event.would_refuse
             step, reason = (refusal.step, refusal.reason) if refusal else (OK, OK)
-            child(self.handshakes, listener, route, event.result, step, reason).inc()
-            child(self.tls_sessions, listener, event.version, event.cipher).inc()
+            presented, verified = event.client_certificate_presented, event.verified
+            key = (listener, route, event.result, step, reason, event.version, event.cipher,
+                   presented, verified)  # fmt: skip
+            counted = self._admitted.get(key)
+            if counted is None:
+                counted = self._admitted[key] = (
+                    child(self.handshakes, listener, route, event.result, step, reason),
+                    child(self.tls_sessions, listener, event.version, event.cipher),
+                    child(self.client_auth, listener, _bool(presented), _bool(verified)),
+                )
+            for series in counted:
+                series.inc()
             if event.session_reused:
                 child(self.resumed_sessions, listener).inc()
-            presented = event.client_certificate_presented
-            child(self.client_auth, listener, _bool(presented), _bool(event.verified)).inc()
             if event.identity is not None:
                 remaining = event.identity.not_after.timestamp() - now
                 child(self.client_certificate_remaining, listener).observe(remaining)

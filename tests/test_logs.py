@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
+import time
 
 import pytest
 
+from mtlsproxy import logs
+from mtlsproxy.config.model import LogFormat, LogSettings
+from mtlsproxy.engine.events import HandshakeComplete, HandshakeTimings
 from mtlsproxy.logs import JSONFormatter, TextFormatter, logfmt_value
 
 # A logfmt pair: key=bare or key="quoted with \\ escapes".
@@ -66,3 +71,40 @@ def test_json_lines_keep_their_shape() -> None:
     line = json.loads(JSONFormatter().format(record("m", alpn=None, route="r")))
     assert line["msg"] == "m" and line["alpn"] is None and line["route"] == "r"
     assert line["time"].endswith("Z")
+
+
+def access_record() -> logs.AccessRecord:
+    timings = HandshakeTimings(0.0001, 0.0003, 0.0004, 0.0005, 0.00071)
+    outcome = HandshakeComplete(
+        route="default", version="TLSv1.3", cipher="TLS_AES_128_GCM_SHA256", alpn=None,
+        client_certificate_presented=False, identity=None, session_reused=False, timings=timings,
+    )  # fmt: skip
+    return logs.AccessRecord(
+        listener="api", engine="native", peer="127.0.0.1:4000", sni='a "b"', outcome=outcome,
+        bytes_in=1, bytes_out=2, duration=0.0012345, end="closed", upstream=None,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("form", [LogFormat.TEXT, LogFormat.JSON])
+def test_the_access_line_written_directly_is_the_logged_line(
+    form: LogFormat, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``access`` writes its line without a LogRecord to the handler ``configure`` installed;
+    with another handler there, it logs the usual way: both lines are the same."""
+    monkeypatch.setattr(logs, "_direct", None)
+    monkeypatch.setattr(logs.log, "handlers", [])  # configure's handler is dropped after
+    monkeypatch.setattr(time, "time", lambda: 1700000000.25)
+    logs.configure(LogSettings(format=form))
+    direct, logged = io.StringIO(), io.StringIO()
+    handler = logs.log.handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(direct)
+    logs.access(access_record())
+    other = logging.StreamHandler(logged)
+    other.setFormatter(handler.formatter)
+    logs.log.addHandler(other)  # a second place for the line: the usual way, to both
+    logs.access(access_record())
+    first, second = direct.getvalue().splitlines()
+    assert first == second == logged.getvalue().rstrip("\n")
+    assert "time=2023-11-14T22:13:20.250Z" in first or '"2023-11-14T22:13:20.250Z"' in first
+    assert "duration_ms" in first and "1.234" in first

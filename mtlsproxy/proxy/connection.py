@@ -2,9 +2,10 @@
 
 Flow control couples the two sides (uvicorn ``FlowControl``, mitmproxy ``drain_writers``): when
 one side's write buffer passes ``limits.buffer_size`` the other side stops being read, so memory
-per connection stays bounded whatever the peers do. Reading the client also stops while the
-upstream connects and, in HTTP mode, while an Upgrade or a refusal waits for the upstream; each
-of those is a separate cause in a ``flow.ReadGate``, so one ending never undoes another.
+per connection stays bounded whatever the peers do. Reading the client also stops once what it
+sent while the upstream connects passes ``limits.buffer_size`` and, in HTTP mode, while an
+Upgrade or a refusal waits for the upstream; each of those is a separate cause in a
+``flow.ReadGate``, so one ending never undoes another.
 What the engine answers to the client's own records (KeyUpdate replies, alerts) is bounded
 the same way: a client whose records were answered into its full write buffer is not read
 until that buffer drains.
@@ -44,6 +45,7 @@ from mtlsproxy.engine.events import (
     ProtocolError,
 )
 from mtlsproxy.engine.interface import Engine
+from mtlsproxy.engine.selecting import SelectingEngine
 from mtlsproxy.forwarding.http.local import RequestRefusal
 from mtlsproxy.forwarding.http.request import HTTPRefused
 from mtlsproxy.forwarding.http2.bridge import Http2Bridge
@@ -51,7 +53,7 @@ from mtlsproxy.forwarding.http2.faults import Http2Fault
 from mtlsproxy.forwarding.plan import PASSTHROUGH, plan
 from mtlsproxy.proxy.flow import Pause, ReadGate
 from mtlsproxy.proxy.http1_pool import Http1Pool
-from mtlsproxy.proxy.upstream import open_upstream
+from mtlsproxy.proxy.upstream import connecting
 from mtlsproxy.proxy.upstream import upstream_error_reason as _upstream_error_reason
 from mtlsproxy.vocabulary.failures import Reason
 
@@ -170,9 +172,9 @@ class ClientConnection(asyncio.Protocol):
         "_upstream_task",
     )
 
-    def __init__(self, runtime: ListenerView) -> None:
+    def __init__(self, runtime: ListenerView, loop: asyncio.AbstractEventLoop) -> None:
         self._runtime = runtime
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop
         self._transport: asyncio.Transport | None = None
         self._engine: Engine | None = None
         self._peer = "-"
@@ -249,7 +251,8 @@ class ClientConnection(asyncio.Protocol):
         clock = time.perf_counter
         started = began = clock()
         while self._unfed and self._end is None:
-            if self._client_reading.holds(Pause.CLIENT_WRITE_FULL):
+            gate = self._client_reading
+            if gate.causes and gate.holds(Pause.CLIENT_WRITE_FULL):
                 return
             data, size = self._unfed, self._slice
             piece, self._unfed = (data, b"") if len(data) <= size else (data[:size], data[size:])
@@ -257,8 +260,10 @@ class ClientConnection(asyncio.Protocol):
             self._handle(engine.receive(piece))
             now = clock()
             spent = now - began
-            fitting = len(piece) * FEED_BUDGET / spent if spent > 0 else MAX_SLICE
-            self._slice = int(min(MAX_SLICE, max(MIN_SLICE, fitting)))
+            fitting = int(len(piece) * FEED_BUDGET / spent) if spent > 0 else MAX_SLICE
+            self._slice = (
+                MIN_SLICE if fitting < MIN_SLICE else MAX_SLICE if fitting > MAX_SLICE else fitting
+            )
             if self._end is not None:
                 return
             if self._answered != answered:
@@ -271,7 +276,8 @@ class ClientConnection(asyncio.Protocol):
         if self._eof_pending and self._end is None:
             self._eof_pending = False
             self._handle(engine.receive_eof())
-        self._client_reading.resume(Pause.FEEDING)
+        if self._client_reading.causes:
+            self._client_reading.resume(Pause.FEEDING)
 
     def _pause_if_answers_pile_up(self) -> None:
         """Stop reading a client whose records were just answered (KeyUpdate replies, alerts)
@@ -312,7 +318,7 @@ class ClientConnection(asyncio.Protocol):
                 bytes_in=self._bytes_in,
                 bytes_out=self._bytes_out,
                 duration=self._ended_at - self._opened,
-                end=self._end.value,
+                end=self._end,  # a StrEnum: its value, without the enum's property call
                 upstream=self._upstream_address,
             )
             self._runtime.observe_connection(record)
@@ -373,6 +379,10 @@ class ClientConnection(asyncio.Protocol):
 
     def _on_handshake_complete(self, event: HandshakeComplete) -> None:
         self._outcome = event
+        if isinstance(self._engine, SelectingEngine) and self._engine.chosen is not None:
+            # From here on the selecting engine only passes every call through to the engine
+            # it chose: the data path calls that one, two calls fewer a record each way.
+            self._engine = self._engine.chosen
         self._cancel_timer()
         self._runtime.handshake_done(self, completed=True)
         self._runtime.observe_handshake(self._peer, self._hello, event)
@@ -388,8 +398,9 @@ class ClientConnection(asyncio.Protocol):
                 self._runtime.limits, time.monotonic,
             )  # fmt: skip
         self._hello = None
-        # Nothing more is read from the client until the upstream is there to take it.
-        self._client_reading.pause(Pause.CONNECTING)
+        # What the client sends meanwhile waits for the upstream (``_to_upstream``); the
+        # client is not paused up front: a pause and a resume per connection cost two
+        # event-loop calls and two epoll changes, and most clients send one request first.
         self._upstream_task = self._loop.create_task(self._connect_upstream(route))
         self._timer = self._loop.call_later(self._runtime.timeouts.connect, self._timer_fired)
 
@@ -424,54 +435,69 @@ class ClientConnection(asyncio.Protocol):
     # Upstream side
 
     async def _connect_upstream(self, route: ServerRoute) -> None:
-        try:
-            await self._do_connect_upstream(route)
-        except Exception:  # a bug must end this connection, not leave it hanging
-            logs.log.exception("internal error while connecting upstream", extra={"fields": {}})
-            self._abort(EndReason.INTERNAL_ERROR)
-
-    async def _do_connect_upstream(self, route: ServerRoute) -> None:
-        runtime = self._runtime
+        """The upstream connect (the connection's one task), and what follows its outcome.
+        The deadline is the connection's timer (``_timer_fired``), not a timeout context of
+        its own: one timer per connection."""
         started = self._loop.time()
         try:
             try:
-                # The deadline is the connection's timer (``_timer_fired``), not a timeout
-                # context of its own: one timer per connection.
                 gateway = self._forwarding.gateway
                 if gateway is not None:  # h2-to-http/1.1: a connection per stream, later
                     transport = cast(
                         asyncio.Transport,
-                        Http1Pool(self._loop, route, gateway, self, runtime),
+                        Http1Pool(self._loop, route, gateway, self, self._runtime),
                     )
                 else:
-                    transport = await open_upstream(self._loop, route.config.upstream, self)
+                    connected, _ = await connecting(self._loop, route.config.upstream, self)
+                    transport = cast(asyncio.Transport, connected)  # uvloop's: no subclass
             except asyncio.CancelledError:
                 if not self._connect_expired:
                     raise  # the connection ended
                 cast("asyncio.Task[None]", asyncio.current_task()).uncancel()
-                raise TimeoutError(f"no connection within {runtime.timeouts.connect:g} s") from None
-        except (OSError, TimeoutError) as exc:
-            reason = _upstream_error_reason(exc)
-            runtime.observe_upstream_error(route.name, reason)
-            logs.event(
-                logging.WARNING,
-                f"upstream {route.config.upstream} unavailable: {reason}",
-                listener=runtime.name,
-                route=route.name,
-                peer=self._peer,
-                error=str(exc),
-            )
-            if self._forwarding.speaks_http and self._engine is not None:
-                # As an HTTP proxy answers: 504 when the connect timed out, else 502.
-                timeout = reason == "connect_timeout"
-                self._engine.send(_gateway_error(504 if timeout else 502))
-            self._finish(EndReason.UPSTREAM_UNAVAILABLE)
-            return
+                seconds = self._runtime.timeouts.connect
+                self._upstream_unavailable(
+                    route, TimeoutError(f"no connection within {seconds:g} s")
+                )
+            except OSError as exc:
+                self._upstream_unavailable(route, exc)
+            else:
+                self._upstream_connected(route, transport, started)
+        except Exception:  # a bug must end this connection, not leave it hanging
+            logs.log.exception("internal error while connecting upstream", extra={"fields": {}})
+            self._abort(EndReason.INTERNAL_ERROR)
+
+    def _upstream_unavailable(self, route: ServerRoute, exc: OSError) -> None:
+        runtime = self._runtime
+        reason = _upstream_error_reason(exc)
+        runtime.observe_upstream_error(route.name, reason)
+        logs.event(
+            logging.WARNING,
+            f"upstream {route.config.upstream} unavailable: {reason}",
+            listener=runtime.name,
+            route=route.name,
+            peer=self._peer,
+            error=str(exc),
+        )
+        if self._forwarding.speaks_http and self._engine is not None:
+            # As an HTTP proxy answers: 504 when the connect timed out, else 502.
+            timeout = reason == "connect_timeout"
+            self._engine.send(_gateway_error(504 if timeout else 502))
+        self._finish(EndReason.UPSTREAM_UNAVAILABLE)
+
+    def _upstream_connected(
+        self, route: ServerRoute, transport: asyncio.Transport, started: float
+    ) -> None:
         if self._end is not None:
             transport.close()
             return
-        self._cancel_timer()
-        self._schedule_idle_check()
+        runtime = self._runtime
+        # The connect's deadline stays the connection's one timer: when it passes,
+        # ``_timer_fired`` checks for idleness and sets the next deadline from the last
+        # activity (a timer fewer per connection). Only an idle timeout shorter than the
+        # connect's needs its deadline now.
+        if runtime.timeouts.idle < runtime.timeouts.connect:
+            self._cancel_timer()
+            self._schedule_idle_check()
         self._upstream_task = None  # done: an idle connection does not keep the task
         runtime.observe_upstream_connect(route.name, self._loop.time() - started)
         transport.set_write_buffer_limits(high=runtime.limits.buffer_size)
@@ -493,8 +519,14 @@ class ClientConnection(asyncio.Protocol):
         self._bytes_in += len(data)
         if self._bytes_in - self._counted_in >= COUNT_EVERY:
             self._count_bytes()
-        if self._upstream is None:
+        upstream = self._upstream
+        if upstream is None:
             self._early_data.append(data)
+            # All it sent so far waits here: at most buffer_size and one read.
+            if self._bytes_in > self._runtime.limits.buffer_size:
+                self._client_reading.pause(Pause.CONNECTING)
+        elif self._forwarding.passthrough:  # the common case, without a call more
+            upstream.write(data)
         else:
             self._write_upstream(data)
 
@@ -587,9 +619,10 @@ class ClientConnection(asyncio.Protocol):
 
     def upstream_data(self, data: bytes) -> None:
         """UpstreamOwner: the upstream sent ``data`` for the client."""
-        if self._end is not None or self._engine is None:
+        engine = self._engine
+        if self._end is not None or engine is None:
             return
-        if not self._engine.handshake_complete:
+        if not engine.handshake_complete:
             # The TLS session ended under us (the client's EOF without close_notify is fatal
             # to OpenSSL 3, an alert, a protocol error): nothing more can reach the client.
             self._finish(EndReason.CLIENT_GONE)
@@ -598,13 +631,14 @@ class ClientConnection(asyncio.Protocol):
         self._bytes_out += len(data)
         if self._bytes_out - self._counted_out >= COUNT_EVERY:
             self._count_bytes()
-        if self._forwarding.http2 is not None:
-            self._forwarding.http2.receive_upstream(data)
-            self._exchange_http2(self._forwarding.http2)
+        forwarding = self._forwarding
+        if forwarding.http2 is not None:
+            forwarding.http2.receive_upstream(data)
+            self._exchange_http2(forwarding.http2)
             return
-        self._engine.send(data)
+        engine.send(data)
         self._flush()
-        if not self._forwarding.passthrough:
+        if not forwarding.passthrough:
             self._observe_response(data)
 
     def _exchange_http2(self, bridge: Http2Bridge) -> None:

@@ -1,11 +1,12 @@
 """Flow control for one proxied connection: reading a side stops while any reason to stop holds.
 
-Several independent causes stop the proxy reading the client. The upstream is not connected
-yet; the upstream's write buffer is full (backpressure, as uvicorn's ``FlowControl``); in HTTP
-mode, an Upgrade request waits for the upstream's answer while the rewriter holds what follows
-it; a refused request waits for the upstream to answer the requests before it. Each cause
-starts and ends on its own schedule, so with one paused flag the end of one would undo another:
-the upstream draining its buffer would resume reading a client whose Upgrade is unanswered.
+Several independent causes stop the proxy reading the client. What it sent before the upstream
+connected passed the buffer size; the upstream's write buffer is full (backpressure, as
+uvicorn's ``FlowControl``); in HTTP mode, an Upgrade request waits for the upstream's answer
+while the rewriter holds what follows it; a refused request waits for the upstream to answer
+the requests before it. Each cause starts and ends on its own schedule, so with one paused
+flag the end of one would undo another: the upstream draining its buffer would resume reading
+a client whose Upgrade is unanswered.
 ``ReadGate`` keeps the set of causes and touches the transport only when the set goes from
 empty to not empty and back.
 
@@ -32,7 +33,8 @@ from typing import Protocol
 class Pause(enum.Enum):
     """Why a side is not being read."""
 
-    CONNECTING = "connecting"  # the client: the upstream is not connected yet
+    # the client: what it sent before the upstream connected passed limits.buffer_size
+    CONNECTING = "connecting"
     UPSTREAM_FULL = "upstream_full"  # the client: the upstream's write buffer is full
     UPGRADE_PENDING = "upgrade_pending"  # the client: HTTP bytes after an Upgrade are held
     REFUSED = "refused"  # the client: a refused request waits for the answers before it
@@ -57,40 +59,42 @@ class ReadGate:
     that is closing is left alone.
     """
 
-    __slots__ = ("_causes", "_transport")
+    __slots__ = ("_transport", "causes")
 
     def __init__(self) -> None:
         self._transport: Readable | None = None
         # A tuple, not a set: at most a few causes hold at once, an empty set is 216 bytes
         # (two gates a connection) where the empty tuple is shared, and ``in`` on a tuple
-        # compares identities before it would hash an Enum (a Python-level __hash__).
-        self._causes: tuple[Pause, ...] = ()
+        # compares identities before it would hash an Enum (a Python-level __hash__). Set
+        # only here; the data path tests it (empty: nothing holds) before it calls ``holds``
+        # or ``resume``, a call fewer a read in the usual case.
+        self.causes: tuple[Pause, ...] = ()
 
     def attach(self, transport: Readable) -> None:
         self._transport = transport
-        if self._causes:
+        if self.causes:
             self._set(paused=True)
 
     @property
     def paused(self) -> bool:
-        return bool(self._causes)
+        return bool(self.causes)
 
     def holds(self, cause: Pause) -> bool:
-        return cause in self._causes
+        return cause in self.causes
 
     def pause(self, cause: Pause) -> None:
-        if cause in self._causes:
+        if cause in self.causes:
             return
-        self._causes += (cause,)
-        if len(self._causes) == 1:
+        self.causes += (cause,)
+        if len(self.causes) == 1:
             self._set(paused=True)
 
     def resume(self, cause: Pause) -> None:
         """``cause`` no longer holds; reading resumes only if no other does."""
-        if cause not in self._causes:
+        if cause not in self.causes:
             return
-        self._causes = tuple(held for held in self._causes if held is not cause)
-        if not self._causes:
+        self.causes = tuple(held for held in self.causes if held is not cause)
+        if not self.causes:
             self._set(paused=False)
 
     def _set(self, paused: bool) -> None:

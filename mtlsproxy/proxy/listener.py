@@ -7,6 +7,7 @@ import contextlib
 import logging
 import socket
 import time
+from functools import partial
 from pathlib import Path
 
 from cryptography import x509
@@ -100,7 +101,7 @@ class ListenerRuntime:
     async def start(self, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
-            lambda: ClientConnection(self),
+            partial(ClientConnection, self, loop),
             self.config.host,
             self.config.port,
             family=socket.AF_INET6 if ":" in self.config.host else socket.AF_INET,
@@ -223,7 +224,7 @@ class ListenerRuntime:
             logs.access(record)
 
     def observe_upstream_connect(self, route: str, seconds: float) -> None:
-        self.metrics.upstream_connect_duration.labels(self.name, route).observe(seconds)
+        self.metrics.observe_upstream_connect(self.name, route, seconds)
 
     def observe_refused_request(
         self, route: str, peer: str, refusal: RequestRefusal, outcome: HandshakeComplete | None

@@ -3,7 +3,12 @@ undoes another's pause; and the access log's end reasons keep their names."""
 
 from __future__ import annotations
 
-from mtlsproxy.proxy.connection import EndReason
+import asyncio
+from types import SimpleNamespace
+from typing import cast
+
+from mtlsproxy.config.model import Limits
+from mtlsproxy.proxy.connection import ClientConnection, EndReason, ListenerView
 from mtlsproxy.proxy.flow import Pause, ReadGate
 
 
@@ -76,3 +81,20 @@ def test_end_reasons_are_the_access_log_values() -> None:
         "drain_timeout",
         "internal_error",
     }  # fmt: skip
+
+
+def test_what_arrives_before_the_upstream_connected_is_bounded() -> None:
+    """The client is read while the upstream connects (no pause and resume per connection)
+    until what it sent passes ``limits.buffer_size``: then it is paused until the upstream is
+    there (``_upstream_connected`` resumes it)."""
+    runtime = SimpleNamespace(limits=Limits(buffer_size=10))
+    loop = SimpleNamespace(time=lambda: 0.0)
+    connection = ClientConnection(
+        cast(ListenerView, runtime), cast(asyncio.AbstractEventLoop, loop)
+    )
+    transport = FakeTransport()
+    connection._client_reading.attach(transport)
+    connection._to_upstream(b"x" * 10)
+    assert not transport.paused
+    connection._to_upstream(b"y")
+    assert transport.paused and connection._client_reading.holds(Pause.CONNECTING)

@@ -221,6 +221,25 @@ def test_idle_timeout(make_proxy, pki: PkiFiles, upstream: Upstream) -> None:
     assert 0.2 < time.monotonic() - started < 3
 
 
+def test_idle_timeout_longer_than_the_connect_timeout(
+    make_proxy, pki: PkiFiles, upstream: Upstream
+) -> None:
+    """The connect's deadline (2 s) stays the connection's timer once connected: its passing
+    ends nothing, the idle deadline counts from the last byte either way."""
+    proxy = make_proxy("require", idle_timeout="2500ms")
+    client = MemoryClient(pki, proxy.port())
+    client.sock.sendall(client.client_hello())
+    client.finish_handshake()
+    client.send(b"hi")
+    time.sleep(1.5)
+    client.send(b"again")  # past the connect deadline's check, not idle for 2.5 s yet
+    last = time.monotonic()
+    data, clean = client.receive_all()
+    client.close()
+    assert data == b"hiagain" and clean
+    assert 2.2 < time.monotonic() - last < 4.5
+
+
 def test_unix_socket_upstream(make_proxy, pki: PkiFiles, tmp_path) -> None:
     path = tmp_path / "app.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
