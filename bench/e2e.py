@@ -150,6 +150,7 @@ def _serve(kind: str, directory: str, mode: str, version: str) -> None:
         context.options |= (
             ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
         )
+        context.num_tickets = 1  # as the proxy's contexts (mtlsproxy.routing.contexts)
         context.load_cert_chain(d / "server.crt", d / "server.key")
         if mode == "require":
             context.verify_mode = ssl.CERT_REQUIRED
