@@ -5,10 +5,10 @@ which the supervisor sums when scraped (prometheus-client's multiprocess mode, i
 and its ``MultiProcessCollector``). prometheus-client's own writer takes a lock and asks the
 kernel for the process ID on every increment (to notice a ``fork``): 1.3-1.5 us an increment
 and ~3.2 us a histogram observation against ~0.55 and ~1.1 in one process (timeit, this
-machine), with ~15 updates per connection the one cost a second worker adds. A worker is started by ``exec``, never forked after
-its metrics exist, and updates them from its one event-loop thread, so :class:`WorkerValue`
-writes the same files without either: an increment is an addition and a 16-byte store into
-the file's mapping.
+machine), with ~15 updates per connection the one cost a second worker adds. A worker is
+started by ``exec``, never forked after its metrics exist, and updates them from its one
+event-loop thread, so :class:`WorkerValue` writes the same files without either: an
+increment is an addition and a 16-byte store into the file's mapping.
 """
 
 from __future__ import annotations
