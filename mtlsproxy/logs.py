@@ -28,19 +28,20 @@ access_log = logging.getLogger("mtlsproxy.access")  # propagates to the "mtlspro
 _second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
 
 
-def _timestamp(created: float) -> str:
+def _timestamp(created: float, msecs: float) -> str:
     """RFC 3339 UTC with milliseconds, the form collectors parse without configuration, of
-    ``created`` (``LogRecord.created``: Unix time; the milliseconds truncated, as the record's
-    ``msecs``). The seconds' text is formatted once a second, not once a line (an access line a
-    connection); the pair is replaced whole, so a thread never reads one second's text for
-    another."""
+    ``created`` (Unix time) and ``msecs`` (its milliseconds), as a ``LogRecord`` has them:
+    Python 3.13 takes both from ``time.time_ns()``, where the float's own fraction can be a
+    millisecond short. The seconds' text is formatted once a second, not once a line (an access
+    line a connection); the pair is replaced whole, so a thread never reads one second's text
+    for another."""
     global _second
     whole, text = _second
     if whole != int(created):
         whole = int(created)
         text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
         _second = (whole, text)
-    return f"{text}.{int((created - whole) * 1000):03d}Z"
+    return f"{text}.{int(msecs):03d}Z"
 
 
 # One encoder for every line: ``json.dumps(..., default=str)`` builds a new one per call.
@@ -53,13 +54,13 @@ class _LineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         exception = self.formatException(record.exc_info) if record.exc_info else None
         return self.line(
-            record.created, record.levelname.lower(), record.getMessage(),
-            getattr(record, "fields", {}), exception,
+            _timestamp(record.created, record.msecs), record.levelname.lower(),
+            record.getMessage(), getattr(record, "fields", {}), exception,
         )  # fmt: skip
 
     @staticmethod
     def line(
-        created: float, level: str, msg: str, fields: dict[str, Any], exception: str | None = None
+        stamp: str, level: str, msg: str, fields: dict[str, Any], exception: str | None = None
     ) -> str:
         raise NotImplementedError
 
@@ -67,10 +68,10 @@ class _LineFormatter(logging.Formatter):
 class JSONFormatter(_LineFormatter):
     @staticmethod
     def line(
-        created: float, level: str, msg: str, fields: dict[str, Any], exception: str | None = None
+        stamp: str, level: str, msg: str, fields: dict[str, Any], exception: str | None = None
     ) -> str:
         """The line of a record with these values (``format``; ``access`` without a record)."""
-        line: dict[str, Any] = {"time": _timestamp(created), "level": level, "msg": msg}
+        line: dict[str, Any] = {"time": stamp, "level": level, "msg": msg}
         line.update(fields)
         if exception is not None:
             line["exception"] = exception
@@ -109,11 +110,11 @@ class TextFormatter(_LineFormatter):
 
     @staticmethod
     def line(
-        created: float, level: str, msg: str, fields: dict[str, Any], exception: str | None = None
+        stamp: str, level: str, msg: str, fields: dict[str, Any], exception: str | None = None
     ) -> str:
         """The line of a record with these values (``format``; ``access`` without a record)."""
         pairs = [
-            f"time={_timestamp(created)}",
+            f"time={stamp}",
             f"level={logfmt_value(level)}",
             f"msg={logfmt_value(msg)}",
         ]
@@ -246,7 +247,9 @@ def _write_direct(fields: dict[str, Any]) -> bool:
         or handler.level > logging.INFO
     ):
         return False
-    text = line(time.time(), "info", "access", fields) + handler.terminator
+    now = time.time()
+    stamp = _timestamp(now, (now - int(now)) * 1000)  # msecs as LogRecord has them up to 3.12
+    text = line(stamp, "info", "access", fields) + handler.terminator
     with handler.lock:  # type: ignore[union-attr]  # created by Handler.__init__
         try:
             handler.stream.write(text)

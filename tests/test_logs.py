@@ -94,6 +94,7 @@ def test_the_access_line_written_directly_is_the_logged_line(
     monkeypatch.setattr(logs, "_direct", None)
     monkeypatch.setattr(logs.log, "handlers", [])  # configure's handler is dropped after
     monkeypatch.setattr(time, "time", lambda: 1700000000.25)
+    monkeypatch.setattr(time, "time_ns", lambda: 1700000000_250000000)  # LogRecord's, 3.13+
     logs.configure(LogSettings(format=form))
     direct, logged = io.StringIO(), io.StringIO()
     handler = logs.log.handlers[0]
