@@ -359,19 +359,23 @@ class ClientConnection(asyncio.Protocol):
         if out and not self._transport.is_closing():
             self._answered += len(out)
             self._transport.write(out)
-            if not self._quickack_set and not self._engine.handshake_complete:
-                self._ack_the_client_flight_at_once()
+        if not self._quickack_set and self._engine.handshake_complete:
+            # The first flush after the client's Finished: a session ticket, when there is
+            # one, carries the ACK the client waits for; else it is sent at once.
+            self._quickack_set = True
+            if not out:
+                self._ack_the_client_finished_at_once()
 
-    def _ack_the_client_flight_at_once(self) -> None:
-        """After our flight, acknowledge the client's answer without the delayed-ACK wait.
+    def _ack_the_client_finished_at_once(self) -> None:
+        """Acknowledge the client's Finished without the delayed-ACK wait.
 
         A client with Nagle's algorithm on (Python's ssl, many libraries) holds its first
         request until its Finished is acknowledged; with nothing of ours to carry the ACK (no
-        session ticket: none after a refusal in audit mode, none after a resumption that was
-        not issued one) the kernel waits its delayed-ACK time, 40 ms on Linux. Quick-ACK mode
-        for the next segments removes that wait.
+        session ticket: none to a client admitted in audit mode, none from a route that issues
+        none) the kernel waits its delayed-ACK time, 40 ms on Linux. Entering quick-ACK mode
+        sends an ACK that is due at once (Linux's ``TCP_QUICKACK``). Only then: the socket
+        object and the option cost three system calls a connection.
         """
-        self._quickack_set = True
         sock = self._transport.get_extra_info("socket") if self._transport else None
         if sock is not None and hasattr(socket, "TCP_QUICKACK"):
             with contextlib.suppress(OSError):
