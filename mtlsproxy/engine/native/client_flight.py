@@ -122,7 +122,7 @@ def certificate(
     refusal = decision.refusal
     if not decision.admitted and refusal is not None and refusal.step is Step.CLIENT_VERIFY:
         raise Unverified(refusal.to_error())
-    chain = tuple(decoded.chain)
+    chain = decoded.chain
     return ExpectCertificateVerify(negotiated, leaf, chain[0], decision, chain)
 
 
@@ -177,7 +177,8 @@ def finished(
             Alert.UNEXPECTED_MESSAGE,
         )
     schedule.update_transcript(message.raw)
-    note(trace, "<-", "Finished")
+    if trace is not None:
+        note(trace, "<-", "Finished")
     leaf_der, chain = state.client_leaf_der, state.client_chain_der
     if state.resumed is not None:
         # The ticket's whole chain, verified again against now: the CA bundle, CRLs and

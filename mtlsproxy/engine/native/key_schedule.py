@@ -268,6 +268,19 @@ class Transcript:
         self._hash.update(bytes((254, 0, 0, len(client_hello_hash))) + client_hello_hash)
 
 
+def _both_sides(
+    secret: bytes, client_label: bytes, server_label: bytes, transcript_hash: bytes, name: str
+) -> tuple[bytes, bytes]:
+    """Derive-Secret (section 7.1) of the client's and the server's label over one transcript
+    hash: a pair of traffic secrets."""
+    length = len(transcript_hash)
+    tail = transcript_hash + b"\x01"
+    return (
+        _hmac_new(secret, _secret_info_head(client_label, length) + tail, name).digest(),
+        _hmac_new(secret, _secret_info_head(server_label, length) + tail, name).digest(),
+    )
+
+
 class KeyScheduleError(RuntimeError):
     """The key schedule was driven out of order or asked for a secret not yet derived.
 
@@ -415,41 +428,58 @@ class KeySchedule:
 
     def derive_handshake_secrets(self, shared_secret: bytes) -> None:
         """Handshake Secret and ``[cs] hs traffic`` over ClientHello...ServerHello (7.1)."""
-        self._advance(_EARLY)
-        secret = self.handshake_secret = hkdf_extract(
-            self._hash_name, self.derived_early_secret, shared_secret
-        )
-        transcript_hash = self.transcript_hash()
-        self.client_handshake_traffic_secret = self._derive(
-            secret, b"c hs traffic", transcript_hash
-        )
-        self.server_handshake_traffic_secret = self._derive(
-            secret, b"s hs traffic", transcript_hash
+        # Once per handshake each, these methods write out their steps (``_advance``,
+        # ``hkdf_extract``, ``_derive``, ``transcript_hash``) inline: a call per step costs
+        # more than the HMAC it wraps once caches are cold (the client's work runs between
+        # our steps).
+        if self._phase is not _EARLY:
+            self._advance(_EARLY)  # raises
+        self._phase = _HANDSHAKE
+        name = self._hash_name
+        secret = self.handshake_secret = _hmac_new(
+            self.derived_early_secret, shared_secret, name
+        ).digest()  # HKDF-Extract
+        self.client_handshake_traffic_secret, self.server_handshake_traffic_secret = _both_sides(
+            secret, b"c hs traffic", b"s hs traffic", self.transcript._hash.copy().digest(), name
         )
 
     def derive_application_secrets(self) -> None:
         """Master Secret and ``[cs] ap traffic`` over ClientHello...server Finished (section
         7.1; ``exp master`` on first read). Call after adding the server Finished."""
-        self._advance(_HANDSHAKE)
+        if self._phase is not _HANDSHAKE:
+            self._advance(_HANDSHAKE)  # raises
+        self._phase = _APPLICATION
         name = self._hash_name
-        derived = self.derived_handshake_secret = self._derive(
-            self.handshake_secret, b"derived", _empty_hash(name)
-        )
-        master = self.master_secret = hkdf_extract(name, derived, bytes(_HASH_LENGTHS[name]))
-        transcript_hash = self._application_hash = self.transcript_hash()
-        self.client_application_traffic_secret = self._derive(
-            master, b"c ap traffic", transcript_hash
-        )
-        self.server_application_traffic_secret = self._derive(
-            master, b"s ap traffic", transcript_hash
-        )
+        empty = _empty_hash(name)
+        length = len(empty)
+        derived = self.derived_handshake_secret = _hmac_new(
+            self.handshake_secret, _secret_info_head(b"derived", length) + empty + b"\x01", name
+        ).digest()
+        master = self.master_secret = _hmac_new(derived, bytes(length), name).digest()
+        transcript_hash = self._application_hash = self.transcript._hash.copy().digest()
+        secrets = _both_sides(master, b"c ap traffic", b"s ap traffic", transcript_hash, name)
+        self.client_application_traffic_secret, self.server_application_traffic_secret = secrets
 
     def derive_resumption_master_secret(self) -> None:
         """``res master`` over ClientHello...client Finished (section 7.1)."""
-        self._advance(_APPLICATION)
-        self.resumption_master_secret = self._derive(
-            self.master_secret, b"res master", self.transcript_hash()
-        )
+        if self._phase is not _APPLICATION:
+            self._advance(_APPLICATION)  # raises
+        self._phase = _RESUMPTION
+        transcript_hash = self.transcript._hash.copy().digest()
+        info = _secret_info_head(b"res master", len(transcript_hash)) + transcript_hash + b"\x01"
+        secret = _hmac_new(self.master_secret, info, self._hash_name).digest()
+        self.resumption_master_secret = secret
+
+    def ticket_psk(self, nonce: bytes) -> bytes:
+        """Section 4.6.1: the PSK of the ticket with ``ticket_nonce`` ``nonce``,
+        HKDF-Expand-Label(resumption_master_secret, "resumption", nonce, Hash.length); the
+        resumption_master_secret is derived first when it was not yet."""
+        if self._phase is not _RESUMPTION:
+            self.derive_resumption_master_secret()
+        return hkdf_expand_label(
+            self._hash_name, self.resumption_master_secret, b"resumption", nonce,
+            self.suite.hash_length,
+        )  # fmt: skip
 
     def _require(self, phase: Phase) -> None:
         if self._phase is not phase:
@@ -457,9 +487,10 @@ class KeySchedule:
 
     def server_finished_verify_data(self) -> bytes:
         """The server Finished.verify_data over the transcript so far (section 4.4.4)."""
-        self._require(_HANDSHAKE)
+        if self._phase is not _HANDSHAKE:
+            self._require(_HANDSHAKE)  # raises
         return finished_verify_data(
-            self.suite, self.server_handshake_traffic_secret, self.transcript_hash()
+            self.suite, self.server_handshake_traffic_secret, self.transcript._hash.copy().digest()
         )
 
     def client_finished_verify_data(self) -> bytes:
@@ -482,9 +513,13 @@ class KeySchedule:
         Raises ``TLSAlert(DECRYPT_ERROR)`` on a mismatch, ``TLSAlert(DECODE_ERROR)`` on a
         wrong length.
         """
-        self._require(_APPLICATION)
+        if self._phase is not _APPLICATION:
+            self._require(_APPLICATION)  # raises
         verify_finished(
-            self.suite, self.client_handshake_traffic_secret, self.transcript_hash(), verify_data
+            self.suite,
+            self.client_handshake_traffic_secret,
+            self.transcript._hash.copy().digest(),
+            verify_data,
         )
 
     def next_client_application_secret(self) -> bytes:

@@ -122,7 +122,11 @@ def answer(
         transcript = retry.transcript
     else:
         transcript = Transcript(suite)
-        found = next((shares[g] for g in shares if g in groups), None)
+        found = None
+        for group in shares:  # the client's order: a loop, where a generator is a frame
+            if group in groups:
+                found = shares[group]
+                break
         if found is None:
             group = next((g for g in hello.supported_groups if g in groups), None)
             if group is None:
@@ -134,7 +138,7 @@ def answer(
                 )
             return _retry_request(hello, message, suite, group, transcript, trace)
         share = found
-    alpn = _choose_alpn(hello, route)
+    alpn = _choose_alpn(hello, route) if hello.alpn_protocols else None
     resumption = None
     if retry is None and hello.offered_psks is not None:  # the clock is read only for a PSK
         resumption = accept_psk(hello, message, suite, route, now())
@@ -196,8 +200,7 @@ def _choose_suite(
 
 
 def _choose_alpn(hello: ClientHello, route: NativeRoute) -> str | None:
-    if not hello.alpn_protocols:
-        return None
+    """Server preference among the protocols the client offers (it offers some)."""
     return next((p for p in route.alpn if p in hello.alpn_protocols), None)
 
 

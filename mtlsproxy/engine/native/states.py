@@ -168,6 +168,8 @@ class Closed(State):
     name: ClassVar[str] = "closed"
 
 
+# The states without data, one object each.
+NEGOTIATING = Negotiating()
 CLOSED = Closed()
 
 # Which state may follow which; Closed may follow any.

@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
@@ -83,10 +83,12 @@ class CipherSuite:
     record_limit: int | None
     iv_length: int = 12
     tag_length: int = 16
+    # The IANA name, a plain attribute: every handshake's completion event reads it (an enum
+    # member's ``name`` is two Python calls).
+    name: str = field(init=False)
 
-    @property
-    def name(self) -> str:
-        return self.id.name
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", self.id.name)
 
     def new_hash(self) -> HashObject:
         """An empty running hash for this suite's transcript (RFC 8446 section 4.4.1)."""
