@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import NamedTuple
 
 from mtlsproxy.engine.hello_extensions import ExtensionType, KeyShareEntry
 from mtlsproxy.engine.native.alerts import TLSAlert
@@ -343,10 +345,16 @@ def certificate(chain_der: Sequence[bytes], context: bytes = b"") -> bytes:
     return handshake(HandshakeType.CERTIFICATE, vector(context, 1) + vector(entries, 3))
 
 
-@dataclass(frozen=True, slots=True)
-class CertificateMessage:
+class CertificateMessage(NamedTuple):
+    """A decoded Certificate (a named tuple: one per mutual-TLS handshake, made in C)."""
+
     context: bytes
     chain: tuple[bytes, ...]  # DER, leaf first; empty when the client has no certificate
+
+
+_new_certificate_message: Callable[[tuple[bytes, tuple[bytes, ...]]], CertificateMessage] = partial(
+    tuple.__new__, CertificateMessage
+)
 
 
 def decode_certificate(body: bytes, max_certificates: int = MAX_CERTIFICATES) -> CertificateMessage:
@@ -404,7 +412,7 @@ def _usual_certificate(body: bytes, max_certificates: int) -> CertificateMessage
             return None
         chain.append(body[pos + 3 : end])
         pos = end + 2
-    return CertificateMessage(body[1:start], tuple(chain))
+    return _new_certificate_message((body[1:start], tuple(chain)))
 
 
 # CertificateVerify (section 4.4.3)

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from functools import partial
+from typing import NamedTuple
 
 from mtlsproxy.engine.clienthello import ClientHello, KeyShareEntry, parse_client_hello
 from mtlsproxy.engine.events import Tracer, note
@@ -42,8 +43,8 @@ from mtlsproxy.engine.native.resumption import Resumption, accept_psk
 from mtlsproxy.engine.native.states import (
     ExpectCertificate,
     ExpectFinished,
-    Negotiated,
     RetryRequested,
+    new_negotiated,
 )
 from mtlsproxy.engine.native.suites import CipherSuite, NamedGroup, generate_key_share
 from mtlsproxy.engine.records import HANDSHAKE, ContentType, HandshakeType, Message
@@ -52,24 +53,27 @@ from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Reason, Step
 _CCS = encode_record(ContentType.CHANGE_CIPHER_SPEC, b"\x01")
 
 
-@dataclass(frozen=True, slots=True)
-class Retry:
+class Retry(NamedTuple):
     """A HelloRetryRequest to send (``records``), and the state waiting for the answer."""
 
     records: bytes
     state: RetryRequested
 
 
-@dataclass(frozen=True, slots=True, repr=False)
-class Flight:
+class Flight(NamedTuple):
     """Our flight to send (``records``), the protections that follow it (``read``: the
     client's handshake traffic; ``write``: our application traffic) and the state expecting
-    the client's flight."""
+    the client's flight. (Named tuples: made once per handshake in one C call.)"""
 
     records: bytes
     read: RecordProtection
     write: RecordProtection
     state: ExpectCertificate | ExpectFinished
+
+
+_new_flight: Callable[
+    [tuple[bytes, RecordProtection, RecordProtection, ExpectCertificate | ExpectFinished]], Flight
+] = partial(tuple.__new__, Flight)
 
 
 def answer(
@@ -297,7 +301,7 @@ def _flight(
         records += _CCS
     records += write.encrypt_fragmented(HANDSHAKE, b"".join(flight))
 
-    negotiated = Negotiated(suite, schedule, alpn, chain_der[0])
+    negotiated = new_negotiated((suite, schedule, alpn, chain_der[0]))
     state: ExpectCertificate | ExpectFinished
     if requests_certificate:
         state = ExpectCertificate(negotiated)
@@ -305,11 +309,8 @@ def _flight(
         state = ExpectFinished(negotiated, resumption.state.leaf_der, resumed=resumption.state)
     else:
         state = ExpectFinished(negotiated)
-    return Flight(
-        records,
-        read=RecordProtection.from_secret(suite, schedule.client_handshake_traffic_secret),
-        write=RecordProtection.from_secret(
-            suite, schedule.server_application_traffic_secret, padding=padding
-        ),
-        state=state,
+    read = RecordProtection.from_secret(suite, schedule.client_handshake_traffic_secret)
+    write = RecordProtection.from_secret(
+        suite, schedule.server_application_traffic_secret, padding=padding
     )
+    return _new_flight((records, read, write, state))
