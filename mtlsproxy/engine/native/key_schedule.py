@@ -136,7 +136,8 @@ def _no_psk_early_secrets(hash_name: str) -> tuple[bytes, bytes]:
 def psk_early_secret(suite: CipherSuite, psk: bytes) -> bytes:
     """Early Secret = HKDF-Extract(0, PSK) (section 7.1), the root of a resumption's schedule
     and of its binder key (section 4.2.11.2)."""
-    return hkdf_extract(suite.hash_name, bytes(suite.hash_length), psk)
+    # HKDF-Extract inline (once per resumption): HMAC(salt = zeros, IKM = PSK).
+    return _hmac_new(bytes(suite.hash_length), psk, suite.hash_name).digest()
 
 
 def binder_key(suite: CipherSuite, early_secret: bytes) -> bytes:

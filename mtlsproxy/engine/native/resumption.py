@@ -44,7 +44,7 @@ from mtlsproxy.engine.native import messages as msgs
 from mtlsproxy.engine.native.alerts import TLSAlert
 from mtlsproxy.engine.native.key_schedule import binder_key, finished_verify_data, psk_early_secret
 from mtlsproxy.engine.native.states import Established
-from mtlsproxy.engine.native.suites import CipherSuite, get_cipher_suite
+from mtlsproxy.engine.native.suites import CIPHER_SUITES, CipherSuite
 from mtlsproxy.engine.native.tickets import AGE_TOLERANCE, TICKET_LIFETIME, TicketState
 from mtlsproxy.vocabulary.decision import Decision
 from mtlsproxy.vocabulary.failures import Alert
@@ -82,7 +82,7 @@ def accept_psk(
         state = tickets.open(identity)
         if state is None:
             continue
-        ticket_suite = get_cipher_suite(state.suite)
+        ticket_suite = CIPHER_SUITES.get(state.suite)  # get_cipher_suite, one call fewer
         if ticket_suite is None or ticket_suite.hash_name != suite.hash_name:
             continue
         client_age_ms = (obfuscated_age - state.age_add) % (1 << 32)
@@ -102,7 +102,7 @@ def accept_psk(
 def check_binder(suite: CipherSuite, early_secret: bytes, truncated: bytes, binder: bytes) -> None:
     """Section 4.2.11.2: HMAC(finished_key(binder_key), Transcript-Hash(truncated CH)), the
     binder key from the PSK's ``early_secret``."""
-    digest = suite.new_hash()
+    digest = suite.hash_factory()  # suite.new_hash(), one call fewer
     digest.update(truncated)
     expected = finished_verify_data(suite, binder_key(suite, early_secret), digest.digest())
     if not hmac.compare_digest(expected, binder):

@@ -339,7 +339,7 @@ class TicketKey:
             return None
         nonce = ticket[_PREFIX.size : _PREFIX.size + _NONCE_SIZE]
         sealed = ticket[_PREFIX.size + _NONCE_SIZE :]
-        sealer = self._sealer(key)
+        sealer = self._aeads.get(key_id) or self._sealer(key)
         try:
             plain = sealer.aead.decrypt(nonce, sealed, sealer.aad)
             state = TicketState.decode(plain)
