@@ -88,7 +88,7 @@ def completed(
 def act_on(decision: Decision) -> Decision:
     """Go on with an admitted client; stop a refused one (seed steps 5 and 6)."""
     refusal = decision.refusal
-    if decision.admitted or refusal is None:
+    if refusal is None or decision.admitted:  # no refusal: admitted, without a property call
         return decision
     if refusal.step is Step.AUTHORIZE:
         raise Refused(refusal.to_error(), decision.identity)
@@ -120,7 +120,7 @@ def certificate(
              chain_length=len(decoded.chain))  # fmt: skip
     decision = route.decide(decoded.chain, Evidence.UNCHECKED)
     refusal = decision.refusal
-    if not decision.admitted and refusal is not None and refusal.step is Step.CLIENT_VERIFY:
+    if refusal is not None and refusal.step is Step.CLIENT_VERIFY and not decision.admitted:
         raise Unverified(refusal.to_error())
     chain = decoded.chain
     return ExpectCertificateVerify(negotiated, leaf, chain[0], decision, chain)

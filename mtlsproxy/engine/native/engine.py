@@ -418,7 +418,9 @@ class NativeEngine:
         )
         self._set_state(established)
         self._marks.mark_end()
-        if decision.would_refuse is None and self._write is not None:  # a ticket, section 4.6.1
+        # A ticket (section 4.6.1) unless audit mode admitted a client it would refuse (no
+        # refusal at all: the common case, told without the property's call).
+        if (decision.refusal is None or decision.would_refuse is None) and self._write is not None:
             now = self._wall_seconds()
             if ticket := issue_ticket(self._route, established, decision, now, self._trace):
                 self._out += self._write.encrypt(HANDSHAKE, ticket)
