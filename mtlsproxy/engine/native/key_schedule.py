@@ -347,6 +347,12 @@ class KeySchedule:
     The secrets are slots, read at C speed on the handshake's path; one not derived yet is an
     unset slot, which :meth:`__getattr__` turns into :class:`KeyScheduleError` (naming the
     secret, never showing a value).
+
+    ``update_transcript(messages)`` adds one or more complete handshake messages (headers
+    included) to the transcript. It is the running hash's own ``update``, bound when the
+    schedule is made (seven messages a handshake, no Python frame each): the transcript's hash
+    is never replaced afterwards (the only replacement, section 4.4.1's ``message_hash`` after
+    a HelloRetryRequest, happens before the ServerHello and so before any schedule).
     """
 
     __slots__ = (
@@ -357,6 +363,7 @@ class KeySchedule:
         "_phase",
         "suite",
         "transcript",
+        "update_transcript",
     )
 
     def __init__(
@@ -372,6 +379,7 @@ class KeySchedule:
         self.suite = suite
         self._hash_name = suite.hash_name
         self.transcript = transcript if transcript is not None else Transcript(suite)
+        self.update_transcript: Callable[[bytes], None] = self.transcript._hash.update
         if early_secret is None and psk:
             early_secret = psk_early_secret(suite, psk)
         if early_secret is None:  # no PSK: the zeros of section 7.1
@@ -408,10 +416,6 @@ class KeySchedule:
             secret = self._derive(self.master_secret, b"exp master", self._application_hash)
             self._exporter_master_secret = secret
             return secret
-
-    def update_transcript(self, message: bytes) -> None:
-        """Add one or more complete handshake messages (headers included) to the transcript."""
-        self.transcript._hash.update(message)  # Transcript.update, one call fewer
 
     def transcript_hash(self) -> bytes:
         return self.transcript._hash.copy().digest()  # Transcript.digest, one call fewer
