@@ -180,10 +180,14 @@ def derive_traffic_keys(suite: CipherSuite, traffic_secret: bytes) -> TrafficKey
     # HKDF-Expand-Label inline (four protections per handshake): with an empty context and an
     # output no longer than the hash (every suite's key and IV), it is one HMAC over a
     # constant, truncated (see hkdf_expand_label).
+    # Both HMACs have the traffic secret as their key: keyed once and copied (OpenSSL's HMAC
+    # keying costs more than the copy), about a third of the function's time.
     name, key_length, iv_length = suite.hash_name, suite.key_length, suite.iv_length
-    key = _hmac_new(traffic_secret, _empty_context_info(b"key", key_length), name).digest()
-    iv = _hmac_new(traffic_secret, _empty_context_info(b"iv", iv_length), name).digest()
-    return _new_traffic_keys((key[:key_length], iv[:iv_length]))
+    key_mac = _hmac_new(traffic_secret, None, name)
+    iv_mac = key_mac.copy()
+    key_mac.update(_empty_context_info(b"key", key_length))
+    iv_mac.update(_empty_context_info(b"iv", iv_length))
+    return _new_traffic_keys((key_mac.digest()[:key_length], iv_mac.digest()[:iv_length]))
 
 
 def next_traffic_secret(suite: CipherSuite, traffic_secret: bytes) -> bytes:
@@ -273,13 +277,15 @@ def _both_sides(
     secret: bytes, client_label: bytes, server_label: bytes, transcript_hash: bytes, name: str
 ) -> tuple[bytes, bytes]:
     """Derive-Secret (section 7.1) of the client's and the server's label over one transcript
-    hash: a pair of traffic secrets."""
+    hash: a pair of traffic secrets (one HMAC keyed with ``secret``, copied for the second
+    side, as in ``derive_traffic_keys``)."""
     length = len(transcript_hash)
     tail = transcript_hash + b"\x01"
-    return (
-        _hmac_new(secret, _secret_info_head(client_label, length) + tail, name).digest(),
-        _hmac_new(secret, _secret_info_head(server_label, length) + tail, name).digest(),
-    )
+    client = _hmac_new(secret, None, name)
+    server = client.copy()
+    client.update(_secret_info_head(client_label, length) + tail)
+    server.update(_secret_info_head(server_label, length) + tail)
+    return client.digest(), server.digest()
 
 
 class KeyScheduleError(RuntimeError):
