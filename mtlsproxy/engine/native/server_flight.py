@@ -44,6 +44,8 @@ from mtlsproxy.engine.native.states import (
     ExpectCertificate,
     ExpectFinished,
     RetryRequested,
+    new_expect_certificate,
+    new_expect_finished,
     new_negotiated,
 )
 from mtlsproxy.engine.native.suites import CipherSuite, NamedGroup, generate_key_share
@@ -304,11 +306,12 @@ def _flight(
     negotiated = new_negotiated((suite, schedule, alpn, chain_der[0]))
     state: ExpectCertificate | ExpectFinished
     if requests_certificate:
-        state = ExpectCertificate(negotiated)
+        state = new_expect_certificate((negotiated,))
     elif resumption is not None:
-        state = ExpectFinished(negotiated, resumption.state.leaf_der, resumed=resumption.state)
+        ticket = resumption.state
+        state = new_expect_finished((negotiated, ticket.leaf_der, None, ticket, ()))
     else:
-        state = ExpectFinished(negotiated)
+        state = new_expect_finished((negotiated, None, None, None, ()))
     read = RecordProtection.from_secret(suite, schedule.client_handshake_traffic_secret)
     write = RecordProtection.from_secret(
         suite, schedule.server_application_traffic_secret, padding=padding
