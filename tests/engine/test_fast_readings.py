@@ -6,7 +6,11 @@ stand in front of: the same result, or (for anything unusual) the strict reading
 - ``messages.decode_certificate``: ``_usual_certificate`` against ``_read_certificate``;
 - ``messages.decode_certificate_verify`` against ``_read_certificate_verify``;
 - ``hello_extensions.parse_pre_shared_key``: ``_one_psk`` against ``_read_pre_shared_key``;
-- ``messages.server_hello`` against the generic ``_server_hello`` layout.
+- ``messages.server_hello`` against the generic ``_server_hello`` layout, and the other
+  encoders that pack their header with their fields (CertificateVerify, Finished,
+  NewSessionTicket) against ``handshake`` and ``vector``;
+- ``RecordProtection.decrypt``'s inline reading of an unpadded TLSInnerPlaintext against
+  ``_inner_plaintext``.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from mtlsproxy.engine import hello_extensions
 from mtlsproxy.engine.clienthello import ClientHello, ClientHelloReader
 from mtlsproxy.engine.hello_extensions import ExtensionType
 from mtlsproxy.engine.native import messages as msgs
+from mtlsproxy.engine.native import record_layer
 from mtlsproxy.engine.native.alerts import TLSAlert
-from mtlsproxy.engine.records import DecodeError
+from mtlsproxy.engine.native.suites import TLS_AES_128_GCM_SHA256
+from mtlsproxy.engine.records import DecodeError, HandshakeType
 from mtlsproxy.vocabulary.failures import HandshakeError
 
 from .test_clienthello import python_hello
@@ -192,3 +198,61 @@ def test_server_hello_matches_the_generic_layout(
     assert msgs.server_hello(
         random, session_id, 0x1301, 0x001D, share, selected_identity
     ) == msgs._server_hello(random, session_id, 0x1301, extensions)
+
+
+@pytest.mark.parametrize("signature", [b"s", os.urandom(72), os.urandom(512)])
+def test_certificate_verify_matches_the_generic_layout(signature: bytes) -> None:
+    body = (0x0403).to_bytes(2, "big") + msgs.vector(signature, 2)
+    expected = msgs.handshake(HandshakeType.CERTIFICATE_VERIFY, body)
+    assert msgs.certificate_verify(0x0403, signature) == expected
+
+
+@pytest.mark.parametrize("verify_data", [os.urandom(32), os.urandom(48)])
+def test_finished_matches_the_generic_layout(verify_data: bytes) -> None:
+    assert msgs.finished(verify_data) == msgs.handshake(HandshakeType.FINISHED, verify_data)
+
+
+@pytest.mark.parametrize("nonce", [b"", b"\x00", os.urandom(255)])
+@pytest.mark.parametrize("ticket", [b"t", os.urandom(1500)])
+def test_new_session_ticket_matches_the_generic_layout(nonce: bytes, ticket: bytes) -> None:
+    body = (
+        (7200).to_bytes(4, "big")
+        + (0xDEADBEEF).to_bytes(4, "big")
+        + msgs.vector(nonce, 1)
+        + msgs.vector(ticket, 2)
+        + b"\x00\x00"
+    )
+    expected = msgs.handshake(HandshakeType.NEW_SESSION_TICKET, body)
+    assert msgs.new_session_ticket(7200, 0xDEADBEEF, nonce, ticket) == expected
+
+
+def _inner_outcome(read: object, inner: bytes) -> object:
+    try:
+        return tuple(read(inner))  # type: ignore[operator]
+    except TLSAlert as alert:
+        return alert.alert, alert.detail
+
+
+@given(
+    content=st.binary(max_size=4),
+    content_type=st.sampled_from([None, 0, 20, 21, 22, 23, 24, 255]),
+    padding=st.integers(0, 3),
+)
+def test_decrypt_reads_the_inner_plaintext_as_inner_plaintext_does(
+    content: bytes, content_type: int | None, padding: int
+) -> None:
+    suite = TLS_AES_128_GCM_SHA256
+    key, iv = os.urandom(16), os.urandom(12)
+    type_octet = b"" if content_type is None else bytes((content_type,))
+    plaintext = content + type_octet + bytes(padding)
+
+    def decrypted(plain: bytes) -> record_layer.InnerPlaintext:
+        # ``plain`` sealed as one protected record's TLSInnerPlaintext, then decrypted.
+        header = bytes((23, 3, 3)) + (len(plain) + suite.tag_length).to_bytes(2, "big")
+        fragment = suite.aead_factory(key).encrypt(iv, plain, header)
+        record = record_layer.Record(23, 0x0303, fragment)
+        return record_layer.RecordProtection(suite, key, iv).decrypt(record)
+
+    assert _inner_outcome(decrypted, plaintext) == _inner_outcome(
+        record_layer._inner_plaintext, plaintext
+    )

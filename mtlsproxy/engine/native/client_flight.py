@@ -38,6 +38,9 @@ from mtlsproxy.engine.native.states import (
     ExpectCertificate,
     ExpectCertificateVerify,
     ExpectFinished,
+    new_established,
+    new_expect_certificate_verify,
+    new_expect_finished,
 )
 from mtlsproxy.engine.records import Message
 from mtlsproxy.vocabulary.decision import Decision, Evidence
@@ -88,7 +91,7 @@ def completed(
 def act_on(decision: Decision) -> Decision:
     """Go on with an admitted client; stop a refused one (seed steps 5 and 6)."""
     refusal = decision.refusal
-    if decision.admitted or refusal is None:
+    if refusal is None or decision.admitted:  # no refusal: admitted, without a property call
         return decision
     if refusal.step is Step.AUTHORIZE:
         raise Refused(refusal.to_error(), decision.identity)
@@ -120,10 +123,10 @@ def certificate(
              chain_length=len(decoded.chain))  # fmt: skip
     decision = route.decide(decoded.chain, Evidence.UNCHECKED)
     refusal = decision.refusal
-    if not decision.admitted and refusal is not None and refusal.step is Step.CLIENT_VERIFY:
+    if refusal is not None and refusal.step is Step.CLIENT_VERIFY and not decision.admitted:
         raise Unverified(refusal.to_error())
-    chain = tuple(decoded.chain)
-    return ExpectCertificateVerify(negotiated, leaf, chain[0], decision, chain)
+    chain = decoded.chain
+    return new_expect_certificate_verify((negotiated, leaf, chain[0], decision, chain))
 
 
 def certificate_verify(
@@ -148,10 +151,9 @@ def certificate_verify(
     if trace is not None:  # the field is formatted only for a trace
         note(trace, "<-", "CertificateVerify", scheme=f"0x{scheme:04x}")
     act_on(state.decision)
-    return ExpectFinished(
-        state.negotiated, state.client_leaf_der, state.decision,
-        client_chain_der=state.client_chain_der,
-    )  # fmt: skip
+    return new_expect_finished(
+        (state.negotiated, state.client_leaf_der, state.decision, None, state.client_chain_der)
+    )
 
 
 def finished(
@@ -177,7 +179,8 @@ def finished(
             Alert.UNEXPECTED_MESSAGE,
         )
     schedule.update_transcript(message.raw)
-    note(trace, "<-", "Finished")
+    if trace is not None:
+        note(trace, "<-", "Finished")
     leaf_der, chain = state.client_leaf_der, state.client_chain_der
     if state.resumed is not None:
         # The ticket's whole chain, verified again against now: the CA bundle, CRLs and
@@ -188,4 +191,4 @@ def finished(
         decision = state.decision
     else:  # no CertificateRequest was sent
         decision = route.decide((), Evidence.UNCHECKED)
-    return Established(negotiated, leaf_der, chain, state.resumed), decision
+    return new_established((negotiated, leaf_der, chain, state.resumed)), decision

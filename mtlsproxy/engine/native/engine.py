@@ -81,6 +81,7 @@ from mtlsproxy.engine.native.record_layer import (
 from mtlsproxy.engine.native.resumption import issue_ticket
 from mtlsproxy.engine.native.states import (
     CLOSED,
+    NEGOTIATING,
     TRANSITIONS,
     ClientFlightState,
     Closed,
@@ -88,7 +89,6 @@ from mtlsproxy.engine.native.states import (
     ExpectCertificate,
     ExpectCertificateVerify,
     ExpectFinished,
-    Negotiating,
     RetryRequested,
     State,
 )
@@ -153,7 +153,7 @@ class NativeEngine:
         self._marks = marks
         self._trace = trace
         self._suites, self._groups = _negotiable(tuple(cipher_suites), tuple(groups))
-        self._state: State = Negotiating()
+        self._state: State = NEGOTIATING
         self._records = RecordReader()
         self._messages = msgs.HandshakeAssembler()
         self._out = bytearray()
@@ -194,7 +194,7 @@ class NativeEngine:
         def answer(_: list[Event]) -> None:
             hello, self._hello = self._hello, None  # nothing after our answer needs it
             assert hello is not None, "start() called twice"
-            self._apply(self._answer(hello, message, retry=None))
+            self._answer(hello, message, retry=None)
 
         events = self._guarded(answer)
         if rest and not events:
@@ -282,15 +282,12 @@ class NativeEngine:
 
     # The ClientHello(s) and our answer
 
-    def _answer(
-        self, hello: ClientHello, message: bytes, retry: RetryRequested | None
-    ) -> server_flight.Retry | server_flight.Flight:
-        return server_flight.answer(
+    def _answer(self, hello: ClientHello, message: bytes, retry: RetryRequested | None) -> None:
+        """Our answer to a ClientHello, written, and the state that follows it."""
+        answer = server_flight.answer(
             hello, message, self._route, self._suites, self._groups,
             now=self._wall_seconds, retry=retry, trace=self._trace,
         )  # fmt: skip
-
-    def _apply(self, answer: server_flight.Retry | server_flight.Flight) -> None:
         self._out += answer.records
         if isinstance(answer, server_flight.Flight):
             self._write = answer.write
@@ -303,7 +300,7 @@ class NativeEngine:
             return
         hello = server_flight.second_hello(state, message, alone=not self._messages.pending)
         self._handshake_records.second_hello()
-        self._apply(self._answer(hello, message.raw, retry=state))
+        self._answer(hello, message.raw, retry=state)
 
     def _wall_seconds(self) -> int:
         return int(self._route.wall_clock().timestamp())
@@ -385,18 +382,15 @@ class NativeEngine:
         if content_type == ALERT:
             return self._peer_alert(content)
         self._useless.progress()
-        self._messages.feed(content)
+        messages = self._messages
+        messages.feed(content)
         if isinstance(state := self._state, RetryRequested):
             self._second_client_hello(state)
             return []
-        return self._client_flight_messages()
-
-    # The client's flight
-
-    def _client_flight_messages(self) -> list[Event]:
+        # The client's flight: each whole message to the state that expects it.
         events: list[Event] = []
         while isinstance(state := self._state, ClientFlightState):
-            message = self._messages.next_message()
+            message = messages.next_message()
             if message is None:
                 break
             if message.msg_type != state.expects:
@@ -424,7 +418,9 @@ class NativeEngine:
         )
         self._set_state(established)
         self._marks.mark_end()
-        if decision.would_refuse is None and self._write is not None:  # a ticket, section 4.6.1
+        # A ticket (section 4.6.1) unless audit mode admitted a client it would refuse (no
+        # refusal at all: the common case, told without the property's call).
+        if (decision.refusal is None or decision.would_refuse is None) and self._write is not None:
             now = self._wall_seconds()
             if ticket := issue_ticket(self._route, established, decision, now, self._trace):
                 self._out += self._write.encrypt(HANDSHAKE, ticket)

@@ -136,7 +136,8 @@ def _no_psk_early_secrets(hash_name: str) -> tuple[bytes, bytes]:
 def psk_early_secret(suite: CipherSuite, psk: bytes) -> bytes:
     """Early Secret = HKDF-Extract(0, PSK) (section 7.1), the root of a resumption's schedule
     and of its binder key (section 4.2.11.2)."""
-    return hkdf_extract(suite.hash_name, bytes(suite.hash_length), psk)
+    # HKDF-Extract inline (once per resumption): HMAC(salt = zeros, IKM = PSK).
+    return _hmac_new(bytes(suite.hash_length), psk, suite.hash_name).digest()
 
 
 def binder_key(suite: CipherSuite, early_secret: bytes) -> bytes:
@@ -179,10 +180,14 @@ def derive_traffic_keys(suite: CipherSuite, traffic_secret: bytes) -> TrafficKey
     # HKDF-Expand-Label inline (four protections per handshake): with an empty context and an
     # output no longer than the hash (every suite's key and IV), it is one HMAC over a
     # constant, truncated (see hkdf_expand_label).
+    # Both HMACs have the traffic secret as their key: keyed once and copied (OpenSSL's HMAC
+    # keying costs more than the copy), about a third of the function's time.
     name, key_length, iv_length = suite.hash_name, suite.key_length, suite.iv_length
-    key = _hmac_new(traffic_secret, _empty_context_info(b"key", key_length), name).digest()
-    iv = _hmac_new(traffic_secret, _empty_context_info(b"iv", iv_length), name).digest()
-    return _new_traffic_keys((key[:key_length], iv[:iv_length]))
+    key_mac = _hmac_new(traffic_secret, None, name)
+    iv_mac = key_mac.copy()
+    key_mac.update(_empty_context_info(b"key", key_length))
+    iv_mac.update(_empty_context_info(b"iv", iv_length))
+    return _new_traffic_keys((key_mac.digest()[:key_length], iv_mac.digest()[:iv_length]))
 
 
 def next_traffic_secret(suite: CipherSuite, traffic_secret: bytes) -> bytes:
@@ -239,7 +244,7 @@ class Transcript:
 
     def __init__(self, suite: CipherSuite) -> None:
         self._suite = suite
-        self._hash: HashObject = suite.new_hash()
+        self._hash: HashObject = suite.hash_factory()  # suite.new_hash(), one call fewer
 
     def update(self, message: bytes) -> None:
         self._hash.update(message)
@@ -266,6 +271,21 @@ class Transcript:
         client_hello_hash = self._hash.digest()
         self._hash = self._suite.new_hash()
         self._hash.update(bytes((254, 0, 0, len(client_hello_hash))) + client_hello_hash)
+
+
+def _both_sides(
+    secret: bytes, client_label: bytes, server_label: bytes, transcript_hash: bytes, name: str
+) -> tuple[bytes, bytes]:
+    """Derive-Secret (section 7.1) of the client's and the server's label over one transcript
+    hash: a pair of traffic secrets (one HMAC keyed with ``secret``, copied for the second
+    side, as in ``derive_traffic_keys``)."""
+    length = len(transcript_hash)
+    tail = transcript_hash + b"\x01"
+    client = _hmac_new(secret, None, name)
+    server = client.copy()
+    client.update(_secret_info_head(client_label, length) + tail)
+    server.update(_secret_info_head(server_label, length) + tail)
+    return client.digest(), server.digest()
 
 
 class KeyScheduleError(RuntimeError):
@@ -333,6 +353,12 @@ class KeySchedule:
     The secrets are slots, read at C speed on the handshake's path; one not derived yet is an
     unset slot, which :meth:`__getattr__` turns into :class:`KeyScheduleError` (naming the
     secret, never showing a value).
+
+    ``update_transcript(messages)`` adds one or more complete handshake messages (headers
+    included) to the transcript. It is the running hash's own ``update``, bound when the
+    schedule is made (seven messages a handshake, no Python frame each): the transcript's hash
+    is never replaced afterwards (the only replacement, section 4.4.1's ``message_hash`` after
+    a HelloRetryRequest, happens before the ServerHello and so before any schedule).
     """
 
     __slots__ = (
@@ -343,6 +369,7 @@ class KeySchedule:
         "_phase",
         "suite",
         "transcript",
+        "update_transcript",
     )
 
     def __init__(
@@ -358,6 +385,7 @@ class KeySchedule:
         self.suite = suite
         self._hash_name = suite.hash_name
         self.transcript = transcript if transcript is not None else Transcript(suite)
+        self.update_transcript: Callable[[bytes], None] = self.transcript._hash.update
         if early_secret is None and psk:
             early_secret = psk_early_secret(suite, psk)
         if early_secret is None:  # no PSK: the zeros of section 7.1
@@ -395,10 +423,6 @@ class KeySchedule:
             self._exporter_master_secret = secret
             return secret
 
-    def update_transcript(self, message: bytes) -> None:
-        """Add one or more complete handshake messages (headers included) to the transcript."""
-        self.transcript._hash.update(message)  # Transcript.update, one call fewer
-
     def transcript_hash(self) -> bytes:
         return self.transcript._hash.copy().digest()  # Transcript.digest, one call fewer
 
@@ -415,41 +439,57 @@ class KeySchedule:
 
     def derive_handshake_secrets(self, shared_secret: bytes) -> None:
         """Handshake Secret and ``[cs] hs traffic`` over ClientHello...ServerHello (7.1)."""
-        self._advance(_EARLY)
-        secret = self.handshake_secret = hkdf_extract(
-            self._hash_name, self.derived_early_secret, shared_secret
-        )
-        transcript_hash = self.transcript_hash()
-        self.client_handshake_traffic_secret = self._derive(
-            secret, b"c hs traffic", transcript_hash
-        )
-        self.server_handshake_traffic_secret = self._derive(
-            secret, b"s hs traffic", transcript_hash
+        # Once per handshake each, these methods write out their steps (``_advance``,
+        # ``hkdf_extract``, ``_derive``, ``transcript_hash``) inline: a Python frame per step
+        # fewer on the path every handshake takes (the error paths still go through them).
+        if self._phase is not _EARLY:
+            self._advance(_EARLY)  # raises
+        self._phase = _HANDSHAKE
+        name = self._hash_name
+        secret = self.handshake_secret = _hmac_new(
+            self.derived_early_secret, shared_secret, name
+        ).digest()  # HKDF-Extract
+        self.client_handshake_traffic_secret, self.server_handshake_traffic_secret = _both_sides(
+            secret, b"c hs traffic", b"s hs traffic", self.transcript._hash.copy().digest(), name
         )
 
     def derive_application_secrets(self) -> None:
         """Master Secret and ``[cs] ap traffic`` over ClientHello...server Finished (section
         7.1; ``exp master`` on first read). Call after adding the server Finished."""
-        self._advance(_HANDSHAKE)
+        if self._phase is not _HANDSHAKE:
+            self._advance(_HANDSHAKE)  # raises
+        self._phase = _APPLICATION
         name = self._hash_name
-        derived = self.derived_handshake_secret = self._derive(
-            self.handshake_secret, b"derived", _empty_hash(name)
-        )
-        master = self.master_secret = hkdf_extract(name, derived, bytes(_HASH_LENGTHS[name]))
-        transcript_hash = self._application_hash = self.transcript_hash()
-        self.client_application_traffic_secret = self._derive(
-            master, b"c ap traffic", transcript_hash
-        )
-        self.server_application_traffic_secret = self._derive(
-            master, b"s ap traffic", transcript_hash
-        )
+        empty = _empty_hash(name)
+        length = len(empty)
+        derived = self.derived_handshake_secret = _hmac_new(
+            self.handshake_secret, _secret_info_head(b"derived", length) + empty + b"\x01", name
+        ).digest()
+        master = self.master_secret = _hmac_new(derived, bytes(length), name).digest()
+        transcript_hash = self._application_hash = self.transcript._hash.copy().digest()
+        secrets = _both_sides(master, b"c ap traffic", b"s ap traffic", transcript_hash, name)
+        self.client_application_traffic_secret, self.server_application_traffic_secret = secrets
 
     def derive_resumption_master_secret(self) -> None:
         """``res master`` over ClientHello...client Finished (section 7.1)."""
-        self._advance(_APPLICATION)
-        self.resumption_master_secret = self._derive(
-            self.master_secret, b"res master", self.transcript_hash()
-        )
+        if self._phase is not _APPLICATION:
+            self._advance(_APPLICATION)  # raises
+        self._phase = _RESUMPTION
+        transcript_hash = self.transcript._hash.copy().digest()
+        info = _secret_info_head(b"res master", len(transcript_hash)) + transcript_hash + b"\x01"
+        secret = _hmac_new(self.master_secret, info, self._hash_name).digest()
+        self.resumption_master_secret = secret
+
+    def ticket_psk(self, nonce: bytes) -> bytes:
+        """Section 4.6.1: the PSK of the ticket with ``ticket_nonce`` ``nonce``,
+        HKDF-Expand-Label(resumption_master_secret, "resumption", nonce, Hash.length); the
+        resumption_master_secret is derived first when it was not yet."""
+        if self._phase is not _RESUMPTION:
+            self.derive_resumption_master_secret()
+        return hkdf_expand_label(
+            self._hash_name, self.resumption_master_secret, b"resumption", nonce,
+            self.suite.hash_length,
+        )  # fmt: skip
 
     def _require(self, phase: Phase) -> None:
         if self._phase is not phase:
@@ -457,9 +497,10 @@ class KeySchedule:
 
     def server_finished_verify_data(self) -> bytes:
         """The server Finished.verify_data over the transcript so far (section 4.4.4)."""
-        self._require(_HANDSHAKE)
+        if self._phase is not _HANDSHAKE:
+            self._require(_HANDSHAKE)  # raises
         return finished_verify_data(
-            self.suite, self.server_handshake_traffic_secret, self.transcript_hash()
+            self.suite, self.server_handshake_traffic_secret, self.transcript._hash.copy().digest()
         )
 
     def client_finished_verify_data(self) -> bytes:
@@ -482,9 +523,13 @@ class KeySchedule:
         Raises ``TLSAlert(DECRYPT_ERROR)`` on a mismatch, ``TLSAlert(DECODE_ERROR)`` on a
         wrong length.
         """
-        self._require(_APPLICATION)
+        if self._phase is not _APPLICATION:
+            self._require(_APPLICATION)  # raises
         verify_finished(
-            self.suite, self.client_handshake_traffic_secret, self.transcript_hash(), verify_data
+            self.suite,
+            self.client_handshake_traffic_secret,
+            self.transcript._hash.copy().digest(),
+            verify_data,
         )
 
     def next_client_application_secret(self) -> bytes:

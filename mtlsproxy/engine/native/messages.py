@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import NamedTuple
 
 from mtlsproxy.engine.hello_extensions import ExtensionType, KeyShareEntry
 from mtlsproxy.engine.native.alerts import TLSAlert
@@ -157,11 +159,12 @@ def server_hello(
     if selected_identity is not None:
         extensions.append(_PRE_SHARED_KEY.pack(ExtensionType.PRE_SHARED_KEY, 2, selected_identity))
     block = b"".join(extensions)
-    body = b"".join((
+    size = 2 + 32 + 1 + len(session_id) + 5 + len(block)
+    return b"".join((
+        ((_SERVER_HELLO << 24) | size).to_bytes(4, "big"),  # the header (``handshake``)
         _LEGACY_VERSION_BYTES, random, bytes((len(session_id),)), session_id,
         _SUITE_COMPRESSION_LENGTH.pack(cipher_suite, 0, len(block)), block,
     ))  # fmt: skip
-    return handshake(_SERVER_HELLO, body)
 
 
 _SUPPORTED_VERSIONS_TLS13 = struct.pack(">HHH", ExtensionType.SUPPORTED_VERSIONS, 2, TLS13)
@@ -342,10 +345,16 @@ def certificate(chain_der: Sequence[bytes], context: bytes = b"") -> bytes:
     return handshake(HandshakeType.CERTIFICATE, vector(context, 1) + vector(entries, 3))
 
 
-@dataclass(frozen=True, slots=True)
-class CertificateMessage:
+class CertificateMessage(NamedTuple):
+    """A decoded Certificate (a named tuple: one per mutual-TLS handshake, made in C)."""
+
     context: bytes
     chain: tuple[bytes, ...]  # DER, leaf first; empty when the client has no certificate
+
+
+_new_certificate_message: Callable[[tuple[bytes, tuple[bytes, ...]]], CertificateMessage] = partial(
+    tuple.__new__, CertificateMessage
+)
 
 
 def decode_certificate(body: bytes, max_certificates: int = MAX_CERTIFICATES) -> CertificateMessage:
@@ -403,14 +412,22 @@ def _usual_certificate(body: bytes, max_certificates: int) -> CertificateMessage
             return None
         chain.append(body[pos + 3 : end])
         pos = end + 2
-    return CertificateMessage(body[1:start], tuple(chain))
+    return _new_certificate_message((body[1:start], tuple(chain)))
 
 
 # CertificateVerify (section 4.4.3)
 
 
 def certificate_verify(scheme: int, signature: bytes) -> bytes:
-    return handshake(_CERTIFICATE_VERIFY, _SCHEME.pack(scheme) + vector(signature, 2))
+    # Written on every full handshake: the header, scheme and signature<0..2^16-1> length in
+    # one pack (struct.error past 2^16 - 1 bytes, as vector's ValueError).
+    size = len(signature)
+    return _CERTIFICATE_VERIFY_HEAD.pack((_CERTIFICATE_VERIFY << 24) | (4 + size), scheme, size) + (
+        signature
+    )
+
+
+_CERTIFICATE_VERIFY_HEAD = struct.Struct(">IHH")  # header, scheme, signature length
 
 
 def decode_certificate_verify(body: bytes) -> tuple[int, bytes]:
@@ -436,7 +453,7 @@ def _read_certificate_verify(body: bytes) -> tuple[int, bytes]:
 
 
 def finished(verify_data: bytes) -> bytes:
-    return handshake(_FINISHED, verify_data)
+    return ((_FINISHED << 24) | len(verify_data)).to_bytes(4, "big") + verify_data  # at most 48
 
 
 def decode_finished(body: bytes, hash_length: int) -> bytes:
@@ -453,10 +470,18 @@ def decode_finished(body: bytes, hash_length: int) -> bytes:
 
 def new_session_ticket(lifetime: int, age_add: int, nonce: bytes, ticket: bytes) -> bytes:
     """NewSessionTicket without extensions (no early_data: 0-RTT is never offered)."""
-    body = b"".join(
-        (struct.pack("!II", lifetime, age_add), vector(nonce, 1), vector(ticket, 2), b"\x00\x00")
-    )  # b"\x00\x00": the empty extensions block, written out
-    return handshake(_NEW_SESSION_TICKET, body)
+    # Every admitted client gets one: the header, lifetime, age_add and the nonce's length in
+    # one pack (struct.error for a nonce or ticket too long for its length prefix).
+    size = 13 + len(nonce) + len(ticket)  # 4 + 4 + 1 + nonce + 2 + ticket + 2
+    return b"".join((
+        _TICKET_HEAD.pack((_NEW_SESSION_TICKET << 24) | size, lifetime, age_add, len(nonce)),
+        nonce, _UINT16.pack(len(ticket)), ticket,
+        b"\x00\x00",  # the empty extensions block, written out
+    ))  # fmt: skip
+
+
+_TICKET_HEAD = struct.Struct(">IIIB")  # header, ticket_lifetime, ticket_age_add, nonce length
+_UINT16 = struct.Struct(">H")
 
 
 def key_update(update_requested: bool) -> bytes:

@@ -42,14 +42,9 @@ from mtlsproxy.engine.events import Tracer, note
 from mtlsproxy.engine.interface import NativeRoute
 from mtlsproxy.engine.native import messages as msgs
 from mtlsproxy.engine.native.alerts import TLSAlert
-from mtlsproxy.engine.native.key_schedule import (
-    binder_key,
-    finished_verify_data,
-    hkdf_expand_label,
-    psk_early_secret,
-)
+from mtlsproxy.engine.native.key_schedule import binder_key, finished_verify_data, psk_early_secret
 from mtlsproxy.engine.native.states import Established
-from mtlsproxy.engine.native.suites import CipherSuite, get_cipher_suite
+from mtlsproxy.engine.native.suites import CIPHER_SUITES, CipherSuite
 from mtlsproxy.engine.native.tickets import AGE_TOLERANCE, TICKET_LIFETIME, TicketState
 from mtlsproxy.vocabulary.decision import Decision
 from mtlsproxy.vocabulary.failures import Alert
@@ -87,7 +82,7 @@ def accept_psk(
         state = tickets.open(identity)
         if state is None:
             continue
-        ticket_suite = get_cipher_suite(state.suite)
+        ticket_suite = CIPHER_SUITES.get(state.suite)  # get_cipher_suite, one call fewer
         if ticket_suite is None or ticket_suite.hash_name != suite.hash_name:
             continue
         client_age_ms = (obfuscated_age - state.age_add) % (1 << 32)
@@ -107,7 +102,7 @@ def accept_psk(
 def check_binder(suite: CipherSuite, early_secret: bytes, truncated: bytes, binder: bytes) -> None:
     """Section 4.2.11.2: HMAC(finished_key(binder_key), Transcript-Hash(truncated CH)), the
     binder key from the PSK's ``early_secret``."""
-    digest = suite.new_hash()
+    digest = suite.hash_factory()  # suite.new_hash(), one call fewer
     digest.update(truncated)
     expected = finished_verify_data(suite, binder_key(suite, early_secret), digest.digest())
     if not hmac.compare_digest(expected, binder):
@@ -141,19 +136,16 @@ def issue_ticket(
     lifetime = min(ends) - now
     if lifetime <= 0:
         return None
-    suite, schedule = session.negotiated.suite, session.negotiated.schedule
-    schedule.derive_resumption_master_secret()
-    psk = hkdf_expand_label(
-        suite.hash_name, schedule.resumption_master_secret, b"resumption", TICKET_NONCE,
-        suite.hash_length,
-    )  # fmt: skip
+    negotiated = session.negotiated
+    psk = negotiated.schedule.ticket_psk(TICKET_NONCE)
     age_add = int.from_bytes(os.urandom(4), "big")
     state = TicketState(
-        psk, suite.id, now, lifetime, age_add, session.negotiated.alpn, tickets.route, chain,
+        psk, negotiated.suite.id, now, lifetime, age_add, negotiated.alpn, tickets.route, chain,
         authenticated_at,
     )  # fmt: skip
     ticket = tickets.seal(state)
     if ticket is None:
         return None
-    note(trace, "->", "NewSessionTicket", lifetime=lifetime)
+    if trace is not None:
+        note(trace, "->", "NewSessionTicket", lifetime=lifetime)
     return msgs.new_session_ticket(lifetime, age_add, TICKET_NONCE, ticket)

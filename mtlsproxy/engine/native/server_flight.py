@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from functools import partial
+from typing import NamedTuple
 
 from mtlsproxy.engine.clienthello import ClientHello, KeyShareEntry, parse_client_hello
 from mtlsproxy.engine.events import Tracer, note
@@ -42,8 +43,10 @@ from mtlsproxy.engine.native.resumption import Resumption, accept_psk
 from mtlsproxy.engine.native.states import (
     ExpectCertificate,
     ExpectFinished,
-    Negotiated,
     RetryRequested,
+    new_expect_certificate,
+    new_expect_finished,
+    new_negotiated,
 )
 from mtlsproxy.engine.native.suites import CipherSuite, NamedGroup, generate_key_share
 from mtlsproxy.engine.records import HANDSHAKE, ContentType, HandshakeType, Message
@@ -52,24 +55,27 @@ from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Reason, Step
 _CCS = encode_record(ContentType.CHANGE_CIPHER_SPEC, b"\x01")
 
 
-@dataclass(frozen=True, slots=True)
-class Retry:
+class Retry(NamedTuple):
     """A HelloRetryRequest to send (``records``), and the state waiting for the answer."""
 
     records: bytes
     state: RetryRequested
 
 
-@dataclass(frozen=True, slots=True, repr=False)
-class Flight:
+class Flight(NamedTuple):
     """Our flight to send (``records``), the protections that follow it (``read``: the
     client's handshake traffic; ``write``: our application traffic) and the state expecting
-    the client's flight."""
+    the client's flight. (Named tuples: made once per handshake in one C call.)"""
 
     records: bytes
     read: RecordProtection
     write: RecordProtection
     state: ExpectCertificate | ExpectFinished
+
+
+_new_flight: Callable[
+    [tuple[bytes, RecordProtection, RecordProtection, ExpectCertificate | ExpectFinished]], Flight
+] = partial(tuple.__new__, Flight)
 
 
 def answer(
@@ -122,7 +128,11 @@ def answer(
         transcript = retry.transcript
     else:
         transcript = Transcript(suite)
-        found = next((shares[g] for g in shares if g in groups), None)
+        found = None
+        for group in shares:  # the client's order: a loop, where a generator is a frame
+            if group in groups:
+                found = shares[group]
+                break
         if found is None:
             group = next((g for g in hello.supported_groups if g in groups), None)
             if group is None:
@@ -134,7 +144,7 @@ def answer(
                 )
             return _retry_request(hello, message, suite, group, transcript, trace)
         share = found
-    alpn = _choose_alpn(hello, route)
+    alpn = _choose_alpn(hello, route) if hello.alpn_protocols else None
     resumption = None
     if retry is None and hello.offered_psks is not None:  # the clock is read only for a PSK
         resumption = accept_psk(hello, message, suite, route, now())
@@ -196,8 +206,7 @@ def _choose_suite(
 
 
 def _choose_alpn(hello: ClientHello, route: NativeRoute) -> str | None:
-    if not hello.alpn_protocols:
-        return None
+    """Server preference among the protocols the client offers (it offers some)."""
     return next((p for p in route.alpn if p in hello.alpn_protocols), None)
 
 
@@ -294,19 +303,17 @@ def _flight(
         records += _CCS
     records += write.encrypt_fragmented(HANDSHAKE, b"".join(flight))
 
-    negotiated = Negotiated(suite, schedule, alpn, chain_der[0])
+    negotiated = new_negotiated((suite, schedule, alpn, chain_der[0]))
     state: ExpectCertificate | ExpectFinished
     if requests_certificate:
-        state = ExpectCertificate(negotiated)
+        state = new_expect_certificate((negotiated,))
     elif resumption is not None:
-        state = ExpectFinished(negotiated, resumption.state.leaf_der, resumed=resumption.state)
+        ticket = resumption.state
+        state = new_expect_finished((negotiated, ticket.leaf_der, None, ticket, ()))
     else:
-        state = ExpectFinished(negotiated)
-    return Flight(
-        records,
-        read=RecordProtection.from_secret(suite, schedule.client_handshake_traffic_secret),
-        write=RecordProtection.from_secret(
-            suite, schedule.server_application_traffic_secret, padding=padding
-        ),
-        state=state,
+        state = new_expect_finished((negotiated, None, None, None, ()))
+    read = RecordProtection.from_secret(suite, schedule.client_handshake_traffic_secret)
+    write = RecordProtection.from_secret(
+        suite, schedule.server_application_traffic_secret, padding=padding
     )
+    return _new_flight((records, read, write, state))

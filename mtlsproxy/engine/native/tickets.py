@@ -67,6 +67,8 @@ _NONCE_SIZE = 12
 _TAG_SIZE = 16
 _PREFIX = struct.Struct("!B8s")  # version, key id
 _HEADER = struct.Struct("!HQIIQ")  # suite, issued (s), lifetime (s), age_add, authenticated (s)
+_HEADER_PSK = struct.Struct("!HQIIQB")  # the header, then the PSK's length octet
+_UINT16 = struct.Struct("!H")
 _KEY_ID_INFO = b"mtlsproxy ticket key id"
 _ROUTE_KEY_INFO = b"mtlsproxy ticket key v2 "
 _AAD = b"mtlsproxy ticket v2 "
@@ -102,20 +104,21 @@ class TicketState:
         alpn = (self.alpn or "").encode("latin-1")
         route = self.route.encode("utf-8")
         chain = self.chain
+        psk = self.psk
         parts = [
-            _HEADER.pack(
-                self.suite, self.issued, self.lifetime, self.age_add, self.authenticated_at
+            _HEADER_PSK.pack(
+                self.suite, self.issued, self.lifetime, self.age_add, self.authenticated_at,
+                len(psk),
             ),
-            bytes((len(self.psk),)),
-            self.psk,
+            psk,
             bytes((len(alpn),)),
             alpn,
-            len(route).to_bytes(2, "big"),
+            _UINT16.pack(len(route)),
             route,
             bytes((len(chain),)),
-        ]
+        ]  # fmt: skip
         for der in chain:
-            parts += (len(der).to_bytes(2, "big"), der)
+            parts += (_UINT16.pack(len(der)), der)
         return b"".join(parts)
 
     @classmethod
@@ -152,10 +155,6 @@ class TicketState:
             psk, suite, issued, lifetime, age_add, alpn.decode("latin-1") or None,
             route.decode("utf-8"), tuple(chain), authenticated_at,
         )  # fmt: skip
-
-
-def chain_size(chain: Sequence[bytes]) -> int:
-    return sum(map(len, chain))
 
 
 # --- keys -----------------------------------------------------------------------------------
@@ -319,9 +318,11 @@ class TicketKey:
 
     def seal(self, state: TicketState) -> bytes | None:
         """The ticket for ``state``, or None when it would be too large to issue."""
-        if len(state.chain) > MAX_CHAIN_LENGTH or chain_size(state.chain) > MAX_CHAIN_SIZE:
+        chain = state.chain
+        if len(chain) > MAX_CHAIN_LENGTH or sum(map(len, chain)) > MAX_CHAIN_SIZE:
             return None
-        sealer = self._sealer(self._keyring.issuing(state.issued))
+        key = self._keyring.issuing(state.issued)
+        sealer = self._aeads.get(key.key_id) or self._sealer(key)  # made once per key
         nonce = os.urandom(_NONCE_SIZE)
         sealed = sealer.aead.encrypt(nonce, state.encode(), sealer.aad)
         ticket = sealer.prefix + nonce + sealed
@@ -338,7 +339,7 @@ class TicketKey:
             return None
         nonce = ticket[_PREFIX.size : _PREFIX.size + _NONCE_SIZE]
         sealed = ticket[_PREFIX.size + _NONCE_SIZE :]
-        sealer = self._sealer(key)
+        sealer = self._aeads.get(key_id) or self._sealer(key)
         try:
             plain = sealer.aead.decrypt(nonce, sealed, sealer.aad)
             state = TicketState.decode(plain)
