@@ -38,9 +38,6 @@ from mtlsproxy.engine.native.states import (
     ExpectCertificate,
     ExpectCertificateVerify,
     ExpectFinished,
-    new_established,
-    new_expect_certificate_verify,
-    new_expect_finished,
 )
 from mtlsproxy.engine.records import Message
 from mtlsproxy.vocabulary.decision import Decision, Evidence
@@ -126,7 +123,7 @@ def certificate(
     if refusal is not None and refusal.step is Step.CLIENT_VERIFY and not decision.admitted:
         raise Unverified(refusal.to_error())
     chain = decoded.chain
-    return new_expect_certificate_verify((negotiated, leaf, chain[0], decision, chain))
+    return ExpectCertificateVerify(negotiated, leaf, chain[0], decision, chain)
 
 
 def certificate_verify(
@@ -151,9 +148,10 @@ def certificate_verify(
     if trace is not None:  # the field is formatted only for a trace
         note(trace, "<-", "CertificateVerify", scheme=f"0x{scheme:04x}")
     act_on(state.decision)
-    return new_expect_finished(
-        (state.negotiated, state.client_leaf_der, state.decision, None, state.client_chain_der)
-    )
+    return ExpectFinished(
+        state.negotiated, state.client_leaf_der, state.decision,
+        client_chain_der=state.client_chain_der,
+    )  # fmt: skip
 
 
 def finished(
@@ -191,4 +189,4 @@ def finished(
         decision = state.decision
     else:  # no CertificateRequest was sent
         decision = route.decide((), Evidence.UNCHECKED)
-    return new_established((negotiated, leaf_der, chain, state.resumed)), decision
+    return Established(negotiated, leaf_der, chain, state.resumed), decision

@@ -44,8 +44,6 @@ from mtlsproxy.engine.native.states import (
     ExpectCertificate,
     ExpectFinished,
     RetryRequested,
-    new_expect_certificate,
-    new_expect_finished,
     new_negotiated,
 )
 from mtlsproxy.engine.native.suites import CipherSuite, NamedGroup, generate_key_share
@@ -306,12 +304,11 @@ def _flight(
     negotiated = new_negotiated((suite, schedule, alpn, chain_der[0]))
     state: ExpectCertificate | ExpectFinished
     if requests_certificate:
-        state = new_expect_certificate((negotiated,))
+        state = ExpectCertificate(negotiated)
     elif resumption is not None:
-        ticket = resumption.state
-        state = new_expect_finished((negotiated, ticket.leaf_der, None, ticket, ()))
+        state = ExpectFinished(negotiated, resumption.state.leaf_der, resumed=resumption.state)
     else:
-        state = new_expect_finished((negotiated, None, None, None, ()))
+        state = ExpectFinished(negotiated)
     read = RecordProtection.from_secret(suite, schedule.client_handshake_traffic_secret)
     write = RecordProtection.from_secret(
         suite, schedule.server_application_traffic_secret, padding=padding

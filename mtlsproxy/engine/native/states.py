@@ -75,9 +75,6 @@ class State:
         resuming, from the ticket)."""
         return None
 
-    def __repr__(self) -> str:
-        return f"<{self.name}>"
-
 
 @dataclass(frozen=True, slots=True)
 class Negotiating(State):
@@ -87,28 +84,17 @@ class Negotiating(State):
     name: ClassVar[str] = "negotiating"
 
 
-# The states that carry data are named tuples (immutable, typed fields read in C) of a field
-# class, mixed with their State class: the engine makes three or four per handshake, and a
-# named tuple is built by one C call (``tuple.__new__``, the ``new_*`` names below) where a
-# frozen dataclass's ``__init__`` is a Python call setting each field through
-# ``object.__setattr__``. Their repr is the state's name (fields may hold keys).
+@dataclass(frozen=True, slots=True, repr=False)
+class RetryRequested(State):
+    """HelloRetryRequest sent (section 4.1.4): the second ClientHello must carry exactly a
+    share of ``group`` and keep ``suite``; the transcript holds message_hash(CH1) and HRR."""
 
-
-class _RetryRequestedFields(NamedTuple):
+    step: ClassVar[Step] = Step.SERVER_HELLO
+    name: ClassVar[str] = "retry_requested"
     first: ClientHello
     suite: CipherSuite
     group: int
     transcript: Transcript
-
-
-class RetryRequested(_RetryRequestedFields, State):
-    """HelloRetryRequest sent (section 4.1.4): the second ClientHello must carry exactly a
-    share of ``group`` and keep ``suite``; the transcript holds message_hash(CH1) and HRR."""
-
-    __slots__ = ()
-    step: ClassVar[Step] = Step.SERVER_HELLO
-    name: ClassVar[str] = "retry_requested"
-    __repr__ = State.__repr__
 
 
 class ClientFlightState(State):
@@ -119,101 +105,68 @@ class ClientFlightState(State):
     negotiated: Negotiated
 
 
-class _ExpectCertificateFields(NamedTuple):
-    negotiated: Negotiated
-
-
-class ExpectCertificate(_ExpectCertificateFields, ClientFlightState):
+@dataclass(frozen=True, slots=True, repr=False)
+class ExpectCertificate(ClientFlightState):
     """We sent a CertificateRequest: the client's Certificate comes first (section 4.4.2)."""
 
-    __slots__ = ()
     step: ClassVar[Step] = Step.CLIENT_CERTIFICATE
     name: ClassVar[str] = "expect_certificate"
     expects: ClassVar[HandshakeType] = HandshakeType.CERTIFICATE
-    __repr__ = State.__repr__
+    negotiated: Negotiated
 
 
-class _ExpectCertificateVerifyFields(NamedTuple):
+@dataclass(frozen=True, slots=True, repr=False)
+class ExpectCertificateVerify(ClientFlightState):
+    """The client presented ``leaf``; its CertificateVerify must prove it holds the key
+    (section 4.4.3). ``decision`` is the policy's on its chain, acted on after the proof."""
+
+    step: ClassVar[Step] = Step.CLIENT_VERIFY
+    name: ClassVar[str] = "expect_certificate_verify"
+    expects: ClassVar[HandshakeType] = HandshakeType.CERTIFICATE_VERIFY
     negotiated: Negotiated
     leaf: x509.Certificate
     client_leaf_der: bytes
     decision: Decision
     client_chain_der: tuple[bytes, ...] = ()  # leaf first, as sent: what a ticket keeps
 
-
-class ExpectCertificateVerify(_ExpectCertificateVerifyFields, ClientFlightState):
-    """The client presented ``leaf``; its CertificateVerify must prove it holds the key
-    (section 4.4.3). ``decision`` is the policy's on its chain, acted on after the proof."""
-
-    __slots__ = ()
-    step: ClassVar[Step] = Step.CLIENT_VERIFY
-    name: ClassVar[str] = "expect_certificate_verify"
-    expects: ClassVar[HandshakeType] = HandshakeType.CERTIFICATE_VERIFY
-    __repr__ = State.__repr__
-
     @property
     def leaf_der(self) -> bytes | None:
         return self.client_leaf_der
 
 
-class _ExpectFinishedFields(NamedTuple):
+@dataclass(frozen=True, slots=True, repr=False)
+class ExpectFinished(ClientFlightState):
+    """The client's Finished ends its flight (section 4.4.4). ``decision``: the policy's,
+    when the client answered a CertificateRequest; ``resumed``: the ticket of a resumed
+    session, whose client is checked again after the Finished."""
+
+    step: ClassVar[Step] = Step.CLIENT_FINISHED
+    name: ClassVar[str] = "expect_finished"
+    expects: ClassVar[HandshakeType] = HandshakeType.FINISHED
     negotiated: Negotiated
     client_leaf_der: bytes | None = None
     decision: Decision | None = None
     resumed: TicketState | None = None
     client_chain_der: tuple[bytes, ...] = ()
 
-
-class ExpectFinished(_ExpectFinishedFields, ClientFlightState):
-    """The client's Finished ends its flight (section 4.4.4). ``decision``: the policy's,
-    when the client answered a CertificateRequest; ``resumed``: the ticket of a resumed
-    session, whose client is checked again after the Finished."""
-
-    __slots__ = ()
-    step: ClassVar[Step] = Step.CLIENT_FINISHED
-    name: ClassVar[str] = "expect_finished"
-    expects: ClassVar[HandshakeType] = HandshakeType.FINISHED
-    __repr__ = State.__repr__
-
     @property
     def leaf_der(self) -> bytes | None:
         return self.client_leaf_der
 
 
-class _EstablishedFields(NamedTuple):
+@dataclass(frozen=True, slots=True, repr=False)
+class Established(State):
+    """The client is admitted; application data and KeyUpdates flow (section 4.6.3)."""
+
+    name: ClassVar[str] = "established"
     negotiated: Negotiated
     client_leaf_der: bytes | None
     client_chain_der: tuple[bytes, ...] = ()
     resumed: TicketState | None = None  # the ticket a resumed session came from
 
-
-class Established(_EstablishedFields, State):
-    """The client is admitted; application data and KeyUpdates flow (section 4.6.3)."""
-
-    __slots__ = ()
-    name: ClassVar[str] = "established"
-    __repr__ = State.__repr__
-
     @property
     def leaf_der(self) -> bytes | None:
         return self.client_leaf_der
-
-
-# Each state with data built from all its fields, in order, in one C call (see above).
-new_expect_certificate: Callable[[tuple[Negotiated]], ExpectCertificate] = partial(
-    tuple.__new__, ExpectCertificate
-)
-new_expect_certificate_verify: Callable[
-    [tuple[Negotiated, x509.Certificate, bytes, Decision, tuple[bytes, ...]]],
-    ExpectCertificateVerify,
-] = partial(tuple.__new__, ExpectCertificateVerify)
-new_expect_finished: Callable[
-    [tuple[Negotiated, bytes | None, Decision | None, TicketState | None, tuple[bytes, ...]]],
-    ExpectFinished,
-] = partial(tuple.__new__, ExpectFinished)
-new_established: Callable[
-    [tuple[Negotiated, bytes | None, tuple[bytes, ...], TicketState | None]], Established
-] = partial(tuple.__new__, Established)
 
 
 @dataclass(frozen=True, slots=True)
