@@ -169,22 +169,6 @@ class KeyShare(Protocol):
 
 X25519_KEY_LENGTH = 32
 
-# What ``X25519PrivateKey.generate`` and ``X25519PublicKey.from_public_bytes`` call once they
-# have checked that the backend supports X25519 (an import statement and a backend call each,
-# twice per handshake): the Rust functions themselves. A build without X25519 fails in them
-# instead (the handshake ends with internal_error either way). Through the public classmethods
-# when a ``cryptography`` release moves them.
-try:
-    from cryptography.hazmat.bindings._rust import openssl as _rust_openssl
-
-    _x25519_generate: Callable[[], x25519.X25519PrivateKey] = _rust_openssl.x25519.generate_key
-    _x25519_public: Callable[[bytes], x25519.X25519PublicKey] = (
-        _rust_openssl.x25519.from_public_bytes
-    )
-except (ImportError, AttributeError):  # pragma: no cover - another cryptography layout
-    _x25519_generate = x25519.X25519PrivateKey.generate
-    _x25519_public = x25519.X25519PublicKey.from_public_bytes
-
 
 class X25519KeyShare:
     """An X25519 key share (RFC 8446 sections 4.2.8.2 and 7.4.2; RFC 7748)."""
@@ -194,7 +178,7 @@ class X25519KeyShare:
     group = NamedGroup.X25519
 
     def __init__(self, private_key: x25519.X25519PrivateKey | None = None) -> None:
-        self._private_key = private_key or _x25519_generate()
+        self._private_key = private_key or x25519.X25519PrivateKey.generate()
         self._public_bytes = self._private_key.public_key().public_bytes_raw()
 
     def __repr__(self) -> str:
@@ -209,7 +193,7 @@ class X25519KeyShare:
                 Alert.ILLEGAL_PARAMETER,
                 f"x25519 key share of {len(peer_key_exchange)} bytes, expected 32",
             )
-        peer = _x25519_public(peer_key_exchange)
+        peer = x25519.X25519PublicKey.from_public_bytes(peer_key_exchange)
         try:
             shared = self._private_key.exchange(peer)
         except ValueError:
