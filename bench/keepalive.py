@@ -20,14 +20,18 @@ allow-list; the proxy with its access log on, as deployed) and measures:
 
 Systems: ``openssl``, ``native`` (``python -m mtlsproxy run``), ``nginx`` (stream module, one
 worker), and with ``--workers`` the proxy's ``native-w2`` (``workers: 2``) and nginx's
-``nginx-w2``. Ratios are to nginx (``--baseline``), per pass, then the median. With ``--cores
-1`` (the default) servers run on core 0 and everything else on core 1; with ``--cores 2``
-nothing is pinned (the server gets both cores, and shares them with the load: hs/s and
+``nginx-w2``; ``native-before`` is the native proxy of another checkout (``--before DIR``:
+its own ``.venv`` and tree, e.g. the main branch beside a work branch), in the same passes.
+Ratios are to nginx (``--baseline``), per pass, then the median. With ``--cores 1`` (the
+default) servers run on core 0 and everything else on core 1; with ``--cores 2`` nothing is
+pinned (the server gets both cores, and shares them with the load: hs/s and
 requests/s are then what the machine gives, the CPU per request stays comparable).
 
     flock /work/bench.lock .venv/bin/python bench/keepalive.py --runs 3 --seconds 4
     flock /work/bench.lock .venv/bin/python bench/keepalive.py --systems native,native-w2 \\
         --tests hs,kaN --cores 2
+    flock /work/bench.lock .venv/bin/python bench/keepalive.py --systems native,nginx \\
+        --before ../main --tests ka1,kaN   # this tree against main's, nginx the baseline
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from e2e import (  # bench/e2e.py
     start_nginx_stream,
 )
 from procs import (  # bench/procs.py
+    REPO,
     Process,
     field_median,
     free_port,
@@ -67,10 +72,11 @@ from procs import (  # bench/procs.py
 )
 
 SETUP = next(s for s in SETUPS if s.key == "require13")
-SYSTEMS = ("openssl", "native", "nginx", "native-w2", "nginx-w2")
+SYSTEMS = ("openssl", "native", "nginx", "native-w2", "nginx-w2", "native-before")
 LABELS = {
     "openssl": "mtlsproxy openssl",
     "native": "mtlsproxy native",
+    "native-before": "mtlsproxy native, --before tree",
     "nginx": "nginx stream",
     "native-w2": "mtlsproxy native, 2 workers",
     "nginx-w2": "nginx stream, 2 workers",
@@ -200,8 +206,15 @@ def main() -> int:
     parser.add_argument("--baseline", default="nginx", help="the system ratios are to")
     parser.add_argument("--cores", type=int, choices=(1, 2), default=1, help="server cores")
     parser.add_argument("--json", metavar="FILE", help="also write every sample as JSON")
+    parser.add_argument(
+        "--before", type=Path, metavar="DIR", help="a checkout with a .venv: native-before"
+    )
     args = parser.parse_args()
     systems = [s for s in SYSTEMS if s in args.systems.split(",")]
+    if args.before is not None and "native-before" not in systems:
+        systems.append("native-before")
+    if "native-before" in systems and args.before is None:
+        parser.error("native-before needs --before DIR")
     tests = [t for t in TESTS if t in args.tests.split(",")]
     if not systems or not tests:
         parser.error("no known system in --systems or test in --tests")
@@ -227,14 +240,16 @@ def main() -> int:
                     nginx, directory, SETUP, upstream.port, load_module, server_pin,
                     workers=workers,
                 )  # fmt: skip
-            engine = system.removesuffix("-w2")
+            engine = system.removesuffix("-w2").removesuffix("-before")
             text = proxy_config(directory, SETUP, upstream.port, engine).read_text()
             port = free_port()
             text = text.replace("listen: 127.0.0.1:0", f"listen: 127.0.0.1:{port}")
             config = directory / f"proxy-{system}.yaml"
             config.write_text(f"workers: {workers}\n" + text)
-            argv = [python, "-m", "mtlsproxy", "run", "-c", str(config)]
-            server = Process(argv, directory / f"{system}.log", server_pin, port)
+            tree = args.before.resolve() if system == "native-before" else REPO
+            interpreter = str(tree / ".venv" / "bin" / "python") if tree != REPO else python
+            argv = [interpreter, "-m", "mtlsproxy", "run", "-c", str(config)]
+            server = Process(argv, directory / f"{system}.log", server_pin, port, cwd=tree)
             if workers > 1:
                 time.sleep(1.0)  # every worker listening (the port answers at the first)
             return server

@@ -131,14 +131,16 @@ def tree_cpu_seconds(pid: int) -> float:
 class Process:
     """A front or the upstream: a subprocess, its port, its CPU, stopped by PID."""
 
-    def __init__(self, argv: list[str], log: Path, pin: int | None, port: int | None) -> None:
+    def __init__(
+        self, argv: list[str], log: Path, pin: int | None, port: int | None, cwd: Path = REPO
+    ) -> None:
         if pin is not None:
             argv = ["taskset", "-c", str(pin), *argv]  # taskset execs: same PID
         self.log = log
         self.stderr = log.open("wb")
         self.proc = subprocess.Popen(
             argv,
-            cwd=REPO,
+            cwd=cwd,  # ``python -m mtlsproxy`` imports the tree it runs in
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=self.stderr,

@@ -10,7 +10,9 @@ are zeroed (``callgrind_control --zero PID``), a client makes ``--count`` operat
 another, the counters are dumped; then zeroed again for as long idle, and dumped. Per operation
 = (operations - idle) / count: the user-space instructions of an operation wherever it ran,
 the background (file watchers, the supervisor) taken out. Kernel work is not counted
-(callgrind sees user space only).
+(callgrind sees user space only). The proxies run with ``bench/valgrind_site`` on their
+``PYTHONPATH``: it lifts the time budget of a read's slices, which callgrind's slowness would
+otherwise make cut every request (see its docstring).
 
     .venv/bin/python bench/workers_instructions.py --workers 1,2 --test hs --count 100
     .venv/bin/python bench/workers_instructions.py --workers 1,2 --test ka --count 2000
@@ -22,6 +24,7 @@ the background (file watchers, the supervisor) taken out. Kernel work is not cou
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import ssl
 import subprocess
@@ -145,7 +148,10 @@ def per_operation(directory: Path, workers: int, args: argparse.Namespace, upstr
     ]
     log_path = directory / f"proxy-{workers}-{args.test}.log"
     log = log_path.open("wb")
-    proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=log, start_new_session=True)
+    site = str(Path(__file__).resolve().parent / "valgrind_site")
+    inherited = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (site, inherited)))}
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=log, start_new_session=True)
     try:
         wait_ready(admin, proc, log_path)
         pids = [proc.pid, *map(int, WORKER_PID.findall(log_path.read_bytes()))]

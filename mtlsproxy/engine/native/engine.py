@@ -156,7 +156,9 @@ class NativeEngine:
         self._state: State = NEGOTIATING
         self._records = RecordReader()
         self._messages = msgs.HandshakeAssembler()
-        self._out = bytearray()
+        # Bytes, not a bytearray: the usual write is one record, and b"" + record is the record
+        # itself, handed on by ``data_to_send`` without a copy.
+        self._out = b""
         self._read: RecordProtection | None = None  # the client's traffic, once keyed
         self._write: RecordProtection | None = None  # ours, once keyed
         self._handshake_records = HandshakeRecords(hello.has_early_data)
@@ -181,10 +183,7 @@ class NativeEngine:
     name = "native"
 
     def data_to_send(self) -> bytes:
-        if not self._out:
-            return b""
-        out = bytes(self._out)
-        self._out.clear()
+        out, self._out = self._out, b""
         return out
 
     def start(self, message: bytes, rest: bytes = b"") -> list[Event]:
@@ -203,6 +202,18 @@ class NativeEngine:
         return events
 
     def receive(self, data: bytes) -> list[Event]:
+        if (
+            type(self._state) is Established
+            and not self._peer_closed
+            and not self._messages.pending
+        ):
+            # The data path: a read that is one record of application data (a keep-alive
+            # request) in one call; anything else is read by the way below, from its start.
+            assert self._read is not None
+            content = self._records.open_record(self._read, data)
+            if content is not None:
+                self._useless.progress()
+                return [ApplicationData(content)]
         if isinstance(self._state, Closed) or self._peer_closed or not data:
             return []
         flight = isinstance(self._state, ClientFlightState)
@@ -230,17 +241,20 @@ class NativeEngine:
     def send(self, data: bytes) -> None:
         if not isinstance(self._state, Established) or self._close_sent:
             raise RuntimeError("send() before the handshake completed or after close")
-        if not data:
-            return
         write = self._write
         assert write is not None
+        if data and len(data) <= MAX_PLAINTEXT_LENGTH and not self._key_update_owed:
+            # The data path: one record (a keep-alive answer), in one call.
+            record = write.seal_application_data(data)
+            if record is not None:  # else its key is due for an update: the loop sends one
+                self._out += record
+                return
         for start in range(0, len(data), MAX_PLAINTEXT_LENGTH):
             if self._key_update_owed or write.needs_key_update:
                 self._send_key_update()
                 write = self._write
                 assert write is not None
-            # A whole-bytes slice is the object itself: one record's content is not copied.
-            self._out += write.seal_application_data(data[start : start + MAX_PLAINTEXT_LENGTH])
+            self._out += write.encrypt(APPLICATION_DATA, data[start : start + MAX_PLAINTEXT_LENGTH])
 
     def close(self) -> None:
         """Send close_notify. Reading goes on: the client may still have data in flight."""

@@ -230,6 +230,14 @@ class RecordReader:
         self._pos = end
         return _new_record((content_type, version, data[start:end]))
 
+    def open_record(self, protection: RecordProtection, data: bytes) -> bytes | None:
+        """The data path's common read in one call: nothing is buffered and ``data`` is one
+        whole protected record of application data (``RecordProtection.open_record``): its
+        content. None for anything else, with nothing read: the caller ``feed``s ``data``."""
+        if self._head or self._pos != len(self._data):
+            return None
+        return protection.open_record(data)
+
     def open_application_data(
         self, protection: RecordProtection, contents: list[bytes | memoryview]
     ) -> InnerPlaintext | None:
@@ -461,17 +469,21 @@ class RecordProtection:
         self._sequence += 1
         return header + sealed
 
-    def seal_application_data(self, content: bytes | memoryview) -> bytes:
-        """``encrypt(APPLICATION_DATA, content)`` for the data path (``content`` of at most
-        2^14 bytes, the caller's slice): the same record, with the checks that cannot fail
-        for application data left out, and no call per step (a keep-alive request's answer
-        is one record: this is most of what the engine does for it)."""
-        if self._sequence >= self._encrypt_limit or self.padding.block_size > 1:
+    def seal_application_data(self, content: bytes | memoryview) -> bytes | None:
+        """``encrypt(APPLICATION_DATA, content)`` for the data path (``content`` of 1 to 2^14
+        bytes): the same record, without the checks that cannot fail for it and with no call
+        per step (a keep-alive request's answer is one record: this is most of what the engine
+        does for it). None, with nothing sealed, once the key should be replaced
+        (``needs_key_update``): the caller sends a KeyUpdate first."""
+        sequence = self._sequence
+        if sequence >= self._key_update_threshold:  # below the encrypt limit until then
+            return None
+        if self.padding.block_size > 1:
             return self.encrypt(ContentType.APPLICATION_DATA, bytes(content))
         inner = b"".join((content, _APPLICATION_DATA_TYPE))
         header = _CIPHERTEXT_HEADER_PREFIX + (len(inner) + self.suite.tag_length).to_bytes(2, "big")
-        sealed = self._aead.encrypt((self._iv ^ self._sequence).to_bytes(12, "big"), inner, header)
-        self._sequence += 1
+        sealed = self._aead.encrypt((self._iv ^ sequence).to_bytes(12, "big"), inner, header)
+        self._sequence = sequence + 1
         return header + sealed
 
     def encrypt_fragmented(
@@ -524,6 +536,36 @@ class RecordProtection:
             # record fewer; the client's flight is three or four records).
             return _new_inner_plaintext((inner[-1], inner[:-1]))
         return _inner_plaintext(inner)
+
+    def open_record(self, data: bytes) -> bytes | None:
+        """The content of ``data`` when it is exactly one protected record (section 5.2) whose
+        TLSInnerPlaintext is application data with bytes in it and no padding (section 5.4):
+        a keep-alive request is one read of one such record. None for anything else, the
+        sequence number left as it was: ``decrypt`` and ``open_records`` read it again and
+        raise what they find (a failed authentication included), so this path has no checks
+        of its own to keep in step with theirs, only the conditions of its one case."""
+        length = len(data) - RECORD_HEADER_SIZE
+        tag = self.suite.tag_length
+        sequence = self._sequence
+        if (
+            not tag + 1 < length <= MAX_INNER_PLAINTEXT_LENGTH + tag
+            or data[0] != _PROTECTED_OCTET
+            or (data[3] << 8 | data[4]) != length
+            or sequence >= SEQUENCE_NUMBER_LIMIT
+        ):
+            return None
+        try:
+            inner = self._aead.decrypt(
+                (self._iv ^ sequence).to_bytes(12, "big"),
+                data[RECORD_HEADER_SIZE:],
+                data[:RECORD_HEADER_SIZE],
+            )
+        except InvalidTag:
+            return None
+        if inner[-1] != _PROTECTED_OCTET:
+            return None
+        self._sequence = sequence + 1
+        return inner[:-1]
 
     def open_records(
         self, data: bytes, spans: list[tuple[int, int]], contents: list[bytes | memoryview]

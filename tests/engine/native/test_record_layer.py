@@ -462,13 +462,19 @@ def test_fuzz_sealed_inner_plaintext(inner: bytes, data: st.DataObject) -> None:
 # --- the established data path: every complete record in one call ---------------------------
 
 
-def _drain_one_by_one(reader: RecordReader, receiver: RecordProtection, out: list) -> None:
+def _drain_one_by_one(
+    reader: RecordReader, receiver: RecordProtection, read: bytes, out: list
+) -> None:
+    reader.feed(read)
     while (record := reader.next_record()) is not None:
         _note(out, receiver.decrypt(record))
 
 
-def _drain_batched(reader: RecordReader, receiver: RecordProtection, out: list) -> None:
+def _drain_batched(
+    reader: RecordReader, receiver: RecordProtection, read: bytes, out: list
+) -> None:
     """As the engine's established loop: the batch, then the one-record way when it stops."""
+    reader.feed(read)
     while True:
         contents: list[bytes | memoryview] = []
         try:
@@ -483,6 +489,18 @@ def _drain_batched(reader: RecordReader, receiver: RecordProtection, out: list) 
         if record is None:
             return
         _note(out, receiver.decrypt(record))
+
+
+def _drain_read_whole_first(
+    reader: RecordReader, receiver: RecordProtection, read: bytes, out: list
+) -> None:
+    """As the engine's established receive: a read that is one record of application data
+    in one call (``open_record``), anything else the batched way."""
+    content = reader.open_record(receiver, read)
+    if content is not None:
+        _note(out, InnerPlaintext(APPLICATION_DATA, content))
+    else:
+        _drain_batched(reader, receiver, read, out)
 
 
 def _note(out: list, inner: InnerPlaintext) -> None:
@@ -503,8 +521,7 @@ def _received(stream: bytes, cuts: list[int], suite: CipherSuite, drain: object)
     bounds = [0, *sorted(cuts), len(stream)]
     try:
         for start, end in itertools.pairwise(bounds):
-            reader.feed(stream[start:end])
-            drain(reader, receiver, out)  # type: ignore[operator]
+            drain(reader, receiver, stream[start:end], out)  # type: ignore[operator]
     except TLSAlert as error:
         out.append(("alert", error.alert))
     out.append(("sequence", receiver.sequence_number, "buffered", reader.buffered))
@@ -524,28 +541,34 @@ RECORD_KINDS = st.one_of(
 @settings(max_examples=150, deadline=None)
 @given(st.lists(RECORD_KINDS, max_size=12), st.data())
 def test_batched_records_read_as_one_by_one(kinds: list[tuple[str, int]], data) -> None:
-    """Differential: the batch path gives the same contents, records, alert and sequence
-    number as the one-record path, for any records (padded or not) fed in any split."""
+    """Differential: the batch path, and the whole-record read before it, give the same
+    contents, records, alert and sequence number as the one-record path, for any records
+    (padded or not) fed in any split, a read per record included."""
     suite = data.draw(st.sampled_from(SUITES))
     block = data.draw(st.sampled_from([0, 0, 16, 256]))
     sender, _ = pair(suite, pad_to_multiple(block))
-    stream = b""
+    records: list[bytes] = []
     for kind, size in kinds:
         if kind == "data":
-            stream += sender.encrypt(APPLICATION_DATA, bytes([size % 251]) * size)
+            records.append(sender.encrypt(APPLICATION_DATA, bytes([size % 251]) * size))
         elif kind == "alert":
-            stream += sender.encrypt(ALERT, b"\x01\x00")
+            records.append(sender.encrypt(ALERT, b"\x01\x00"))
         elif kind == "handshake":
-            stream += sender.encrypt(HANDSHAKE, b"\x18" * size)
+            records.append(sender.encrypt(HANDSHAKE, b"\x18" * size))
         elif kind == "plaintext":
-            stream += encode_record(HANDSHAKE, b"\x01" * size)
+            records.append(encode_record(HANDSHAKE, b"\x01" * size))
         else:
             record = bytearray(sender.encrypt(APPLICATION_DATA, b"t" * size))
             record[-1] ^= 1
-            stream += bytes(record)
-    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=6))
+            records.append(bytes(record))
+    stream = b"".join(records)
+    if data.draw(st.booleans()):  # a read per record, as keep-alive requests come
+        cuts = list(itertools.accumulate(len(record) for record in records))
+    else:
+        cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=6))
     one_by_one = _received(stream, cuts, suite, _drain_one_by_one)
     assert _received(stream, cuts, suite, _drain_batched) == one_by_one
+    assert _received(stream, cuts, suite, _drain_read_whole_first) == one_by_one
 
 
 def test_batched_read_is_one_buffer_and_keeps_data_before_a_bad_record() -> None:
@@ -597,6 +620,17 @@ def test_seal_application_data_is_encrypt(
         sealed = one.seal_application_data(memoryview(content) if as_view else content)
         assert sealed == other.encrypt(APPLICATION_DATA, content)
     assert one.sequence_number == other.sequence_number == len(sizes)
+
+
+def test_seal_application_data_declines_once_the_key_is_worn() -> None:
+    """Past ``needs_key_update`` the data path seals nothing (the engine sends a KeyUpdate
+    first, then the record under the new key)."""
+    sender, _ = pair(TLS_AES_128_GCM_SHA256)
+    sender._sequence = 2**24 - 1
+    assert sender.seal_application_data(b"x") is not None
+    assert sender.needs_key_update and sender.sequence_number == 2**24
+    assert sender.seal_application_data(b"x") is None
+    assert sender.sequence_number == 2**24
 
 
 def test_reader_fed_again_before_it_was_drained() -> None:
