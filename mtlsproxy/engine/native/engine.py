@@ -249,12 +249,18 @@ class NativeEngine:
             if record is not None:  # else its key is due for an update: the loop sends one
                 self._out += record
                 return
+        # Records joined once: ``_out`` is bytes, and adding a bulk write's records to it one
+        # by one would copy it again for each.
+        records = [self._out]
         for start in range(0, len(data), MAX_PLAINTEXT_LENGTH):
             if self._key_update_owed or write.needs_key_update:
-                self._send_key_update()
+                records.append(self._key_update())
                 write = self._write
                 assert write is not None
-            self._out += write.encrypt(APPLICATION_DATA, data[start : start + MAX_PLAINTEXT_LENGTH])
+            records.append(
+                write.encrypt(APPLICATION_DATA, data[start : start + MAX_PLAINTEXT_LENGTH])
+            )
+        self._out = b"".join(records)
 
     def close(self) -> None:
         """Send close_notify. Reading goes on: the client may still have data in flight."""
@@ -475,11 +481,12 @@ class NativeEngine:
         self._key_update_owed |= requested
         return []
 
-    def _send_key_update(self) -> None:
+    def _key_update(self) -> bytes:
+        """Our KeyUpdate record; what we send after it is under the next key."""
         assert self._write is not None
         record, self._write = post_handshake.key_update(self._write, self._trace)
-        self._out += record
         self._key_update_owed = False
+        return record
 
     # Alerts
 
