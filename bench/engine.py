@@ -176,14 +176,19 @@ def crypto_floor(files: pki.PkiFiles) -> Callable[[], float]:
 
 
 def bare(server_route: ServerRoute) -> Callable[[], ServerStep]:
-    """A bare SSLObject server on the route's own context (the OpenSSL floor)."""
+    """A bare SSLObject server on the route's own context (the OpenSSL floor). Its SSLObject
+    is made in the first (timed) call, as the engine makes its own once the ClientHello has
+    chosen the route: making one (``SSL_new``) is part of what every handshake costs."""
     context = server_route.ssl_context
 
     def new() -> ServerStep:
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        server = context.wrap_bio(incoming, outgoing, server_side=True)
+        server: ssl.SSLObject | None = None
 
         def step(data: bytes) -> bytes:
+            nonlocal server
+            if server is None:
+                server = context.wrap_bio(incoming, outgoing, server_side=True)
             incoming.write(data)
             try:
                 server.do_handshake()
