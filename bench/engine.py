@@ -21,7 +21,9 @@ handshake (a PSK from its ticket, RFC 8446 section 2.2: no certificate messages,
 the ticket's chain is decided on again).
 
 ``--loop N`` runs N native mutual-TLS 1.3 handshakes (``--one-way``: one-way TLS 1.3;
-``--resumed``: resumed) and nothing else, for a profiler or an instruction count, with
+``--resumed``: resumed; ``--server openssl`` or ``bare``: the OpenSSL engine or a bare
+SSLObject instead, ``--tls12`` then for TLS 1.2) and nothing else, for a profiler or an
+instruction count, with
 ``--pki DIR`` keeping the PKI in DIR (made on first use) so that runs are comparable (fresh
 keys change what the client's crypto costs). Instructions per handshake, repeatable on a
 noisy machine: the difference of two callgrind totals over 20::
@@ -174,14 +176,19 @@ def crypto_floor(files: pki.PkiFiles) -> Callable[[], float]:
 
 
 def bare(server_route: ServerRoute) -> Callable[[], ServerStep]:
-    """A bare SSLObject server on the route's own context (the OpenSSL floor)."""
+    """A bare SSLObject server on the route's own context (the OpenSSL floor). Its SSLObject
+    is made in the first (timed) call, as the engine makes its own once the ClientHello has
+    chosen the route: making one (``SSL_new``) is part of what every handshake costs."""
     context = server_route.ssl_context
 
     def new() -> ServerStep:
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        server = context.wrap_bio(incoming, outgoing, server_side=True)
+        server: ssl.SSLObject | None = None
 
         def step(data: bytes) -> bytes:
+            nonlocal server
+            if server is None:
+                server = context.wrap_bio(incoming, outgoing, server_side=True)
             incoming.write(data)
             try:
                 server.do_handshake()
@@ -196,11 +203,18 @@ def bare(server_route: ServerRoute) -> Callable[[], ServerStep]:
 
 
 def loop(
-    count: int, directory: Path | None, *, one_way: bool = False, resumed: bool = False
+    count: int,
+    directory: Path | None,
+    *,
+    one_way: bool = False,
+    resumed: bool = False,
+    server: str = "native",
+    version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3,
 ) -> None:
-    """``count`` native TLS 1.3 handshakes after one warm-up (module docstring): mutual TLS,
-    or with ``one_way`` no CertificateRequest and no client certificate; ``resumed``: each
-    resuming the session of the warm-up (a PSK from its ticket, section 2.2)."""
+    """``count`` handshakes after one warm-up (module docstring): mutual TLS, or with
+    ``one_way`` no CertificateRequest and no client certificate; ``resumed``: each resuming
+    the session of the warm-up (a PSK from its ticket, section 2.2). ``server``: ``native``
+    (the selecting engine), ``openssl`` (the OpenSSL engine) or ``bare`` (an SSLObject)."""
     with tempfile.TemporaryDirectory() as scratch:
         where = directory or Path(scratch)
         files = pki.PkiFiles.at(where)
@@ -208,9 +222,14 @@ def loop(
             where.mkdir(parents=True, exist_ok=True)
             files = pki.init(where)
         mode = ClientAuthMode.NONE if one_way else ClientAuthMode.REQUIRE
-        table = RouteTable(route(files, mode, allow=not one_way))
-        client_ctx = client_context(files, not one_way, ssl.TLSVersion.TLSv1_3)
-        new_server = engine_server(table, SelectingEngine)
+        server_route = route(files, mode, allow=not one_way)
+        client_ctx = client_context(files, not one_way, version)
+        servers = {
+            "native": lambda: engine_server(RouteTable(server_route), SelectingEngine),
+            "openssl": lambda: engine_server(RouteTable(server_route)),
+            "bare": lambda: bare(server_route),
+        }
+        new_server = servers[server]()
         session = first_session(client_ctx, new_server())
         if resumed:
             handshake(client_ctx, new_server(), session)  # the resumed path's warm-up
@@ -237,11 +256,26 @@ def main() -> None:
     parser.add_argument(
         "--resumed", action="store_true", help="with --loop: resumed (PSK from a ticket)"
     )
+    parser.add_argument(
+        "--server",
+        choices=("native", "openssl", "bare"),
+        default="native",
+        help="with --loop: the engine serving (bare: an SSLObject on the route's context)",
+    )
+    parser.add_argument("--tls12", action="store_true", help="with --loop: TLS 1.2 (not native)")
     args = parser.parse_args()
     if args.no_verify_cache:
         verify.VERIFY_CACHE_SIZE = 0
     if args.loop is not None:
-        loop(args.loop, args.pki, one_way=args.one_way, resumed=args.resumed)
+        version = ssl.TLSVersion.TLSv1_2 if args.tls12 else ssl.TLSVersion.TLSv1_3
+        loop(
+            args.loop,
+            args.pki,
+            one_way=args.one_way,
+            resumed=args.resumed,
+            server=args.server,
+            version=version,
+        )
         return
     with tempfile.TemporaryDirectory() as directory:
         files = pki.init(Path(directory))

@@ -3,9 +3,12 @@
 ``ClientHelloReader`` is fed the first bytes of a connection in any split. It keeps every byte
 unchanged in ``buffered`` (to be replayed into OpenSSL), decides "this is not TLS" from the first
 bytes, reassembles the ClientHello across records (RFC 8446 section 5.1) and parses it
-(RFC 8446 section 4.1.2) into a frozen ``ClientHello``. Every failure is a ``HandshakeError`` at
-``Step.CLIENT_HELLO``: ``not_tls``, ``malformed`` or ``unsupported_version``. Nothing else
-escapes, memory is bounded by ``max_size`` and work is linear in the bytes received.
+(RFC 8446 section 4.1.2) into a frozen ``ClientHello``. A hello as clients send it (whole in
+its first record, every extension in its usual form) is read by offsets in one pass; anything
+else by the record reader and the strict reading, which name every refusal. Every failure is a
+``HandshakeError`` at ``Step.CLIENT_HELLO``: ``not_tls``, ``malformed`` or
+``unsupported_version``. Nothing else escapes, memory is bounded by ``max_size`` and work is
+linear in the bytes received.
 """
 
 from __future__ import annotations
@@ -13,14 +16,16 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
 
 from mtlsproxy.engine import fingerprints
 from mtlsproxy.engine.hello_extensions import (
+    UINT16_VECTORS,
     ExtensionType,
     KeyShareEntry,
     OfferedPsks,
+    host_name,
     is_grease,
     malformed,
     parse_alpn,
@@ -42,6 +47,7 @@ from mtlsproxy.engine.records import (
     HandshakeType,
 )
 from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Reason, Step
+from mtlsproxy.vocabulary.frozen import quick_init
 
 # The default cap on the whole ClientHello *including record headers*. Real ClientHellos are
 # 200-2000 bytes; post-quantum key shares (X25519MLKEM768, 1216 bytes) plus large PSK tickets
@@ -95,6 +101,7 @@ HTTP_METHODS = (
 )
 
 
+@quick_init
 @dataclass(frozen=True, slots=True, weakref_slot=True)
 class ClientHello:
     """A parsed ClientHello (RFC 8446 section 4.1.2; RFC 5246 section 7.4.1.2).
@@ -102,10 +109,11 @@ class ClientHello:
     The fields are parsed from the extensions, whose raw bodies are not kept: the proxy keeps
     the hello for the connection's life (its log lines), and a client may send 60 KB of
     extensions no one reads. ``extension_type_codes`` keeps their types in wire order, GREASE
-    included (2 bytes each; the fingerprints need them), ``retry_digest`` what a second
-    ClientHello must repeat. GREASE values stay in the tuples (they are what the client sent)
-    and are skipped by the fingerprints. ``key_shares`` and ``offered_psks`` carry what a TLS
-    1.3 server needs of those extensions, so no engine parses the hello a second time.
+    included (2 bytes each; the fingerprints need them). GREASE values stay in the tuples (they
+    are what the client sent) and are skipped by the fingerprints. ``key_shares`` and
+    ``offered_psks`` carry what a TLS 1.3 server needs of those extensions, so no engine parses
+    the hello a second time. What a second ClientHello must repeat is :func:`retry_digest` of
+    the message, computed only when a HelloRetryRequest is sent.
     """
 
     legacy_version: int
@@ -125,9 +133,6 @@ class ClientHello:
     offered_psks: OfferedPsks | None = None
     has_early_data: bool = False
     ec_point_formats: bytes = b""
-    # SHA-256 over what a second ClientHello must repeat (RFC 8446 section 4.1.2): every field
-    # before the extensions and every extension not in RETRY_MAY_CHANGE, in wire order.
-    retry_digest: bytes = b""
 
     @property
     def key_share_groups(self) -> tuple[int, ...]:
@@ -190,10 +195,14 @@ def parse_client_hello(body: bytes) -> ClientHello:
 
     RFC 8446 section 4.1.2 (and RFC 5246 section 7.4.1.2, where the extensions block may be
     absent). Raises ``HandshakeError`` (``malformed`` or ``unsupported_version``) and nothing
-    else.
+    else. A hello as clients send it is read by offsets (:func:`_usual_hello`); anything else,
+    every refusal included, by the strict reading.
     """
+    hello = _usual_hello(body)
+    if hello is not None:
+        return hello
     try:
-        hello = _parse_client_hello(body)
+        hello = _read_client_hello(body)
     except DecodeError as exc:
         raise malformed(f"ClientHello does not decode: {exc}") from None
     _check_version(hello)
@@ -202,13 +211,174 @@ def parse_client_hello(body: bytes) -> ClientHello:
 
 _UINT16 = struct.Struct(">H")
 _EXTENSION_HEADER = struct.Struct(">HH")
+_UNPACK_UINT16 = _UINT16.unpack_from
+_UNPACK_EXTENSION_HEADER = _EXTENSION_HEADER.unpack_from  # also a KeyShareEntry's group, length
+
+_NULL_COMPRESSION = b"\x00"
+# The fields the extensions fill, in order, as a hello without any of them has them.
+_NO_EXTENSION = tuple(field.default for field in fields(ClientHello)[6:])
+
+# The extension types the usual reading compares with, as module names (on Python 3.11 a class
+# attribute costs ~170 instructions more a read, and each extension is compared with several).
+_ALPN = ExtensionType.ALPN
+_EC_POINT_FORMATS = ExtensionType.EC_POINT_FORMATS
+_KEY_SHARE = ExtensionType.KEY_SHARE
+_PRE_SHARED_KEY = ExtensionType.PRE_SHARED_KEY
+_PSK_KEY_EXCHANGE_MODES = ExtensionType.PSK_KEY_EXCHANGE_MODES
+_SERVER_NAME = ExtensionType.SERVER_NAME
+_SIGNATURE_ALGORITHMS = ExtensionType.SIGNATURE_ALGORITHMS
+_SUPPORTED_GROUPS = ExtensionType.SUPPORTED_GROUPS
+_SUPPORTED_VERSIONS = ExtensionType.SUPPORTED_VERSIONS
+_UINT16_LISTS = frozenset((_SUPPORTED_GROUPS, _SIGNATURE_ALGORITHMS))  # length: uint16
+_UINT8_LISTS = frozenset((_PSK_KEY_EXCHANGE_MODES, _EC_POINT_FORMATS))  # opaque<1..2^8-1>
+
+
+def _usual_hello(body: bytes) -> ClientHello | None:
+    """``parse_client_hello`` for a hello as clients send it, read by offsets in one pass:
+    exactly null compression, an extensions block, each extension kept in its usual form (one
+    host name, vectors filling their extension), no type twice, pre_shared_key last, a version
+    we speak. None for anything else, which the strict reading then accepts or refuses: this
+    never raises, so that the strict reading names every error (both readings agree:
+    tests/engine/test_fast_readings.py). Key shares, ALPN and PSK offers go through their
+    parsers' own fast readings."""
+    size = len(body)
+    try:
+        # legacy_version, random, legacy_session_id<0..32>, cipher_suites<2..2^16-2>
+        session_id_end = 35 + body[34]
+        suites_start = session_id_end + 2
+        suites_end = suites_start + ((body[session_id_end] << 8) | body[session_id_end + 1])
+        count = suites_end - suites_start
+        if (
+            body[34] > MAX_SESSION_ID_SIZE
+            or count < 2
+            or count & 1
+            or body[suites_end] != 1  # legacy_compression_methods: one method, null
+            or body[suites_end + 1] != 0
+        ):
+            return None
+        cipher_suites = UINT16_VECTORS[count >> 1].unpack(body[suites_start:suites_end])
+        pos = suites_end + 4  # past the compression methods and the extensions' length
+        if pos + ((body[pos - 2] << 8) | body[pos - 1]) != size:
+            return None
+        types: list[int] = []
+        (
+            server_name, alpn_protocols, supported_versions, supported_groups,
+            signature_algorithms, key_shares, has_key_share, psk_modes, offered_psks,
+            has_early_data, ec_point_formats,
+        ) = _NO_EXTENSION  # fmt: skip
+        while pos < size:
+            ext_type, length = _UNPACK_EXTENSION_HEADER(body, pos)
+            start = pos + 4
+            pos = start + length
+            types.append(ext_type)
+            if ext_type not in _KEPT_EXTENSIONS:
+                continue
+            if ext_type in _UINT16_LISTS:
+                count = length - 2  # a uint16 vector<2..2^16-1> filling the extension
+                if count < 2 or count & 1 or ((body[start] << 8) | body[start + 1]) != count:
+                    return None
+                values = UINT16_VECTORS[count >> 1].unpack(body[start + 2 : pos])
+                if ext_type == _SUPPORTED_GROUPS:
+                    supported_groups = values
+                else:
+                    signature_algorithms = values
+            elif ext_type == _SERVER_NAME:  # one host_name filling the list
+                if (
+                    length <= 5
+                    or body[start + 2] != 0
+                    or ((body[start] << 8) | body[start + 1]) != length - 2
+                    or ((body[start + 3] << 8) | body[start + 4]) != length - 5
+                ):
+                    return None
+                server_name = host_name(body[start + 5 : pos])
+            elif ext_type == _SUPPORTED_VERSIONS:
+                count = length - 1  # versions<2..254>
+                if count < 2 or count & 1 or body[start] != count:
+                    return None
+                supported_versions = UINT16_VECTORS[count >> 1].unpack(body[start + 1 : pos])
+            elif ext_type == _KEY_SHARE:
+                key_shares = parse_key_share(body[start:pos])
+                has_key_share = True
+            elif ext_type == _ALPN:
+                alpn_protocols = parse_alpn(body[start:pos])
+            elif ext_type in _UINT8_LISTS:
+                if length < 2 or body[start] != length - 1:  # an opaque<1..2^8-1> filling it
+                    return None
+                if ext_type == _EC_POINT_FORMATS:
+                    ec_point_formats = body[start + 1 : pos]
+                else:
+                    psk_modes = tuple(body[start + 1 : pos])
+            elif ext_type == _PRE_SHARED_KEY:
+                if pos != size:  # not the last extension
+                    return None
+                offered_psks = parse_pre_shared_key(body[start:pos])
+            elif length:  # early_data, empty in a ClientHello
+                return None
+            else:
+                has_early_data = True
+        legacy_version = (body[0] << 8) | body[1]
+        if (
+            pos != size
+            or len(set(types)) != len(types)
+            or legacy_version <= SSL3
+            or not (
+                TLS1_3 in supported_versions or TLS1_2 in supported_versions
+                if supported_versions
+                else legacy_version >= TLS1_2
+            )
+        ):
+            return None
+        return ClientHello(
+            legacy_version,
+            body[2:34],
+            body[35:session_id_end],
+            cipher_suites,
+            _NULL_COMPRESSION,
+            UINT16_VECTORS[len(types)].pack(*types),
+            server_name,
+            alpn_protocols,
+            supported_versions,
+            supported_groups,
+            signature_algorithms,
+            key_shares,
+            has_key_share,
+            psk_modes,
+            offered_psks,
+            has_early_data,
+            ec_point_formats,
+        )
+    except (IndexError, struct.error, DecodeError, HandshakeError):
+        return None  # a read past the end, or a refusal: the strict reading names it
+
+
+def retry_digest(message: bytes) -> bytes:
+    """SHA-256 over what a second ClientHello must repeat (RFC 8446 section 4.1.2): every field
+    before the extensions and every extension not in ``RETRY_MAY_CHANGE``, in wire order.
+    ``message``: a ClientHello ``parse_client_hello`` accepted, its 4-byte header included.
+    Only a HelloRetryRequest needs it, so no hello pays for it at parse time."""
+    body = message[HANDSHAKE_HEADER_SIZE:]
+    fixed_end = 35 + body[34]  # after legacy_session_id
+    fixed_end += 2 + ((body[fixed_end] << 8) | body[fixed_end + 1])  # cipher_suites
+    fixed_end += 1 + body[fixed_end]  # legacy_compression_methods
+    digest = hashlib.sha256(body[:fixed_end])
+    # Adjacent extensions are hashed as one run of bytes (one update per run rather than per
+    # extension: the same digest).
+    run_start = run_end = 0
+    if fixed_end < len(body):  # RFC 5246 allows the extensions block to be absent
+        for ext_type, ext_start, ext_end in _split_extensions(body, fixed_end):
+            if ext_type not in RETRY_MAY_CHANGE:
+                if ext_start != run_end:
+                    digest.update(body[run_start:run_end])
+                    run_start = ext_start
+                run_end = ext_end
+    digest.update(body[run_start:run_end])
+    return digest.digest()
 
 
 def _split_extensions(body: bytes, start: int) -> list[tuple[int, int, int]]:
     """``Extension extensions<8..2^16-1>`` from ``start`` to the end of ``body``, as
     ``(type, start, end)`` of each extension's raw bytes (type and length included); the
-    framing checks of ``Buffer.pull_block`` and ``pull_vector_bytes``, inline (this loop is
-    the hot path of every handshake)."""
+    framing checks of ``Buffer.pull_block`` and ``pull_vector_bytes``, inline."""
     size = len(body)
     if size - start < 2:
         raise DecodeError(f"read of 2 bytes at offset {start} runs past {size}")
@@ -232,10 +402,6 @@ def _split_extensions(body: bytes, start: int) -> list[tuple[int, int, int]]:
     return spans
 
 
-_UNPACK_UINT16 = _UINT16.unpack_from
-_UNPACK_EXTENSION_HEADER = _EXTENSION_HEADER.unpack_from
-
-
 def _check_extension_order(types: list[int]) -> None:
     """RFC 8446 section 4.2: "There MUST NOT be more than one extension of the same type in a
     given extension block"; section 4.2.11: pre_shared_key "MUST be the last extension"."""
@@ -252,7 +418,9 @@ def _check_extension_order(types: list[int]) -> None:
             raise malformed("pre_shared_key is not the last extension", Alert.ILLEGAL_PARAMETER)
 
 
-def _parse_client_hello(body: bytes) -> ClientHello:
+def _read_client_hello(body: bytes) -> ClientHello:
+    """The strict reading: a ``Buffer`` over the fixed fields, every extension framed and
+    ordered before any is parsed, each kept one by its own strict parser."""
     buf = Buffer(body)
     legacy_version = buf.pull_uint16()
     random = buf.pull_bytes(RANDOM_SIZE)
@@ -266,32 +434,20 @@ def _parse_client_hello(body: bytes) -> ClientHello:
     compression_methods = buf.pull_vector_bytes(1, minimum=1)
     if 0 not in compression_methods:
         raise malformed("compression methods do not include null", Alert.ILLEGAL_PARAMETER)
-    fixed_end = buf.tell()
-    retry_digest = hashlib.sha256(body[:fixed_end])
 
     # RFC 5246 allows the extensions block to be absent entirely.
-    spans = _split_extensions(body, fixed_end) if not buf.eof() else []
+    spans = _split_extensions(body, buf.tell()) if not buf.eof() else []
     types = [span[0] for span in spans]
     _check_extension_order(types)
 
-    fields: dict[str, object] = {}
-    # The retry digest takes each extension's raw bytes (type, length, body) but those a second
-    # hello may change; adjacent extensions are hashed as one run of bytes (one update per run
-    # rather than per extension: the same digest).
-    run_start = run_end = 0
+    parsed: dict[str, object] = {}
     for ext_type, ext_start, ext_end in spans:
-        if ext_type not in RETRY_MAY_CHANGE:
-            if ext_start != run_end:
-                retry_digest.update(body[run_start:run_end])
-                run_start = ext_start
-            run_end = ext_end
         field = _FIELD_PARSERS.get(ext_type)
         if field is not None:
             name, parse = field
-            fields[name] = parse(body[ext_start + 4 : ext_end])
-    retry_digest.update(body[run_start:run_end])
-    if "key_shares" in fields:
-        fields["has_key_share"] = True  # the extension is there, even listing no share
+            parsed[name] = parse(body[ext_start + 4 : ext_end])
+    if "key_shares" in parsed:
+        parsed["has_key_share"] = True  # the extension is there, even listing no share
 
     return ClientHello(
         legacy_version=legacy_version,
@@ -300,8 +456,7 @@ def _parse_client_hello(body: bytes) -> ClientHello:
         cipher_suites=cipher_suites,
         compression_methods=compression_methods,
         extension_type_codes=struct.pack(f">{len(types)}H", *types),
-        retry_digest=retry_digest.digest(),
-        **fields,  # type: ignore[arg-type]
+        **parsed,  # type: ignore[arg-type]
     )
 
 
@@ -340,6 +495,7 @@ _FIELD_PARSERS: dict[int, tuple[str, Callable[[bytes], object]]] = {
     # ECPointFormat ec_point_format_list<1..2^8-1>
     ExtensionType.EC_POINT_FORMATS: ("ec_point_formats", partial(parse_uint8_list, minimum=1)),
 }
+_KEPT_EXTENSIONS = frozenset(_FIELD_PARSERS)
 
 
 def _refuse_legacy_version(version: int, detail: str) -> HandshakeError:
@@ -419,11 +575,10 @@ class ClientHelloReader:
 
     def __init__(self, max_size: int = MAX_CLIENT_HELLO_SIZE) -> None:
         self._max_size = max_size
-        self._buffered = bytearray()
-        self._records = HandshakeReader(
-            Step.CLIENT_HELLO,
-            max_message_size=max(0, max_size - RECORD_HEADER_SIZE - HANDSHAKE_HEADER_SIZE),
-        )
+        # Every byte fed: the first chunk itself when it holds the whole hello (no copy).
+        self._buffered: bytes | bytearray = bytearray()
+        # The record reader, made only for a hello that is not whole in the first chunk.
+        self._records: HandshakeReader | None = None
         self._hello: ClientHello | None = None
         self._message = b""
         self._hello_size = 0
@@ -474,17 +629,26 @@ class ClientHelloReader:
 
     def _feed(self, data: bytes) -> ClientHello | None:
         before = len(self._buffered)
-        self._buffered += data
         if not before and (lone := _lone_client_hello(data, self._max_size)) is not None:
+            self._buffered = data
             return self._parse(lone, RECORD_HEADER_SIZE + len(lone))
+        self._buffered += data  # the bytearray: only a lone hello's chunk is kept as bytes
         if before < SSL2_HEADER_SIZE and not self._check_first_bytes():
             return None  # an SSL 2.0 header is not whole yet
+        records = self._records
+        if records is None:
+            self._records = records = HandshakeReader(
+                Step.CLIENT_HELLO,
+                max_message_size=max(
+                    0, self._max_size - RECORD_HEADER_SIZE - HANDSHAKE_HEADER_SIZE
+                ),
+            )
         room = max(0, self._max_size - before)
-        self._records.feed(data[:room])
+        records.feed(data[:room])
 
-        message = self._records.read_message()
+        message = records.read_message()
         if message is None:
-            msg_type, length = self._records.pending_header()
+            msg_type, length = records.pending_header()
             if msg_type is not None and msg_type != HandshakeType.CLIENT_HELLO:
                 raise self._wrong_type(msg_type)
             if length is not None and (
@@ -498,11 +662,11 @@ class ClientHelloReader:
             return None
         if message.msg_type != HandshakeType.CLIENT_HELLO:
             raise self._wrong_type(message.msg_type)
-        if self._records.fragment_pending:
+        if records.fragment_pending:
             # RFC 8446 section 5.1: handshake messages MUST NOT span key changes; nothing may
             # follow the ClientHello in its record (the next client flight waits for ours).
             raise malformed("bytes follow the ClientHello in its last record")
-        return self._parse(message.raw, self._records.consumed)
+        return self._parse(message.raw, records.consumed)
 
     def _parse(self, message: bytes, hello_size: int) -> ClientHello:
         """Parse the whole ClientHello ``message`` (header included), whose records are the

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 
 from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.vocabulary.failures import Alert, Reason, Refusal, Step
+from mtlsproxy.vocabulary.frozen import quick_init
 from mtlsproxy.vocabulary.identity import PeerIdentity
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class HandshakeTimings:
     """Seconds spent in each handshake phase (the handshake phases of docs/handshake.md).
@@ -55,6 +57,7 @@ class HandshakeTimings:
         }
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ClientHelloReceived:
     """Seed step 1 done: the ClientHello is parsed and a route chosen from it."""
@@ -63,6 +66,7 @@ class ClientHelloReceived:
     route: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class HandshakeComplete:
     """Seed steps 2-8 done and the client admitted; application data may flow.

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from mtlsproxy.engine.records import Buffer, DecodeError
 from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Reason, Step
+from mtlsproxy.vocabulary.frozen import quick_init
 
 # RFC 1035 section 2.3.4 / RFC 6066 section 3: a DNS host name of at most 253 characters (255
 # octets on the wire minus the length octets), labels of 1..63 characters.
@@ -47,6 +48,7 @@ def is_grease(value: int) -> bool:
     return (value & 0x0F0F) == 0x0A0A and (value >> 8) == (value & 0xFF)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class KeyShareEntry:
     """One ``KeyShareEntry`` (RFC 8446 section 4.2.8): a group and its public value."""
@@ -79,7 +81,7 @@ def malformed(detail: str, alert: Alert = Alert.DECODE_ERROR) -> HandshakeError:
     return HandshakeError(Step.CLIENT_HELLO, Reason.MALFORMED, detail, alert)
 
 
-def _validate_host_name(raw: bytes) -> str:
+def host_name(raw: bytes) -> str:
     """RFC 6066 section 3: an ASCII DNS host name without a trailing dot; returned lowercased."""
     if not raw or len(raw) > MAX_HOST_NAME_SIZE:
         raise malformed(f"server_name of {len(raw)} bytes is not a valid host name")
@@ -97,24 +99,46 @@ def parse_server_name(body: bytes) -> str | None:
         and _unpack_two_uint16(body[:2] + body[3:5]) == (size - 2, size - 5)
     ):
         # The usual list: one host_name filling it, read without a Buffer.
-        return _validate_host_name(body[5:])
+        return host_name(body[5:])
     buf = Buffer(body)  # the strict reading: several names, or what is wrong
-    host_name: str | None = None
+    found: str | None = None
     with buf.pull_block(2, minimum=1):
         while not buf.eof():
             name_type = buf.pull_uint8()
             name = buf.pull_vector_bytes(2, minimum=1)
             if name_type == 0:
-                if host_name is not None:
+                if found is not None:
                     raise malformed("server_name lists two host names")
-                host_name = _validate_host_name(name)
+                found = host_name(name)
     if not buf.eof():
         raise DecodeError("trailing bytes after server_name_list")
-    return host_name
+    return found
 
 
 def parse_alpn(body: bytes) -> tuple[str, ...]:
     """RFC 7301 section 3.1: ProtocolName protocol_name_list<2..2^16-1>, names <1..2^8-1>."""
+    usual = _usual_alpn(body)
+    return usual if usual is not None else _read_alpn(body)
+
+
+def _usual_alpn(body: bytes) -> tuple[str, ...] | None:
+    """``parse_alpn`` for a well-formed list, read by offsets; None for anything else."""
+    size = len(body)
+    if size < 4 or (body[0] << 8) | body[1] != size - 2:
+        return None
+    names: list[str] = []
+    pos = 2
+    while pos < size:
+        end = pos + 1 + body[pos]
+        if end == pos + 1 or end > size:
+            return None
+        names.append(body[pos + 1 : end].decode("latin-1"))
+        pos = end
+    return tuple(names)
+
+
+def _read_alpn(body: bytes) -> tuple[str, ...]:
+    """``parse_alpn``'s strict reading, which names what is wrong."""
     buf = Buffer(body)
     names: list[str] = []
     with buf.pull_block(2, minimum=2):
@@ -206,12 +230,25 @@ def _one_psk(body: bytes) -> OfferedPsks | None:
     )
 
 
+# uint16 vectors of up to 127 values by count (cipher suites, groups, signature schemes,
+# versions, extension types): no format string is made and looked up per vector.
+UINT16_VECTORS = tuple(struct.Struct(f">{count}H") for count in range(128))
+
+
+def uint16_vector(data: bytes) -> tuple[int, ...]:
+    """The uint16 values that fill ``data`` (of even length)."""
+    count = len(data) >> 1
+    if count < len(UINT16_VECTORS):
+        return UINT16_VECTORS[count].unpack(data)
+    return struct.unpack(f">{count}H", data)
+
+
 def whole(body: bytes, length_size: int, minimum: int) -> tuple[int, ...]:
     """A list extension's uint16 values: the vector is the whole body (RFC 8446 section 3.4)."""
     length = int.from_bytes(body[:length_size], "big")
     if len(body) == length_size + length and length >= minimum and not length % 2:
         # The well-formed case without a Buffer (every ClientHello has three of these).
-        return struct.unpack(f">{length // 2}H", body[length_size:])
+        return uint16_vector(body[length_size:])
     buf = Buffer(body)  # the strict reading, which names what is wrong
     values = buf.pull_uint16_list(length_size, minimum=minimum)
     if not buf.eof():

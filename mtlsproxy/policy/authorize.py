@@ -87,8 +87,13 @@ def _is_spiffe(pattern: str) -> bool:
 
 def _uri_predicate(pattern: str) -> Predicate:
     regex = _uri_regex(pattern)
+    exact = "*" not in pattern  # the regex then matches the pattern alone: compared as is
     if _is_spiffe(pattern):
+        if exact:
+            return lambda identity: identity.spiffe_id == pattern
         return lambda identity: bool(identity.spiffe_id and regex.fullmatch(identity.spiffe_id))
+    if exact:
+        return lambda identity: pattern in identity.uris
     return lambda identity: any(regex.fullmatch(uri) for uri in identity.uris)
 
 
@@ -149,7 +154,10 @@ class AllowList:
 
     def match(self, identity: PeerIdentity) -> AllowRule | None:
         """The first rule that admits ``identity``, or None."""
-        return next((rule for rule, test in self._compiled if test(identity)), None)
+        for rule, test in self._compiled:
+            if test(identity):
+                return rule
+        return None
 
     def admits(self, identity: PeerIdentity) -> bool:
         """The route's decision: an empty list admits every verified client."""

@@ -72,20 +72,24 @@ class ClientPolicy:
 _NONE, _REQUIRE = ClientAuthMode.NONE, ClientAuthMode.REQUIRE
 _ADMITTED = Verdict.ADMITTED
 _UNCHECKED, _RESUMED = Evidence.UNCHECKED, Evidence.RESUMED
+# Every anonymous admission (mode none, or request without a certificate) is this one frozen
+# decision: it names no client.
+_ANONYMOUS = Decision(_ADMITTED)
 
 
 def decide(
     policy: ClientPolicy,
     chain_der: Sequence[bytes],
-    now: datetime,
+    now: datetime | None,
     evidence: Evidence = Evidence.UNCHECKED,
 ) -> Decision:
     """The decision on a client that presented ``chain_der`` (leaf first; empty: no
-    certificate) at ``now``. Never raises for anything a client can send: a certificate that
+    certificate) at ``now`` (None only with ``CHECKED_BY_OPENSSL``: nothing is then checked
+    against a clock here). Never raises for anything a client can send: a certificate that
     cannot be parsed or used is refused as ``client_cert_invalid``."""
     auth = policy.client_auth
     if auth.mode is _NONE:
-        return Decision(_ADMITTED)
+        return _ANONYMOUS
     if not chain_der:
         if auth.mode is _REQUIRE:
             refusal = Refusal(
@@ -95,7 +99,7 @@ def decide(
                 Alert.CERTIFICATE_REQUIRED,
             )
             return _refuse(auth, refusal, None)
-        return Decision(_ADMITTED)
+        return _ANONYMOUS
     identity, refusal = _verify(policy, chain_der, now, evidence)
     if refusal is not None:
         return _refuse(auth, refusal, identity)
@@ -121,19 +125,21 @@ def _refuse(auth: ClientAuth, refusal: Refusal, identity: PeerIdentity | None) -
 
 
 def _verify(
-    policy: ClientPolicy, chain_der: Sequence[bytes], now: datetime, evidence: Evidence
+    policy: ClientPolicy, chain_der: Sequence[bytes], now: datetime | None, evidence: Evidence
 ) -> tuple[PeerIdentity | None, Refusal | None]:
     """Seed step 6 without the allow-list: the identity, and the refusal if any."""
     verifier = policy.verifier
     assert verifier is not None  # a policy that requests certificates has one
     try:
         if evidence is _UNCHECKED:
+            assert now is not None
             return verifier.verify_der(chain_der, now).identity, None
         if evidence is _RESUMED:
+            assert now is not None
             return verifier.verify_resumed(chain_der, now), None
     except CertificateRejected as rejected:
         detail = rejected.detail
-        if evidence is Evidence.RESUMED:
+        if evidence is _RESUMED:
             detail = f"resumed session: {detail}"
         refusal = Refusal(Step.CLIENT_VERIFY, rejected.reason, detail, rejected.alert)
         return _identity_or_none(chain_der[0]), refusal

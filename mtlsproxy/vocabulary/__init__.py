@@ -1,2 +1,3 @@
 """The words every layer shares: handshake steps, failure reasons, alerts, refusals, and the
-client's identity. The bottom layer: it imports nothing else of mtlsproxy."""
+client's identity (and ``frozen.quick_init``, how their frozen records are built cheaply). The
+bottom layer: it imports nothing else of mtlsproxy."""

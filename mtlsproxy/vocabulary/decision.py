@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass
 
 from mtlsproxy.vocabulary.failures import Refusal
+from mtlsproxy.vocabulary.frozen import quick_init
 from mtlsproxy.vocabulary.identity import PeerIdentity
 
 
@@ -31,6 +32,7 @@ class Evidence(enum.Enum):
     RESUMED = "resumed"  # a resumed session: the original client, checked again at ``now``
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Decision:
     """The verdict, the client's identity (None when anonymous or unparsable), the refusal

@@ -3,9 +3,12 @@ stand in front of: the same result, or (for anything unusual) the strict reading
 
 - ``ClientHelloReader``: a hello whole in its first record (read without the record reader)
   against the same bytes fed one at a time (the record reader);
+- ``clienthello._usual_hello`` (a hello read by offsets) against ``_read_client_hello`` and
+  ``_check_version`` (the strict reading);
 - ``messages.decode_certificate``: ``_usual_certificate`` against ``_read_certificate``;
 - ``messages.decode_certificate_verify`` against ``_read_certificate_verify``;
 - ``hello_extensions.parse_pre_shared_key``: ``_one_psk`` against ``_read_pre_shared_key``;
+- ``hello_extensions.parse_alpn``: ``_usual_alpn`` against ``_read_alpn``;
 - ``messages.server_hello`` against the generic ``_server_hello`` layout, and the other
   encoders that pack their header with their fields (CertificateVerify, Finished,
   NewSessionTicket) against ``handshake`` and ``vector``;
@@ -18,10 +21,10 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from mtlsproxy.engine import hello_extensions
+from mtlsproxy.engine import clienthello, hello_extensions
 from mtlsproxy.engine.clienthello import ClientHello, ClientHelloReader
 from mtlsproxy.engine.hello_extensions import ExtensionType
 from mtlsproxy.engine.native import messages as msgs
@@ -31,7 +34,17 @@ from mtlsproxy.engine.native.suites import TLS_AES_128_GCM_SHA256
 from mtlsproxy.engine.records import DecodeError, HandshakeType
 from mtlsproxy.vocabulary.failures import HandshakeError
 
-from .test_clienthello import python_hello
+from .test_clienthello import (
+    build_body,
+    default_extensions,
+    ext,
+    python_hello,
+    sni_ext,
+    u16,
+    unframe,
+    vec8,
+    vec16,
+)
 
 
 def _outcome_whole(data: bytes) -> ClientHello | str | None:
@@ -129,6 +142,127 @@ def _damaged(data: bytes, flips: list[tuple[int, int]], cut: int, extra: bytes) 
     return bytes(changed[: len(changed) - cut]) + extra
 
 
+# Each extension type with its usual form first, then others (several names, empty vectors,
+# odd lengths), and types the hello keeps no field of (GREASE, extended_master_secret,
+# padding): hellos are built from any of them.
+_HELLO_EXTENSIONS: dict[int, list[bytes]] = {
+    0x0000: [
+        sni_ext(b"svc.example.org"),
+        sni_ext(b"API.Example.ORG"),
+        sni_ext(b"bad_name.example"),
+        ext(0, vec16(b"\x00" + vec16(b"a.example") + b"\x00" + vec16(b"b.example"))),
+        ext(0, vec16(b"\x01" + vec16(b"opaque") + b"\x00" + vec16(b"c.example"))),
+    ],
+    0x000A: [ext(0x000A, vec16(u16(0x001D) + u16(0x0017))), ext(0x000A, vec16(b""))],
+    0x000B: [ext(0x000B, vec8(b"\x00\x01\x02")), ext(0x000B, b"")],
+    0x000D: [ext(0x000D, vec16(u16(0x0403) + u16(0x0804))), ext(0x000D, b"\x00\x02\x04")],
+    0x0010: [
+        ext(0x0010, vec16(vec8(b"h2") + vec8(b"http/1.1"))),
+        ext(0x0010, vec16(vec8(b"h2") + vec8(b""))),
+        ext(0x0010, vec16(b"")),
+    ],
+    0x002A: [ext(0x002A, b""), ext(0x002A, b"\x00")],
+    0x002B: [
+        ext(0x002B, vec8(u16(0x0304) + u16(0x0303))),
+        ext(0x002B, vec8(u16(0x0A0A) + u16(0x0302))),
+        ext(0x002B, vec8(u16(0x0305))),
+        ext(0x002B, vec8(b"")),
+    ],
+    0x002D: [ext(0x002D, vec8(b"\x01")), ext(0x002D, vec8(b""))],
+    0x0033: [
+        ext(0x0033, vec16(u16(0x001D) + vec16(b"\x11" * 32) + u16(0x11EC) + vec16(b"\x22" * 9))),
+        ext(0x0033, vec16(b"")),
+        ext(0x0033, vec16(u16(0x001D) + vec16(b""))),
+    ],
+    0x1A1A: [ext(0x1A1A, b"")],
+    0x0017: [ext(0x0017, b"")],
+    0x0015: [ext(0x0015, b"\x00" * 20)],
+    0x0029: [
+        ext(0x0029, vec16(vec16(b"ticket") + b"\x00" * 4) + vec16(vec8(b"\x00" * 32))),
+        ext(0x0029, vec16(vec16(b"a") + b"\x00" * 4 + vec16(b"b") + b"\x00" * 4) + vec16(b"")),
+    ],
+}
+
+
+def _often(usual: object, *others: object) -> st.SearchStrategy:
+    """``usual`` three times in four, else one of ``others``."""
+    return st.sampled_from([usual] * 3 * len(others) + list(others))
+
+
+@st.composite
+def _extensions(draw: st.DrawFn) -> list[bytes]:
+    """Distinct types in any order, each in its usual form or another, pre_shared_key mostly
+    last; now and then one type twice."""
+    types = draw(st.lists(st.sampled_from(sorted(_HELLO_EXTENSIONS)), max_size=9, unique=True))
+    forms = [
+        draw(_often(*_HELLO_EXTENSIONS[t]))
+        if len(_HELLO_EXTENSIONS[t]) > 1
+        else _HELLO_EXTENSIONS[t][0]
+        for t in types
+    ]
+    if forms and draw(_often(False, True)):
+        forms.insert(draw(st.integers(0, len(forms))), draw(st.sampled_from(forms)))
+    psk = [form for form in forms if form[:2] == b"\x00\x29"]
+    if draw(_often(True, False)):  # as clients send it: last
+        forms = [form for form in forms if form[:2] != b"\x00\x29"] + psk
+    return forms
+
+
+@settings(max_examples=500)
+@given(
+    version=_often(0x0303, 0x0301, 0x0300),
+    session_id=_often(b"\x00" * 32, b"", b"\x02" * 33),
+    ciphers=_often((0x1301, 0xC02B), (), (0x1301,), (0x0A0A, 0x1301, 0x1302)),
+    compression=_often(b"\x00", b"\x01\x00", b"\x01", b""),
+    extensions=_extensions(),
+    damage=st.one_of(st.none(), st.none(), st.none(), st.fixed_dictionaries(_DAMAGE)),
+)
+def test_client_hello_usual_and_strict_agree(
+    version: int,
+    session_id: bytes,
+    ciphers: tuple[int, ...],
+    compression: bytes,
+    extensions: list[bytes],
+    damage: dict | None,
+) -> None:
+    """Whatever ``_usual_hello`` returns is the strict reading's hello; its None leaves the
+    hello, or the refusal, to the strict reading."""
+    body = build_body(
+        version=version,
+        session_id=session_id,
+        ciphers=ciphers,
+        compression=compression,
+        extensions=extensions,
+    )
+    if damage is not None:
+        body = _damaged(body, **damage)
+    try:
+        strict: object = clienthello._read_client_hello(body)
+        clienthello._check_version(strict)  # type: ignore[arg-type]
+    except (DecodeError, HandshakeError) as error:
+        strict = error
+    usual = clienthello._usual_hello(body)
+    assert usual is None or usual == strict
+    event(f"read by offsets: {usual is not None}, strict: {type(strict).__name__}")
+
+
+@pytest.mark.parametrize(
+    "hello",
+    [
+        python_hello(),
+        python_hello(tls12=True, alpn=False),
+        python_hello(server_hostname=None, alpn=False),
+        build_body(extensions=[*default_extensions(), _HELLO_EXTENSIONS[0x0029][0]]),
+    ],
+    ids=["tls13", "tls12", "nosni", "psk"],
+)
+def test_client_hello_fast_reading_reads_usual_hellos(hello: bytes) -> None:
+    body = unframe(hello)[4:] if hello[0] == 0x16 else hello
+    usual = clienthello._usual_hello(body)
+    assert usual is not None
+    assert usual == clienthello._read_client_hello(body)
+
+
 def _assert_agree(fast: object, strict: object, body: bytes) -> None:
     """The same result, or the same error (type and words)."""
 
@@ -181,6 +315,18 @@ def test_pre_shared_key_fast_reading_is_used() -> None:
         (b"b" * 32,),
         35,
     )
+
+
+@given(names=st.lists(st.binary(max_size=12), max_size=4), **_DAMAGE)
+def test_alpn_usual_and_strict_agree(
+    names: list[bytes], flips: list, cut: int, extra: bytes
+) -> None:
+    body = _damaged(
+        msgs.vector(b"".join(msgs.vector(name, 1) for name in names), 2), flips, cut, extra
+    )
+    _assert_agree(hello_extensions.parse_alpn, hello_extensions._read_alpn, body)
+    if names and all(names) and not flips and not cut and not extra:
+        assert hello_extensions._usual_alpn(body) == tuple(name.decode("latin-1") for name in names)
 
 
 @pytest.mark.parametrize("session_id", [b"", os.urandom(32)])

@@ -30,7 +30,12 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import NamedTuple
 
-from mtlsproxy.engine.clienthello import ClientHello, KeyShareEntry, parse_client_hello
+from mtlsproxy.engine.clienthello import (
+    ClientHello,
+    KeyShareEntry,
+    parse_client_hello,
+    retry_digest,
+)
 from mtlsproxy.engine.events import Tracer, note
 from mtlsproxy.engine.interface import Credential, NativeRoute
 from mtlsproxy.engine.native import messages as msgs
@@ -169,7 +174,7 @@ def second_hello(state: RetryRequested, message: Message, *, alone: bool) -> Cli
         raise TLSAlert(Alert.UNEXPECTED_MESSAGE, "expected the second ClientHello alone")
     hello = parse_client_hello(message.body)
     first = state.first
-    if hello.retry_digest != first.retry_digest:
+    if retry_digest(message.raw) != state.first_digest:
         changed = [name for name in _RETRY_FIELDS if getattr(hello, name) != getattr(first, name)]
         raise TLSAlert(
             Alert.ILLEGAL_PARAMETER,
@@ -225,7 +230,8 @@ def _retry_request(
     note(trace, "->", "HelloRetryRequest", cipher_suite=suite.name, group=f"0x{group:04x}")
     if hello.session_id:  # appendix D.4: CCS right after the first ServerHello or HRR
         records += _CCS
-    return Retry(records, RetryRequested(hello, suite, group, transcript))
+    first_digest = retry_digest(message)
+    return Retry(records, RetryRequested(hello, suite, group, transcript, first_digest))
 
 
 def _flight(

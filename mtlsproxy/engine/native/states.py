@@ -87,7 +87,8 @@ class Negotiating(State):
 @dataclass(frozen=True, slots=True, repr=False)
 class RetryRequested(State):
     """HelloRetryRequest sent (section 4.1.4): the second ClientHello must carry exactly a
-    share of ``group`` and keep ``suite``; the transcript holds message_hash(CH1) and HRR."""
+    share of ``group``, keep ``suite`` and repeat what ``first_digest`` covers
+    (``clienthello.retry_digest``); the transcript holds message_hash(CH1) and HRR."""
 
     step: ClassVar[Step] = Step.SERVER_HELLO
     name: ClassVar[str] = "retry_requested"
@@ -95,6 +96,7 @@ class RetryRequested(State):
     suite: CipherSuite
     group: int
     transcript: Transcript
+    first_digest: bytes
 
 
 class ClientFlightState(State):
