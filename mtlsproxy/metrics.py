@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import platform
 import ssl
-from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -23,6 +22,7 @@ from prometheus_client.exposition import generate_latest
 
 from mtlsproxy import __version__
 from mtlsproxy.engine.events import HandshakeComplete, HandshakeFailed
+from mtlsproxy.metric_updates import Update, adder, observer
 
 # Handshake phases take from ~100 us (our own work) to seconds (slow client networks).
 PHASE_BUCKETS = (
@@ -44,16 +44,17 @@ class Metrics:
     so that tests running several proxies in one process do not add up)."""
 
     def __init__(self, engine: str = "openssl") -> None:
-        # The labelled series observe_handshake and observe_upstream_connect touch, by metric and
-        # label values: a ``labels()`` call validates and converts its values and takes the
-        # metric's lock (a dozen of them per handshake were ~5 % of the proxy's CPU per
-        # connection). The values are bounded (see the module docstring), and these series are
-        # never removed.
-        self._series: dict[tuple[object, ...], Any] = {}
-        # The same, a lookup for all the series one admitted handshake counts (by its labels'
-        # values), and the phase histograms by listener and phase: no key tuple per series.
-        self._admitted: dict[tuple[object, ...], tuple[Any, ...]] = {}
-        self._phases: dict[str, dict[str, Any]] = {}
+        # The updates of the labelled series observe_handshake and observe_upstream_connect
+        # touch, by metric and label values: a ``labels()`` call validates and converts its
+        # values and takes the metric's lock (a dozen of them per handshake were ~5 % of the
+        # proxy's CPU per connection), and the public ``inc``/``observe`` check the child on
+        # every call (``metric_updates``). The values are bounded (see the module docstring),
+        # and these series are never removed.
+        self._updates: dict[tuple[object, ...], Update] = {}
+        # The same, the updates of all the series one admitted handshake counts (by its
+        # labels' values), and the phase histograms by listener and phase: no key tuple each.
+        self._admitted: dict[tuple[object, ...], tuple[Update, ...]] = {}
+        self._phases: dict[str, dict[str, Update]] = {}
         self.registry = registry = CollectorRegistry()
         # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds...
         ProcessCollector(registry=registry)
@@ -211,30 +212,33 @@ class Metrics:
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
-    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
-        """``metric.labels(*labels)``, looked up once per label values."""
+    def _update(self, metric: Counter | Gauge | Histogram, *labels: str) -> Update:
+        """``metric.labels(*labels)``'s ``inc`` (or ``observe``), looked up once per label
+        values."""
         key = (metric, *labels)
-        child = self._series.get(key)
-        if child is None:
-            child = self._series[key] = metric.labels(*labels)
-        return child
+        update = self._updates.get(key)
+        if update is None:
+            series = metric.labels(*labels)
+            update = observer(series) if isinstance(metric, Histogram) else adder(series)
+            self._updates[key] = update
+        return update
 
     def observe_upstream_connect(self, listener: str, route: str, seconds: float) -> None:
-        self._child(self.upstream_connect_duration, listener, route).observe(seconds)
+        self._update(self.upstream_connect_duration, listener, route)(seconds)
 
     def observe_handshake(
         self, listener: str, event: HandshakeComplete | HandshakeFailed, now: float
     ) -> None:
         """Count one finished handshake. ``now`` is Unix time, for remaining validity."""
-        child = self._child
+        update = self._update
         phases = self._phases.get(listener)
         if phases is None:
             phases = self._phases[listener] = {}
         for phase, seconds in event.timings.as_dict().items():
-            series = phases.get(phase)
-            if series is None:
-                series = phases[phase] = child(self.handshake_duration, listener, phase)
-            series.observe(seconds)
+            observe = phases.get(phase)
+            if observe is None:
+                observe = phases[phase] = update(self.handshake_duration, listener, phase)
+            observe(seconds)
         route = event.route or "none"
         if isinstance(event, HandshakeComplete):
             refusal = event.would_refuse
@@ -245,23 +249,23 @@ class Metrics:
             counted = self._admitted.get(key)
             if counted is None:
                 counted = self._admitted[key] = (
-                    child(self.handshakes, listener, route, event.result, step, reason),
-                    child(self.tls_sessions, listener, event.version, event.cipher),
-                    child(self.client_auth, listener, _bool(presented), _bool(verified)),
+                    update(self.handshakes, listener, route, event.result, step, reason),
+                    update(self.tls_sessions, listener, event.version, event.cipher),
+                    update(self.client_auth, listener, _bool(presented), _bool(verified)),
                 )
-            for series in counted:
-                series.inc()
+            for count in counted:
+                count(1.0)
             if event.session_reused:
-                child(self.resumed_sessions, listener).inc()
+                update(self.resumed_sessions, listener)(1.0)
             if event.identity is not None:
                 remaining = event.identity.not_after.timestamp() - now
-                child(self.client_certificate_remaining, listener).observe(remaining)
+                update(self.client_certificate_remaining, listener)(remaining)
             return
-        child(self.handshakes, listener, route, event.result, event.step, event.reason).inc()
+        update(self.handshakes, listener, route, event.result, event.step, event.reason)(1.0)
         if event.step in ("client_certificate", "client_verify", "authorize"):
             presented = event.reason != "client_cert_missing"
             verified = event.step == "authorize"
-            child(self.client_auth, listener, _bool(presented), _bool(verified)).inc()
+            update(self.client_auth, listener, _bool(presented), _bool(verified))(1.0)
 
 
 def _bool(value: bool) -> str:

@@ -1,5 +1,6 @@
-"""A worker's metric values, written by ``worker_metrics.WorkerValue``, read back by
-prometheus-client's own multiprocess collector as the supervisor reads them."""
+"""A worker's metric values, written by ``worker_metrics.WorkerValue`` (through the public
+methods and ``metric_updates``), read back by prometheus-client's own multiprocess collector as
+the supervisor reads them."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ WORKER = textwrap.dedent(
     from mtlsproxy import worker_metrics
     worker_metrics.install(Path(sys.argv[1]))
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+    from mtlsproxy.metric_updates import adder, observer
     registry = CollectorRegistry()
     requests = Counter("t_requests", "r", ["route"], registry=registry)
     open_now = Gauge("t_open", "o", multiprocess_mode="livesum", registry=registry)
@@ -26,12 +28,12 @@ WORKER = textwrap.dedent(
     latency = Histogram("t_seconds", "s", buckets=(0.1, 1.0), registry=registry)
     requests.labels("a").inc()
     requests.labels("a").inc(2)
-    requests.labels("b").inc()
+    adder(requests.labels("b"))(1.0)  # as the proxy's per-connection series
     open_now.inc(3)
-    open_now.dec()
+    adder(open_now)(-1.0)
     expiry.set(float(sys.argv[2]))
     latency.observe(0.05)
-    latency.observe(0.5)
+    observer(latency)(0.5)
     print(requests.labels("a")._value.get(), flush=True)
     """
 )

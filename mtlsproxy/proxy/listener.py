@@ -22,6 +22,7 @@ from mtlsproxy.engine.openssl import OpenSSLEngine
 from mtlsproxy.engine.selecting import SelectingEngine
 from mtlsproxy.forwarding.http.local import RequestRefusal
 from mtlsproxy.forwarding.http2.faults import Http2Fault
+from mtlsproxy.metric_updates import adder
 from mtlsproxy.metrics import Metrics
 from mtlsproxy.proxy.connection import ClientConnection
 from mtlsproxy.proxy.source_budget import Refusal, SourceBudget, source_of
@@ -53,12 +54,14 @@ class ListenerRuntime:
         self._shed_logged_at = -SHED_LOG_INTERVAL
         self.draining = False
         self.server: asyncio.Server | None = None
-        self._active = metrics.connections_active.labels(self.name)
-        self._accepted = metrics.connections.labels(self.name)
+        # The updates of the series each connection touches (``metric_updates``), once.
+        self._active = adder(metrics.connections_active.labels(self.name))
+        self._accepted = adder(metrics.connections.labels(self.name))
         # Looked up once: a flood of refused sources reaches it thousands of times a second.
-        self._source_refused = metrics.connections_rejected.labels(self.name, "source_budget")
+        refused = metrics.connections_rejected.labels(self.name, "source_budget")
+        self._source_refused = adder(refused)
         self._bytes = {
-            direction: metrics.bytes.labels(self.name, direction)
+            direction: adder(metrics.bytes.labels(self.name, direction))
             for direction in ("client_to_upstream", "upstream_to_client")
         }
         self._exported: list[tuple[Gauge, tuple[str, ...]]] = []
@@ -127,7 +130,7 @@ class ListenerRuntime:
     def admit_connection(self, connection: ClientConnection, peer: object) -> bool:
         """Whether to serve a connection just accepted from ``peer`` (its socket address);
         one refused is closed at once by the caller, before any engine work."""
-        self._accepted.inc()
+        self._accepted(1.0)
         if self.draining:
             self.metrics.connections_rejected.labels(self.name, "draining").inc()
             return False
@@ -143,7 +146,7 @@ class ListenerRuntime:
             logs.event(logging.WARNING, "max_connections reached", listener=self.name)
             return False
         self.connections.add(connection)
-        self._active.inc()
+        self._active(1.0)
         self.handshaking[connection] = (now, source)
         if len(self.handshaking) > self.limits.max_handshakes:
             self._shed_oldest_handshake()
@@ -182,7 +185,7 @@ class ListenerRuntime:
             self._settle(entry[1], completed=False)  # closed before its handshake ended
         if connection in self.connections:
             self.connections.discard(connection)
-            self._active.dec()
+            self._active(-1.0)
 
     def _settle(self, source: str, completed: bool) -> None:
         """``failed_handshakes_per_source``: how a handshake from ``source`` ended."""
@@ -196,7 +199,7 @@ class ListenerRuntime:
     def _refuse_source(self, refusal: Refusal) -> None:
         """A source out of budget: counted every time, logged at most once per source every
         ``source_budget.REPORT_INTERVAL`` seconds (with the refusals since its last line)."""
-        self._source_refused.inc()
+        self._source_refused(1.0)
         if refusal.report:
             budget = self.limits.failed_handshakes_per_source
             logs.event(
@@ -243,7 +246,7 @@ class ListenerRuntime:
         self.metrics.upstream_errors.labels(self.name, route, reason).inc()
 
     def count_bytes(self, direction: str, count: int) -> None:
-        self._bytes[direction].inc(count)
+        self._bytes[direction](count)
 
     def _export_material(self) -> None:
         """Expiry of our certificates and client CAs, and CRL freshness, for alerting. The

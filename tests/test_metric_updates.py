@@ -1,0 +1,67 @@
+"""``metric_updates``: a series updated through ``adder``/``observer`` exposes what the same
+updates through prometheus-client's public ``inc``/``dec``/``observe`` expose."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+from mtlsproxy.metric_updates import adder, observer
+from mtlsproxy.metrics import PHASE_BUCKETS, REMAINING_BUCKETS
+
+# Amounts on, just below and just above every bound, and beyond the last one.
+EDGES = sorted(
+    {b * f for b in PHASE_BUCKETS + REMAINING_BUCKETS for f in (1.0, 1 - 1e-9, 1 + 1e-9)}
+)
+AMOUNTS = st.one_of(
+    st.sampled_from(EDGES),
+    st.floats(min_value=-1e9, max_value=1e9, allow_nan=False),
+    st.just(math.inf),
+)
+
+
+def _pair(
+    kind: type, **kwargs: object
+) -> tuple[CollectorRegistry, object, CollectorRegistry, object]:
+    public, fast = CollectorRegistry(), CollectorRegistry()
+    one = kind("t", "help", ["listener"], registry=public, **kwargs)
+    two = kind("t", "help", ["listener"], registry=fast, **kwargs)
+    return public, one.labels("a"), fast, two.labels("a")  # type: ignore[attr-defined]
+
+
+@given(st.lists(AMOUNTS, max_size=40), st.sampled_from([PHASE_BUCKETS, REMAINING_BUCKETS]))
+def test_observer_fills_the_buckets_observe_fills(amounts: list[float], buckets: tuple) -> None:
+    public, series, fast, same = _pair(Histogram, buckets=buckets)
+    observe = observer(same)
+    for amount in amounts:
+        series.observe(amount)  # type: ignore[attr-defined]
+        observe(amount)
+    assert generate_latest(fast) == generate_latest(public)
+
+
+@given(st.lists(st.floats(min_value=0, max_value=1e12, allow_nan=False), max_size=40))
+def test_adder_counts_what_inc_counts(amounts: list[float]) -> None:
+    public, series, fast, same = _pair(Counter)
+    add = adder(same)
+    for amount in amounts:
+        series.inc(amount)  # type: ignore[attr-defined]
+        add(amount)
+    assert generate_latest(fast) == generate_latest(public)
+
+
+@given(st.lists(st.booleans(), max_size=40))
+def test_adder_moves_a_gauge_as_inc_and_dec_do(ups: list[bool]) -> None:
+    public, series, fast, same = _pair(Gauge)
+    add = adder(same)
+    for up in ups:
+        if up:
+            series.inc()  # type: ignore[attr-defined]
+        else:
+            series.dec()  # type: ignore[attr-defined]
+        add(1.0 if up else -1.0)
+    assert generate_latest(fast) == generate_latest(public)
+    assert same._value.get() == sum(1 if up else -1 for up in ups)  # type: ignore[attr-defined]
