@@ -78,6 +78,15 @@ class JSONFormatter(_LineFormatter):
         return _json.encode(line)
 
 
+# What ``logfmt_value`` made of strings it was given, by string: a line's usual values
+# (listener, route, engine, version, cipher, identity, end...) recur on every line, and a
+# lookup is what writing one of them then costs (``TextFormatter.line``). Bounded: strings up
+# to _KEPT_LENGTH characters, _KEPT_MAX of them, emptied when full.
+_written: dict[str, str] = {}
+_KEPT_LENGTH, _KEPT_MAX = 256, 1024
+_quoted = json.JSONEncoder(ensure_ascii=False).encode  # json.dumps makes an encoder a call
+
+
 def logfmt_value(value: object) -> str:
     r"""One logfmt value: bare when it is a plain token, else double-quoted with ``\``, ``"``
     and control characters escaped, so a value can never forge another key or line. A
@@ -92,7 +101,7 @@ def logfmt_value(value: object) -> str:
     text = value if kind is str else str(value)
     # str.isprintable is all(c.isprintable() for c in text), in C: the four `in` tests and it
     # cost a fraction of a generator over the characters, for each field of each line.
-    if (
+    if not (
         text.isprintable()
         and text
         and " " not in text
@@ -100,8 +109,12 @@ def logfmt_value(value: object) -> str:
         and '"' not in text
         and "\\" not in text
     ):
-        return text
-    return json.dumps(text, ensure_ascii=False)
+        text = _quoted(text)
+    if kind is str and len(value) <= _KEPT_LENGTH:  # type: ignore[arg-type]
+        if len(_written) >= _KEPT_MAX:
+            _written.clear()
+        _written[value] = text  # type: ignore[index]
+    return text
 
 
 class TextFormatter(_LineFormatter):
@@ -113,14 +126,21 @@ class TextFormatter(_LineFormatter):
         stamp: str, level: str, msg: str, fields: dict[str, Any], exception: str | None = None
     ) -> str:
         """The line of a record with these values (``format``; ``access`` without a record)."""
+        written = _written
         pairs = [
-            f"time={stamp}",
-            f"level={logfmt_value(level)}",
-            f"msg={logfmt_value(msg)}",
+            f"time={stamp} level={written.get(level) or logfmt_value(level)} "
+            f"msg={written.get(msg) or logfmt_value(msg)}"
         ]
-        pairs += [
-            f"{key}={logfmt_value(value)}" for key, value in fields.items() if value is not None
-        ]
+        for key, value in fields.items():
+            # A string written before is looked up, a number written as it is: no call for
+            # either (a call a field was most of an access line's cost).
+            kind = type(value)
+            if kind is str:
+                pairs.append(f"{key}={written.get(value) or logfmt_value(value)}")
+            elif kind is int or kind is float:
+                pairs.append(f"{key}={value}")
+            elif value is not None:
+                pairs.append(f"{key}={logfmt_value(value)}")
         if exception is not None:
             pairs.append(f"exception={logfmt_value(exception)}")
         return " ".join(pairs)
@@ -172,7 +192,12 @@ _TIMING_KEYS = {
 
 
 def _timing_fields(outcome: HandshakeComplete | HandshakeFailed) -> dict[str, float]:
-    return {_TIMING_KEYS[k]: round(v * 1000, 3) for k, v in outcome.timings.as_dict().items()}
+    timings = outcome.timings
+    return {
+        key: round(value * 1000, 3)
+        for name, key in _TIMING_KEYS.items()
+        if (value := getattr(timings, name)) is not None
+    }
 
 
 @dataclass(slots=True)

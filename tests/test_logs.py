@@ -46,9 +46,10 @@ def test_none_is_left_out_and_sequences_are_joined() -> None:
     assert parsed["routes"] == "a,b" and parsed["ok"] == "false"
 
 
-@pytest.mark.parametrize(
-    "hostile", ['CN=a "b"', "a\nlevel=error", "x=y", "back\\slash", "", "tab\there", "é ü"]
-)
+HOSTILE = ['CN=a "b"', "a\nlevel=error", "x=y", "back\\slash", "", "tab\there", "é ü"]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
 def test_a_value_cannot_forge_a_key_or_a_line(hostile: str) -> None:
     line = TextFormatter().format(record("m", subject=hostile))
     assert "\n" not in line
@@ -58,6 +59,23 @@ def test_a_value_cannot_forge_a_key_or_a_line(hostile: str) -> None:
     if value.startswith('"'):
         value = json.loads(value)
     assert value == hostile
+
+
+@pytest.mark.parametrize("value", [*HOSTILE, "plain", "127.0.0.1:443", "x" * 300])
+def test_a_string_written_again_is_written_alike(value: str) -> None:
+    """The second line takes the value's text from what the first one made of it."""
+    logs._written.clear()
+    first = TextFormatter.line("t", "info", "m", {"v": value})
+    assert TextFormatter.line("t", "info", "m", {"v": value}) == first
+    assert first == f"time=t level=info msg=m v={logfmt_value(value)}"
+
+
+def test_the_strings_kept_for_later_lines_are_bounded() -> None:
+    for index in range(3 * logs._KEPT_MAX):
+        logfmt_value(f"value-{index}")
+        assert len(logs._written) <= logs._KEPT_MAX
+    logfmt_value("x" * (logs._KEPT_LENGTH + 1))
+    assert "x" * (logs._KEPT_LENGTH + 1) not in logs._written
 
 
 def test_plain_tokens_stay_bare() -> None:
