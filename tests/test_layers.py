@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "forwarding": 4,
     "metrics": 5,
     "worker_metrics": 5,
+    "metric_updates": 5,
     "logs": 5,
     "proxy": 6,
     "supervisor": 7,
