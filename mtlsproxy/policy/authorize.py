@@ -142,22 +142,30 @@ def compile_rule(rule: AllowRule) -> Predicate:
 class AllowList:
     """The compiled allow-list of one route."""
 
-    __slots__ = ("_compiled", "rules")
+    __slots__ = ("_tests", "rules", "texts")
 
     def __init__(self, rules: Sequence[AllowRule]) -> None:
         self.rules: tuple[AllowRule, ...] = tuple(rules)
-        self._compiled = [(rule, compile_rule(rule)) for rule in self.rules]
+        # Each rule's text, what a Decision names: formatted once, not per admitted client.
+        self.texts: tuple[str, ...] = tuple(str(rule) for rule in self.rules)
+        self._tests = [compile_rule(rule) for rule in self.rules]
 
     def __len__(self) -> int:
         """The number of rules, so that an empty list is falsy."""
         return len(self.rules)
 
+    def first(self, identity: PeerIdentity) -> int | None:
+        """The position (in ``rules`` and ``texts``) of the first rule that admits
+        ``identity``, or None."""
+        for position, test in enumerate(self._tests):
+            if test(identity):
+                return position
+        return None
+
     def match(self, identity: PeerIdentity) -> AllowRule | None:
         """The first rule that admits ``identity``, or None."""
-        for rule, test in self._compiled:
-            if test(identity):
-                return rule
-        return None
+        position = self.first(identity)
+        return None if position is None else self.rules[position]
 
     def admits(self, identity: PeerIdentity) -> bool:
         """The route's decision: an empty list admits every verified client."""

@@ -19,7 +19,7 @@ refusal is the one reported. Without ``enforce`` (audit mode) a refusal becomes
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from mtlsproxy.policy.authorize import AllowList
@@ -38,13 +38,6 @@ class ClientPolicy:
     client_auth: ClientAuth
     verifier: ClientVerifier | None
     allow_list: AllowList
-    # Each allow rule's text (what a Decision names), by the identity of the rule object the
-    # allow list holds: formatted once, not per admitted client.
-    rule_names: dict[int, str] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        names = {id(rule): str(rule) for rule in self.allow_list.rules}
-        object.__setattr__(self, "rule_names", names)
 
     @classmethod
     def compile(cls, client_auth: ClientAuth) -> ClientPolicy:
@@ -107,8 +100,8 @@ def decide(
     allow_list = policy.allow_list
     if not allow_list.rules:
         return Decision(_ADMITTED, identity)
-    rule = allow_list.match(identity)
-    if rule is None:
+    position = allow_list.first(identity)
+    if position is None:
         refusal = Refusal(
             Step.AUTHORIZE,
             Reason.IDENTITY_NOT_ALLOWED,
@@ -116,7 +109,7 @@ def decide(
             Alert.ACCESS_DENIED,
         )
         return _refuse(auth, refusal, identity)
-    return Decision(_ADMITTED, identity, rule=policy.rule_names[id(rule)])
+    return Decision(_ADMITTED, identity, rule=allow_list.texts[position])
 
 
 def _refuse(auth: ClientAuth, refusal: Refusal, identity: PeerIdentity | None) -> Decision:
