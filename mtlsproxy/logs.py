@@ -277,8 +277,9 @@ def _write_direct(fields: dict[str, Any]) -> bool:
     text = line(stamp, "info", "access", fields) + handler.terminator
     with handler.lock:  # type: ignore[union-attr]  # created by Handler.__init__
         try:
-            handler.stream.write(text)
-            handler.flush()
+            stream = handler.stream
+            stream.write(text)
+            stream.flush()  # what handler.flush() does, under the lock this already holds
         except Exception:  # as Handler.emit: a failing stream is reported, never raised
             handler.handleError(logging.makeLogRecord({"msg": "access", "fields": fields}))
     return True
