@@ -46,7 +46,7 @@ from mtlsproxy.engine.events import (
 )
 from mtlsproxy.engine.interface import Engine
 from mtlsproxy.engine.selecting import SelectingEngine
-from mtlsproxy.forwarding.http.local import RequestRefusal
+from mtlsproxy.forwarding.http.local import GATEWAY_ERRORS, RequestRefusal
 from mtlsproxy.forwarding.http.request import HTTPRefused
 from mtlsproxy.forwarding.http2.bridge import Http2Bridge
 from mtlsproxy.forwarding.http2.faults import Http2Fault
@@ -487,10 +487,17 @@ class ClientConnection(asyncio.Protocol):
             peer=self._peer,
             error=str(exc),
         )
+        # As an HTTP proxy answers: 504 when the connect timed out, else 502.
+        status = 504 if reason == "connect_timeout" else 502
+        bridge = self._forwarding.http2
         if self._forwarding.speaks_http and self._engine is not None:
-            # As an HTTP proxy answers: 504 when the connect timed out, else 502.
-            timeout = reason == "connect_timeout"
-            self._engine.send(_gateway_error(504 if timeout else 502))
+            self._engine.send(_gateway_error(status))
+        elif bridge is not None:  # each HTTP/2 request the client sent meanwhile
+            for data in self._early_data:
+                bridge.receive_client(data)
+            self._early_data.clear()
+            bridge.upstream_unreachable(status)
+            self._pass_http2(bridge)
         self._finish(EndReason.UPSTREAM_UNAVAILABLE)
 
     def _upstream_connected(
@@ -651,9 +658,17 @@ class ClientConnection(asyncio.Protocol):
             self._observe_response(data)
 
     def _exchange_http2(self, bridge: Http2Bridge) -> None:
-        """HTTP/2 (the bridge's seam): write what it has for each side, count and log the
-        requests it refused and its connection errors; end the connection after an error,
-        or once its last stream finished after a GOAWAY."""
+        """HTTP/2 (the bridge's seam): what ``_pass_http2`` does, then end the connection
+        after an error, or once its last stream finished after a GOAWAY."""
+        self._pass_http2(bridge)
+        if bridge.closed:
+            self._finish(EndReason.HTTP2_ERROR)
+        elif bridge.idle:
+            self._finish(EndReason.CLOSED)
+
+    def _pass_http2(self, bridge: Http2Bridge) -> None:
+        """Write what the bridge has for each side; count and log the requests it refused
+        and its connection errors."""
         for refusal in bridge.take_refusals():
             self._observe_refused(refusal)
         for fault in bridge.take_faults():
@@ -668,10 +683,6 @@ class ClientConnection(asyncio.Protocol):
             to_upstream = bridge.data_for_upstream()
             if to_upstream:
                 self._upstream.write(to_upstream)
-        if bridge.closed:
-            self._finish(EndReason.HTTP2_ERROR)
-        elif bridge.idle:
-            self._finish(EndReason.CLOSED)
 
     def go_away(self) -> None:
         """Draining: an HTTP/2 client is told to open no more streams (GOAWAY)."""
@@ -909,14 +920,8 @@ def _bad_request(refused: HTTPRefused) -> bytes:
     return _http_error(refused.status, b"Bad Request", body)
 
 
-_GATEWAY_ERRORS = {
-    502: (b"Bad Gateway", b"Bad Gateway: the upstream service cannot be reached\n"),
-    504: (b"Gateway Timeout", b"Gateway Timeout: the upstream service did not answer in time\n"),
-}
-
-
 def _gateway_error(status: int) -> bytes:
-    phrase, body = _GATEWAY_ERRORS[status]
+    phrase, body = GATEWAY_ERRORS[status]
     return _http_error(status, phrase, body)
 
 

@@ -255,3 +255,46 @@ def test_an_upstream_goaway_with_an_error_ends_the_connection(code: int, name: s
     assert (fault.side, fault.reason, fault.detail) == ("upstream", "peer_goaway", f"GOAWAY {name}")
     (goaway,) = frames(pipe.bridge.data_for_client())
     assert isinstance(goaway, GoAwayFrame) and goaway.error_code == ErrorCodes.INTERNAL_ERROR
+
+
+GRPC = [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"api"),
+        (b":path", b"/pkg.Service/Call"), (b"content-type", b"application/grpc")]  # fmt: skip
+GET = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"api"), (b":path", b"/")]
+
+
+def client_received(pipe: Pipe) -> tuple[dict[int, dict[bytes, bytes]], dict[int, bytes]]:
+    """The response headers (trailers-only included) and the body of each stream."""
+    heads: dict[int, dict[bytes, bytes]] = {}
+    bodies: dict[int, bytes] = {}
+    for event in pipe.client_events:
+        if isinstance(event, h2.events.ResponseReceived):
+            heads[event.stream_id] = dict(event.headers)
+        elif isinstance(event, h2.events.DataReceived):
+            bodies[event.stream_id] = bodies.get(event.stream_id, b"") + event.data
+    return heads, bodies
+
+
+@pytest.mark.parametrize(("status", "text"), [(502, b"cannot be reached"), (504, b"in time")])
+def test_an_unreachable_upstream_answers_each_request_and_goes_away(
+    status: int, text: bytes
+) -> None:
+    """What the client sent while the upstream was tried: every request answered as an
+    HTTP/1.1 client is (gRPC: UNAVAILABLE, trailers-only), a HEAD without content, then GOAWAY
+    naming the last of them; nothing more is taken."""
+    pipe = Pipe()
+    get = pipe.client.get_next_available_stream_id()
+    pipe.client.send_headers(get, GET, end_stream=True)
+    head = pipe.client.get_next_available_stream_id()
+    pipe.client.send_headers(head, [(b":method", b"HEAD"), *GET[1:]], end_stream=True)
+    grpc = pipe.client.get_next_available_stream_id()
+    pipe.client.send_headers(grpc, GRPC)  # its message never sent: answered all the same
+    pipe.bridge.receive_client(pipe.client.data_to_send())
+    pipe.bridge.upstream_unreachable(status)
+    pipe.client_events += pipe.client.receive_data(pipe.bridge.data_for_client())
+    heads, bodies = client_received(pipe)
+    assert heads[get][b":status"] == str(status).encode() and text in bodies[get]
+    assert heads[head][b":status"] == str(status).encode() and head not in bodies
+    assert heads[grpc][b"grpc-status"] == b"14" and text in heads[grpc][b"grpc-message"]
+    (goaway,) = [e for e in pipe.client_events if isinstance(e, h2.events.ConnectionTerminated)]
+    assert goaway.error_code == ErrorCodes.NO_ERROR and goaway.last_stream_id == grpc
+    assert pipe.bridge.idle

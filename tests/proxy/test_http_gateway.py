@@ -1,20 +1,23 @@
 """HTTP mode behaves like an HTTP proxy: an upstream that is down answers 502, one that does
-not answer 504, and the client's address goes upstream in X-Forwarded-For, X-Forwarded-Proto
-and Forwarded when asked, with the client's own copies removed unless it is a verified
-gateway the listener trusts."""
+not answer 504 (per stream to an HTTP/2 client), and the client's address goes upstream in
+X-Forwarded-For, X-Forwarded-Proto and Forwarded when asked, with the client's own copies
+removed unless it is a verified gateway the listener trusts."""
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import h11
 import pytest
 
 from mtlsproxy.pki import PkiFiles
 from tests.proxy.conftest import ProxyFactory
-from tests.proxy.harness import Client, read_until_closed
+from tests.proxy.harness import Client, RunningProxy, read_until_closed
+from tests.proxy.http2_harness import H2Client
 from tests.proxy.test_forwarding import HTTPUpstream, http_proxy, read_responses
+from tests.proxy.test_http2 import ENGINES, http2_config
 
 HTTP = "{mode: http, forwarded: [x-forwarded-for, x-forwarded-proto, forwarded]}"
 TRUSTING = HTTP[:-1] + ", trust_forwarded: true}"
@@ -125,3 +128,28 @@ def test_a_trusted_verified_gateway_keeps_its_list(
         assert len(upstream.header(0, b"forwarded")) == (2 if kept else 1)
     finally:
         upstream.stop()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_http2_requests_wait_for_the_upstream_then_get_504_each(
+    tmp_path: Path, pki: PkiFiles, unanswering: int, engine: str
+) -> None:
+    """An HTTP/2 client is answered per stream too: the requests it sent while the connect
+    hung each get the 504 an HTTP/1.1 client gets, then GOAWAY naming the last of them."""
+    config = tmp_path / "h2.yaml"
+    config.write_text(http2_config(pki, unanswering, engine=engine, protocol="h2c"))
+    proxy = RunningProxy(config)
+    client = H2Client(pki, proxy.port())
+    try:
+        streams = [client.request(f"/item/{n}") for n in range(3)]
+        for stream_id in streams:
+            response = client.wait(stream_id)  # the config's connect timeout is 2 s
+            assert response.status == 504
+            assert response.body.endswith(b"did not answer in time\n")
+        client.read_until_closed()
+        assert client.goaway is not None
+        assert client.goaway.error_code == 0 and client.goaway.last_stream_id == streams[-1]
+        assert proxy.sample("mtlsproxy_upstream_errors_total", reason="connect_timeout") == 1
+    finally:
+        client.close()
+        proxy.stop()

@@ -63,6 +63,14 @@ class LocalAnswer:
     close: bool
 
 
+# What a client is answered when the upstream cannot be reached (502) or did not accept the
+# connection in time (504), by status: the reason phrase and the body.
+GATEWAY_ERRORS = {
+    502: (b"Bad Gateway", b"Bad Gateway: the upstream service cannot be reached\n"),
+    504: (b"Gateway Timeout", b"Gateway Timeout: the upstream service did not answer in time\n"),
+}
+
+
 def refusal_body(refusal: RequestRefusal) -> bytes:
     """The short text that explains a refusal to the client (HTTP/1.1 and HTTP/2 alike)."""
     return _BODIES.get(refusal.reason, _PHRASES[refusal.status] + b"\n")

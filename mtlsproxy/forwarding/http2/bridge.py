@@ -67,6 +67,7 @@ from mtlsproxy.forwarding.http2.requests import (
     Header,
     HeaderRewriter,
     RequestHead,
+    gateway_error_headers,
     refusal_headers,
     sensitive,
 )
@@ -92,6 +93,7 @@ class _Stream:
 
     client_id: int
     upstream_id: int | None
+    head: RequestHead | None = None  # what an answer of ours needs of the request
     to_upstream: _Pending = field(default_factory=_Pending)
     to_client: _Pending = field(default_factory=_Pending)
 
@@ -189,6 +191,21 @@ class Http2Bridge:
         frame = GoAwayFrame(0, last_stream_id=self._last_stream, error_code=ErrorCodes.NO_ERROR)
         self._to_client += self._client.data_to_send() + frame.serialize()
 
+    def upstream_unreachable(self, status: int) -> None:
+        """No upstream connection could be made: every request received is answered
+        ``status`` (502; 504 when the connect timed out), as an HTTP/1.1 client is, then
+        GOAWAY tells the client that no later stream was processed (RFC 9113 section 6.8)."""
+        if self.closed:
+            return
+        self._upstream_gone = True
+        for stream in list(self._streams[Side.CLIENT].values()):
+            if stream.upstream_id is None or stream.head is None:
+                continue  # answered by us already
+            del self._streams[Side.UPSTREAM][stream.upstream_id]
+            del self._streams[Side.CLIENT][stream.client_id]
+            self._answer(stream.client_id, *gateway_error_headers(stream.head, status))
+        self.go_away()
+
     def upstream_closed(self) -> None:
         """The upstream connection ended: its open streams can get no answer."""
         self._upstream_gone = True
@@ -257,7 +274,7 @@ class Http2Bridge:
         except (ProtocolError, NoAvailableStreamIDError):  # the upstream's stream limit
             self._client.reset_stream(client_id, ErrorCodes.REFUSED_STREAM)
             return
-        stream = _Stream(client_id, upstream_id)
+        stream = _Stream(client_id, upstream_id, head)
         stream.to_upstream.done = end  # the StreamEnded that follows finds it passed on
         self._streams[Side.CLIENT][client_id] = stream
         self._streams[Side.UPSTREAM][upstream_id] = stream
@@ -265,7 +282,11 @@ class Http2Bridge:
     def _refuse(self, client_id: int, head: RequestHead, refusal: RequestRefusal) -> None:
         """Answer a request the path rules refused: it never reaches the upstream."""
         self._refusals.append(refusal)
-        headers, body = refusal_headers(head, refusal)
+        self._answer(client_id, *refusal_headers(head, refusal))
+
+    def _answer(self, client_id: int, headers: list[Header], body: bytes) -> None:
+        """Our own response on a client stream: ``headers``, and ``body`` as the client's window
+        takes it (none: the headers end the stream)."""
         if not body:
             self._client.send_headers(client_id, headers, end_stream=True)
             return

@@ -29,12 +29,13 @@ from urllib.parse import quote
 
 from hpack import NeverIndexedHeaderTuple
 
-from mtlsproxy.forwarding.http.local import RequestRefusal, refusal_body
+from mtlsproxy.forwarding.http.local import GATEWAY_ERRORS, RequestRefusal, refusal_body
 
 Header = tuple[bytes, bytes]
 
 GRPC_PERMISSION_DENIED = 7  # grpc/doc/statuscodes.md
 GRPC_INVALID_ARGUMENT = 3
+GRPC_UNAVAILABLE = 14
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,17 +120,29 @@ def sensitive(headers: list[Header]) -> list[Header]:
 def refusal_headers(head: RequestHead, refusal: RequestRefusal) -> tuple[list[Header], bytes]:
     """The proxy's answer to a refused request: response headers and body (b"": the headers
     end the stream; for gRPC a trailers-only response, gRPC over HTTP/2's "Trailers-Only")."""
+    grpc_status = GRPC_INVALID_ARGUMENT if refusal.status == 400 else GRPC_PERMISSION_DENIED
+    return _answer(head, refusal.status, refusal_body(refusal), grpc_status)
+
+
+def gateway_error_headers(head: RequestHead, status: int) -> tuple[list[Header], bytes]:
+    """The proxy's answer to a request whose upstream could not be reached: ``status`` 502, or
+    504 when the connect timed out, with the HTTP/1.1 answer's text; for gRPC UNAVAILABLE, the
+    status gRPC gives both (its HTTP to gRPC status mapping), trailers-only."""
+    return _answer(head, status, GATEWAY_ERRORS[status][1], GRPC_UNAVAILABLE)
+
+
+def _answer(
+    head: RequestHead, status: int, body: bytes, grpc_status: int
+) -> tuple[list[Header], bytes]:
     if head.grpc:
-        status = GRPC_INVALID_ARGUMENT if refusal.status == 400 else GRPC_PERMISSION_DENIED
-        message = quote(refusal_body(refusal).decode().strip(), safe=" :/.,")
+        message = quote(body.decode().strip(), safe=" :/.,")
         return [
             (b":status", b"200"),
             (b"content-type", b"application/grpc"),
-            (b"grpc-status", str(status).encode()),
+            (b"grpc-status", str(grpc_status).encode()),
             (b"grpc-message", message.encode("ascii")),
         ], b""
-    headers = [(b":status", str(refusal.status).encode()), (b"content-type", b"text/plain")]
+    headers = [(b":status", str(status).encode()), (b"content-type", b"text/plain")]
     if head.method == b"HEAD":  # no content (RFC 9110 section 9.3.2)
         return headers, b""
-    body = refusal_body(refusal)
     return [*headers, (b"content-length", str(len(body)).encode())], body
