@@ -433,6 +433,11 @@ class ClientConnection(asyncio.Protocol):
         elif self._upstream is None and task is not None and not task.done():
             self._connect_expired = True  # _do_connect_upstream reports a timeout
             task.cancel()
+        elif self._upstream is None and (bridge := self._forwarding.http2) is not None:
+            assert bridge.unreachable is not None  # the one way here without an upstream
+            bridge.go_away()
+            self._pass_http2(bridge)
+            self._finish(EndReason.UPSTREAM_UNAVAILABLE)
         else:
             self._check_idle()
 
@@ -492,13 +497,24 @@ class ClientConnection(asyncio.Protocol):
         bridge = self._forwarding.http2
         if self._forwarding.speaks_http and self._engine is not None:
             self._engine.send(_gateway_error(status))
-        elif bridge is not None:  # each HTTP/2 request the client sent meanwhile
-            for data in self._early_data:
-                bridge.receive_client(data)
-            self._early_data.clear()
-            bridge.upstream_unreachable(status)
-            self._pass_http2(bridge)
+        elif bridge is not None and self._engine is not None:
+            self._answer_http2_unreachable(bridge, status)
+            return
         self._finish(EndReason.UPSTREAM_UNAVAILABLE)
+
+    def _answer_http2_unreachable(self, bridge: Http2Bridge, status: int) -> None:
+        """HTTP/2: every request is answered ``status``, those the client sent meanwhile and
+        those it sends for ``timeouts.lingering`` more; then GOAWAY names the last one and
+        the connection ends (``_timer_fired``), so that the client's next connection tries
+        the upstream again."""
+        for data in self._early_data:
+            bridge.receive_client(data)
+        self._early_data.clear()
+        bridge.upstream_unreachable(status)
+        self._cancel_timer()
+        self._timer = self._loop.call_later(self._runtime.timeouts.lingering, self._timer_fired)
+        self._client_reading.resume(Pause.CONNECTING)
+        self._exchange_http2(bridge)
 
     def _upstream_connected(
         self, route: ServerRoute, transport: asyncio.Transport, started: float
@@ -537,6 +553,11 @@ class ClientConnection(asyncio.Protocol):
             self._count_bytes()
         upstream = self._upstream
         if upstream is None:
+            bridge = self._forwarding.http2
+            if bridge is not None and bridge.unreachable is not None:
+                bridge.receive_client(data)  # answered by the bridge itself
+                self._exchange_http2(bridge)
+                return
             self._early_data.append(data)
             # All it sent so far waits here: at most buffer_size and one read.
             if self._bytes_in > self._runtime.limits.buffer_size:
@@ -664,7 +685,7 @@ class ClientConnection(asyncio.Protocol):
         if bridge.closed:
             self._finish(EndReason.HTTP2_ERROR)
         elif bridge.idle:
-            self._finish(EndReason.CLOSED)
+            self._finish(_http2_end(bridge))
 
     def _pass_http2(self, bridge: Http2Bridge) -> None:
         """Write what the bridge has for each side; count and log the requests it refused
@@ -766,8 +787,11 @@ class ClientConnection(asyncio.Protocol):
         self._client_done = True
         if not clean:
             logs.event(logging.DEBUG, "client closed without close_notify", peer=self._peer)
-        if self._upstream_done or self._forwarding.http2 is not None:
-            self._finish(EndReason.CLOSED)  # HTTP/2 has no half-close: the connection is over
+        bridge = self._forwarding.http2
+        if bridge is not None:
+            self._finish(_http2_end(bridge))  # HTTP/2 has no half-close: the connection is over
+        elif self._upstream_done:
+            self._finish(EndReason.CLOSED)
         elif self._upstream is not None:
             self._end_upstream_writing()
 
@@ -894,6 +918,11 @@ class ClientConnection(asyncio.Protocol):
             self._finish(EndReason.IDLE_TIMEOUT)
         else:
             self._schedule_idle_check()
+
+
+def _http2_end(bridge: Http2Bridge) -> EndReason:
+    """How an HTTP/2 connection that ends without an error ended, for the access log."""
+    return EndReason.CLOSED if bridge.unreachable is None else EndReason.UPSTREAM_UNAVAILABLE
 
 
 # Ends after which the client is not owed a lingering close: it is gone, it was silent for

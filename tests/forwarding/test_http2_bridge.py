@@ -275,26 +275,30 @@ def client_received(pipe: Pipe) -> tuple[dict[int, dict[bytes, bytes]], dict[int
 
 
 @pytest.mark.parametrize(("status", "text"), [(502, b"cannot be reached"), (504, b"in time")])
-def test_an_unreachable_upstream_answers_each_request_and_goes_away(
+def test_an_unreachable_upstream_answers_each_request_until_goaway(
     status: int, text: bytes
 ) -> None:
-    """What the client sent while the upstream was tried: every request answered as an
-    HTTP/1.1 client is (gRPC: UNAVAILABLE, trailers-only), a HEAD without content, then GOAWAY
-    naming the last of them; nothing more is taken."""
+    """Every request is answered as an HTTP/1.1 client is (gRPC: UNAVAILABLE, trailers-only;
+    a HEAD without content): those sent while the upstream was tried and those after, until
+    ``go_away`` names the last of them."""
     pipe = Pipe()
     get = pipe.client.get_next_available_stream_id()
     pipe.client.send_headers(get, GET, end_stream=True)
     head = pipe.client.get_next_available_stream_id()
     pipe.client.send_headers(head, [(b":method", b"HEAD"), *GET[1:]], end_stream=True)
-    grpc = pipe.client.get_next_available_stream_id()
-    pipe.client.send_headers(grpc, GRPC)  # its message never sent: answered all the same
     pipe.bridge.receive_client(pipe.client.data_to_send())
     pipe.bridge.upstream_unreachable(status)
+    late = pipe.client.get_next_available_stream_id()
+    pipe.client.send_headers(late, GRPC)  # its message never sent: answered all the same
+    pipe.bridge.receive_client(pipe.client.data_to_send())
     pipe.client_events += pipe.client.receive_data(pipe.bridge.data_for_client())
     heads, bodies = client_received(pipe)
     assert heads[get][b":status"] == str(status).encode() and text in bodies[get]
     assert heads[head][b":status"] == str(status).encode() and head not in bodies
-    assert heads[grpc][b"grpc-status"] == b"14" and text in heads[grpc][b"grpc-message"]
-    (goaway,) = [e for e in pipe.client_events if isinstance(e, h2.events.ConnectionTerminated)]
-    assert goaway.error_code == ErrorCodes.NO_ERROR and goaway.last_stream_id == grpc
+    assert heads[late][b"grpc-status"] == b"14" and text in heads[late][b"grpc-message"]
+    assert not pipe.bridge.idle  # more requests may come, and get the same answer
+    pipe.bridge.go_away()
     assert pipe.bridge.idle
+    pipe.client_events += pipe.client.receive_data(pipe.bridge.data_for_client())
+    (goaway,) = [e for e in pipe.client_events if isinstance(e, h2.events.ConnectionTerminated)]
+    assert goaway.error_code == ErrorCodes.NO_ERROR and goaway.last_stream_id == late

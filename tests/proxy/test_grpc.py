@@ -6,6 +6,7 @@ deadlines and cancellations reach the server."""
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from concurrent import futures
@@ -99,14 +100,18 @@ def proxy(
     running.stop()
 
 
+def client_credentials(pki: PkiFiles) -> grpc.ChannelCredentials:
+    """The PKI's client certificate and CA, as a gRPC channel presents and trusts them."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=pki.ca_cert.read_bytes(),
+        private_key=(pki.directory / "client.key").read_bytes(),
+        certificate_chain=(pki.directory / "client.crt").read_bytes(),
+    )
+
+
 @pytest.fixture
 def channel(proxy: RunningProxy, pki: PkiFiles) -> Iterator[grpc.Channel]:
-    directory = pki.directory
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=pki.ca_cert.read_bytes(),
-        private_key=(directory / "client.key").read_bytes(),
-        certificate_chain=(directory / "client.crt").read_bytes(),
-    )
+    credentials = client_credentials(pki)
     with grpc.secure_channel(f"localhost:{proxy.port()}", credentials) as open_channel:
         yield open_channel
 
@@ -157,3 +162,28 @@ def test_a_client_cancellation_reaches_the_upstream(
     assert service[0].cancelled.wait(5)
     # the channel's connection is still good
     assert verified(channel.unary_unary(method("Unary"))(b"after", timeout=10))
+
+
+@pytest.mark.parametrize("engine", ["native", "openssl"])
+def test_a_down_upstream_is_unavailable_to_a_grpc_client(
+    tmp_path: Path, pki: PkiFiles, engine: str
+) -> None:
+    """gRPC reads a proxy's 502 as UNAVAILABLE (its retryable status): the proxy answers it
+    so, trailers-only with the reason, rather than a closed connection."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        down = probe.getsockname()[1]
+    path = tmp_path / "grpc.yaml"
+    path.write_text(grpc_config(pki, down, engine, "h2c"))
+    running = RunningProxy(path)
+    address = f"localhost:{running.port()}"
+    try:
+        with (
+            grpc.secure_channel(address, client_credentials(pki)) as open_channel,
+            pytest.raises(grpc.RpcError) as failed,
+        ):
+            open_channel.unary_unary(method("Unary"))(b"hello", timeout=10)
+        assert failed.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "cannot be reached" in failed.value.details()
+    finally:
+        running.stop()

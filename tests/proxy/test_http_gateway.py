@@ -131,25 +131,41 @@ def test_a_trusted_verified_gateway_keeps_its_list(
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_http2_requests_wait_for_the_upstream_then_get_504_each(
-    tmp_path: Path, pki: PkiFiles, unanswering: int, engine: str
+@pytest.mark.parametrize(
+    ("upstream", "status", "text", "reason"),
+    [
+        ("down", 502, b"cannot be reached\n", "connect_refused"),
+        ("unanswering", 504, b"did not answer in time\n", "connect_timeout"),
+    ],
+)
+def test_http2_requests_get_the_gateway_error_each(
+    tmp_path: Path,
+    pki: PkiFiles,
+    request: pytest.FixtureRequest,
+    engine: str,
+    upstream: str,
+    status: int,
+    text: bytes,
+    reason: str,
 ) -> None:
-    """An HTTP/2 client is answered per stream too: the requests it sent while the connect
-    hung each get the 504 an HTTP/1.1 client gets, then GOAWAY naming the last of them."""
+    """An HTTP/2 client is answered per stream as an HTTP/1.1 one is: a refused connect
+    fails within a millisecond, often before the client's first request arrives, and a
+    hanging one after the config's 2 s; the requests the client sends after its handshake
+    are answered all the same, and GOAWAY then names the last of them."""
+    port = closed_port() if upstream == "down" else request.getfixturevalue(upstream)
     config = tmp_path / "h2.yaml"
-    config.write_text(http2_config(pki, unanswering, engine=engine, protocol="h2c"))
+    config.write_text(http2_config(pki, port, engine=engine, protocol="h2c"))
     proxy = RunningProxy(config)
     client = H2Client(pki, proxy.port())
     try:
         streams = [client.request(f"/item/{n}") for n in range(3)]
         for stream_id in streams:
-            response = client.wait(stream_id)  # the config's connect timeout is 2 s
-            assert response.status == 504
-            assert response.body.endswith(b"did not answer in time\n")
+            response = client.wait(stream_id)
+            assert response.status == status and response.body.endswith(text)
         client.read_until_closed()
         assert client.goaway is not None
         assert client.goaway.error_code == 0 and client.goaway.last_stream_id == streams[-1]
-        assert proxy.sample("mtlsproxy_upstream_errors_total", reason="connect_timeout") == 1
+        assert proxy.sample("mtlsproxy_upstream_errors_total", reason=reason) == 1
     finally:
         client.close()
         proxy.stop()

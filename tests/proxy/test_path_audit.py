@@ -18,7 +18,14 @@ from mtlsproxy.pki import PkiFiles
 from tests.proxy.harness import Client, ProxyProcess, RunningProxy, eventually
 from tests.proxy.http2_harness import H2Client, H2Upstream
 from tests.proxy.test_forwarding import HTTPUpstream, read_responses
-from tests.proxy.test_grpc import EchoService, grpc_config, method, service, verified
+from tests.proxy.test_grpc import (
+    EchoService,
+    client_credentials,
+    grpc_config,
+    method,
+    service,
+    verified,
+)
 from tests.proxy.test_http2 import http2_config
 from tests.proxy.test_http2_paths import GRPC, RULES, h2_upstream
 from tests.proxy.test_path_authorization import (
@@ -225,13 +232,8 @@ def test_a_grpc_call_the_rules_would_refuse(
     path = tmp_path / "grpc-audit.yaml"
     path.write_text(text)
     proxy = RunningProxy(path)
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=pki.ca_cert.read_bytes(),
-        private_key=(pki.directory / "client.key").read_bytes(),
-        certificate_chain=(pki.directory / "client.crt").read_bytes(),
-    )
     try:
-        with grpc.secure_channel(f"localhost:{proxy.port()}", credentials) as channel:
+        with grpc.secure_channel(f"localhost:{proxy.port()}", client_credentials(pki)) as channel:
             call = channel.unary_unary(method("Unary"))
             if enforce:
                 with pytest.raises(grpc.RpcError) as error:

@@ -145,6 +145,7 @@ class Http2Bridge:
         self._to_client = b""  # frames of ours written outside h2's state machine (go_away)
         self._last_stream: int | None = None  # set by go_away: streams above it are refused
         self._upstream_gone = False
+        self.unreachable: int | None = None  # the status every request gets: no upstream
         self.closed = False  # a connection error: write what is pending, then end both
 
     # What the proxy calls
@@ -192,19 +193,20 @@ class Http2Bridge:
         self._to_client += self._client.data_to_send() + frame.serialize()
 
     def upstream_unreachable(self, status: int) -> None:
-        """No upstream connection could be made: every request received is answered
-        ``status`` (502; 504 when the connect timed out), as an HTTP/1.1 client is, then
-        GOAWAY tells the client that no later stream was processed (RFC 9113 section 6.8)."""
-        if self.closed:
+        """No upstream connection could be made: every request is answered ``status`` (502;
+        504 when the connect timed out), as an HTTP/1.1 client is, both those received and
+        those that follow, until ``go_away`` (the proxy calls it after a while: a client
+        that waits for our SETTINGS before its first request, as gRPC does, sends it only
+        after the connect has failed)."""
+        if self.closed or self.unreachable is not None:
             return
-        self._upstream_gone = True
+        self.unreachable = status
         for stream in list(self._streams[Side.CLIENT].values()):
             if stream.upstream_id is None or stream.head is None:
                 continue  # answered by us already
             del self._streams[Side.UPSTREAM][stream.upstream_id]
             del self._streams[Side.CLIENT][stream.client_id]
             self._answer(stream.client_id, *gateway_error_headers(stream.head, status))
-        self.go_away()
 
     def upstream_closed(self) -> None:
         """The upstream connection ended: its open streams can get no answer."""
@@ -267,6 +269,9 @@ class Http2Bridge:
             return
         if refusal is not None:  # audit mode: forwarded below, only reported
             self._refusals.append(head.refusal(refusal))
+        if self.unreachable is not None:
+            self._answer(client_id, *gateway_error_headers(head, self.unreachable))
+            return
         end = event.stream_ended is not None  # END_STREAM on the HEADERS: one frame, not two
         try:
             upstream_id = self._upstream.get_next_available_stream_id()
