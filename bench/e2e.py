@@ -9,7 +9,9 @@ starts fresh servers and measures them interleaved (the order rotates each pass)
 * ``nginx``: nginx's stream module terminating TLS (``ssl_verify_client on``, the same client
   CA and CRL bundle) and ``proxy_pass``-ing to the same upstream, one worker;
 * ``bare``: a plain asyncio (+ uvloop) server on stdlib ``ssl`` with the proxy's context
-  settings, answering the little protocol itself instead of forwarding.
+  settings, answering the little protocol itself instead of forwarding;
+* ``openssl-before``, ``native-before``: the proxy of another checkout (``--before DIR``, with
+  its own ``.venv``), for a change measured before and after in the same passes.
 
 Tests:
 
@@ -56,6 +58,7 @@ from procs import (  # bench/procs.py
     pin_servers,
     print_header,
     print_table,
+    proxy_command,
     serve_until_stopped,
     write_samples,
 )
@@ -64,12 +67,14 @@ SERVER_CORE = 0
 CLIENT_CORE = 1
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"  # the proxy's (mtlsproxy.routing.contexts)
 CHUNK = 256 * 1024
-SYSTEMS = ("openssl", "native", "nginx", "bare")
+SYSTEMS = ("openssl", "native", "nginx", "bare", "openssl-before", "native-before")
 LABELS = {
     "openssl": "mtlsproxy openssl",
     "native": "mtlsproxy native",
     "nginx": "nginx stream",
     "bare": "bare python ssl",
+    "openssl-before": "openssl, --before",
+    "native-before": "native, --before",
 }
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 
@@ -461,6 +466,12 @@ def main() -> int:
     parser.add_argument(
         "--baseline", default="openssl", choices=SYSTEMS, help="the system ratios are to"
     )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="DIR",
+        help="a checkout with a .venv: its proxy is openssl-before and native-before",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write every sample as JSON")
     args = parser.parse_args()
     setups = [s for s in SETUPS if s.key in args.setups.split(",")]
@@ -469,6 +480,8 @@ def main() -> int:
     if unknown or not setups:
         parser.error(f"unknown system(s) {unknown}" if unknown else "no known setup in --setups")
     systems = [s for s in SYSTEMS if s in wanted]
+    if args.before is None and any(s.endswith("-before") for s in systems):
+        parser.error("the -before systems need --before DIR")
 
     nginx, load_module = find_nginx() if "nginx" in systems else ("", "")
 
@@ -490,15 +503,16 @@ def main() -> int:
 
             def start(system: str, setup: Setup) -> Process:
                 log = directory / f"{system}-{setup.key}.log"
-                if system in ("openssl", "native"):
-                    config = configs[system, setup.key]
-                    argv = [python, "-m", "mtlsproxy", "run", "-c", str(config)]
-                elif system == "nginx":
+                engine = system.removesuffix("-before")
+                if engine in ("openssl", "native"):
+                    before = args.before if system != engine else None
+                    argv, tree = proxy_command(configs[engine, setup.key], before)
+                    return Process(argv, log, server_pin, None, cwd=tree)
+                if system == "nginx":
                     return start_nginx_stream(
                         nginx, directory, setup, upstream.port, load_module, server_pin
                     )
-                else:
-                    argv = [python, me, "--serve", "baseline", tmp, setup.mode, setup.version]
+                argv = [python, me, "--serve", "baseline", tmp, setup.mode, setup.version]
                 return Process(argv, log, server_pin, None)
 
             step = 0

@@ -58,7 +58,6 @@ from e2e import (  # bench/e2e.py
     start_nginx_stream,
 )
 from procs import (  # bench/procs.py
-    REPO,
     Process,
     field_median,
     free_port,
@@ -68,6 +67,7 @@ from procs import (  # bench/procs.py
     pin_servers,
     print_header,
     print_table,
+    proxy_command,
     write_samples,
 )
 
@@ -227,7 +227,6 @@ def main() -> int:
     tail = f"{args.cores} server core(s); {args.seconds:g} s per sample"
     command = print_header(server_pin, nginx, tail)
 
-    python = sys.executable
     samples: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="mtlsproxy-bench-keepalive-") as tmp:
         directory = Path(tmp)
@@ -246,9 +245,8 @@ def main() -> int:
             text = text.replace("listen: 127.0.0.1:0", f"listen: 127.0.0.1:{port}")
             config = directory / f"proxy-{system}.yaml"
             config.write_text(f"workers: {workers}\n" + text)
-            tree = args.before.resolve() if system == "native-before" else REPO
-            interpreter = str(tree / ".venv" / "bin" / "python") if tree != REPO else python
-            argv = [interpreter, "-m", "mtlsproxy", "run", "-c", str(config)]
+            before = args.before if system == "native-before" else None
+            argv, tree = proxy_command(config, before)
             server = Process(argv, directory / f"{system}.log", server_pin, port, cwd=tree)
             if workers > 1:
                 time.sleep(1.0)  # every worker listening (the port answers at the first)

@@ -24,6 +24,17 @@ REPO = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(rb"listening on 127\.0\.0\.1:(\d+)")
 
 
+def proxy_command(config: Path, before: Path | None = None) -> tuple[list[str], Path]:
+    """``python -m mtlsproxy run -c CONFIG`` of this tree, or of the checkout ``before`` (with
+    its own ``.venv``: another commit's proxy in the same passes), and the directory to run it
+    in (``-m`` imports the tree it runs in)."""
+    if before is None:
+        return [sys.executable, "-m", "mtlsproxy", "run", "-c", str(config)], REPO
+    tree = before.resolve()
+    python = str(tree / ".venv" / "bin" / "python")
+    return [python, "-m", "mtlsproxy", "run", "-c", str(config)], tree
+
+
 def pin_servers(server_core: int, client_core: int) -> int | None:
     """With ``taskset`` and two cores: this process (the driver, and the clients and upstream
     it starts) on ``client_core``; returns the core to pin servers to (None: no pinning)."""
