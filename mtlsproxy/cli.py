@@ -151,6 +151,9 @@ def _run(args: argparse.Namespace) -> int:
             print(f"mtlsproxy: cannot serve: {error}", file=sys.stderr)
             return EXIT_FAILURE
         return EXIT_OK
+    from mtlsproxy import metric_updates
+
+    metric_updates.install_loop_values()  # one process, one event-loop thread: no locks
     return _serve(config, worker=False)
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.exposition import generate_latest
 
-from mtlsproxy.metric_updates import adder, observer
+from mtlsproxy.metric_updates import LoopValue, adder, install_loop_values, observer
 from mtlsproxy.metrics import PHASE_BUCKETS, REMAINING_BUCKETS
 
 # Amounts on, just below and just above every bound, and beyond the last one.
@@ -65,3 +66,32 @@ def test_adder_moves_a_gauge_as_inc_and_dec_do(ups: list[bool]) -> None:
         add(1.0 if up else -1.0)
     assert generate_latest(fast) == generate_latest(public)
     assert same._value.get() == sum(1 if up else -1 for up in ups)  # type: ignore[attr-defined]
+
+
+def test_loop_values_expose_what_prometheus_clients_values_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``install_loop_values``: the same series, updated the same ways, expose the same text
+    as with prometheus-client's own (locked) values."""
+
+    def exercise(registry: CollectorRegistry) -> object:
+        count = Counter("t_total", "h", ["l"], registry=registry).labels("a")
+        count.inc()
+        adder(count)(2.0)
+        level = Gauge("t_open", "h", ["l"], registry=registry).labels("a")
+        level.inc(3)
+        adder(level)(-1.0)
+        Gauge("t_expiry", "h", registry=registry).set(1234.5)
+        seconds = Histogram("t_seconds", "h", ["l"], buckets=PHASE_BUCKETS, registry=registry)
+        seconds.labels("a").observe(0.0003)
+        observer(seconds.labels("a"))(0.002)
+        return count
+
+    locked = CollectorRegistry()
+    exercise(locked)
+    monkeypatch.setattr(values, "ValueClass", values.ValueClass)  # restored after the test
+    install_loop_values()
+    unlocked = CollectorRegistry()
+    series = exercise(unlocked)
+    assert type(series._value) is LoopValue  # type: ignore[attr-defined]
+    assert generate_latest(unlocked) == generate_latest(locked)
