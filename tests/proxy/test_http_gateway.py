@@ -14,8 +14,9 @@ import pytest
 
 from mtlsproxy.pki import PkiFiles
 from tests.proxy.conftest import ProxyFactory
-from tests.proxy.harness import Client, RunningProxy, read_until_closed
+from tests.proxy.harness import Client, ProxyProcess, RunningProxy, eventually, read_until_closed
 from tests.proxy.http2_harness import H2Client
+from tests.proxy.test_access_log import access_lines
 from tests.proxy.test_forwarding import HTTPUpstream, http_proxy, read_responses
 from tests.proxy.test_http2 import ENGINES, http2_config
 
@@ -169,3 +170,23 @@ def test_http2_requests_get_the_gateway_error_each(
     finally:
         client.close()
         proxy.stop()
+
+
+def test_http2_client_gone_while_the_upstream_is_down(tmp_path: Path, pki: PkiFiles) -> None:
+    """The client closes during the window of answers: the connection ends at once (not when
+    the window closes), logged as the upstream's failure, with no traceback."""
+    config = tmp_path / "h2.yaml"
+    text = http2_config(pki, closed_port(), engine="native", protocol="h2c")
+    config.write_text(text.replace("format: text", "format: json"))
+    process = ProxyProcess(config)
+    try:
+        client = H2Client(pki, process.port)
+        assert client.wait(client.request("/")).status == 502
+        client.close()
+        assert eventually(lambda: len(access_lines(process)) == 1, timeout=1.5)  # < lingering
+        (line,) = access_lines(process)
+        assert line["end"] == "upstream_unavailable" and line["upstream"] is not None
+    finally:
+        process.process.terminate()
+        process.process.wait(timeout=10)
+    process.assert_no_traceback()
