@@ -18,6 +18,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from functools import partial
+from typing import cast
 
 from mtlsproxy.engine import fingerprints
 from mtlsproxy.engine.hello_extensions import (
@@ -216,7 +217,11 @@ _UNPACK_EXTENSION_HEADER = _EXTENSION_HEADER.unpack_from  # also a KeyShareEntry
 
 _NULL_COMPRESSION = b"\x00"
 # The fields the extensions fill, in order, as a hello without any of them has them.
-_NO_EXTENSION = tuple(field.default for field in fields(ClientHello)[6:])
+_NO_EXTENSION = cast(
+    "tuple[str | None, tuple[str, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...], "
+    "tuple[KeyShareEntry, ...], bool, tuple[int, ...], OfferedPsks | None, bool, bytes]",
+    tuple(field.default for field in fields(ClientHello)[6:]),
+)
 
 # The extension types the usual reading compares with, as module names (on Python 3.11 a class
 # attribute costs ~170 instructions more a read, and each extension is compared with several).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass
+from typing import Final
 
 from mtlsproxy.engine.records import Buffer, DecodeError
 from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Reason, Step
@@ -28,18 +29,18 @@ _HOST_NAME_RE = re.compile(rb"(?:%s\.)*%s" % (_LABEL, _LABEL))
 class ExtensionType:
     """Extension code points we parse (IANA "TLS ExtensionType Values")."""
 
-    SERVER_NAME = 0x0000  # RFC 6066 section 3
-    SUPPORTED_GROUPS = 0x000A  # RFC 8446 section 4.2.7
-    EC_POINT_FORMATS = 0x000B  # RFC 8422 section 5.1.2
-    SIGNATURE_ALGORITHMS = 0x000D  # RFC 8446 section 4.2.3
-    ALPN = 0x0010  # RFC 7301 section 3.1
-    PRE_SHARED_KEY = 0x0029  # RFC 8446 section 4.2.11
-    EARLY_DATA = 0x002A  # RFC 8446 section 4.2.10
-    SUPPORTED_VERSIONS = 0x002B  # RFC 8446 section 4.2.1
-    COOKIE = 0x002C  # RFC 8446 section 4.2.2
-    PADDING = 0x0015  # RFC 7685
-    PSK_KEY_EXCHANGE_MODES = 0x002D  # RFC 8446 section 4.2.9
-    KEY_SHARE = 0x0033  # RFC 8446 section 4.2.8
+    SERVER_NAME: Final = 0x0000  # RFC 6066 section 3
+    SUPPORTED_GROUPS: Final = 0x000A  # RFC 8446 section 4.2.7
+    EC_POINT_FORMATS: Final = 0x000B  # RFC 8422 section 5.1.2
+    SIGNATURE_ALGORITHMS: Final = 0x000D  # RFC 8446 section 4.2.3
+    ALPN: Final = 0x0010  # RFC 7301 section 3.1
+    PRE_SHARED_KEY: Final = 0x0029  # RFC 8446 section 4.2.11
+    EARLY_DATA: Final = 0x002A  # RFC 8446 section 4.2.10
+    SUPPORTED_VERSIONS: Final = 0x002B  # RFC 8446 section 4.2.1
+    COOKIE: Final = 0x002C  # RFC 8446 section 4.2.2
+    PADDING: Final = 0x0015  # RFC 7685
+    PSK_KEY_EXCHANGE_MODES: Final = 0x002D  # RFC 8446 section 4.2.9
+    KEY_SHARE: Final = 0x0033  # RFC 8446 section 4.2.8
 
 
 def is_grease(value: int) -> bool:

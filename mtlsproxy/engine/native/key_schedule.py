@@ -31,7 +31,7 @@ import functools
 import hashlib
 import hmac
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from mtlsproxy.engine.native.alerts import TLSAlert
 from mtlsproxy.engine.native.suites import CipherSuite, HashObject
@@ -42,14 +42,12 @@ _HASH_LENGTHS = {"sha256": 32, "sha384": 48}
 _LABEL_PREFIX = b"tls13 "
 
 
-try:  # OpenSSL's HMAC object, as hmac.new uses it, without hmac.HMAC's Python wrapper
-    from _hashlib import hmac_new as _openssl_hmac_new
-except ImportError:  # pragma: no cover - a Python built without OpenSSL's hashlib
-    _openssl_hmac_new = None
-
-
 # hmac.new's signature, OpenSSL's object: the hot paths below call it inline (one call fewer).
-_hmac_new = _openssl_hmac_new if _openssl_hmac_new is not None else hmac.new
+_hmac_new: Callable[[bytes, bytes, str], Any]
+try:  # OpenSSL's HMAC object, as hmac.new uses it, without hmac.HMAC's Python wrapper
+    from _hashlib import hmac_new as _hmac_new
+except ImportError:  # pragma: no cover - a Python built without OpenSSL's hashlib
+    _hmac_new = hmac.new
 
 
 def _hmac(key: bytes, message: bytes, hash_name: str) -> bytes:
@@ -183,7 +181,7 @@ def derive_traffic_keys(suite: CipherSuite, traffic_secret: bytes) -> TrafficKey
     # Both HMACs have the traffic secret as their key: keyed once and copied (OpenSSL's HMAC
     # keying costs more than the copy), about a third of the function's time.
     name, key_length, iv_length = suite.hash_name, suite.key_length, suite.iv_length
-    key_mac = _hmac_new(traffic_secret, None, name)
+    key_mac = _hmac_new(traffic_secret, b"", name)
     iv_mac = key_mac.copy()
     key_mac.update(_empty_context_info(b"key", key_length))
     iv_mac.update(_empty_context_info(b"iv", iv_length))
@@ -242,9 +240,11 @@ class Transcript:
 
     __slots__ = ("_hash", "_suite")
 
-    def __init__(self, suite: CipherSuite) -> None:
+    def __init__(self, suite: CipherSuite, running: HashObject | None = None) -> None:
+        """``running``: the hash to continue (``copy``), else a new one."""
         self._suite = suite
-        self._hash: HashObject = suite.hash_factory()  # suite.new_hash(), one call fewer
+        # suite.hash_factory(): suite.new_hash(), one call fewer
+        self._hash: HashObject = running if running is not None else suite.hash_factory()
 
     def update(self, message: bytes) -> None:
         self._hash.update(message)
@@ -253,10 +253,7 @@ class Transcript:
         return self._hash.copy().digest()
 
     def copy(self) -> Transcript:
-        clone = Transcript.__new__(Transcript)
-        clone._suite = self._suite
-        clone._hash = self._hash.copy()
-        return clone
+        return Transcript(self._suite, self._hash.copy())
 
     def replace_with_message_hash(self) -> None:
         """After a HelloRetryRequest (section 4.4.1): the transcript so far (ClientHello1) is
@@ -281,14 +278,14 @@ def _both_sides(
     side, as in ``derive_traffic_keys``)."""
     length = len(transcript_hash)
     tail = transcript_hash + b"\x01"
-    client = _hmac_new(secret, None, name)
+    client = _hmac_new(secret, b"", name)
     server = client.copy()
     client.update(_secret_info_head(client_label, length) + tail)
     server.update(_secret_info_head(server_label, length) + tail)
     return client.digest(), server.digest()
 
 
-class KeyScheduleError(RuntimeError):
+class KeyScheduleError(Exception):
     """The key schedule was driven out of order or asked for a secret not yet derived.
 
     A bug in the caller, never something a peer can cause: it maps to ``internal_error``.
@@ -371,6 +368,7 @@ class KeySchedule:
         "transcript",
         "update_transcript",
     )
+    _exporter_master_secret: bytes  # unset until first read
 
     def __init__(
         self,
@@ -565,6 +563,6 @@ def nss_key_log(schedule: KeySchedule) -> dict[str, bytes]:
     for label, attribute in _NSS_LABELS.items():
         try:
             secrets[label] = getattr(schedule, attribute)
-        except RuntimeError:  # not derived yet
+        except KeyScheduleError:  # not derived yet
             continue
     return secrets

@@ -34,6 +34,7 @@ from functools import partial
 from typing import NamedTuple
 
 from cryptography.exceptions import InvalidTag
+from mypy_extensions import mypyc_attr
 
 from mtlsproxy.engine.native.alerts import TLSAlert
 from mtlsproxy.engine.native.key_schedule import derive_traffic_keys, next_traffic_secret
@@ -309,6 +310,7 @@ def _protected_spans(data: bytes, pos: int, tag_length: int) -> list[tuple[int, 
     return spans
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a strategy: other policies subclass it
 @dataclass(frozen=True, slots=True)
 class PaddingPolicy:
     """How much zero padding to add to each protected record (RFC 8446 section 5.4).
@@ -382,17 +384,6 @@ class RecordProtection:
             raise ValueError(f"{suite.name} needs a {suite.iv_length}-byte IV, got {len(iv)}")
         if len(key) != suite.key_length:
             raise ValueError(f"{suite.name} needs a {suite.key_length}-byte key, got {len(key)}")
-        self._keyed(suite, key, iv, traffic_secret, padding)
-
-    def _keyed(
-        self,
-        suite: CipherSuite,
-        key: bytes,
-        iv: bytes,
-        traffic_secret: bytes | None,
-        padding: PaddingPolicy,
-    ) -> None:
-        """Set the slots for a key and IV of the suite's lengths (section 7.3)."""
         self.suite = suite
         self.padding = padding
         self._aead = suite.aead_factory(key)
@@ -412,11 +403,7 @@ class RecordProtection:
     ) -> RecordProtection:
         """Protection keyed from a traffic secret (``[sender]_write_key``/``_iv``, 7.3)."""
         key, iv = derive_traffic_keys(suite, traffic_secret)
-        # Four per handshake: not through __init__ and its length checks (the key and IV have
-        # the suite's own lengths by construction) nor new_aead's: two calls fewer.
-        self = object.__new__(cls)
-        self._keyed(suite, key, iv, traffic_secret, padding)
-        return self
+        return cls(suite, key, iv, traffic_secret=traffic_secret, padding=padding)
 
     def __repr__(self) -> str:
         return f"RecordProtection({self.suite.name}, sequence_number={self._sequence})"

@@ -137,15 +137,15 @@ def answer(
                 found = shares[group]
                 break
         if found is None:
-            group = next((g for g in hello.supported_groups if g in groups), None)
-            if group is None:
+            retry_group = next((g for g in hello.supported_groups if g in groups), None)
+            if retry_group is None:
                 raise HandshakeError(
                     Step.SERVER_HELLO,
                     Reason.NO_SHARED_CIPHER,
                     "no key exchange group in common with the client",
                     Alert.HANDSHAKE_FAILURE,
                 )
-            return _retry_request(hello, message, suite, group, transcript, trace)
+            return _retry_request(hello, message, suite, retry_group, transcript, trace)
         share = found
     alpn = _choose_alpn(hello, route) if hello.alpn_protocols else None
     resumption = None
@@ -273,9 +273,10 @@ def _flight(
 
     # The messages that depend on the route alone come encoded from its cache.
     flight = [cache.encrypted_extensions(alpn)]
-    requests_certificate = cache.certificate_request is not None and resumption is None
-    if requests_certificate:
-        flight.append(cache.certificate_request)
+    certificate_request = cache.certificate_request if resumption is None else None
+    requests_certificate = certificate_request is not None
+    if certificate_request is not None:
+        flight.append(certificate_request)
     chain_der = credential.chain_der
     if resumption is None:  # a resumed session authenticates with the PSK (section 2.2)
         flight.append(cache.certificate_messages[id(credential)])

@@ -14,10 +14,9 @@ does not verify is ``decrypt_error``, a scheme that does not fit the key ``illeg
 from __future__ import annotations
 
 import enum
-import functools
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -106,20 +105,27 @@ def signed_content(transcript_hash: bytes, *, server: bool) -> bytes:
     return (_SERVER_PREFIX if server else _CLIENT_PREFIX) + transcript_hash
 
 
-_EC, _ED25519, _RSA = "ec", "ed25519", "rsa"
+_EC, _ED25519, _RSA, _UNKNOWN = "ec", "ed25519", "rsa", "unknown"
 
 
-@functools.cache
+_families: dict[type, str | None] = {}  # a few key classes: cryptography's, per algorithm
+
+
 def _family_of_type(key_type: type) -> str | None:
     """The key family of a key class (private or public), or None; per class, not per call
     (an ABC isinstance costs a microsecond each)."""
-    if issubclass(key_type, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
-        return _EC
-    if issubclass(key_type, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
-        return _ED25519
-    if issubclass(key_type, rsa.RSAPrivateKey | rsa.RSAPublicKey):
-        return _RSA
-    return None
+    family = _families.get(key_type, _UNKNOWN)
+    if family is _UNKNOWN:
+        if issubclass(key_type, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+            family = _EC
+        elif issubclass(key_type, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+            family = _ED25519
+        elif issubclass(key_type, rsa.RSAPrivateKey | rsa.RSAPublicKey):
+            family = _RSA
+        else:
+            family = None
+        _families[key_type] = family
+    return family
 
 
 def schemes_for_key(key: object, *, pss_certificate: bool = False) -> tuple[SignatureScheme, ...]:
@@ -234,29 +240,29 @@ def verify(certificate: x509.Certificate, scheme: int, signature: bytes, content
     known = _SCHEMES_BY_CODE.get(scheme)
     if known is None:
         raise TLSAlert(Alert.ILLEGAL_PARAMETER, f"unsupported signature scheme 0x{scheme:04x}")
-    scheme = known
     try:
-        public_key = certificate.public_key()
+        # Any: the family below stands for the key's type (an ABC isinstance per call costs).
+        public_key: Any = certificate.public_key()
     except (ValueError, UnsupportedAlgorithm):
         raise TLSAlert(Alert.BAD_CERTIFICATE, "the certificate's public key is unusable") from None
     family = _family_of_type(type(public_key))
     # Only an RSA key has two kinds of certificate (section 4.2.3).
     pss = family is _RSA and certificate.public_key_algorithm_oid == RSASSA_PSS_OID
-    if scheme not in schemes_for_key(public_key, pss_certificate=pss):
+    if known not in schemes_for_key(public_key, pss_certificate=pss):
         raise TLSAlert(
-            Alert.ILLEGAL_PARAMETER, f"signature scheme {scheme.name.lower()} does not fit the key"
+            Alert.ILLEGAL_PARAMETER, f"signature scheme {known.name.lower()} does not fit the key"
         )
     try:
         if family is _EC:
-            public_key.verify(signature, content, _ECDSA[scheme])  # type: ignore[call-arg]
+            public_key.verify(signature, content, _ECDSA[known])
         elif family is _ED25519:
-            public_key.verify(signature, content)  # type: ignore[call-arg]
+            public_key.verify(signature, content)
         elif family is _RSA:
-            algorithm = _HASHES[scheme]()
+            algorithm = _HASHES[known]()
             pss_padding = padding.PSS(
                 mgf=padding.MGF1(algorithm), salt_length=algorithm.digest_size
             )
-            public_key.verify(signature, content, pss_padding, algorithm)  # type: ignore[call-arg]
+            public_key.verify(signature, content, pss_padding, algorithm)
         else:  # pragma: no cover - schemes_for_key returned nothing for other key types
             raise TLSAlert(Alert.ILLEGAL_PARAMETER, "unsupported key type")
     except InvalidSignature:

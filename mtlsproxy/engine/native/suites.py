@@ -45,6 +45,10 @@ class AEAD(Protocol):
 
     def decrypt(self, nonce: bytes, data: bytes, associated_data: bytes | None) -> bytes: ...
 
+    def decrypt_into(
+        self, nonce: bytes, data: memoryview, associated_data: memoryview, buf: memoryview
+    ) -> int: ...
+
 
 class HashObject(Protocol):
     """A running ``hashlib`` hash (the transcript hash of RFC 8446 section 4.4.1)."""

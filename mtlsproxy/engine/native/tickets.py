@@ -45,6 +45,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from mypy_extensions import mypyc_attr
 
 TICKET_LIFETIME = 2 * 60 * 60  # seconds; RFC 8446 allows up to 7 days
 MAX_AUTHENTICATION_AGE = 7 * 24 * 60 * 60  # RFC 8446 section 4.6.1: 7 days at most
@@ -280,6 +281,7 @@ class _Sealer(NamedTuple):
     aad: bytes
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled (setup.py), subclassed in tests
 class TicketKey:
     """One route's ticket protection: a keyring seen under the route's ``scope``.
 
