@@ -24,15 +24,23 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 
 WORKDIR /src
 
+# A C compiler for the engine's mypyc build (setup.py: the handshake engine compiled to C
+# extension modules); only this stage has it. The packages follow the base image's Debian
+# release, which is pinned above.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+
 # Only what the wheel is built from (README.md, the long description, is not needed at runtime)
 # and the lock.
-COPY pyproject.toml requirements.lock ./
+COPY pyproject.toml setup.py requirements.lock ./
 COPY mtlsproxy ./mtlsproxy
 
 # The project's wheel (its build backend, from [build-system], in an isolated env that the
-# lock constrains too: PIP_CONSTRAINT for pip before 25.3, PIP_BUILD_CONSTRAINT after), then
-# the wheel and its dependencies, at the lock's versions and as binary wheels only (no
-# compiler here), into /opt/venv; pip itself is removed so the runtime image carries no
+# lock constrains too: PIP_CONSTRAINT for pip before 25.3, PIP_BUILD_CONSTRAINT after; the
+# engine compiled by mypyc), then the wheel and its dependencies, at the lock's versions and
+# as binary wheels only, into /opt/venv; pip itself is removed so the runtime image carries no
 # installer.
 RUN python -m venv /opt/venv \
     && PIP_CONSTRAINT=/src/requirements.lock PIP_BUILD_CONSTRAINT=/src/requirements.lock \

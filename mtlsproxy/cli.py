@@ -25,6 +25,7 @@ from mtlsproxy.config import (
     UpstreamProtocol,
     load_config_with_warnings,
 )
+from mtlsproxy.engine import engine_build
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -307,7 +308,8 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _version_line() -> str:
-    return f"mtlsproxy {__version__}, {ssl.OPENSSL_VERSION}, Python {sys.version.split()[0]}"
+    python, build = sys.version.split()[0], engine_build()
+    return f"mtlsproxy {__version__} (engine: {build}), {ssl.OPENSSL_VERSION}, Python {python}"
 
 
 def _version(args: argparse.Namespace) -> int:

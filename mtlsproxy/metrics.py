@@ -21,6 +21,7 @@ from prometheus_client import (
 from prometheus_client.exposition import generate_latest
 
 from mtlsproxy import __version__
+from mtlsproxy.engine import engine_build
 from mtlsproxy.engine.events import HandshakeComplete, HandshakeFailed
 from mtlsproxy.metric_updates import Update, adder, observer
 
@@ -201,12 +202,12 @@ class Metrics:
         self.build_info = Gauge(
             "mtlsproxy_build_info",
             "Build information; the value is 1.",
-            ["version", "engine", "openssl", "python"],
+            ["version", "engine", "engine_build", "openssl", "python"],
             registry=registry,
             multiprocess_mode="max",  # every worker reports the same value
         )
         self.build_info.labels(
-            __version__, engine, ssl.OPENSSL_VERSION, platform.python_version()
+            __version__, engine, engine_build(), ssl.OPENSSL_VERSION, platform.python_version()
         ).set(1)
 
     def exposition(self) -> bytes:

@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from mtlsproxy import __version__, pki
+from mtlsproxy.engine import engine_build
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "config"
 EXAMPLE_NAMES = sorted(p.name for p in EXAMPLES.glob("*.yaml"))
@@ -523,7 +524,7 @@ def test_explain_listener_by_name(examples: Path) -> None:
 def test_version_prints_the_versions(args: tuple[str, ...]) -> None:
     result = cli(*args)
     assert result.returncode == 0
-    assert result.stdout.startswith(f"mtlsproxy {__version__}, ")
+    assert result.stdout.startswith(f"mtlsproxy {__version__} (engine: {engine_build()}), ")
     assert ssl.OPENSSL_VERSION in result.stdout
     assert f"Python {sys.version.split()[0]}" in result.stdout
 

@@ -12,6 +12,7 @@ import pytest
 from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
+from mtlsproxy.engine import engine_build
 from mtlsproxy.pki import PkiFiles
 from tests.proxy.conftest import ProxyFactory
 from tests.proxy.harness import (
@@ -145,6 +146,7 @@ def test_exposition_has_build_info_and_certificate_expiry(
     (build,) = found["mtlsproxy_build_info"]
     assert build.value == 1
     assert build.labels["engine"] == "openssl"
+    assert build.labels["engine_build"] == engine_build() in ("mypyc", "python")
     assert build.labels["openssl"] == ssl.OPENSSL_VERSION
     assert build.labels["version"]
     expiry = found["mtlsproxy_certificate_expiry_timestamp_seconds"]

@@ -1,0 +1,54 @@
+"""Builds mtlsproxy, compiling the handshake engine's modules with mypyc where it can.
+
+The engine (``mtlsproxy/engine``: the ClientHello reader, the native TLS 1.3 server, its
+records) is plain, fully typed Python. mypyc compiles the same source to C extension modules,
+which run the handshake's and the data path's Python with fewer instructions (bench/README.md,
+"The compiled engine"). Where that cannot happen (no C compiler or Python headers, or
+``MTLSPROXY_PURE_PYTHON=1`` in the environment) the build goes on and the modules run as
+Python: the same code, the same behaviour, slower. ``mtlsproxy version`` says which one runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+
+ENGINE = Path("mtlsproxy", "engine")
+# states.py keeps its dataclass hierarchy (ClassVar steps) as Python classes; the rest of the
+# engine's modules are compiled.
+NOT_COMPILED = {ENGINE / "interface.py", ENGINE / "openssl.py", ENGINE / "openssl_failures.py"}
+NOT_COMPILED |= {ENGINE / "__init__.py", ENGINE / "native" / "__init__.py"}
+NOT_COMPILED |= {ENGINE / "native" / "states.py"}
+
+
+def compiled_modules() -> list[str]:
+    """The engine's source files that mypyc compiles."""
+    sources = sorted([*ENGINE.glob("*.py"), *(ENGINE / "native").glob("*.py")])
+    return [str(path) for path in sources if path not in NOT_COMPILED]
+
+
+def engine_extensions() -> list[Extension]:
+    """mypyc's extension modules for the engine, or none (the Python modules then run)."""
+    if os.environ.get("MTLSPROXY_PURE_PYTHON", "") not in ("", "0"):
+        return []
+    try:
+        from mypyc.build import mypycify
+
+        # Only the listed modules are checked for errors; the ones they import are read for
+        # their types (follow-imports=silent). The build environment has no runtime
+        # dependencies: their objects are typed Any here (the tests' mypy check has them).
+        options = ["--follow-imports=silent", "--ignore-missing-imports"]
+        extensions = mypycify([*options, *compiled_modules()], group_name="mtlsproxy_engine")
+    except (Exception, SystemExit) as error:  # mypyc missing, or the types do not check
+        print(f"mtlsproxy: the engine is not compiled ({error})", file=sys.stderr)
+        return []
+    for extension in extensions:
+        extension.optional = True  # a failed C build leaves the Python modules in use
+    return extensions
+
+
+if __name__ == "__main__":  # as pip's build backend runs it; tests import it for the list
+    setup(ext_modules=engine_extensions())

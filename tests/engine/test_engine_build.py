@@ -1,0 +1,86 @@
+"""The engine's modules as setup.py builds them: compiled by mypyc, or Python source.
+
+The same tests run in both builds (CI runs one suite compiled and one as Python). These check
+that a compiled module is never older than its source (an edited source with a stale
+extension beside it would test the old code), that a build that was expected to compile did,
+and that the modules keep type-checking, which is what lets mypyc compile them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from mtlsproxy.engine import engine_build
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def setup_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("mtlsproxy_setup", ROOT / "setup.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # defines the build; builds only when run as a script
+    return module
+
+
+def module_name(source: str) -> str:
+    return source.removesuffix(".py").replace("/", ".")
+
+
+COMPILED = setup_script().compiled_modules()
+
+
+def test_setup_compiles_the_engine_but_not_its_openssl_half() -> None:
+    names = {module_name(source) for source in COMPILED}
+    assert "mtlsproxy.engine.native.engine" in names
+    assert "mtlsproxy.engine.native.record_layer" in names
+    assert "mtlsproxy.engine.clienthello" in names
+    assert "mtlsproxy.engine.openssl" not in names  # drives ssl.SSLObject: nothing to gain
+    assert all(name.startswith("mtlsproxy.engine.") for name in names)
+
+
+def test_a_compiled_module_is_not_older_than_its_source() -> None:
+    stale = []
+    for source in COMPILED:
+        module = importlib.import_module(module_name(source))
+        built = Path(module.__file__ or "")
+        if built.suffix != ".py" and built.stat().st_mtime < (ROOT / source).stat().st_mtime:
+            stale.append(source)
+    assert not stale, f"edited since compiled, rebuild with `pip install -e .`: {stale}"
+
+
+def test_the_build_is_one_thing() -> None:
+    """Every listed module compiled, or none: a half-built engine is a build error."""
+    kinds = {
+        Path(importlib.import_module(module_name(source)).__file__ or "").suffix == ".py"
+        for source in COMPILED
+    }
+    assert len(kinds) == 1
+
+
+@pytest.mark.skipif(
+    os.environ.get("MTLSPROXY_EXPECT_COMPILED") != "1",
+    reason="MTLSPROXY_EXPECT_COMPILED=1 (CI's first run) asks for the compiled build",
+)
+def test_the_engine_was_compiled_where_asked() -> None:
+    assert engine_build() == "mypyc"
+
+
+def test_the_compiled_modules_type_check() -> None:
+    """mypy's check of the build (setup.py), with the runtime dependencies' own types."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--follow-imports=silent", "--no-incremental", *COMPILED],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
