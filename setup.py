@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from setuptools import Extension, setup
+if TYPE_CHECKING:  # the tests read this file for its list, without setuptools installed
+    from setuptools import Extension
 
 ENGINE = Path("mtlsproxy", "engine")
 # states.py keeps its dataclass hierarchy (ClassVar steps) as Python classes; the rest of the
@@ -51,4 +53,6 @@ def engine_extensions() -> list[Extension]:
 
 
 if __name__ == "__main__":  # as pip's build backend runs it; tests import it for the list
+    from setuptools import setup
+
     setup(ext_modules=engine_extensions())
