@@ -131,6 +131,7 @@ MIN_EC_BITS = 256
 _MALFORMED = (
     ValueError,
     TypeError,
+    x509.InvalidVersion,
     x509.DuplicateExtension,
     x509.UnsupportedGeneralNameType,
     UnsupportedAlgorithm,

@@ -104,9 +104,14 @@ class PeerIdentity:
     def from_der(cls, der: bytes) -> PeerIdentity:
         """Parse DER (as ``SSLObject.getpeercert(binary_form=True)`` returns it).
 
-        Raises ``ValueError`` only when the bytes are not a certificate at all.
+        Raises ``ValueError`` only when the bytes are not a certificate at all (a version
+        other than v1-v3 included).
         """
-        return cls.from_certificate(x509.load_der_x509_certificate(der))
+        try:
+            certificate = x509.load_der_x509_certificate(der)
+        except x509.InvalidVersion:  # cryptography's own exception, not a ValueError
+            raise ValueError("unknown certificate version") from None
+        return cls.from_certificate(certificate)
 
     def describe(self) -> str:
         """A short human name for logs and explanations: the subject, then the SPIFFE ID."""

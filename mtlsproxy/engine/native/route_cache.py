@@ -102,7 +102,10 @@ class RouteFlightCache:
         the route's last ``MAX_PEER_CERTIFICATES`` distinct leaves."""
         certificate = self._peer_certificates.get(der)
         if certificate is None:
-            certificate = x509.load_der_x509_certificate(der)
+            try:
+                certificate = x509.load_der_x509_certificate(der)
+            except x509.InvalidVersion:  # not a ValueError: a version other than v1-v3
+                raise ValueError("unknown certificate version") from None
             if len(self._peer_certificates) >= MAX_PEER_CERTIFICATES:
                 del self._peer_certificates[next(iter(self._peer_certificates))]
             self._peer_certificates[der] = certificate

@@ -21,6 +21,7 @@ from mtlsproxy.engine.events import (
     PeerClosed,
     ProtocolError,
 )
+from mtlsproxy.engine.native import messages as msgs
 from mtlsproxy.engine.native.engine import NativeEngine
 from mtlsproxy.engine.native.record_layer import encode_record
 from mtlsproxy.engine.native.suites import CipherSuiteId, NamedGroup
@@ -373,6 +374,26 @@ def test_certificate_of_someone_else_without_the_key(routes, pki) -> None:
     assert (failed.step, failed.alert) == (Step.CLIENT_VERIFY, Alert.DECRYPT_ERROR)
 
 
+@pytest.mark.parametrize("position", [0, 1], ids=["leaf", "intermediate"])
+def test_a_client_certificate_of_an_unknown_version_is_a_bad_certificate(
+    routes, pki, position: int
+) -> None:
+    """X.509 knows v1-v3 (RFC 5280 section 4.1.2.1); cryptography refuses others with its own
+    exception, not a ValueError: still the client's malformed certificate, not our error."""
+    chain, key = chain_and_key(pki, "client-intermediate")  # leaf, then the intermediate
+    version_v3 = bytes.fromhex("a003020102")  # [0] EXPLICIT INTEGER 2
+    assert len(chain) >= 2 and version_v3 in chain[position]
+    chain[position] = chain[position].replace(version_v3, bytes.fromhex("a003020105"), 1)
+    server = engine(routes["require"])
+    client = MiniClient(chain=chain, key=key)
+    mini_handshake(server, client)
+    # The leaf is refused as its Certificate arrives (our client could not sign with it).
+    sent = client.seal(msgs.certificate(chain)) if position == 0 else client.flight()
+    failed = failure(server.receive(sent))
+    assert failed.alert is Alert.BAD_CERTIFICATE
+    assert failed.reason in (Reason.MALFORMED, Reason.CLIENT_CERT_INVALID)
+
+
 def test_tampered_client_record(routes, pki) -> None:
     def flip_last(index: int, data: bytes) -> bytes:
         return data[:-1] + bytes((data[-1] ^ 1,)) if index == 1 else data
@@ -624,14 +645,63 @@ def test_traffic_secrets_match_the_client_key_log(routes, pki, tmp_path: Path) -
 )
 @given(junk=st.lists(st.binary(min_size=0, max_size=300), max_size=6))
 def test_fuzz_after_a_valid_client_hello(routes, pki, junk: list[bytes]) -> None:
+    """Whatever follows, the failure is the client's (never internal_error: a bug of ours,
+    such as a compiled module's type check on input it did not expect)."""
     server = engine(routes["request"])
     client = MiniClient()
-    server.receive(client.client_hello())
+    events = server.receive(client.client_hello())
     for chunk in junk:
-        server.receive(chunk)
+        events += server.receive(chunk)
         server.data_to_send()
-    server.receive_eof()
-    server.handle_timeout()
+    events += server.receive_eof()
+    events += server.handle_timeout()
+    assert not_ours(events), events
+
+
+def mutated(data: bytes, where: float, how: int, byte: int) -> bytes:
+    """``data`` with one byte flipped, cut short (never to nothing), or a byte inserted, at
+    ``where`` (0..1)."""
+    at = min(int(where * len(data)), len(data) - 1)
+    if how == 0:
+        return data[:at] + bytes((data[at] ^ (byte or 1),)) + data[at + 1 :]
+    if how == 1:
+        return data[: max(at, 1)]
+    return data[:at] + bytes((byte,)) + data[at:]
+
+
+def not_ours(events: list[object]) -> bool:
+    """No failure is blamed on us: hostile input ends in the client's alert, never in
+    internal_error (a bug, such as a compiled module's type check meeting what it did not
+    expect)."""
+    return not [e for e in events if getattr(e, "reason", None) is Reason.INTERNAL_ERROR]
+
+
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+MUTATION = {"where": st.floats(0, 1), "how": st.integers(0, 2), "byte": st.integers(0, 255)}
+
+
+@FUZZ
+@given(**MUTATION)
+def test_fuzz_a_mutated_client_hello(routes, where: float, how: int, byte: int) -> None:
+    server = engine(routes["require"])
+    events = server.receive(mutated(MiniClient().client_hello(), where, how, byte))
+    events += server.receive_eof()
+    assert not_ours(events), events
+
+
+@FUZZ
+@given(**MUTATION)
+def test_fuzz_a_mutated_client_flight(routes, pki, where: float, how: int, byte: int) -> None:
+    """The client's Certificate, CertificateVerify and Finished, damaged, then sealed with
+    the right keys: what reaches the parsers and the verifier behind the record layer."""
+    server = engine(routes["require"])
+    client = mini(pki)
+    mini_handshake(server, client)
+    flight = mutated(b"".join(client.flight_messages()), where, how, byte)
+    events = server.receive(client.seal(flight)) + server.receive_eof()
+    assert not_ours(events), events
 
 
 @settings(
