@@ -19,11 +19,14 @@ if TYPE_CHECKING:  # the tests read this file for its list, without setuptools i
     from setuptools import Extension
 
 ENGINE = Path("mtlsproxy", "engine")
-# states.py keeps its dataclass hierarchy (ClassVar steps) as Python classes; the rest of the
-# engine's modules are compiled.
-NOT_COMPILED = {ENGINE / "interface.py", ENGINE / "openssl.py", ENGINE / "openssl_failures.py"}
-NOT_COMPILED |= {ENGINE / "__init__.py", ENGINE / "native" / "__init__.py"}
-NOT_COMPILED |= {ENGINE / "native" / "states.py"}
+# The OpenSSL engine (it drives ssl.SSLObject: nothing to gain), the interface's protocols, the
+# package modules, and states.py, whose dataclass hierarchy (ClassVar steps) mypyc's classes
+# cannot express; the rest of the engine's modules are compiled.
+NOT_COMPILED = {
+    *(ENGINE / name for name in ("__init__.py", "interface.py", "openssl.py")),
+    ENGINE / "openssl_failures.py",
+    *(ENGINE / "native" / name for name in ("__init__.py", "states.py")),
+}
 
 
 def compiled_modules() -> list[str]:

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 
-from mtlsproxy.vocabulary.identity import PeerIdentity
+from mtlsproxy.vocabulary.identity import PeerIdentity, load_certificate
 
 Address = tuple[str, int] | str | None
 """``(host, port)`` for TCP over IPv4/IPv6, a path (``""`` when unnamed) for a unix socket,
@@ -51,7 +50,7 @@ def signature_algorithm_name(certificate_der: bytes) -> str | None:
     ``PP2_SUBTYPE_SSL_SIG_ALG``; ``None`` for an algorithm OpenSSL has no name for, or bytes that
     are not a certificate."""
     try:
-        cert = x509.load_der_x509_certificate(certificate_der)
+        cert = load_certificate(certificate_der)
     except ValueError:
         return None
     return _OPENSSL_SIG_SHORT_NAMES.get(cert.signature_algorithm_oid.dotted_string)
@@ -63,7 +62,7 @@ def key_algorithm_name(certificate_der: bytes) -> str | None:
     ``EC256``, ``EC521``, ``DSA2048``; ``None`` for other key types (Ed25519...) or bytes that
     are not a certificate."""
     try:
-        key = x509.load_der_x509_certificate(certificate_der).public_key()
+        key = load_certificate(certificate_der).public_key()
     except ValueError:
         return None
     if isinstance(key, rsa.RSAPublicKey):

@@ -118,7 +118,7 @@ from cryptography.x509.verification import (
 
 from mtlsproxy.policy.model import ClientAuth
 from mtlsproxy.vocabulary.failures import Alert, Reason
-from mtlsproxy.vocabulary.identity import PeerIdentity
+from mtlsproxy.vocabulary.identity import PeerIdentity, load_certificate
 
 # Distinct client chains remembered per route: a fleet presents few distinct chains.
 VERIFY_CACHE_SIZE = 1024
@@ -131,7 +131,6 @@ MIN_EC_BITS = 256
 _MALFORMED = (
     ValueError,
     TypeError,
-    x509.InvalidVersion,
     x509.DuplicateExtension,
     x509.UnsupportedGeneralNameType,
     UnsupportedAlgorithm,
@@ -489,7 +488,7 @@ class ClientVerifier:
 
 def _parse_chain(chain_der: Sequence[bytes]) -> list[x509.Certificate]:
     try:
-        return [x509.load_der_x509_certificate(der) for der in chain_der]
+        return [load_certificate(der) for der in chain_der]
     except _MALFORMED:
         raise CertificateRejected(
             Reason.CLIENT_CERT_INVALID, "the client's certificate does not parse"

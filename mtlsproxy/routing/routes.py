@@ -30,6 +30,7 @@ from mtlsproxy.policy.decision import ClientPolicy, decide
 from mtlsproxy.routing.contexts import build_ssl_context
 from mtlsproxy.routing.tickets import ticket_key
 from mtlsproxy.vocabulary.decision import Decision, Evidence
+from mtlsproxy.vocabulary.identity import load_certificate
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +137,7 @@ class ServerRoute:
         if key in self._resumable:
             return self._resumable[key]
         try:
-            chain = [x509.load_der_x509_certificate(der) for der in key]
+            chain = [load_certificate(der) for der in key]
         except ValueError:
             return datetime.min.replace(tzinfo=UTC)  # not resumable (never verified either)
         ends = [cert.not_valid_after_utc for cert in chain]

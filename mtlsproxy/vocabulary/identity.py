@@ -62,6 +62,17 @@ def svid_spiffe_id(uris: tuple[str, ...]) -> str | None:
     return spiffe[0] if spiffe[0].count("/") > 2 else None
 
 
+def load_certificate(der: bytes) -> x509.Certificate:
+    """A peer's DER certificate, parsed. ``ValueError`` for bytes that are not one, as
+    ``cryptography`` raises it, and for a version other than v1-v3 (RFC 5280 section 4.1.2.1),
+    for which it raises its own ``InvalidVersion`` instead: the one place peers' certificates
+    are parsed, so a malformed one is the peer's error everywhere, never ours."""
+    try:
+        return x509.load_der_x509_certificate(der)
+    except x509.InvalidVersion:
+        raise ValueError("unknown certificate version") from None
+
+
 @dataclass(frozen=True, slots=True)
 class PeerIdentity:
     """The identity of a client certificate (the leaf).
@@ -107,11 +118,7 @@ class PeerIdentity:
         Raises ``ValueError`` only when the bytes are not a certificate at all (a version
         other than v1-v3 included).
         """
-        try:
-            certificate = x509.load_der_x509_certificate(der)
-        except x509.InvalidVersion:  # cryptography's own exception, not a ValueError
-            raise ValueError("unknown certificate version") from None
-        return cls.from_certificate(certificate)
+        return cls.from_certificate(load_certificate(der))
 
     def describe(self) -> str:
         """A short human name for logs and explanations: the subject, then the SPIFFE ID."""

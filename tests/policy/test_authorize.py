@@ -12,7 +12,7 @@ from cryptography.x509.oid import NameOID
 from mtlsproxy.pki import PkiFiles, issue_leaf, make_ca, new_key
 from mtlsproxy.policy.authorize import AllowList, match_allow
 from mtlsproxy.policy.model import AllowKind, AllowRule
-from mtlsproxy.vocabulary.identity import PeerIdentity, svid_spiffe_id
+from mtlsproxy.vocabulary.identity import PeerIdentity, load_certificate, svid_spiffe_id
 
 SHA = "4f2a" + "0" * 60
 FRONTEND = "spiffe://example.org/ns/prod/sa/frontend"
@@ -131,6 +131,24 @@ def test_invalid_patterns_fail_at_compile(kind: AllowKind, pattern: str) -> None
 
 
 # PeerIdentity extraction: what the rules above are matched against.
+
+
+@pytest.mark.parametrize("version", [None, "a003020105", "a003020103"], ids=["cut", "v6", "v4"])
+def test_a_malformed_certificate_is_a_value_error(pki: PkiFiles, version: str | None) -> None:
+    """Whatever cryptography raises for bytes that are not a v1-v3 certificate (its own
+    InvalidVersion for a version field past v3), a peer's certificate is a ValueError."""
+    der = x509.load_pem_x509_certificate(pki.client_cert.read_bytes()).public_bytes(
+        serialization.Encoding.DER
+    )
+    if version is None:
+        der = der[:40]
+    else:
+        assert bytes.fromhex("a003020102") in der  # [0] EXPLICIT INTEGER 2: v3
+        der = der.replace(bytes.fromhex("a003020102"), bytes.fromhex(version), 1)
+    with pytest.raises(ValueError):
+        load_certificate(der)
+    with pytest.raises(ValueError):
+        PeerIdentity.from_der(der)
 
 
 def test_identity_of_the_development_client(pki: PkiFiles) -> None:

@@ -30,6 +30,7 @@ from mtlsproxy.engine.interface import Credential, NativeRoute
 from mtlsproxy.engine.native import messages as msgs
 from mtlsproxy.engine.native import signatures as sigs
 from mtlsproxy.engine.native.record_layer import PaddingPolicy, pad_to_multiple
+from mtlsproxy.vocabulary.identity import load_certificate
 
 MAX_ROUTES = 256
 MAX_PEER_CERTIFICATES = 256  # per route: distinct client leaves, a fleet presents few
@@ -98,14 +99,11 @@ class RouteFlightCache:
         return message
 
     def peer_certificate(self, der: bytes) -> x509.Certificate:
-        """``x509.load_der_x509_certificate(der)`` (``ValueError`` included), remembered for
+        """``load_certificate(der)`` (``ValueError`` included), remembered for
         the route's last ``MAX_PEER_CERTIFICATES`` distinct leaves."""
         certificate = self._peer_certificates.get(der)
         if certificate is None:
-            try:
-                certificate = x509.load_der_x509_certificate(der)
-            except x509.InvalidVersion:  # not a ValueError: a version other than v1-v3
-                raise ValueError("unknown certificate version") from None
+            certificate = load_certificate(der)
             if len(self._peer_certificates) >= MAX_PEER_CERTIFICATES:
                 del self._peer_certificates[next(iter(self._peer_certificates))]
             self._peer_certificates[der] = certificate
