@@ -96,9 +96,15 @@ def logfmt_value(value: object) -> str:
         return str(value)
     if kind is bool:
         return "true" if value else "false"
-    if isinstance(value, (list, tuple, set, frozenset)):
-        value = ",".join(str(item) for item in value)
-    text = value if kind is str else str(value)
+    # Only a plain str is kept in the table below: a str subclass (an enum's value) is
+    # written through str() like any other object.
+    kept = value if isinstance(value, str) and kind is str else None
+    if kept is not None:
+        text = kept
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        text = ",".join(str(item) for item in value)
+    else:
+        text = str(value)
     # str.isprintable is all(c.isprintable() for c in text), in C: the four `in` tests and it
     # cost a fraction of a generator over the characters, for each field of each line.
     if not (
@@ -110,10 +116,10 @@ def logfmt_value(value: object) -> str:
         and "\\" not in text
     ):
         text = _quoted(text)
-    if kind is str and len(value) <= _KEPT_LENGTH:  # type: ignore[arg-type]
+    if kept is not None and len(kept) <= _KEPT_LENGTH:
         if len(_written) >= _KEPT_MAX:
             _written.clear()
-        _written[value] = text  # type: ignore[index]
+        _written[kept] = text
     return text
 
 

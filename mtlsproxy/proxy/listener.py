@@ -9,6 +9,7 @@ import socket
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from prometheus_client import Gauge
@@ -115,8 +116,11 @@ class ListenerRuntime:
 
     @property
     def port(self) -> int:
-        assert self.server is not None
-        return int(self.server.sockets[0].getsockname()[1])
+        # Untyped: its sockets are a tuple in typeshed and a list under uvloop, and the
+        # compiled module checks what it reads against the declared type.
+        server: Any = self.server
+        assert server is not None
+        return int(server.sockets[0].getsockname()[1])
 
     def stop_accepting(self) -> None:
         self.draining = True

@@ -42,7 +42,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def __init__(self, owner: UpstreamOwner) -> None:
         self._owner = owner
-        self.data_received: Callable[[bytes], None] = owner.upstream_data
+        self.data_received: Callable[[bytes], None] = owner.upstream_data  # type: ignore[assignment]
 
     def eof_received(self) -> bool:
         self._owner.upstream_eof()
@@ -71,6 +71,7 @@ def connecting(
     factory = partial(UpstreamProtocol, owner)
     if upstream.unix_path is not None:
         return loop.create_unix_connection(factory, str(upstream.unix_path))
+    assert upstream.host is not None and upstream.port is not None  # validated: one or the other
     return loop.create_connection(factory, upstream.host, upstream.port)
 
 

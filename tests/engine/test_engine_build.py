@@ -1,4 +1,5 @@
-"""The engine's modules as setup.py builds them: compiled by mypyc, or Python source.
+"""The modules setup.py compiles (the engine, the proxy's connection path) as it builds them:
+compiled by mypyc, or Python source.
 
 The same tests run in both builds (CI runs one suite compiled and one as Python). These check
 that a compiled module is never older than its source (an edited source with a stale
@@ -35,7 +36,8 @@ def module_name(source: str) -> str:
     return source.removesuffix(".py").replace("/", ".")
 
 
-COMPILED = setup_script().compiled_modules()
+SETUP = setup_script()
+COMPILED = SETUP.compiled_modules()
 
 
 def test_setup_compiles_the_engine_but_not_its_openssl_half() -> None:
@@ -44,7 +46,15 @@ def test_setup_compiles_the_engine_but_not_its_openssl_half() -> None:
     assert "mtlsproxy.engine.native.record_layer" in names
     assert "mtlsproxy.engine.clienthello" in names
     assert "mtlsproxy.engine.openssl" not in names  # drives ssl.SSLObject: nothing to gain
-    assert all(name.startswith("mtlsproxy.engine.") for name in names)
+
+
+def test_setup_compiles_the_connection_path_and_nothing_else_of_the_proxy() -> None:
+    names = {module_name(source) for source in COMPILED}
+    assert "mtlsproxy.proxy.connection" in names
+    assert "mtlsproxy.logs" in names
+    proxy = {name for name in names if not name.startswith("mtlsproxy.engine.")}
+    assert proxy == {module_name(str(path)) for path in SETUP.CONNECTION_PATH}
+    assert "mtlsproxy.proxy.server" not in proxy  # runs once: nothing to gain
 
 
 def test_a_compiled_module_is_not_older_than_its_source() -> None:
@@ -77,7 +87,7 @@ def test_the_engine_was_compiled_where_asked() -> None:
 def test_the_compiled_modules_type_check() -> None:
     """mypy's check of the build (setup.py), with the runtime dependencies' own types."""
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--follow-imports=silent", "--no-incremental", *COMPILED],
+        [sys.executable, "-m", "mypy", *SETUP.MYPY_OPTIONS, "--no-incremental", *COMPILED],
         cwd=ROOT,
         capture_output=True,
         text=True,
