@@ -82,3 +82,35 @@ def test_a_dead_workers_live_gauges_are_dropped_and_its_counters_kept(tmp_path: 
     values = collected(tmp_path)
     assert "t_open{}" not in values
     assert values['t_requests_total{"route": "a"}'] == 3
+
+
+# A series made first, then enough others that the worker's file outgrows its first size
+# (prometheus-client: 1 MiB, doubled and mapped again): the first series' later updates land
+# at its entry, which ``WorkerValue`` found once, before the growth.
+GROWING = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from mtlsproxy import worker_metrics
+    worker_metrics.install(Path(sys.argv[1]))
+    from prometheus_client import CollectorRegistry, Counter
+    from mtlsproxy.metric_updates import adder
+    registry = CollectorRegistry()
+    requests = Counter("t_requests", "r", ["route"], registry=registry)
+    first = adder(requests.labels("first"))
+    first(1.0)
+    for n in range(12_000):
+        requests.labels(f"route-{n:05}-" + "x" * 40).inc()
+    first(2.0)
+    """
+)
+
+
+def test_updates_after_the_file_grew_land_at_their_entry(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-c", GROWING, str(tmp_path)], check=True, timeout=120)
+    (file,) = tmp_path.iterdir()
+    assert file.stat().st_size > 1024 * 1024  # it did grow
+    values = collected(tmp_path)
+    assert values['t_requests_total{"route": "first"}'] == 3
+    assert values['t_requests_total{"route": "route-11999-' + "x" * 40 + '"}'] == 1
+    assert sum(v for k, v in values.items() if k.startswith("t_requests_total")) == 12_003
