@@ -85,13 +85,13 @@ def decide(
         return _ANONYMOUS
     if not chain_der:
         if auth.mode is _REQUIRE:
-            refusal = Refusal(
+            missing = Refusal(
                 Step.CLIENT_CERTIFICATE,
                 Reason.CLIENT_CERT_MISSING,
                 "the client sent no certificate and client_auth.mode is require",
                 Alert.CERTIFICATE_REQUIRED,
             )
-            return _refuse(auth, refusal, None)
+            return _refuse(auth, missing, None)
         return _ANONYMOUS
     identity, refusal = _verify(policy, chain_der, now, evidence)
     if refusal is not None:
