@@ -24,8 +24,8 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 
 WORKDIR /src
 
-# A C compiler for the engine's mypyc build (setup.py: the handshake engine compiled to C
-# extension modules); only this stage has it. The packages follow the base image's Debian
+# A C compiler for the mypyc build (setup.py: the handshake engine and the connection path
+# compiled to C extension modules); only this stage has it. The packages follow the base image's Debian
 # release, which is pinned above.
 # hadolint ignore=DL3008
 RUN apt-get update \
