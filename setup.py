@@ -33,11 +33,14 @@ NOT_COMPILED = {
 
 # What every connection runs outside the engine; the rest of the proxy (configuration, the
 # supervisor, HTTP mode's parsers, the admin server) runs once or only where it is configured.
+# No coroutines: a compiled one that is cancelled passes the cancellation on with the
+# three-argument throw() that Python 3.12 deprecated (mypyc issue 1214), so the upstream
+# protocol's module, which has the pool's connect, stays Python (its callbacks run once or
+# twice a connection; an upstream read goes straight to the compiled connection).
 CONNECTION_PATH = [
     Path("mtlsproxy", "proxy", "connection.py"),
     Path("mtlsproxy", "proxy", "flow.py"),
     Path("mtlsproxy", "proxy", "listener.py"),
-    Path("mtlsproxy", "proxy", "upstream.py"),
     Path("mtlsproxy", "logs.py"),
     Path("mtlsproxy", "metric_updates.py"),
 ]

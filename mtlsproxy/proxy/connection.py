@@ -30,6 +30,7 @@ import enum
 import logging
 import socket
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Protocol, cast
 
 from mtlsproxy import logs
@@ -58,7 +59,11 @@ from mtlsproxy.proxy.upstream import upstream_error_reason as _upstream_error_re
 from mtlsproxy.vocabulary.failures import Reason
 
 if TYPE_CHECKING:
+    from mtlsproxy.forwarding.http2.gateway import Http1Gateway
     from mtlsproxy.routing.routes import ServerRoute
+
+# The upstream connect's task: the loop's connect, to its transport and protocol.
+Connecting = asyncio.Task[tuple[asyncio.BaseTransport, asyncio.BaseProtocol]]
 
 # What the engine is given of one read at a time (``ClientConnection._feed``): slices sized so
 # that one takes about FEED_BUDGET seconds of engine work, from what the last one cost per
@@ -184,7 +189,7 @@ class ClientConnection(asyncio.Protocol):
         self._hello: ClientHello | None = None
         self._sni: str | None = None
         self._upstream: asyncio.Transport | None = None
-        self._upstream_task: asyncio.Task[None] | None = None
+        self._upstream_task: Connecting | None = None
         self._early_data: list[bytes | memoryview] = []  # decrypted before upstream connected
         self._forwarding = PASSTHROUGH  # forward_identity: PROXY v2 preamble, HTTP rewriter
         self._refused_request: HTTPRefused | None = None
@@ -410,7 +415,7 @@ class ClientConnection(asyncio.Protocol):
         # What the client sends meanwhile waits for the upstream (``_to_upstream``); the
         # client is not paused up front: a pause and a resume per connection cost two
         # event-loop calls and two epoll changes, and most clients send one request first.
-        self._upstream_task = self._loop.create_task(self._connect_upstream(route))
+        self._connect_upstream(route)
         self._timer = self._loop.call_later(self._runtime.timeouts.connect, self._timer_fired)
 
     def _on_handshake_failed(self, event: HandshakeFailed) -> None:
@@ -431,7 +436,7 @@ class ClientConnection(asyncio.Protocol):
         if self._outcome is None:
             self._handle(self._engine.handle_timeout())
         elif self._upstream is None and task is not None and not task.done():
-            self._connect_expired = True  # _do_connect_upstream reports a timeout
+            self._connect_expired = True  # _upstream_connect_done reports a timeout
             task.cancel()
         elif self._upstream is None and (bridge := self._forwarding.http2) is not None:
             assert bridge.unreachable is not None  # the one way here without an upstream
@@ -448,37 +453,53 @@ class ClientConnection(asyncio.Protocol):
 
     # Upstream side
 
-    async def _connect_upstream(self, route: ServerRoute) -> None:
-        """The upstream connect (the connection's one task), and what follows its outcome.
-        The deadline is the connection's timer (``_timer_fired``), not a timeout context of
-        its own: one timer per connection."""
+    def _connect_upstream(self, route: ServerRoute) -> None:
+        """Start the upstream connect: the connection's one task (``_upstream_connect_done``
+        takes its outcome), or, for h2-to-http/1.1, its pool of connections, one per stream
+        later (``_open_pool``). The deadline is the connection's timer (``_timer_fired``), not
+        a timeout context of its own: one timer per connection. The loop's own coroutine in a
+        task and a callback, not a coroutine of ours: this module is compiled, and a compiled
+        coroutine that is cancelled passes the cancellation on with the three-argument
+        ``throw()`` that Python 3.12 deprecated (mypyc issue 1214)."""
         started = self._loop.time()
+        gateway = self._forwarding.gateway
+        if gateway is not None:
+            self._loop.call_soon(self._open_pool, route, gateway, started)
+            return
+        task = self._loop.create_task(connecting(self._loop, route.config.upstream, self))
+        task.add_done_callback(partial(self._upstream_connect_done, route, started))
+        self._upstream_task = task
+
+    def _open_pool(self, route: ServerRoute, gateway: Http1Gateway, started: float) -> None:
         try:
-            try:
-                gateway = self._forwarding.gateway
-                if gateway is not None:  # h2-to-http/1.1: a connection per stream, later
-                    transport = cast(
-                        asyncio.Transport,
-                        Http1Pool(self._loop, route, gateway, self, self._runtime),
-                    )
-                else:
-                    connected, _ = await connecting(self._loop, route.config.upstream, self)
-                    transport = cast(asyncio.Transport, connected)  # uvloop's: no subclass
-            except asyncio.CancelledError:
-                if not self._connect_expired:
-                    raise  # the connection ended
-                cast("asyncio.Task[None]", asyncio.current_task()).uncancel()
-                seconds = self._runtime.timeouts.connect
-                self._upstream_unavailable(
-                    route, TimeoutError(f"no connection within {seconds:g} s")
-                )
-            except OSError as exc:
-                self._upstream_unavailable(route, exc)
+            pool = Http1Pool(self._loop, route, gateway, self, self._runtime)
+            self._upstream_connected(route, cast(asyncio.Transport, pool), started)
+        except Exception:
+            self._connect_failed_by_a_bug()
+
+    def _upstream_connect_done(self, route: ServerRoute, started: float, task: Connecting) -> None:
+        try:
+            if task.cancelled():
+                if self._connect_expired:
+                    seconds = self._runtime.timeouts.connect
+                    timeout = TimeoutError(f"no connection within {seconds:g} s")
+                    self._upstream_unavailable(route, timeout)
+                return  # else the connection ended
+            failure = task.exception()
+            if failure is None:
+                connected, _ = task.result()
+                self._upstream_connected(route, cast(asyncio.Transport, connected), started)
+            elif isinstance(failure, OSError):
+                self._upstream_unavailable(route, failure)
             else:
-                self._upstream_connected(route, transport, started)
-        except Exception:  # a bug must end this connection, not leave it hanging
-            logs.log.exception("internal error while connecting upstream", extra={"fields": {}})
-            self._abort(EndReason.INTERNAL_ERROR)
+                raise failure
+        except Exception:
+            self._connect_failed_by_a_bug()
+
+    def _connect_failed_by_a_bug(self) -> None:
+        """In an ``except`` block: a bug must end this connection, not leave it hanging."""
+        logs.log.exception("internal error while connecting upstream", extra={"fields": {}})
+        self._abort(EndReason.INTERNAL_ERROR)
 
     def _upstream_unavailable(self, route: ServerRoute, exc: OSError) -> None:
         runtime = self._runtime

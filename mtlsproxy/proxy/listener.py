@@ -7,6 +7,7 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Coroutine
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -102,9 +103,11 @@ class ListenerRuntime:
             paths += ticket_key_files(route)
         return tuple(dict.fromkeys(paths))
 
-    async def start(self, reuse_port: bool = False) -> None:
+    def listening(self, reuse_port: bool = False) -> Coroutine[Any, Any, asyncio.Server]:
+        """The loop's listen for this listener, for the caller to await and keep as ``server``
+        (not a coroutine of ours: see ``ClientConnection._connect_upstream``)."""
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(
+        return loop.create_server(
             partial(ClientConnection, self, loop),
             self.config.host,
             self.config.port,

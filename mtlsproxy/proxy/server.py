@@ -135,7 +135,7 @@ class Proxy:
                 self.metrics.handshakes.labels(runtime.name, route.name, "ok", "none", "none")
 
     async def _start_listener(self, runtime: ListenerRuntime) -> None:
-        await runtime.start(reuse_port=self.worker)
+        runtime.server = await runtime.listening(reuse_port=self.worker)
         logs.event(
             logging.INFO,
             f"listening on {runtime.config.host}:{runtime.port}",
