@@ -1,7 +1,7 @@
 """Builds mtlsproxy, compiling its per-connection modules with mypyc where it can.
 
 The handshake engine (``mtlsproxy/engine``: the ClientHello reader, the native TLS 1.3 server,
-its records) and the proxy's connection path (the client and upstream protocols, their flow
+its records) and the proxy's connection path (the client connection's callbacks, their flow
 control, the listener's bookkeeping, the access line and the metric updates) are plain, fully
 typed Python. mypyc compiles the same source to C extension modules, which run a connection's
 Python with fewer instructions (bench/README.md, "The compiled engine"). Where that cannot
