@@ -80,6 +80,18 @@ def test_a_compiled_module_is_not_older_than_its_source() -> None:
     assert not stale, f"edited since compiled, rebuild with `pip install -e .`: {stale}"
 
 
+def test_no_extension_is_left_from_an_earlier_build() -> None:
+    """An extension module beside a source that the build no longer compiles would still be
+    imported instead of it (pip leaves it there): delete it."""
+    compiled = {str(Path(source).with_suffix("")) for source in COMPILED}
+    leftovers = [
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "mtlsproxy").rglob("*.so")
+        if str(path.relative_to(ROOT)).split(".")[0] not in compiled
+    ]
+    assert not leftovers, f"not built by setup.py any more, delete: {leftovers}"
+
+
 def test_the_build_is_one_thing() -> None:
     """Every listed module compiled, or none: a half-built engine is a build error."""
     kinds = {
