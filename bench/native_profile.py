@@ -1,0 +1,179 @@
+"""Where a server's CPU goes per new connection, natively: ``perf`` samples by shared object.
+
+callgrind counts instructions, and that hides what matters here: a P-256 or X25519 routine in
+assembly retires several instructions a cycle, the interpreter's pointer chasing far fewer. So
+an instruction share is not a time share. This samples the server's own threads with the
+kernel's ``cpu-clock`` event (no hardware counters needed, so it works in a VM) while
+``e2e.py``'s handshake clients load it, and sorts the samples by the object they fell in:
+
+* ``python``: libpython (the interpreter, object allocation, attribute and dict lookups,
+  calls), whoever called it: interpreted modules and the compiled ones alike;
+* ``compiled``: the project's mypyc extension (``mtlsproxy_compiled__mypyc``);
+* ``crypto``: cryptography's bundled OpenSSL and the system libcrypto/libssl (nginx's TLS);
+* ``kernel``: system calls, TCP on loopback, scheduling;
+* ``libc``: malloc, memcpy...; ``event loop``: uvloop/libuv; ``nginx``: its own code;
+* ``other``: everything else (``_hashlib``, ``_struct``...).
+
+The shares times the CPU per connection measured in the same run (``/proc``, perf attached,
+so a little higher than ``e2e.py``'s) give microseconds per connection by object. Each system
+is started fresh, as in ``e2e.py``, and profiled on its own; ``--runs`` repeats the lot and
+prints medians. Needs ``perf`` (Debian: ``linux-perf``), run as root or with
+``kernel.perf_event_paranoid`` <= 1.
+
+    python bench/native_profile.py --systems native,nginx --setups require13 --runs 3
+    python bench/native_profile.py --systems native --symbols 25   # also the top symbols
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import e2e  # bench/e2e.py
+from procs import Process, _tree, median, pin_servers, print_table, proxy_command
+
+SYSTEMS = ("native", "openssl", "nginx")
+CATEGORIES = (
+    ("python", re.compile(r"^libpython")),
+    ("compiled", re.compile(r"^mtlsproxy_compiled")),
+    ("crypto", re.compile(r"^(_rust\.abi3|libcrypto|libssl|_ssl\.)")),
+    ("kernel", re.compile(r"^\[kernel")),
+    ("libc", re.compile(r"^libc[.-]")),
+    ("event loop", re.compile(r"^loop\.cpython")),
+    ("nginx", re.compile(r"^(nginx|ngx_)")),
+)
+DSO_LINE = re.compile(r"^\s*([\d.]+)%\s+(\S.*?)\s*$")
+
+
+def category(dso: str) -> str:
+    name = dso.rsplit("/", 1)[-1]
+    return next((label for label, pattern in CATEGORIES if pattern.search(name)), "other")
+
+
+def record(server: Process, directory: Path, setup: e2e.Setup, args, out: Path) -> dict:
+    """The handshake load of ``e2e.py`` with ``perf record`` on the server's processes."""
+    pids = ",".join(str(pid) for pid in _tree(server.proc.pid))
+    command = ["perf", "record", "-q", "-e", "cpu-clock", "-F", str(args.frequency)]
+    perf = subprocess.Popen(
+        [*command, "-o", str(out), "-p", pids],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.3)  # perf attached before the clients start
+        return e2e.measure_handshakes(server, directory, setup, args)
+    finally:
+        perf.send_signal(signal.SIGINT)
+        perf.wait(timeout=30)
+
+
+def report(data: Path, sort: str) -> list[tuple[float, str]]:
+    """``perf report``'s (percent, key) lines, sorted by ``sort`` (dso, or dso,sym)."""
+    command = ["perf", "report", "-i", str(data), "--no-children", "--stdio", "-g", "none"]
+    text = subprocess.run(
+        [*command, "--sort", sort],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    lines = []
+    for line in text.splitlines():
+        match = DSO_LINE.match(line)
+        if match and not line.startswith("#"):
+            lines.append((float(match.group(1)), match.group(2)))
+    return lines
+
+
+def shares(data: Path) -> dict[str, float]:
+    by_category: dict[str, float] = {}
+    for percent, dso in report(data, "dso"):
+        key = category(dso)
+        by_category[key] = by_category.get(key, 0.0) + percent
+    return by_category
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--systems", default="native,nginx", help="of " + ", ".join(SYSTEMS))
+    parser.add_argument("--setups", default="require13", help="of require13, none13, require12")
+    parser.add_argument("--runs", type=int, default=3, help="each system profiled per run")
+    parser.add_argument("--seconds", type=float, default=5.0, help="handshake load per sample")
+    parser.add_argument("--workers", type=int, default=3, help="handshake client processes")
+    parser.add_argument("--frequency", type=int, default=2000, help="perf samples per second")
+    parser.add_argument("--symbols", type=int, default=0, help="also the top N symbols")
+    parser.add_argument("--keep", type=Path, help="keep perf.data files in this directory")
+    args = parser.parse_args()
+    if shutil.which("perf") is None:
+        raise SystemExit("perf not found: apt-get install -y linux-perf")
+    systems = args.systems.split(",")
+    setups = [s for s in e2e.SETUPS if s.key in args.setups.split(",")]
+    if not setups or set(systems) - set(SYSTEMS):
+        parser.error("unknown setup or system")
+    nginx, load_module = e2e.find_nginx() if "nginx" in systems else ("", "")
+    pin = pin_servers(e2e.SERVER_CORE, e2e.CLIENT_CORE)
+
+    samples: dict[tuple[str, str], list[tuple[dict, dict[str, float]]]] = {}
+    with tempfile.TemporaryDirectory(prefix="mtlsproxy-profile-") as tmp:
+        directory = Path(tmp)
+        keep = args.keep or directory
+        keep.mkdir(parents=True, exist_ok=True)
+        upstream = e2e.pki_and_upstream(directory)
+        try:
+            for run in range(args.runs):
+                for setup in setups:
+                    for system in systems:
+                        if system == "nginx":
+                            server = e2e.start_nginx_stream(
+                                nginx, directory, setup, upstream.port, load_module, pin
+                            )
+                        else:
+                            config = e2e.proxy_config(directory, setup, upstream.port, system)
+                            argv, tree = proxy_command(config)
+                            log = directory / f"{system}-{setup.key}.log"
+                            server = Process(argv, log, pin, None, cwd=tree)
+                        data = keep / f"perf-{system}-{setup.key}-{run}.data"
+                        try:
+                            result = record(server, directory, setup, args, data)
+                        finally:
+                            server.stop()
+                        split = shares(data)
+                        samples.setdefault((setup.key, system), []).append((result, split))
+                        print(
+                            f"run {run + 1} {setup.key} {system}: {result['cpu_us']:.0f} us/hs, "
+                            + ", ".join(f"{k} {v:.1f}%" for k, v in sorted(split.items())),
+                            file=sys.stderr,
+                        )
+                        if args.symbols and run == args.runs - 1:
+                            print(f"\n{system} {setup.key}, top symbols (last run):")
+                            for percent, symbol in report(data, "dso,sym")[: args.symbols]:
+                                print(f"  {percent:5.2f}%  {symbol}")
+        finally:
+            upstream.stop()
+
+    labels = [label for label, _ in CATEGORIES] + ["other"]
+    rows = []
+    for (setup_key, system), runs in samples.items():
+        cpu = median([result["cpu_us"] for result, _ in runs])
+        row: list[object] = [setup_key, system, f"{cpu:.0f}"]
+        for label in labels:
+            share = median([split.get(label, 0.0) for _, split in runs])
+            row.append(f"{share:.1f}% {share * cpu / 100:.0f}" if share else "-")
+        rows.append(row)
+    title = (
+        f"Server CPU per new connection (us, perf attached) and its share by object, medians "
+        f"of {args.runs} runs ({args.seconds:g} s of load each; share, then us)"
+    )
+    columns = [("setup", "s"), ("system", "s"), *((name, "") for name in ["us/conn", *labels])]
+    print_table(title, columns, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
