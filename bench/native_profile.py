@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 import e2e  # bench/e2e.py
-from procs import Process, _tree, median, pin_servers, print_table, proxy_command
+from procs import Process, median, pin_servers, print_table, process_tree, proxy_command
 
 SYSTEMS = ("native", "openssl", "nginx")
 CATEGORIES = (
@@ -59,7 +59,7 @@ def category(dso: str) -> str:
 
 def record(server: Process, directory: Path, setup: e2e.Setup, args, out: Path) -> dict:
     """The handshake load of ``e2e.py`` with ``perf record`` on the server's processes."""
-    pids = ",".join(str(pid) for pid in _tree(server.proc.pid))
+    pids = ",".join(str(pid) for pid in process_tree(server.proc.pid))
     command = ["perf", "record", "-q", "-e", "cpu-clock", "-F", str(args.frequency)]
     perf = subprocess.Popen(
         [*command, "-o", str(out), "-p", pids],

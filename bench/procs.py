@@ -120,7 +120,7 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _tree(pid: int) -> Iterator[int]:
+def process_tree(pid: int) -> Iterator[int]:
     """``pid`` and its live descendants, parents first."""
     todo = [pid]
     while todo:
@@ -132,7 +132,7 @@ def _tree(pid: int) -> Iterator[int]:
 def tree_cpu_seconds(pid: int) -> float:
     """utime + stime of ``pid`` and all its live descendants (nginx: master + worker)."""
     total = 0
-    for current in _tree(pid):
+    for current in process_tree(pid):
         with contextlib.suppress(FileNotFoundError):
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])  # utime (14), stime (15)
@@ -203,7 +203,7 @@ class Process:
 def tree_rss_kib(pid: int) -> int:
     """VmRSS of ``pid`` and all its live descendants (nginx: master + worker), in KiB."""
     total = 0
-    for current in _tree(pid):
+    for current in process_tree(pid):
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):
             status = Path(f"/proc/{current}/status").read_text()
             total += int(status.split("VmRSS:", 1)[1].split()[0]) if "VmRSS:" in status else 0
