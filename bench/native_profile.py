@@ -14,6 +14,13 @@ kernel's ``cpu-clock`` event (no hardware counters needed, so it works in a VM) 
 * ``libc``: malloc, memcpy...; ``event loop``: uvloop/libuv; ``nginx``: its own code;
 * ``other``: everything else (``_hashlib``, ``_struct``...).
 
+With ``--layers`` (the proxy's systems only) perf also records call graphs (DWARF unwinding:
+libpython has no frame pointers), and each sample goes to a layer: ``crypto`` and ``kernel``
+as above, else the layer of the innermost compiled function on its stack (mypyc's
+``CPyDef_<module>___...``): ``engine`` for the engine's modules, ``proxy`` for the connection
+path's (``setup.py``'s lists), ``event loop`` when uvloop comes first, ``other`` for the rest.
+That charges the interpreter's work to the compiled code that asked for it.
+
 The shares times the CPU per connection measured in the same run (``/proc``, perf attached,
 so a little higher than ``e2e.py``'s) give microseconds per connection by object. Each system
 is started fresh, as in ``e2e.py``, and profiled on its own; ``--runs`` repeats the lot and
@@ -22,11 +29,13 @@ prints medians. Needs ``perf`` (Debian: ``linux-perf``), run as root or with
 
     python bench/native_profile.py --systems native,nginx --setups require13 --runs 3
     python bench/native_profile.py --systems native --symbols 25   # also the top symbols
+    python bench/native_profile.py --systems native --layers --frequency 1000
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import re
 import shutil
 import signal
@@ -37,7 +46,15 @@ import time
 from pathlib import Path
 
 import e2e  # bench/e2e.py
-from procs import Process, median, pin_servers, print_table, process_tree, proxy_command
+from procs import (
+    REPO,
+    Process,
+    median,
+    pin_servers,
+    print_table,
+    process_tree,
+    proxy_command,
+)
 
 SYSTEMS = ("native", "openssl", "nginx")
 CATEGORIES = (
@@ -61,6 +78,8 @@ def record(server: Process, directory: Path, setup: e2e.Setup, args, out: Path) 
     """The handshake load of ``e2e.py`` with ``perf record`` on the server's processes."""
     pids = ",".join(str(pid) for pid in process_tree(server.proc.pid))
     command = ["perf", "record", "-q", "-e", "cpu-clock", "-F", str(args.frequency)]
+    if args.layers:
+        command += ["--call-graph", "dwarf,16384"]
     perf = subprocess.Popen(
         [*command, "-o", str(out), "-p", pids],
         stdout=subprocess.DEVNULL,
@@ -92,11 +111,116 @@ def report(data: Path, sort: str) -> list[tuple[float, str]]:
 
 
 def shares(data: Path) -> dict[str, float]:
-    by_category: dict[str, float] = {}
+    """Percent of ``data``'s samples by object category, in CATEGORIES' order."""
+    by_category = {label: 0.0 for label, _ in CATEGORIES} | {"other": 0.0}
     for percent, dso in report(data, "dso"):
         key = category(dso)
         by_category[key] = by_category.get(key, 0.0) + percent
     return by_category
+
+
+LAYERS = ("engine", "proxy", "event loop", "crypto", "kernel", "other")
+FRAME = re.compile(r"^\s*[0-9a-f]+ (.*) \((.*)\)$")
+
+
+def compiled_layers() -> dict[str, str]:
+    """A compiled module's name, as mypyc prefixes its functions, -> its layer: ``engine`` for
+    setup.py's modules under mtlsproxy/engine, ``proxy`` for its connection path."""
+    spec = importlib.util.spec_from_file_location("mtlsproxy_setup", REPO / "setup.py")
+    assert spec is not None and spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    layers: dict[str, str] = {}
+    for source in build.compiled_modules():
+        path = Path(source)
+        layer = "engine" if path.is_relative_to(build.ENGINE) else "proxy"
+        if layers.setdefault(path.stem, layer) != layer:
+            raise SystemExit(f"{path.stem}: a module name in both layers; extend compiled_layers")
+    return layers
+
+
+def sample_layer(frames: list[tuple[str, str]], modules: dict[str, str]) -> str:
+    """The layer of one sample's stack (leaf first): see the module docstring."""
+    leaf = category(frames[0][1])
+    if leaf in ("crypto", "kernel"):
+        return leaf
+    for symbol, dso in frames:
+        kind = category(dso)
+        if kind == "compiled" and symbol.startswith("CPyDef_"):
+            return modules.get(symbol[len("CPyDef_") :].split("___", 1)[0], "other")
+        if kind == "event loop":
+            return "event loop"
+    return "other"
+
+
+def layer_shares(data: Path, modules: dict[str, str]) -> dict[str, float]:
+    """Percent of ``data``'s samples by layer, read from ``perf script``'s call stacks."""
+    counts = dict.fromkeys(LAYERS, 0)
+    script = subprocess.Popen(
+        ["perf", "script", "-i", str(data), "-F", "ip,sym,dso"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        errors="replace",
+    )
+    assert script.stdout is not None
+    frames: list[tuple[str, str]] = []
+    inlined: list[str] = []  # perf lists inlined frames before the function holding them
+    for line in [*script.stdout, "\n"]:
+        match = FRAME.match(line.rstrip("\n"))
+        if match is not None:
+            symbol, dso = match.groups()
+            if dso == "inlined":
+                inlined.append(symbol)
+            else:
+                frames += [(name, dso) for name in [*inlined, symbol]]
+                inlined = []
+        elif not line.strip() and frames:
+            counts[sample_layer(frames, modules)] += 1
+            frames, inlined = [], []
+    script.wait()
+    total = sum(counts.values()) or 1
+    return {layer: 100 * count / total for layer, count in counts.items()}
+
+
+Sample = tuple[dict, dict[str, float], dict[str, float]]  # e2e's result, by object, by layer
+
+
+def start_server(
+    system: str,
+    setup: e2e.Setup,
+    directory: Path,
+    upstream: int,
+    pin: int | None,
+    nginx: tuple[str, str],
+) -> Process:
+    """A fresh server of ``system`` for ``setup``, as e2e.py starts them (``nginx``: its path
+    and the directive loading its stream module)."""
+    if system == "nginx":
+        return e2e.start_nginx_stream(nginx[0], directory, setup, upstream, nginx[1], pin)
+    config = e2e.proxy_config(directory, setup, upstream, system)
+    argv, tree = proxy_command(config)
+    return Process(argv, directory / f"{system}-{setup.key}.log", pin, None, cwd=tree)
+
+
+def print_shares(title: str, samples: dict[tuple[str, str], list[Sample]], part: int) -> None:
+    """Medians of the shares in ``part`` (1: by object, 2: by layer) of each system's runs,
+    with the microseconds per connection they make of its median CPU."""
+    labels: list[str] = []
+    for runs in samples.values():
+        labels += [label for label in runs[0][part] if label not in labels]
+    rows = []
+    for (setup_key, system), runs in samples.items():
+        if not runs[0][part]:
+            continue
+        cpu = median([result["cpu_us"] for result, *_ in runs])
+        row: list[object] = [setup_key, system, f"{cpu:.0f}"]
+        for label in labels:
+            share = median([sample[part].get(label, 0.0) for sample in runs])
+            row.append(f"{share:.1f}% {share * cpu / 100:.0f}" if share else "-")
+        rows.append(row)
+    columns = [("setup", "s"), ("system", "s"), *((name, "") for name in ["us/conn", *labels])]
+    print_table(title, columns, rows)
 
 
 def main() -> int:
@@ -108,6 +232,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=3, help="handshake client processes")
     parser.add_argument("--frequency", type=int, default=2000, help="perf samples per second")
     parser.add_argument("--symbols", type=int, default=0, help="also the top N symbols")
+    parser.add_argument(
+        "--layers", action="store_true", help="also the CPU by layer (call graphs; not nginx)"
+    )
     parser.add_argument("--keep", type=Path, help="keep perf.data files in this directory")
     args = parser.parse_args()
     if shutil.which("perf") is None:
@@ -116,10 +243,11 @@ def main() -> int:
     setups = [s for s in e2e.SETUPS if s.key in args.setups.split(",")]
     if not setups or set(systems) - set(SYSTEMS):
         parser.error("unknown setup or system")
-    nginx, load_module = e2e.find_nginx() if "nginx" in systems else ("", "")
+    nginx = e2e.find_nginx() if "nginx" in systems else ("", "")
+    modules = compiled_layers() if args.layers else {}
     pin = pin_servers(e2e.SERVER_CORE, e2e.CLIENT_CORE)
 
-    samples: dict[tuple[str, str], list[tuple[dict, dict[str, float]]]] = {}
+    samples: dict[tuple[str, str], list[Sample]] = {}
     with tempfile.TemporaryDirectory(prefix="mtlsproxy-profile-") as tmp:
         directory = Path(tmp)
         keep = args.keep or directory
@@ -129,25 +257,21 @@ def main() -> int:
             for run in range(args.runs):
                 for setup in setups:
                     for system in systems:
-                        if system == "nginx":
-                            server = e2e.start_nginx_stream(
-                                nginx, directory, setup, upstream.port, load_module, pin
-                            )
-                        else:
-                            config = e2e.proxy_config(directory, setup, upstream.port, system)
-                            argv, tree = proxy_command(config)
-                            log = directory / f"{system}-{setup.key}.log"
-                            server = Process(argv, log, pin, None, cwd=tree)
+                        server = start_server(system, setup, directory, upstream.port, pin, nginx)
                         data = keep / f"perf-{system}-{setup.key}-{run}.data"
                         try:
                             result = record(server, directory, setup, args, data)
                         finally:
                             server.stop()
                         split = shares(data)
-                        samples.setdefault((setup.key, system), []).append((result, split))
+                        layers = (
+                            layer_shares(data, modules) if modules and system != "nginx" else {}
+                        )
+                        samples.setdefault((setup.key, system), []).append((result, split, layers))
                         print(
                             f"run {run + 1} {setup.key} {system}: {result['cpu_us']:.0f} us/hs, "
-                            + ", ".join(f"{k} {v:.1f}%" for k, v in sorted(split.items())),
+                            + ", ".join(f"{k} {v:.1f}%" for k, v in split.items() if v)
+                            + "".join(f"; layer {k} {v:.1f}%" for k, v in layers.items() if v),
                             file=sys.stderr,
                         )
                         if args.symbols and run == args.runs - 1:
@@ -157,21 +281,10 @@ def main() -> int:
         finally:
             upstream.stop()
 
-    labels = [label for label, _ in CATEGORIES] + ["other"]
-    rows = []
-    for (setup_key, system), runs in samples.items():
-        cpu = median([result["cpu_us"] for result, _ in runs])
-        row: list[object] = [setup_key, system, f"{cpu:.0f}"]
-        for label in labels:
-            share = median([split.get(label, 0.0) for _, split in runs])
-            row.append(f"{share:.1f}% {share * cpu / 100:.0f}" if share else "-")
-        rows.append(row)
-    title = (
-        f"Server CPU per new connection (us, perf attached) and its share by object, medians "
-        f"of {args.runs} runs ({args.seconds:g} s of load each; share, then us)"
-    )
-    columns = [("setup", "s"), ("system", "s"), *((name, "") for name in ["us/conn", *labels])]
-    print_table(title, columns, rows)
+    what = f"medians of {args.runs} runs ({args.seconds:g} s of load each; share, then us)"
+    print_shares(f"Server CPU per new connection (us, perf attached) by object, {what}", samples, 1)
+    if args.layers:
+        print_shares(f"The same by layer (call graphs), {what}", samples, 2)
     return 0
 
 
