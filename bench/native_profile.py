@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import re
 import shutil
 import signal
@@ -166,7 +167,7 @@ def layer_shares(data: Path, modules: dict[str, str]) -> dict[str, float]:
     assert script.stdout is not None
     frames: list[tuple[str, str]] = []
     inlined: list[str] = []  # perf lists inlined frames before the function holding them
-    for line in [*script.stdout, "\n"]:
+    for line in itertools.chain(script.stdout, ["\n"]):  # a blank line ends each sample
         match = FRAME.match(line.rstrip("\n"))
         if match is not None:
             symbol, dso = match.groups()
