@@ -1,6 +1,6 @@
-"""What a connection does with its upstream connect's outcome (``_upstream_connect_done``),
-for the outcomes a real upstream cannot be made to give on cue: a bug in the connect, and a
-connect cancelled because the connection ended."""
+"""What a connection does with its upstream connect's outcome (``_upstream_connect_done``,
+and ``_open_pool`` for h2-to-http/1.1), for the outcomes a real upstream cannot be made to
+give on cue: a bug in the connect, and a connect cancelled because the connection ended."""
 
 from __future__ import annotations
 
@@ -58,6 +58,22 @@ def test_a_bug_in_the_connect_ends_the_connection_as_internal_error(
     assert opened._end is EndReason.INTERNAL_ERROR and transport.aborted
     assert "internal error while connecting upstream" in caplog.text
     assert "KeyError" in caplog.text  # the traceback of the bug, for its report
+
+
+def test_a_bug_while_opening_the_http1_pool_ends_the_connection_as_internal_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def run() -> tuple[ClientConnection, ClientTransport]:
+        opened, transport = connection(asyncio.get_running_loop())
+        # the runtime has no idle timeout: a bug once the pool exists (_upstream_connected)
+        opened._open_pool(cast(Any, None), cast(Any, object()), 0.0)
+        return opened, transport
+
+    with caplog.at_level(logging.ERROR, logger="mtlsproxy"):
+        opened, transport = asyncio.run(run())
+    assert opened._end is EndReason.INTERNAL_ERROR and transport.aborted
+    assert "internal error while connecting upstream" in caplog.text
+    assert "AttributeError" in caplog.text
 
 
 def test_a_connect_cancelled_by_the_connections_end_is_not_reported() -> None:
