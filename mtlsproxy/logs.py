@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from mtlsproxy.config.model import LogFormat, LogSettings
 from mtlsproxy.engine.clienthello import ClientHello
@@ -21,8 +21,8 @@ from mtlsproxy.forwarding.http.local import RequestRefusal
 from mtlsproxy.forwarding.http2.faults import Http2Fault
 from mtlsproxy.vocabulary.identity import PeerIdentity
 
-log = logging.getLogger("mtlsproxy")
-access_log = logging.getLogger("mtlsproxy.access")  # propagates to the "mtlsproxy" handler
+log: Final = logging.getLogger("mtlsproxy")
+access_log: Final = logging.getLogger("mtlsproxy.access")  # propagates to the "mtlsproxy" handler
 
 
 _second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
@@ -45,7 +45,7 @@ def _timestamp(created: float, msecs: float) -> str:
 
 
 # One encoder for every line: ``json.dumps(..., default=str)`` builds a new one per call.
-_json = json.JSONEncoder(default=str)
+_json: Final = json.JSONEncoder(default=str)
 
 
 class _LineFormatter(logging.Formatter):
@@ -82,9 +82,10 @@ class JSONFormatter(_LineFormatter):
 # (listener, route, engine, version, cipher, identity, end...) recur on every line, and a
 # lookup is what writing one of them then costs (``TextFormatter.line``). Bounded: strings up
 # to _KEPT_LENGTH characters, _KEPT_MAX of them, emptied when full.
-_written: dict[str, str] = {}
-_KEPT_LENGTH, _KEPT_MAX = 256, 1024
-_quoted = json.JSONEncoder(ensure_ascii=False).encode  # json.dumps makes an encoder a call
+_written: Final[dict[str, str]] = {}
+_KEPT_LENGTH: Final = 256
+_KEPT_MAX: Final = 1024
+_quoted: Final = json.JSONEncoder(ensure_ascii=False).encode  # json.dumps makes an encoder a call
 
 
 def logfmt_value(value: object) -> str:
@@ -191,7 +192,7 @@ def _identity_fields(identity: PeerIdentity | None) -> dict[str, Any]:
 
 
 # ``_timing_fields``' keys, made once rather than per line.
-_TIMING_KEYS = {
+_TIMING_KEYS: Final = {
     name: f"{name}_ms"
     for name in ("client_hello", "server_flight", "client_flight", "verify", "total")
 }

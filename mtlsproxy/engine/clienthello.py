@@ -18,7 +18,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from functools import partial
-from typing import cast
+from typing import Final, cast
 
 from mtlsproxy.engine import fingerprints
 from mtlsproxy.engine.hello_extensions import (
@@ -55,28 +55,28 @@ from mtlsproxy.vocabulary.frozen import quick_init
 # stay under ~8 KiB. OpenSSL's own limit for a ClientHello message is 128 KiB
 # (SSL3_RT_MAX_PLAIN_LENGTH * 8 for the handshake buffer); we are stricter because we buffer
 # before OpenSSL sees anything.
-MAX_CLIENT_HELLO_SIZE = 64 * 1024
+MAX_CLIENT_HELLO_SIZE: Final = 64 * 1024
 
 # RFC 8446 section 4.1.2: opaque legacy_session_id<0..32>; Random random (32 bytes).
-RANDOM_SIZE = 32
-MAX_SESSION_ID_SIZE = 32
+RANDOM_SIZE: Final = 32
+MAX_SESSION_ID_SIZE: Final = 32
 
 # ProtocolVersion values (RFC 8446 section 4.2.1, RFC 5246 appendix A.1, RFC 6101).
-SSL3 = 0x0300
-TLS1_0 = 0x0301
-TLS1_1 = 0x0302
-TLS1_2 = 0x0303
-TLS1_3 = 0x0304
+SSL3: Final = 0x0300
+TLS1_0: Final = 0x0301
+TLS1_1: Final = 0x0302
+TLS1_2: Final = 0x0303
+TLS1_3: Final = 0x0304
 
 # An SSL 2.0-format ClientHello (RFC 5246 appendix E.2): uint16 msg_length with the top bit
 # set, uint8 msg_type (1: client_hello), uint16 version: five bytes decide how to refuse it.
-SSL2_HEADER_SIZE = 5
-SSL2_CLIENT_HELLO = 1
+SSL2_HEADER_SIZE: Final = 5
+SSL2_CLIENT_HELLO: Final = 1
 
 # RFC 8446 section 4.1.2: what a second ClientHello may change: "the client MUST send the same
 # ClientHello without modification, except" key_share (replaced), early_data (removed), cookie
 # (added), pre_shared_key (updated) and padding (RFC 7685: added, removed, resized).
-RETRY_MAY_CHANGE = frozenset(
+RETRY_MAY_CHANGE: Final = frozenset(
     (
         ExtensionType.KEY_SHARE,
         ExtensionType.EARLY_DATA,
@@ -88,7 +88,7 @@ RETRY_MAY_CHANGE = frozenset(
 
 # HTTP request methods whose presence at the start of a "TLS" connection means a plaintext
 # HTTP client hit the TLS port (RFC 9110 section 9, RFC 9113 section 3.4 for the h2 preface).
-HTTP_METHODS = (
+HTTP_METHODS: Final = (
     b"GET ",
     b"POST ",
     b"HEAD ",
@@ -210,14 +210,15 @@ def parse_client_hello(body: bytes) -> ClientHello:
     return hello
 
 
-_UINT16 = struct.Struct(">H")
-_EXTENSION_HEADER = struct.Struct(">HH")
-_UNPACK_UINT16 = _UINT16.unpack_from
-_UNPACK_EXTENSION_HEADER = _EXTENSION_HEADER.unpack_from  # also a KeyShareEntry's group, length
+_UINT16: Final = struct.Struct(">H")
+_EXTENSION_HEADER: Final = struct.Struct(">HH")
+_UNPACK_UINT16: Final = _UINT16.unpack_from
+# also a KeyShareEntry's group, length
+_UNPACK_EXTENSION_HEADER: Final = _EXTENSION_HEADER.unpack_from
 
-_NULL_COMPRESSION = b"\x00"
+_NULL_COMPRESSION: Final = b"\x00"
 # The fields the extensions fill, in order, as a hello without any of them has them.
-_NO_EXTENSION = cast(
+_NO_EXTENSION: Final = cast(
     "tuple[str | None, tuple[str, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...], "
     "tuple[KeyShareEntry, ...], bool, tuple[int, ...], OfferedPsks | None, bool, bytes]",
     tuple(field.default for field in fields(ClientHello)[6:]),
@@ -225,17 +226,17 @@ _NO_EXTENSION = cast(
 
 # The extension types the usual reading compares with, as module names (on Python 3.11 a class
 # attribute costs ~170 instructions more a read, and each extension is compared with several).
-_ALPN = ExtensionType.ALPN
-_EC_POINT_FORMATS = ExtensionType.EC_POINT_FORMATS
-_KEY_SHARE = ExtensionType.KEY_SHARE
-_PRE_SHARED_KEY = ExtensionType.PRE_SHARED_KEY
-_PSK_KEY_EXCHANGE_MODES = ExtensionType.PSK_KEY_EXCHANGE_MODES
-_SERVER_NAME = ExtensionType.SERVER_NAME
-_SIGNATURE_ALGORITHMS = ExtensionType.SIGNATURE_ALGORITHMS
-_SUPPORTED_GROUPS = ExtensionType.SUPPORTED_GROUPS
-_SUPPORTED_VERSIONS = ExtensionType.SUPPORTED_VERSIONS
-_UINT16_LISTS = frozenset((_SUPPORTED_GROUPS, _SIGNATURE_ALGORITHMS))  # length: uint16
-_UINT8_LISTS = frozenset((_PSK_KEY_EXCHANGE_MODES, _EC_POINT_FORMATS))  # opaque<1..2^8-1>
+_ALPN: Final = ExtensionType.ALPN
+_EC_POINT_FORMATS: Final = ExtensionType.EC_POINT_FORMATS
+_KEY_SHARE: Final = ExtensionType.KEY_SHARE
+_PRE_SHARED_KEY: Final = ExtensionType.PRE_SHARED_KEY
+_PSK_KEY_EXCHANGE_MODES: Final = ExtensionType.PSK_KEY_EXCHANGE_MODES
+_SERVER_NAME: Final = ExtensionType.SERVER_NAME
+_SIGNATURE_ALGORITHMS: Final = ExtensionType.SIGNATURE_ALGORITHMS
+_SUPPORTED_GROUPS: Final = ExtensionType.SUPPORTED_GROUPS
+_SUPPORTED_VERSIONS: Final = ExtensionType.SUPPORTED_VERSIONS
+_UINT16_LISTS: Final = frozenset((_SUPPORTED_GROUPS, _SIGNATURE_ALGORITHMS))  # length: uint16
+_UINT8_LISTS: Final = frozenset((_PSK_KEY_EXCHANGE_MODES, _EC_POINT_FORMATS))  # opaque<1..2^8-1>
 
 
 def _usual_hello(body: bytes) -> ClientHello | None:
@@ -474,7 +475,7 @@ def _early_data(body: bytes) -> bool:
 
 # The extensions the ClientHello keeps a field of: the field's name and how the body is parsed
 # (functools.partial rather than lambdas: one Python call fewer per extension).
-_FIELD_PARSERS: dict[int, tuple[str, Callable[[bytes], object]]] = {
+_FIELD_PARSERS: Final[dict[int, tuple[str, Callable[[bytes], object]]]] = {
     ExtensionType.SERVER_NAME: ("server_name", parse_server_name),
     ExtensionType.ALPN: ("alpn_protocols", parse_alpn),
     # ProtocolVersion versions<2..254>
@@ -500,7 +501,7 @@ _FIELD_PARSERS: dict[int, tuple[str, Callable[[bytes], object]]] = {
     # ECPointFormat ec_point_format_list<1..2^8-1>
     ExtensionType.EC_POINT_FORMATS: ("ec_point_formats", partial(parse_uint8_list, minimum=1)),
 }
-_KEPT_EXTENSIONS = frozenset(_FIELD_PARSERS)
+_KEPT_EXTENSIONS: Final = frozenset(_FIELD_PARSERS)
 
 
 def _refuse_legacy_version(version: int, detail: str) -> HandshakeError:

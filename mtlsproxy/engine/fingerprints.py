@@ -7,7 +7,7 @@ a sort): the handshake log line and the trace ask for them, nothing on the hands
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from mtlsproxy.engine.hello_extensions import ExtensionType, is_grease
 
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from mtlsproxy.engine.clienthello import ClientHello
 
 # JA4 version codes (FoxIO JA4 specification, "TLS and DTLS Version").
-_JA4_VERSIONS = {
+_JA4_VERSIONS: Final = {
     0x0304: "13",
     0x0303: "12",
     0x0302: "11",

@@ -19,11 +19,11 @@ from mtlsproxy.vocabulary.frozen import quick_init
 
 # RFC 1035 section 2.3.4 / RFC 6066 section 3: a DNS host name of at most 253 characters (255
 # octets on the wire minus the length octets), labels of 1..63 characters.
-MAX_HOST_NAME_SIZE = 253
-MAX_LABEL_SIZE = 63
-_LABEL = rb"[A-Za-z0-9-]{1,%d}" % MAX_LABEL_SIZE
+MAX_HOST_NAME_SIZE: Final = 253
+MAX_LABEL_SIZE: Final = 63
+_LABEL: Final = rb"[A-Za-z0-9-]{1,%d}" % MAX_LABEL_SIZE
 # Dot-separated labels, no empty label and no trailing dot: one match for the whole name.
-_HOST_NAME_RE = re.compile(rb"(?:%s\.)*%s" % (_LABEL, _LABEL))
+_HOST_NAME_RE: Final = re.compile(rb"(?:%s\.)*%s" % (_LABEL, _LABEL))
 
 
 class ExtensionType:
@@ -75,7 +75,7 @@ class OfferedPsks:
         return f"OfferedPsks({len(self.identities)} identities)"
 
 
-_unpack_two_uint16 = struct.Struct(">HH").unpack
+_unpack_two_uint16: Final = struct.Struct(">HH").unpack
 
 
 def malformed(detail: str, alert: Alert = Alert.DECODE_ERROR) -> HandshakeError:
@@ -233,7 +233,7 @@ def _one_psk(body: bytes) -> OfferedPsks | None:
 
 # uint16 vectors of up to 127 values by count (cipher suites, groups, signature schemes,
 # versions, extension types): no format string is made and looked up per vector.
-UINT16_VECTORS = tuple(struct.Struct(f">{count}H") for count in range(128))
+UINT16_VECTORS: Final = tuple(struct.Struct(f">{count}H") for count in range(128))
 
 
 def uint16_vector(data: bytes) -> tuple[int, ...]:

@@ -16,6 +16,8 @@ thing on every dashboard.
 
 from __future__ import annotations
 
+from typing import Final
+
 from mtlsproxy.engine.events import HandshakeFailed, HandshakeTimings
 from mtlsproxy.engine.interface import Clock
 from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Reason, Step
@@ -23,7 +25,7 @@ from mtlsproxy.vocabulary.identity import PeerIdentity
 
 # Alerts a client sends when it does not accept our certificate (seed step 3). Only after our
 # flight (which carries the certificate) do they mean that.
-CLIENT_REJECTS_SERVER_CERT = frozenset(
+CLIENT_REJECTS_SERVER_CERT: Final = frozenset(
     {
         Alert.BAD_CERTIFICATE,
         Alert.UNSUPPORTED_CERTIFICATE,

@@ -17,25 +17,25 @@ import enum
 import struct
 from collections.abc import Callable
 from functools import partial
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Reason, Step
 
 # RFC 8446 section 5.1: ContentType type (1) + ProtocolVersion legacy_record_version (2) +
 # uint16 length (2).
-RECORD_HEADER_SIZE = 5
+RECORD_HEADER_SIZE: Final = 5
 
 # RFC 8446 section 5.1: "The length MUST NOT exceed 2^14 bytes. An endpoint that receives a
 # record that exceeds this length MUST terminate the connection with a "record_overflow"
 # alert." (RFC 5246 section 6.2.1 has the same limit for TLSPlaintext.) The 2^14 + 256 allowance
 # is for *ciphertext* only; the records read here are plaintext, so we are strict.
-MAX_PLAINTEXT_RECORD = 2**14
+MAX_PLAINTEXT_RECORD: Final = 2**14
 
 # RFC 8446 section 4: HandshakeType msg_type (1) + uint24 length (3).
-HANDSHAKE_HEADER_SIZE = 4
+HANDSHAKE_HEADER_SIZE: Final = 4
 
 # The major byte of every TLS (1.0 through 1.3) ProtocolVersion: {3, x}. SSL 2.0 used {0, 2}.
-TLS_MAJOR_VERSION = 0x03
+TLS_MAJOR_VERSION: Final = 0x03
 
 
 class ContentType(enum.IntEnum):
@@ -51,10 +51,10 @@ class ContentType(enum.IntEnum):
 # The members the per-record paths compare with, as plain module names: on Python 3.11 a
 # member looked up on its enum class costs ~0.2 us (``EnumType`` attribute access), a global
 # name ~0.02 us, and every record of a handshake is compared with several.
-CHANGE_CIPHER_SPEC = ContentType.CHANGE_CIPHER_SPEC
-ALERT = ContentType.ALERT
-HANDSHAKE = ContentType.HANDSHAKE
-APPLICATION_DATA = ContentType.APPLICATION_DATA
+CHANGE_CIPHER_SPEC: Final = ContentType.CHANGE_CIPHER_SPEC
+ALERT: Final = ContentType.ALERT
+HANDSHAKE: Final = ContentType.HANDSHAKE
+APPLICATION_DATA: Final = ContentType.APPLICATION_DATA
 
 
 class HandshakeType(enum.IntEnum):
@@ -228,7 +228,7 @@ def parse_record_header(data: bytes | bytearray, offset: int = 0) -> RecordHeade
     return RecordHeader._make(_RECORD_HEADER.unpack_from(data, offset))
 
 
-_RECORD_HEADER = struct.Struct(">BHH")  # content type, legacy_record_version, length
+_RECORD_HEADER: Final = struct.Struct(">BHH")  # content type, legacy_record_version, length
 
 
 class Message(NamedTuple):
@@ -242,7 +242,7 @@ class Message(NamedTuple):
 
 # NamedTuple's own constructor is a Python function (~0.5 us a call): every message is made by
 # tuple.__new__ directly, which builds the same object in C.
-_new_message: Callable[[tuple[int, bytes, bytes]], Message] = partial(tuple.__new__, Message)
+_new_message: Final[Callable[[tuple[int, bytes, bytes]], Message]] = partial(tuple.__new__, Message)
 
 
 class MessageAssembler:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Coroutine
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from cryptography import x509
 from prometheus_client import Gauge
@@ -32,9 +32,9 @@ from mtlsproxy.routing.routes import RouteTable
 from mtlsproxy.routing.tickets import ticket_key_files
 
 # Pending connections the kernel queues before accept (nginx's default on Linux is 511).
-LISTEN_BACKLOG = 511
+LISTEN_BACKLOG: Final = 511
 # Seconds between two log lines about shed handshakes (a flood sheds thousands a second).
-SHED_LOG_INTERVAL = 1.0
+SHED_LOG_INTERVAL: Final = 1.0
 
 
 class ListenerRuntime:

@@ -82,6 +82,14 @@ class ServerRoute:
     _resumable: dict[tuple[bytes, ...], datetime | None] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    # Read on every connection: slots, where a property would be a Python call each time
+    # (the upstream as the access line has it).
+    name: str = field(init=False, repr=False, compare=False)
+    upstream_address: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", self.config.name)
+        object.__setattr__(self, "upstream_address", str(self.config.upstream))
 
     @classmethod
     def build(cls, route: Route, listener: str = "") -> ServerRoute:
@@ -99,10 +107,6 @@ class ServerRoute:
             credentials=tuple(ServerCredential.load(pair) for pair in route.tls.certificates),
             tickets=ticket_key(route, listener),
         )
-
-    @property
-    def name(self) -> str:
-        return self.config.name
 
     @property
     def alpn(self) -> tuple[str, ...]:

@@ -51,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Sequence
+from typing import Final
 
 from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.events import (
@@ -110,15 +111,16 @@ from mtlsproxy.engine.records import ALERT, APPLICATION_DATA, HANDSHAKE, Message
 from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Step
 from mtlsproxy.vocabulary.identity import PeerIdentity
 
-DEFAULT_CIPHER_SUITES = (
+DEFAULT_CIPHER_SUITES: Final = (
     CipherSuiteId.TLS_AES_128_GCM_SHA256,
     CipherSuiteId.TLS_AES_256_GCM_SHA384,
     CipherSuiteId.TLS_CHACHA20_POLY1305_SHA256,
 )
-DEFAULT_GROUPS = (NamedGroup.X25519, NamedGroup.SECP256R1, NamedGroup.SECP384R1)
+DEFAULT_GROUPS: Final = (NamedGroup.X25519, NamedGroup.SECP256R1, NamedGroup.SECP384R1)
 
-RECORD_VERSION = 0x0303
-_WARNING, _FATAL = 1, 2
+RECORD_VERSION: Final = 0x0303
+_WARNING: Final = 1
+_FATAL: Final = 2
 
 
 @functools.lru_cache(maxsize=16)

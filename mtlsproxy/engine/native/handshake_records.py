@@ -21,6 +21,8 @@ handshake state, and hands the engine only what it must act on: handshake bytes 
 
 from __future__ import annotations
 
+from typing import Final
+
 from mtlsproxy.engine.native.alerts import TLSAlert
 from mtlsproxy.engine.native.record_layer import Record, RecordProtection
 from mtlsproxy.engine.records import (
@@ -34,7 +36,7 @@ from mtlsproxy.vocabulary.failures import Alert
 
 # Section 4.2.10: a server that rejects 0-RTT skips the client's early data "up to the
 # configured max_early_data_size"; we never accept any, so this only bounds the skipping.
-MAX_SKIPPED_EARLY_DATA = 64 * 1024
+MAX_SKIPPED_EARLY_DATA: Final = 64 * 1024
 
 
 class HandshakeRecords:

@@ -31,23 +31,24 @@ import functools
 import hashlib
 import hmac
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from mtlsproxy.engine.native.alerts import TLSAlert
 from mtlsproxy.engine.native.suites import CipherSuite, HashObject
 from mtlsproxy.vocabulary.failures import Alert
 
-_HASH_LENGTHS = {"sha256": 32, "sha384": 48}
+_HASH_LENGTHS: Final = {"sha256": 32, "sha384": 48}
 
-_LABEL_PREFIX = b"tls13 "
+_LABEL_PREFIX: Final = b"tls13 "
 
 
 # hmac.new's signature, OpenSSL's object: the hot paths below call it inline (one call fewer).
-_hmac_new: Callable[[bytes, bytes, str], Any]
+_openssl_hmac_new: Callable[[bytes, bytes, str], Any]
 try:  # OpenSSL's HMAC object, as hmac.new uses it, without hmac.HMAC's Python wrapper
-    from _hashlib import hmac_new as _hmac_new
+    from _hashlib import hmac_new as _openssl_hmac_new
 except ImportError:  # pragma: no cover - a Python built without OpenSSL's hashlib
-    _hmac_new = hmac.new
+    _openssl_hmac_new = hmac.new
+_hmac_new: Final = _openssl_hmac_new  # Final: compiled code reads it without a dict lookup
 
 
 def _hmac(key: bytes, message: bytes, hash_name: str) -> bytes:
@@ -168,7 +169,7 @@ class TrafficKeys(NamedTuple):
 
 # NamedTuple's own constructor is a Python function: tuple.__new__ builds the same object in C
 # (four per handshake).
-_new_traffic_keys: Callable[[tuple[bytes, bytes]], TrafficKeys] = functools.partial(
+_new_traffic_keys: Final[Callable[[tuple[bytes, bytes]], TrafficKeys]] = functools.partial(
     tuple.__new__, TrafficKeys
 )
 
@@ -302,14 +303,18 @@ class Phase(enum.IntEnum):
 
 
 # The members as module names for the methods below: a member looked up on its enum class costs
-# ~0.2 us on Python 3.11, and a handshake checks the phase a dozen times.
-_EARLY, _HANDSHAKE, _APPLICATION, _RESUMPTION = Phase
-_NEXT_PHASE = {phase: Phase(phase + 1) for phase in Phase if phase < _RESUMPTION}
+# ~0.2 us on Python 3.11, and a handshake checks the phase a dozen times. Final: compiled code
+# reads each from a C variable, not the module's dict.
+_EARLY: Final = Phase.EARLY
+_HANDSHAKE: Final = Phase.HANDSHAKE
+_APPLICATION: Final = Phase.APPLICATION
+_RESUMPTION: Final = Phase.RESUMPTION
+_NEXT_PHASE: Final = {phase: Phase(phase + 1) for phase in Phase if phase < _RESUMPTION}
 
 
 # The secrets a KeySchedule derives, in the order of the section 7.1 diagram: each is a slot,
 # unset until derived (reading it earlier raises KeyScheduleError, see KeySchedule.__getattr__).
-_SECRET_NAMES = (
+_SECRET_NAMES: Final = (
     "early_secret",
     "derived_early_secret",
     "handshake_secret",
@@ -547,7 +552,7 @@ class KeySchedule:
         return secret
 
 
-_NSS_LABELS = {
+_NSS_LABELS: Final = {
     "CLIENT_HANDSHAKE_TRAFFIC_SECRET": "client_handshake_traffic_secret",
     "SERVER_HANDSHAKE_TRAFFIC_SECRET": "server_handshake_traffic_secret",
     "CLIENT_TRAFFIC_SECRET_0": "client_application_traffic_secret",

@@ -17,6 +17,8 @@ not grow with what a client sends while it does not read.
 
 from __future__ import annotations
 
+from typing import Final
+
 from mtlsproxy.engine.native.alerts import TLSAlert
 from mtlsproxy.vocabulary.failures import Alert
 
@@ -24,11 +26,11 @@ from mtlsproxy.vocabulary.failures import Alert
 # SSL_R_RECORD_TOO_SMALL with unexpected_message); Go's maxUselessRecords is 16 (crypto/tls
 # common.go, unexpected_message). We take OpenSSL's value: the differential tests compare us
 # with OpenSSL.
-MAX_USELESS_RECORDS = 32
+MAX_USELESS_RECORDS: Final = 32
 
 # KeyUpdates received with no application data between them: BoringSSL's kMaxKeyUpdates is 32
 # (ssl/tls13_both.cc, unexpected_message); OpenSSL's MAX_KEY_UPDATE_MESSAGES is 32 too.
-MAX_KEY_UPDATES_WITHOUT_DATA = 32
+MAX_KEY_UPDATES_WITHOUT_DATA: Final = 32
 
 
 class UselessRecords:

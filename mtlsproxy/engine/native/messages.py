@@ -23,38 +23,38 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from mtlsproxy.engine.hello_extensions import ExtensionType, KeyShareEntry
 from mtlsproxy.engine.native.alerts import TLSAlert
 from mtlsproxy.engine.records import Buffer, DecodeError, HandshakeType, MessageAssembler
 from mtlsproxy.vocabulary.failures import Alert
 
-TLS13 = 0x0304
-LEGACY_VERSION = 0x0303
+TLS13: Final = 0x0304
+LEGACY_VERSION: Final = 0x0303
 
 # Section 4.1.3: HelloRetryRequest is a ServerHello whose random is SHA-256("HelloRetryRequest").
-HELLO_RETRY_REQUEST_RANDOM = hashlib.sha256(b"HelloRetryRequest").digest()
+HELLO_RETRY_REQUEST_RANDOM: Final = hashlib.sha256(b"HelloRetryRequest").digest()
 
 # Extension code points used here beyond those the ClientHello parser names (IANA registry).
-EXT_COOKIE = 0x002C  # section 4.2.2
-EXT_CERTIFICATE_AUTHORITIES = 0x002F  # section 4.2.4
-EXT_SIGNATURE_ALGORITHMS_CERT = 0x0032  # section 4.2.3
+EXT_COOKIE: Final = 0x002C  # section 4.2.2
+EXT_CERTIFICATE_AUTHORITIES: Final = 0x002F  # section 4.2.4
+EXT_SIGNATURE_ALGORITHMS_CERT: Final = 0x0032  # section 4.2.3
 
 # The types of the messages every handshake writes, as module names: a member looked up on its
 # enum class costs ~0.2 us on Python 3.11.
-_SERVER_HELLO = HandshakeType.SERVER_HELLO
-_CERTIFICATE_VERIFY = HandshakeType.CERTIFICATE_VERIFY
-_FINISHED = HandshakeType.FINISHED
-_NEW_SESSION_TICKET = HandshakeType.NEW_SESSION_TICKET
+_SERVER_HELLO: Final = HandshakeType.SERVER_HELLO
+_CERTIFICATE_VERIFY: Final = HandshakeType.CERTIFICATE_VERIFY
+_FINISHED: Final = HandshakeType.FINISHED
+_NEW_SESSION_TICKET: Final = HandshakeType.NEW_SESSION_TICKET
 
 # Bounds on what a client may send us (the reassembly cap bounds the whole message too).
-MAX_HANDSHAKE_MESSAGE = 64 * 1024  # body bytes of one reassembled handshake message
-MAX_CERTIFICATES = 16  # entries in the client's Certificate (leaf + intermediates)
+MAX_HANDSHAKE_MESSAGE: Final = 64 * 1024  # body bytes of one reassembled handshake message
+MAX_CERTIFICATES: Final = 16  # entries in the client's Certificate (leaf + intermediates)
 
 # KeyUpdateRequest (section 4.6.3).
-UPDATE_NOT_REQUESTED = 0
-UPDATE_REQUESTED = 1
+UPDATE_NOT_REQUESTED: Final = 0
+UPDATE_REQUESTED: Final = 1
 
 
 def _decode_error(detail: str) -> TLSAlert:
@@ -167,12 +167,13 @@ def server_hello(
     ))  # fmt: skip
 
 
-_SUPPORTED_VERSIONS_TLS13 = struct.pack(">HHH", ExtensionType.SUPPORTED_VERSIONS, 2, TLS13)
-_KEY_SHARE_HEADER = struct.Struct(">HHHH")
-_PRE_SHARED_KEY = struct.Struct(">HHH")
-_LEGACY_VERSION_BYTES = LEGACY_VERSION.to_bytes(2, "big")
-_SUITE_COMPRESSION_LENGTH = struct.Struct(">HBH")  # cipher_suite, legacy_compression, length
-_SCHEME = struct.Struct(">H")  # a SignatureScheme (an IntEnum: packed without a to_bytes call)
+_SUPPORTED_VERSIONS_TLS13: Final = struct.pack(">HHH", ExtensionType.SUPPORTED_VERSIONS, 2, TLS13)
+_KEY_SHARE_HEADER: Final = struct.Struct(">HHHH")
+_PRE_SHARED_KEY: Final = struct.Struct(">HHH")
+_LEGACY_VERSION_BYTES: Final = LEGACY_VERSION.to_bytes(2, "big")
+_SUITE_COMPRESSION_LENGTH: Final = struct.Struct(">HBH")  # cipher_suite, legacy_compression, length
+# a SignatureScheme (an IntEnum: packed without a to_bytes call)
+_SCHEME: Final = struct.Struct(">H")
 
 
 def hello_retry_request(
@@ -352,8 +353,8 @@ class CertificateMessage(NamedTuple):
     chain: tuple[bytes, ...]  # DER, leaf first; empty when the client has no certificate
 
 
-_new_certificate_message: Callable[[tuple[bytes, tuple[bytes, ...]]], CertificateMessage] = partial(
-    tuple.__new__, CertificateMessage
+_new_certificate_message: Final[Callable[[tuple[bytes, tuple[bytes, ...]]], CertificateMessage]] = (
+    partial(tuple.__new__, CertificateMessage)
 )
 
 
@@ -427,7 +428,7 @@ def certificate_verify(scheme: int, signature: bytes) -> bytes:
     )
 
 
-_CERTIFICATE_VERIFY_HEAD = struct.Struct(">IHH")  # header, scheme, signature length
+_CERTIFICATE_VERIFY_HEAD: Final = struct.Struct(">IHH")  # header, scheme, signature length
 
 
 def decode_certificate_verify(body: bytes) -> tuple[int, bytes]:
@@ -480,8 +481,9 @@ def new_session_ticket(lifetime: int, age_add: int, nonce: bytes, ticket: bytes)
     ))  # fmt: skip
 
 
-_TICKET_HEAD = struct.Struct(">IIIB")  # header, ticket_lifetime, ticket_age_add, nonce length
-_UINT16 = struct.Struct(">H")
+# header, ticket_lifetime, ticket_age_add, nonce length
+_TICKET_HEAD: Final = struct.Struct(">IIIB")
+_UINT16: Final = struct.Struct(">H")
 
 
 def key_update(update_requested: bool) -> bytes:

@@ -31,7 +31,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from mypy_extensions import mypyc_attr
@@ -48,28 +48,30 @@ from mtlsproxy.engine.records import (
 from mtlsproxy.vocabulary.failures import Alert
 
 # Section 5.1: TLSPlaintext.length MUST NOT exceed 2^14.
-MAX_PLAINTEXT_LENGTH = MAX_PLAINTEXT_RECORD
+MAX_PLAINTEXT_LENGTH: Final = MAX_PLAINTEXT_RECORD
 # Section 5.4: "the full encoded TLSInnerPlaintext MUST NOT exceed 2^14 + 1 octets".
-MAX_INNER_PLAINTEXT_LENGTH = MAX_PLAINTEXT_LENGTH + 1
+MAX_INNER_PLAINTEXT_LENGTH: Final = MAX_PLAINTEXT_LENGTH + 1
 # Section 5.2: TLSCiphertext.length "MUST NOT exceed 2^14 + 256 bytes".
-MAX_CIPHERTEXT_LENGTH = MAX_PLAINTEXT_LENGTH + 256
+MAX_CIPHERTEXT_LENGTH: Final = MAX_PLAINTEXT_LENGTH + 256
 
 # Section 5.3: the 64-bit sequence number must not wrap. Records use 0 .. 2^64 - 2; reaching
 # 2^64 - 1 stops the direction (one short of the wrap, so the counter never takes its maximum).
-SEQUENCE_NUMBER_LIMIT = 2**64 - 1
+SEQUENCE_NUMBER_LIMIT: Final = 2**64 - 1
 
 # When needs_key_update turns True: well before the hard limits, so that a KeyUpdate (section
 # 4.6.3) can be sent and take effect. AES-GCM: 2^24 records against the section 5.5 limit of
 # 2^24.5; ChaCha20-Poly1305 (no AE limit within 2^64 records): half the sequence space.
-AES_GCM_KEY_UPDATE_THRESHOLD = 2**24
-SEQUENCE_KEY_UPDATE_THRESHOLD = 2**63
+AES_GCM_KEY_UPDATE_THRESHOLD: Final = 2**24
+SEQUENCE_KEY_UPDATE_THRESHOLD: Final = 2**63
 
-LEGACY_RECORD_VERSION = 0x0303
+LEGACY_RECORD_VERSION: Final = 0x0303
 
-_PROTECTED_TYPE = ContentType.APPLICATION_DATA
-_PROTECTED_OCTET = int(_PROTECTED_TYPE)  # a plain int: no IntEnum __index__ per pack
-_INNER_TYPES = frozenset((ContentType.ALERT, ContentType.HANDSHAKE, ContentType.APPLICATION_DATA))
-_OUTER_TYPES = frozenset(
+_PROTECTED_TYPE: Final = ContentType.APPLICATION_DATA
+_PROTECTED_OCTET: Final = int(_PROTECTED_TYPE)  # a plain int: no IntEnum __index__ per pack
+_INNER_TYPES: Final = frozenset(
+    (ContentType.ALERT, ContentType.HANDSHAKE, ContentType.APPLICATION_DATA)
+)
+_OUTER_TYPES: Final = frozenset(
     (
         ContentType.CHANGE_CIPHER_SPEC,
         ContentType.ALERT,
@@ -77,11 +79,11 @@ _OUTER_TYPES = frozenset(
         ContentType.APPLICATION_DATA,
     )
 )
-_CIPHERTEXT_HEADER_PREFIX = bytes((_PROTECTED_TYPE, 0x03, 0x03))
-_APPLICATION_DATA_TYPE = bytes((ContentType.APPLICATION_DATA,))  # the inner type octet
+_CIPHERTEXT_HEADER_PREFIX: Final = bytes((_PROTECTED_TYPE, 0x03, 0x03))
+_APPLICATION_DATA_TYPE: Final = bytes((ContentType.APPLICATION_DATA,))  # the inner type octet
 
 
-_RECORD_HEADER = struct.Struct(">BHH")
+_RECORD_HEADER: Final = struct.Struct(">BHH")
 
 
 class Record(NamedTuple):
@@ -108,8 +110,8 @@ class InnerPlaintext(NamedTuple):
 # A NamedTuple's own constructor is a Python function (~0.5 us a call); the records read and
 # the plaintexts decrypted on every record's path are made by tuple.__new__ directly, which
 # builds the same object from a tuple of its fields in C.
-_new_record: Callable[[tuple[int, int, bytes]], Record] = partial(tuple.__new__, Record)
-_new_inner_plaintext: Callable[[tuple[int, bytes]], InnerPlaintext] = partial(
+_new_record: Final[Callable[[tuple[int, int, bytes]], Record]] = partial(tuple.__new__, Record)
+_new_inner_plaintext: Final[Callable[[tuple[int, bytes]], InnerPlaintext]] = partial(
     tuple.__new__, InnerPlaintext
 )
 
@@ -336,7 +338,7 @@ class PaddingPolicy:
         return target - inner
 
 
-NO_PADDING = PaddingPolicy()
+NO_PADDING: Final = PaddingPolicy()
 
 
 def pad_to_multiple(block_size: int) -> PaddingPolicy:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import hmac
 import os
 from dataclasses import dataclass
+from typing import Final
 
 from mtlsproxy.engine.clienthello import ClientHello
 from mtlsproxy.engine.events import Tracer, note
@@ -49,8 +50,8 @@ from mtlsproxy.engine.native.tickets import AGE_TOLERANCE, TICKET_LIFETIME, Tick
 from mtlsproxy.vocabulary.decision import Decision
 from mtlsproxy.vocabulary.failures import Alert
 
-PSK_DHE_KE = 1  # section 4.2.9; psk_ke (0) is never accepted
-TICKET_NONCE = b"\x00"  # one ticket per connection: the nonce only has to be unique in it
+PSK_DHE_KE: Final = 1  # section 4.2.9; psk_ke (0) is never accepted
+TICKET_NONCE: Final = b"\x00"  # one ticket per connection: the nonce only has to be unique in it
 
 
 @dataclass(frozen=True, slots=True, repr=False)

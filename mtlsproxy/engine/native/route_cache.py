@@ -23,6 +23,7 @@ replaced route stays alive after a reload.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 from cryptography import x509
 
@@ -34,7 +35,7 @@ from mtlsproxy.vocabulary.identity import load_certificate
 
 MAX_ROUTES = 256
 MAX_PEER_CERTIFICATES = 256  # per route: distinct client leaves, a fleet presents few
-MAX_SCHEME_LISTS = 64  # per route: distinct signature_algorithms lists, one per client stack
+MAX_SCHEME_LISTS: Final = 64  # per route: distinct signature_algorithms lists, one per client stack
 
 
 class RouteFlightCache:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from mtlsproxy.engine.clienthello import (
     ClientHello,
@@ -55,7 +55,7 @@ from mtlsproxy.engine.native.suites import CipherSuite, NamedGroup, generate_key
 from mtlsproxy.engine.records import HANDSHAKE, ContentType, HandshakeType, Message
 from mtlsproxy.vocabulary.failures import Alert, HandshakeError, Reason, Step
 
-_CCS = encode_record(ContentType.CHANGE_CIPHER_SPEC, b"\x01")
+_CCS: Final = encode_record(ContentType.CHANGE_CIPHER_SPEC, b"\x01")
 
 
 class Retry(NamedTuple):

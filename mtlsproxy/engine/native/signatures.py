@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -40,7 +40,7 @@ class SignatureScheme(enum.IntEnum):
 
 
 # Our preference, and what we offer in CertificateRequest.signature_algorithms.
-SUPPORTED_SCHEMES: tuple[SignatureScheme, ...] = (
+SUPPORTED_SCHEMES: Final[tuple[SignatureScheme, ...]] = (
     SignatureScheme.ECDSA_SECP256R1_SHA256,
     SignatureScheme.ECDSA_SECP384R1_SHA384,
     SignatureScheme.ED25519,
@@ -52,7 +52,7 @@ SUPPORTED_SCHEMES: tuple[SignatureScheme, ...] = (
     SignatureScheme.RSA_PSS_PSS_SHA512,
 )
 
-_HASHES: dict[SignatureScheme, type[hashes.HashAlgorithm]] = {
+_HASHES: Final[dict[SignatureScheme, type[hashes.HashAlgorithm]]] = {
     SignatureScheme.ECDSA_SECP256R1_SHA256: hashes.SHA256,
     SignatureScheme.ECDSA_SECP384R1_SHA384: hashes.SHA384,
     SignatureScheme.RSA_PSS_RSAE_SHA256: hashes.SHA256,
@@ -63,41 +63,43 @@ _HASHES: dict[SignatureScheme, type[hashes.HashAlgorithm]] = {
     SignatureScheme.RSA_PSS_PSS_SHA512: hashes.SHA512,
 }
 # The ECDSA signature algorithm of each ECDSA scheme (immutable: built once, not per call).
-_ECDSA = {
+_ECDSA: Final = {
     SignatureScheme.ECDSA_SECP256R1_SHA256: ec.ECDSA(hashes.SHA256()),
     SignatureScheme.ECDSA_SECP384R1_SHA384: ec.ECDSA(hashes.SHA384()),
 }
-_CURVES = {
+_CURVES: Final = {
     SignatureScheme.ECDSA_SECP256R1_SHA256: "secp256r1",
     SignatureScheme.ECDSA_SECP384R1_SHA384: "secp384r1",
 }
 # Each curve's schemes, from _CURVES (a client's key is looked up once per handshake).
-_EC_SCHEMES = {
+_EC_SCHEMES: Final = {
     curve: tuple(s for s, name in _CURVES.items() if name == curve) for curve in _CURVES.values()
 }
 # The schemes by code point: a dict lookup, where SignatureScheme(code) is an enum call.
-_SCHEMES_BY_CODE: dict[int, SignatureScheme] = {int(scheme): scheme for scheme in SignatureScheme}
-_RSAE = (
+_SCHEMES_BY_CODE: Final[dict[int, SignatureScheme]] = {
+    int(scheme): scheme for scheme in SignatureScheme
+}
+_RSAE: Final = (
     SignatureScheme.RSA_PSS_RSAE_SHA256,
     SignatureScheme.RSA_PSS_RSAE_SHA384,
     SignatureScheme.RSA_PSS_RSAE_SHA512,
 )
-_PSS = (
+_PSS: Final = (
     SignatureScheme.RSA_PSS_PSS_SHA256,
     SignatureScheme.RSA_PSS_PSS_SHA384,
     SignatureScheme.RSA_PSS_PSS_SHA512,
 )
 
 # SubjectPublicKeyInfo algorithm of an RSASSA-PSS key (RFC 4055 section 3.1).
-RSASSA_PSS_OID = x509.ObjectIdentifier("1.2.840.113549.1.1.10")
+RSASSA_PSS_OID: Final = x509.ObjectIdentifier("1.2.840.113549.1.1.10")
 
-SERVER_CONTEXT = b"TLS 1.3, server CertificateVerify"
-CLIENT_CONTEXT = b"TLS 1.3, client CertificateVerify"
+SERVER_CONTEXT: Final = b"TLS 1.3, server CertificateVerify"
+CLIENT_CONTEXT: Final = b"TLS 1.3, client CertificateVerify"
 
 
 # Section 4.4.3: what precedes the transcript hash in the signed content, per side.
-_SERVER_PREFIX = b" " * 64 + SERVER_CONTEXT + b"\x00"
-_CLIENT_PREFIX = b" " * 64 + CLIENT_CONTEXT + b"\x00"
+_SERVER_PREFIX: Final = b" " * 64 + SERVER_CONTEXT + b"\x00"
+_CLIENT_PREFIX: Final = b" " * 64 + CLIENT_CONTEXT + b"\x00"
 
 
 def signed_content(transcript_hash: bytes, *, server: bool) -> bytes:
@@ -105,10 +107,13 @@ def signed_content(transcript_hash: bytes, *, server: bool) -> bytes:
     return (_SERVER_PREFIX if server else _CLIENT_PREFIX) + transcript_hash
 
 
-_EC, _ED25519, _RSA, _UNKNOWN = "ec", "ed25519", "rsa", "unknown"
+_EC: Final = "ec"
+_ED25519: Final = "ed25519"
+_RSA: Final = "rsa"
+_UNKNOWN: Final = "unknown"
 
 
-_families: dict[type, str | None] = {}  # a few key classes: cryptography's, per algorithm
+_families: Final[dict[type, str | None]] = {}  # a few key classes: cryptography's, per algorithm
 
 
 def _family_of_type(key_type: type) -> str | None:
@@ -163,7 +168,7 @@ def _family_rank(scheme: SignatureScheme) -> int:
     return 2
 
 
-_FAMILY_RANK = {scheme: _family_rank(scheme) for scheme in SignatureScheme}
+_FAMILY_RANK: Final = {scheme: _family_rank(scheme) for scheme in SignatureScheme}
 
 
 def usable_schemes(credentials: Sequence[C]) -> tuple[tuple[C, frozenset[SignatureScheme]], ...]:

@@ -20,7 +20,7 @@ import enum
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
@@ -66,7 +66,7 @@ class HashObject(Protocol):
 # RFC 8446 section 5.5: "For AES-GCM, up to 2^24.5 full-size records (about 24 million) may be
 # encrypted on a given connection while keeping a safety margin of approximately 2^-57 for
 # Authenticated Encryption (AE) security." floor(2^24.5) = 23_726_566.
-AES_GCM_RECORD_LIMIT = 23_726_566
+AES_GCM_RECORD_LIMIT: Final = 23_726_566
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +105,7 @@ class CipherSuite:
         return self.aead_factory(key)
 
 
-TLS_AES_128_GCM_SHA256 = CipherSuite(
+TLS_AES_128_GCM_SHA256: Final = CipherSuite(
     CipherSuiteId.TLS_AES_128_GCM_SHA256,
     "sha256",
     hashlib.sha256,
@@ -114,7 +114,7 @@ TLS_AES_128_GCM_SHA256 = CipherSuite(
     AESGCM,
     AES_GCM_RECORD_LIMIT,
 )
-TLS_AES_256_GCM_SHA384 = CipherSuite(
+TLS_AES_256_GCM_SHA384: Final = CipherSuite(
     CipherSuiteId.TLS_AES_256_GCM_SHA384,
     "sha384",
     hashlib.sha384,
@@ -123,7 +123,7 @@ TLS_AES_256_GCM_SHA384 = CipherSuite(
     AESGCM,
     AES_GCM_RECORD_LIMIT,
 )
-TLS_CHACHA20_POLY1305_SHA256 = CipherSuite(
+TLS_CHACHA20_POLY1305_SHA256: Final = CipherSuite(
     CipherSuiteId.TLS_CHACHA20_POLY1305_SHA256,
     "sha256",
     hashlib.sha256,
@@ -133,7 +133,7 @@ TLS_CHACHA20_POLY1305_SHA256 = CipherSuite(
     None,
 )
 
-CIPHER_SUITES: dict[int, CipherSuite] = {
+CIPHER_SUITES: Final[dict[int, CipherSuite]] = {
     suite.id: suite
     for suite in (TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384, TLS_CHACHA20_POLY1305_SHA256)
 }
@@ -171,7 +171,7 @@ class KeyShare(Protocol):
         ...
 
 
-X25519_KEY_LENGTH = 32
+X25519_KEY_LENGTH: Final = 32
 
 
 class X25519KeyShare:
@@ -269,7 +269,7 @@ class ECDHKeyShare:
             ) from None
 
 
-GROUPS: dict[int, Callable[[], KeyShare]] = {
+GROUPS: Final[dict[int, Callable[[], KeyShare]]] = {
     NamedGroup.X25519: X25519KeyShare,
     NamedGroup.SECP256R1: lambda: ECDHKeyShare(NamedGroup.SECP256R1),
     NamedGroup.SECP384R1: lambda: ECDHKeyShare(NamedGroup.SECP384R1),

@@ -39,7 +39,7 @@ import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -47,32 +47,33 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from mypy_extensions import mypyc_attr
 
-TICKET_LIFETIME = 2 * 60 * 60  # seconds; RFC 8446 allows up to 7 days
-MAX_AUTHENTICATION_AGE = 7 * 24 * 60 * 60  # RFC 8446 section 4.6.1: 7 days at most
-DEFAULT_MAX_AGE = 24 * 60 * 60  # tls.session_tickets.max_age
-AGE_TOLERANCE = 10  # seconds the client's ticket age may run ahead of ours
-MAX_CHAIN_SIZE = 16 * 1024  # a larger client chain gets no ticket (bounded ticket size)
-MAX_CHAIN_LENGTH = 8  # certificates
-MAX_TICKET_SIZE = MAX_CHAIN_SIZE + 1024
+TICKET_LIFETIME: Final = 2 * 60 * 60  # seconds; RFC 8446 allows up to 7 days
+MAX_AUTHENTICATION_AGE: Final = 7 * 24 * 60 * 60  # RFC 8446 section 4.6.1: 7 days at most
+DEFAULT_MAX_AGE: Final = 24 * 60 * 60  # tls.session_tickets.max_age
+AGE_TOLERANCE: Final = 10  # seconds the client's ticket age may run ahead of ours
+MAX_CHAIN_SIZE: Final = 16 * 1024  # a larger client chain gets no ticket (bounded ticket size)
+MAX_CHAIN_LENGTH: Final = 8  # certificates
+MAX_TICKET_SIZE: Final = MAX_CHAIN_SIZE + 1024
 
-MIN_KEY_SIZE = 32  # bytes of a master key
-MAX_KEYS = 64  # in a key file
-MAX_KEY_FILE_SIZE = 64 * 1024
-ROTATION_PERIOD = 60 * 60  # seconds a random key issues tickets (supervisor, single process)
+MIN_KEY_SIZE: Final = 32  # bytes of a master key
+MAX_KEYS: Final = 64  # in a key file
+MAX_KEY_FILE_SIZE: Final = 64 * 1024
+ROTATION_PERIOD: Final = 60 * 60  # seconds a random key issues tickets (supervisor, single process)
 # Keys kept after they stop issuing: long enough for every ticket they sealed to expire.
-PREVIOUS_KEYS_KEPT = -(-TICKET_LIFETIME // ROTATION_PERIOD)
+PREVIOUS_KEYS_KEPT: Final = -(-TICKET_LIFETIME // ROTATION_PERIOD)
 
-_VERSION = 2
-_KEY_ID_SIZE = 8
-_NONCE_SIZE = 12
-_TAG_SIZE = 16
-_PREFIX = struct.Struct("!B8s")  # version, key id
-_HEADER = struct.Struct("!HQIIQ")  # suite, issued (s), lifetime (s), age_add, authenticated (s)
-_HEADER_PSK = struct.Struct("!HQIIQB")  # the header, then the PSK's length octet
-_UINT16 = struct.Struct("!H")
-_KEY_ID_INFO = b"mtlsproxy ticket key id"
-_ROUTE_KEY_INFO = b"mtlsproxy ticket key v2 "
-_AAD = b"mtlsproxy ticket v2 "
+_VERSION: Final = 2
+_KEY_ID_SIZE: Final = 8
+_NONCE_SIZE: Final = 12
+_TAG_SIZE: Final = 16
+_PREFIX: Final = struct.Struct("!B8s")  # version, key id
+# suite, issued (s), lifetime (s), age_add, authenticated (s)
+_HEADER: Final = struct.Struct("!HQIIQ")
+_HEADER_PSK: Final = struct.Struct("!HQIIQB")  # the header, then the PSK's length octet
+_UINT16: Final = struct.Struct("!H")
+_KEY_ID_INFO: Final = b"mtlsproxy ticket key id"
+_ROUTE_KEY_INFO: Final = b"mtlsproxy ticket key v2 "
+_AAD: Final = b"mtlsproxy ticket v2 "
 
 
 @dataclass(frozen=True, slots=True, repr=False)
