@@ -97,6 +97,7 @@ class HandshakeComplete:
         return "ok" if self.would_refuse is None else "would_refuse"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class HandshakeFailed:
     """The handshake ended without admitting the client; nothing reaches the upstream.
@@ -120,6 +121,7 @@ class HandshakeFailed:
         return "refused" if self.reason is Reason.IDENTITY_NOT_ALLOWED else "failed"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ApplicationData:
     """Decrypted bytes from the client (seed step 9); a view of a buffer nobody reuses."""
@@ -127,6 +129,7 @@ class ApplicationData:
     data: bytes | memoryview
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class PeerClosed:
     """The client will send no more. ``clean``: it sent close_notify; otherwise the TCP stream
@@ -135,6 +138,7 @@ class PeerClosed:
     clean: bool
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ProtocolError:
     """The established TLS session broke (bad record, alert from the client...)."""

@@ -61,6 +61,7 @@ class KeyShareEntry:
         return f"KeyShareEntry(0x{self.group:04x}, <{len(self.key_exchange)} bytes>)"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True, repr=False)
 class OfferedPsks:
     """The client's pre_shared_key extension (RFC 8446 section 4.2.11). ``binders_size`` is

@@ -70,6 +70,44 @@ def test_no_coroutine_is_compiled() -> None:
     assert not coroutines
 
 
+# Module constants that stay plain names on purpose: knobs that tests and benchmarks set on
+# the module (a compiled module reads a Final from its C variable, so setting the module's
+# attribute would not reach it).
+TUNABLE = {
+    "mtlsproxy/engine/native/route_cache.py": {"MAX_ROUTES", "MAX_PEER_CERTIFICATES", "_CACHES"},
+    "mtlsproxy/proxy/connection.py": {"FEED_BUDGET"},  # bench/data_path.py, valgrind_site
+}
+
+
+def test_compiled_module_constants_are_final() -> None:
+    """A module name that is not ``Final`` is a dict lookup each time compiled code reads it
+    (mypyc's ``CPyDict_GetItem`` on the module's globals); a ``Final`` one is a C variable,
+    and an int literal is inlined. The engine read ~230 such names a handshake before they
+    were made ``Final``. Constants here: UPPER_CASE names assigned at module level."""
+    plain = []
+    for source in COMPILED:
+        for node in ast.parse((ROOT / source).read_text()).body:
+            if isinstance(node, ast.Assign) and "TypeVar(" not in ast.unparse(node.value):
+                names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+                if any(isinstance(t, ast.Tuple) for t in node.targets):
+                    names += [
+                        e.id for t in node.targets if isinstance(t, ast.Tuple)
+                        for e in t.elts if isinstance(e, ast.Name)
+                    ]  # fmt: skip
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                if "Final" in ast.unparse(node.annotation):
+                    continue
+                names = [node.target.id]
+            else:
+                continue
+            plain += [
+                f"{source}:{node.lineno} {name}"
+                for name in names
+                if name.lstrip("_").isupper() and name not in TUNABLE.get(source, ())
+            ]
+    assert not plain
+
+
 def test_a_compiled_module_is_not_older_than_its_source() -> None:
     stale = []
     for source in COMPILED:

@@ -49,11 +49,13 @@ from mtlsproxy.engine.native.suites import CIPHER_SUITES, CipherSuite
 from mtlsproxy.engine.native.tickets import AGE_TOLERANCE, TICKET_LIFETIME, TicketState
 from mtlsproxy.vocabulary.decision import Decision
 from mtlsproxy.vocabulary.failures import Alert
+from mtlsproxy.vocabulary.frozen import quick_init
 
 PSK_DHE_KE: Final = 1  # section 4.2.9; psk_ke (0) is never accepted
 TICKET_NONCE: Final = b"\x00"  # one ticket per connection: the nonce only has to be unique in it
 
 
+@quick_init
 @dataclass(frozen=True, slots=True, repr=False)
 class Resumption:
     """The offered PSK we accept: its position in the client's list, the ticket state and the

@@ -160,9 +160,11 @@ def answer(
 
 
 # What the error names when the second ClientHello changed a field it must repeat.
-_RETRY_FIELDS = ("legacy_version", "random", "session_id", "cipher_suites", "compression_methods",
-                 "server_name", "alpn_protocols", "signature_algorithms", "supported_groups",
-                 "supported_versions", "psk_key_exchange_modes")  # fmt: skip
+_RETRY_FIELDS: Final = (
+    "legacy_version", "random", "session_id", "cipher_suites", "compression_methods",
+    "server_name", "alpn_protocols", "signature_algorithms", "supported_groups",
+    "supported_versions", "psk_key_exchange_modes",
+)  # fmt: skip
 
 
 def second_hello(state: RetryRequested, message: Message, *, alone: bool) -> ClientHello:

@@ -40,6 +40,7 @@ from mtlsproxy.engine.native.tickets import TicketState
 from mtlsproxy.engine.records import HandshakeType
 from mtlsproxy.vocabulary.decision import Decision
 from mtlsproxy.vocabulary.failures import Step
+from mtlsproxy.vocabulary.frozen import quick_init
 
 
 class Negotiated(NamedTuple):
@@ -84,6 +85,7 @@ class Negotiating(State):
     name: ClassVar[str] = "negotiating"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True, repr=False)
 class RetryRequested(State):
     """HelloRetryRequest sent (section 4.1.4): the second ClientHello must carry exactly a
@@ -107,6 +109,7 @@ class ClientFlightState(State):
     negotiated: Negotiated
 
 
+@quick_init
 @dataclass(frozen=True, slots=True, repr=False)
 class ExpectCertificate(ClientFlightState):
     """We sent a CertificateRequest: the client's Certificate comes first (section 4.4.2)."""
@@ -117,6 +120,7 @@ class ExpectCertificate(ClientFlightState):
     negotiated: Negotiated
 
 
+@quick_init
 @dataclass(frozen=True, slots=True, repr=False)
 class ExpectCertificateVerify(ClientFlightState):
     """The client presented ``leaf``; its CertificateVerify must prove it holds the key
@@ -136,6 +140,7 @@ class ExpectCertificateVerify(ClientFlightState):
         return self.client_leaf_der
 
 
+@quick_init
 @dataclass(frozen=True, slots=True, repr=False)
 class ExpectFinished(ClientFlightState):
     """The client's Finished ends its flight (section 4.4.4). ``decision``: the policy's,
@@ -156,6 +161,7 @@ class ExpectFinished(ClientFlightState):
         return self.client_leaf_der
 
 
+@quick_init
 @dataclass(frozen=True, slots=True, repr=False)
 class Established(State):
     """The client is admitted; application data and KeyUpdates flow (section 4.6.3)."""

@@ -47,6 +47,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from mypy_extensions import mypyc_attr
 
+from mtlsproxy.vocabulary.frozen import quick_init
+
 TICKET_LIFETIME: Final = 2 * 60 * 60  # seconds; RFC 8446 allows up to 7 days
 MAX_AUTHENTICATION_AGE: Final = 7 * 24 * 60 * 60  # RFC 8446 section 4.6.1: 7 days at most
 DEFAULT_MAX_AGE: Final = 24 * 60 * 60  # tls.session_tickets.max_age
@@ -76,6 +78,7 @@ _ROUTE_KEY_INFO: Final = b"mtlsproxy ticket key v2 "
 _AAD: Final = b"mtlsproxy ticket v2 "
 
 
+@quick_init
 @dataclass(frozen=True, slots=True, repr=False)
 class TicketState:
     """What a ticket carries. ``issued`` and ``authenticated_at`` are wall-clock seconds (a
