@@ -508,7 +508,8 @@ class NativeEngine:
         return [self._fail(peer_alert_error(alert, name, self._step(), flight_sent=flight_sent))]
 
     def _send_alert(self, alert: Alert, level: int = _FATAL) -> None:
-        note(self._trace, "->", "alert", alert=alert.name.lower())
+        if self._trace is not None:  # the name is an enum property: only when tracing
+            note(self._trace, "->", "alert", alert=alert.name.lower())
         content = bytes((level, alert))
         if self._write is not None:
             self._out += self._write.encrypt(ALERT, content)
