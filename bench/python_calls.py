@@ -56,6 +56,8 @@ def count_calls(setup: e2e.Setup, directory: Path, upstream: int, args) -> tuple
             time.sleep(0.05)
     finally:
         server.stop()
+    if not written.exists():
+        raise SystemExit(f"the proxy wrote no counts to {written}: see {server.log}")
     return result["handshakes"], written
 
 
