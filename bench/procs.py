@@ -143,7 +143,13 @@ class Process:
     """A front or the upstream: a subprocess, its port, its CPU, stopped by PID."""
 
     def __init__(
-        self, argv: list[str], log: Path, pin: int | None, port: int | None, cwd: Path = REPO
+        self,
+        argv: list[str],
+        log: Path,
+        pin: int | None,
+        port: int | None,
+        cwd: Path = REPO,
+        env: dict[str, str] | None = None,  # None: this process's environment
     ) -> None:
         if pin is not None:
             argv = ["taskset", "-c", str(pin), *argv]  # taskset execs: same PID
@@ -152,6 +158,7 @@ class Process:
         self.proc = subprocess.Popen(
             argv,
             cwd=cwd,  # ``python -m mtlsproxy`` imports the tree it runs in
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=self.stderr,

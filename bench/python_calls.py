@@ -34,17 +34,9 @@ def count_calls(setup: e2e.Setup, directory: Path, upstream: int, args) -> tuple
     config = e2e.proxy_config(directory, setup, upstream, "native")
     argv, tree = proxy_command(config)
     out = directory / f"calls-{setup.key}"
-    inherited = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (str(SITE), inherited)))
-    os.environ["MTLSPROXY_PYTHON_CALLS"] = str(out)
-    try:
-        server = Process(argv, directory / f"native-{setup.key}.log", None, None, cwd=tree)
-    finally:
-        os.environ.pop("MTLSPROXY_PYTHON_CALLS")
-        if inherited is None:
-            os.environ.pop("PYTHONPATH")
-        else:
-            os.environ["PYTHONPATH"] = inherited
+    path = os.pathsep.join(filter(None, (str(SITE), os.environ.get("PYTHONPATH"))))
+    env = {**os.environ, "PYTHONPATH": path, "MTLSPROXY_PYTHON_CALLS": str(out)}
+    server = Process(argv, directory / f"native-{setup.key}.log", None, None, cwd=tree, env=env)
     try:
         worker = list(process_tree(server.proc.pid))[-1]  # the process that serves
         os.kill(worker, signal.SIGUSR2)
