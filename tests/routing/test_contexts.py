@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ssl
+from pathlib import Path
 
 from mtlsproxy.config.model import CertificateKeyPair, Route, TLSSettings, Upstream
 from mtlsproxy.pki import PkiFiles
@@ -64,3 +66,17 @@ def test_one_tls13_ticket_per_full_handshake_and_it_resumes(pki: PkiFiles) -> No
     assert first.session is not None and first.session.has_ticket
     resumed = handshake(context, client_context, first.session)
     assert resumed.session_reused
+
+
+def test_a_route_names_itself_and_its_upstream_as_the_config_says(pki: PkiFiles) -> None:
+    """``name`` and ``upstream_address`` are set once from the config (read on every
+    connection), and follow it through ``dataclasses.replace``."""
+    route = mutual_route(pki)
+    assert route.name == "default" and route.upstream_address == "127.0.0.1:1"
+    for upstream, text in (
+        (Upstream("::1", 8080), "[::1]:8080"),
+        (Upstream(unix_path=Path("/run/app.sock")), "unix:/run/app.sock"),
+    ):
+        config = dataclasses.replace(route.config, name="api", upstream=upstream)
+        moved = dataclasses.replace(route, config=config)
+        assert moved.name == "api" and moved.upstream_address == text
